@@ -1,0 +1,22 @@
+"""Node types: one module per type, registered here by name.
+
+A plain dict from type name to operator class (no plug-in framework until outsiders write
+plug-ins). Operator modules import their heavy dependencies inside ``run``, so importing
+this registry stays cheap.
+"""
+
+from __future__ import annotations
+
+from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
+from segloop.operators.rfm import RfmOperator
+from segloop.operators.sql import SqlOperator
+
+NODE_TYPES: dict[str, type[Operator]] = {
+    op.type_name: op
+    for op in (
+        SqlOperator,
+        RfmOperator,
+    )
+}
+
+__all__ = ["NODE_TYPES", "NodeConfig", "NodeOutput", "Operator", "RunContext"]

@@ -1,0 +1,113 @@
+"""The operator contract: a node config (pydantic, with a ``type``) and one ``run`` method.
+
+An operator takes its input tables (Ibis expressions over upstream nodes' materialized
+outputs) and a run context, and returns a ``NodeOutput``: its main table (an Ibis
+expression, computed inside the warehouse, or an Arrow table computed in Python), extra
+tables (``<pipeline>__<node>__<suffix>``) and metrics for run history and reports.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:  # pragma: no cover
+    import ibis.expr.types as ir
+    import pyarrow as pa
+
+    from segloop.warehouse import Warehouse
+
+log = logging.getLogger("segloop")
+
+
+class NodeConfig(BaseModel):
+    """Keys every node has; each node type adds its own (unknown keys are rejected)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: str
+    input: str | None = Field(default=None, description="The upstream node this node reads.")
+    inputs: list[str] | None = Field(default=None, description="Several upstream nodes.")
+    description: str | None = None
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs_not_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("`inputs` is empty; name at least one upstream node or drop the key")
+        return value
+
+    def upstream(self) -> list[str]:
+        """Declared upstream nodes, in order (``input`` first)."""
+        names: list[str] = []
+        if self.input:
+            names.append(self.input)
+        for name in self.inputs or []:
+            if name not in names:
+                names.append(name)
+        return names
+
+    def implicit_upstream(self, node_names: set[str]) -> list[str]:
+        """Upstream nodes referenced without being declared (the sql node reads its query)."""
+        return []
+
+
+ProgressCallback = Callable[[int, int | None], None]
+"""``progress(advance, total)``: an operator reports work done (rows, messages)."""
+
+
+@dataclass
+class RunContext:
+    """What a node sees of the run it is part of."""
+
+    warehouse: Warehouse
+    pipeline: str
+    node: str
+    run_id: str
+    dry_run: bool = False
+    progress: ProgressCallback = field(default=lambda advance, total=None: None)
+    workspace: Any = None  # segloop.config.Workspace, when run from a workspace
+    options: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def table_name(self, suffix: str | None = None, node: str | None = None) -> str:
+        """Warehouse table name of a node's output: ``<pipeline>__<node>[__<suffix>]``."""
+        base = f"{self.pipeline}__{node or self.node}"
+        return f"{base}__{suffix}" if suffix else base
+
+    def warn(self, message: str) -> None:
+        log.warning("node `%s`: %s", self.node, message)
+        self.warnings.append(message)
+
+
+@dataclass
+class NodeOutput:
+    """What a node hands back to the engine."""
+
+    table: ir.Table | pa.Table | None = None
+    extra: dict[str, ir.Table | pa.Table] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    rows: int | None = None  # for nodes without a main table (the Segment action)
+
+
+class Operator:
+    """Base class of every node type: a config model and one ``run`` method."""
+
+    type_name: ClassVar[str]
+    config_model: ClassVar[type[NodeConfig]]
+    min_inputs: ClassVar[int] = 1
+    max_inputs: ClassVar[int | None] = 1
+
+    def __init__(self, config: NodeConfig):
+        self.config = config
+
+    def run(self, inputs: dict[str, ir.Table], ctx: RunContext) -> NodeOutput:
+        raise NotImplementedError
+
+    @staticmethod
+    def only_input(inputs: dict[str, ir.Table]) -> ir.Table:
+        return next(iter(inputs.values()))

@@ -1,0 +1,50 @@
+"""Secrets are named in files as ``${ENV_VAR}`` and resolved from the environment at run time.
+
+Files never hold secrets, so config models only ever hold the reference; the value lives in a
+``pydantic.SecretStr`` for as long as it is needed and is never written to run history,
+reports or rejects tables.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, SecretStr
+
+from segloop.errors import SecretError
+
+ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+def _check_env_ref(value: str) -> str:
+    if not ENV_REF.match(value):
+        raise ValueError(
+            "secrets are not written in files; name an environment variable instead, "
+            "e.g. ${SEGMENT_WRITE_KEY}"
+        )
+    return value
+
+
+SecretRef = Annotated[str, AfterValidator(_check_env_ref)]
+"""A config field holding ``${ENV_VAR}``: the name of a secret, never the secret itself."""
+
+
+def env_name(ref: str) -> str:
+    match = ENV_REF.match(ref)
+    if not match:
+        raise SecretError(f"`{ref}` is not an environment variable reference like ${{NAME}}")
+    return match.group(1)
+
+
+def resolve_secret(ref: str, where: str = "") -> SecretStr:
+    """Read the variable named by ``${NAME}``; a missing or empty variable is a clear error."""
+    name = env_name(ref)
+    value = os.environ.get(name)
+    if not value:
+        place = f" (used by {where})" if where else ""
+        raise SecretError(
+            f"environment variable {name} is not set{place}; export {name}=... before running"
+        )
+    return SecretStr(value)
