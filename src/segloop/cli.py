@@ -38,7 +38,7 @@ def handle_errors(func: F) -> F:
             if _state["debug"]:
                 raise
             for line in str(exc).splitlines() or [type(exc).__name__]:
-                err_console.print(f"[red]error:[/red] {line}", highlight=False, markup=True)
+                err_console.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -119,10 +119,10 @@ def validate(
         except ConfigErrors as exc:
             failed += 1
             for err in exc.errors:
-                err_console.print(f"[red]error:[/red] {err}", highlight=False)
+                err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         except ConfigError as exc:
             failed += 1
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         else:
             console.print(f"[green]ok[/green] {file}: pipeline `{pipeline.name}`, "
                           f"{len(pipeline.nodes)} nodes ({' -> '.join(pipeline.topological_order())})")
@@ -152,7 +152,7 @@ def run(
     if not result.ok:
         for failed in result.nodes:
             if failed.status == "failed":
-                err_console.print(f"[red]error:[/red] {failed.error}", highlight=False)
+                err_console.print(f"[red]error:[/red] {failed.error}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 

@@ -69,8 +69,13 @@ def load_yaml(text: str, file: str | Path = "<string>") -> YamlDoc:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
         problem = exc.problem or str(exc)
+        if exc.context_mark is not None and "<stream end>" in problem:
+            # An unclosed bracket or quote is reported at the end of the file; the line
+            # that opened it is the one to fix.
+            problem = f"{problem} ({exc.context} on line {exc.context_mark.line + 1} is never closed)"
+            mark = exc.context_mark
+        line = mark.line + 1 if mark else None
         raise ConfigError(f"invalid YAML: {problem}", file, line) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", file) from None
