@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -208,9 +207,39 @@ def demo_data(
     )
 
 
+
+@app.command()
+@handle_errors
+def query(
+    sql: str = typer.Argument(..., help="A SELECT in the warehouse's dialect."),
+    warehouse: str = typer.Option(None, "--warehouse", "-w", help="Warehouse name from segloop.yml."),
+    limit: int = typer.Option(50, "--limit", help="Rows to show at most."),
+) -> None:
+    """Run a query in the workspace's warehouse and print the first rows."""
+    from rich.table import Table
+
+    from segloop.config import Workspace
+    from segloop.warehouse import Warehouse
+
+    workspace = Workspace.find()
+    with Warehouse.connect(workspace.warehouse_config(warehouse), workspace.root) as wh:
+        try:
+            result = wh.to_arrow(wh.sql(sql), limit=limit)
+        except SegloopError:
+            raise
+        except Exception as exc:
+            raise SegloopError(f"query failed in the {wh.dialect} warehouse: {str(exc).splitlines()[0]}") from None
+    table = Table()
+    for name in result.column_names:
+        table.add_column(name)
+    for row in result.to_pylist():
+        table.add_row(*("" if v is None else f"{v:,.2f}" if isinstance(v, float) else str(v) for v in row.values()))
+    console.print(table)
+
+
 def main() -> None:
     app(prog_name="segloop")
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

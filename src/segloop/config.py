@@ -114,15 +114,17 @@ class CollectorConfig(BaseModel):
     data: str = ".segloop/collector"
 
 
+def _default_warehouses() -> dict[str, AnyWarehouseConfig]:
+    return {"default": DuckDBConfig()}
+
+
 class WorkspaceConfig(BaseModel):
     """`segloop.yml`: named warehouses (the first or `default` is used when a pipeline names none)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str | None = None
-    warehouses: dict[str, AnyWarehouseConfig] = Field(
-        default_factory=lambda: {"default": DuckDBConfig()}
-    )
+    warehouses: dict[str, AnyWarehouseConfig] = Field(default_factory=_default_warehouses)
     pipelines: str = "pipelines"
     collector: CollectorConfig | None = None
 
@@ -353,7 +355,7 @@ def parse_pipeline(text: str, file: str | Path = "<string>") -> PipelineConfig:
 
     if errors:
         raise ConfigErrors(errors)
-    pipeline = PipelineConfig(name=name, warehouse=data.get("warehouse"), description=data.get("description"), nodes=nodes)
+    pipeline = PipelineConfig(name=str(name), warehouse=data.get("warehouse"), description=data.get("description"), nodes=nodes)
     try:
         pipeline.topological_order()
     except ConfigError as exc:

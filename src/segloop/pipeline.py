@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +183,7 @@ class Pipeline:
             node=name,
             run_id=run_id,
             dry_run=dry_run,
-            progress=lambda advance, total=None: reporter.node_progress(name, advance, total),
+            progress=partial(reporter.node_progress, name),
             workspace=self.workspace,
             options={**options, "pipeline_nodes": set(upstream), "pipeline_file": self.file},
         )
