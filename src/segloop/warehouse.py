@@ -3,128 +3,33 @@
 A ``Warehouse`` wraps one Ibis backend and gives the engine and operators what they need:
 read tables, run SQL, materialize node outputs in the output schema, and stream results
 to Python as bounded Arrow batches (counting rows fetched, so pushdown can be checked).
-Each backend's settings are a frozen pydantic model chosen by its ``type``.
+Each backend's settings are a frozen pydantic model chosen by its ``type``; those live in
+``segloop.warehouses`` (one module per backend) and are re-exported here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from segloop.errors import MissingDriverError, WarehouseError
-from segloop.secrets import SecretRef, resolve_secret
+from segloop.errors import WarehouseError
+from segloop.warehouses import (
+    SQL_DIALECTS,
+    WAREHOUSE_TYPES,
+    AnyWarehouseConfig,
+    BigQueryConfig,
+    DuckDBConfig,
+    PostgresConfig,
+    PySparkConfig,
+    SnowflakeConfig,
+    WarehouseConfig,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis
     import ibis.expr.types as ir
     import pyarrow as pa
-
-
-class WarehouseConfig(BaseModel):
-    """Settings shared by every warehouse type."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-
-    type: str
-    schema_: str | None = Field(
-        default=None,
-        alias="schema",
-        description="Schema where node outputs and sync state are written.",
-    )
-
-    DEFAULT_SCHEMA: ClassVar[str] = "main"
-    EXTRA: ClassVar[str] = ""
-
-    @property
-    def output_schema(self) -> str:
-        return self.schema_ or self.DEFAULT_SCHEMA
-
-    def connect(self, root: Path) -> ibis.BaseBackend:
-        raise NotImplementedError
-
-
-class DuckDBConfig(WarehouseConfig):
-    """The embedded default: a DuckDB file in the workspace (or ``:memory:``)."""
-
-    type: Literal["duckdb"] = "duckdb"
-    path: str = ".segloop/warehouse.duckdb"
-    threads: int | None = None
-    memory_limit: str | None = None
-
-    def connect(self, root: Path) -> ibis.BaseBackend:
-        import ibis
-
-        if self.path == ":memory:":
-            target = ":memory:"
-        else:
-            file = Path(self.path)
-            file = file if file.is_absolute() else root / file
-            file.parent.mkdir(parents=True, exist_ok=True)
-            target = str(file)
-        kwargs: dict[str, Any] = {}
-        if self.threads:
-            kwargs["threads"] = self.threads
-        if self.memory_limit:
-            kwargs["memory_limit"] = self.memory_limit
-        try:
-            return ibis.duckdb.connect(target, **kwargs)
-        except Exception as exc:  # duckdb raises IOException for locked files
-            raise WarehouseError(
-                f"cannot open DuckDB file {target}: {exc}. Is another segloop process "
-                "using it? Stop it or point `path:` at another file."
-            ) from exc
-
-
-class PostgresConfig(WarehouseConfig):
-    """A PostgreSQL database (also the shape of Segment's Postgres warehouse destination)."""
-
-    type: Literal["postgres"] = "postgres"
-    host: str = "localhost"
-    port: int = 5432
-    user: str | None = None
-    password: SecretRef | None = None
-    database: str = "postgres"
-
-    DEFAULT_SCHEMA: ClassVar[str] = "public"
-    EXTRA: ClassVar[str] = "postgres"
-
-    def connect(self, root: Path) -> ibis.BaseBackend:
-        try:
-            import ibis
-
-            backend = ibis.postgres
-            import psycopg  # noqa: F401
-        except (ImportError, AttributeError) as exc:
-            raise MissingDriverError("postgres", "postgres") from exc
-        password = (
-            resolve_secret(self.password, "warehouse password").get_secret_value()
-            if self.password
-            else None
-        )
-        try:
-            return backend.connect(
-                host=self.host,
-                port=self.port,
-                user=self.user,
-                password=password,
-                database=self.database,
-            )
-        except Exception as exc:
-            raise WarehouseError(
-                f"cannot connect to PostgreSQL at {self.host}:{self.port}/{self.database} "
-                f"as {self.user or 'the current user'}: {exc}".replace(password or "\0", "[secure]")
-            ) from None
-
-
-WAREHOUSE_TYPES: dict[str, type[WarehouseConfig]] = {
-    "duckdb": DuckDBConfig,
-    "postgres": PostgresConfig,
-}
-
-AnyWarehouseConfig = Annotated[DuckDBConfig | PostgresConfig, Field(discriminator="type")]
 
 
 class Warehouse:
@@ -153,19 +58,38 @@ class Warehouse:
     # -- introspection -------------------------------------------------------------------
 
     @property
-    def dialect(self) -> str:
+    def backend(self) -> str:
+        """The Ibis backend name: duckdb, postgres, snowflake, bigquery, pyspark."""
         return str(self.con.name)
 
+    @property
+    def dialect(self) -> str:
+        """The sqlglot dialect of the warehouse's SQL (``spark`` for the pyspark backend)."""
+        return SQL_DIALECTS.get(self.backend, self.backend)
+
     def _ensure_schema(self, schema: str) -> None:
-        if self.dialect == "duckdb" and schema == "main":
+        if self.backend == "duckdb" and schema == "main":
             return
-        self.raw_sql(f"CREATE SCHEMA IF NOT EXISTS {self.quote(schema)}")
+        try:
+            if schema in self.list_schemas():
+                return
+            self.con.create_database(schema, force=True)  # type: ignore[attr-defined]
+        except Exception as exc:
+            raise WarehouseError(
+                f"cannot create schema {schema} in warehouse `{self.name}` ({self.config.describe()}): "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}. "
+                "Create it yourself, or grant segloop's user the right to create schemas, or set "
+                "`schema:` of the warehouse to one it may write to."
+            ) from exc
 
     def ensure_schema(self, schema: str) -> None:
         self._ensure_schema(schema)
 
     def quote(self, ident: str) -> str:
-        return '"' + ident.replace('"', '""') + '"'
+        """An identifier quoted for this warehouse's dialect (backticks on Spark and BigQuery)."""
+        import sqlglot.expressions as exp
+
+        return exp.to_identifier(ident, quoted=True).sql(dialect=self.dialect)
 
     def qualified(self, name: str, schema: str | None = None) -> str:
         return f"{self.quote(schema or self.schema)}.{self.quote(name)}"
@@ -201,7 +125,7 @@ class Warehouse:
         result = self.con.raw_sql(query)
         # Some backends (postgres) hand back an open cursor; close it so locks are released.
         close = getattr(result, "close", None)
-        if callable(close) and self.dialect != "duckdb":
+        if callable(close) and self.backend not in ("duckdb", "pyspark"):
             close()
         return result
 
