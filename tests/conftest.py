@@ -36,3 +36,7 @@ def make_workspace(tmp_path: Path):
         return root
 
     return make
+
+
+# -- PostgreSQL fixtures (owned by the warehouses work; see tests/fixtures_pg.py) ----------
+from tests.fixtures_pg import pg_cluster, pg_database, pg_warehouse  # noqa: E402,F401

@@ -236,6 +236,41 @@ def query(
         table.add_row(*("" if v is None else f"{v:,.2f}" if isinstance(v, float) else str(v) for v in row.values()))
     console.print(table)
 
+# -- warehouses -----------------------------------------------------------------------------
+
+
+@app.command("check-warehouse")
+@handle_errors
+def check_warehouse(
+    name: str = typer.Argument(None, help="Warehouse name from segloop.yml (default: `default`)."),
+) -> None:
+    """Connect to a warehouse and list its Segment sources (schemas with tracks/identifies)."""
+    from rich.table import Table
+
+    from segloop.config import Workspace
+    from segloop.warehouse import Warehouse
+    from segloop.warehouses.discovery import segment_sources
+
+    workspace = Workspace.find()
+    config = workspace.warehouse_config(name)
+    label = name or "default"
+    with console.status(f"Connecting to {config.describe()}..."), \
+            Warehouse.connect(config, workspace.root, label, create_schema=False) as wh:
+        sources = segment_sources(wh, count_rows=True)
+    console.print(f"[green]ok[/green] connected to warehouse `{label}`: {config.describe()}; "
+                  f"outputs go to schema `{config.output_schema}`")
+    if not sources:
+        console.print("No Segment source found (no schema holds `tracks` or `identifies`).")
+        return
+    table = Table(title="Segment sources")
+    for column in ("schema", "tables", "event tables", "tracks", "identifies", "users"):
+        table.add_column(column, justify="right" if column not in ("schema",) else "left")
+    for source in sources:
+        table.add_row(source.schema, str(len(source.tables)), str(len(source.event_tables)),
+                      *(f"{source.rows[t]:,}" if t in source.rows else "-"
+                        for t in ("tracks", "identifies", "users")))
+    console.print(table)
+
 
 def main() -> None:
     app(prog_name="segloop")

@@ -37,17 +37,31 @@ class Warehouse:
 
     STREAM_BATCH_ROWS: ClassVar[int] = 50_000
 
-    def __init__(self, con: ibis.BaseBackend, config: WarehouseConfig, name: str = "default"):
+    def __init__(
+        self,
+        con: ibis.BaseBackend,
+        config: WarehouseConfig,
+        name: str = "default",
+        create_schema: bool = True,
+    ):
         self.con = con
         self.config = config
         self.name = name
         self.schema = config.output_schema
         self.rows_fetched = 0  # rows moved into Python; lets tests check pushdown
-        self._ensure_schema(self.schema)
+        if create_schema:
+            self._ensure_schema(self.schema)
 
     @classmethod
-    def connect(cls, config: WarehouseConfig, root: Path | str = ".", name: str = "default") -> Warehouse:
-        return cls(config.connect(Path(root)), config, name)
+    def connect(
+        cls,
+        config: WarehouseConfig,
+        root: Path | str = ".",
+        name: str = "default",
+        create_schema: bool = True,
+    ) -> Warehouse:
+        """Open ``config``'s warehouse; ``create_schema=False`` only reads (check-warehouse)."""
+        return cls(config.connect(Path(root)), config, name, create_schema)
 
     @classmethod
     def duckdb(cls, path: str | Path = ":memory:", schema: str | None = None) -> Warehouse:

@@ -3,6 +3,13 @@
 The query may name upstream nodes by their node name (``select * from orders``) and any
 warehouse table as ``schema.table``. Node names are rewritten to the nodes' materialized
 tables (``<schema>.<pipeline>__<node>``) with sqlglot, so no rows pass through Python.
+
+A node's extra tables and views (``<pipeline>__<node>__<name>``) are named
+``<node>.<name>``: ``select * from src.tracks`` reads the `tracks` view of a
+segment_source node `src`, ``rfm.rejects`` the rejects of an rfm node. A node name used
+as a qualifier wins over a warehouse schema of the same name. When the query declares its
+upstream nodes (``input:``/``inputs:``), their extra tables may also be named by short
+name (``select * from tracks``) as long as only one of them has that name.
 """
 
 from __future__ import annotations
@@ -31,7 +38,11 @@ class SqlConfig(NodeConfig):
         return value
 
     def implicit_upstream(self, node_names: set[str]) -> list[str]:
-        return [name for name in referenced_tables(self.sql) if name in node_names]
+        names = [name for name in referenced_tables(self.sql) if name in node_names]
+        for db, _ in qualified_refs(self.sql):
+            if db in node_names and db not in names:
+                names.append(db)
+        return names
 
 
 def _parse(sql: str, dialect: str | None = None) -> exp.Expression | None:
@@ -64,18 +75,53 @@ def referenced_tables(sql: str, dialect: str | None = None) -> list[str]:
     return names
 
 
-def rewrite_node_refs(sql: str, mapping: dict[str, tuple[str, str]], dialect: str) -> str:
-    """Replace unqualified references to node names by ``schema.table`` of their outputs."""
+def qualified_refs(sql: str, dialect: str | None = None) -> list[tuple[str, str]]:
+    """``(qualifier, table)`` pairs of two-part table names (``src.tracks``), in order."""
+    import sqlglot.expressions as exp
+
+    tree = _parse(sql, dialect)
+    if tree is None:
+        return []
+    pairs: list[tuple[str, str]] = []
+    for table in tree.find_all(exp.Table):
+        if table.args.get("db") and not table.args.get("catalog"):
+            pair = (table.db, table.name)
+            if pair not in pairs:
+                pairs.append(pair)
+    return pairs
+
+
+def rewrite_node_refs(
+    sql: str,
+    mapping: dict[str, tuple[str, str]],
+    dialect: str,
+    qualified: dict[tuple[str, str], tuple[str, str]] | None = None,
+) -> str:
+    """Replace references to nodes by ``schema.table`` of their outputs.
+
+    ``mapping`` maps unqualified names (node names, short names of extra tables);
+    ``qualified`` maps ``(node, name)`` pairs written ``node.name`` to extra tables.
+    """
     import sqlglot.expressions as exp
 
     tree = _parse(sql, dialect)
     if tree is None:
         return sql
     ctes = _cte_names(tree)
+    qualified = qualified or {}
+
+    def target(node: exp.Table) -> tuple[str, str] | None:
+        if node.args.get("catalog"):
+            return None
+        if node.args.get("db"):
+            return qualified.get((node.db, node.name))
+        if node.name in ctes:
+            return None
+        return mapping.get(node.name)
 
     def swap(node: exp.Expression) -> exp.Expression:
-        if isinstance(node, exp.Table) and not node.args.get("db") and node.name in mapping and node.name not in ctes:
-            schema, table = mapping[node.name]
+        if isinstance(node, exp.Table) and (found := target(node)) is not None:
+            schema, table = found
             alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(node.name))
             return exp.Table(
                 this=exp.to_identifier(table, quoted=True),
@@ -100,14 +146,56 @@ class SqlOperator(Operator):
         assert isinstance(config, SqlConfig)  # noqa: S101 - type narrowing, not input checking
         wh = ctx.warehouse
         dialect = wh.dialect
-        upstream = ctx.options.get("pipeline_nodes", set(inputs))
+        upstream = sorted(ctx.options.get("pipeline_nodes", set(inputs)))
         mapping = {name: (wh.schema, ctx.table_name(node=name)) for name in upstream}
-        query = rewrite_node_refs(config.sql, mapping, dialect)
+        qualified = _extra_table_refs(config, upstream, mapping, ctx)
+        query = rewrite_node_refs(config.sql, mapping, dialect, qualified)
         try:
             table = wh.sql(query)
         except Exception as exc:
             raise NodeError(ctx.node, f"the query failed in the {dialect} warehouse: {_short(exc)}") from exc
         return NodeOutput(table=table, metrics={"query": query})
+
+
+def _extra_table_refs(
+    config: SqlConfig, upstream: list[str], mapping: dict[str, tuple[str, str]], ctx: RunContext
+) -> dict[tuple[str, str], tuple[str, str]]:
+    """Resolve ``node.name`` and short names to upstream nodes' extra tables and views.
+
+    Adds short names to ``mapping`` in place; returns the ``(node, name)`` mapping. Only
+    looks at the warehouse when the query names something that may be an extra table.
+    """
+    wh = ctx.warehouse
+    refs = [(db, name) for db, name in qualified_refs(config.sql) if db in upstream]
+    declared = [name for name in config.upstream() if name in upstream]
+    shorts = [name for name in referenced_tables(config.sql) if name not in mapping] if declared else []
+    if not refs and not shorts:
+        return {}
+    existing = set(wh.list_tables())
+    qualified: dict[tuple[str, str], tuple[str, str]] = {}
+    for node, name in refs:
+        table = ctx.table_name(name, node=node)
+        if table not in existing:
+            prefix = ctx.table_name(node=node) + "__"
+            offered = sorted(t[len(prefix):] for t in existing if t.startswith(prefix))
+            raise NodeError(
+                ctx.node,
+                f"`{node}.{name}`: node `{node}` has no table `{name}` "
+                f"({'it has: ' + ', '.join(offered) if offered else 'it has no extra tables'}); "
+                "fix the table name in the query",
+            )
+        qualified[(node, name)] = (wh.schema, table)
+    for name in shorts:
+        owners = [node for node in declared if ctx.table_name(name, node=node) in existing]
+        if len(owners) > 1:
+            raise NodeError(
+                ctx.node,
+                f"`{name}` is a table of several input nodes ({', '.join(owners)}); "
+                f"write `{owners[0]}.{name}` to say which",
+            )
+        if owners:
+            mapping[name] = (wh.schema, ctx.table_name(name, node=owners[0]))
+    return qualified
 
 
 def _short(exc: Exception) -> str:

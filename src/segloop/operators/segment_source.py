@@ -1,0 +1,237 @@
+"""Node `segment_source`: a Segment source schema (tracks, identifies, users, event tables).
+
+The node checks the source's tables exist and exposes each one to downstream SQL as a
+VIEW ``<pipeline>__<node>__<table>`` in the output schema: nothing is copied, the warehouse
+reads the source tables when a downstream query runs. A sql node names them as
+``<node>.<table>`` (``select * from src.order_completed``) or, when it declares the source
+as its input, by short name (``select * from tracks``).
+
+The node's own table ``<pipeline>__<node>`` is a small catalog: one row per exposed table
+(short name, view, source table, window). An optional window on ``received_at`` limits what
+downstream nodes see: ``since: 30d`` (relative to the run), ``since: 2026-01-01``, or
+``incremental: true`` (rows received after the high-water mark of the last successful,
+non-dry run of this pipeline, read from the run history).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from segloop.errors import NodeError
+from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
+
+if TYPE_CHECKING:  # pragma: no cover
+    import ibis.expr.types as ir
+
+    from segloop.warehouse import Warehouse
+
+CORE_TABLES = ("tracks", "identifies", "users")
+WINDOW_COLUMN = "received_at"
+DURATION = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$")
+UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(value: str | date | datetime) -> timedelta | datetime:
+    """``30d`` / ``12h`` / ``2w`` / ``90m`` -> a timedelta; an ISO date or time -> a datetime."""
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, date):
+        return datetime.combine(value, datetime.min.time())
+    match = DURATION.match(value)
+    if match:
+        return timedelta(**{UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"`since: {value}` is neither a duration (30d, 12h, 2w, 90m) nor a date (2026-01-31)"
+        ) from None
+
+
+class SegmentSourceConfig(NodeConfig):
+    type: Literal["segment_source"] = "segment_source"
+    schema_: str = Field(alias="schema", description="The Segment source's schema (one per source).")
+    tables: list[str] | None = Field(
+        default=None, description="Tables to expose; default: every table in the schema."
+    )
+    since: str | date | datetime | None = Field(
+        default=None, description="Only rows received in this window: 30d, 12h, or a date."
+    )
+    incremental: bool = Field(
+        default=False, description="Only rows received since the last successful run."
+    )
+
+    model_config = NodeConfig.model_config | {"populate_by_name": True}
+
+    @field_validator("since")
+    @classmethod
+    def _valid_since(cls, value: str | date | datetime | None) -> str | date | datetime | None:
+        if value is not None:
+            parse_since(value)
+        return value
+
+    @field_validator("tables")
+    @classmethod
+    def _tables_not_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("`tables` is empty; name tables or drop the key to expose all")
+        return value
+
+    @model_validator(mode="after")
+    def _one_window(self) -> SegmentSourceConfig:
+        if self.since is not None and self.incremental:
+            raise ValueError("give either `since` or `incremental: true`, not both")
+        return self
+
+
+class SegmentSourceOperator(Operator):
+    """Checks a Segment source schema and exposes its tables to downstream SQL as views."""
+
+    type_name: ClassVar[str] = "segment_source"
+    config_model: ClassVar[type[NodeConfig]] = SegmentSourceConfig
+    min_inputs: ClassVar[int] = 0
+    max_inputs: ClassVar[int | None] = 0
+
+    def run(self, inputs: dict[str, ir.Table], ctx: RunContext) -> NodeOutput:
+        import ibis
+        import pyarrow as pa
+
+        config = self.config
+        assert isinstance(config, SegmentSourceConfig)  # noqa: S101 - type narrowing
+        wh = ctx.warehouse
+        present = self._present_tables(wh, ctx)
+        chosen = self._chosen_tables(present, ctx)
+        lower_bound, marks_before = self._window_start(ctx)
+        rows: list[dict[str, Any]] = []
+        marks: dict[str, str] = {}
+        for short in chosen:
+            actual = present[short]
+            table = wh.table(actual, schema=config.schema_)
+            column = _column(table, WINDOW_COLUMN)
+            start = marks_before.get(short) if config.incremental else lower_bound
+            window = "all rows"
+            if (config.since is not None or config.incremental) and column is None:
+                ctx.warn(f"table {config.schema_}.{actual} has no `{WINDOW_COLUMN}` column; "
+                         "it is exposed without the time window")
+            elif column is not None and (config.since is not None or config.incremental):
+                if config.incremental:
+                    high = wh.to_arrow(table.aggregate(hwm=table[column].max()))["hwm"][0].as_py()
+                    if high is not None:
+                        marks[short] = high.isoformat()
+                        table = table.filter(table[column] <= ibis.literal(high).cast(table[column].type()))
+                if start is not None:
+                    start_ts = datetime.fromisoformat(start) if isinstance(start, str) else start
+                    table = table.filter(table[column] > ibis.literal(start_ts).cast(table[column].type()))
+                    window = f"{column} > {start_ts.isoformat()}"
+            view = ctx.table_name(short)
+            _create_view(wh, view, table)
+            rows.append({"table": short, "view": f"{wh.schema}.{view}",
+                         "source": f"{config.schema_}.{actual}", "window": window})
+        catalog = pa.Table.from_pylist(rows, schema=pa.schema(
+            [("table", pa.string()), ("view", pa.string()), ("source", pa.string()), ("window", pa.string())]))
+        metrics: dict[str, Any] = {"schema": config.schema_, "tables": list(chosen)}
+        if config.incremental:
+            metrics["high_water_marks"] = {**marks_before, **marks}
+        ctx.progress(len(rows), len(rows))
+        return NodeOutput(table=catalog, metrics=metrics)
+
+    # -- checks --------------------------------------------------------------------------
+
+    def _present_tables(self, wh: Warehouse, ctx: RunContext) -> dict[str, str]:
+        """Short (lower-case) name -> actual name of each table in the source schema."""
+        config = self.config
+        assert isinstance(config, SegmentSourceConfig)  # noqa: S101
+        schemas = wh.list_schemas()
+        by_lower = {s.lower(): s for s in schemas}
+        if config.schema_ not in schemas and config.schema_.lower() not in by_lower:
+            from segloop.warehouses.discovery import segment_sources
+
+            found = [s.schema for s in segment_sources(wh)]
+            hint = f"Segment sources in this warehouse: {', '.join(found)}" if found else \
+                "no schema in this warehouse holds `tracks` or `identifies`"
+            raise NodeError(ctx.node, f"schema `{config.schema_}` does not exist in warehouse "
+                            f"`{wh.name}` ({hint}); fix `schema:`")
+        schema = config.schema_ if config.schema_ in schemas else by_lower[config.schema_.lower()]
+        return {name.lower(): name for name in wh.list_tables(schema)}
+
+    def _chosen_tables(self, present: dict[str, str], ctx: RunContext) -> list[str]:
+        config = self.config
+        assert isinstance(config, SegmentSourceConfig)  # noqa: S101
+        existing = ", ".join(sorted(present)) or "no tables"
+        if config.tables is None:
+            if not any(core in present for core in CORE_TABLES[:2]):
+                raise NodeError(ctx.node, f"schema `{config.schema_}` does not look like a Segment "
+                                f"source: it has neither `tracks` nor `identifies` (it has: {existing})")
+            return sorted(present, key=_table_order)
+        missing = [t for t in config.tables if t.lower() not in present]
+        if missing:
+            raise NodeError(ctx.node, f"table(s) {', '.join(missing)} not found in schema "
+                            f"`{config.schema_}` (it has: {existing}); fix `tables:`")
+        return [t.lower() for t in config.tables]
+
+    def _window_start(self, ctx: RunContext) -> tuple[datetime | None, dict[str, str]]:
+        """Lower bound of ``since`` and, for ``incremental``, the previous high-water marks."""
+        config = self.config
+        assert isinstance(config, SegmentSourceConfig)  # noqa: S101
+        if config.since is not None:
+            since = parse_since(config.since)
+            if isinstance(since, timedelta):
+                return datetime.now(UTC).replace(tzinfo=None) - since, {}
+            return since, {}
+        if config.incremental:
+            return None, self._previous_marks(ctx)
+        return None, {}
+
+    def _previous_marks(self, ctx: RunContext) -> dict[str, str]:
+        """High-water marks recorded by the last successful, non-dry run of this pipeline."""
+        workspace = ctx.workspace
+        if workspace is None:
+            ctx.warn("`incremental: true` without a workspace has no run history; reading all rows")
+            return {}
+        from segloop.store import RunStore
+
+        store = RunStore(workspace.state_dir / "state.db")
+        try:
+            for run in store.list_runs(ctx.pipeline, limit=200):
+                if run.status != "success" or run.dry_run or run.id == ctx.run_id:
+                    continue
+                for node in run.nodes:
+                    if node.node == ctx.node and node.status == "success":
+                        marks = node.metrics.get("high_water_marks")
+                        if isinstance(marks, dict):
+                            return {str(k): str(v) for k, v in marks.items()}
+            return {}
+        finally:
+            store.close()
+
+
+def _table_order(name: str) -> tuple[int, str]:
+    return (CORE_TABLES.index(name) if name in CORE_TABLES else len(CORE_TABLES), name)
+
+
+def _column(table: ir.Table, name: str) -> str | None:
+    for column in table.columns:
+        if column.lower() == name:
+            return column
+    return None
+
+
+def _create_view(wh: Warehouse, name: str, expr: ir.Table) -> None:
+    """Create or replace a view in the output schema (a table of the same name is dropped)."""
+    from segloop.errors import WarehouseError
+
+    try:
+        if wh.has_table(name):
+            try:
+                wh.con.drop_view(name, database=wh.schema, force=True)  # type: ignore[attr-defined]
+            except Exception:
+                wh.drop_table(name)
+        wh.con.create_view(name, expr, database=wh.schema, overwrite=True)  # type: ignore[attr-defined]
+    except Exception as exc:
+        raise WarehouseError(f"could not create view {wh.schema}.{name}: {str(exc).strip().splitlines()[0]}. "
+                             "segloop's user needs CREATE on the output schema and SELECT on the "
+                             "source schema") from exc
