@@ -172,6 +172,11 @@ class Warehouse:
         target = schema or self.schema
         self._ensure_schema(target)
         try:
+            if self.backend == "postgres" and _is_arrow_table(obj):
+                from segloop.warehouses.postgres import copy_arrow
+
+                if copy_arrow(self.con, obj, name, target, overwrite):
+                    return self.con.table(name, database=target)
             return self.con.create_table(name, obj, database=target, overwrite=overwrite)
         except Exception as exc:
             raise WarehouseError(f"could not write table {target}.{name}: {exc}") from exc
@@ -193,3 +198,7 @@ class Warehouse:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+
+def _is_arrow_table(obj: object) -> bool:
+    return type(obj).__module__.startswith("pyarrow") and type(obj).__name__ == "Table"

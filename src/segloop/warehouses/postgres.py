@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -13,6 +13,7 @@ from segloop.warehouses.base import WarehouseConfig, redact, secret_value
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis
+    import pyarrow as pa
 
 
 class PostgresConfig(WarehouseConfig):
@@ -61,3 +62,48 @@ class PostgresConfig(WarehouseConfig):
                 )
             ) from None
 
+
+
+COPY_BATCH_ROWS = 100_000
+
+
+def copy_arrow(backend: Any, table: pa.Table, name: str, schema: str, overwrite: bool) -> bool:
+    """Bulk-load an Arrow table with COPY (CSV); returns False when a column type needs Ibis.
+
+    Ibis inserts Arrow data with INSERT statements (about 10k rows a second); COPY loads
+    hundreds of thousands. Arrow's CSV writer quotes every string and leaves NULL unquoted
+    and empty, which is exactly PostgreSQL's CSV convention, so NULL and '' stay distinct.
+    """
+    import io
+
+    import ibis
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    simple = all(
+        pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_boolean(f.type)
+        or pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+        or pa.types.is_timestamp(f.type) or pa.types.is_date(f.type) or pa.types.is_decimal(f.type)
+        for f in table.schema
+    )
+    if not simple or table.num_columns == 0:
+        return False
+    ibis_schema = ibis.Schema.from_pyarrow(table.schema)
+    backend.create_table(name, schema=ibis_schema, database=schema, overwrite=overwrite)
+    if table.num_rows == 0:
+        return True
+    columns = ", ".join(_quote(c) for c in table.column_names)
+    target = f"{_quote(schema)}.{_quote(name)}"
+    options = pacsv.WriteOptions(include_header=False)
+    with backend.con.cursor() as cursor:
+        with cursor.copy(f"COPY {target} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
+            for batch in table.to_batches(max_chunksize=COPY_BATCH_ROWS):
+                buffer = io.BytesIO()
+                pacsv.write_csv(batch, buffer, write_options=options)
+                copy.write(buffer.getvalue())
+    backend.con.commit()
+    return True
+
+
+def _quote(ident: str) -> str:
+    return '"' + ident.replace('"', '""') + '"'

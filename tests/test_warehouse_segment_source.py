@@ -1,0 +1,199 @@
+"""The segment_source node: checks the source schema, exposes its tables as views, windows."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from segloop.config import parse_pipeline
+from segloop.demo import write_demo_data
+from segloop.errors import ConfigErrors
+from segloop.pipeline import Pipeline
+from segloop.warehouse import DuckDBConfig, Warehouse
+
+SOURCE_PIPELINE = """\
+name: shop
+nodes:
+  src:
+    type: segment_source
+    schema: demo_shop
+  orders:
+    type: sql
+    sql: select user_id, "timestamp", revenue from src.order_completed where user_id is not null
+  rfm:
+    type: rfm
+    input: orders
+"""
+
+DIRECT_PIPELINE = """\
+name: direct
+nodes:
+  orders:
+    type: sql
+    sql: select user_id, "timestamp", revenue from demo_shop.order_completed where user_id is not null
+  rfm:
+    type: rfm
+    input: orders
+"""
+
+
+@pytest.fixture
+def shop(make_workspace) -> Path:
+    """A DuckDB workspace holding a small demo Segment source `demo_shop`."""
+    root = make_workspace({"shop": SOURCE_PIPELINE, "direct": DIRECT_PIPELINE})
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        write_demo_data(wh, customers=150, days=120, seed=3)
+    return root
+
+
+def run(root: Path, name: str):  # type: ignore[no-untyped-def]
+    return Pipeline.load(root / "pipelines" / f"{name}.yml").run()
+
+
+def rows(root: Path, query: str) -> list[dict]:
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        return wh.sql(query).to_pyarrow().to_pylist()
+
+
+def test_source_tables_are_views_and_rfm_matches_reading_the_schema_directly(shop: Path) -> None:
+    via_source, direct = run(shop, "shop"), run(shop, "direct")
+    assert via_source.ok and direct.ok, [n.error for n in via_source.nodes + direct.nodes]
+    assert rows(shop, "select * from shop__rfm") == rows(shop, "select * from direct__rfm")
+    catalog = {r["table"]: r for r in rows(shop, "select * from shop__src")}
+    assert list(catalog)[:3] == ["tracks", "identifies", "users"]
+    assert set(catalog) == {"tracks", "identifies", "users", "product_viewed", "product_added",
+                            "checkout_started", "order_completed", "order_refunded"}
+    kinds = {r["table_name"]: r["table_type"] for r in rows(
+        shop, "select table_name, table_type from information_schema.tables "
+              "where table_name like 'shop__src__%'")}
+    assert kinds and set(kinds.values()) == {"VIEW"}, kinds  # nothing copied
+    assert rows(shop, "select count(*) as n from shop__src__tracks") == \
+        rows(shop, "select count(*) as n from demo_shop.tracks")
+
+
+def test_short_names_resolve_through_a_declared_input(shop: Path, make_workspace) -> None:
+    (shop / "pipelines" / "short.yml").write_text(
+        "name: short\nnodes:\n  src:\n    type: segment_source\n    schema: demo_shop\n"
+        "  counts:\n    type: sql\n    input: src\n"
+        "    sql: select (select count(*) from tracks) as t, (select count(*) from users) as u\n"
+    )
+    assert run(shop, "short").ok
+    expected = rows(shop, "select (select count(*) from demo_shop.tracks) as t, "
+                          "(select count(*) from demo_shop.users) as u")
+    assert rows(shop, "select * from short__counts") == expected
+
+
+def test_ambiguous_short_name_and_unknown_node_table_are_clear_errors(shop: Path) -> None:
+    (shop / "pipelines" / "two.yml").write_text(
+        "name: two\nnodes:\n  a:\n    type: segment_source\n    schema: demo_shop\n"
+        "  b:\n    type: segment_source\n    schema: demo_shop\n    tables: [tracks]\n"
+        "  both:\n    type: sql\n    inputs: [a, b]\n    sql: select count(*) as n from tracks\n"
+        "  typo:\n    type: sql\n    sql: select count(*) as n from a.trakcs\n"
+    )
+    result = run(shop, "two")
+    assert result.node("a").status == "success" and result.node("b").status == "success"
+    both = result.node("both").error
+    assert "`tracks`" in both and "a, b" in both and "a.tracks" in both
+    typo = result.node("typo").error
+    assert "`a.trakcs`" in typo and "tracks" in typo and "order_completed" in typo
+
+
+def test_missing_tables_are_listed_with_what_exists(shop: Path) -> None:
+    (shop / "pipelines" / "missing.yml").write_text(
+        "name: missing\nnodes:\n  src:\n    type: segment_source\n    schema: demo_shop\n"
+        "    tables: [tracks, pages, order_completed, screens]\n"
+    )
+    error = run(shop, "missing").node("src").error
+    assert "node `src`" in error and "pages, screens" in error
+    assert "it has: checkout_started, identifies" in error
+
+
+def test_unknown_schema_lists_the_segment_sources_present(shop: Path) -> None:
+    (shop / "pipelines" / "bad.yml").write_text(
+        "name: bad\nnodes:\n  src:\n    type: segment_source\n    schema: demo_shoop\n"
+    )
+    error = run(shop, "bad").node("src").error
+    assert "`demo_shoop` does not exist" in error and "demo_shop" in error.split("(", 1)[1]
+
+
+def test_schema_without_tracks_or_identifies_is_not_a_source(shop: Path) -> None:
+    (shop / "pipelines" / "truth.yml").write_text(
+        "name: truth\nnodes:\n  src:\n    type: segment_source\n    schema: demo_shop_truth\n"
+    )
+    error = run(shop, "truth").node("src").error
+    assert "neither `tracks` nor `identifies`" in error and "customers" in error
+
+
+def test_since_window_keeps_only_recent_rows(make_workspace) -> None:
+    root = make_workspace({"recent": (
+        "name: recent\nnodes:\n  src:\n    type: segment_source\n    schema: demo_shop\n"
+        "    tables: [tracks, order_completed]\n    since: 30d\n")})
+    end = datetime.now().replace(microsecond=0)
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        write_demo_data(wh, customers=120, days=90, seed=5, end=end)
+    assert run(root, "recent").ok
+    cutoff = (datetime.utcnow() - timedelta(days=30)).isoformat(sep=" ")
+    for table in ("tracks", "order_completed"):
+        got = rows(root, f"select count(*) as n, min(received_at) as first from recent__src__{table}")[0]
+        all_rows = rows(root, f"select count(*) as n from demo_shop.{table}")[0]["n"]
+        expected = rows(root, f"select count(*) as n from demo_shop.{table} "
+                              f"where received_at > timestamp '{cutoff}' - interval 1 minute")[0]["n"]
+        assert 0 < got["n"] < all_rows
+        assert abs(got["n"] - expected) <= 2  # the run's clock and the test's differ by seconds
+        assert got["first"] >= datetime.utcnow() - timedelta(days=30, minutes=5)
+
+
+def _append_tracks(root: Path, ids: list[str], received: datetime) -> None:
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        template = wh.sql("select * from demo_shop.tracks limit 1").to_pyarrow().to_pylist()[0]
+        new = [{**template, "id": i, "received_at": received} for i in ids]
+        wh.insert("tracks", pa.Table.from_pylist(new, schema=wh.table("tracks", "demo_shop").schema().to_pyarrow()),
+                  schema="demo_shop")
+
+
+def test_incremental_reads_rows_received_since_the_last_successful_run(make_workspace) -> None:
+    root = make_workspace({"inc": (
+        "name: inc\nnodes:\n  src:\n    type: segment_source\n    schema: demo_shop\n"
+        "    tables: [tracks]\n    incremental: true\n"
+        "  new_ids:\n    type: sql\n    sql: select t.id from src.tracks t, ctl.gate g\n")})
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        stats = write_demo_data(wh, customers=60, days=30, seed=2)
+        wh.create_table("gate", pa.table({"ok": [1]}), schema="ctl")
+    assert run(root, "inc").ok
+    assert len(rows(root, "select * from inc__new_ids")) == stats.events  # first run: everything
+
+    _append_tracks(root, ["late-1", "late-2"], datetime(2030, 1, 1))
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        wh.drop_table("gate", schema="ctl")  # the downstream node fails: this run does not count
+    failed = run(root, "inc")
+    assert failed.node("src").status == "success" and failed.node("new_ids").status == "failed"
+
+    _append_tracks(root, ["late-3"], datetime(2030, 1, 2))
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        wh.create_table("gate", pa.table({"ok": [1]}), schema="ctl")
+    assert run(root, "inc").ok
+    assert sorted(r["id"] for r in rows(root, "select * from inc__new_ids")) == ["late-1", "late-2", "late-3"]
+    assert run(root, "inc").ok  # nothing new since
+    assert rows(root, "select * from inc__new_ids") == []
+
+
+@pytest.mark.parametrize(
+    ("node", "message"),
+    [
+        ("    since: yesterday\n", "neither a duration"),
+        ("    since: 7d\n    incremental: true\n", "either `since` or `incremental"),
+        ("    tables: []\n", "`tables` is empty"),
+        ("    input: other\n", "at most 0 input"),
+        ("    tabels: [tracks]\n", "unknown key `tabels`"),
+    ],
+)
+def test_config_problems_name_the_line(node: str, message: str) -> None:
+    text = ("name: p\nnodes:\n  other:\n    type: sql\n    sql: select 1 as x\n"
+            "  src:\n    type: segment_source\n    schema: demo_shop\n" + node)
+    with pytest.raises(ConfigErrors) as info:
+        parse_pipeline(text, "p.yml")
+    assert message in str(info.value)
+    assert any(err.line and err.line >= 6 for err in info.value.errors)
