@@ -188,6 +188,10 @@ class Warehouse:
         self.con.drop_table(name, database=schema or self.schema, force=True)
 
     def close(self) -> None:
+        if self.backend == "pyspark":
+            # The Spark session lives as long as the process: other connections in this
+            # process share it (getOrCreate), and an in-memory catalog would be lost.
+            return
         disconnect = getattr(self.con, "disconnect", None)
         if callable(disconnect):
             disconnect()

@@ -29,6 +29,24 @@ if TYPE_CHECKING:  # pragma: no cover
 class SqlConfig(NodeConfig):
     type: Literal["sql"] = "sql"
     sql: str = Field(description="A SELECT query; name upstream nodes by node name.")
+    dialect: str | None = Field(
+        default=None,
+        description="SQL dialect the query is written in (e.g. duckdb, postgres); segloop "
+        "translates it to the warehouse's with sqlglot. Default: the warehouse's own.",
+    )
+
+    @field_validator("dialect")
+    @classmethod
+    def _known_dialect(cls, value: str | None) -> str | None:
+        if value is not None:
+            from sqlglot.dialects.dialect import Dialect
+
+            try:
+                Dialect.get_or_raise(value)
+            except ValueError:
+                raise ValueError(f"unknown SQL dialect `{value}` (e.g. duckdb, postgres, snowflake, "
+                                 "bigquery, spark)") from None
+        return value
 
     @field_validator("sql")
     @classmethod
@@ -38,8 +56,8 @@ class SqlConfig(NodeConfig):
         return value
 
     def implicit_upstream(self, node_names: set[str]) -> list[str]:
-        names = [name for name in referenced_tables(self.sql) if name in node_names]
-        for db, _ in qualified_refs(self.sql):
+        names = [name for name in referenced_tables(self.sql, self.dialect) if name in node_names]
+        for db, _ in qualified_refs(self.sql, self.dialect):
             if db in node_names and db not in names:
                 names.append(db)
         return names
@@ -96,15 +114,18 @@ def rewrite_node_refs(
     mapping: dict[str, tuple[str, str]],
     dialect: str,
     qualified: dict[tuple[str, str], tuple[str, str]] | None = None,
+    read: str | None = None,
 ) -> str:
     """Replace references to nodes by ``schema.table`` of their outputs.
+
+    The query is parsed as ``read`` (default: ``dialect``) and written as ``dialect``.
 
     ``mapping`` maps unqualified names (node names, short names of extra tables);
     ``qualified`` maps ``(node, name)`` pairs written ``node.name`` to extra tables.
     """
     import sqlglot.expressions as exp
 
-    tree = _parse(sql, dialect)
+    tree = _parse(sql, read or dialect)
     if tree is None:
         return sql
     ctes = _cte_names(tree)
@@ -149,7 +170,10 @@ class SqlOperator(Operator):
         upstream = sorted(ctx.options.get("pipeline_nodes", set(inputs)))
         mapping = {name: (wh.schema, ctx.table_name(node=name)) for name in upstream}
         qualified = _extra_table_refs(config, upstream, mapping, ctx)
-        query = rewrite_node_refs(config.sql, mapping, dialect, qualified)
+        if config.dialect and _parse(config.sql, config.dialect) is None:
+            raise NodeError(ctx.node, f"the query is not valid {config.dialect} SQL (`dialect: "
+                            f"{config.dialect}`); fix it or drop `dialect:` to write {dialect} SQL")
+        query = rewrite_node_refs(config.sql, mapping, dialect, qualified, read=config.dialect)
         try:
             table = wh.sql(query)
         except Exception as exc:
@@ -166,9 +190,9 @@ def _extra_table_refs(
     looks at the warehouse when the query names something that may be an extra table.
     """
     wh = ctx.warehouse
-    refs = [(db, name) for db, name in qualified_refs(config.sql) if db in upstream]
+    refs = [(db, name) for db, name in qualified_refs(config.sql, config.dialect) if db in upstream]
     declared = [name for name in config.upstream() if name in upstream]
-    shorts = [name for name in referenced_tables(config.sql) if name not in mapping] if declared else []
+    shorts = [name for name in referenced_tables(config.sql, config.dialect) if name not in mapping] if declared else []
     if not refs and not shorts:
         return {}
     existing = set(wh.list_tables())
