@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from segloop.demo import write_demo_data
+from segloop.demo import generate
 from segloop.pipeline import Pipeline
 
 pytestmark = pytest.mark.slow
@@ -60,13 +60,16 @@ def test_demo_sql_and_rfm_give_the_same_segments_on_spark_and_duckdb(tmp_path: P
     if shutil.which("java") is None:
         pytest.skip("local Spark needs Java 17+ on PATH")
     spark_yml = (f"    type: pyspark\n    master: local[2]\n    metastore: in-memory\n"
-                 f"    warehouse_dir: {tmp_path / 'spark-warehouse'}\n")
+                 f"    warehouse_dir: {tmp_path / 'spark-warehouse'}\n"
+                 "    conf:\n      spark.sql.shuffle.partitions: '2'\n")
+    # Spark writes each table as a job (seconds each), so only the table the demo reads.
+    tables, _ = generate(customers=250, days=200, seed=21)
     results = {}
     for label, yml in (("duckdb", "    type: duckdb\n"), ("pyspark", spark_yml)):
         pipeline = Pipeline.load(workspace(tmp_path / label, yml) / "pipelines" / "demo.yml")
         with pipeline.connect() as wh:
             assert wh.backend == label
-            write_demo_data(wh, customers=250, days=200, seed=21)
+            wh.create_table("order_completed", tables["order_completed"], schema="demo_shop")
         run = pipeline.run()
         assert run.ok, [n.error for n in run.nodes]
         results[label] = rfm_rows(pipeline)
