@@ -237,6 +237,44 @@ def query(
     console.print(table)
 
 
+
+@app.command()
+@handle_errors
+def preview(
+    pipeline: str = typer.Argument(..., help="Pipeline file, or its name in pipelines/."),
+    node: str = typer.Argument(..., help="A Segment node of that pipeline."),
+    rows: int = typer.Option(5, "--rows", help="How many payloads to show."),
+) -> None:
+    """Show what the next run of a Segment node would send, sending nothing."""
+    import orjson
+
+    from segloop.pipeline import Pipeline
+
+    result = Pipeline.load(pipeline).preview(node, rows)
+    payloads = result.pop("payloads")
+    counts = ", ".join(f"{k}={v:,}" for k, v in result.items() if isinstance(v, int))
+    console.print(f"[bold]{node}[/bold] next run: {counts}", highlight=False)
+    for payload in payloads:
+        console.print_json(orjson.dumps(payload, default=str).decode())
+
+
+@app.command()
+@handle_errors
+def reset(
+    pipeline: str = typer.Argument(..., help="Pipeline file, or its name in pipelines/."),
+    node: str = typer.Argument(..., help="A Segment node of that pipeline."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Forget a Segment node's sync state: its next run sends every row again."""
+    from segloop.pipeline import Pipeline
+
+    loaded = Pipeline.load(pipeline)
+    if not yes and not typer.confirm(f"Forget what `{node}` sent? Its next run re-sends every row."):
+        raise typer.Exit(1)
+    loaded.reset(node)
+    console.print(f"Sync state of `{node}` forgotten; the next run sends every row.")
+
+
 def main() -> None:
     app(prog_name="segloop")
 

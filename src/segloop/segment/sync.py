@@ -16,6 +16,7 @@ send are streamed to Python, in bounded chunks.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -101,6 +102,7 @@ class SyncState:
     run_id: str = ""
     CHUNK_ROWS: ClassVar[int] = 20_000
     _buffer: list[Ack] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- table names ---------------------------------------------------------------------
 
@@ -208,16 +210,22 @@ class SyncState:
     # -- checkpoints ---------------------------------------------------------------------
 
     def record(self, acks: Sequence[Ack]) -> None:
-        """Buffer acknowledgements; ``checkpoint`` writes them to the log table."""
-        self._buffer.extend(acks)
+        """Buffer acknowledgements (any thread); ``checkpoint`` writes them to the log table."""
+        with self._lock:
+            self._buffer.extend(acks)
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
 
     def checkpoint(self) -> int:
         """Append buffered acknowledgements to the log; returns how many were written."""
         import pyarrow as pa
 
-        if not self._buffer:
+        with self._lock:
+            acks, self._buffer = self._buffer, []
+        if not acks:
             return 0
-        acks, self._buffer = self._buffer, []
         now = datetime.now(UTC).replace(tzinfo=None)
         table = pa.table(
             {
