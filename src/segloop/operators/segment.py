@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
     import pyarrow as pa
 
-    from segloop.segment.messages import Rejection, RowMapping
+    from segloop.segment.messages import RowMapping
     from segloop.segment.results import Outcome, QueuedMessage
     from segloop.segment.sync import Ack, SyncPlan, SyncState
 
