@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from segloop.segment.client import Client, DeliveryReport, Enqueued, Outcome, QueuedMessage
+    from segloop.segment.client import Client
+    from segloop.segment.results import DeliveryReport, Enqueued, Outcome, QueuedMessage
     from segloop.segment.sending import SendSummary, send_messages
 
 __all__ = [
@@ -25,10 +26,10 @@ __all__ = [
 
 _LAZY = {
     "Client": "segloop.segment.client",
-    "DeliveryReport": "segloop.segment.client",
-    "Enqueued": "segloop.segment.client",
-    "Outcome": "segloop.segment.client",
-    "QueuedMessage": "segloop.segment.client",
+    "DeliveryReport": "segloop.segment.results",
+    "Enqueued": "segloop.segment.results",
+    "Outcome": "segloop.segment.results",
+    "QueuedMessage": "segloop.segment.results",
     "SendSummary": "segloop.segment.sending",
     "send_messages": "segloop.segment.sending",
 }

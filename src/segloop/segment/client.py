@@ -27,15 +27,21 @@ import threading
 import time
 import uuid
 import weakref
-from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
 
 from segloop.errors import DataError
 from segloop.segment import messages as m
+from segloop.segment.batching import MessageQueue
+from segloop.segment.results import (
+    BatchListener,
+    DeliveryReport,
+    Enqueued,
+    Outcome,
+    QueuedMessage,
+)
 from segloop.segment.transport import (
     MAX_BATCH_BYTES,
     MAX_BATCH_MESSAGES,
@@ -54,162 +60,6 @@ DEFAULT_MAX_IN_FLIGHT = 8
 """Concurrent requests per client; chosen with bench/sender.py (see bench/README.md)."""
 ATEXIT_FLUSH_SECONDS = 30.0
 """At interpreter exit, how long a client still tries to deliver what it holds."""
-
-Status = Literal["sent", "rejected", "failed"]
-
-
-class QueuedMessage:
-    """One encoded message on its way: payload bytes, id, and the caller's reference."""
-
-    __slots__ = ("listener", "message_id", "payload", "ref")
-
-    def __init__(self, payload: bytes, message_id: str, ref: Any = None, listener: Any = None):
-        self.payload = payload
-        self.message_id = message_id
-        self.ref = ref
-        self.listener = listener
-
-    def message(self) -> dict[str, Any]:
-        """The message as a dict (decoded again; only needed on error paths)."""
-        result: dict[str, Any] = orjson.loads(self.payload)
-        return result
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How a group of messages ended. ``reason`` is a stable code, ``detail`` a sentence."""
-
-    status: Status
-    reason: str | None = None
-    detail: str | None = None
-    http_status: int | None = None
-
-
-BatchListener = Callable[[list[QueuedMessage], Outcome], None]
-
-
-class Enqueued(tuple):  # type: ignore[type-arg]
-    """``(ok, message)`` like Segment's library, but false when the message was not queued.
-
-    ``if not client.track(...)`` works (Segment's tuple is always true), and so does
-    ``ok, msg = client.track(...)``. ``reason`` says why a message was not queued.
-    """
-
-    ok: bool
-    message: dict[str, Any]
-    reason: str | None
-    status: Literal["queued", "rejected", "dropped"]
-
-    def __new__(cls, ok: bool, message: dict[str, Any], reason: str | None = None,
-                status: Literal["queued", "rejected", "dropped"] | None = None) -> Enqueued:
-        self = super().__new__(cls, (ok, message))
-        self.ok, self.message, self.reason = ok, message, reason
-        self.status = status or ("queued" if ok else "dropped")
-        return self
-
-    def __bool__(self) -> bool:
-        return self.ok
-
-
-@dataclass
-class DeliveryReport:
-    """Totals since the client was created; ``lost`` is everything that did not arrive."""
-
-    sent: int = 0
-    rejected: int = 0
-    failed: int = 0
-    dropped: int = 0
-    pending: int = 0
-    rejected_by_reason: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def lost(self) -> int:
-        return self.rejected + self.failed + self.dropped + self.pending
-
-
-class _MessageQueue:
-    """A bounded FIFO of encoded messages that hands out whole batches.
-
-    One sender assembles at a time; producers wake it only when a full batch is there,
-    instead of on every message, which keeps thread switches per batch, not per message.
-    """
-
-    def __init__(self, maxsize: int):
-        self.maxsize = maxsize
-        self.items: deque[QueuedMessage] = deque()
-        self.bytes = 0
-        self.lock = threading.Lock()
-        self.not_empty = threading.Condition(self.lock)
-        self.not_full = threading.Condition(self.lock)
-        self.want_count = 1
-        self.want_bytes = 1
-        self.closed = False
-        self.flushing = 0
-        self.abort = False
-
-    def put(self, item: QueuedMessage, block: bool) -> bool:
-        with self.lock:
-            while len(self.items) >= self.maxsize:
-                if not block or self.closed:
-                    return False
-                self.not_full.wait()
-            if self.closed:
-                return False
-            self.items.append(item)
-            self.bytes += len(item.payload)
-            if len(self.items) >= self.want_count or self.bytes >= self.want_bytes:
-                self.not_empty.notify()
-            return True
-
-    def take(self, max_count: int, max_bytes: int, overhead: int, interval: float) -> list[QueuedMessage] | None:
-        """The next batch: full, or whatever came within ``interval``; None when closing."""
-        with self.lock:
-            while not self.items:
-                if self.closed or self.abort:
-                    return None
-                self.want_count = self.want_bytes = 1
-                self.not_empty.wait()
-            if self.abort:
-                return None
-            deadline = time.monotonic() + interval
-            batch: list[QueuedMessage] = []
-            size = overhead
-            while True:
-                full = False
-                while self.items and len(batch) < max_count:
-                    n = len(self.items[0].payload)
-                    add = n + 1 if batch else n
-                    if size + add > max_bytes and batch:
-                        full = True
-                        break
-                    batch.append(self.items.popleft())
-                    self.bytes -= n
-                    size += add
-                self.not_full.notify(len(batch))
-                if full or len(batch) >= max_count or self.flushing or self.closed or self.abort:
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self.want_count = max_count - len(batch)
-                self.want_bytes = max(max_bytes - size, 1)
-                self.not_empty.wait(remaining)
-            self.want_count = self.want_bytes = 1
-            return batch
-
-    def wake_all(self) -> None:
-        with self.lock:
-            self.not_empty.notify_all()
-            self.not_full.notify_all()
-
-    def drain(self) -> list[QueuedMessage]:
-        with self.lock:
-            items = list(self.items)
-            self.items.clear()
-            self.bytes = 0
-            self.not_full.notify_all()
-            return items
-
 
 _CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()
 
@@ -243,6 +93,7 @@ class Client:
         timeout: float = 15.0,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         max_retry_time: float = 600.0,
+        retry_base_delay: float = 0.5,
         transport: TransportLike | None = None,
         send: bool = True,
     ):
@@ -267,6 +118,7 @@ class Client:
         self.timeout = timeout
         self.max_in_flight = max_in_flight
         self.max_retry_time = max_retry_time
+        self.retry_base_delay = retry_base_delay
         self.transport = transport
         self.send = send
         self.envelope = Envelope(write_key)
@@ -281,7 +133,7 @@ class Client:
     # --- state -------------------------------------------------------------------------
 
     def _init_state(self) -> None:
-        self._queue = _MessageQueue(self.max_queue_size)
+        self._queue = MessageQueue(self.max_queue_size)
         self._throttle = Throttle(self.max_in_flight)
         self._abort = threading.Event()
         self._assemble = threading.Lock()
@@ -558,7 +410,7 @@ class Client:
             now = time.monotonic()
             first_failure = first_failure or now
             if answer.rate_limited:
-                delay = answer.retry_after if answer.retry_after is not None else backoff_delay(attempt)
+                delay = answer.retry_after if answer.retry_after is not None else backoff_delay(attempt, self.retry_base_delay)
                 self._throttle.rate_limited(delay)
             else:
                 attempt += 1
@@ -567,7 +419,7 @@ class Client:
                                                   f"gave up after {attempt} tries; last answer: {answer.detail}",
                                                   answer.status))
                     return
-                delay = answer.retry_after if answer.retry_after is not None else backoff_delay(attempt)
+                delay = answer.retry_after if answer.retry_after is not None else backoff_delay(attempt, self.retry_base_delay)
             if now + delay - first_failure > self.max_retry_time:
                 self._complete(batch, Outcome("failed", "retry_time_exceeded",
                                               f"still failing after {now - first_failure:.0f} s "

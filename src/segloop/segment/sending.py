@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from segloop.segment.client import BatchListener, Client, Outcome, QueuedMessage
+from segloop.segment.client import Client
 from segloop.segment.messages import Message, Rejection, dumps
+from segloop.segment.results import BatchListener, Outcome, QueuedMessage
 
 Item = tuple[Any, "Message | Rejection"]
 
