@@ -66,9 +66,10 @@ class FakeSegment:
         headers: dict[str, str] = {}
         if isinstance(action, tuple):
             action, headers = action
-        if action is None and self.poison is not None:
-            if any(self.poison in (msg.get("properties") or {}) for msg in body["batch"]):
-                action = 400
+        if action is None and self.poison is not None and any(
+            self.poison in (msg.get("properties") or {}) for msg in body["batch"]
+        ):
+            action = 400
         status = action or 200
         rec.status = status
         if status == 200:
