@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import pytest
-from fake_segment import FakeSegment
+from tests.segment.fake_segment import FakeSegment
 
 from segloop.errors import DataError
 from segloop.segment import Client, Outcome, QueuedMessage

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_segment import FakeSegment
+from tests.segment.fake_segment import FakeSegment
 
 from segloop.segment import Client, Outcome, QueuedMessage, send_messages
 from segloop.segment.messages import MISSING_CUSTOMER_ID, Rejection
