@@ -1,0 +1,1 @@
+"""The Segment side of segloop: messages, client, collector, archive and warehouse schema."""
