@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from segloop.errors import DataError
 from segloop.segment.archive import ArchiveFile, find_archive_files, read_archive_file
 from segloop.segment.schema import (
+    COMMON_COLUMNS,
     LOADED_FILES_TABLE,
     USERS_TABLE,
     Kind,
@@ -175,8 +176,8 @@ class _SchemaWriter:
                 if col in ("id", "user_id", "anonymous_id"):
                     new[col] = "varchar"
         if known is None:
-            for col in ("id", "received_at"):
-                new.setdefault(col, "varchar" if col == "id" else "timestamp")
+            base = _base_columns(table, rows)
+            new = {**base, **{c: k for c, k in new.items() if c not in base}}
             defs = ", ".join(f"{self.wh.quote(c)} {SQL_TYPES[k]}" for c, k in new.items())
             self.wh.raw_sql(f"CREATE TABLE IF NOT EXISTS {self.q(table)} ({defs})")
             self.columns[table] = dict(new)
@@ -289,6 +290,19 @@ class _SchemaWriter:
 
 
 _TIME_COLUMNS = frozenset(["received_at", "sent_at", "timestamp", "original_timestamp", "uuid_ts"])
+
+
+def _base_columns(table: str, rows: list[dict[str, Any]]) -> dict[str, Kind]:
+    """Columns a new table always gets, so queries on them work before a value arrives."""
+    if table == USERS_TABLE:
+        return {"id": "varchar", "received_at": "timestamp", "uuid_ts": "timestamp"}
+    base: dict[str, Kind] = {
+        col: ("timestamp" if col in _TIME_COLUMNS else "varchar") for col in COMMON_COLUMNS
+    }
+    if any("event_text" in row for row in rows[:1]):
+        base["event"] = "varchar"
+        base["event_text"] = "varchar"
+    return base
 
 
 def _content_id(message: dict[str, Any]) -> str:
