@@ -345,6 +345,7 @@ class Committer:
             with self._lock:
                 already = self.dedupe.seen([mid for p in group for mid, _ in p.lines], now_ms)
                 fresh: set[str] = set()
+                dedupe_on = self.dedupe.window_ms > 0
                 files: dict[tuple[str, int], list[bytes]] = {}
                 results: list[CommitResult] = []
                 for pending in group:
@@ -353,7 +354,8 @@ class Committer:
                         if message_id in already or message_id in fresh:
                             deduped += 1
                             continue
-                        fresh.add(message_id)
+                        if dedupe_on:
+                            fresh.add(message_id)
                         files.setdefault((pending.source, pending.day_ms), []).append(line)
                         accepted += 1
                     results.append(CommitResult(accepted, deduped))
