@@ -315,3 +315,15 @@ def test_latency_is_added(data_dir):
         start = time.perf_counter()
         assert post_json(http, "/v1/track", track(1)).status_code == 200
         assert time.perf_counter() - start >= 0.2
+
+
+def test_absurd_clocks_do_not_break_the_server(client, data_dir):
+    # Found by schemathesis: year-1 event times with a year-9999 sentAt overflowed.
+    body = {
+        "batch": [track(1, timestamp="0001-01-01T00:00:00Z")],
+        "sentAt": "9999-12-31T23:59:59Z",
+    }
+    assert post_json(client, "/v1/batch", body).status_code == 200
+    (message,) = archived(data_dir)
+    assert message["timestamp"] == message["receivedAt"]
+    assert message["originalTimestamp"] == "0001-01-01T00:00:00Z"
