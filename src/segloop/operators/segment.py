@@ -93,7 +93,7 @@ class SegmentOperator(Operator):
     type_name: ClassVar[str] = "segment"
     config_model: ClassVar[type[NodeConfig]] = SegmentConfig
     CHECKPOINT_EVERY_ROWS: ClassVar[int] = 5_000
-    CHECKPOINT_EVERY_SECONDS: ClassVar[float] = 1.0
+    CHECKPOINT_EVERY_SECONDS: ClassVar[float] = 0.25
     SAMPLE_PAYLOADS: ClassVar[int] = 3
 
     @property
