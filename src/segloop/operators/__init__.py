@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
 from segloop.operators.rfm import RfmOperator
+from segloop.operators.segment import SegmentOperator
 from segloop.operators.segment_source import SegmentSourceOperator
 from segloop.operators.sql import SqlOperator
 
@@ -17,6 +18,7 @@ NODE_TYPES: dict[str, type[Operator]] = {
     for op in (
         SqlOperator,
         RfmOperator,
+        SegmentOperator,
         SegmentSourceOperator,
     )
 }

@@ -16,6 +16,7 @@ send are streamed to Python, in bounded chunks.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -55,10 +56,13 @@ def _md5(value: ir.StringValue, dialect: str) -> ir.StringValue:
     import ibis
 
     @ibis.udf.scalar.builtin(name="md5")
-    def md5(x: str) -> str: ...
+    def md5(x: str) -> str:  # type: ignore[empty-body]
+        ...
+
 
     @ibis.udf.scalar.builtin(name="to_hex")
-    def to_hex(x: bytes) -> str: ...
+    def to_hex(x: bytes) -> str:  # type: ignore[empty-body]
+        ...
 
     if dialect == "bigquery":  # BigQuery's MD5 returns BYTES
         return to_hex(md5(value))  # type: ignore[arg-type]
@@ -101,6 +105,7 @@ class SyncState:
     run_id: str = ""
     CHUNK_ROWS: ClassVar[int] = 20_000
     _buffer: list[Ack] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- table names ---------------------------------------------------------------------
 
@@ -208,16 +213,22 @@ class SyncState:
     # -- checkpoints ---------------------------------------------------------------------
 
     def record(self, acks: Sequence[Ack]) -> None:
-        """Buffer acknowledgements; ``checkpoint`` writes them to the log table."""
-        self._buffer.extend(acks)
+        """Buffer acknowledgements (any thread); ``checkpoint`` writes them to the log table."""
+        with self._lock:
+            self._buffer.extend(acks)
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
 
     def checkpoint(self) -> int:
         """Append buffered acknowledgements to the log; returns how many were written."""
         import pyarrow as pa
 
-        if not self._buffer:
+        with self._lock:
+            acks, self._buffer = self._buffer, []
+        if not acks:
             return 0
-        acks, self._buffer = self._buffer, []
         now = datetime.now(UTC).replace(tzinfo=None)
         table = pa.table(
             {
