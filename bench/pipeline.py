@@ -124,7 +124,7 @@ def child_segloop(args: argparse.Namespace) -> dict[str, Any]:
 
     from segloop.pipeline import Pipeline
 
-    getattr(ibis, "duckdb")  # load the backend before the clock runs, as `import duckdb` does for hand
+    ibis.duckdb  # noqa: B018 - load the backend before the clock runs, as `import duckdb` does for hand
 
     root = Path(args.workspace)
     pipeline = Pipeline.load(root / "pipelines" / "bench.yml")
@@ -265,6 +265,14 @@ def fmt(value: float | None, unit: str = "") -> str:
     return "-" if value is None else f"{value:,.2f}{unit}"
 
 
+def cell(part: dict[str, Any] | None) -> str:
+    if not part:
+        return "-"
+    if "error" in part:
+        return f"n/a ({part['error']})"
+    return f"{part['seconds']:.2f} s / {part['peak_mb']:.0f} MB"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1m,10m", help="Event counts, e.g. 1m,10m or 200k.")
@@ -325,15 +333,10 @@ def main() -> int:
           "| segloop on PostgreSQL s / MB | segloop on Spark local s / MB |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in figures:
-        def cell(key: str) -> str:
-            part = row.get(key)
-            if not part:
-                return "-"
-            if "error" in part:
-                return f"n/a ({part['error']})"
-            return f"{part['seconds']:.2f} s / {part['peak_mb']:.0f} MB"
-        print(f"| {row['events']:,} | {row['orders']:,} | {row['customers']:,} | {cell('segloop')} | "
-              f"{cell('hand')} | {fmt(row.get('ratio'), 'x')} | {cell('postgres')} | {cell('spark')} |")
+        cells = [cell(row.get(key)) for key in ("segloop", "hand")]
+        others = [cell(row.get(key)) for key in ("postgres", "spark")]
+        print(f"| {row['events']:,} | {row['orders']:,} | {row['customers']:,} | {cells[0]} | "
+              f"{cells[1]} | {fmt(row.get('ratio'), 'x')} | {others[0]} | {others[1]} |")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2, default=str))
     return 0

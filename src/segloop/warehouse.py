@@ -219,3 +219,16 @@ class Warehouse:
 
 def _is_arrow_table(obj: object) -> bool:
     return type(obj).__module__.startswith("pyarrow") and type(obj).__name__ == "Table"
+
+
+__all__ = [
+    "WAREHOUSE_TYPES",
+    "AnyWarehouseConfig",
+    "BigQueryConfig",
+    "DuckDBConfig",
+    "PostgresConfig",
+    "PySparkConfig",
+    "SnowflakeConfig",
+    "Warehouse",
+    "WarehouseConfig",
+]

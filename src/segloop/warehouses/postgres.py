@@ -95,12 +95,12 @@ def copy_arrow(backend: Any, table: pa.Table, name: str, schema: str, overwrite:
     columns = ", ".join(_quote(c) for c in table.column_names)
     target = f"{_quote(schema)}.{_quote(name)}"
     options = pacsv.WriteOptions(include_header=False)
-    with backend.con.cursor() as cursor:
-        with cursor.copy(f"COPY {target} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
-            for batch in table.to_batches(max_chunksize=COPY_BATCH_ROWS):
-                buffer = io.BytesIO()
-                pacsv.write_csv(batch, buffer, write_options=options)
-                copy.write(buffer.getvalue())
+    statement = f"COPY {target} ({columns}) FROM STDIN WITH (FORMAT csv)"
+    with backend.con.cursor() as cursor, cursor.copy(statement) as copy:
+        for batch in table.to_batches(max_chunksize=COPY_BATCH_ROWS):
+            buffer = io.BytesIO()
+            pacsv.write_csv(batch, buffer, write_options=options)
+            copy.write(buffer.getvalue())
     backend.con.commit()
     return True
 
