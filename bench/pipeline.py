@@ -192,6 +192,15 @@ def run_child(step: str, **options: Any) -> dict[str, Any]:
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
+def median_child(repeat: int, step: str, **options: Any) -> dict[str, Any]:
+    """Run a child ``repeat`` times ; the median of each figure of each figure."""
+    import statistics
+
+    runs = [run_child(step, **options) for _ in range(repeat)]
+    return {key: statistics.median(r[key] for r in runs) if isinstance(runs[0][key], float) else runs[0][key]
+            for key in runs[0]}
+
+
 # -- parent -----------------------------------------------------------------------------------
 
 
@@ -304,6 +313,7 @@ def main() -> int:
     parser.add_argument("--workdir", default=None,
                         help="Keep data here and reuse it on the next run (default: a temp folder).")
     parser.add_argument("--json", default=None, help="Also write the figures to this file.")
+    parser.add_argument("--repeat", type=int, default=3, help="DuckDB runs per figure (median).")
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     for hidden in ("duckdb", "workspace", "customers", "tables"):
         parser.add_argument(f"--{hidden}", help=argparse.SUPPRESS)
@@ -339,8 +349,8 @@ def main() -> int:
                 print(f"   reusing {gen['events']:,} events, {gen['orders']:,} orders in {duckdb_file}", flush=True)
             row: dict[str, Any] = {"target_events": size, **{k: gen[k] for k in ("events", "orders", "customers")}}
             if "duckdb" in backends:
-                row["segloop"] = run_child("segloop", workspace=duck_ws)
-                row["hand"] = run_child("hand", duckdb=duckdb_file)
+                row["segloop"] = median_child(args.repeat, "segloop", workspace=duck_ws)
+                row["hand"] = median_child(args.repeat, "hand", duckdb=duckdb_file)
                 row["ratio"] = row["segloop"]["seconds"] / row["hand"]["seconds"]
                 row["warm_ratio"] = row["segloop"]["warm_seconds"] / row["hand"]["warm_seconds"]
                 row["same_result"] = same_result(duckdb_file)

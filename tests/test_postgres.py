@@ -115,6 +115,22 @@ def test_demo_pipeline_gives_the_same_rfm_segments_on_postgres_and_duckdb(
         assert set(kinds.values()) == {"VIEW"}
 
 
+def test_source_can_be_reloaded_while_segment_source_views_point_at_it(
+    tmp_path: Path, pg_cluster: PgCluster, pg_database: str
+) -> None:
+    root = write_workspace(tmp_path, pg_cluster.workspace_yml(pg_database, "default"),
+                           {"via_source": SOURCE_PIPELINE})
+    pipeline = Pipeline.load(root / "pipelines" / "via_source.yml")
+    with pipeline.connect() as wh:
+        write_demo_data(wh, customers=60, days=60, seed=1)
+    assert pipeline.run().ok
+    with pipeline.connect() as wh:  # views now depend on demo_shop.tracks and friends
+        second = write_demo_data(wh, customers=90, days=60, seed=2)
+        assert wh.count(wh.table("via_source__src__tracks")) == second.events
+    again = pipeline.run()
+    assert again.ok and again.node("rfm").rows is not None and again.node("rfm").rows > 60
+
+
 class FetchCounter:
     """Counts rows psycopg hands to Python through any cursor (client- or server-side)."""
 

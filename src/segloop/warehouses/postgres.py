@@ -89,7 +89,14 @@ def copy_arrow(backend: Any, table: pa.Table, name: str, schema: str, overwrite:
     if not simple or table.num_columns == 0:
         return False
     ibis_schema = ibis.Schema.from_pyarrow(table.schema)
-    backend.create_table(name, schema=ibis_schema, database=schema, overwrite=overwrite)
+    if overwrite and _same_columns(backend, name, schema, ibis_schema):
+        # Same columns: empty the table in place. Dropping it would fail when views depend
+        # on it (segment_source views over a source schema that is reloaded).
+        with backend.con.cursor() as cursor:
+            cursor.execute(f"TRUNCATE TABLE {_quote(schema)}.{_quote(name)}")
+        backend.con.commit()
+    else:
+        backend.create_table(name, schema=ibis_schema, database=schema, overwrite=overwrite)
     if table.num_rows == 0:
         return True
     columns = ", ".join(_quote(c) for c in table.column_names)
@@ -103,6 +110,16 @@ def copy_arrow(backend: Any, table: pa.Table, name: str, schema: str, overwrite:
             copy.write(buffer.getvalue())
     backend.con.commit()
     return True
+
+
+def _same_columns(backend: Any, name: str, schema: str, wanted: Any) -> bool:
+    """Whether ``schema.name`` exists with exactly these column names and types."""
+    try:
+        if name not in backend.list_tables(database=schema):
+            return False
+        return bool(backend.get_schema(name, database=schema) == wanted)
+    except Exception:
+        return False
 
 
 def _quote(ident: str) -> str:
