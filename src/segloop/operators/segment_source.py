@@ -195,16 +195,22 @@ class SegmentSourceOperator(Operator):
         from segloop.store import RunStore
 
         store = RunStore(workspace.state_dir / "state.db")
+        # Marks only move forward, so the latest successful run holds the highest ones; taking
+        # the maximum per table does not depend on how runs in the same second are ordered.
+        marks: dict[str, datetime] = {}
         try:
-            for run in store.list_runs(ctx.pipeline, limit=200):
+            for run in store.list_runs(ctx.pipeline, limit=1000):
                 if run.status != "success" or run.dry_run or run.id == ctx.run_id:
                     continue
                 for node in run.nodes:
-                    if node.node == ctx.node and node.status == "success":
-                        marks = node.metrics.get("high_water_marks")
-                        if isinstance(marks, dict):
-                            return {str(k): str(v) for k, v in marks.items()}
-            return {}
+                    recorded = node.metrics.get("high_water_marks") if node.node == ctx.node else None
+                    if node.status != "success" or not isinstance(recorded, dict):
+                        continue
+                    for table, value in recorded.items():
+                        mark = datetime.fromisoformat(str(value))
+                        if table not in marks or mark > marks[table]:
+                            marks[str(table)] = mark
+            return {table: mark.isoformat() for table, mark in marks.items()}
         finally:
             store.close()
 
