@@ -86,6 +86,17 @@ def test_arrow_tables_round_trip_through_copy(pg_warehouse: Warehouse) -> None:
     assert pg_warehouse.count(again) == 2
 
 
+def test_insert_appends_arrow_rows_even_with_an_all_null_column(pg_warehouse: Warehouse) -> None:
+    first = pa.table({"key": ["a"], "error": ["boom"], "n": pa.array([1], pa.int64())})
+    pg_warehouse.create_table("log", first, schema="state")
+    # An all-NULL column arrives as Arrow type `null`, which Ibis cannot insert into PostgreSQL.
+    pg_warehouse.insert("log", pa.table({"key": ["b", "c"], "error": [None, None], "n": [2, 3]}),
+                        schema="state")
+    rows = pg_warehouse.table("log", "state").order_by("key").to_pyarrow().to_pylist()
+    assert rows == [{"key": "a", "error": "boom", "n": 1}, {"key": "b", "error": None, "n": 2},
+                    {"key": "c", "error": None, "n": 3}]
+
+
 def test_demo_pipeline_gives_the_same_rfm_segments_on_postgres_and_duckdb(
     tmp_path: Path, pg_cluster: PgCluster, pg_database: str
 ) -> None:
@@ -129,6 +140,42 @@ def test_source_can_be_reloaded_while_segment_source_views_point_at_it(
         assert wh.count(wh.table("via_source__src__tracks")) == second.events
     again = pipeline.run()
     assert again.ok and again.node("rfm").rows is not None and again.node("rfm").rows > 60
+
+
+VOLATILE = ("sentAt", "receivedAt", "originalTimestamp")  # set at send time, not from data
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug: `monetary` is a float SUM whose last bit depends on the engine's summing "
+    "order (26560.61 on PostgreSQL, 26560.609999999997 on DuckDB for 1 of 381 customers), so "
+    "that customer's payload hash and messageId differ; fix by rounding money in the rfm node or "
+    "normalizing floats (15 significant digits) in segloop.segment.messages, then drop this mark",
+)
+def test_demo_pipeline_sends_identical_segment_messages_from_postgres_and_duckdb(
+    tmp_path: Path, pg_cluster: PgCluster, pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.segment.fake_segment import FakeSegment
+
+    monkeypatch.setenv("SEGMENT_WRITE_KEY", "wk-parity")
+    monkeypatch.setenv("SEGLOOP_ENDPOINT", "http://127.0.0.1:9")  # unused: the fake transport answers
+    demo = DEMO_PIPELINE.read_text()
+    assert "type: segment\n" in demo  # the whole demo, Segment action included
+    sent: dict[str, list[dict[str, Any]]] = {}
+    for label, yml in (("postgres", pg_cluster.workspace_yml(pg_database, "default")),
+                       ("duckdb", "warehouses:\n  default:\n    type: duckdb\n")):
+        root = write_workspace(tmp_path / label, yml, {"demo": demo})
+        pipeline = Pipeline.load(root / "pipelines" / "demo.yml")
+        with pipeline.connect() as wh:
+            write_demo_data(wh, customers=400, days=300, seed=13)
+        fake = FakeSegment()
+        result = pipeline.run(options={"segment_transport": fake})
+        assert result.ok, [n.error for n in result.nodes]
+        messages = [{k: v for k, v in m.items() if k not in VOLATILE} for m in fake.delivered()]
+        sent[label] = sorted(messages, key=lambda m: m["messageId"])
+    assert len(sent["duckdb"]) > 300
+    assert [m["messageId"] for m in sent["postgres"]] == [m["messageId"] for m in sent["duckdb"]]
+    assert sent["postgres"] == sent["duckdb"]
 
 
 class FetchCounter:

@@ -187,7 +187,7 @@ class Warehouse:
             raise WarehouseError(f"could not write table {target}.{name}: {exc}") from exc
 
     def insert(self, name: str, obj: ir.Table | pa.Table | Any, schema: str | None = None) -> None:
-        """Append rows; an Arrow table goes straight into DuckDB without a pandas detour."""
+        """Append rows; an Arrow table goes straight into DuckDB (no pandas) or PostgreSQL (COPY)."""
         import pyarrow as pa
 
         if self.dialect == "duckdb" and isinstance(obj, pa.Table):
@@ -199,6 +199,11 @@ class Warehouse:
             finally:
                 raw.unregister(view)
             return
+        if self.backend == "postgres" and isinstance(obj, pa.Table):
+            from segloop.warehouses.postgres import copy_insert
+
+            if copy_insert(self.con, obj, name, schema or self.schema):
+                return
         self.con.insert(name, obj, database=schema or self.schema)
 
     def drop_table(self, name: str, schema: str | None = None) -> None:

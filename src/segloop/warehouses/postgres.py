@@ -74,19 +74,9 @@ def copy_arrow(backend: Any, table: pa.Table, name: str, schema: str, overwrite:
     hundreds of thousands. Arrow's CSV writer quotes every string and leaves NULL unquoted
     and empty, which is exactly PostgreSQL's CSV convention, so NULL and '' stay distinct.
     """
-    import io
-
     import ibis
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
 
-    simple = all(
-        pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_boolean(f.type)
-        or pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
-        or pa.types.is_timestamp(f.type) or pa.types.is_date(f.type) or pa.types.is_decimal(f.type)
-        for f in table.schema
-    )
-    if not simple or table.num_columns == 0:
+    if not _copyable(table):
         return False
     ibis_schema = ibis.Schema.from_pyarrow(table.schema)
     if overwrite and _same_columns(backend, name, schema, ibis_schema):
@@ -97,8 +87,48 @@ def copy_arrow(backend: Any, table: pa.Table, name: str, schema: str, overwrite:
         backend.con.commit()
     else:
         backend.create_table(name, schema=ibis_schema, database=schema, overwrite=overwrite)
+    _copy_rows(backend, table, name, schema)
+    return True
+
+
+def copy_insert(backend: Any, table: pa.Table, name: str, schema: str) -> bool:
+    """Append an Arrow table to an existing table with COPY; False when types need Ibis.
+
+    Columns are cast to the target table's types first, so an all-NULL column (Arrow type
+    ``null``, which Ibis refuses on PostgreSQL) loads as NULLs of the column's type.
+    """
+    import pyarrow as pa
+
+    target = backend.get_schema(name, database=schema).to_pyarrow()
+    columns = [f for f in target if f.name in table.column_names]
+    try:
+        cast = table.select([f.name for f in columns]).cast(pa.schema(columns))
+    except (ValueError, TypeError, NotImplementedError):
+        return False
+    if not _copyable(cast):
+        return False
+    _copy_rows(backend, cast, name, schema)
+    return True
+
+
+def _copyable(table: pa.Table) -> bool:
+    import pyarrow as pa
+
+    return table.num_columns > 0 and all(
+        pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_boolean(f.type)
+        or pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+        or pa.types.is_timestamp(f.type) or pa.types.is_date(f.type) or pa.types.is_decimal(f.type)
+        for f in table.schema
+    )
+
+
+def _copy_rows(backend: Any, table: pa.Table, name: str, schema: str) -> None:
+    import io
+
+    import pyarrow.csv as pacsv
+
     if table.num_rows == 0:
-        return True
+        return
     columns = ", ".join(_quote(c) for c in table.column_names)
     target = f"{_quote(schema)}.{_quote(name)}"
     options = pacsv.WriteOptions(include_header=False)
@@ -109,7 +139,6 @@ def copy_arrow(backend: Any, table: pa.Table, name: str, schema: str, overwrite:
             pacsv.write_csv(batch, buffer, write_options=options)
             copy.write(buffer.getvalue())
     backend.con.commit()
-    return True
 
 
 def _same_columns(backend: Any, name: str, schema: str, wanted: Any) -> bool:
