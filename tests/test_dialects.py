@@ -9,6 +9,7 @@ node computes on DuckDB. No driver is needed for this (the tests run without the
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import ibis
 import pytest
 import sqlglot
+from ibis.common.annotations import SignatureValidationError
 
 from segloop.demo import write_demo_data
 from segloop.operators.rfm import RfmConfig, rfm_expr
@@ -108,3 +110,48 @@ def test_segment_source_window_compiles(demo: Warehouse, backend: str) -> None:
     if backend in ROUND_TRIPPED:
         [row] = run_translated(demo, sql, backend)
         assert list(row.values()) == [demo.count(expr)] and demo.count(expr) > 0
+
+
+class _InDialect(Warehouse):
+    """The same DuckDB warehouse, reporting another dialect (what SyncState branches on)."""
+
+    target = "duckdb"
+
+    @property
+    def dialect(self) -> str:
+        return self.target
+
+
+def _as_dialect(wh: Warehouse, backend: str) -> Warehouse:
+    clone = copy.copy(wh)
+    clone.__class__ = type("InDialect", (_InDialect,), {"target": sqlglot_dialect(backend)})
+    return clone
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "snowflake",
+        pytest.param("bigquery", marks=pytest.mark.xfail(
+            strict=True, raises=SignatureValidationError,
+            reason="known bug in segloop.segment.sync._md5: BigQuery's MD5 is declared as returning "
+                   "a string, so TO_HEX(MD5(...)) does not type-check; declare the builtin md5 as "
+                   "`-> bytes` for BigQuery")),
+        "postgres",
+        "pyspark",
+    ],
+)
+def test_sync_diff_compiles_and_means_the_same(demo: Warehouse, backend: str) -> None:
+    from segloop.segment.sync import SyncState
+
+    demo.create_table("people", demo.sql("select id as user_id, plan, email from demo_shop.users"))
+    state = SyncState(demo, "parity", "to_segment")
+    state.ensure()
+    people = demo.table("people")
+    expected = state.classify(people, ["user_id"], ["plan", "email"], "fp").order_by("_key")
+    in_dialect = SyncState(_as_dialect(demo, backend), "parity", "to_segment")
+    expr = in_dialect.classify(people, ["user_id"], ["plan", "email"], "fp").order_by("_key")
+    sql = compile_to(expr, backend)
+    if backend in ROUND_TRIPPED:
+        got = run_translated(demo, sql, backend)
+        assert got == expected.to_pyarrow().to_pylist() and len(got) > 250
