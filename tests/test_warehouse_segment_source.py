@@ -197,3 +197,19 @@ def test_config_problems_name_the_line(node: str, message: str) -> None:
         parse_pipeline(text, "p.yml")
     assert message in str(info.value)
     assert any(err.line and err.line >= 6 for err in info.value.errors)
+
+
+def test_upper_case_schema_and_tables_match_like_snowflake(make_workspace) -> None:
+    root = make_workspace({"upper": (
+        "name: upper\nnodes:\n  src:\n    type: segment_source\n    schema: web_prod\n"
+        "    tables: [tracks]\n    since: 2026-03-01\n")})
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        wh.create_table("TRACKS", pa.table({
+            "ID": ["a", "b", "c"],
+            "RECEIVED_AT": [datetime(2026, 1, 5), datetime(2026, 3, 2), datetime(2026, 4, 1)],
+        }), schema="WEB_PROD")
+    result = run(root, "upper")
+    assert result.ok, result.node("src").error
+    assert sorted(r["ID"] for r in rows(root, "select * from upper__src__tracks")) == ["b", "c"]
+    [entry] = rows(root, "select * from upper__src")
+    assert entry["source"] == "WEB_PROD.TRACKS" and entry["window"].startswith("RECEIVED_AT > 2026-03-01")

@@ -103,14 +103,14 @@ class SegmentSourceOperator(Operator):
         config = self.config
         assert isinstance(config, SegmentSourceConfig)  # noqa: S101 - type narrowing
         wh = ctx.warehouse
-        present = self._present_tables(wh, ctx)
+        schema, present = self._present_tables(wh, ctx)
         chosen = self._chosen_tables(present, ctx)
         lower_bound, marks_before = self._window_start(ctx)
         rows: list[dict[str, Any]] = []
         marks: dict[str, str] = {}
         for short in chosen:
             actual = present[short]
-            table = wh.table(actual, schema=config.schema_)
+            table = wh.table(actual, schema=schema)
             column = _column(table, WINDOW_COLUMN)
             start = marks_before.get(short) if config.incremental else lower_bound
             window = "all rows"
@@ -123,14 +123,16 @@ class SegmentSourceOperator(Operator):
                     if high is not None:
                         marks[short] = high.isoformat()
                         table = table.filter(table[column] <= ibis.literal(high).cast(table[column].type()))
+                        window = f"{column} <= {high.isoformat()}"
                 if start is not None:
                     start_ts = datetime.fromisoformat(start) if isinstance(start, str) else start
                     table = table.filter(table[column] > ibis.literal(start_ts).cast(table[column].type()))
-                    window = f"{column} > {start_ts.isoformat()}"
+                    window = f"{column} > {start_ts.isoformat()}" + (
+                        f" and {window}" if window != "all rows" else "")
             view = ctx.table_name(short)
             _create_view(wh, view, table)
             rows.append({"table": short, "view": f"{wh.schema}.{view}",
-                         "source": f"{config.schema_}.{actual}", "window": window})
+                         "source": f"{schema}.{actual}", "window": window})
         catalog = pa.Table.from_pylist(rows, schema=pa.schema(
             [("table", pa.string()), ("view", pa.string()), ("source", pa.string()), ("window", pa.string())]))
         metrics: dict[str, Any] = {"schema": config.schema_, "tables": list(chosen)}
@@ -141,8 +143,8 @@ class SegmentSourceOperator(Operator):
 
     # -- checks --------------------------------------------------------------------------
 
-    def _present_tables(self, wh: Warehouse, ctx: RunContext) -> dict[str, str]:
-        """Short (lower-case) name -> actual name of each table in the source schema."""
+    def _present_tables(self, wh: Warehouse, ctx: RunContext) -> tuple[str, dict[str, str]]:
+        """The schema's actual name, and short (lower-case) -> actual name of its tables."""
         config = self.config
         assert isinstance(config, SegmentSourceConfig)  # noqa: S101
         schemas = wh.list_schemas()
@@ -156,7 +158,7 @@ class SegmentSourceOperator(Operator):
             raise NodeError(ctx.node, f"schema `{config.schema_}` does not exist in warehouse "
                             f"`{wh.name}` ({hint}); fix `schema:`")
         schema = config.schema_ if config.schema_ in schemas else by_lower[config.schema_.lower()]
-        return {name.lower(): name for name in wh.list_tables(schema)}
+        return schema, {name.lower(): name for name in wh.list_tables(schema)}
 
     def _chosen_tables(self, present: dict[str, str], ctx: RunContext) -> list[str]:
         config = self.config
