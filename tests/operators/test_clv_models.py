@@ -84,13 +84,18 @@ def test_predictions_match_lifetimes_formulas_including_heavy_buyers() -> None:
     got = ours.conditional_expected_purchases(t, x, t_x, T)
     ok = np.isfinite(expected)
     assert np.all(np.isfinite(got))
-    np.testing.assert_allclose(got[ok], expected[ok], rtol=1e-7)
+    np.testing.assert_allclose(got[ok], expected[ok], rtol=1e-7, atol=1e-12)
     np.testing.assert_allclose(
-        ours.probability_alive(x, t_x, T), ref.conditional_probability_alive(x, t_x, T), rtol=1e-9, atol=1e-12
+        ours.probability_alive(x, t_x, T),
+        ref.conditional_probability_alive(x, t_x, T),
+        rtol=1e-9,
+        atol=1e-12,
     )
     # Unconditional expectation: eq. (9) equals the conditional one for a brand-new customer.
     np.testing.assert_allclose(
-        ours.expected_purchases([10.0, 39.0]), ref.expected_number_of_purchases_up_to_time(np.array([10.0, 39.0])), rtol=1e-9
+        ours.expected_purchases([10.0, 39.0]),
+        ref.expected_number_of_purchases_up_to_time(np.array([10.0, 39.0])),
+        rtol=1e-9,
     )
 
 
@@ -104,7 +109,9 @@ def test_weighted_unique_fit_equals_fit_on_repeated_rows(cdnow: dict[str, np.nda
     assert rfit.n_customers == 2400
 
 
-def simulate_bgnbd(n: int, r: float, alpha: float, a: float, b: float, seed: int) -> tuple[np.ndarray, ...]:
+def simulate_bgnbd(
+    n: int, r: float, alpha: float, a: float, b: float, seed: int
+) -> tuple[np.ndarray, ...]:
     """Draw customers from the BG/NBD story (continuous time)."""
     rng = np.random.default_rng(seed)
     lam = rng.gamma(r, 1.0 / alpha, n)
@@ -151,7 +158,9 @@ def test_discounting_lowers_value_and_zero_rate_is_plain_product() -> None:
     x, t_x, T = np.array([0.0, 2.0, 10.0]), np.array([0.0, 30.43, 38.0]), np.array([38.86] * 3)
     spend = np.array([20.0, 22.35, 40.0])
     plain = discounted_value(params, spend, x, t_x, T, horizon=52.0)
-    np.testing.assert_allclose(plain, params.conditional_expected_purchases(52.0, x, t_x, T) * spend)
+    np.testing.assert_allclose(
+        plain, params.conditional_expected_purchases(52.0, x, t_x, T) * spend
+    )
     discounted = discounted_value(params, spend, x, t_x, T, horizon=52.0, rate_per_unit=0.01)
     assert np.all(discounted < plain)
     assert np.all(discounted > plain * np.exp(-0.01 * 52.0))
@@ -168,7 +177,9 @@ def test_discounting_lowers_value_and_zero_rate_is_plain_product() -> None:
         ([], [], [], "no customers"),
     ],
 )
-def test_bad_summaries_are_rejected_with_a_reason(x: list[float], t_x: list[float], T: list[float], words: str) -> None:
+def test_bad_summaries_are_rejected_with_a_reason(
+    x: list[float], t_x: list[float], T: list[float], words: str
+) -> None:
     with pytest.raises(DataError, match=words):
         fit_bgnbd(x, t_x, T)
 

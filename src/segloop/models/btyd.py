@@ -403,7 +403,9 @@ def _check_summary(x: FloatArray, t_x: FloatArray, T: FloatArray, w: FloatArray)
     }
     for what, bad in problems.items():
         if bad.any():
-            raise DataError(f"BG/NBD fit: {what} in {int(bad.sum())} rows (first: row {int(np.argmax(bad))})")
+            raise DataError(
+                f"BG/NBD fit: {what} in {int(bad.sum())} rows (first: row {int(np.argmax(bad))})"
+            )
     if not (T > 0).any():
         raise DataError(
             "BG/NBD fit: every customer has T = 0 (all first purchases on the last day); "
