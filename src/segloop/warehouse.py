@@ -141,9 +141,7 @@ class Warehouse:
         self._ensure_schema(self.schema)
 
     @classmethod
-    def connect(
-        cls, config: WarehouseConfig, root: Path | str = ".", name: str = "default"
-    ) -> Warehouse:
+    def connect(cls, config: WarehouseConfig, root: Path | str = ".", name: str = "default") -> Warehouse:
         return cls(config.connect(Path(root)), config, name)
 
     @classmethod
@@ -256,3 +254,4 @@ class Warehouse:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
