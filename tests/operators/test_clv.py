@@ -225,3 +225,19 @@ def test_unreadable_horizon_is_rejected(horizon: str) -> None:
 def test_unknown_keys_are_rejected() -> None:
     with pytest.raises(ValidationError, match="horizn"):
         ClvConfig.model_validate({"type": "clv", "input": "tx", "horizn": "3 days"})
+
+
+def test_empty_input_is_a_clear_error() -> None:
+    wh = Warehouse.duckdb()
+    wh.create_table(
+        "empty",
+        pa.table(
+            {
+                "user_id": pa.array([], pa.string()),
+                "timestamp": pa.array([], pa.timestamp("us")),
+                "revenue": pa.array([], pa.float64()),
+            }
+        ),
+    )
+    with pytest.raises(DataError, match="node `ltv`: column `timestamp` has no timestamps"):
+        run_clv(wh, table="empty")

@@ -182,3 +182,15 @@ def test_unknown_mode_and_bad_window_are_rejected() -> None:
         PropensityConfig.model_validate({"type": "propensity", "input": "ev", "mode": "buy"})
     with pytest.raises(ValidationError, match="window_days"):
         PropensityConfig.model_validate({"type": "propensity", "input": "ev", "window_days": 0})
+
+
+def test_cutoff_too_late_warns_that_labels_are_incomplete(shop: Warehouse) -> None:
+    _, ctx = run_node(shop, cutoff=END - timedelta(days=10))
+    assert any("validation labels are incomplete" in w for w in ctx.warnings)
+
+
+def test_empty_input_is_a_clear_error() -> None:
+    wh = Warehouse.duckdb()
+    wh.create_table("empty", synthetic_events(10).slice(0, 0))
+    with pytest.raises(DataError, match="node `buyers`: the input has no events"):
+        run_node(wh, table="empty")

@@ -179,13 +179,13 @@ def _as_of_day(source: ir.Table, config: ClvConfig, ctx: RunContext) -> date:
     """The calibration end as a calendar day: configured, or the day of the latest timestamp."""
     if config.as_of is not None:
         return config.as_of.date() if isinstance(config.as_of, datetime) else config.as_of
-    latest = source[config.timestamp].cast("timestamp").max().execute()
-    if latest is None or (isinstance(latest, float) and math.isnan(latest)):
+    latest = source[config.timestamp].cast("timestamp").max().to_pyarrow().as_py()
+    if latest is None:
         raise DataError(
             f"node `{ctx.node}`: column `{config.timestamp}` has no timestamps; "
             "the input is empty or the column is all null"
         )
-    return latest.date() if hasattr(latest, "date") else date.fromisoformat(str(latest)[:10])
+    return latest.date() if isinstance(latest, datetime) else date.fromisoformat(str(latest)[:10])
 
 
 def summary_expr(
