@@ -201,3 +201,9 @@ def test_unique_rows_round_trip() -> None:
 
 def test_gamma_gamma_population_mean_needs_q_above_one() -> None:
     assert GammaGammaParams(p=2.0, q=0.9, gamma=1.0).population_mean_spend == float("inf")
+
+
+def test_a_fit_stopped_early_is_not_reported_as_converged(cdnow: dict[str, np.ndarray]) -> None:
+    _, fit = fit_bgnbd(cdnow["x"], cdnow["t_x"], cdnow["T"], max_iterations=2)
+    assert not fit.converged
+    assert fit.gradient_norm > 1e-5
