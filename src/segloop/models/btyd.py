@@ -149,8 +149,8 @@ class _ByValue:
 
 def _bgnbd_terms(
     params: FloatArray, x: FloatArray, t_x: FloatArray, T: FloatArray, by_x: _ByValue
-) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
-    """(ll, a3, log(alpha+T), log(alpha+t_x), tail, has) of the BG/NBD log-likelihood."""
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
+    """(ll, a3, log(alpha+T), log(alpha+t_x), tail) of the BG/NBD log-likelihood."""
     from scipy.special import gammaln
 
     r, alpha, a, b = params
@@ -167,7 +167,7 @@ def _bgnbd_terms(
     diff = np.where(has, log_odds + (r + x) * (log_a_t - log_a_tx), -np.inf)
     tail = a3 + np.logaddexp(0.0, diff)
     ll = head + head_const + tail
-    return ll, a3, log_a_t, log_a_tx, tail, has
+    return ll, a3, log_a_t, log_a_tx, tail
 
 
 def _bgnbd_ll(params: FloatArray, x: FloatArray, t_x: FloatArray, T: FloatArray) -> FloatArray:
@@ -187,7 +187,7 @@ def _bgnbd_objective(
     from scipy.special import digamma
 
     r, alpha, a, b = params
-    ll, a3, log_a_t, log_a_tx, tail, _ = _bgnbd_terms(params, x, t_x, T, by_x)
+    ll, a3, log_a_t, log_a_tx, tail = _bgnbd_terms(params, x, t_x, T, by_x)
     w3 = np.exp(a3 - tail)  # posterior share of the "still alive at T" branch
     w4 = 1.0 - w3
     ww3, ww4 = w * w3, w * w4
