@@ -125,12 +125,19 @@ class PropensityOperator(Operator):
                 f"event ({latest:%Y-%m-%d}); validation labels are incomplete, so the metrics "
                 "understate positives. Leave `cutoff` unset or move it earlier"
             )
-        event_types = self._event_types(events, config, ctx)
-
-        builder = FeatureBuilder(events, orders, config, event_types)
-        train = ctx.warehouse.to_arrow(builder.labelled(train_at, window).order_by("_cid"))
-        valid = ctx.warehouse.to_arrow(builder.labelled(cutoff, window).order_by("_cid"))
-        ctx.progress(train.num_rows + valid.num_rows, None)
+        builder = FeatureBuilder(events, orders, config)
+        builder.cache()
+        try:
+            if config.event_types is not None:
+                builder.event_types = list(dict.fromkeys(snake(e) for e in config.event_types))
+            else:
+                builder.event_types = builder.top_event_types(ctx.warehouse, config.max_event_types)
+            train = ctx.warehouse.to_arrow(builder.labelled(train_at, window).order_by("_cid"))
+            valid = ctx.warehouse.to_arrow(builder.labelled(cutoff, window).order_by("_cid"))
+            current = ctx.warehouse.to_arrow(builder.features(score_at).order_by("_cid"))
+        finally:
+            builder.release()
+        ctx.progress(train.num_rows + valid.num_rows + current.num_rows, None)
         names = builder.feature_names()
         x_train, y_train = _matrix(train, names), _labels(train, config)
         x_valid, y_valid = _matrix(valid, names), _labels(valid, config)
@@ -142,8 +149,9 @@ class PropensityOperator(Operator):
             "validation_snapshot": cutoff.isoformat(),
             "score_snapshot": score_at.isoformat(),
             "features": len(names),
-            "event_types": event_types,
+            "event_types": builder.event_types,
             "spend_features": builder.has_orders,
+            "seconds_features": time.perf_counter() - started,
         }
         self._check_classes(y_train, "training", train_at, ctx, metrics)
         self._check_classes(y_valid, "validation", cutoff, ctx, metrics)
@@ -158,27 +166,11 @@ class PropensityOperator(Operator):
             )
 
         final = _fit(np.concatenate([x_train, x_valid]), np.concatenate([y_train, y_valid]), config)
-        current = ctx.warehouse.to_arrow(builder.features(score_at).order_by("_cid"))
         probability = _predict(final, _matrix(current, names), config)
-        ctx.progress(current.num_rows, None)
         metrics["scored_customers"] = current.num_rows
         metrics["seconds_train_and_score"] = time.perf_counter() - started
         out = _output(current, probability, config)
         return NodeOutput(table=out, metrics=metrics, rows=out.num_rows)
-
-    def _event_types(
-        self, events: ir.Table, config: PropensityConfig, ctx: RunContext
-    ) -> list[str]:
-        """Event types (snake_case) that get their own features: configured or most frequent."""
-        if config.event_types is not None:
-            return list(dict.fromkeys(snake(e) for e in config.event_types))
-        if config.max_event_types == 0:
-            return []
-        name = _normalized_event(events, config).name("_ev")
-        counts = events.select(name).group_by("_ev").aggregate(_n=lambda t: t.count())
-        top = counts.order_by([counts._n.desc(), counts._ev]).limit(config.max_event_types)
-        rows = ctx.warehouse.to_arrow(top.filter(top._ev.notnull()))
-        return [str(v) for v in rows["_ev"].to_pylist()]
 
     def _check_classes(
         self,
@@ -214,7 +206,7 @@ class FeatureBuilder:
         events: ir.Table,
         orders: ir.Table | None,
         config: PropensityConfig,
-        event_types: list[str],
+        event_types: list[str] | None = None,
     ):
         c = config
         ev = events.select(
@@ -222,7 +214,15 @@ class FeatureBuilder:
             _ts=events[c.timestamp].cast("timestamp"),
             _ev=_normalized_event(events, c),
         )
-        self.events = ev.filter(ev._cid.notnull() & ev._ts.notnull())
+        ev = ev.filter(ev._cid.notnull() & ev._ts.notnull())
+        # A session starts after 30 minutes without events. The gap to the previous event
+        # does not depend on the snapshot, so it is computed once for all snapshots.
+        previous = ev._ts.lag().over(group_by=ev._cid, order_by=ev._ts)
+        gap = ev._ts.epoch_seconds() - previous.epoch_seconds()
+        self.events: ir.Table = ev.mutate(
+            _new_session=(gap.isnull() | (gap > SESSION_GAP_SECONDS)).cast("int64"),
+            _day=ev._ts.truncate("D"),
+        )
         self.orders: ir.Table | None = None
         if orders is not None:
             o = orders.select(
@@ -232,8 +232,31 @@ class FeatureBuilder:
             )
             self.orders = o.filter(o._cid.notnull() & o._ts.notnull())
         self.config = config
-        self.event_types = event_types
+        self.event_types = event_types or []
         self.target = snake(config.target_event)
+        self._cached: list[Any] = []
+
+    def cache(self) -> None:
+        """Materialize the prepared events (and orders) once for the several snapshots."""
+        self.events = self.events.cache()
+        self._cached.append(self.events)
+        if self.orders is not None:
+            self.orders = self.orders.cache()
+            self._cached.append(self.orders)
+
+    def release(self) -> None:
+        while self._cached:
+            self._cached.pop().release()
+
+    def top_event_types(self, warehouse: Any, limit: int) -> list[str]:
+        """The ``limit`` most frequent event types (snake_case), most frequent first."""
+        if limit == 0:
+            return []
+        e = self.events
+        counts = e.group_by("_ev").aggregate(_n=e.count())
+        top = counts.filter(counts._ev.notnull()).order_by([counts._n.desc(), counts._ev])
+        rows = warehouse.to_arrow(top.limit(limit))
+        return [str(v) for v in rows["_ev"].to_pylist()]
 
     @property
     def has_orders(self) -> bool:
@@ -272,15 +295,9 @@ class FeatureBuilder:
             e = e.filter(
                 e._ts >= ibis.literal(snapshot - timedelta(days=self.config.lookback_days))
             )
-        gap = (
-            e._ts.epoch_seconds()
-            - e._ts.lag().over(group_by=e._cid, order_by=e._ts).epoch_seconds()
-        )
         e = e.mutate(
-            _new_session=(gap.isnull() | (gap > SESSION_GAP_SECONDS)).cast("int64"),
             _recent7=e._ts >= ibis.literal(snapshot - timedelta(days=7)),
             _recent30=e._ts >= ibis.literal(snapshot - timedelta(days=30)),
-            _day=e._ts.truncate("D"),
         )
 
         def since(last: ir.TimestampValue) -> ir.FloatingValue:
