@@ -220,7 +220,7 @@ class FeatureBuilder:
         previous = ev._ts.lag().over(group_by=ev._cid, order_by=ev._ts)
         gap = ev._ts.epoch_seconds() - previous.epoch_seconds()
         self.events: ir.Table = ev.mutate(
-            _new_session=(gap.isnull() | (gap > SESSION_GAP_SECONDS)).cast("int64"),
+            _new_session=_flag(gap.isnull() | (gap > SESSION_GAP_SECONDS)),
             _day=ev._ts.truncate("D"),
         )
         self.orders: ir.Table | None = None
@@ -306,22 +306,22 @@ class FeatureBuilder:
         is_target = e._ev == self.target
         aggs: dict[str, Any] = {
             "events": e.count(),
-            "events_7d": e._recent7.cast("int64").sum(),
-            "events_30d": e._recent30.cast("int64").sum(),
+            "events_7d": _flag(e._recent7).sum(),
+            "events_30d": _flag(e._recent30).sum(),
             "active_days": e._day.nunique(),
             "active_days_30d": e._day.nunique(where=e._recent30),
             "sessions": e._new_session.sum(),
             "sessions_30d": e._new_session.sum(where=e._recent30),
             "days_since_last_event": since(e._ts.max()),
             "days_since_first_event": since(e._ts.min()),
-            "target_count": is_target.cast("int64").sum(),
-            "target_30d": (is_target & e._recent30).cast("int64").sum(),
+            "target_count": _flag(is_target).sum(),
+            "target_30d": _flag(is_target & e._recent30).sum(),
             "days_since_last_target": since(e._ts.max(where=is_target)),
         }
         for i, name in enumerate(self.event_types):
             hit = e._ev == name
-            aggs[f"ev{i}_count"] = hit.cast("int64").sum()
-            aggs[f"ev{i}_30d"] = (hit & e._recent30).cast("int64").sum()
+            aggs[f"ev{i}_count"] = _flag(hit).sum()
+            aggs[f"ev{i}_30d"] = _flag(hit & e._recent30).sum()
             aggs[f"ev{i}_days_since"] = since(e._ts.max(where=hit))
         feats = e.group_by("_cid").aggregate(**aggs)
         if self.orders is None:
@@ -330,7 +330,7 @@ class FeatureBuilder:
         recent = o._ts >= ibis.literal(snapshot - timedelta(days=30))
         per = o.group_by(o._cid.name("_ocid")).aggregate(
             orders=o.count(),
-            orders_30d=recent.cast("int64").sum(),
+            orders_30d=_flag(recent).sum(),
             spend=o._amount.sum(),
             spend_30d=o._amount.sum(where=recent),
             _first=o._ts.min(),
@@ -366,7 +366,14 @@ class FeatureBuilder:
         hits = e.filter((e._ev == self.target) & (e._ts >= start) & (e._ts < stop))
         hit_ids = hits.select(_lcid=hits._cid).distinct()
         joined = feats.left_join(hit_ids, feats._cid == hit_ids._lcid)
-        return joined.select(*feats.columns, _label=joined._lcid.notnull().cast("int64"))
+        return joined.select(*feats.columns, _label=_flag(joined._lcid.notnull()))
+
+
+def _flag(condition: ir.BooleanValue) -> ir.IntegerValue:
+    """1/0 for a condition; PostgreSQL cannot cast booleans to bigint."""
+    import ibis
+
+    return ibis.ifelse(condition, 1, 0).cast("int64")
 
 
 def _normalized_event(events: ir.Table, config: PropensityConfig) -> ir.StringValue:
