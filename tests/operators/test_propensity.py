@@ -155,7 +155,7 @@ def test_features_and_labels_by_hand() -> None:
     )
     wh.create_table("orders", orders)
     config = PropensityConfig(type="propensity", input="ev", orders="orders", window_days=5)
-    builder = FeatureBuilder(wh.table("ev"), wh.table("orders"), config, ["product_viewed"])
+    builder = FeatureBuilder(wh, wh.table("ev"), wh.table("orders"), config, ["product_viewed"])
     snapshot = d + timedelta(days=10)
     rows = {
         r["_cid"]: r for r in wh.to_arrow(builder.labelled(snapshot, timedelta(days=5))).to_pylist()

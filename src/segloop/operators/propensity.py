@@ -125,13 +125,13 @@ class PropensityOperator(Operator):
                 f"event ({latest:%Y-%m-%d}); validation labels are incomplete, so the metrics "
                 "understate positives. Leave `cutoff` unset or move it earlier"
             )
-        builder = FeatureBuilder(events, orders, config)
+        builder = FeatureBuilder(ctx.warehouse, events, orders, config)
         builder.cache()
         try:
             if config.event_types is not None:
                 builder.event_types = list(dict.fromkeys(snake(e) for e in config.event_types))
             else:
-                builder.event_types = builder.top_event_types(ctx.warehouse, config.max_event_types)
+                builder.event_types = builder.top_event_types(config.max_event_types)
             train = ctx.warehouse.to_arrow(builder.labelled(train_at, window).order_by("_cid"))
             valid = ctx.warehouse.to_arrow(builder.labelled(cutoff, window).order_by("_cid"))
             current = ctx.warehouse.to_arrow(builder.features(score_at).order_by("_cid"))
@@ -201,8 +201,11 @@ class PropensityOperator(Operator):
 class FeatureBuilder:
     """Ibis expressions for per-customer features and labels at a snapshot time."""
 
+    MAX_EVENT_NAMES: ClassVar[int] = 10_000
+
     def __init__(
         self,
+        warehouse: Any,
         events: ir.Table,
         orders: ir.Table | None,
         config: PropensityConfig,
@@ -212,7 +215,7 @@ class FeatureBuilder:
         ev = events.select(
             _cid=events[c.customer_id],
             _ts=events[c.timestamp].cast("timestamp"),
-            _ev=_normalized_event(events, c),
+            _ev=events[c.event].cast("string"),
         )
         ev = ev.filter(ev._cid.notnull() & ev._ts.notnull())
         # A session starts after 30 minutes without events. The gap to the previous event
@@ -221,7 +224,8 @@ class FeatureBuilder:
         gap = ev._ts.epoch_seconds() - previous.epoch_seconds()
         self.events: ir.Table = ev.mutate(
             _new_session=_flag(gap.isnull() | (gap > SESSION_GAP_SECONDS)),
-            _day=ev._ts.truncate("D"),
+            # first event of a calendar day: summing it counts active days without DISTINCT
+            _new_day=_flag(previous.isnull() | (previous.truncate("D") != ev._ts.truncate("D"))),
         )
         self.orders: ir.Table | None = None
         if orders is not None:
@@ -235,6 +239,38 @@ class FeatureBuilder:
         self.event_types = event_types or []
         self.target = snake(config.target_event)
         self._cached: list[Any] = []
+        self.raw_names, self.counts = self._scan_event_names(warehouse)
+
+    def _scan_event_names(self, warehouse: Any) -> tuple[dict[str, list[str]], dict[str, int]]:
+        """Distinct event names, grouped by their snake_case form, with event counts.
+
+        Matching names on this short list (``event IN (...)``) instead of normalising every
+        row's text in SQL keeps the per-row work of the feature queries to comparisons.
+        """
+        e = self.events
+        counts = e.group_by("_ev").aggregate(_n=e.count())
+        counts = counts.filter(counts._ev.notnull()).order_by(counts._n.desc())
+        rows = warehouse.to_arrow(counts.limit(self.MAX_EVENT_NAMES + 1))
+        if rows.num_rows > self.MAX_EVENT_NAMES:
+            raise DataError(
+                f"column `{self.config.event}` has more than {self.MAX_EVENT_NAMES:,} distinct "
+                "values; it does not look like an event name. Set `event:` to the column with "
+                "event names (Segment: `event` or `event_text`)"
+            )
+        raw: dict[str, list[str]] = {}
+        total: dict[str, int] = {}
+        for name, n in zip(rows["_ev"].to_pylist(), rows["_n"].to_pylist(), strict=True):
+            key = snake(str(name))
+            raw.setdefault(key, []).append(str(name))
+            total[key] = total.get(key, 0) + int(n)
+        return raw, total
+
+    def is_event(self, table: ir.Table, name: str) -> ir.BooleanValue:
+        """Rows whose event is ``name`` in any spelling (``Order Completed``, ``order_completed``)."""
+        values = self.raw_names.get(snake(name))
+        if values:
+            return table._ev.isin(values)
+        return table._ts.isnull() & table._ts.notnull()  # never seen: a false column, not a scalar
 
     def cache(self) -> None:
         """Materialize the prepared events (and orders) once for the several snapshots."""
@@ -248,15 +284,10 @@ class FeatureBuilder:
         while self._cached:
             self._cached.pop().release()
 
-    def top_event_types(self, warehouse: Any, limit: int) -> list[str]:
+    def top_event_types(self, limit: int) -> list[str]:
         """The ``limit`` most frequent event types (snake_case), most frequent first."""
-        if limit == 0:
-            return []
-        e = self.events
-        counts = e.group_by("_ev").aggregate(_n=e.count())
-        top = counts.filter(counts._ev.notnull()).order_by([counts._n.desc(), counts._ev])
-        rows = warehouse.to_arrow(top.limit(limit))
-        return [str(v) for v in rows["_ev"].to_pylist()]
+        ranked = sorted(self.counts.items(), key=lambda item: (-item[1], item[0]))
+        return [name for name, _ in ranked[:limit]]
 
     @property
     def has_orders(self) -> bool:
@@ -303,13 +334,13 @@ class FeatureBuilder:
         def since(last: ir.TimestampValue) -> ir.FloatingValue:
             return (at_s - last.epoch_seconds()) / DAY_SECONDS
 
-        is_target = e._ev == self.target
+        is_target = self.is_event(e, self.target)
         aggs: dict[str, Any] = {
             "events": e.count(),
             "events_7d": _flag(e._recent7).sum(),
             "events_30d": _flag(e._recent30).sum(),
-            "active_days": e._day.nunique(),
-            "active_days_30d": e._day.nunique(where=e._recent30),
+            "active_days": e._new_day.sum(),
+            "active_days_30d": e._new_day.sum(where=e._recent30),
             "sessions": e._new_session.sum(),
             "sessions_30d": e._new_session.sum(where=e._recent30),
             "days_since_last_event": since(e._ts.max()),
@@ -319,7 +350,7 @@ class FeatureBuilder:
             "days_since_last_target": since(e._ts.max(where=is_target)),
         }
         for i, name in enumerate(self.event_types):
-            hit = e._ev == name
+            hit = self.is_event(e, name)
             aggs[f"ev{i}_count"] = _flag(hit).sum()
             aggs[f"ev{i}_30d"] = _flag(hit & e._recent30).sum()
             aggs[f"ev{i}_days_since"] = since(e._ts.max(where=hit))
@@ -363,7 +394,7 @@ class FeatureBuilder:
         start = ibis.literal(snapshot).cast("timestamp")
         stop = ibis.literal(snapshot + window).cast("timestamp")
         e = self.events
-        hits = e.filter((e._ev == self.target) & (e._ts >= start) & (e._ts < stop))
+        hits = e.filter(self.is_event(e, self.target) & (e._ts >= start) & (e._ts < stop))
         hit_ids = hits.select(_lcid=hits._cid).distinct()
         joined = feats.left_join(hit_ids, feats._cid == hit_ids._lcid)
         return joined.select(*feats.columns, _label=_flag(joined._lcid.notnull()))
@@ -374,12 +405,6 @@ def _flag(condition: ir.BooleanValue) -> ir.IntegerValue:
     import ibis
 
     return ibis.ifelse(condition, 1, 0).cast("int64")
-
-
-def _normalized_event(events: ir.Table, config: PropensityConfig) -> ir.StringValue:
-    """The event column in snake_case, in SQL (so `event` and `event_text` both match)."""
-    col = events[config.event].cast("string").strip().lower()
-    return col.re_replace(r"[^a-z0-9]+", "_").re_replace(r"^_+|_+$", "")
 
 
 def _split_inputs(
