@@ -28,22 +28,10 @@ nodes:
 """
 
 BROKEN = {
-    "bad_yaml": (
-        "name: demo\nnodes:\n  orders:\n    type: sql\n    sql: [unclosed\n",
-        5,
-        "invalid YAML",
-    ),
-    "unknown_key": (
-        GOOD.replace("    amount: revenue\n", "    amount: revenue\n    amout: x\n"),
-        13,
-        "unknown key `amout`",
-    ),
+    "bad_yaml": ("name: demo\nnodes:\n  orders:\n    type: sql\n    sql: [unclosed\n", 5, "invalid YAML"),
+    "unknown_key": (GOOD.replace("    amount: revenue\n", "    amount: revenue\n    amout: x\n"), 13, "unknown key `amout`"),
     "unknown_type": (GOOD.replace("type: rfm", "type: rfmm"), 8, "unknown node type `rfmm`"),
-    "missing_input": (
-        GOOD.replace("input: orders", "input: ordrs"),
-        9,
-        "input `ordrs` is not a node",
-    ),
+    "missing_input": (GOOD.replace("input: orders", "input: ordrs"), 9, "input `ordrs` is not a node"),
     "cycle": (
         "name: demo\nnodes:\n  a:\n    type: rfm\n    input: b\n  b:\n    type: rfm\n    input: a\n",
         3,

@@ -39,13 +39,7 @@ def test_outputs_materialized_and_failure_stops_only_descendants(make_workspace)
     root = make_workspace({"dag": DAG})
     result = Pipeline.load(root / "pipelines" / "dag.yml").run()
     status = {n.name: n.status for n in result.nodes}
-    assert status == {
-        "a": "success",
-        "b": "success",
-        "c": "success",
-        "bad": "failed",
-        "after_bad": "skipped",
-    }
+    assert status == {"a": "success", "b": "success", "c": "success", "bad": "failed", "after_bad": "skipped"}
     assert [n.name for n in result.nodes].index("c") > [n.name for n in result.nodes].index("b")
     assert "node `bad`" in result.node("bad").error and "missing_schema" in result.node("bad").error
     assert "upstream node `bad`" in result.node("after_bad").error
@@ -61,10 +55,7 @@ def test_run_single_node_reads_previous_outputs(make_workspace) -> None:
     root = make_workspace({"dag": DAG})
     pipeline = Pipeline.load(root / "pipelines" / "dag.yml")
     first = Pipeline.load(root / "pipelines" / "dag.yml").run(node="b")
-    assert (
-        first.node("b").status == "failed"
-        and "run the whole pipeline once" in first.node("b").error
-    )
+    assert first.node("b").status == "failed" and "run the whole pipeline once" in first.node("b").error
     pipeline.run()
     again = pipeline.run(node="c")
     assert [n.name for n in again.nodes] == ["c"] and again.ok

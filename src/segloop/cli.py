@@ -50,6 +50,7 @@ def _root(
     _state["debug"] = debug
 
 
+
 # -- workspace ------------------------------------------------------------------------------
 
 WORKSPACE_TEMPLATE = """\
@@ -94,18 +95,14 @@ def init(directory: Path = typer.Argument(Path("."), help="Folder for the new wo
     gitignore = directory / ".gitignore"
     if not gitignore.exists():
         gitignore.write_text(".segloop/\n")
-    console.print(
-        f"Created workspace in [bold]{directory}[/bold]: segloop.yml, pipelines/example.yml"
-    )
+    console.print(f"Created workspace in [bold]{directory}[/bold]: segloop.yml, pipelines/example.yml")
     console.print("Next: [bold]segloop demo-data[/bold] then [bold]segloop run example[/bold]")
 
 
 @app.command()
 @handle_errors
 def validate(
-    files: list[Path] = typer.Argument(
-        None, help="Pipeline files (default: all in the workspace)."
-    ),
+    files: list[Path] = typer.Argument(None, help="Pipeline files (default: all in the workspace)."),
 ) -> None:
     """Check pipeline files; print every problem with its file and line."""
     from segloop.config import Workspace, load_pipeline
@@ -126,10 +123,8 @@ def validate(
             failed += 1
             err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         else:
-            console.print(
-                f"[green]ok[/green] {file}: pipeline `{pipeline.name}`, "
-                f"{len(pipeline.nodes)} nodes ({' -> '.join(pipeline.topological_order())})"
-            )
+            console.print(f"[green]ok[/green] {file}: pipeline `{pipeline.name}`, "
+                          f"{len(pipeline.nodes)} nodes ({' -> '.join(pipeline.topological_order())})")
     if failed:
         raise typer.Exit(1)
 
@@ -141,12 +136,8 @@ def validate(
 @handle_errors
 def run(
     pipeline: str = typer.Argument(..., help="Pipeline file, or its name in pipelines/."),
-    node: str = typer.Option(
-        None, "--node", "-n", help="Run only this node (upstream outputs must exist)."
-    ),
-    dry_run: bool = typer.Option(
-        False, "--dry-run", help="Send nothing to Segment; show what would be sent."
-    ),
+    node: str = typer.Option(None, "--node", "-n", help="Run only this node (upstream outputs must exist)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Send nothing to Segment; show what would be sent."),
 ) -> None:
     """Run a pipeline: each node inside the warehouse, in dependency order."""
     from segloop.pipeline import Pipeline
@@ -154,16 +145,13 @@ def run(
 
     loaded = Pipeline.load(pipeline)
     with RichReporter(console) as reporter:
-        result = loaded.run(
-            node=node, dry_run=dry_run, reporter=reporter, options={"debug": _state["debug"]}
-        )
+        result = loaded.run(node=node, dry_run=dry_run, reporter=reporter,
+                            options={"debug": _state["debug"]})
     print_summary(console, result)
     if not result.ok:
         for failed in result.nodes:
             if failed.status == "failed":
-                err_console.print(
-                    f"[red]error:[/red] {failed.error}", highlight=False, soft_wrap=True
-                )
+                err_console.print(f"[red]error:[/red] {failed.error}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -184,9 +172,7 @@ def runs(
 
 @app.command()
 @handle_errors
-def show(
-    run_id: str = typer.Argument("latest", help="Run id (or a unique prefix, or `latest`)."),
-) -> None:
+def show(run_id: str = typer.Argument("latest", help="Run id (or a unique prefix, or `latest`).")) -> None:
     """Show one run: each node's status, rows, seconds, error and metrics."""
     from segloop.config import Workspace
     from segloop.progress import print_run
@@ -203,9 +189,7 @@ def demo_data(
     days: int = typer.Option(365, "--days", help="Days of history."),
     seed: int = typer.Option(7, "--seed", help="Random seed (same seed, same data)."),
     schema: str = typer.Option("demo_shop", "--schema", help="Source schema to write."),
-    warehouse: str = typer.Option(
-        None, "--warehouse", "-w", help="Warehouse name from segloop.yml."
-    ),
+    warehouse: str = typer.Option(None, "--warehouse", "-w", help="Warehouse name from segloop.yml."),
 ) -> None:
     """Write a Segment-shaped e-commerce source (tracks, identifies, users, event tables)."""
     from segloop.config import Workspace
@@ -214,10 +198,7 @@ def demo_data(
 
     workspace = Workspace.find()
     config = workspace.warehouse_config(warehouse)
-    with (
-        console.status("Generating Segment demo data..."),
-        Warehouse.connect(config, workspace.root) as wh,
-    ):
+    with console.status("Generating Segment demo data..."), Warehouse.connect(config, workspace.root) as wh:
         stats = write_demo_data(wh, schema=schema, customers=customers, days=days, seed=seed)
     console.print(
         f"Wrote schema [bold]{stats.schema}[/bold]: {stats.events:,} events from "
@@ -226,13 +207,12 @@ def demo_data(
     )
 
 
+
 @app.command()
 @handle_errors
 def query(
     sql: str = typer.Argument(..., help="A SELECT in the warehouse's dialect."),
-    warehouse: str = typer.Option(
-        None, "--warehouse", "-w", help="Warehouse name from segloop.yml."
-    ),
+    warehouse: str = typer.Option(None, "--warehouse", "-w", help="Warehouse name from segloop.yml."),
     limit: int = typer.Option(50, "--limit", help="Rows to show at most."),
 ) -> None:
     """Run a query in the workspace's warehouse and print the first rows."""
@@ -248,19 +228,12 @@ def query(
         except SegloopError:
             raise
         except Exception as exc:
-            raise SegloopError(
-                f"query failed in the {wh.dialect} warehouse: {str(exc).splitlines()[0]}"
-            ) from None
+            raise SegloopError(f"query failed in the {wh.dialect} warehouse: {str(exc).splitlines()[0]}") from None
     table = Table()
     for name in result.column_names:
         table.add_column(name)
     for row in result.to_pylist():
-        table.add_row(
-            *(
-                "" if v is None else f"{v:,.2f}" if isinstance(v, float) else str(v)
-                for v in row.values()
-            )
-        )
+        table.add_row(*("" if v is None else f"{v:,.2f}" if isinstance(v, float) else str(v) for v in row.values()))
     console.print(table)
 
 

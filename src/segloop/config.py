@@ -53,11 +53,7 @@ def _to_python(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ..
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = (
-                yaml.safe_load(yaml.serialize(key_node))
-                if key_node.tag != "tag:yaml.org,2002:str"
-                else key_node.value
-            )
+            key = yaml.safe_load(yaml.serialize(key_node)) if key_node.tag != "tag:yaml.org,2002:str" else key_node.value
             lines[(*path, key)] = key_node.start_mark.line + 1
             out[key] = _to_python(value_node, (*path, key), lines)
             lines[(*path, key)] = key_node.start_mark.line + 1
@@ -77,9 +73,7 @@ def load_yaml(text: str, file: str | Path = "<string>") -> YamlDoc:
         if exc.context_mark is not None and "<stream end>" in problem:
             # An unclosed bracket or quote is reported at the end of the file; the line
             # that opened it is the one to fix.
-            problem = (
-                f"{problem} ({exc.context} on line {exc.context_mark.line + 1} is never closed)"
-            )
+            problem = f"{problem} ({exc.context} on line {exc.context_mark.line + 1} is never closed)"
             mark = exc.context_mark
         line = mark.line + 1 if mark else None
         raise ConfigError(f"invalid YAML: {problem}", file, line) from None
@@ -115,9 +109,7 @@ class CollectorConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    keys: dict[str, str] = Field(
-        default_factory=dict, description="write key env ref -> source schema"
-    )
+    keys: dict[str, str] = Field(default_factory=dict, description="write key env ref -> source schema")
     port: int = 8088
     data: str = ".segloop/collector"
 
@@ -274,6 +266,8 @@ class PipelineConfig(BaseModel):
         return out
 
 
+
+
 def parse_pipeline(text: str, file: str | Path = "<string>") -> PipelineConfig:
     """Parse and check a pipeline file; raises ConfigErrors listing every problem found."""
     doc = load_yaml(text, file)
@@ -299,24 +293,16 @@ def parse_pipeline(text: str, file: str | Path = "<string>") -> PipelineConfig:
     raw_nodes = data.get("nodes")
     nodes: dict[str, NodeConfig] = {}
     if not isinstance(raw_nodes, dict) or not raw_nodes:
-        errors.append(
-            ConfigError(
-                "pipeline: `nodes:` must map node names to nodes", file, doc.line_of(("nodes",))
-            )
-        )
+        errors.append(ConfigError("pipeline: `nodes:` must map node names to nodes", file, doc.line_of(("nodes",))))
         raw_nodes = {}
     for node_name, raw in raw_nodes.items():
         where = ("nodes", node_name)
         what = f"node `{node_name}`"
         if not isinstance(node_name, str) or not NAME_PATTERN.match(node_name):
-            errors.append(
-                ConfigError(f"{what}: node names must be identifiers", file, doc.line_of(where))
-            )
+            errors.append(ConfigError(f"{what}: node names must be identifiers", file, doc.line_of(where)))
             continue
         if not isinstance(raw, dict):
-            errors.append(
-                ConfigError(f"{what}: must be a mapping with a `type:`", file, doc.line_of(where))
-            )
+            errors.append(ConfigError(f"{what}: must be a mapping with a `type:`", file, doc.line_of(where)))
             continue
         node_type = raw.get("type")
         if node_type not in NODE_TYPES:
@@ -347,13 +333,7 @@ def parse_pipeline(text: str, file: str | Path = "<string>") -> PipelineConfig:
                     )
                 )
             elif up == node_name:
-                errors.append(
-                    ConfigError(
-                        f"node `{node_name}` names itself as input",
-                        file,
-                        doc.line_of(("nodes", node_name)),
-                    )
-                )
+                errors.append(ConfigError(f"node `{node_name}` names itself as input", file, doc.line_of(("nodes", node_name))))
         op = NODE_TYPES[node.type]
         count = len(node.upstream())
         if count < op.min_inputs:
@@ -375,12 +355,7 @@ def parse_pipeline(text: str, file: str | Path = "<string>") -> PipelineConfig:
 
     if errors:
         raise ConfigErrors(errors)
-    pipeline = PipelineConfig(
-        name=str(name),
-        warehouse=data.get("warehouse"),
-        description=data.get("description"),
-        nodes=nodes,
-    )
+    pipeline = PipelineConfig(name=str(name), warehouse=data.get("warehouse"), description=data.get("description"), nodes=nodes)
     try:
         pipeline.topological_order()
     except ConfigError as exc:

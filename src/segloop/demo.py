@@ -32,14 +32,8 @@ if TYPE_CHECKING:  # pragma: no cover
 CATEGORIES = ("phones", "laptops", "audio", "wearables", "home", "gaming", "books", "fashion")
 PRODUCTS_PER_CATEGORY = 25
 CATEGORY_PRICE = {  # median price per category
-    "phones": 650.0,
-    "laptops": 1100.0,
-    "audio": 120.0,
-    "wearables": 260.0,
-    "home": 80.0,
-    "gaming": 55.0,
-    "books": 18.0,
-    "fashion": 45.0,
+    "phones": 650.0, "laptops": 1100.0, "audio": 120.0, "wearables": 260.0,
+    "home": 80.0, "gaming": 55.0, "books": 18.0, "fashion": 45.0,
 }
 # persona: share, orders per day (mean), lifetime days (mean), spend multiplier
 PERSONAS: dict[str, tuple[float, float, float, float]] = {
@@ -172,17 +166,8 @@ def generate(
     abandoned = rng.random(len(v_cust)) < 0.12
     checkout_abandoned = abandoned & (rng.random(len(v_cust)) < 0.3)
 
-    def event(
-        event_name: str,
-        cust: np.ndarray,
-        t: np.ndarray,
-        anon: np.ndarray | None = None,
-        /,
-        **props: Any,
-    ) -> _Events:
-        return _Events(
-            event_name, cust, anon if anon is not None else np.full(len(cust), -1), t, props
-        )
+    def event(event_name: str, cust: np.ndarray, t: np.ndarray, anon: np.ndarray | None = None, /, **props: Any) -> _Events:
+        return _Events(event_name, cust, anon if anon is not None else np.full(len(cust), -1), t, props)
 
     def product_props(prod: np.ndarray, qty: np.ndarray | None = None) -> dict[str, Any]:
         props: dict[str, Any] = {
@@ -196,61 +181,29 @@ def generate(
             props["quantity"] = qty
         return props
 
-    views = event(
-        "Product Viewed",
-        np.r_[v_cust, i_cust, np.full(len(av_vis), -1)],
-        np.r_[v_t, i_t - 600, av_t],
-        np.r_[np.full(len(v_cust) + len(i_cust), -1), av_vis],
-        **{
-            k: np.r_[v, w, x]
-            for (k, v), w, x in zip(
-                product_props(v_prod).items(),
-                product_props(i_prod).values(),
-                product_props(av_prod).values(),
-                strict=True,
-            )
-        },
-    )
+    views = event("Product Viewed", np.r_[v_cust, i_cust, np.full(len(av_vis), -1)],
+                  np.r_[v_t, i_t - 600, av_t], np.r_[np.full(len(v_cust) + len(i_cust), -1), av_vis],
+                  **{k: np.r_[v, w, x] for (k, v), w, x in zip(
+                      product_props(v_prod).items(), product_props(i_prod).values(),
+                      product_props(av_prod).values(), strict=True)})
     add_prod = np.r_[i_prod, v_prod[abandoned]]
-    adds = event(
-        "Product Added",
-        np.r_[i_cust, v_cust[abandoned]],
-        np.r_[i_t, v_t[abandoned] + 60],
-        **product_props(add_prod, np.r_[i_qty, np.ones(abandoned.sum(), int)]),
-    )
-    checkouts = event(
-        "Checkout Started",
-        np.r_[o_cust, v_cust[checkout_abandoned]],
-        np.r_[o_t - 90, v_t[checkout_abandoned] + 120],
-        order_id=np.r_[
-            order_ids, np.char.add("cart_", np.arange(checkout_abandoned.sum()).astype(str))
-        ],
-        revenue=np.r_[
-            revenue, v_t[checkout_abandoned] * 0 + products["price"][v_prod[checkout_abandoned]]
-        ],
-        currency=np.full(len(o_cust) + checkout_abandoned.sum(), "USD"),
-    )
-    orders = event(
-        "Order Completed",
-        o_cust,
-        o_t,
-        order_id=order_ids,
-        revenue=revenue,
-        total=revenue,
-        currency=np.full(len(o_cust), "USD"),
-        products=_products_json(i_order, i_prod, i_qty, i_price, products, len(o_cust)),
-    )
+    adds = event("Product Added", np.r_[i_cust, v_cust[abandoned]],
+                 np.r_[i_t, v_t[abandoned] + 60],
+                 **product_props(add_prod, np.r_[i_qty, np.ones(abandoned.sum(), int)]))
+    checkouts = event("Checkout Started", np.r_[o_cust, v_cust[checkout_abandoned]],
+                      np.r_[o_t - 90, v_t[checkout_abandoned] + 120],
+                      order_id=np.r_[order_ids, np.char.add("cart_", np.arange(checkout_abandoned.sum()).astype(str))],
+                      revenue=np.r_[revenue, v_t[checkout_abandoned] * 0 + products["price"][v_prod[checkout_abandoned]]],
+                      currency=np.full(len(o_cust) + checkout_abandoned.sum(), "USD"))
+    orders = event("Order Completed", o_cust, o_t, order_id=order_ids, revenue=revenue,
+                   total=revenue, currency=np.full(len(o_cust), "USD"),
+                   products=_products_json(i_order, i_prod, i_qty, i_price, products, len(o_cust)))
     refunded = rng.random(len(o_cust)) < REFUND_RATE
     r_t = o_t[refunded] + rng.uniform(1, 14, refunded.sum()) * day
     keep = r_t < horizon * day
-    refunds = event(
-        "Order Refunded",
-        o_cust[refunded][keep],
-        r_t[keep],
-        order_id=order_ids[refunded][keep],
-        revenue=revenue[refunded][keep],
-        currency=np.full(int(keep.sum()), "USD"),
-    )
+    refunds = event("Order Refunded", o_cust[refunded][keep], r_t[keep],
+                    order_id=order_ids[refunded][keep], revenue=revenue[refunded][keep],
+                    currency=np.full(int(keep.sum()), "USD"))
 
     begin = end - timedelta(days=days)
     all_events = [views, adds, checkouts, orders, refunds]
@@ -259,49 +212,26 @@ def generate(
         ev.cust, ev.anon, ev.t = ev.cust[mask], ev.anon[mask], ev.t[mask]
         ev.props = {k: v[mask] for k, v in ev.props.items()}
     tables = _to_tables(rng, all_events, begin, customers, start, spend)
-    truth = _truth(
-        names, persona, rate, lifetime, start, alive_until, horizon, spend, affinity, begin
-    )
+    truth = _truth(names, persona, rate, lifetime, start, alive_until, horizon, spend, affinity, begin)
     return tables, truth
 
 
-def _products_json(
-    i_order: np.ndarray,
-    i_prod: np.ndarray,
-    i_qty: np.ndarray,
-    i_price: np.ndarray,
-    products: dict[str, np.ndarray],
-    n_orders: int,
-) -> np.ndarray:
+def _products_json(i_order: np.ndarray, i_prod: np.ndarray, i_qty: np.ndarray,
+                   i_price: np.ndarray, products: dict[str, np.ndarray], n_orders: int) -> np.ndarray:
     """Each order's products[] as a JSON string, as Segment stores arrays in warehouses."""
     import numpy as np
     import orjson
 
     out: list[list[dict[str, Any]]] = [[] for _ in range(n_orders)]
     pid, cats = products["product_id"], products["category"]
-    for o, p, q, price in zip(
-        i_order.tolist(), i_prod.tolist(), i_qty.tolist(), i_price.tolist(), strict=True
-    ):
-        out[o].append(
-            {
-                "product_id": pid[p],
-                "sku": f"SKU-{pid[p]}",
-                "category": CATEGORIES[cats[p]],
-                "price": price,
-                "quantity": q,
-            }
-        )
+    for o, p, q, price in zip(i_order.tolist(), i_prod.tolist(), i_qty.tolist(), i_price.tolist(), strict=True):
+        out[o].append({"product_id": pid[p], "sku": f"SKU-{pid[p]}", "category": CATEGORIES[cats[p]],
+                       "price": price, "quantity": q})
     return np.array([orjson.dumps(items).decode() for items in out], dtype=object)
 
 
-def _to_tables(
-    rng: np.random.Generator,
-    events: list[_Events],
-    begin: datetime,
-    customers: int,
-    start: np.ndarray,
-    spend: np.ndarray,
-) -> dict[str, pa.Table]:
+def _to_tables(rng: np.random.Generator, events: list[_Events], begin: datetime,
+               customers: int, start: np.ndarray, spend: np.ndarray) -> dict[str, pa.Table]:
     import numpy as np
     import pyarrow as pa
 
@@ -311,9 +241,7 @@ def _to_tables(
     tables: dict[str, pa.Table] = {}
     common_parts: list[pa.Table] = []
     offset = 0
-    agents = np.array(
-        ["Mozilla/5.0 (Macintosh)", "Mozilla/5.0 (iPhone)", "Mozilla/5.0 (Windows NT 10.0)"]
-    )
+    agents = np.array(["Mozilla/5.0 (Macintosh)", "Mozilla/5.0 (iPhone)", "Mozilla/5.0 (Windows NT 10.0)"])
     for ev in events:
         n = len(ev.t)
         order = np.argsort(ev.t, kind="stable")
@@ -322,11 +250,7 @@ def _to_tables(
         latency = (rng.uniform(0.05, 2.0, n) * 1e6).astype("timedelta64[us]")
         known = cust >= 0
         user_id = pa.array(np.where(known, user_ids[np.maximum(cust, 0)], None), pa.string())
-        anonymous_id = np.where(
-            known,
-            cust_anon[np.maximum(cust, 0)],
-            np.char.add("anon-v", np.maximum(anon, 0).astype(str)),
-        )
+        anonymous_id = np.where(known, cust_anon[np.maximum(cust, 0)], np.char.add("anon-v", np.maximum(anon, 0).astype(str)))
         ids = np.char.add(f"{EVENT_TABLES[ev.event][:3]}-", (np.arange(n) + offset).astype(str))
         offset += n
         common = {
@@ -345,28 +269,17 @@ def _to_tables(
             "event": pa.array(np.full(n, EVENT_TABLES[ev.event])),
             "event_text": pa.array(np.full(n, ev.event)),
         }
-        props = {
-            k: pa.array(v[order] if v.dtype != object else v[order].tolist())
-            for k, v in ev.props.items()
-        }
+        props = {k: pa.array(v[order] if v.dtype != object else v[order].tolist()) for k, v in ev.props.items()}
         tables[EVENT_TABLES[ev.event]] = pa.table({**common, **props})
         common_parts.append(pa.table(common))
     tracks = pa.concat_tables(common_parts)
     tables["tracks"] = tracks.take(np.argsort(tracks["timestamp"].to_numpy(), kind="stable"))
-    tables["identifies"], tables["users"] = _identities(
-        rng, base, user_ids, cust_anon, start, spend
-    )
+    tables["identifies"], tables["users"] = _identities(rng, base, user_ids, cust_anon, start, spend)
     return tables
 
 
-def _identities(
-    rng: np.random.Generator,
-    base: np.datetime64,
-    user_ids: np.ndarray,
-    cust_anon: np.ndarray,
-    start: np.ndarray,
-    spend: np.ndarray,
-) -> tuple[pa.Table, pa.Table]:
+def _identities(rng: np.random.Generator, base: np.datetime64, user_ids: np.ndarray,
+                cust_anon: np.ndarray, start: np.ndarray, spend: np.ndarray) -> tuple[pa.Table, pa.Table]:
     import numpy as np
     import pyarrow as pa
 
@@ -375,77 +288,44 @@ def _identities(
     emails = np.char.add(np.char.add("customer", np.arange(n).astype(str)), "@example.com")
     plan = np.where(spend > 1.5, "premium", "standard")
     ids = np.char.add("idn-", np.arange(n).astype(str))
-    identifies = pa.table(
-        {
-            "id": ids,
-            "anonymous_id": cust_anon,
-            "user_id": user_ids,
-            "received_at": pa.array(ts + np.timedelta64(1, "s")),
-            "sent_at": pa.array(ts),
-            "timestamp": pa.array(ts),
-            "original_timestamp": pa.array(ts),
-            "uuid_ts": pa.array(ts + np.timedelta64(30, "m")),
-            "context_library_name": np.full(n, "analytics.js"),
-            "context_library_version": np.full(n, "5.2.0"),
-            "email": emails,
-            "plan": plan,
-            "created_at": pa.array(ts),
-        }
-    )
-    users = pa.table(
-        {
-            "id": user_ids,
-            "received_at": pa.array(ts + np.timedelta64(1, "s")),
-            "uuid_ts": pa.array(ts + np.timedelta64(30, "m")),
-            "email": emails,
-            "plan": plan,
-            "created_at": pa.array(ts),
-        }
-    )
+    identifies = pa.table({
+        "id": ids, "anonymous_id": cust_anon, "user_id": user_ids,
+        "received_at": pa.array(ts + np.timedelta64(1, "s")), "sent_at": pa.array(ts),
+        "timestamp": pa.array(ts), "original_timestamp": pa.array(ts),
+        "uuid_ts": pa.array(ts + np.timedelta64(30, "m")),
+        "context_library_name": np.full(n, "analytics.js"),
+        "context_library_version": np.full(n, "5.2.0"),
+        "email": emails, "plan": plan, "created_at": pa.array(ts),
+    })
+    users = pa.table({
+        "id": user_ids, "received_at": pa.array(ts + np.timedelta64(1, "s")),
+        "uuid_ts": pa.array(ts + np.timedelta64(30, "m")),
+        "email": emails, "plan": plan, "created_at": pa.array(ts),
+    })
     return identifies, users
 
 
-def _truth(
-    names: list[str],
-    persona: np.ndarray,
-    rate: np.ndarray,
-    lifetime: np.ndarray,
-    start: np.ndarray,
-    alive_until: np.ndarray,
-    horizon: float,
-    spend: np.ndarray,
-    affinity: np.ndarray,
-    begin: datetime,
-) -> pa.Table:
+def _truth(names: list[str], persona: np.ndarray, rate: np.ndarray, lifetime: np.ndarray,
+           start: np.ndarray, alive_until: np.ndarray, horizon: float, spend: np.ndarray,
+           affinity: np.ndarray, begin: datetime) -> pa.Table:
     import numpy as np
     import orjson
     import pyarrow as pa
 
     n = len(persona)
     churned = start + lifetime < horizon
-    return pa.table(
-        {
-            "user_id": np.char.add("u", (np.arange(n) + 100_000).astype(str)),
-            "persona": np.array(names)[persona],
-            "orders_per_day": rate,
-            "lifetime_days": lifetime,
-            "start_day": start,
-            "churned": churned,
-            "churn_at": pa.array(
-                np.where(
-                    churned,
-                    np.datetime64(begin, "us") + (alive_until * 86400e6).astype("timedelta64[us]"),
-                    np.datetime64("NaT"),
-                )
-            ),
-            "spend_level": spend,
-            "favourite_category": np.array(CATEGORIES)[affinity.argmax(axis=1)],
-            "category_affinity": [
-                orjson.dumps(dict(zip(CATEGORIES, row.round(3).tolist(), strict=True))).decode()
-                for row in affinity
-            ],
-        }
-    )
+    return pa.table({
+        "user_id": np.char.add("u", (np.arange(n) + 100_000).astype(str)),
+        "persona": np.array(names)[persona],
+        "orders_per_day": rate,
+        "lifetime_days": lifetime,
+        "start_day": start,
+        "churned": churned,
+        "churn_at": pa.array(np.where(churned, np.datetime64(begin, "us") + (alive_until * 86400e6).astype("timedelta64[us]"), np.datetime64("NaT"))),
+        "spend_level": spend,
+        "favourite_category": np.array(CATEGORIES)[affinity.argmax(axis=1)],
+        "category_affinity": [orjson.dumps(dict(zip(CATEGORIES, row.round(3).tolist(), strict=True))).decode() for row in affinity],
+    })
 
 
 def write_demo_data(

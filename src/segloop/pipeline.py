@@ -76,9 +76,7 @@ class Reporter:
 class Pipeline:
     """A pipeline file bound to its workspace."""
 
-    def __init__(
-        self, config: PipelineConfig, workspace: Workspace | None = None, file: Path | None = None
-    ):
+    def __init__(self, config: PipelineConfig, workspace: Workspace | None = None, file: Path | None = None):
         self.config = config
         self.workspace = workspace or Workspace.load(file.parent.parent if file else ".")
         self.file = file
@@ -132,22 +130,15 @@ class Pipeline:
         reporter = reporter or Reporter()
         plan = self.plan(node)
         store = self.store()
-        run_id = store.start_run(
-            self.name,
-            str(self.file) if self.file else None,
-            self.config.warehouse,
-            dry_run,
-            trigger,
-        )
+        run_id = store.start_run(self.name, str(self.file) if self.file else None,
+                                 self.config.warehouse, dry_run, trigger)
         started = time.perf_counter()
         results = {name: NodeResult(name, self.config.nodes[name].type) for name in plan}
         error: str | None = None
         try:
             with self.connect() as warehouse:
                 for name in plan:
-                    self._run_node(
-                        name, results, warehouse, run_id, dry_run, reporter, store, options or {}
-                    )
+                    self._run_node(name, results, warehouse, run_id, dry_run, reporter, store, options or {})
         except SegloopError as exc:
             error = str(exc)
             for result in results.values():
@@ -156,9 +147,7 @@ class Pipeline:
                     store.record_node(run_id, _record(result))
             raise
         finally:
-            run = RunResult(
-                run_id, self.name, list(results.values()), time.perf_counter() - started
-            )
+            run = RunResult(run_id, self.name, list(results.values()), time.perf_counter() - started)
             store.finish_run(run_id, FAILED if error else run.status, error or _first_error(run))
             store.close()
         return run
@@ -179,9 +168,7 @@ class Pipeline:
         result = results[name]
         config = self.config.nodes[name]
         upstream = self.config.upstream_of(name)
-        blocked = [
-            up for up in upstream if up in results and results[up].status in (FAILED, SKIPPED)
-        ]
+        blocked = [up for up in upstream if up in results and results[up].status in (FAILED, SKIPPED)]
         if blocked:
             result.status = SKIPPED
             result.error = f"skipped because upstream node `{blocked[0]}` did not succeed"
@@ -209,19 +196,11 @@ class Pipeline:
         except SegloopError as exc:
             message = str(exc)
             prefix = f"node `{name}`: "
-            result.status, result.error = (
-                FAILED,
-                message if message.startswith(prefix) else prefix + message,
-            )
+            result.status, result.error = FAILED, message if message.startswith(prefix) else prefix + message
         except Exception as exc:  # an operator bug or a warehouse error we did not anticipate
             log.debug("node %s failed:\n%s", name, traceback.format_exc())
             result.status = FAILED
-            result.error = str(
-                NodeError(
-                    name,
-                    f"{type(exc).__name__}: {_first_line(exc)} (run with --debug for the traceback)",
-                )
-            )
+            result.error = str(NodeError(name, f"{type(exc).__name__}: {_first_line(exc)} (run with --debug for the traceback)"))
             if options.get("debug"):
                 raise
         result.seconds = time.perf_counter() - started
@@ -277,3 +256,5 @@ def _first_error(run: RunResult) -> str | None:
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else ""
+
+

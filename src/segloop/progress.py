@@ -52,9 +52,7 @@ class RichReporter(Reporter):
         self.progress.stop()
 
     def node_started(self, name: str, node_type: str) -> None:
-        self.tasks[name] = self.progress.add_task(
-            "", total=None, node=name, kind=node_type, rate=""
-        )
+        self.tasks[name] = self.progress.add_task("", total=None, node=name, kind=node_type, rate="")
 
     def node_progress(self, name: str, advance: int, total: int | None) -> None:
         task = self.tasks.get(name)
@@ -73,53 +71,29 @@ class RichReporter(Reporter):
             return
         state = self.progress.tasks[task]
         done = result.rows if result.rows is not None else int(state.completed)
-        self.progress.update(
-            task,
-            total=max(done, 1),
-            completed=max(done, 1) if result.status == "success" else state.completed,
-        )
+        self.progress.update(task, total=max(done, 1), completed=max(done, 1) if result.status == "success" else state.completed)
         if not self.console.is_terminal:
-            self.console.print(
-                f"{result.name}: {result.status} ({result.rows} rows, {result.seconds:.2f}s)"
-            )
+            self.console.print(f"{result.name}: {result.status} ({result.rows} rows, {result.seconds:.2f}s)")
 
 
 def print_summary(console: Console, result: RunResult) -> None:
-    table = Table(
-        title=f"run {result.run_id} of `{result.pipeline}`: {result.status}", title_justify="left"
-    )
+    table = Table(title=f"run {result.run_id} of `{result.pipeline}`: {result.status}", title_justify="left")
     for column in ("node", "type", "status", "rows", "seconds", "note"):
         table.add_column(column, justify="right" if column in ("rows", "seconds") else "left")
     for node in result.nodes:
         note = node.error or "; ".join(node.warnings) or _headline(node.metrics)
         table.add_row(
-            node.name,
-            node.type,
-            f"[{STATUS_STYLE.get(node.status, 'white')}]{node.status}[/]",
-            "" if node.rows is None else f"{node.rows:,}",
-            f"{node.seconds:.2f}",
-            note,
+            node.name, node.type, f"[{STATUS_STYLE.get(node.status, 'white')}]{node.status}[/]",
+            "" if node.rows is None else f"{node.rows:,}", f"{node.seconds:.2f}", note,
         )
     console.print(table)
 
 
 def _headline(metrics: dict[str, Any]) -> str:
     """A short line from a node's metrics for the summary table."""
-    keys = (
-        "sent",
-        "rejected",
-        "failed",
-        "skipped",
-        "auc",
-        "ndcg_at_10",
-        "silhouette",
-        "log_likelihood",
-    )
-    parts = [
-        f"{k}={metrics[k]:.3g}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
-        for k in keys
-        if k in metrics and not isinstance(metrics[k], dict | list)
-    ]
+    keys = ("sent", "rejected", "failed", "skipped", "auc", "ndcg_at_10", "silhouette", "log_likelihood")
+    parts = [f"{k}={metrics[k]:.3g}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
+             for k in keys if k in metrics and not isinstance(metrics[k], dict | list)]
     return ", ".join(parts)
 
 
@@ -134,24 +108,15 @@ def print_runs(console: Console, runs: list[RunRecord]) -> None:
         ok = sum(1 for n in run.nodes if n.status == "success")
         sent = sum(int(n.metrics.get("sent", 0) or 0) for n in run.nodes)
         seconds = f"{run.seconds:.1f}" if run.seconds is not None else ""
-        table.add_row(
-            run.id,
-            run.pipeline,
-            f"[{STATUS_STYLE.get(run.status, 'white')}]{run.status}[/]",
-            run.started_at.replace("+00:00", ""),
-            seconds,
-            f"{ok}/{len(run.nodes)}",
-            f"{sent:,}",
-        )
+        table.add_row(run.id, run.pipeline, f"[{STATUS_STYLE.get(run.status, 'white')}]{run.status}[/]",
+                      run.started_at.replace("+00:00", ""), seconds, f"{ok}/{len(run.nodes)}", f"{sent:,}")
     console.print(table)
 
 
 def print_run(console: Console, run: RunRecord) -> None:
-    console.print(
-        f"[bold]run {run.id}[/bold] pipeline `{run.pipeline}` ({run.file or 'no file'}) "
-        f"status [{STATUS_STYLE.get(run.status, 'white')}]{run.status}[/] "
-        f"started {run.started_at}" + (" [yellow](dry run)[/]" if run.dry_run else "")
-    )
+    console.print(f"[bold]run {run.id}[/bold] pipeline `{run.pipeline}` ({run.file or 'no file'}) "
+                  f"status [{STATUS_STYLE.get(run.status, 'white')}]{run.status}[/] "
+                  f"started {run.started_at}" + (" [yellow](dry run)[/]" if run.dry_run else ""))
     if run.error:
         console.print(f"[red]{run.error}[/red]", highlight=False)
     table = Table(title_justify="left")
@@ -161,12 +126,7 @@ def print_run(console: Console, run: RunRecord) -> None:
         detail = node.error or json.dumps(
             {k: v for k, v in node.metrics.items() if k != "query"}, default=str
         )
-        table.add_row(
-            node.node,
-            node.type,
-            f"[{STATUS_STYLE.get(node.status, 'white')}]{node.status}[/]",
-            "" if node.rows is None else f"{node.rows:,}",
-            "" if node.seconds is None else f"{node.seconds:.2f}",
-            detail,
-        )
+        table.add_row(node.node, node.type, f"[{STATUS_STYLE.get(node.status, 'white')}]{node.status}[/]",
+                      "" if node.rows is None else f"{node.rows:,}",
+                      "" if node.seconds is None else f"{node.seconds:.2f}", detail)
     console.print(table)

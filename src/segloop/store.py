@@ -221,13 +221,10 @@ class RunStore:
     def get_run(self, run_id: str) -> RunRecord:
         """A run by id, or by a unique prefix of its id, or `latest`."""
         if run_id == "latest":
-            rows = self._db.execute(
-                "SELECT * FROM runs ORDER BY started_at DESC, id DESC LIMIT 1"
-            ).fetchall()
+            rows = self._db.execute("SELECT * FROM runs ORDER BY started_at DESC, id DESC LIMIT 1").fetchall()
         else:
             rows = self._db.execute(
-                "SELECT * FROM runs WHERE id = ? OR id LIKE ? ORDER BY id LIMIT 2",
-                (run_id, run_id + "%"),
+                "SELECT * FROM runs WHERE id = ? OR id LIKE ? ORDER BY id LIMIT 2", (run_id, run_id + "%")
             ).fetchall()
             exact = [row for row in rows if row["id"] == run_id]
             rows = exact or rows
@@ -239,9 +236,7 @@ class RunStore:
         run.nodes = self.node_runs(run.id)
         return run
 
-    def last_node_run(
-        self, pipeline: str, node: str, status: str = "success"
-    ) -> NodeRunRecord | None:
+    def last_node_run(self, pipeline: str, node: str, status: str = "success") -> NodeRunRecord | None:
         row = self._db.execute(
             "SELECT n.* FROM node_runs n JOIN runs r ON r.id = n.run_id"
             " WHERE r.pipeline = ? AND n.node = ? AND n.status = ?"
@@ -251,11 +246,6 @@ class RunStore:
         if row is None:
             return None
         return NodeRunRecord(
-            node=row["node"],
-            type=row["type"],
-            status=row["status"],
-            rows=row["rows"],
-            seconds=row["seconds"],
-            error=row["error"],
-            metrics=json.loads(row["metrics"] or "{}"),
+            node=row["node"], type=row["type"], status=row["status"], rows=row["rows"],
+            seconds=row["seconds"], error=row["error"], metrics=json.loads(row["metrics"] or "{}"),
         )

@@ -15,26 +15,11 @@ from segloop.warehouse import DuckDBConfig, Warehouse
 AS_OF = datetime(2024, 3, 31, 18, 0)
 # customer: (recency days, frequency, amount per order)
 CUSTOMERS = {
-    "c01": (300, 1, 50),
-    "c02": (250, 1, 20),
-    "c03": (200, 1, 30),
-    "c04": (200, 2, 25),
-    "c05": (150, 1, 100),
-    "c06": (120, 3, 10),
-    "c07": (100, 2, 40),
-    "c08": (90, 1, 200),
-    "c09": (80, 5, 12),
-    "c10": (80, 4, 30),
-    "c11": (60, 2, 15),
-    "c12": (50, 6, 50),
-    "c13": (40, 3, 70),
-    "c14": (30, 8, 25),
-    "c15": (30, 1, 5),
-    "c16": (30, 7, 100),
-    "c17": (10, 2, 45),
-    "c18": (5, 10, 40),
-    "c19": (2, 1, 500),
-    "c20": (0, 12, 100),
+    "c01": (300, 1, 50), "c02": (250, 1, 20), "c03": (200, 1, 30), "c04": (200, 2, 25),
+    "c05": (150, 1, 100), "c06": (120, 3, 10), "c07": (100, 2, 40), "c08": (90, 1, 200),
+    "c09": (80, 5, 12), "c10": (80, 4, 30), "c11": (60, 2, 15), "c12": (50, 6, 50),
+    "c13": (40, 3, 70), "c14": (30, 8, 25), "c15": (30, 1, 5), "c16": (30, 7, 100),
+    "c17": (10, 2, 45), "c18": (5, 10, 40), "c19": (2, 1, 500), "c20": (0, 12, 100),
 }
 # With n = 20, score = 1 + floor(5 * worse / 20) = 1 + floor(worse / 4), where `worse` counts
 # customers strictly worse. R: c03/c04 tie at 200 days (worse = 2 -> 1); c09/c10 tie at 80
@@ -43,26 +28,16 @@ CUSTOMERS = {
 # purchases have worse = 13, 14, 15 -> 4 and 7+ purchases -> 5. M: totals 5, 20, 30 x3, 50 x2,
 # 60, 80, 90, 100, 120, 200 x2, 210, 300, 400, 500, 700, 1200.
 EXPECTED = {  # customer: (r, f, m, segment)
-    "c01": (1, 1, 2, "hibernating"),
-    "c02": (1, 1, 1, "hibernating"),
-    "c03": (1, 1, 1, "hibernating"),
-    "c04": (1, 2, 2, "hibernating"),
-    "c05": (2, 1, 3, "hibernating"),
-    "c06": (2, 3, 1, "at_risk"),
-    "c07": (2, 2, 3, "hibernating"),
-    "c08": (2, 1, 4, "hibernating"),
-    "c09": (3, 4, 2, "loyal_customers"),
-    "c10": (3, 4, 3, "loyal_customers"),
-    "c11": (3, 2, 1, "about_to_sleep"),
-    "c12": (3, 4, 4, "loyal_customers"),
-    "c13": (4, 3, 4, "potential_loyalists"),
-    "c14": (4, 5, 4, "loyal_customers"),
-    "c15": (4, 1, 1, "promising"),
-    "c16": (4, 5, 5, "loyal_customers"),
-    "c17": (5, 2, 3, "potential_loyalists"),
-    "c18": (5, 5, 5, "champions"),
-    "c19": (5, 1, 5, "new_customers"),
-    "c20": (5, 5, 5, "champions"),
+    "c01": (1, 1, 2, "hibernating"), "c02": (1, 1, 1, "hibernating"),
+    "c03": (1, 1, 1, "hibernating"), "c04": (1, 2, 2, "hibernating"),
+    "c05": (2, 1, 3, "hibernating"), "c06": (2, 3, 1, "at_risk"),
+    "c07": (2, 2, 3, "hibernating"), "c08": (2, 1, 4, "hibernating"),
+    "c09": (3, 4, 2, "loyal_customers"), "c10": (3, 4, 3, "loyal_customers"),
+    "c11": (3, 2, 1, "about_to_sleep"), "c12": (3, 4, 4, "loyal_customers"),
+    "c13": (4, 3, 4, "potential_loyalists"), "c14": (4, 5, 4, "loyal_customers"),
+    "c15": (4, 1, 1, "promising"), "c16": (4, 5, 5, "loyal_customers"),
+    "c17": (5, 2, 3, "potential_loyalists"), "c18": (5, 5, 5, "champions"),
+    "c19": (5, 1, 5, "new_customers"), "c20": (5, 5, 5, "champions"),
 }
 
 PIPELINE = """\
@@ -93,9 +68,7 @@ def orders_table() -> pa.Table:
     users += [None, None, "c01"]
     stamps += [AS_OF, AS_OF, None]
     amounts += [1.0, 2.0, 3.0]
-    return pa.table(
-        {"user_id": users, "ts": pa.array(stamps, pa.timestamp("us")), "revenue": amounts}
-    )
+    return pa.table({"user_id": users, "ts": pa.array(stamps, pa.timestamp("us")), "revenue": amounts})
 
 
 def run_rfm(make_workspace, as_of: str = "") -> tuple[dict[str, dict], Warehouse, object]:
@@ -114,12 +87,7 @@ def test_scores_and_segments_match_hand_computation(make_workspace) -> None:
     assert result.ok and result.node("rfm").rows == 20
     for user, (r, f, m, segment) in EXPECTED.items():
         row = rows[user]
-        assert (row["r_score"], row["f_score"], row["m_score"], row["segment"]) == (
-            r,
-            f,
-            m,
-            segment,
-        ), user
+        assert (row["r_score"], row["f_score"], row["m_score"], row["segment"]) == (r, f, m, segment), user
         assert row["rfm_score"] == f"{r}{f}{m}"
         recency, frequency, amount = CUSTOMERS[user]
         assert row["recency_days"] == recency and row["frequency"] == frequency
@@ -155,9 +123,7 @@ def test_segment_map_covers_every_cell_once() -> None:
 
 
 def test_missing_column_names_node_and_column(make_workspace) -> None:
-    root = make_workspace(
-        {"shop": PIPELINE.format(as_of="").replace("amount: revenue", "amount: total")}
-    )
+    root = make_workspace({"shop": PIPELINE.format(as_of="").replace("amount: revenue", "amount: total")})
     wh = Warehouse.connect(DuckDBConfig(), root)
     wh.create_table("orders", orders_table(), schema="shop_src")
     wh.close()

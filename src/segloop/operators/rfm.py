@@ -79,11 +79,7 @@ class RfmOperator(Operator):
         source_name, source = next(iter(inputs.items()))
         require_columns(
             source,
-            {
-                "customer_id": config.customer_id,
-                "timestamp": config.timestamp,
-                "amount": config.amount,
-            },
+            {"customer_id": config.customer_id, "timestamp": config.timestamp, "amount": config.amount},
             node=ctx.node,
             source=source_name,
         )
@@ -107,13 +103,9 @@ def rfm_expr(source: ir.Table, config: RfmConfig) -> tuple[ir.Table, ir.Table]:
     cid, ts, amount = config.customer_id, config.timestamp, config.amount
     t = source.mutate(_ts=source[ts].cast("timestamp"))
     bad = t[cid].isnull() | t["_ts"].isnull()
-    rejects = (
-        t.filter(bad)
-        .drop("_ts")
-        .mutate(
-            _reject_reason=ibis.ifelse(
-                t[cid].isnull(), f"missing customer id `{cid}`", f"missing timestamp `{ts}`"
-            )
+    rejects = t.filter(bad).drop("_ts").mutate(
+        _reject_reason=ibis.ifelse(
+            t[cid].isnull(), f"missing customer id `{cid}`", f"missing timestamp `{ts}`"
         )
     )
     good = t.filter(~bad)
@@ -126,17 +118,11 @@ def rfm_expr(source: ir.Table, config: RfmConfig) -> tuple[ir.Table, ir.Table]:
     day = 86400
     last_day = per_customer.last_purchase_at.truncate("D").epoch_seconds()
     if config.as_of is not None:
-        as_of_ts = ibis.literal(
-            datetime.combine(config.as_of, datetime.min.time())
-            if type(config.as_of) is date
-            else config.as_of
-        )
+        as_of_ts = ibis.literal(datetime.combine(config.as_of, datetime.min.time()) if type(config.as_of) is date else config.as_of)
         as_of_day = as_of_ts.cast("timestamp").truncate("D").epoch_seconds()
     else:
         as_of_day = per_customer.last_purchase_at.max().over().truncate("D").epoch_seconds()
-    with_recency = per_customer.mutate(
-        recency_days=((as_of_day - last_day) / day).round().cast("int64")
-    )
+    with_recency = per_customer.mutate(recency_days=((as_of_day - last_day) / day).round().cast("int64"))
 
     n = with_recency.count().over()
     buckets = RfmOperator.BUCKETS
@@ -151,23 +137,11 @@ def rfm_expr(source: ir.Table, config: RfmConfig) -> tuple[ir.Table, ir.Table]:
         m_score=score(with_recency.monetary),
     )
     scored = scored.mutate(
-        rfm_score=scored.r_score.cast("string")
-        + scored.f_score.cast("string")
-        + scored.m_score.cast("string"),
+        rfm_score=scored.r_score.cast("string") + scored.f_score.cast("string") + scored.m_score.cast("string"),
         segment=_segment_case(scored.r_score, scored.f_score),
     )
-    columns = [
-        cid,
-        "recency_days",
-        "frequency",
-        "monetary",
-        "last_purchase_at",
-        "r_score",
-        "f_score",
-        "m_score",
-        "rfm_score",
-        "segment",
-    ]
+    columns = [cid, "recency_days", "frequency", "monetary", "last_purchase_at",
+               "r_score", "f_score", "m_score", "rfm_score", "segment"]
     return scored.select(*columns).order_by(cid), rejects
 
 

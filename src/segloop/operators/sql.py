@@ -74,12 +74,7 @@ def rewrite_node_refs(sql: str, mapping: dict[str, tuple[str, str]], dialect: st
     ctes = _cte_names(tree)
 
     def swap(node: exp.Expression) -> exp.Expression:
-        if (
-            isinstance(node, exp.Table)
-            and not node.args.get("db")
-            and node.name in mapping
-            and node.name not in ctes
-        ):
+        if isinstance(node, exp.Table) and not node.args.get("db") and node.name in mapping and node.name not in ctes:
             schema, table = mapping[node.name]
             alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(node.name))
             return exp.Table(
@@ -111,9 +106,7 @@ class SqlOperator(Operator):
         try:
             table = wh.sql(query)
         except Exception as exc:
-            raise NodeError(
-                ctx.node, f"the query failed in the {dialect} warehouse: {_short(exc)}"
-            ) from exc
+            raise NodeError(ctx.node, f"the query failed in the {dialect} warehouse: {_short(exc)}") from exc
         return NodeOutput(table=table, metrics={"query": query})
 
 
