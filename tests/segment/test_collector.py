@@ -327,3 +327,25 @@ def test_absurd_clocks_do_not_break_the_server(client, data_dir):
     (message,) = archived(data_dir)
     assert message["timestamp"] == message["receivedAt"]
     assert message["originalTimestamp"] == "0001-01-01T00:00:00Z"
+
+
+def test_continuous_loading_into_a_warehouse(data_dir, tmp_path):
+    import time
+
+    from segloop.segment.loader import load_archive
+    from segloop.warehouse import Warehouse
+
+    with Warehouse.duckdb(tmp_path / "live.duckdb") as wh:
+        options = {"load_every_s": 0.1, "loader": lambda folder: load_archive(wh, folder / "segment-logs")}
+        with serve_in_thread({KEY: "web"}, data_dir, **options) as running, httpx.Client(
+            base_url=running.url, auth=(KEY, "")
+        ) as http:
+            assert post_json(http, "/v1/batch", {"batch": [track(i) for i in range(10)]}).status_code == 200
+            deadline = time.monotonic() + 10
+            while running.stats["loads"] == 0 or (running.stats["last_load"] or {}).get("messages", 0) == 0:
+                assert time.monotonic() < deadline, running.stats
+                time.sleep(0.05)
+            assert running.stats["last_load"]["rows_inserted"]["web.tracks"] == 10
+            assert post_json(http, "/v1/batch", {"batch": [track(i) for i in range(10, 15)]}).status_code == 200
+        # Leaving the block loads the tail received since the last tick.
+        assert wh.count(wh.table("tracks", "web")) == 15

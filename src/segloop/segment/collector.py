@@ -523,7 +523,16 @@ def _uvicorn_server(app: Any, sock: socket.socket) -> Any:
         app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
         timeout_keep_alive=30,
     )
-    return uvicorn.Server(config)
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            # uvicorn re-raises the signal once shut down, which would kill the process
+            # before the archive is closed and the last load runs; return normally instead.
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured.clear()
+
+    return _Server(config)
 
 
 @contextlib.contextmanager
