@@ -1,0 +1,142 @@
+"""Benchmark: events/s the collector accepts in durable mode (fsync before each 200).
+
+Starts the collector in its own process (as `segloop collector` runs) and posts batches of
+100 track events from several client threads over keep-alive connections, each with
+unique messageIds. Prints one table, side by side, with ratios to the durable 8-thread
+row; the "no fsync" row shows what durability costs.
+
+    .venv/bin/python bench/collector.py            # default: 20,000 events per row
+    .venv/bin/python bench/collector.py --events 50000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+KEY = "bench_key"
+BATCH = 100
+
+
+def serve(data: str, fsync: bool) -> None:
+    """Child process: run the collector until killed; print its URL first."""
+    from segloop.segment.collector import CollectorSettings, run_forever
+
+    settings = CollectorSettings(keys={KEY: "bench"}, data_dir=Path(data), fsync=fsync)
+    run_forever(settings, "127.0.0.1", 0, lambda url: print(url, flush=True))
+
+
+def bodies(run: str, events: int) -> list[bytes]:
+    import orjson
+
+    out = []
+    sent_at = "2025-01-01T00:00:01Z"
+    for b in range(events // BATCH):
+        batch = [
+            {
+                "type": "track",
+                "userId": f"user-{(b * BATCH + i) % 5000}",
+                "event": "Product Viewed",
+                "messageId": f"{run}-{b}-{i}",
+                "timestamp": "2025-01-01T00:00:00Z",
+                "properties": {"product_id": f"p{i}", "price": 19.99, "category": "shoes"},
+                "context": {"library": {"name": "bench", "version": "1"}},
+            }
+            for i in range(BATCH)
+        ]
+        out.append(orjson.dumps({"batch": batch, "sentAt": sent_at}))
+    return out
+
+
+def run_row(label: str, fsync: bool, threads: int, events: int) -> dict[str, float | str | int]:
+    import requests
+
+    with tempfile.TemporaryDirectory() as data:
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", data, *([] if fsync else ["--no-fsync"])],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            url = proc.stdout.readline().strip()
+            session = requests.Session()
+            for _ in range(200):
+                try:
+                    session.get(f"{url}/health", timeout=1)
+                    break
+                except requests.ConnectionError:
+                    time.sleep(0.05)
+            payloads = bodies(label.replace(" ", "_"), events)
+            chunks = [payloads[i::threads] for i in range(threads)]
+            failures: list[int] = []
+
+            def client(mine: list[bytes]) -> None:
+                http = requests.Session()
+                headers = {"Content-Type": "application/json"}
+                for body in mine:
+                    res = http.post(f"{url}/v1/batch", data=body, headers=headers, auth=(KEY, ""))
+                    if res.status_code != 200:
+                        failures.append(res.status_code)
+
+            workers = [threading.Thread(target=client, args=(c,)) for c in chunks]
+            start = time.perf_counter()
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            seconds = time.perf_counter() - start
+            stats = session.get(f"{url}/stats").json()
+        finally:
+            proc.kill()
+            proc.wait()
+    if failures or stats["accepted"] != events:
+        raise SystemExit(f"{label}: {len(failures)} failed requests, {stats['accepted']} accepted of {events}")
+    requests_sent = events // BATCH
+    return {
+        "row": label,
+        "threads": threads,
+        "events_per_s": events / seconds,
+        "requests_per_commit": requests_sent / max(stats["commits"], 1),
+        "ms_per_request": seconds * 1000 * threads / requests_sent,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--no-fsync", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help="Print rows as JSON too.")
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, fsync=not args.no_fsync)
+        return
+    plan = [
+        ("durable, 1 thread", True, 1),
+        ("durable, 4 threads", True, 4),
+        ("durable, 8 threads", True, 8),
+        ("no fsync, 8 threads", False, 8),
+    ]
+    rows = [run_row(label, fsync, threads, args.events) for label, fsync, threads in plan]
+    base = next(r for r in rows if r["row"] == "durable, 8 threads")["events_per_s"]
+    print(f"collector: {args.events:,} track events per row, batches of {BATCH}, keep-alive")
+    print(f"{'row':<22}{'events/s':>12}{'ratio':>8}{'req/commit':>12}{'ms/request':>12}")
+    for r in rows:
+        ratio = float(r["events_per_s"]) / float(base)
+        print(
+            f"{r['row']:<22}{r['events_per_s']:>12,.0f}{ratio:>8.2f}"
+            f"{r['requests_per_commit']:>12.1f}{r['ms_per_request']:>12.1f}"
+        )
+    if args.json:
+        print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
