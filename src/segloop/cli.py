@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -38,7 +37,7 @@ def handle_errors(func: F) -> F:
             if _state["debug"]:
                 raise
             for line in str(exc).splitlines() or [type(exc).__name__]:
-                err_console.print(f"[red]error:[/red] {line}", highlight=False, markup=True)
+                err_console.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -119,10 +118,10 @@ def validate(
         except ConfigErrors as exc:
             failed += 1
             for err in exc.errors:
-                err_console.print(f"[red]error:[/red] {err}", highlight=False)
+                err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         except ConfigError as exc:
             failed += 1
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         else:
             console.print(f"[green]ok[/green] {file}: pipeline `{pipeline.name}`, "
                           f"{len(pipeline.nodes)} nodes ({' -> '.join(pipeline.topological_order())})")
@@ -152,7 +151,7 @@ def run(
     if not result.ok:
         for failed in result.nodes:
             if failed.status == "failed":
-                err_console.print(f"[red]error:[/red] {failed.error}", highlight=False)
+                err_console.print(f"[red]error:[/red] {failed.error}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -209,6 +208,56 @@ def demo_data(
 
 
 
+@app.command()
+@handle_errors
+def query(
+    sql: str = typer.Argument(..., help="A SELECT in the warehouse's dialect."),
+    warehouse: str = typer.Option(None, "--warehouse", "-w", help="Warehouse name from segloop.yml."),
+    limit: int = typer.Option(50, "--limit", help="Rows to show at most."),
+) -> None:
+    """Run a query in the workspace's warehouse and print the first rows."""
+    from rich.table import Table
+
+    from segloop.config import Workspace
+    from segloop.warehouse import Warehouse
+
+    workspace = Workspace.find()
+    with Warehouse.connect(workspace.warehouse_config(warehouse), workspace.root) as wh:
+        try:
+            result = wh.to_arrow(wh.sql(sql), limit=limit)
+        except SegloopError:
+            raise
+        except Exception as exc:
+            raise SegloopError(f"query failed in the {wh.dialect} warehouse: {str(exc).splitlines()[0]}") from None
+    table = Table()
+    for name in result.column_names:
+        table.add_column(name)
+    for row in result.to_pylist():
+        table.add_row(*("" if v is None else f"{v:,.2f}" if isinstance(v, float) else str(v) for v in row.values()))
+    console.print(table)
+
+
+
+@app.command()
+@handle_errors
+def preview(
+    pipeline: str = typer.Argument(..., help="Pipeline file, or its name in pipelines/."),
+    node: str = typer.Argument(..., help="A Segment node of that pipeline."),
+    rows: int = typer.Option(5, "--rows", help="How many payloads to show."),
+) -> None:
+    """Show what the next run of a Segment node would send, sending nothing."""
+    import orjson
+
+    from segloop.pipeline import Pipeline
+
+    result = Pipeline.load(pipeline).preview(node, rows)
+    payloads = result.pop("payloads")
+    counts = ", ".join(f"{k}={v:,}" for k, v in result.items() if isinstance(v, int))
+    console.print(f"[bold]{node}[/bold] next run: {counts}", highlight=False)
+    for payload in payloads:
+        console.print_json(orjson.dumps(payload, default=str).decode())
+
+
 # -- segment collector and raw archives ---------------------------------------------------
 
 
@@ -243,6 +292,23 @@ def _collector_keys(cli_keys: list[str], yml_keys: dict[str, str]) -> dict[str, 
             key = resolve_secret(key, "--key").get_secret_value()
         keys[key] = source
     return keys
+
+
+@app.command()
+@handle_errors
+def reset(
+    pipeline: str = typer.Argument(..., help="Pipeline file, or its name in pipelines/."),
+    node: str = typer.Argument(..., help="A Segment node of that pipeline."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Forget a Segment node's sync state: its next run sends every row again."""
+    from segloop.pipeline import Pipeline
+
+    loaded = Pipeline.load(pipeline)
+    if not yes and not typer.confirm(f"Forget what `{node}` sent? Its next run re-sends every row."):
+        raise typer.Exit(1)
+    loaded.reset(node)
+    console.print(f"Sync state of `{node}` forgotten; the next run sends every row.")
 
 
 @app.command()
@@ -324,4 +390,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()
