@@ -42,8 +42,15 @@ def write(root: Path, messages: list[dict[str, Any]], source: str = "shop") -> N
     writer.close()
 
 
-@pytest.fixture
-def wh(tmp_path: Path):
+@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
+def wh(request: pytest.FixtureRequest, tmp_path: Path):
+    """The same loader tests on DuckDB and on a throwaway PostgreSQL database."""
+    if request.param == "postgres":
+        try:
+            yield request.getfixturevalue("pg_warehouse")  # tests/fixtures_pg.py
+        except pytest.FixtureLookupError:
+            pytest.skip("the pg_warehouse fixture (tests/fixtures_pg.py) is not available")
+        return
     with Warehouse.duckdb(tmp_path / "wh.duckdb") as warehouse:
         yield warehouse
 
