@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,8 @@ def wh(request: pytest.FixtureRequest, tmp_path: Path):
         try:
             yield request.getfixturevalue("pg_warehouse")  # tests/fixtures_pg.py
         except pytest.FixtureLookupError:
+            if os.environ.get("SEGLOOP_REQUIRE_PG") == "1":
+                pytest.fail("SEGLOOP_REQUIRE_PG=1 but the pg_warehouse fixture is missing")
             pytest.skip("the pg_warehouse fixture (tests/fixtures_pg.py) is not available")
         return
     with Warehouse.duckdb(tmp_path / "wh.duckdb") as warehouse:
