@@ -349,3 +349,16 @@ def test_continuous_loading_into_a_warehouse(data_dir, tmp_path):
             assert post_json(http, "/v1/batch", {"batch": [track(i) for i in range(10, 15)]}).status_code == 200
         # Leaving the block loads the tail received since the last tick.
         assert wh.count(wh.table("tracks", "web")) == 15
+
+
+def test_deeply_nested_message_is_dropped_not_a_server_error(client, collector, data_dir):
+    # JSON parsers accept 300 levels; the archive's serializer stops at 254. Found by review.
+    deep = b'{"n": ' * 300 + b"1" + b"}" * 300
+    content = (
+        b'{"batch": [{"type": "track", "userId": "u", "event": "E", "properties": '
+        + deep + b"}, " + orjson.dumps(track(2)) + b"]}"
+    )
+    res = client.post("/v1/batch", content=content, headers={"Content-Type": "application/json"})
+    assert res.status_code == 200
+    assert [m["messageId"] for m in archived(data_dir)] == ["m-2"]
+    assert collector.stats["dropped"] == {"nested_too_deeply": 1}

@@ -379,7 +379,9 @@ class Collector:
         settings = self.settings
         if self._rate_limited():
             return self._answer(
-                PlainTextResponse("Too Many Requests", 429, headers={"Retry-After": "1"})
+                PlainTextResponse(
+                    "Too Many Requests", 429, headers={"Retry-After": "1", "X-RateLimit-Reset": "1"}
+                )
             )
         if settings.latency_ms:
             await asyncio.sleep(settings.latency_ms / 1000)

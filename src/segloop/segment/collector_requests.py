@@ -184,7 +184,10 @@ def prepare(
     prepared.received = len(items)
     check_sizes = body_bytes is None or body_bytes > Limits.MAX_MESSAGE_BYTES
     for position, item in enumerate(items if check_sizes else ()):
-        size = len(orjson.dumps(item))
+        try:
+            size = len(orjson.dumps(item))
+        except orjson.JSONEncodeError:
+            continue  # nested too deeply to serialize; dropped below
         if size > Limits.MAX_MESSAGE_BYTES:
             raise BadRequest(
                 "message_too_large",
@@ -204,5 +207,10 @@ def prepare(
             prepared.dropped[reason] += 1
             continue
         stamped = _stamp(item, received_at, batch_sent_at, batch_context)
-        prepared.lines.append((stamped["messageId"], orjson.dumps(stamped)))
+        try:
+            line = orjson.dumps(stamped)
+        except orjson.JSONEncodeError:  # over 254 levels of nesting
+            prepared.dropped["nested_too_deeply"] += 1
+            continue
+        prepared.lines.append((stamped["messageId"], line))
     return prepared
