@@ -3,7 +3,9 @@
 Starts the collector in its own process (as `segloop collector` runs) and posts batches of
 100 track events from several client threads over keep-alive connections, each with
 unique messageIds. Prints one table, side by side, with ratios to the durable 8-thread
-row; the "no fsync" row shows what durability costs.
+row; the "no fsync" row shows what durability costs. A second table times the loader
+(archive -> Segment's warehouse schema in DuckDB): a full load, an incremental append of
+10% more, and a re-load with nothing new.
 
     .venv/bin/python bench/collector.py            # 50,000 events per row, best of 3
     .venv/bin/python bench/collector.py --events 20000 --repeat 1
@@ -108,6 +110,41 @@ def run_row(label: str, fsync: bool, threads: int, events: int) -> dict[str, flo
     }
 
 
+def load_rows(events: int) -> list[tuple[str, int, float]]:
+    """Loader: a full load into DuckDB, a 10% append, and a re-load with nothing new."""
+    import orjson
+
+    from segloop.segment.archive import ArchiveWriter
+    from segloop.segment.loader import load_archive
+    from segloop.warehouse import Warehouse
+
+    def archive(root: Path, run: str, n: int) -> None:
+        writer = ArchiveWriter(root)
+        for body in bodies(run, n):
+            batch = orjson.loads(body)["batch"]
+            for i, message in enumerate(batch):
+                if i % 4 == 0:
+                    message.update(type="identify", traits={"email": f"{message['userId']}@x", "plan": "pro"})
+                elif i % 4 == 1:
+                    message["event"] = "Order Completed"
+                message["receivedAt"] = "2025-01-01T00:00:02.000Z"
+            writer.append({("shop", 1735689600000): [orjson.dumps(m) for m in batch]})
+        writer.close()
+
+    out = []
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        archive(root, "full", events)
+        with Warehouse.duckdb(root / "wh.duckdb") as wh:
+            for label, n in (("full load", events), ("append 10%", events // 10), ("nothing new", 0)):
+                if n and label != "full load":
+                    archive(root, label, n)
+                start = time.perf_counter()
+                result = load_archive(wh, root / "segment-logs")
+                out.append((label, result.messages, time.perf_counter() - start))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=50_000)
@@ -144,8 +181,15 @@ def main() -> None:
             f"{r['row']:<22}{r['events_per_s']:>12,.0f}{ratio:>8.2f}"
             f"{r['requests_per_commit']:>12.1f}{r['ms_per_request']:>12.1f}"
         )
+    loads = load_rows(args.events)
+    print()
+    print(f"loader into DuckDB ({args.events:,}-message archive, tracks/identifies/users/event tables)")
+    print(f"{'row':<22}{'messages':>12}{'seconds':>10}{'msgs/s':>12}")
+    for label, messages, seconds in loads:
+        rate = f"{messages / seconds:>12,.0f}" if messages else f"{'-':>12}"
+        print(f"{label:<22}{messages:>12,}{seconds:>10.2f}{rate}")
     if args.json:
-        print(json.dumps(rows))
+        print(json.dumps({"collector": rows, "loader": loads}))
 
 
 if __name__ == "__main__":

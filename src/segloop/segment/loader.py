@@ -192,10 +192,10 @@ class _SchemaWriter:
     def _arrow(self, rows: list[dict[str, Any]], kinds: dict[str, Kind]) -> tuple[pa.Table, list[str]]:
         import pyarrow as pa
 
-        present = [c for c in kinds if any(row.get(c) is not None for row in rows)]
-        for required in ("id",):
-            if required in kinds and required not in present:
-                present.append(required)
+        non_null: set[str] = {"id"}
+        for row in rows:
+            non_null.update(col for col, value in row.items() if value is not None)
+        present = [c for c in kinds if c in non_null]
         arrays = {
             col: pa.array([cast_value(row.get(col), kinds[col]) for row in rows], _arrow_type(kinds[col]))
             for col in present

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 import orjson
@@ -100,6 +101,7 @@ def _is_digit(c: int) -> bool:
     return 48 <= c <= 57
 
 
+@lru_cache(maxsize=65_536)  # the same few hundred keys repeat in every message
 def snake_case(name: str) -> str:
     """Snake-case a name exactly as Segment's go-snakecase does (bytes, ASCII only).
 
