@@ -130,3 +130,22 @@ def test_find_archive_files_names_source_and_stable_key(tmp_path: Path):
     (alone,) = find_archive_files(lone)
     assert alone.source is None
     assert find_archive_files(tmp_path / "missing") == []
+
+
+def test_summary_counts_calls_and_events_with_samples(tmp_path: Path):
+    from segloop.segment.archive import summarize_archive
+
+    messages = [
+        {"type": "track", "event": "Order Completed", "messageId": "1"},
+        {"type": "track", "event": "Order Completed", "messageId": "2"},
+        {"type": "track", "event": "Product Viewed", "messageId": "3"},
+        {"type": "identify", "messageId": "4"},
+    ]
+    writer = ArchiveWriter(tmp_path)
+    writer.append({("web", DAY): [orjson.dumps(m) for m in messages]})
+    writer.close()
+    summary = summarize_archive(tmp_path)
+    assert summary.messages == 4
+    assert summary.by_call == {"track": 3, "identify": 1}
+    assert summary.by_event == {"Order Completed": 2, "Product Viewed": 1}
+    assert [s["messageId"] for s in summary.samples] == ["1", "4"]
