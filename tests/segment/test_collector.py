@@ -362,3 +362,23 @@ def test_deeply_nested_message_is_dropped_not_a_server_error(client, collector, 
     assert res.status_code == 200
     assert [m["messageId"] for m in archived(data_dir)] == ["m-2"]
     assert collector.stats["dropped"] == {"nested_too_deeply": 1}
+
+
+def test_browsers_may_post_cross_origin(client, data_dir):
+    preflight = client.options(
+        "/v1/track",
+        headers={"Origin": "https://shop.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type"},
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] in ("*", "https://shop.example")
+    # analytics.js sends text/plain (no preflight) with the write key in the body.
+    res = client.post(
+        "/v1/track",
+        content=orjson.dumps({**track(1), "writeKey": KEY}),
+        headers={"Content-Type": "text/plain", "Origin": "https://shop.example"},
+        auth=None,
+    )
+    assert res.status_code == 200
+    assert res.headers["access-control-allow-origin"] == "*"
+    assert len(archived(data_dir)) == 1

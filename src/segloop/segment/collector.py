@@ -463,6 +463,8 @@ class Collector:
 
     def app(self) -> Starlette:
         from starlette.applications import Starlette
+        from starlette.middleware import Middleware
+        from starlette.middleware.cors import CORSMiddleware
         from starlette.responses import JSONResponse
         from starlette.routing import Route
 
@@ -491,7 +493,11 @@ class Collector:
             Route("/stats", stats, methods=["GET"]),
             Route("/openapi.json", spec, methods=["GET"]),
         ]
-        return Starlette(routes=routes)
+        # Browsers (analytics.js) post cross-origin, as they do to api.segment.io.
+        cors = Middleware(
+            CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST"], allow_headers=["*"]
+        )
+        return Starlette(routes=routes, middleware=[cors])
 
 
 # -- running ------------------------------------------------------------------------------
