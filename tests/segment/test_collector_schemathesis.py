@@ -20,6 +20,7 @@ KEY = "wk_fuzz"
 EXAMPLES_PER_OPERATION = int(os.environ.get("SEGLOOP_FUZZ_EXAMPLES", "25"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("authorized", [True, False], ids=["with-key", "as-generated"])
 def test_schemathesis_finds_no_server_error(tmp_path: Path, authorized: bool):
     schema = schemathesis.openapi.from_dict(openapi_spec())
