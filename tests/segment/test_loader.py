@@ -281,3 +281,23 @@ def test_cli_load_archive_into_a_duckdb_file(tmp_path: Path):
     missing = runner.invoke(app, ["load-archive", str(tmp_path / "nope"), "--duckdb", str(target)])
     assert missing.exit_code == 1
     assert "does not exist" in " ".join(missing.output.split())
+
+
+def test_failed_users_upsert_leaves_users_unchanged(tmp_path: Path, wh: Warehouse, monkeypatch):
+    write(tmp_path, [msg(1, "identify", userId="ann", traits={"plan": "free"})])
+    load_archive(wh, tmp_path)
+    write(tmp_path, [msg(2, "identify", userId="ann", receivedAt="2025-11-25T00:00:00Z", traits={"plan": "pro"})])
+    real = wh.raw_sql
+
+    def failing(query: str):
+        if "INSERT INTO" in query and '"users"' in query:
+            raise RuntimeError("disk full")
+        return real(query)
+
+    monkeypatch.setattr(wh, "raw_sql", failing)
+    with pytest.raises(RuntimeError, match="disk full"):
+        load_archive(wh, tmp_path)
+    monkeypatch.setattr(wh, "raw_sql", real)
+    assert [(u["id"], u["plan"]) for u in rows(wh, "users")] == [("ann", "free")]
+    load_archive(wh, tmp_path)  # the retry completes the upsert
+    assert [(u["id"], u["plan"]) for u in rows(wh, "users")] == [("ann", "pro")]

@@ -275,13 +275,35 @@ class _SchemaWriter:
                 f"CREATE TABLE {self.q(combined)} AS SELECT {', '.join(selects)} "
                 f"FROM {staged} s LEFT JOIN {target} u ON u.id = s.id"
             )
-            self.wh.raw_sql(f"DELETE FROM {target} WHERE id IN (SELECT id FROM {staged})")
             names = ", ".join(self.wh.quote(c) for c in kinds)
-            self.wh.raw_sql(f"INSERT INTO {target} ({names}) SELECT {names} FROM {self.q(combined)}")
+            self._atomic(
+                [
+                    f"DELETE FROM {target} WHERE id IN (SELECT id FROM {staged})",
+                    f"INSERT INTO {target} ({names}) SELECT {names} FROM {self.q(combined)}",
+                ]
+            )
         finally:
             self.wh.drop_table(stage, self.schema)
             self.wh.drop_table(combined, self.schema)
         self.result.rows_inserted[f"{self.schema}.{USERS_TABLE}"] += len(merged) - existing
+
+    def _atomic(self, statements: list[str]) -> None:
+        """Run statements as one transaction, so a crash cannot leave users half-replaced.
+
+        PostgreSQL runs several statements sent at once in one implicit transaction; DuckDB
+        needs an explicit one (rolled back if any statement fails).
+        """
+        if self.wh.dialect != "duckdb":
+            self.wh.raw_sql("; ".join(statements))
+            return
+        self.wh.raw_sql("BEGIN TRANSACTION")
+        try:
+            for statement in statements:
+                self.wh.raw_sql(statement)
+        except Exception:
+            self.wh.raw_sql("ROLLBACK")
+            raise
+        self.wh.raw_sql("COMMIT")
 
     def _scalar(self, query: str) -> int:
         table = self.wh.sql(query)
