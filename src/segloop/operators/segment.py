@@ -25,7 +25,7 @@ from pydantic import Field, model_validator
 from segloop.errors import ConfigError
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
 from segloop.operators.columns import require_columns
-from segloop.secrets import SecretRef, resolve_secret
+from segloop.secrets import ENV_REF, SecretRef, resolve_secret
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
@@ -51,7 +51,10 @@ class SegmentConfig(NodeConfig):
     timestamp: str | None = None
     context: dict[str, Any] | None = None
     region: Literal["us", "eu"] = "us"
-    endpoint: str | None = Field(default=None, description="Another endpoint, e.g. a local collector.")
+    endpoint: str | None = Field(
+        default=None,
+        description="Another endpoint, e.g. a local collector; a URL or ${ENV_VAR} naming one.",
+    )
     gzip: bool = False
     mode: Literal["diff", "full"] = "diff"
     on_removed: str | None = Field(
@@ -242,8 +245,11 @@ class _Delivery:
         if cfg.max_in_flight:
             options["max_in_flight"] = cfg.max_in_flight
         transport = self.ctx.options.get("segment_transport")
+        endpoint = cfg.endpoint
+        if endpoint and ENV_REF.match(endpoint):
+            endpoint = resolve_secret(endpoint, f"node `{self.ctx.node}` endpoint").get_secret_value()
         client = Client(
-            write_key, host=cfg.endpoint, region=cfg.region, upload_size=cfg.upload_size,
+            write_key, host=endpoint, region=cfg.region, upload_size=cfg.upload_size,
             upload_interval=cfg.upload_interval, on_full="block", gzip=cfg.gzip,
             max_retries=cfg.max_retries, max_retry_time=cfg.max_retry_time, timeout=cfg.timeout,
             transport=transport, **options,
