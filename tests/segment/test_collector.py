@@ -382,3 +382,22 @@ def test_browsers_may_post_cross_origin(client, data_dir):
     assert res.status_code == 200
     assert res.headers["access-control-allow-origin"] == "*"
     assert len(archived(data_dir)) == 1
+
+
+def test_archive_write_failure_is_a_500_and_the_next_request_succeeds(client, collector, data_dir):
+    writer = collector.collector.committer.writer
+    real_append = writer.append
+    calls = {"n": 0}
+
+    def failing_once(groups):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(28, "No space left on device")
+        return real_append(groups)
+
+    writer.append = failing_once
+    failed = post_json(client, "/v1/batch", {"batch": [track(1)]})
+    assert failed.status_code == 500  # retryable: senders try again
+    assert post_json(client, "/v1/batch", {"batch": [track(1)]}).status_code == 200
+    assert [m["messageId"] for m in archived(data_dir)] == ["m-1"]
+    assert collector.stats["accepted"] == 1

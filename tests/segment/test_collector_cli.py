@@ -59,6 +59,7 @@ def test_collector_command_loads_on_a_timer_and_on_exit(tmp_path: Path, stop: si
         _, stderr = proc.communicate(timeout=20)
     assert proc.returncode == 0, stderr
     assert "k1" not in stderr  # write keys are never printed
+    assert "100 messages accepted" in " ".join(stderr.split())
     with Warehouse.duckdb(target) as wh:
         assert wh.count(wh.table("signed_up", "web")) == 100
 

@@ -190,6 +190,9 @@ class Committer:
                 self.commits += 1
         except Exception as exc:  # disk full, permissions: every waiter gets a 500
             log.error("could not write the archive: %s", exc)
+            # Later writes go to fresh files, never after a member that may be half written.
+            with contextlib.suppress(OSError):
+                self.writer.rotate()
             for pending in group:
                 pending.future.set_exception(exc)
             return
@@ -580,8 +583,13 @@ def serve_in_thread(
         collector.close()
 
 
-def run_forever(settings: CollectorSettings, host: str, port: int, announce: Callable[[str], None]) -> None:
-    """Serve until interrupted (the CLI); ``announce`` gets the URL once listening."""
+def run_forever(
+    settings: CollectorSettings, host: str, port: int, announce: Callable[[str], None]
+) -> dict[str, Any]:
+    """Serve until interrupted (the CLI); ``announce`` gets the URL once listening.
+
+    Returns the final /stats counters.
+    """
     collector = Collector(settings)
     sock = bind_socket(host, port)
     bound = sock.getsockname()[1]
@@ -592,3 +600,4 @@ def run_forever(settings: CollectorSettings, host: str, port: int, announce: Cal
     finally:
         sock.close()
         collector.close()
+    return collector.stats_dict()
