@@ -401,3 +401,18 @@ def test_archive_write_failure_is_a_500_and_the_next_request_succeeds(client, co
     assert post_json(client, "/v1/batch", {"batch": [track(1)]}).status_code == 200
     assert [m["messageId"] for m in archived(data_dir)] == ["m-1"]
     assert collector.stats["accepted"] == 1
+
+
+def test_a_message_id_older_than_the_window_is_accepted_again(data_dir):
+    import time
+
+    with serve_in_thread({KEY: "web"}, data_dir, dedupe_window_s=0.3) as running, httpx.Client(
+        base_url=running.url, auth=(KEY, "")
+    ) as http:
+        post_json(http, "/v1/batch", {"batch": [track(1)]})
+        post_json(http, "/v1/batch", {"batch": [track(1)]})
+        assert running.stats["deduped"] == 1
+        time.sleep(0.4)
+        post_json(http, "/v1/batch", {"batch": [track(1)]})
+        assert running.stats["accepted"] == 2
+    assert len(archived(data_dir)) == 2
