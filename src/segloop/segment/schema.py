@@ -241,8 +241,9 @@ def cast_value(value: Any, kind: Kind) -> Any:
         if kind == "integer":
             if isinstance(value, bool):
                 return None
-            if isinstance(value, float):
-                return int(value) if value.is_integer() else None
+            if isinstance(value, str):
+                value = float(value) if any(c in value for c in ".eE") else int(value)
+            # Segment's docs: a float in an integer column loses its fraction, it is not dropped.
             number = int(value)
             return number if _INT64_MIN <= number <= _INT64_MAX else None
         if kind == "float":
