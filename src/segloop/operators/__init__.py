@@ -11,6 +11,7 @@ from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
 from segloop.operators.clv import ClvOperator
 from segloop.operators.propensity import PropensityOperator
 from segloop.operators.rfm import RfmOperator
+from segloop.operators.segment import SegmentOperator
 from segloop.operators.sql import SqlOperator
 
 NODE_TYPES: dict[str, type[Operator]] = {
@@ -18,6 +19,7 @@ NODE_TYPES: dict[str, type[Operator]] = {
     for op in (
         SqlOperator,
         RfmOperator,
+        SegmentOperator,
         ClvOperator,
         PropensityOperator,
     )
