@@ -20,6 +20,7 @@ from segloop.operators.propensity import PropensityConfig, PropensityOperator
 from segloop.pipeline import Pipeline
 from segloop.store import RunStore
 from segloop.warehouse import DuckDBConfig, Warehouse
+from tests.segment.fake_segment import FakeSegment
 
 CUSTOMERS = 4000
 
@@ -103,16 +104,48 @@ nodes:
     input: events
     orders: orders
     mode: churn
+  buyers:
+    type: propensity
+    input: events
+    orders: orders
+  predictions:
+    type: sql
+    sql: |
+      select b.user_id, b.percentile as buy_pct, c.percentile as churn_pct,
+             l.predicted_clv, l.clv_percentile
+      from buyers b join churn c using (user_id) left join ltv l using (user_id)
+  to_segment:
+    type: segment
+    input: predictions
+    write_key: ${SEGLOOP_TEST_WRITE_KEY}
+    call: identify
+    traits:
+      buy_pct: likelihood_to_purchase
+      churn_pct: likelihood_to_churn
+      predicted_clv: predicted_ltv
+      clv_percentile: predicted_ltv_percentile
 """
 
 
 @pytest.mark.slow
-def test_nodes_run_in_a_pipeline_and_record_metrics(make_workspace) -> None:
+def test_nodes_run_in_a_pipeline_and_feed_the_segment_action(
+    make_workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SEGLOOP_TEST_WRITE_KEY", "wk-test")
     root = make_workspace({"predict": PIPELINE})
     with Warehouse.connect(DuckDBConfig(), root) as wh:
         write_demo_data(wh, customers=1500)
-    result = Pipeline.load(root / "pipelines" / "predict.yml").run()
+    fake = FakeSegment()
+    pipeline = Pipeline.load(root / "pipelines" / "predict.yml")
+    result = pipeline.run(options={"segment_transport": fake})
     assert result.ok, [n.error for n in result.nodes]
+    calls = fake.delivered()
+    assert len(calls) == 1500 and all(c["type"] == "identify" for c in calls)
+    traits = [c["traits"] for c in calls]
+    assert all(0.0 <= t["likelihood_to_purchase"] <= 1.0 for t in traits)
+    assert all(0.0 <= t["likelihood_to_churn"] <= 1.0 for t in traits)
+    with_ltv = [t for t in traits if t.get("predicted_ltv") is not None]
+    assert len(with_ltv) > 1000 and all(t["predicted_ltv"] >= 0 for t in with_ltv)
     with Warehouse.connect(DuckDBConfig(), root) as wh:
         ltv = wh.table("predict__ltv").to_pyarrow()
         churn = wh.table("predict__churn").to_pyarrow()
