@@ -241,3 +241,33 @@ def test_empty_input_is_a_clear_error() -> None:
     )
     with pytest.raises(DataError, match="node `ltv`: column `timestamp` has no timestamps"):
         run_clv(wh, table="empty")
+
+
+def pg_or_skip(request: pytest.FixtureRequest) -> Warehouse:
+    """The throwaway PostgreSQL warehouse of tests/fixtures_pg.py, or skip."""
+    import os
+
+    try:
+        return request.getfixturevalue("pg_warehouse")
+    except pytest.FixtureLookupError:
+        if os.environ.get("SEGLOOP_REQUIRE_PG") == "1":
+            pytest.fail("SEGLOOP_REQUIRE_PG=1 but the pg_warehouse fixture is missing")
+        pytest.skip("the pg_warehouse fixture (tests/fixtures_pg.py) is not available")
+
+
+@pytest.mark.postgres
+def test_same_summary_and_fit_on_postgres(
+    request: pytest.FixtureRequest, cdnow_wh: Warehouse
+) -> None:
+    pg = pg_or_skip(request)
+    pg.create_table("cdnow", cdnow_transactions())
+    on_pg, _ = run_clv(pg, **{**CDNOW_KEYS, "validate": True})
+    on_duck, _ = run_clv(cdnow_wh, **{**CDNOW_KEYS, "validate": True})
+    for name, value in on_duck.metrics["bgnbd"].items():
+        assert on_pg.metrics["bgnbd"][name] == pytest.approx(value, rel=1e-6)
+    pg_rows = sorted(on_pg.table.to_pylist(), key=lambda r: r["customer"])
+    duck_rows = sorted(on_duck.table.to_pylist(), key=lambda r: r["customer"])
+    assert len(pg_rows) == len(duck_rows) == 2357
+    for a, b in zip(pg_rows, duck_rows, strict=True):
+        assert a["frequency"] == b["frequency"]
+        assert a["predicted_clv"] == pytest.approx(b["predicted_clv"], rel=1e-6)

@@ -194,3 +194,18 @@ def test_empty_input_is_a_clear_error() -> None:
     wh.create_table("empty", synthetic_events(10).slice(0, 0))
     with pytest.raises(DataError, match="node `buyers`: the input has no events"):
         run_node(wh, table="empty")
+
+
+@pytest.mark.postgres
+def test_same_features_and_quality_on_postgres(
+    request: pytest.FixtureRequest, shop: Warehouse
+) -> None:
+    from tests.operators.test_clv import pg_or_skip
+
+    pg = pg_or_skip(request)
+    pg.create_table("events", synthetic_events(3000))
+    on_pg, _ = run_node(pg)
+    on_duck, _ = run_node(shop)
+    for key in ("training_positives", "validation_positives", "scored_customers", "event_types"):
+        assert on_pg.metrics[key] == on_duck.metrics[key]
+    assert on_pg.metrics["auc"] == pytest.approx(on_duck.metrics["auc"], abs=1e-9)
