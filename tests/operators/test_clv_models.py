@@ -69,6 +69,7 @@ def test_gamma_gamma_reproduces_fader_hardie_on_cdnow(cdnow: dict[str, np.ndarra
     assert population < one < many < own
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning:lifetimes.*")
 def test_predictions_match_lifetimes_formulas_including_heavy_buyers() -> None:
     lifetimes = pytest.importorskip("lifetimes")
     rng = np.random.default_rng(7)
