@@ -200,6 +200,10 @@ def test_purchases_count_distinct_days_until_as_of() -> None:
     assert out.metrics["ignored_rows"] == 2
     assert any("2 rows" in w for w in ctx.warnings)
     assert any("fewer than 100" in w for w in ctx.warnings)
+    # 42 customers push the plain MLE to infinite parameters: refitted with a light penalty.
+    assert out.metrics["bgnbd_penalizer"] == 0.001 and out.metrics["bgnbd_converged"]
+    assert any("refitted with `penalizer: 0.001`" in w for w in ctx.warnings)
+    assert out.table["predicted_clv"].null_count == 0
 
 
 def test_missing_column_names_node_and_key() -> None:
@@ -271,3 +275,22 @@ def test_same_summary_and_fit_on_postgres(
     for a, b in zip(pg_rows, duck_rows, strict=True):
         assert a["frequency"] == b["frequency"]
         assert a["predicted_clv"] == pytest.approx(b["predicted_clv"], rel=1e-6)
+
+
+def test_no_repeat_purchases_is_a_clear_error() -> None:
+    wh = Warehouse.duckdb()
+    day = datetime(2026, 1, 1)
+    wh.create_table(
+        "once",
+        pa.table(
+            {
+                "user_id": [f"c{i}" for i in range(20)],
+                "timestamp": pa.array(
+                    [day + timedelta(days=i) for i in range(20)], pa.timestamp("us")
+                ),
+                "revenue": [10.0] * 20,
+            }
+        ),
+    )
+    with pytest.raises(DataError, match="none of the 20 customers bought again"):
+        run_clv(wh, table="once")

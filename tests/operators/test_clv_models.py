@@ -208,3 +208,20 @@ def test_a_fit_stopped_early_is_not_reported_as_converged(cdnow: dict[str, np.nd
     _, fit = fit_bgnbd(cdnow["x"], cdnow["t_x"], cdnow["T"], max_iterations=2)
     assert not fit.converged
     assert fit.gradient_norm > 1e-5
+
+
+def test_predictions_stay_finite_when_the_fit_drifts_to_huge_a_and_b() -> None:
+    # Data without dropout-by-purchase pushes a and b towards infinity (fixed a/(a+b));
+    # one closed form overflows there, the other for heavy buyers: both must be handled.
+    huge = BetaGeoParams(r=1.47, alpha=27.3, a=68980.0, b=963846.0)
+    x = np.array([0.0, 1.0, 5.0, 30.0, 400.0])
+    T = np.array([10.0, 50.0, 100.0, 200.0, 200.0])
+    t_x = np.where(x > 0, 0.8 * T, 0.0)
+    with np.errstate(all="raise"):
+        got = huge.conditional_expected_purchases(120.0, x, t_x, T)
+    assert np.all(np.isfinite(got)) and np.all(got >= 0)
+    # Ten times larger a and b (same dropout probability) gives nearly the same forecast.
+    limit = BetaGeoParams(r=1.47, alpha=27.3, a=689800.0, b=9638460.0)
+    np.testing.assert_allclose(
+        got, limit.conditional_expected_purchases(120.0, x, t_x, T), rtol=1e-3
+    )

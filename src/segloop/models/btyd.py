@@ -93,9 +93,11 @@ class BetaGeoParams:
     ) -> FloatArray:
         """E[purchases in (T, T + t] | x, t_x, T], equation (10) of the 2005 paper.
 
-        The ``((alpha+T)/(alpha+T+t))^(r+x) * 2F1(r+x, b+x; a+b+x-1; z)`` term is rewritten
-        with Euler's transformation as ``(1-z)^(a-1) * 2F1(a+b-1-r, a-1; a+b+x-1; z)``,
-        which stays finite for heavy buyers where the original form overflows.
+        The ``((alpha+T)/(alpha+T+t))^(r+x) * 2F1(r+x, b+x; a+b+x-1; z)`` term overflows for
+        heavy buyers (large x); Euler's transformation gives the same value as
+        ``(1-z)^(a-1) * 2F1(a+b-1-r, a-1; a+b+x-1; z)``, which stays finite there but not when
+        the fit drifts to very large a and b (no sign of dropout by purchase). Each row uses
+        the form that is finite.
         """
         from scipy.special import hyp2f1
 
@@ -103,8 +105,18 @@ class BetaGeoParams:
         r, alpha, a, b = self.r, self.alpha, self._a_safe(), self.b
         one_minus_z = (alpha + Ta) / (alpha + Ta + ta)
         z = ta / (alpha + Ta + ta)
-        hyp = hyp2f1(a + b - 1.0 - r, a - 1.0, a + b + xa - 1.0, z)
-        bracket = 1.0 - np.exp((a - 1.0) * np.log(one_minus_z)) * hyp
+        log_1mz = np.log(one_minus_z)
+        with np.errstate(all="ignore"):
+            term = np.exp((a - 1.0) * log_1mz) * hyp2f1(
+                a + b - 1.0 - r, a - 1.0, a + b + xa - 1.0, z
+            )
+            bad = ~np.isfinite(term)
+            if bad.any():
+                original = np.exp((r + xa[bad]) * log_1mz[bad]) * hyp2f1(
+                    r + xa[bad], b + xa[bad], a + b + xa[bad] - 1.0, z[bad]
+                )
+                term[bad] = original
+        bracket = 1.0 - term
         numerator = (a + b + xa - 1.0) / (a - 1.0) * bracket
         out: FloatArray = numerator / (1.0 + self._dropout_odds(xa, txa, Ta))
         return np.where(ta > 0, out, 0.0)

@@ -91,8 +91,13 @@ def top_lift(labels: ArrayLike, scores: ArrayLike, share: float = 0.1) -> float:
 
 
 def spearman(a: ArrayLike, b: ArrayLike) -> float:
-    """Spearman rank correlation (Pearson on average ranks); NaN if either side is constant."""
-    ra, rb = _average_ranks(np.asarray(a, float)), _average_ranks(np.asarray(b, float))
+    """Spearman rank correlation (Pearson on average ranks) over pairs without NaN.
+
+    NaN if fewer than two pairs remain or either side is constant.
+    """
+    av, bv = np.asarray(a, float), np.asarray(b, float)
+    keep = ~(np.isnan(av) | np.isnan(bv))
+    ra, rb = _average_ranks(av[keep]), _average_ranks(bv[keep])
     if len(ra) < 2 or ra.std() == 0 or rb.std() == 0:
         return float("nan")
     return float(np.corrcoef(ra, rb)[0, 1])

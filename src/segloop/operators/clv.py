@@ -89,6 +89,7 @@ class ClvOperator(Operator):
     config_model: ClassVar[type[NodeConfig]] = ClvConfig
     MIN_CUSTOMERS_WARNING: ClassVar[int] = 100
     DISCOUNT_STEPS: ClassVar[int] = 12
+    RETRY_PENALIZER: ClassVar[float] = 0.001
 
     def run(self, inputs: dict[str, ir.Table], ctx: RunContext) -> NodeOutput:
         config = self.config
@@ -146,7 +147,7 @@ class ClvOperator(Operator):
             )
         except DataError as exc:
             return {"holdout": f"skipped: {exc}"}
-        predicted = scored["expected_purchases"].to_numpy() * scored["expected_spend"].to_numpy()
+        predicted = _floats(scored["expected_purchases"]) * _floats(scored["expected_spend"])
         actual = summary["actual_spend"].to_numpy(zero_copy_only=False)
         history = summary["total_spend"].to_numpy(zero_copy_only=False)
         return {
@@ -265,13 +266,29 @@ def score_customers(
     if n < ClvOperator.MIN_CUSTOMERS_WARNING:
         warn(f"only {n} customers to fit on; predictions from fewer than 100 are unreliable")
 
+    if not (x > 0).any():
+        raise DataError(
+            f"node `{ctx.node}`: none of the {n} customers bought again after their first "
+            "purchase day, so purchase rates cannot be learned; use a longer history"
+        )
     try:
         bg, bg_fit = fit_bgnbd(x, t_x, T, penalizer=config.penalizer)
     except DataError as exc:
         raise DataError(f"node `{ctx.node}`: {exc}") from exc
+    penalizer = config.penalizer
+    if not bg_fit.converged and penalizer == 0.0:
+        # Small or unusual data can push the MLE towards infinite parameters (a limit
+        # model); a light penalty keeps it finite, as lifetimes' docs advise.
+        penalizer = ClvOperator.RETRY_PENALIZER
+        bg, bg_fit = fit_bgnbd(x, t_x, T, penalizer=penalizer)
+        warn(
+            f"the BG/NBD fit did not converge without a penalty; refitted with "
+            f"`penalizer: {penalizer}` (set it yourself to silence this)"
+        )
     if not bg_fit.converged:
         warn(f"the BG/NBD fit did not converge ({bg_fit.message}); predictions may be off")
     metrics: dict[str, Any] = {
+        "bgnbd_penalizer": penalizer,
         "customers": n,
         "repeat_customers": int((x > 0).sum()),
         "bgnbd": bg.as_dict(),
@@ -289,22 +306,43 @@ def score_customers(
         clv = discounted_value(bg, spend, x, t_x, T, horizon, rate, ClvOperator.DISCOUNT_STEPS)
     else:
         clv = purchases * spend
-    metrics["predicted_clv_total"] = float(clv.sum())
+    finite = np.isfinite(p_alive) & np.isfinite(purchases) & np.isfinite(spend) & np.isfinite(clv)
+    if not finite.all():
+        # Never hand NaN/inf downstream (Segment rejects a whole batch over one NaN).
+        warn(
+            f"{int((~finite).sum())} customers got a non-finite prediction, left null; "
+            "try `penalizer: 0.001`"
+        )
+    metrics["predicted_clv_total"] = float(clv[finite].sum())
+
+    def column(values: np.ndarray) -> pa.Array:
+        ok = np.isfinite(values)
+        return pa.array(np.where(ok, values, 0.0), pa.float64(), mask=~ok)
+
+    pct = np.full(n, np.nan)
+    pct[finite] = percentile_rank(clv[finite])
     scored = pa.table(
         {
             config.customer_id: summary[config.customer_id],
             "frequency": summary["frequency"],
-            "recency": pa.array(t_x),
-            "tenure": pa.array(T),
-            "monetary_value": pa.array(m),
-            "p_alive": pa.array(p_alive),
-            "expected_purchases": pa.array(purchases),
-            "expected_spend": pa.array(spend),
-            "predicted_clv": pa.array(clv),
-            "clv_percentile": pa.array(percentile_rank(clv)),
+            "recency": pa.array(t_x, pa.float64()),
+            "tenure": pa.array(T, pa.float64()),
+            "monetary_value": pa.array(m, pa.float64()),
+            "p_alive": column(p_alive),
+            "expected_purchases": column(purchases),
+            "expected_spend": column(spend),
+            "predicted_clv": column(clv),
+            "clv_percentile": column(pct),
         }
     )
     return scored, metrics
+
+
+def _floats(column: Any) -> np.ndarray:
+    """A float column as numpy, nulls as NaN."""
+    import numpy as np
+
+    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
 def _expected_spend(
@@ -322,6 +360,12 @@ def _expected_spend(
 
     try:
         gg, gg_fit = fit_gamma_gamma(x, m, penalizer=config.penalizer)
+        if not gg_fit.converged and config.penalizer == 0.0:
+            gg, gg_fit = fit_gamma_gamma(x, m, penalizer=ClvOperator.RETRY_PENALIZER)
+            warn(
+                "the Gamma-Gamma fit did not converge without a penalty; refitted with "
+                f"`penalizer: {ClvOperator.RETRY_PENALIZER}`"
+            )
     except DataError as exc:
         warn(f"spend model not fitted ({exc}); every customer gets the mean purchase value")
         total = summary["total_spend"].to_numpy(zero_copy_only=False)
