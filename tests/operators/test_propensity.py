@@ -209,3 +209,9 @@ def test_same_features_and_quality_on_postgres(
     for key in ("training_positives", "validation_positives", "scored_customers", "event_types"):
         assert on_pg.metrics[key] == on_duck.metrics[key]
     assert on_pg.metrics["auc"] == pytest.approx(on_duck.metrics["auc"], abs=1e-9)
+
+
+def test_too_little_history_names_what_is_needed(shop: Warehouse) -> None:
+    # 240 days of events: a 200-day window leaves nothing before the training snapshot.
+    with pytest.raises(DataError, match=r"needs more than 2 x window_days \(400 days\)"):
+        run_node(shop, window_days=200)

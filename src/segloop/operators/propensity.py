@@ -168,7 +168,7 @@ class PropensityOperator(Operator):
         final = _fit(np.concatenate([x_train, x_valid]), np.concatenate([y_train, y_valid]), config)
         probability = _predict(final, _matrix(current, names), config)
         metrics["scored_customers"] = current.num_rows
-        metrics["seconds_train_and_score"] = time.perf_counter() - started
+        metrics["seconds"] = time.perf_counter() - started
         out = _output(current, probability, config)
         return NodeOutput(table=out, metrics=metrics, rows=out.num_rows)
 
@@ -184,6 +184,12 @@ class PropensityOperator(Operator):
         metrics[f"{which}_customers"] = len(y)
         metrics[f"{which}_positives"] = positives
         metrics[f"{which}_negatives"] = negatives
+        if len(y) == 0:
+            raise DataError(
+                f"node `{ctx.node}`: no customer has events before the {which} snapshot "
+                f"({snapshot:%Y-%m-%d}); the node needs more than 2 x window_days "
+                f"({2 * metrics['window_days']} days) of history before the latest event"
+            )
         if positives == 0 or negatives == 0:
             raise DataError(
                 f"node `{ctx.node}`: the {which} snapshot ({snapshot:%Y-%m-%d}) has "
