@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from segloop.errors import DataError
-from segloop.models.scoring import spearman
+from segloop.models.scoring import deciles, percentile_rank, roc_auc, spearman, top_lift
 from segloop.operators.base import NodeOutput, RunContext
 from segloop.operators.propensity import FeatureBuilder, PropensityConfig, PropensityOperator, snake
 from segloop.warehouse import Warehouse
@@ -215,3 +215,18 @@ def test_too_little_history_names_what_is_needed(shop: Warehouse) -> None:
     # 240 days of events: a 200-day window leaves nothing before the training snapshot.
     with pytest.raises(DataError, match=r"needs more than 2 x window_days \(400 days\)"):
         run_node(shop, window_days=200)
+
+
+def test_scoring_helpers_match_their_definitions() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(2)
+    y = rng.random(500) < 0.3
+    s = np.round(rng.random(500) + y * 0.3, 1)  # many ties
+    assert roc_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert percentile_rank([3.0, 1.0, 2.0, 2.0]).tolist() == [1.0, 0.0, 1 / 3, 1 / 3]
+    assert top_lift([1, 0, 0, 0, 1, 0, 0, 0, 0, 0], [9, 1, 1, 1, 8, 1, 1, 1, 1, 1], 0.2) == 5.0
+    table = deciles(np.arange(20.0), np.arange(20.0) >= 18)
+    assert table["customers"] == [2] * 10 and table["mean_outcome"][0] == 1.0
+    assert sum(table["total_outcome"]) == 2.0
+    assert spearman([1, 2, 3, np.nan], [1, 2, 3, 0]) == pytest.approx(1.0)

@@ -66,6 +66,11 @@ def test_purchase_propensity_beats_recency_on_the_next_30_days(demo) -> None:
     # The top decile of the cohort really buys more often than average.
     top = np.array([r["percentile"] >= 0.9 for r in scored])
     assert y[top].mean() > 2 * y.mean()
+    # The node's own lift table (validation snapshot) is ordered the same way.
+    bands = out.extra["validation"].to_pylist()
+    assert [b["band"] for b in bands] == list(range(1, 11))
+    assert sum(b["customers"] for b in bands) == out.metrics["validation_customers"]
+    assert bands[0]["mean_outcome"] > 2 * out.metrics["base_rate"] > bands[-1]["mean_outcome"]
 
 
 def test_clv_ranks_the_next_120_days_of_spend(demo) -> None:
@@ -82,9 +87,15 @@ def test_clv_ranks_the_next_120_days_of_spend(demo) -> None:
     assert spearman(predicted, real) > 0.5
     # Totals are in the right range (the model is not just ranking).
     assert 0.7 < sum(predicted) / sum(real) < 1.3
-    # The node's own holdout check agrees.
+    # The node's own holdout check agrees, band by band.
     assert out.metrics["holdout_spearman"] > 0.5
     assert out.metrics["holdout_spearman"] > out.metrics["holdout_baseline_spearman"]
+    bands = out.extra["holdout"].to_pylist()
+    assert len(bands) == 10
+    assert bands[0]["actual_spend"] > 5 * bands[-1]["actual_spend"]
+    assert sum(b["predicted_spend"] for b in bands) == pytest.approx(
+        out.metrics["holdout_predicted_spend"]
+    )
 
 
 PIPELINE = """\
@@ -150,7 +161,9 @@ def test_nodes_run_in_a_pipeline_and_feed_the_segment_action(
         ltv = wh.table("predict__ltv").to_pyarrow()
         churn = wh.table("predict__churn").to_pyarrow()
         buyers = wh.table("order_completed", schema="demo_shop").user_id.nunique().execute()
+        lift = wh.table("predict__buyers__validation").to_pyarrow()
     assert ltv.num_rows == buyers  # customers with at least one order
+    assert lift.num_rows == 10
     assert churn.num_rows == 1500  # every known customer with an event
     assert isinstance(ltv.schema.field("predicted_clv").type, pa.DataType)
     run = RunStore(root / ".segloop" / "state.db").get_run(result.run_id)

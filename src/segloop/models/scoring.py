@@ -114,3 +114,32 @@ def _average_ranks(values: NDArray[np.float64]) -> NDArray[np.float64]:
     ranks = np.empty(n)
     ranks[order] = ranks_sorted
     return ranks
+
+
+def deciles(scores: ArrayLike, outcome: ArrayLike, groups: int = 10) -> dict[str, list[float]]:
+    """Customers cut into ``groups`` equal bands by score (1 = highest), with outcome sums.
+
+    The table behind a lift chart: how many customers each band holds, the mean score and
+    the mean and total outcome (a 0/1 label, or spend). Equal scores keep their input
+    order (stable sort), so the table is the same on every run.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(outcome, dtype=np.float64)
+    order = np.argsort(-s, kind="stable")
+    bands = np.array_split(order, groups)
+    table: dict[str, list[float]] = {
+        "band": [],
+        "customers": [],
+        "mean_score": [],
+        "mean_outcome": [],
+        "total_outcome": [],
+    }
+    for i, idx in enumerate(bands, start=1):
+        if len(idx) == 0:
+            continue
+        table["band"].append(i)
+        table["customers"].append(len(idx))
+        table["mean_score"].append(float(s[idx].mean()))
+        table["mean_outcome"].append(float(y[idx].mean()))
+        table["total_outcome"].append(float(y[idx].sum()))
+    return table

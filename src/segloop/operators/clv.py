@@ -27,7 +27,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from segloop.errors import DataError, NodeError
-from segloop.models.scoring import DAYS_PER_UNIT, parse_duration_days, percentile_rank, spearman
+from segloop.models.scoring import (
+    DAYS_PER_UNIT,
+    deciles,
+    parse_duration_days,
+    percentile_rank,
+    spearman,
+)
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -125,40 +131,59 @@ class ClvOperator(Operator):
             )
         scored, fit_metrics = score_customers(summary, config, horizon, ctx)
         metrics.update(fit_metrics)
+        extra: dict[str, Any] = {}
         if config.validate_:
-            metrics.update(self._validate(source, config, as_of, ctx))
-        return NodeOutput(table=scored, metrics=metrics, rows=scored.num_rows)
+            holdout_metrics, holdout = self._validate(source, config, as_of, ctx)
+            metrics.update(holdout_metrics)
+            if holdout is not None:
+                extra["holdout"] = holdout
+        return NodeOutput(table=scored, extra=extra, metrics=metrics, rows=scored.num_rows)
 
     def _validate(
         self, source: ir.Table, config: ClvConfig, as_of: date, ctx: RunContext
-    ) -> dict[str, Any]:
-        """Refit as of ``as_of - horizon``; compare the forecast with the spend that followed."""
+    ) -> tuple[dict[str, Any], pa.Table | None]:
+        """Refit as of ``as_of - horizon``; compare the forecast with the spend that followed.
+
+        Returns metrics and a table of predicted vs actual spend by tenth of the forecast.
+        """
         import numpy as np
+        import pyarrow as pa
 
         horizon_days = config.horizon_days()
         cut = as_of - timedelta(days=round(horizon_days))
         expr = summary_expr(source, config, cut, actual_until=as_of)
         summary = ctx.warehouse.to_arrow(expr)
         if summary.num_rows < 2 or float(np.max(summary["tenure"].to_numpy())) <= 0:
-            return {"holdout": f"skipped: not enough history before {cut.isoformat()}"}
+            return {"holdout": f"skipped: not enough history before {cut.isoformat()}"}, None
         try:
             scored, fit = score_customers(
                 summary, config, horizon_days / DAYS_PER_UNIT[config.time_unit], ctx, quiet=True
             )
         except DataError as exc:
-            return {"holdout": f"skipped: {exc}"}
+            return {"holdout": f"skipped: {exc}"}, None
         predicted = _floats(scored["expected_purchases"]) * _floats(scored["expected_spend"])
         actual = summary["actual_spend"].to_numpy(zero_copy_only=False)
         history = summary["total_spend"].to_numpy(zero_copy_only=False)
-        return {
+        metrics = {
             "holdout": f"fit as of {cut.isoformat()}, compared with spend up to {as_of.isoformat()}",
             "holdout_customers": int(summary.num_rows),
             "holdout_spearman": spearman(predicted, actual),
             "holdout_baseline_spearman": spearman(history, actual),
-            "holdout_predicted_spend": float(predicted.sum()),
+            "holdout_predicted_spend": float(np.nansum(predicted)),
             "holdout_actual_spend": float(actual.sum()),
             "holdout_bgnbd_converged": fit["bgnbd_converged"],
         }
+        score = np.nan_to_num(predicted, nan=-1.0)  # customers without a forecast rank last
+        by_actual = deciles(score, actual)
+        by_predicted = deciles(score, np.nan_to_num(predicted, nan=0.0))
+        return metrics, pa.table(
+            {
+                "band": by_actual["band"],
+                "customers": by_actual["customers"],
+                "predicted_spend": by_predicted["total_outcome"],
+                "actual_spend": by_actual["total_outcome"],
+            }
+        )
 
 
 def _require_columns(source: ir.Table, config: ClvConfig, node: str, source_name: str) -> None:

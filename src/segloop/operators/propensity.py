@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field
 
 from segloop.errors import DataError, NodeError
-from segloop.models.scoring import log_loss, percentile_rank, roc_auc, top_lift
+from segloop.models.scoring import deciles, log_loss, percentile_rank, roc_auc, top_lift
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -111,6 +111,7 @@ class PropensityOperator(Operator):
         if not isinstance(config, PropensityConfig):  # pragma: no cover - engine guarantees it
             raise NodeError(ctx.node, "internal: wrong config type for a propensity node")
         import numpy as np
+        import pyarrow as pa
 
         events, orders = _split_inputs(inputs, config, ctx)
         started = time.perf_counter()
@@ -170,7 +171,10 @@ class PropensityOperator(Operator):
         metrics["scored_customers"] = current.num_rows
         metrics["seconds"] = time.perf_counter() - started
         out = _output(current, probability, config)
-        return NodeOutput(table=out, metrics=metrics, rows=out.num_rows)
+        validation = pa.table(deciles(p_valid, y_valid))
+        return NodeOutput(
+            table=out, extra={"validation": validation}, metrics=metrics, rows=out.num_rows
+        )
 
     def _check_classes(
         self,
