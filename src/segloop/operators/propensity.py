@@ -249,7 +249,23 @@ class FeatureBuilder:
         self.event_types = event_types or []
         self.target = snake(config.target_event)
         self._cached: list[Any] = []
-        self.raw_names, self.counts = self._scan_event_names(warehouse)
+        self._warehouse = warehouse
+        self._names: tuple[dict[str, list[str]], dict[str, int]] | None = None
+
+    def _event_names(self) -> tuple[dict[str, list[str]], dict[str, int]]:
+        if self._names is None:  # read once, after `cache()` when the node runs
+            self._names = self._scan_event_names(self._warehouse)
+        return self._names
+
+    @property
+    def raw_names(self) -> dict[str, list[str]]:
+        """snake_case event name -> the spellings found in the data."""
+        return self._event_names()[0]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """snake_case event name -> number of events."""
+        return self._event_names()[1]
 
     def _scan_event_names(self, warehouse: Any) -> tuple[dict[str, list[str]], dict[str, int]]:
         """Distinct event names, grouped by their snake_case form, with event counts.
