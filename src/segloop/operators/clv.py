@@ -35,6 +35,7 @@ from segloop.models.scoring import (
     spearman,
 )
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
+from segloop.operators.columns import require_columns
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
@@ -102,7 +103,8 @@ class ClvOperator(Operator):
         if not isinstance(config, ClvConfig):  # pragma: no cover - engine guarantees it
             raise NodeError(ctx.node, "internal: wrong config type for a clv node")
         source_name, source = next(iter(inputs.items()))
-        _require_columns(source, config, ctx.node, source_name)
+        keys = {"customer_id": config.customer_id, "timestamp": config.timestamp}
+        require_columns(source, {**keys, "amount": config.amount}, ctx.node, source_name)
         unit_days = DAYS_PER_UNIT[config.time_unit]
         horizon = config.horizon_days() / unit_days
         as_of = _as_of_day(source, config, ctx)
@@ -183,21 +185,6 @@ class ClvOperator(Operator):
                 "predicted_spend": by_predicted["total_outcome"],
                 "actual_spend": by_actual["total_outcome"],
             }
-        )
-
-
-def _require_columns(source: ir.Table, config: ClvConfig, node: str, source_name: str) -> None:
-    keys = {
-        "customer_id": config.customer_id,
-        "timestamp": config.timestamp,
-        "amount": config.amount,
-    }
-    missing = [(key, col) for key, col in keys.items() if col not in source.columns]
-    if missing:
-        wrong = ", ".join(f"`{key}: {col}`" for key, col in missing)
-        raise DataError(
-            f"node `{node}`: {wrong} not found in input `{source_name}` "
-            f"(its columns: {', '.join(source.columns)}); fix the column name in the pipeline file"
         )
 
 

@@ -31,6 +31,7 @@ from pydantic import Field
 from segloop.errors import DataError, NodeError
 from segloop.models.scoring import deciles, log_loss, percentile_rank, roc_auc, top_lift
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
+from segloop.operators.columns import require_columns
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
@@ -441,41 +442,18 @@ def _split_inputs(
     if events_name not in inputs:
         raise NodeError(ctx.node, f"input `{events_name}` was not provided to the node")
     events = inputs[events_name]
-    _require(
-        events,
-        events_name,
-        {"customer_id": config.customer_id, "timestamp": config.timestamp, "event": config.event},
-        ctx,
-    )
+    keys = {"customer_id": config.customer_id, "timestamp": config.timestamp}
+    require_columns(events, {**keys, "event": config.event}, ctx.node, events_name)
     if config.orders:
         if config.orders not in inputs:
             raise NodeError(ctx.node, f"`orders: {config.orders}` was not provided to the node")
         orders = inputs[config.orders]
-        _require(
-            orders,
-            config.orders,
-            {
-                "customer_id": config.customer_id,
-                "timestamp": config.timestamp,
-                "amount": config.amount,
-            },
-            ctx,
-        )
+        require_columns(orders, {**keys, "amount": config.amount}, ctx.node, config.orders)
         return events, orders
     if config.amount in events.columns:
         # Purchases are the event rows that carry an amount (e.g. a joined revenue column).
         return events, events.filter(events[config.amount].notnull())
     return events, None
-
-
-def _require(table: ir.Table, source: str, keys: dict[str, str], ctx: RunContext) -> None:
-    missing = [(key, col) for key, col in keys.items() if col not in table.columns]
-    if missing:
-        wrong = ", ".join(f"`{key}: {col}`" for key, col in missing)
-        raise DataError(
-            f"node `{ctx.node}`: {wrong} not found in input `{source}` "
-            f"(its columns: {', '.join(table.columns)}); fix the column name in the pipeline file"
-        )
 
 
 def _latest_timestamp(events: ir.Table, config: PropensityConfig, ctx: RunContext) -> datetime:
