@@ -230,3 +230,11 @@ def test_scoring_helpers_match_their_definitions() -> None:
     assert table["customers"] == [2] * 10 and table["mean_outcome"][0] == 1.0
     assert sum(table["total_outcome"]) == 2.0
     assert spearman([1, 2, 3, np.nan], [1, 2, 3, 0]) == pytest.approx(1.0)
+
+
+def test_an_id_column_given_as_event_is_rejected(
+    shop: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(FeatureBuilder, "MAX_EVENT_NAMES", 100)
+    with pytest.raises(DataError, match="column `revenue` has more than 100 distinct values"):
+        run_node(shop, event="revenue")
