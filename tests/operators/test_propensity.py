@@ -175,6 +175,12 @@ def test_features_and_labels_by_hand() -> None:
     assert bob["target_count"] == 0 and bob["days_since_last_target"] is None
     assert bob["orders"] == 0 and bob["spend"] == 0.0 and bob["avg_order_value"] is None
     assert config.upstream() == ["ev", "orders"]
+    # With an 8-day lookback only ann's order on day 2 (8 days before) counts; bob's view on
+    # day 1 falls outside, so bob is not part of that snapshot at all.
+    short = PropensityConfig(type="propensity", input="ev", window_days=5, lookback_days=8)
+    recent = FeatureBuilder(wh, wh.table("ev"), None, short).features(snapshot)
+    rows = {r["_cid"]: r for r in wh.to_arrow(recent).to_pylist()}
+    assert set(rows) == {"ann"} and rows["ann"]["events"] == 1
 
 
 def test_unknown_mode_and_bad_window_are_rejected() -> None:
