@@ -8,6 +8,8 @@ this registry stays cheap.
 from __future__ import annotations
 
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
+from segloop.operators.clv import ClvOperator
+from segloop.operators.propensity import PropensityOperator
 from segloop.operators.rfm import RfmOperator
 from segloop.operators.segment import SegmentOperator
 from segloop.operators.segment_source import SegmentSourceOperator
@@ -19,6 +21,8 @@ NODE_TYPES: dict[str, type[Operator]] = {
         SqlOperator,
         RfmOperator,
         SegmentOperator,
+        ClvOperator,
+        PropensityOperator,
         SegmentSourceOperator,
     )
 }
