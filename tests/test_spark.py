@@ -24,13 +24,23 @@ RFM_COLUMNS = ["user_id", "recency_days", "frequency", "monetary", "last_purchas
 
 
 def portable_demo_pipeline() -> str:
-    """The demo pipeline's sql and rfm nodes, its SQL marked as DuckDB's dialect.
+    """The demo pipeline's rfm node and its upstream nodes, their SQL marked as DuckDB's dialect.
 
     Spark reads "timestamp" as a string literal; `dialect: duckdb` lets segloop translate
     the query to Spark SQL, which is what a user moving the demo to Spark would write.
     """
+    from segloop.config import parse_pipeline
+
+    config = parse_pipeline(DEMO_PIPELINE.read_text(), DEMO_PIPELINE)
+    needed: set[str] = set()
+    frontier = ["rfm"]
+    while frontier:
+        name = frontier.pop()
+        needed.add(name)
+        frontier.extend(up for up in config.upstream_of(name) if up not in needed)
     data = yaml.safe_load(DEMO_PIPELINE.read_text())
-    nodes = {k: v for k, v in data["nodes"].items() if v["type"] in ("sql", "rfm")}
+    nodes = {k: v for k, v in data["nodes"].items() if k in needed}
+    assert {v["type"] for v in nodes.values()} <= {"sql", "rfm"}, nodes
     for node in nodes.values():
         if node["type"] == "sql":
             node["dialect"] = "duckdb"
