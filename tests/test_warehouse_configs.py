@@ -142,3 +142,19 @@ def test_check_warehouse_on_duckdb_lists_sources(tmp_path: Path, monkeypatch: py
 def test_quoting_follows_the_dialect() -> None:
     with Warehouse.duckdb() as wh:
         assert wh.quote('we"ird') == '"we""ird"' and wh.dialect == "duckdb"
+
+
+@pytest.mark.parametrize(("required", "outcome"), [("1", "fail"), ("", "skip")])
+def test_missing_postgres_binaries_skip_or_fail_as_ci_demands(
+    monkeypatch: pytest.MonkeyPatch, required: str, outcome: str
+) -> None:
+    from _pytest.outcomes import Failed, Skipped
+
+    from tests import fixtures_pg
+
+    monkeypatch.setattr(fixtures_pg, "find_pg_bin", lambda: None)
+    monkeypatch.setenv("SEGLOOP_REQUIRE_PG", required)
+    expected = Failed if outcome == "fail" else Skipped
+    with pytest.raises(expected) as info:
+        next(fixtures_pg._start_cluster())
+    assert "initdb/pg_ctl/postgres not found" in str(info.value)
