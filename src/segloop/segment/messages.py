@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -160,8 +161,20 @@ def format_timestamp(value: Any) -> str:
     raise TypeError(f"timestamp must be a datetime or ISO-8601 string, got {type(value).__name__}")
 
 
+_now_cache: tuple[int, str] = (-1, "")
+
+
 def now_timestamp() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+    """The current UTC time as ISO-8601 with milliseconds (cached per millisecond: hot path)."""
+    global _now_cache
+    now = time.time()
+    ms = int(now * 1000)
+    cached = _now_cache
+    if cached[0] == ms:
+        return cached[1]
+    text = dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
+    _now_cache = (ms, text)
+    return text
 
 
 def build(
