@@ -56,7 +56,7 @@ from segloop.segment.transport import (
 
 log = logging.getLogger("segloop.segment")
 
-DEFAULT_MAX_IN_FLIGHT = 8
+DEFAULT_MAX_IN_FLIGHT = 16
 """Concurrent requests per client; chosen with bench/sender.py (see bench/README.md)."""
 ATEXIT_FLUSH_SECONDS = 30.0
 """At interpreter exit, how long a client still tries to deliver what it holds."""
