@@ -272,7 +272,11 @@ class Client:
         data = m.encode(msg)
         if isinstance(data, m.Rejection):
             return self._reject(msg, data, ref, listener)
-        if not self.send:
+        if not self.send:  # Segment's `send=False`: accepted, reported as not sent
+            with self._queue.lock:
+                self._queue.accepted += 1
+            self._complete([QueuedMessage(data, msg["messageId"], ref, listener)],
+                           Outcome("failed", "send_disabled", "the client was created with send=False"))
             return Enqueued(True, msg)
         if not self._started:
             self._ensure_started()
