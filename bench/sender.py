@@ -33,7 +33,7 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any]]] = {
     "segment tuned (upload_size=1000, thread=8)": (
         "segment", {"upload_size": 1000, "thread": 8, "max_queue_size": 100000}),
     "segloop defaults (upload_size=100)": ("segloop", {"on_full": "block"}),
-    "segloop upload_size=1000": ("segloop", {"on_full": "block", "upload_size": 1000}),
+    "segloop upload_size=500": ("segloop", {"on_full": "block", "upload_size": 500}),
     "segloop pipeline path (render_row + send_messages)": ("segloop-rows", {"on_full": "block"}),
 }
 
@@ -147,8 +147,11 @@ def run_client(library: str, url: str, messages: int, options: dict[str, Any]) -
         full_waits = 0
         for row in _rows(messages):
             props = {"iphone": row["iphone"], "apple_watch": row["apple_watch"]}
+            while seg.queue.full():  # wait for room instead of losing the row
+                full_waits += 1
+                time.sleep(0.001)
             while not seg.track(row["user_id"], "Sales Prediction", props)[0]:
-                full_waits += 1  # its queue is full: wait instead of losing the row
+                full_waits += 1
                 time.sleep(0.001)
         seg.flush()
         seconds = time.perf_counter() - start
@@ -228,6 +231,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--latency", type=float, action="append", help="ms added per request (repeatable)")
     parser.add_argument("--sweep", action="store_true", help="segloop max_in_flight sweep only")
+    parser.add_argument("--upload-size", type=int, default=100, help="upload_size in the sweep")
     parser.add_argument("--only", help="run scenarios whose name contains this text")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--latency-ms", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -242,8 +246,11 @@ def main() -> None:
         return
     latencies = args.latency or [0.0, 20.0]
     if args.sweep:
-        scenarios = {f"segloop max_in_flight={n}": ("segloop", {"on_full": "block", "max_in_flight": n})
-                     for n in (1, 2, 4, 8, 16, 32)}
+        scenarios = {
+            f"segloop max_in_flight={n} upload_size={args.upload_size}": (
+                "segloop", {"on_full": "block", "max_in_flight": n, "upload_size": args.upload_size})
+            for n in (1, 2, 4, 8, 16, 32)
+        }
     else:
         scenarios = {k: v for k, v in SCENARIOS.items() if not args.only or args.only in k}
     print(f"{args.messages:,} track calls per client, endpoint on 127.0.0.1, {os.cpu_count()} cores")
