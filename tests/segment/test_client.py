@@ -10,12 +10,12 @@ import time
 from typing import Any
 
 import pytest
-from fake_segment import FakeSegment
 
 from segloop.errors import DataError
 from segloop.segment import Client, Outcome, QueuedMessage
 from segloop.segment.messages import LIBRARY
 from segloop.segment.transport import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES
+from tests.segment.fake_segment import FakeSegment
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00$")
 

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_segment import FakeSegment
 
 from segloop.segment import Client, Outcome, QueuedMessage, send_messages
 from segloop.segment.messages import MISSING_CUSTOMER_ID, Rejection
+from tests.segment.fake_segment import FakeSegment
 
 
 def _wait_child(pid: int, seconds: float) -> int:

@@ -1,0 +1,371 @@
+"""Workspace (`segloop.yml`) and pipeline (`pipelines/*.yml`) files -> frozen pydantic models.
+
+YAML is read with line numbers kept for every key, so every problem is reported as
+``file:line: message``. A pipeline's nodes are validated one by one against the model of
+their ``type`` (a plain dict from type name to operator class), which gives one clear error
+per problem instead of a wall of union errors.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from segloop.errors import ConfigError, ConfigErrors
+from segloop.operators import NODE_TYPES
+from segloop.operators.base import NodeConfig
+from segloop.warehouse import AnyWarehouseConfig, DuckDBConfig, WarehouseConfig
+
+WORKSPACE_FILE = "segloop.yml"
+STATE_DIR = ".segloop"
+NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# -- YAML with line numbers ---------------------------------------------------------------
+
+
+@dataclass
+class YamlDoc:
+    """Parsed YAML plus the line (1-based) of every key path, e.g. ('nodes', 'rfm', 'amount')."""
+
+    data: Any
+    lines: dict[tuple[Any, ...], int] = field(default_factory=dict)
+    file: str = "<string>"
+
+    def line_of(self, loc: tuple[Any, ...]) -> int | None:
+        """Line of the deepest known prefix of ``loc`` (pydantic locs may add union tags)."""
+        best: int | None = self.lines.get(())
+        path: tuple[Any, ...] = ()
+        for part in loc:
+            candidate = (*path, part)
+            if candidate in self.lines:
+                path = candidate
+                best = self.lines[candidate]
+        return best
+
+
+def _to_python(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> Any:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = yaml.safe_load(yaml.serialize(key_node)) if key_node.tag != "tag:yaml.org,2002:str" else key_node.value
+            lines[(*path, key)] = key_node.start_mark.line + 1
+            out[key] = _to_python(value_node, (*path, key), lines)
+            lines[(*path, key)] = key_node.start_mark.line + 1
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(item, (*path, i), lines) for i, item in enumerate(node.value)]
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def load_yaml(text: str, file: str | Path = "<string>") -> YamlDoc:
+    """Parse YAML keeping line numbers; bad YAML is a ConfigError naming the line."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or str(exc)
+        if exc.context_mark is not None and "<stream end>" in problem:
+            # An unclosed bracket or quote is reported at the end of the file; the line
+            # that opened it is the one to fix.
+            problem = f"{problem} ({exc.context} on line {exc.context_mark.line + 1} is never closed)"
+            mark = exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise ConfigError(f"invalid YAML: {problem}", file, line) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}", file) from None
+    lines: dict[tuple[Any, ...], int] = {}
+    data = _to_python(root, (), lines) if root is not None else None
+    return YamlDoc(data=data, lines=lines, file=str(file))
+
+
+def _pydantic_errors(
+    exc: ValidationError, doc: YamlDoc, prefix: tuple[Any, ...], what: str
+) -> list[ConfigError]:
+    errors = []
+    for err in exc.errors():
+        loc = (*prefix, *err["loc"])
+        key = ".".join(str(p) for p in err["loc"]) or what
+        if err["type"] == "extra_forbidden":
+            message = f"{what}: unknown key `{err['loc'][-1]}`"
+        elif err["type"] == "missing":
+            message = f"{what}: missing required key `{key}`"
+        else:
+            message = f"{what}: `{key}`: {err['msg']}"
+        errors.append(ConfigError(message, doc.file, doc.line_of(loc)))
+    return errors
+
+
+# -- workspace ----------------------------------------------------------------------------
+
+
+class CollectorConfig(BaseModel):
+    """Settings of `segloop collector` taken from the workspace file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    keys: dict[str, str] = Field(default_factory=dict, description="write key env ref -> source schema")
+    port: int = 8088
+    data: str = ".segloop/collector"
+
+
+def _default_warehouses() -> dict[str, AnyWarehouseConfig]:
+    return {"default": DuckDBConfig()}
+
+
+class WorkspaceConfig(BaseModel):
+    """`segloop.yml`: named warehouses (the first or `default` is used when a pipeline names none)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str | None = None
+    warehouses: dict[str, AnyWarehouseConfig] = Field(default_factory=_default_warehouses)
+    pipelines: str = "pipelines"
+    collector: CollectorConfig | None = None
+
+
+@dataclass
+class Workspace:
+    """A folder with `segloop.yml`, `pipelines/` and the `.segloop/` state directory."""
+
+    root: Path
+    config: WorkspaceConfig
+
+    @classmethod
+    def load(cls, root: str | Path = ".") -> Workspace:
+        root = Path(root).resolve()
+        file = root / WORKSPACE_FILE
+        if not file.exists():
+            return cls(root=root, config=WorkspaceConfig())
+        doc = load_yaml(file.read_text(), file)
+        if doc.data is None:
+            return cls(root=root, config=WorkspaceConfig())
+        if not isinstance(doc.data, dict):
+            raise ConfigError("the workspace file must be a mapping with `warehouses:`", file, 1)
+        try:
+            config = WorkspaceConfig.model_validate(doc.data)
+        except ValidationError as exc:
+            raise ConfigErrors(_pydantic_errors(exc, doc, (), "workspace")) from None
+        return cls(root=root, config=config)
+
+    @classmethod
+    def find(cls, start: str | Path = ".") -> Workspace:
+        """The workspace containing ``start`` (searching parents for segloop.yml)."""
+        here = Path(start).resolve()
+        for folder in (here, *here.parents):
+            if (folder / WORKSPACE_FILE).exists():
+                return cls.load(folder)
+        return cls.load(here)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    @property
+    def pipelines_dir(self) -> Path:
+        return self.root / self.config.pipelines
+
+    def warehouse_config(self, name: str | None) -> WarehouseConfig:
+        warehouses = self.config.warehouses
+        if name is None:
+            name = "default" if "default" in warehouses else next(iter(warehouses), "default")
+        if name not in warehouses:
+            if name == "default" and not warehouses:
+                return DuckDBConfig()
+            known = ", ".join(sorted(warehouses)) or "none"
+            raise ConfigError(
+                f"warehouse `{name}` is not defined in {WORKSPACE_FILE} (defined: {known}); "
+                "add it under `warehouses:`"
+            )
+        return warehouses[name]
+
+    def pipeline_files(self) -> list[Path]:
+        folder = self.pipelines_dir
+        if not folder.is_dir():
+            return []
+        return sorted([*folder.glob("*.yml"), *folder.glob("*.yaml")])
+
+    def resolve_pipeline(self, name_or_path: str) -> Path:
+        """A pipeline file given as a path, or by name from `pipelines/`."""
+        path = Path(name_or_path)
+        if path.exists():
+            return path
+        for file in self.pipeline_files():
+            if file.stem == name_or_path:
+                return file
+            try:
+                if load_yaml(file.read_text(), file).data.get("name") == name_or_path:
+                    return file
+            except Exception:
+                continue
+        raise ConfigError(
+            f"no pipeline file `{name_or_path}`; give a path or the name of a file in "
+            f"{self.pipelines_dir}"
+        )
+
+
+# -- pipelines ----------------------------------------------------------------------------
+
+
+class PipelineConfig(BaseModel):
+    """A pipeline file: its warehouse and its nodes (in file order)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    name: str
+    warehouse: str | None = None
+    description: str | None = None
+    nodes: dict[str, NodeConfig]
+
+    def upstream_of(self, node: str) -> list[str]:
+        config = self.nodes[node]
+        names = config.upstream()
+        for extra in config.implicit_upstream(set(self.nodes) - {node}):
+            if extra not in names:
+                names.append(extra)
+        return names
+
+    def topological_order(self) -> list[str]:
+        """Nodes in an order where every node comes after its inputs (file order otherwise)."""
+        order: list[str] = []
+        done: set[str] = set()
+        visiting: list[str] = []
+
+        def visit(name: str) -> None:
+            if name in done:
+                return
+            if name in visiting:
+                cycle = [*visiting[visiting.index(name) :], name]
+                raise ConfigError("cycle between nodes: " + " -> ".join(cycle))
+            visiting.append(name)
+            for up in self.upstream_of(name):
+                if up in self.nodes:
+                    visit(up)
+            visiting.pop()
+            done.add(name)
+            order.append(name)
+
+        for name in self.nodes:
+            visit(name)
+        return order
+
+    def descendants(self, node: str) -> set[str]:
+        out: set[str] = set()
+        frontier = [node]
+        while frontier:
+            current = frontier.pop()
+            for name in self.nodes:
+                if current in self.upstream_of(name) and name not in out:
+                    out.add(name)
+                    frontier.append(name)
+        return out
+
+
+
+
+def parse_pipeline(text: str, file: str | Path = "<string>") -> PipelineConfig:
+    """Parse and check a pipeline file; raises ConfigErrors listing every problem found."""
+    doc = load_yaml(text, file)
+    data = doc.data
+    if not isinstance(data, dict):
+        raise ConfigError("a pipeline file must be a mapping with `name:` and `nodes:`", file, 1)
+    errors: list[ConfigError] = []
+
+    top_known = set(PipelineConfig.model_fields)
+    for key in data:
+        if key not in top_known:
+            errors.append(ConfigError(f"pipeline: unknown key `{key}`", file, doc.line_of((key,))))
+    name = data.get("name")
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        errors.append(
+            ConfigError(
+                "pipeline: `name` must be an identifier (letters, digits, underscores), "
+                f"got {name!r}",
+                file,
+                doc.line_of(("name",)),
+            )
+        )
+    raw_nodes = data.get("nodes")
+    nodes: dict[str, NodeConfig] = {}
+    if not isinstance(raw_nodes, dict) or not raw_nodes:
+        errors.append(ConfigError("pipeline: `nodes:` must map node names to nodes", file, doc.line_of(("nodes",))))
+        raw_nodes = {}
+    for node_name, raw in raw_nodes.items():
+        where = ("nodes", node_name)
+        what = f"node `{node_name}`"
+        if not isinstance(node_name, str) or not NAME_PATTERN.match(node_name):
+            errors.append(ConfigError(f"{what}: node names must be identifiers", file, doc.line_of(where)))
+            continue
+        if not isinstance(raw, dict):
+            errors.append(ConfigError(f"{what}: must be a mapping with a `type:`", file, doc.line_of(where)))
+            continue
+        node_type = raw.get("type")
+        if node_type not in NODE_TYPES:
+            known = ", ".join(sorted(NODE_TYPES))
+            errors.append(
+                ConfigError(
+                    f"{what}: unknown node type `{node_type}`; known types: {known}",
+                    file,
+                    doc.line_of((*where, "type")),
+                )
+            )
+            continue
+        try:
+            nodes[node_name] = NODE_TYPES[node_type].config_model.model_validate(raw)
+        except ValidationError as exc:
+            errors.extend(_pydantic_errors(exc, doc, where, what))
+
+    for node_name, node in nodes.items():
+        for up in node.upstream():
+            if up not in raw_nodes:
+                key = "input" if node.input == up else "inputs"
+                errors.append(
+                    ConfigError(
+                        f"node `{node_name}`: input `{up}` is not a node of this pipeline "
+                        f"(nodes: {', '.join(raw_nodes)})",
+                        file,
+                        doc.line_of(("nodes", node_name, key)),
+                    )
+                )
+            elif up == node_name:
+                errors.append(ConfigError(f"node `{node_name}` names itself as input", file, doc.line_of(("nodes", node_name))))
+        op = NODE_TYPES[node.type]
+        count = len(node.upstream())
+        if count < op.min_inputs:
+            errors.append(
+                ConfigError(
+                    f"node `{node_name}`: a `{node.type}` node needs an upstream node; add `input: <node>`",
+                    file,
+                    doc.line_of(("nodes", node_name)),
+                )
+            )
+        elif op.max_inputs is not None and count > op.max_inputs:
+            errors.append(
+                ConfigError(
+                    f"node `{node_name}`: a `{node.type}` node takes at most {op.max_inputs} input(s), got {count}",
+                    file,
+                    doc.line_of(("nodes", node_name)),
+                )
+            )
+
+    if errors:
+        raise ConfigErrors(errors)
+    pipeline = PipelineConfig(name=str(name), warehouse=data.get("warehouse"), description=data.get("description"), nodes=nodes)
+    try:
+        pipeline.topological_order()
+    except ConfigError as exc:
+        first = exc.message.split(": ", 1)[-1].split(" -> ")[0]
+        raise ConfigError(exc.message, file, doc.line_of(("nodes", first))) from None
+    return pipeline
+
+
+def load_pipeline(path: str | Path) -> PipelineConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"pipeline file {path} does not exist")
+    return parse_pipeline(path.read_text(), path)

@@ -1,0 +1,22 @@
+"""Checks shared by operators: the configured columns must exist in the input table."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from segloop.errors import DataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import ibis.expr.types as ir
+
+
+def require_columns(table: ir.Table, keys: dict[str, str], node: str, source: str) -> None:
+    """Raise a DataError naming the node, key and column when a configured column is missing."""
+    present = set(table.columns)
+    missing = [(key, col) for key, col in keys.items() if col not in present]
+    if missing:
+        wrong = ", ".join(f"`{key}: {col}`" for key, col in missing)
+        raise DataError(
+            f"node `{node}`: {wrong} not found in input `{source}` "
+            f"(its columns: {', '.join(table.columns)}); fix the column name in the pipeline file"
+        )

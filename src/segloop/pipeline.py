@@ -1,0 +1,292 @@
+"""The one facade: load a pipeline file -> plan the DAG -> run each node -> record the run.
+
+The CLI, the web UI and the scheduler all go through ``Pipeline``; none has logic of its own.
+Each node's output is materialized in the warehouse as ``<pipeline>__<node>`` so the next
+node, and a person with SQL, can read it. A failing node stops its descendants, not its
+siblings.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from segloop.config import PipelineConfig, Workspace, load_pipeline
+from segloop.errors import ConfigError, NodeError, SegloopError
+from segloop.operators import NODE_TYPES
+from segloop.operators.base import NodeOutput, RunContext
+from segloop.store import NodeRunRecord, RunStore
+from segloop.warehouse import Warehouse
+
+log = logging.getLogger("segloop")
+
+SUCCESS, FAILED, SKIPPED = "success", "failed", "skipped"
+
+
+@dataclass
+class NodeResult:
+    name: str
+    type: str
+    status: str = "pending"
+    rows: int | None = None
+    seconds: float = 0.0
+    error: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    table: str | None = None
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    pipeline: str
+    nodes: list[NodeResult]
+    seconds: float = 0.0
+
+    @property
+    def status(self) -> str:
+        return FAILED if any(n.status == FAILED for n in self.nodes) else SUCCESS
+
+    @property
+    def ok(self) -> bool:
+        return self.status == SUCCESS
+
+    def node(self, name: str) -> NodeResult:
+        for result in self.nodes:
+            if result.name == name:
+                return result
+        raise KeyError(name)
+
+
+class Reporter:
+    """Hooks the CLI (progress bars) and the UI implement; the default does nothing."""
+
+    def node_started(self, name: str, node_type: str) -> None: ...
+
+    def node_progress(self, name: str, advance: int, total: int | None) -> None: ...
+
+    def node_finished(self, result: NodeResult) -> None: ...
+
+
+class Pipeline:
+    """A pipeline file bound to its workspace."""
+
+    def __init__(self, config: PipelineConfig, workspace: Workspace | None = None, file: Path | None = None):
+        self.config = config
+        self.workspace = workspace or Workspace.load(file.parent.parent if file else ".")
+        self.file = file
+
+    @classmethod
+    def load(cls, name_or_path: str | Path, workspace: Workspace | None = None) -> Pipeline:
+        """From a file path, or a pipeline name in the workspace's `pipelines/` folder."""
+        path = Path(name_or_path)
+        if workspace is None:
+            workspace = Workspace.find(path.parent if path.exists() else ".")
+        file = workspace.resolve_pipeline(str(name_or_path))
+        return cls(load_pipeline(file), workspace, file)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def table_name(self, node: str, suffix: str | None = None) -> str:
+        base = f"{self.name}__{node}"
+        return f"{base}__{suffix}" if suffix else base
+
+    def connect(self) -> Warehouse:
+        name = self.config.warehouse
+        config = self.workspace.warehouse_config(name)
+        return Warehouse.connect(config, self.workspace.root, name or "default")
+
+    def store(self) -> RunStore:
+        return RunStore(self.workspace.state_dir / "state.db")
+
+    def plan(self, node: str | None = None) -> list[str]:
+        """Nodes to run, in topological order; ``node`` restricts the run to that one node."""
+        order = self.config.topological_order()
+        if node is None:
+            return order
+        if node not in self.config.nodes:
+            raise ConfigError(
+                f"pipeline `{self.name}` has no node `{node}` (nodes: {', '.join(order)})",
+                self.file,
+            )
+        return [node]
+
+    def run(
+        self,
+        node: str | None = None,
+        dry_run: bool = False,
+        reporter: Reporter | None = None,
+        trigger: str = "cli",
+        options: dict[str, Any] | None = None,
+    ) -> RunResult:
+        """Run the pipeline (or one node) and record it in the run history."""
+        reporter = reporter or Reporter()
+        plan = self.plan(node)
+        store = self.store()
+        run_id = store.start_run(self.name, str(self.file) if self.file else None,
+                                 self.config.warehouse, dry_run, trigger)
+        started = time.perf_counter()
+        results = {name: NodeResult(name, self.config.nodes[name].type) for name in plan}
+        error: str | None = None
+        try:
+            with self.connect() as warehouse:
+                for name in plan:
+                    self._run_node(name, results, warehouse, run_id, dry_run, reporter, store, options or {})
+        except SegloopError as exc:
+            error = str(exc)
+            for result in results.values():
+                if result.status == "pending":
+                    result.status, result.error = SKIPPED, error
+                    store.record_node(run_id, _record(result))
+            raise
+        finally:
+            run = RunResult(run_id, self.name, list(results.values()), time.perf_counter() - started)
+            store.finish_run(run_id, FAILED if error else run.status, error or _first_error(run))
+            store.close()
+        return run
+
+    def _segment_node(self, node: str) -> Any:
+        config = self.config.nodes.get(node)
+        if config is None or config.type != "segment":
+            segment_nodes = [n for n, c in self.config.nodes.items() if c.type == "segment"]
+            raise ConfigError(
+                f"`{node}` is not a Segment node of pipeline `{self.name}` "
+                f"(Segment nodes: {', '.join(segment_nodes) or 'none'})",
+                self.file,
+            )
+        return NODE_TYPES[config.type](config)
+
+    def preview(self, node: str, rows: int = 5) -> dict[str, Any]:
+        """What the next run of a Segment node would send: counts by category and payloads.
+
+        Reads the upstream outputs of the last run and sends nothing.
+        """
+        operator = self._segment_node(node)
+        with self.connect() as warehouse:
+            ctx = RunContext(warehouse=warehouse, pipeline=self.name, node=node, run_id="preview",
+                             dry_run=True, workspace=self.workspace)
+            inputs = {up: self._input_table(warehouse, up) for up in self.config.upstream_of(node)}
+            result: dict[str, Any] = operator.preview(inputs, ctx, rows)
+            return result
+
+    def reset(self, node: str) -> None:
+        """Forget a Segment node's sync state: its next run sends every row."""
+        from segloop.segment.sync import SyncState
+
+        self._segment_node(node)
+        with self.connect() as warehouse:
+            SyncState(warehouse, self.name, node).reset()
+
+    # -- one node ------------------------------------------------------------------------
+
+    def _run_node(
+        self,
+        name: str,
+        results: dict[str, NodeResult],
+        warehouse: Warehouse,
+        run_id: str,
+        dry_run: bool,
+        reporter: Reporter,
+        store: RunStore,
+        options: dict[str, Any],
+    ) -> None:
+        result = results[name]
+        config = self.config.nodes[name]
+        upstream = self.config.upstream_of(name)
+        blocked = [up for up in upstream if up in results and results[up].status in (FAILED, SKIPPED)]
+        if blocked:
+            result.status = SKIPPED
+            result.error = f"skipped because upstream node `{blocked[0]}` did not succeed"
+            store.record_node(run_id, _record(result))
+            reporter.node_finished(result)
+            return
+        reporter.node_started(name, config.type)
+        started = time.perf_counter()
+        ctx = RunContext(
+            warehouse=warehouse,
+            pipeline=self.name,
+            node=name,
+            run_id=run_id,
+            dry_run=dry_run,
+            progress=partial(reporter.node_progress, name),
+            workspace=self.workspace,
+            options={**options, "pipeline_nodes": set(upstream), "pipeline_file": self.file},
+        )
+        try:
+            inputs = {up: self._input_table(warehouse, up) for up in upstream}
+            operator = NODE_TYPES[config.type](config)
+            output = operator.run(inputs, ctx)
+            self._materialize(output, ctx, result)
+            result.status = SUCCESS
+        except SegloopError as exc:
+            message = str(exc)
+            prefix = f"node `{name}`: "
+            result.status, result.error = FAILED, message if message.startswith(prefix) else prefix + message
+        except Exception as exc:  # an operator bug or a warehouse error we did not anticipate
+            log.debug("node %s failed:\n%s", name, traceback.format_exc())
+            result.status = FAILED
+            result.error = str(NodeError(name, f"{type(exc).__name__}: {_first_line(exc)} (run with --debug for the traceback)"))
+            if options.get("debug"):
+                raise
+        result.seconds = time.perf_counter() - started
+        result.warnings = list(ctx.warnings)
+        if result.warnings:
+            result.metrics.setdefault("warnings", result.warnings)
+        store.record_node(run_id, _record(result))
+        reporter.node_finished(result)
+
+    def _input_table(self, warehouse: Warehouse, node: str) -> Any:
+        name = self.table_name(node)
+        if not warehouse.has_table(name):
+            raise NodeError(
+                node,
+                f"its output table {warehouse.schema}.{name} does not exist yet; "
+                "run the whole pipeline once (without --node)",
+            )
+        return warehouse.table(name)
+
+    def _materialize(self, output: NodeOutput, ctx: RunContext, result: NodeResult) -> None:
+        warehouse = ctx.warehouse
+        result.metrics.update(output.metrics)
+        if output.table is not None:
+            table_name = ctx.table_name()
+            created = warehouse.create_table(table_name, output.table)
+            result.table = f"{warehouse.schema}.{table_name}"
+            result.rows = warehouse.count(created)
+        else:
+            result.rows = output.rows
+        for suffix, extra in output.extra.items():
+            warehouse.create_table(ctx.table_name(suffix), extra)
+
+
+def _record(result: NodeResult) -> NodeRunRecord:
+    return NodeRunRecord(
+        node=result.name,
+        type=result.type,
+        status=result.status,
+        rows=result.rows,
+        seconds=round(result.seconds, 3),
+        error=result.error,
+        metrics=result.metrics,
+    )
+
+
+def _first_error(run: RunResult) -> str | None:
+    for node in run.nodes:
+        if node.status == FAILED:
+            return node.error
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
+
+

@@ -1,0 +1,251 @@
+"""Run history in SQLite (`.segloop/state.db`), with numbered migrations.
+
+Tables: ``runs`` (one row per pipeline run) and ``node_runs`` (status, rows, seconds, error
+and metrics JSON per node). Secrets are never written here: configs are not stored, only
+the pipeline name and file path, and operators keep secrets out of their metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from segloop.errors import SegloopError
+
+# Each migration runs once, in order; never edit a released one, append a new one.
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            pipeline TEXT NOT NULL,
+            file TEXT,
+            warehouse TEXT,
+            status TEXT NOT NULL,
+            dry_run INTEGER NOT NULL DEFAULT 0,
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            error TEXT
+        );
+        CREATE INDEX runs_pipeline ON runs (pipeline, started_at);
+        CREATE TABLE node_runs (
+            run_id TEXT NOT NULL REFERENCES runs (id),
+            node TEXT NOT NULL,
+            type TEXT NOT NULL,
+            status TEXT NOT NULL,
+            rows INTEGER,
+            seconds REAL,
+            error TEXT,
+            metrics TEXT NOT NULL DEFAULT '{}',
+            started_at TEXT,
+            PRIMARY KEY (run_id, node)
+        );
+        """,
+    ),
+    (
+        2,
+        "ALTER TABLE runs ADD COLUMN trigger TEXT NOT NULL DEFAULT 'cli'",
+    ),
+]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def new_run_id() -> str:
+    """Sortable and readable: UTC time plus a random suffix."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+
+
+@dataclass
+class NodeRunRecord:
+    node: str
+    type: str
+    status: str
+    rows: int | None
+    seconds: float | None
+    error: str | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunRecord:
+    id: str
+    pipeline: str
+    file: str | None
+    warehouse: str | None
+    status: str
+    dry_run: bool
+    started_at: str
+    finished_at: str | None
+    error: str | None
+    trigger: str = "cli"
+    nodes: list[NodeRunRecord] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float | None:
+        if not self.finished_at:
+            return None
+        start = datetime.fromisoformat(self.started_at)
+        return (datetime.fromisoformat(self.finished_at) - start).total_seconds()
+
+
+class RunStore:
+    """The run history of one workspace."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self.migrate()
+
+    def migrate(self) -> int:
+        """Apply pending migrations; returns the schema version."""
+        db = self._db
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = db.execute("SELECT max(version) FROM schema_version").fetchone()
+        current = row[0] or 0
+        for version, sql in MIGRATIONS:
+            if version > current:
+                # One transaction per migration: all of it or none of it.
+                db.executescript(
+                    f"BEGIN;\n{sql.strip().rstrip(';')};\n"
+                    f"INSERT INTO schema_version (version) VALUES ({int(version)});\nCOMMIT;"
+                )
+                current = version
+        return current
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- writing -------------------------------------------------------------------------
+
+    def start_run(
+        self,
+        pipeline: str,
+        file: str | None,
+        warehouse: str | None,
+        dry_run: bool = False,
+        trigger: str = "cli",
+        run_id: str | None = None,
+    ) -> str:
+        run_id = run_id or new_run_id()
+        with self._db:
+            self._db.execute(
+                "INSERT INTO runs (id, pipeline, file, warehouse, status, dry_run, started_at, trigger)"
+                " VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
+                (run_id, pipeline, file, warehouse, int(dry_run), _now(), trigger),
+            )
+        return run_id
+
+    def record_node(self, run_id: str, record: NodeRunRecord) -> None:
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO node_runs"
+                " (run_id, node, type, status, rows, seconds, error, metrics, started_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    record.node,
+                    record.type,
+                    record.status,
+                    record.rows,
+                    record.seconds,
+                    record.error,
+                    json.dumps(record.metrics, default=str),
+                    _now(),
+                ),
+            )
+
+    def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
+        with self._db:
+            self._db.execute(
+                "UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE id = ?",
+                (status, error, _now(), run_id),
+            )
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _run(self, row: sqlite3.Row) -> RunRecord:
+        return RunRecord(
+            id=row["id"],
+            pipeline=row["pipeline"],
+            file=row["file"],
+            warehouse=row["warehouse"],
+            status=row["status"],
+            dry_run=bool(row["dry_run"]),
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            error=row["error"],
+            trigger=row["trigger"],
+        )
+
+    def list_runs(self, pipeline: str | None = None, limit: int = 20) -> list[RunRecord]:
+        query = "SELECT * FROM runs"
+        args: tuple[Any, ...] = ()
+        if pipeline:
+            query += " WHERE pipeline = ?"
+            args = (pipeline,)
+        query += " ORDER BY started_at DESC, id DESC LIMIT ?"
+        runs = [self._run(row) for row in self._db.execute(query, (*args, limit))]
+        for run in runs:
+            run.nodes = self.node_runs(run.id)
+        return runs
+
+    def node_runs(self, run_id: str) -> list[NodeRunRecord]:
+        rows = self._db.execute(
+            "SELECT * FROM node_runs WHERE run_id = ? ORDER BY rowid", (run_id,)
+        ).fetchall()
+        return [
+            NodeRunRecord(
+                node=row["node"],
+                type=row["type"],
+                status=row["status"],
+                rows=row["rows"],
+                seconds=row["seconds"],
+                error=row["error"],
+                metrics=json.loads(row["metrics"] or "{}"),
+            )
+            for row in rows
+        ]
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """A run by id, or by a unique prefix of its id, or `latest`."""
+        if run_id == "latest":
+            rows = self._db.execute("SELECT * FROM runs ORDER BY started_at DESC, id DESC LIMIT 1").fetchall()
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM runs WHERE id = ? OR id LIKE ? ORDER BY id LIMIT 2", (run_id, run_id + "%")
+            ).fetchall()
+            exact = [row for row in rows if row["id"] == run_id]
+            rows = exact or rows
+        if not rows:
+            raise SegloopError(f"no run `{run_id}` in {self.path}; `segloop runs` lists them")
+        if len(rows) > 1:
+            raise SegloopError(f"run id prefix `{run_id}` is ambiguous; give more characters")
+        run = self._run(rows[0])
+        run.nodes = self.node_runs(run.id)
+        return run
+
+    def last_node_run(self, pipeline: str, node: str, status: str = "success") -> NodeRunRecord | None:
+        row = self._db.execute(
+            "SELECT n.* FROM node_runs n JOIN runs r ON r.id = n.run_id"
+            " WHERE r.pipeline = ? AND n.node = ? AND n.status = ?"
+            " ORDER BY r.started_at DESC, r.id DESC LIMIT 1",
+            (pipeline, node, status),
+        ).fetchone()
+        if row is None:
+            return None
+        return NodeRunRecord(
+            node=row["node"], type=row["type"], status=row["status"], rows=row["rows"],
+            seconds=row["seconds"], error=row["error"], metrics=json.loads(row["metrics"] or "{}"),
+        )
