@@ -41,7 +41,10 @@ class MessageQueue:
             self.items.append(item)
             self.accepted += 1
             self.bytes += len(item.payload)
-            if len(self.items) >= self.want_count or self.bytes >= self.want_bytes:
+            n = len(self.items)
+            # Wake the assembling sender when its batch can be completed, or when the queue
+            # is full (a queue smaller than a batch must not wait for upload_interval).
+            if n >= self.want_count or self.bytes >= self.want_bytes or n >= self.maxsize:
                 self.not_empty.notify()
             return True
 
