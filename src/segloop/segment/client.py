@@ -76,6 +76,10 @@ if hasattr(os, "register_at_fork"):
 class Client:
     """Send Segment calls in batches from background threads; see the module docstring."""
 
+    MAX_REFUSALS_IN_A_ROW = 20
+    """Single messages refused (400) with no success between them: the endpoint refuses
+    everything, so stop bisecting (2n-1 requests per batch) and reject whole batches."""
+
     def __init__(
         self,
         write_key: str,
@@ -146,6 +150,7 @@ class Client:
         self._shut = False
         self._completed = 0
         self._report = DeliveryReport()
+        self._refusals_in_a_row = 0
         self._ids = itertools.count()
         self._id_prefix = uuid.uuid4().hex[:24] + "-"
 
@@ -409,13 +414,16 @@ class Client:
             if answer.kind == "ok":
                 self._throttle.succeeded()
                 self._complete(batch, Outcome("sent", http_status=answer.status))
+                self._refusals_in_a_row = 0
                 return
-            if answer.splittable and len(batch) > 1:
+            if answer.splittable and len(batch) > 1 and self._refusals_in_a_row < self.MAX_REFUSALS_IN_A_ROW:
                 half = len(batch) // 2
                 self._deliver(batch[:half])
                 self._deliver(batch[half:])
                 return
             if answer.kind == "final":
+                if answer.splittable and len(batch) == 1:
+                    self._refusals_in_a_row += 1
                 code = f"http_{answer.status}" if answer.status else "http_error"
                 self._complete(batch, Outcome("rejected", code, answer.detail, answer.status))
                 return
