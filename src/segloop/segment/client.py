@@ -74,7 +74,15 @@ if hasattr(os, "register_at_fork"):
 
 
 class Client:
-    """Send Segment calls in batches from background threads; see the module docstring."""
+    """Send Segment calls in batches from background threads; see the module docstring.
+
+    Beyond Segment's library's arguments: ``region`` (``us``/``eu``) when ``host`` is not
+    given; ``on_full`` (``drop`` returns false when the queue is full, ``block`` waits);
+    ``on_batch_done(items, outcome)`` for every message's final outcome; ``max_in_flight``
+    concurrent requests; ``max_retry_time`` seconds of retrying per batch;
+    ``retry_base_delay`` for the backoff; ``transport`` an httpx transport or a function
+    ``request -> response``. docs/segment-client.md has the table of defaults.
+    """
 
     MAX_REFUSALS_IN_A_ROW = 20
     """Single messages refused (400) with no success between them: the endpoint refuses
@@ -297,7 +305,9 @@ class Client:
 
     def _reject(self, msg: dict[str, Any], problem: m.Rejection, ref: Any,
                 listener: BatchListener | None) -> Enqueued:
-        log.warning("Segment message rejected before sending: %s", problem.detail)
+        rejected = self._report.rejected + 1
+        if rejected <= 10 or rejected % 1000 == 0:  # loud, but not once per row of a bad table
+            log.warning("Segment message rejected before sending (%d so far): %s", rejected, problem.detail)
         try:
             payload = m.dumps(msg)
         except TypeError:
