@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +22,8 @@ class _FlakyServer:
         self.plan = list(plan)
         self.accepted: Counter[str] = Counter()  # messageIds answered with 200
         self.attempts = 0
+        self.retry_counts: list[int] = []
+        self.connections = 0
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
@@ -37,6 +40,8 @@ class _FlakyServer:
                 conn, _ = self.sock.accept()
             except TimeoutError:
                 continue
+            with self.lock:
+                self.connections += 1
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
@@ -64,11 +69,18 @@ class _FlakyServer:
                 if action == "stall":
                     self.stop.wait(2.0)  # longer than the client's timeout; never answers
                     return
+                if action == "429":
+                    conn.sendall(b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 0.4\r\n"
+                                 b"Content-Length: 4\r\n\r\nslow")
+                    continue
                 ids = [m["messageId"] for m in orjson.loads(body)["batch"]]
                 with self.lock:
                     self.accepted.update(ids)
+                    self.retry_counts.append(head.count(b"X-Retry-Count"))
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                              b"Content-Length: 16\r\n\r\n{\"success\":true}")
+                if action == "close_after":  # keep-alive promised, then the idle socket closes
+                    return
 
     def close(self) -> None:
         self.stop.set()
@@ -109,3 +121,39 @@ def test_unreachable_endpoint_fails_the_batch_after_the_retries() -> None:
     client.track("u", "E")
     report = client.shutdown()
     assert report.failed == 1 and report.sent == 0
+
+
+def test_a_closed_idle_connection_is_replaced_without_a_retry_or_delay(flaky: Any) -> None:
+    server = flaky(["close_after", "close_after"])
+    client = Client("KEY", host=f"http://127.0.0.1:{server.port}", max_in_flight=1,
+                    retry_base_delay=5.0)  # a real retry would take seconds
+    start = time.monotonic()
+    for i in range(3):
+        client.track("u", "E", {"i": i})
+        assert client.flush().sent == i + 1
+    assert time.monotonic() - start < 2.0
+    client.shutdown()
+    assert server.connections == 3 and server.retry_counts == [0, 0, 0]
+
+
+def test_429_over_real_sockets_waits_for_retry_after(flaky: Any) -> None:
+    server = flaky(["429"])
+    client = Client("KEY", host=f"http://127.0.0.1:{server.port}", max_in_flight=1)
+    start = time.monotonic()
+    client.track("u", "E")
+    report = client.flush()
+    assert report.sent == 1 and time.monotonic() - start >= 0.35
+    client.shutdown()
+
+
+def test_a_proxy_from_the_environment_is_honoured_through_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
+    from segloop.segment.direct import DirectSender
+    from segloop.segment.transport import HttpxSender, make_sender
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert isinstance(make_sender("https://api.segment.io/v1/batch", None, 15, 4), HttpxSender)
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.delenv("https_proxy", raising=False)
+    assert isinstance(make_sender("https://api.segment.io/v1/batch", None, 15, 4), DirectSender)

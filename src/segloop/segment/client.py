@@ -50,7 +50,7 @@ from segloop.segment.transport import (
     TransportLike,
     backoff_delay,
     endpoint_url,
-    make_http_client,
+    make_sender,
     post_batch,
 )
 
@@ -170,7 +170,7 @@ class Client:
         with self._state_lock:
             if self._started or self._shut:
                 return
-            self._http = make_http_client(self.transport, self.timeout, self.max_in_flight)
+            self._http = make_sender(self.url, self.transport, self.timeout, self.max_in_flight)
             for i in range(self.max_in_flight):
                 t = threading.Thread(target=self._run_sender, name=f"segloop-sender-{i}", daemon=True)
                 t.start()
@@ -417,7 +417,7 @@ class Client:
                                               "the client shut down before these messages were sent"))
                 return
             try:
-                answer = post_batch(self._http, self.url, self.envelope, [i.payload for i in batch],
+                answer = post_batch(self._http, self.envelope, [i.payload for i in batch],
                                     gzip=self.gzip, attempt=attempt)
             finally:
                 self._throttle.release()
