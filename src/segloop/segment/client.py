@@ -6,8 +6,8 @@ Same methods and defaults as ``segment-analytics-python`` 2.x (``track``, ``iden
 
 * Messages are encoded once, in the caller's thread, with orjson (numpy, Decimal, NaN,
   datetimes handled), and queued as bytes; batches are sized exactly, envelope included.
-* ``max_in_flight`` sender threads share one kept-alive httpx connection pool, so a slow
-  or failing batch does not stall the others.
+* ``max_in_flight`` sender threads, each with a kept-alive connection, so a slow or
+  failing batch does not stall the others.
 * 429 slows every sender down (Retry-After honoured, concurrency halved); 5xx and
   network errors are retried with full-jitter backoff, bounded by ``max_retries`` and
   ``max_retry_time``; a 400 is bisected so one bad message does not sink its batch.

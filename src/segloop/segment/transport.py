@@ -1,9 +1,10 @@
 """HTTP side of the sender: endpoints, request bodies, answers sorted into retry / final.
 
 Kept apart from the queueing so the policy (what is retried, how long to wait, how many
-requests may be in flight) can be read and tested on its own. The transport itself is
-httpx's: pass any ``httpx.BaseTransport``, or a plain function ``request -> response``
-(wrapped in ``httpx.MockTransport``) to fake Segment in tests.
+requests may be in flight) can be read and tested on its own. By default requests go out
+over kept-alive ``http.client`` connections (segment/direct.py, the cheapest per request);
+pass any ``httpx.BaseTransport``, or a plain function ``request -> response`` (wrapped in
+``httpx.MockTransport``) to send through httpx instead, e.g. to fake Segment in tests.
 """
 
 from __future__ import annotations
