@@ -360,3 +360,27 @@ def test_flush_returns_when_nothing_was_sent() -> None:
     client = make(FakeSegment())
     assert client.flush().sent == 0
     client.shutdown()
+
+
+def test_queue_smaller_than_a_batch_does_not_wait_for_the_interval_each_time() -> None:
+    fake = FakeSegment()
+    client = make(fake, max_queue_size=10, upload_size=100, on_full="block", upload_interval=0.5)
+    start = time.monotonic()
+    for i in range(200):
+        assert client.track("u", "E", {"i": i})
+    report = client.flush()
+    elapsed = time.monotonic() - start
+    client.shutdown()
+    assert report.sent == 200
+    assert elapsed < 3.0  # 20 refills x 0.5 s = 10 s if every refill waited for the interval
+
+
+def test_an_endpoint_refusing_everything_is_not_bisected_forever() -> None:
+    fake = FakeSegment(fail_rate=lambda n: 400)
+    client = make(fake, upload_size=100, max_in_flight=1)
+    for i in range(2000):
+        client.track("u", "E", {"i": i})
+    report = client.shutdown()
+    assert report.rejected == 2000 and report.rejected_by_reason == {"http_400": 2000}
+    # bisecting every batch down to single messages would take 20 x 199 = 3,980 requests
+    assert len(fake.requests) < 300

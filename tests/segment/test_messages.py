@@ -207,3 +207,22 @@ def test_validate_names_what_segment_requires() -> None:
     assert m.validate({"type": "group", "userId": "u"}) is not None
     assert m.validate({"type": "track", "userId": "u", "event": "E", "messageId": "x" * 100}) is not None
     assert m.validate({"type": "track", "userId": "u", "event": "E", "messageId": "x" * 99}) is None
+
+
+def test_rendered_message_id_is_reproducible_by_the_sync_layer() -> None:
+    mapping = m.RowMapping(call="identify", traits=["iphone"], timestamp="ts", namespace=("p", "n"),
+                           context={"source": "ml"})
+    msg = m.render_row({**ROW, "ts": dt.datetime(2024, 1, 1)}, mapping)
+    assert isinstance(msg, dict)
+    assert msg["messageId"] == m.message_id("p", "n", "162514333", m.payload_hash(msg))
+
+
+@pytest.mark.parametrize(("options", "problem"), [
+    ({"call": "track"}, "event"),
+    ({"call": "group", "event": None}, "group_id"),
+    ({"call": "alias"}, "call"),
+    ({"event": "E", "customer_id": None}, "customer_id"),
+])
+def test_row_mapping_refuses_incomplete_settings(options: dict[str, object], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        m.RowMapping(**options)  # type: ignore[arg-type]

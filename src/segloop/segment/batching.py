@@ -28,6 +28,7 @@ class MessageQueue:
         self.closed = False
         self.flushing = 0
         self.abort = False
+        self.accepted = 0  # messages ever put (flush waits for as many to complete)
 
     def put(self, item: QueuedMessage, block: bool) -> bool:
         with self.lock:
@@ -38,8 +39,12 @@ class MessageQueue:
             if self.closed:
                 return False
             self.items.append(item)
+            self.accepted += 1
             self.bytes += len(item.payload)
-            if len(self.items) >= self.want_count or self.bytes >= self.want_bytes:
+            n = len(self.items)
+            # Wake the assembling sender when its batch can be completed, or when the queue
+            # is full (a queue smaller than a batch must not wait for upload_interval).
+            if n >= self.want_count or self.bytes >= self.want_bytes or n >= self.maxsize:
                 self.not_empty.notify()
             return True
 

@@ -6,8 +6,8 @@ Same methods and defaults as ``segment-analytics-python`` 2.x (``track``, ``iden
 
 * Messages are encoded once, in the caller's thread, with orjson (numpy, Decimal, NaN,
   datetimes handled), and queued as bytes; batches are sized exactly, envelope included.
-* ``max_in_flight`` sender threads share one kept-alive httpx connection pool, so a slow
-  or failing batch does not stall the others.
+* ``max_in_flight`` sender threads, each with a kept-alive connection, so a slow or
+  failing batch does not stall the others.
 * 429 slows every sender down (Retry-After honoured, concurrency halved); 5xx and
   network errors are retried with full-jitter backoff, bounded by ``max_retries`` and
   ``max_retry_time``; a 400 is bisected so one bad message does not sink its batch.
@@ -50,13 +50,13 @@ from segloop.segment.transport import (
     TransportLike,
     backoff_delay,
     endpoint_url,
-    make_http_client,
+    make_sender,
     post_batch,
 )
 
 log = logging.getLogger("segloop.segment")
 
-DEFAULT_MAX_IN_FLIGHT = 8
+DEFAULT_MAX_IN_FLIGHT = 16
 """Concurrent requests per client; chosen with bench/sender.py (see bench/README.md)."""
 ATEXIT_FLUSH_SECONDS = 30.0
 """At interpreter exit, how long a client still tries to deliver what it holds."""
@@ -74,7 +74,19 @@ if hasattr(os, "register_at_fork"):
 
 
 class Client:
-    """Send Segment calls in batches from background threads; see the module docstring."""
+    """Send Segment calls in batches from background threads; see the module docstring.
+
+    Beyond Segment's library's arguments: ``region`` (``us``/``eu``) when ``host`` is not
+    given; ``on_full`` (``drop`` returns false when the queue is full, ``block`` waits);
+    ``on_batch_done(items, outcome)`` for every message's final outcome; ``max_in_flight``
+    concurrent requests; ``max_retry_time`` seconds of retrying per batch;
+    ``retry_base_delay`` for the backoff; ``transport`` an httpx transport or a function
+    ``request -> response``. docs/segment-client.md has the table of defaults.
+    """
+
+    MAX_REFUSALS_IN_A_ROW = 20
+    """Single messages refused (400) with no success between them: the endpoint refuses
+    everything, so stop bisecting (2n-1 requests per batch) and reject whole batches."""
 
     def __init__(
         self,
@@ -111,6 +123,7 @@ class Client:
         self.upload_interval = upload_interval
         self.max_queue_size = max_queue_size
         self.on_full = on_full
+        self._block = on_full == "block"
         self.on_error = on_error
         self.on_batch_done = on_batch_done
         self.gzip = gzip
@@ -143,9 +156,9 @@ class Client:
         self._http: Any = None
         self._started = False
         self._shut = False
-        self._accepted = 0
         self._completed = 0
         self._report = DeliveryReport()
+        self._refusals_in_a_row = 0
         self._ids = itertools.count()
         self._id_prefix = uuid.uuid4().hex[:24] + "-"
 
@@ -157,7 +170,7 @@ class Client:
         with self._state_lock:
             if self._started or self._shut:
                 return
-            self._http = make_http_client(self.transport, self.timeout, self.max_in_flight)
+            self._http = make_sender(self.url, self.transport, self.timeout, self.max_in_flight)
             for i in range(self.max_in_flight):
                 t = threading.Thread(target=self._run_sender, name=f"segloop-sender-{i}", daemon=True)
                 t.start()
@@ -171,20 +184,18 @@ class Client:
               integrations: Mapping[str, Any] | None = None, message_id: str | None = None) -> Enqueued:
         """Record an action a user did (``event``) with its ``properties``."""
         _require_identity("track", user_id, anonymous_id)
-        if not isinstance(event, str) or not event:
+        if type(event) is not str or not event:
             raise DataError("track needs an `event` name (a non-empty string)")
-        return self._call("track", user_id=user_id, anonymous_id=anonymous_id, event=event,
-                          properties=properties, context=context, timestamp=timestamp,
-                          integrations=integrations, message_id=message_id)
+        msg = {"type": "track", "event": event, "properties": _mapping("properties", properties)}
+        return self._common(msg, user_id, anonymous_id, context, timestamp, integrations, message_id)
 
     def identify(self, user_id: Any = None, traits: Mapping[str, Any] | None = None,
                  context: Mapping[str, Any] | None = None, timestamp: Any = None, anonymous_id: Any = None,
                  integrations: Mapping[str, Any] | None = None, message_id: str | None = None) -> Enqueued:
         """Tie a user to their ``traits``."""
         _require_identity("identify", user_id, anonymous_id)
-        return self._call("identify", user_id=user_id, anonymous_id=anonymous_id, traits=traits,
-                          context=context, timestamp=timestamp, integrations=integrations,
-                          message_id=message_id)
+        msg = {"type": "identify", "traits": _mapping("traits", traits)}
+        return self._common(msg, user_id, anonymous_id, context, timestamp, integrations, message_id)
 
     def group(self, user_id: Any = None, group_id: Any = None, traits: Mapping[str, Any] | None = None,
               context: Mapping[str, Any] | None = None, timestamp: Any = None, anonymous_id: Any = None,
@@ -193,29 +204,24 @@ class Client:
         _require_identity("group", user_id, anonymous_id)
         if group_id is None or group_id == "":
             raise DataError("group needs a `group_id`")
-        return self._call("group", user_id=user_id, anonymous_id=anonymous_id, group_id=group_id,
-                          traits=traits, context=context, timestamp=timestamp,
-                          integrations=integrations, message_id=message_id)
+        msg = {"type": "group", "groupId": m.stringify_id(group_id), "traits": _mapping("traits", traits)}
+        return self._common(msg, user_id, anonymous_id, context, timestamp, integrations, message_id)
 
     def page(self, user_id: Any = None, category: str | None = None, name: str | None = None,
              properties: Mapping[str, Any] | None = None, context: Mapping[str, Any] | None = None,
              timestamp: Any = None, anonymous_id: Any = None, integrations: Mapping[str, Any] | None = None,
              message_id: str | None = None) -> Enqueued:
         """Record a page view."""
-        _require_identity("page", user_id, anonymous_id)
-        return self._call("page", user_id=user_id, anonymous_id=anonymous_id, category=category, name=name,
-                          properties=properties, context=context, timestamp=timestamp,
-                          integrations=integrations, message_id=message_id)
+        return self._view("page", user_id, category, name, properties, context, timestamp, anonymous_id,
+                          integrations, message_id)
 
     def screen(self, user_id: Any = None, category: str | None = None, name: str | None = None,
                properties: Mapping[str, Any] | None = None, context: Mapping[str, Any] | None = None,
                timestamp: Any = None, anonymous_id: Any = None, integrations: Mapping[str, Any] | None = None,
                message_id: str | None = None) -> Enqueued:
         """Record a mobile screen view."""
-        _require_identity("screen", user_id, anonymous_id)
-        return self._call("screen", user_id=user_id, anonymous_id=anonymous_id, category=category, name=name,
-                          properties=properties, context=context, timestamp=timestamp,
-                          integrations=integrations, message_id=message_id)
+        return self._view("screen", user_id, category, name, properties, context, timestamp, anonymous_id,
+                          integrations, message_id)
 
     def alias(self, previous_id: Any = None, user_id: Any = None, context: Mapping[str, Any] | None = None,
               timestamp: Any = None, integrations: Mapping[str, Any] | None = None,
@@ -223,18 +229,36 @@ class Client:
         """Merge the identity ``previous_id`` into ``user_id``."""
         if previous_id is None or previous_id == "" or user_id is None or user_id == "":
             raise DataError("alias needs both `previous_id` and `user_id`")
-        return self._call("alias", previous_id=previous_id, user_id=user_id, context=context,
-                          timestamp=timestamp, integrations=integrations, message_id=message_id)
+        msg = {"type": "alias", "previousId": m.stringify_id(previous_id)}
+        return self._common(msg, user_id, None, context, timestamp, integrations, message_id)
 
-    def _call(self, call: str, **fields: Any) -> Enqueued:
-        if fields.get("timestamp") is None:
-            fields["timestamp"] = m.now_timestamp()
-        if fields.get("message_id") is None:
-            fields["message_id"] = f"{self._id_prefix}{next(self._ids)}"
+    def _view(self, call: str, user_id: Any, category: str | None, name: str | None,
+              properties: Mapping[str, Any] | None, context: Mapping[str, Any] | None, timestamp: Any,
+              anonymous_id: Any, integrations: Mapping[str, Any] | None, message_id: str | None) -> Enqueued:
+        _require_identity(call, user_id, anonymous_id)
+        msg: dict[str, Any] = {"type": call, "properties": _mapping("properties", properties)}
+        if name is not None:
+            msg["name"] = name
+        if category is not None:
+            msg["category"] = category
+        return self._common(msg, user_id, anonymous_id, context, timestamp, integrations, message_id)
+
+    def _common(self, msg: dict[str, Any], user_id: Any, anonymous_id: Any, context: Mapping[str, Any] | None,
+                timestamp: Any, integrations: Mapping[str, Any] | None, message_id: str | None) -> Enqueued:
+        """Fields every call has, filled in as Segment's library does (hot path: kept flat)."""
+        if user_id is not None:
+            msg["userId"] = user_id if type(user_id) is str else m.stringify_id(user_id)
+        if anonymous_id is not None:
+            msg["anonymousId"] = anonymous_id if type(anonymous_id) is str else m.stringify_id(anonymous_id)
         try:
-            msg = m.build(call, **fields)
+            msg["timestamp"] = m.now_timestamp() if timestamp is None else m.format_timestamp(timestamp)
         except TypeError as exc:
-            raise DataError(f"{call}: {exc}") from None
+            raise DataError(f"{msg['type']}: {exc}") from None
+        ctx = dict(_mapping("context", context)) if context else {}
+        ctx["library"] = {"name": "segloop", "version": m.LIBRARY["version"]}
+        msg["context"] = ctx
+        msg["integrations"] = _mapping("integrations", integrations)
+        msg["messageId"] = f"{self._id_prefix}{next(self._ids)}" if message_id is None else str(message_id)
         return self._submit(msg, None, None)
 
     def enqueue(self, message: Mapping[str, Any], ref: Any = None,
@@ -261,14 +285,16 @@ class Client:
         data = m.encode(msg)
         if isinstance(data, m.Rejection):
             return self._reject(msg, data, ref, listener)
-        if not self.send:
+        if not self.send:  # Segment's `send=False`: accepted, reported as not sent
+            with self._queue.lock:
+                self._queue.accepted += 1
+            self._complete([QueuedMessage(data, msg["messageId"], ref, listener)],
+                           Outcome("failed", "send_disabled", "the client was created with send=False"))
             return Enqueued(True, msg)
         if not self._started:
             self._ensure_started()
         item = QueuedMessage(data, msg["messageId"], ref, listener)
-        if self._queue.put(item, self.on_full == "block"):
-            with self._done_cond:
-                self._accepted += 1
+        if self._queue.put(item, self._block):
             return Enqueued(True, msg)
         with self._done_cond:
             self._report.dropped += 1
@@ -279,7 +305,9 @@ class Client:
 
     def _reject(self, msg: dict[str, Any], problem: m.Rejection, ref: Any,
                 listener: BatchListener | None) -> Enqueued:
-        log.warning("Segment message rejected before sending: %s", problem.detail)
+        rejected = self._report.rejected + 1
+        if rejected <= 10 or rejected % 1000 == 0:  # loud, but not once per row of a bad table
+            log.warning("Segment message rejected before sending (%d so far): %s", rejected, problem.detail)
         try:
             payload = m.dumps(msg)
         except TypeError:
@@ -298,7 +326,7 @@ class Client:
         """Current totals (a copy)."""
         with self._done_cond:
             r = self._report
-            return DeliveryReport(r.sent, r.rejected, r.failed, r.dropped, self._accepted - self._completed,
+            return DeliveryReport(r.sent, r.rejected, r.failed, r.dropped, self._queue.accepted - self._completed,
                                   dict(r.rejected_by_reason))
 
     def flush(self, timeout: float | None = None) -> DeliveryReport:
@@ -308,8 +336,8 @@ class Client:
         """
         if not self._started:
             return self.report()
-        with self._done_cond:
-            target = self._accepted
+        with self._queue.lock:
+            target = self._queue.accepted
         with self._queue.lock:
             self._queue.flushing += 1
             self._queue.not_empty.notify_all()
@@ -389,20 +417,23 @@ class Client:
                                               "the client shut down before these messages were sent"))
                 return
             try:
-                answer = post_batch(self._http, self.url, self.envelope, [i.payload for i in batch],
+                answer = post_batch(self._http, self.envelope, [i.payload for i in batch],
                                     gzip=self.gzip, attempt=attempt)
             finally:
                 self._throttle.release()
             if answer.kind == "ok":
                 self._throttle.succeeded()
                 self._complete(batch, Outcome("sent", http_status=answer.status))
+                self._refusals_in_a_row = 0
                 return
-            if answer.splittable and len(batch) > 1:
+            if answer.splittable and len(batch) > 1 and self._refusals_in_a_row < self.MAX_REFUSALS_IN_A_ROW:
                 half = len(batch) // 2
                 self._deliver(batch[:half])
                 self._deliver(batch[half:])
                 return
             if answer.kind == "final":
+                if answer.splittable and len(batch) == 1:
+                    self._refusals_in_a_row += 1
                 code = f"http_{answer.status}" if answer.status else "http_error"
                 self._complete(batch, Outcome("rejected", code, answer.detail, answer.status))
                 return
@@ -477,6 +508,16 @@ def _as_error(outcome: Outcome) -> Exception:
     if outcome.status == "rejected":
         return TerminalDeliveryError(text, status=outcome.http_status)
     return TransientDeliveryError(text, status=outcome.http_status)
+
+
+def _mapping(name: str, value: Mapping[str, Any] | None) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if type(value) is dict:
+        return value
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise DataError(f"`{name}` must be a dict, got {type(value).__name__}")
 
 
 def _require_identity(call: str, user_id: Any, anonymous_id: Any) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -160,8 +161,20 @@ def format_timestamp(value: Any) -> str:
     raise TypeError(f"timestamp must be a datetime or ISO-8601 string, got {type(value).__name__}")
 
 
+_now_cache: tuple[int, str] = (-1, "")
+
+
 def now_timestamp() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+    """The current UTC time as ISO-8601 with milliseconds (cached per millisecond: hot path)."""
+    global _now_cache
+    now = time.time()
+    ms = int(now * 1000)
+    cached = _now_cache
+    if cached[0] == ms:
+        return cached[1]
+    text = dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
+    _now_cache = (ms, text)
+    return text
 
 
 def build(
@@ -276,6 +289,29 @@ class RowMapping:
     timestamp: str | None = None
     context: Mapping[str, Any] | None = None
     namespace: tuple[str, ...] = field(default_factory=tuple)
+    _property_pairs: tuple[tuple[str, str], ...] | None = field(init=False, repr=False, compare=False)
+    _trait_pairs: tuple[tuple[str, str], ...] | None = field(init=False, repr=False, compare=False)
+    _id_hasher: Any = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.call not in CALL_TYPES or self.call == "alias":
+            raise ValueError(f"call must be one of track, identify, group, page, screen; got {self.call!r}")
+        if self.call == "track" and not self.event:
+            raise ValueError("a track call needs an `event` name")
+        if self.call == "group" and not self.group_id:
+            raise ValueError("a group call needs a `group_id` column")
+        if not self.customer_id and not self.anonymous_id:
+            raise ValueError("name a `customer_id` or an `anonymous_id` column")
+        props = tuple(_pairs(self.properties).items())
+        traits = tuple(_pairs(self.traits).items())
+        with_props = self.call in ("track", "page", "screen")
+        object.__setattr__(self, "_property_pairs", props if with_props else None)
+        object.__setattr__(self, "_trait_pairs", traits if not with_props else None)
+        hasher = hashlib.blake2b(digest_size=16)
+        for part in self.namespace:
+            text = "" if part is None else str(part)
+            hasher.update(f"{len(text)}:{text}\x1f".encode())
+        object.__setattr__(self, "_id_hasher", hasher)
 
     def columns(self) -> list[str]:
         """Every input column the mapping reads (for checking them against a table)."""
@@ -306,41 +342,56 @@ def render_row(row: Mapping[str, Any], mapping: RowMapping) -> Message | Rejecti
 
     ``{user_id: '162514333', iphone: 0.734}`` with ``call=track, event='Sales Prediction',
     properties=['iphone']`` -> ``{'type': 'track', 'userId': '162514333', 'event':
-    'Sales Prediction', 'properties': {'iphone': 0.734}, ...}``.
+    'Sales Prediction', 'properties': {'iphone': 0.734}, ...}``. The messageId equals
+    ``message_id(*mapping.namespace, userId or anonymousId, payload_hash(message))``.
     """
+    call = mapping.call
     user = row.get(mapping.customer_id) if mapping.customer_id else None
     anon = row.get(mapping.anonymous_id) if mapping.anonymous_id else None
-    if _is_missing(user) and _is_missing(anon):
+    user_missing = _is_missing(user)
+    anon_missing = _is_missing(anon)
+    if user_missing and anon_missing:
         cols = " or ".join(f"`{c}`" for c in (mapping.customer_id, mapping.anonymous_id) if c)
         return Rejection(MISSING_CUSTOMER_ID, f"column {cols} is empty in this row")
-    group = None
-    if mapping.call == "group":
+    msg: Message = {"type": call}
+    if call == "track":
+        msg["event"] = mapping.event
+    if mapping._property_pairs is not None:
+        msg["properties"] = {p: row.get(c) for c, p in mapping._property_pairs}
+    if mapping._trait_pairs is not None:
+        msg["traits"] = {t: row.get(c) for c, t in mapping._trait_pairs}
+    if call == "group":
         group = row.get(mapping.group_id) if mapping.group_id else None
         if _is_missing(group):
             return Rejection(INVALID, f"column `{mapping.group_id}` (group id) is empty in this row")
-    stamp = row.get(mapping.timestamp) if mapping.timestamp else None
+        msg["groupId"] = stringify_id(group)
+    key = None
+    if not user_missing:
+        key = msg["userId"] = user if type(user) is str else stringify_id(user)
+    if not anon_missing:
+        msg["anonymousId"] = aid = anon if type(anon) is str else stringify_id(anon)
+        key = key or aid
+    if mapping.timestamp:
+        stamp = row.get(mapping.timestamp)
+        if not (_is_missing(stamp) or _is_nat(stamp)):
+            try:
+                msg["timestamp"] = format_timestamp(stamp)
+            except TypeError as exc:
+                return Rejection(INVALID, f"column `{mapping.timestamp}`: {exc}")
+    context = dict(mapping.context) if mapping.context else {}
+    msg["context"] = context
+    msg["integrations"] = {}
+    # Hash before adding context.library: the same bytes payload_hash() would hash.
     try:
-        msg = build(
-            mapping.call,
-            user_id=None if _is_missing(user) else user,
-            anonymous_id=None if _is_missing(anon) else anon,
-            event=mapping.event,
-            properties={p: row.get(c) for c, p in _pairs(mapping.properties).items()},
-            traits={t: row.get(c) for c, t in _pairs(mapping.traits).items()},
-            group_id=group,
-            context=mapping.context,
-            timestamp=None if _is_missing(stamp) or _is_nat(stamp) else stamp,
-        )
-    except (TypeError, ValueError) as exc:
-        return Rejection(INVALID, str(exc))
-    problem = validate(msg)
-    if problem is not None:
-        return problem
-    key = msg.get("userId") or msg.get("anonymousId")
-    try:
-        msg["messageId"] = message_id(*mapping.namespace, key, payload_hash(msg))
+        content = canonical(msg)
     except TypeError as exc:
         return Rejection(UNSERIALISABLE, str(exc))
+    h = mapping._id_hasher.copy()
+    h.update(f"{len(key)}:{key}\x1f".encode())  # type: ignore[arg-type]
+    digest = hashlib.blake2b(content, digest_size=16).hexdigest()
+    h.update(f"{len(digest)}:{digest}\x1f".encode())
+    context["library"] = {"name": "segloop", "version": __version__}
+    msg["messageId"] = "sl-" + h.hexdigest()
     return msg
 
 

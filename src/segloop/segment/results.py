@@ -49,23 +49,32 @@ class Enqueued(tuple):  # type: ignore[type-arg]
     """``(ok, message)`` like Segment's library, but false when the message was not queued.
 
     ``if not client.track(...)`` works (Segment's tuple is always true), and so does
-    ``ok, msg = client.track(...)``. ``reason`` says why a message was not queued.
+    ``ok, msg = client.track(...)``. ``reason`` says why a message was not queued;
+    ``status`` is ``queued``, ``rejected`` (bad content) or ``dropped`` (queue full/closed).
     """
 
-    ok: bool
-    message: dict[str, Any]
-    reason: str | None
-    status: Literal["queued", "rejected", "dropped"]
+    reason: str | None = None
+    status: Literal["queued", "rejected", "dropped"] = "queued"
 
     def __new__(cls, ok: bool, message: dict[str, Any], reason: str | None = None,
                 status: Literal["queued", "rejected", "dropped"] | None = None) -> Enqueued:
-        self = super().__new__(cls, (ok, message))
-        self.ok, self.message, self.reason = ok, message, reason
-        self.status = status or ("queued" if ok else "dropped")
+        self = tuple.__new__(cls, (ok, message))
+        if not ok:  # the common, successful case stays a bare tuple (hot path)
+            self.reason = reason
+            self.status = status or "dropped"
         return self
 
+    @property
+    def ok(self) -> bool:
+        return bool(self[0])
+
+    @property
+    def message(self) -> dict[str, Any]:
+        result: dict[str, Any] = self[1]
+        return result
+
     def __bool__(self) -> bool:
-        return self.ok
+        return bool(self[0])
 
 
 @dataclass

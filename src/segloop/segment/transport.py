@@ -1,9 +1,10 @@
 """HTTP side of the sender: endpoints, request bodies, answers sorted into retry / final.
 
 Kept apart from the queueing so the policy (what is retried, how long to wait, how many
-requests may be in flight) can be read and tested on its own. The transport itself is
-httpx's: pass any ``httpx.BaseTransport``, or a plain function ``request -> response``
-(wrapped in ``httpx.MockTransport``) to fake Segment in tests.
+requests may be in flight) can be read and tested on its own. By default requests go out
+over kept-alive ``http.client`` connections (segment/direct.py, the cheapest per request);
+pass any ``httpx.BaseTransport``, or a plain function ``request -> response`` (wrapped in
+``httpx.MockTransport``) to send through httpx instead, e.g. to fake Segment in tests.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import gzip as gzip_module
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from typing import Protocol
 
 import httpx
 import orjson
@@ -113,16 +115,63 @@ class Answer:
         return self.kind == "final" and self.status in (400, 413, 422)
 
 
+class Sender(Protocol):
+    """Posts one request body; answers are already sorted (network errors are ``retry``)."""
+
+    def post(self, body: bytes, headers: dict[str, str]) -> Answer: ...
+
+    def close(self) -> None: ...
+
+
+class HttpxSender:
+    """Through an ``httpx.Client``: any httpx transport (tests, proxies from the environment)."""
+
+    def __init__(self, url: str, http: httpx.Client):
+        self.url = url
+        self.http = http
+
+    def post(self, body: bytes, headers: dict[str, str]) -> Answer:
+        try:
+            response = self.http.post(self.url, content=body, headers=headers)
+            response.read()
+        except httpx.TransportError as exc:
+            return Answer("retry", None, f"network error: {type(exc).__name__}: {exc}")
+        return classify(response.status_code, response.headers, response.text)
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def make_sender(url: str, transport: TransportLike | None, timeout: float, connections: int) -> Sender:
+    """The sender for a client: httpx when a transport is given or a proxy applies to ``url``,
+    else direct keep-alive connections (about half the CPU per request, see bench/README.md)."""
+    if transport is None and not _proxied(url):
+        from segloop.segment.direct import DirectSender
+
+        return DirectSender(url, timeout)
+    return HttpxSender(url, make_http_client(transport, timeout, connections))
+
+
+def _proxied(url: str) -> bool:
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    return bool(proxies.get(parts.scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(
+        parts.hostname or ""
+    )
+
+
 def post_batch(
-    http: httpx.Client,
-    url: str,
+    sender: Sender,
     envelope: Envelope,
     payloads: Sequence[bytes],
     *,
     gzip: bool = False,
     attempt: int = 0,
 ) -> Answer:
-    """POST one batch and sort the answer; network errors become ``retry`` answers."""
+    """POST one batch (fresh ``sentAt``, retry count header, optional gzip) and sort the answer."""
     body = envelope.body(payloads)
     headers = dict(envelope.headers)
     if attempt:
@@ -130,25 +179,20 @@ def post_batch(
     if gzip:
         body = gzip_module.compress(body, compresslevel=5)
         headers["Content-Encoding"] = "gzip"
-    try:
-        response = http.post(url, content=body, headers=headers)
-        response.read()
-    except httpx.TransportError as exc:
-        return Answer("retry", None, f"network error: {type(exc).__name__}: {exc}")
-    return classify(response)
+    return sender.post(body, headers)
 
 
-def classify(response: httpx.Response) -> Answer:
-    status = response.status_code
+def classify(status: int, headers: Mapping[str, str], text: str) -> Answer:
+    """Sort an HTTP answer: 2xx ok; 408, 429, 460 and 5xx (not 501/505) retry; the rest final."""
     if 200 <= status < 300:
         return Answer("ok", status, "")
-    detail = f"HTTP {status}: {_short(response.text)}"
+    detail = f"HTTP {status}: {_short(text)}"
     if status == 429 or status in (408, 460) or (500 <= status < 600 and status not in (501, 505)):
         return Answer(
             "retry",
             status,
             detail,
-            retry_after=parse_retry_after(response.headers),
+            retry_after=parse_retry_after(headers),
             rate_limited=status == 429,
         )
     if 300 <= status < 400:
@@ -161,7 +205,7 @@ def _short(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def parse_retry_after(headers: httpx.Headers) -> float | None:
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds to wait from ``Retry-After`` (seconds or HTTP date) or ``X-RateLimit-Reset``."""
     value = headers.get("Retry-After")
     if value:
