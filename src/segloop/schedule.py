@@ -383,3 +383,63 @@ def _unlock(handle: Any) -> None:
         _thread_locks[handle.name].release()
         return
     fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+# -- runs in background threads (the UI's "Run now" and the scheduler) ---------------------
+
+
+class BackgroundRuns:
+    """Starts pipeline runs in threads through the Pipeline facade.
+
+    A second trigger of a pipeline that is still running is not refused here: the run
+    itself finds the pipeline's lock taken, records itself as skipped (with its trigger)
+    and returns, so the history shows every trigger.
+    """
+
+    def __init__(self, workspace: Any):
+        self.workspace = workspace
+        self._threads: dict[str, list[threading.Thread]] = {}
+        self._lock = threading.Lock()
+        self.errors: dict[str, str] = {}
+        self.results: dict[str, Any] = {}  # pipeline -> last RunResult
+
+    def start(self, pipeline: str, trigger: str = "ui") -> threading.Thread:
+        thread = threading.Thread(target=self._run, args=(pipeline, trigger),
+                                  name=f"segloop-run-{pipeline}", daemon=True)
+        with self._lock:
+            self._threads.setdefault(pipeline, []).append(thread)
+        thread.start()
+        return thread
+
+    def _run(self, name: str, trigger: str) -> None:
+        from segloop.errors import SegloopError
+        from segloop.pipeline import Pipeline
+
+        try:
+            result = Pipeline.load(name, self.workspace).run(trigger=trigger, on_busy="skip")
+        except SegloopError as exc:  # recorded in history when the run started; logged anyway
+            self.errors[name] = str(exc)
+            log.error("%s run of pipeline `%s` failed: %s", trigger, name, exc)
+        except Exception:
+            self.errors[name] = "unexpected error; see the server log"
+            log.exception("%s run of pipeline `%s` crashed", trigger, name)
+        else:
+            self.results[name] = result
+            self.errors.pop(name, None)
+        finally:
+            with self._lock:
+                threads = self._threads.get(name, [])
+                current = threading.current_thread()
+                self._threads[name] = [t for t in threads if t is not current]
+
+    def active(self) -> list[str]:
+        with self._lock:
+            return sorted(name for name, threads in self._threads.items() if threads)
+
+    def join(self, timeout: float | None = None) -> None:
+        with self._lock:
+            threads = [t for group in self._threads.values() for t in group]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in threads:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            thread.join(left)
