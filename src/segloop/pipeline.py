@@ -136,8 +136,8 @@ class Pipeline:
 
         One run of a pipeline at a time: while another run holds the pipeline's lock, this
         one waits (``on_busy="wait"``) or is recorded as skipped (``on_busy="skip"``, what
-        the scheduler and the UI use). Afterwards the run report is written and alerts are
-        checked; neither can fail the run.
+        the scheduler and the UI use). Afterwards the run report is written to
+        `.segloop/runs/<run_id>/report.html` and alerts are checked; neither can fail the run.
         """
         from segloop.schedule import PipelineBusy, PipelineLock
 
@@ -153,8 +153,10 @@ class Pipeline:
         try:
             result = self._run(node, dry_run, reporter, trigger, options or {}, run_id)
         finally:
-            report = self._after_run(run_id, dry_run, options or {})
+            # Released as soon as the history says "finished", so a trigger that sees the
+            # run done is not turned away while the report is written.
             lock.release()
+            report = self._after_run(run_id, dry_run, options or {})
         result.report = report
         return result
 

@@ -342,6 +342,8 @@ def create_app(
     ]
     app = Starlette(routes=routes)
     app.state.ui = UiState(workspace, runs or BackgroundRuns(workspace), scheduler)
+    # Migrate the run history once, before threads race to create it.
+    app.state.ui.store().close()
     loopback = is_loopback(host)
     if not loopback and not token:
         raise SegloopError(f"the UI is bound to {host}, not loopback; it needs a token (set {TOKEN_ENV})")
