@@ -148,7 +148,11 @@ class Cron:
         return in_days and in_weekdays
 
     def next_after(self, after: datetime, tz: tzinfo) -> datetime:
-        """The first run time strictly after ``after`` (aware), as an aware datetime in ``tz``."""
+        """The first run time strictly after ``after`` (aware), in UTC.
+
+        UTC, not ``tz``: Python never finds a time inside a repeated DST hour equal to a
+        time of another zone, which would make an exact comparison lie.
+        """
         if after.tzinfo is None:
             raise ValueError("next_after needs an aware datetime")
         local = after.astimezone(tz)
@@ -160,7 +164,7 @@ class Cron:
                 for hour, minute in times:
                     candidate = _wall_time(day, hour, minute, tz)
                     if candidate is not None and candidate > after:
-                        return candidate
+                        return candidate.astimezone(UTC)
             day += timedelta(days=1)
         raise CronError(f"`{self.expression}` never runs (no matching day in {MAX_YEARS_AHEAD} years)")
 
