@@ -73,8 +73,8 @@ def alerts_block(**settings: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-def load(demo_template: Path, tmp_path: Path, text: str, name: str = "shop") -> Pipeline:
-    root = copy_workspace(demo_template, tmp_path / "ws", {name: text})
+def load(template: Path, tmp_path: Path, text: str, name: str = "shop") -> Pipeline:
+    root = copy_workspace(template, tmp_path / "ws", {name: text})
     return Pipeline.load(name, Workspace.load(root))
 
 

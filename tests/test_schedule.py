@@ -212,3 +212,37 @@ def test_second_trigger_is_skipped_and_recorded_or_waits(demo_template: Path, tm
     releaser.start()
     waited = pipeline.run(on_busy="wait")
     assert waited.ok and time.monotonic() - started >= 0.6
+
+
+def test_serve_scheduler_loop_rereads_files_and_starts_due_runs(demo_template: Path, tmp_path: Path) -> None:  # noqa: F811
+    from segloop.web.app import _scheduler_loop
+
+    root = copy_workspace(demo_template, tmp_path / "ws", {"shop": RFM_PIPELINE})
+    workspace = Workspace.load(root)
+    runs = BackgroundRuns(workspace)
+    clock = FakeClock(utc(2026, 1, 10, 1, 59, 30))
+    scheduler = Scheduler(trigger=lambda name: runs.start(name, "schedule"), clock=clock, max_sleep=0.1)
+    stop = threading.Event()
+    loop = threading.Thread(target=_scheduler_loop, args=(scheduler, workspace, stop), daemon=True)
+    loop.start()
+    try:
+        time.sleep(0.3)
+        assert scheduler.jobs == {}  # no pipeline has a schedule yet
+        # a schedule added to the file while serving is picked up without a restart
+        (root / "pipelines" / "shop.yml").write_text(RFM_PIPELINE + 'schedule: "0 2 * * *"\n')
+        deadline = time.monotonic() + 10
+        while "shop" not in scheduler.jobs and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert scheduler.jobs["shop"].next_run == utc(2026, 1, 10, 2, 0)
+        clock.advance(seconds=30)
+        deadline = time.monotonic() + 10
+        while scheduler.jobs["shop"].last_fired is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        loop.join(5)
+        runs.join(60)
+    store = RunStore(workspace.state_dir / "state.db")
+    triggers = [run.trigger for run in store.list_runs("shop")]
+    store.close()
+    assert triggers == ["schedule"]
