@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -38,7 +37,7 @@ def handle_errors(func: F) -> F:
             if _state["debug"]:
                 raise
             for line in str(exc).splitlines() or [type(exc).__name__]:
-                err_console.print(f"[red]error:[/red] {line}", highlight=False, markup=True)
+                err_console.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -119,10 +118,10 @@ def validate(
         except ConfigErrors as exc:
             failed += 1
             for err in exc.errors:
-                err_console.print(f"[red]error:[/red] {err}", highlight=False)
+                err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         except ConfigError as exc:
             failed += 1
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         else:
             console.print(f"[green]ok[/green] {file}: pipeline `{pipeline.name}`, "
                           f"{len(pipeline.nodes)} nodes ({' -> '.join(pipeline.topological_order())})")
@@ -152,7 +151,7 @@ def run(
     if not result.ok:
         for failed in result.nodes:
             if failed.status == "failed":
-                err_console.print(f"[red]error:[/red] {failed.error}", highlight=False)
+                err_console.print(f"[red]error:[/red] {failed.error}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -206,6 +205,184 @@ def demo_data(
         f"{stats.customers:,} customers and {stats.anonymous_visitors:,} anonymous visitors, "
         f"{stats.orders:,} orders, in {stats.seconds:.1f}s"
     )
+
+
+
+@app.command()
+@handle_errors
+def query(
+    sql: str = typer.Argument(..., help="A SELECT in the warehouse's dialect."),
+    warehouse: str = typer.Option(None, "--warehouse", "-w", help="Warehouse name from segloop.yml."),
+    limit: int = typer.Option(50, "--limit", help="Rows to show at most."),
+) -> None:
+    """Run a query in the workspace's warehouse and print the first rows."""
+    from rich.table import Table
+
+    from segloop.config import Workspace
+    from segloop.warehouse import Warehouse
+
+    workspace = Workspace.find()
+    with Warehouse.connect(workspace.warehouse_config(warehouse), workspace.root) as wh:
+        try:
+            result = wh.to_arrow(wh.sql(sql), limit=limit)
+        except SegloopError:
+            raise
+        except Exception as exc:
+            raise SegloopError(f"query failed in the {wh.dialect} warehouse: {str(exc).splitlines()[0]}") from None
+    table = Table()
+    for name in result.column_names:
+        table.add_column(name)
+    for row in result.to_pylist():
+        table.add_row(*("" if v is None else f"{v:,.2f}" if isinstance(v, float) else str(v) for v in row.values()))
+    console.print(table)
+
+
+
+@app.command()
+@handle_errors
+def preview(
+    pipeline: str = typer.Argument(..., help="Pipeline file, or its name in pipelines/."),
+    node: str = typer.Argument(..., help="A Segment node of that pipeline."),
+    rows: int = typer.Option(5, "--rows", help="How many payloads to show."),
+) -> None:
+    """Show what the next run of a Segment node would send, sending nothing."""
+    import orjson
+
+    from segloop.pipeline import Pipeline
+
+    result = Pipeline.load(pipeline).preview(node, rows)
+    payloads = result.pop("payloads")
+    counts = ", ".join(f"{k}={v:,}" for k, v in result.items() if isinstance(v, int))
+    console.print(f"[bold]{node}[/bold] next run: {counts}", highlight=False)
+    for payload in payloads:
+        console.print_json(orjson.dumps(payload, default=str).decode())
+
+
+# -- segment collector and raw archives ---------------------------------------------------
+
+
+def _open_warehouse(warehouse: str | None, duckdb: Path | None) -> Any:
+    """The warehouse named in segloop.yml, or a DuckDB file given with --duckdb."""
+    from segloop.config import Workspace
+    from segloop.warehouse import Warehouse
+
+    if duckdb is not None:
+        return Warehouse.duckdb(duckdb)
+    workspace = Workspace.find()
+    return Warehouse.connect(workspace.warehouse_config(warehouse), workspace.root)
+
+
+def _collector_keys(cli_keys: list[str], yml_keys: dict[str, str]) -> dict[str, str]:
+    """write key -> source schema, from --key KEY=SCHEMA and segloop.yml's `collector.keys`.
+
+    A key written as ${NAME} (in the file it must be) is read from the environment, so
+    write keys need not appear in files or in the process list.
+    """
+    from segloop.errors import ConfigError
+    from segloop.secrets import ENV_REF, resolve_secret
+
+    keys: dict[str, str] = {}
+    for ref, source in yml_keys.items():
+        keys[resolve_secret(ref, "collector.keys in segloop.yml").get_secret_value()] = source
+    for item in cli_keys:
+        key, sep, source = item.rpartition("=")
+        if not sep or not key or not source:
+            raise ConfigError(f"--key must look like WRITE_KEY=SOURCE_SCHEMA, not `{item.split('=')[0]}=...`")
+        if ENV_REF.match(key):
+            key = resolve_secret(key, "--key").get_secret_value()
+        keys[key] = source
+    return keys
+
+
+@app.command()
+@handle_errors
+def reset(
+    pipeline: str = typer.Argument(..., help="Pipeline file, or its name in pipelines/."),
+    node: str = typer.Argument(..., help="A Segment node of that pipeline."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Forget a Segment node's sync state: its next run sends every row again."""
+    from segloop.pipeline import Pipeline
+
+    loaded = Pipeline.load(pipeline)
+    if not yes and not typer.confirm(f"Forget what `{node}` sent? Its next run re-sends every row."):
+        raise typer.Exit(1)
+    loaded.reset(node)
+    console.print(f"Sync state of `{node}` forgotten; the next run sends every row.")
+
+
+@app.command()
+@handle_errors
+def collector(
+    port: int = typer.Option(None, "--port", help="Port to listen on (0 picks a free one); default 8088."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    key: list[str] = typer.Option([], "--key", help="WRITE_KEY=SOURCE_SCHEMA (repeatable); KEY may be ${ENV_VAR}."),
+    data: Path = typer.Option(None, "--data", help="Folder for the archive and dedupe state; default .segloop/collector."),
+    dedupe_window: str = typer.Option("24h", "--dedupe-window", help="Drop a messageId seen within this long (0 turns dedupe off)."),
+    load_every: str = typer.Option(None, "--load-every", help="Load the archive into the warehouse this often, e.g. 60s."),
+    warehouse: str = typer.Option(None, "--warehouse", "-w", help="Warehouse name from segloop.yml (for --load-every)."),
+    duckdb: Path = typer.Option(None, "--duckdb", help="Load into this DuckDB file instead of a named warehouse."),
+    latency_ms: int = typer.Option(0, "--latency-ms", help="Dev fault: wait this long before answering."),
+    fail_rate: float = typer.Option(0.0, "--fail-rate", help="Dev fault: answer this fraction of requests with 500."),
+    rate_limit: int = typer.Option(None, "--rate-limit", help="Dev fault: 429 + Retry-After above N requests/s."),
+) -> None:
+    """Run a Segment-compatible HTTP Tracking API that archives what it accepts (200 = on disk)."""
+    from segloop.config import Workspace
+    from segloop.segment.collector import CollectorSettings, parse_duration, run_forever
+
+    workspace = Workspace.find()
+    yml = workspace.config.collector
+    keys = _collector_keys(key, dict(yml.keys) if yml else {})
+    data_dir = data or workspace.root / (yml.data if yml else ".segloop/collector")
+    loader = None
+    every = parse_duration(load_every) if load_every else None
+    if every:
+        from segloop.segment.loader import load_archive
+
+        wh = _open_warehouse(warehouse, duckdb)
+        loader = lambda folder: load_archive(wh, folder / "segment-logs")  # noqa: E731
+    settings = CollectorSettings(
+        keys=keys,
+        data_dir=Path(data_dir),
+        dedupe_window_s=parse_duration(dedupe_window),
+        latency_ms=latency_ms,
+        fail_rate=fail_rate,
+        rate_limit=rate_limit,
+        load_every_s=every,
+        loader=loader,
+    )
+    sources = ", ".join(sorted(set(keys.values())))
+
+    def announce(url: str) -> None:
+        # First stdout line is the URL, so scripts starting it with --port 0 can read it.
+        print(url, flush=True)
+        err_console.print(f"collector listening on {url} for {sources}; archive in {data_dir}")
+
+    run_forever(settings, host, port if port is not None else (yml.port if yml else 8088), announce)
+
+
+@app.command("load-archive")
+@handle_errors
+def load_archive_command(
+    path: Path = typer.Argument(..., help="A .gz archive file or a folder (e.g. segment-logs/)."),
+    warehouse: str = typer.Option(None, "--warehouse", "-w", help="Warehouse name from segloop.yml."),
+    schema: str = typer.Option(None, "--schema", help="Target schema (default: the source folder name)."),
+    duckdb: Path = typer.Option(None, "--duckdb", help="Load into this DuckDB file instead of a named warehouse."),
+) -> None:
+    """Load Segment raw archives into the warehouse in Segment's schema (new bytes only)."""
+    from segloop.segment.loader import load_archive
+
+    with _open_warehouse(warehouse, duckdb) as wh:
+        result = load_archive(wh, path, schema=schema)
+    console.print(
+        f"Loaded {result.messages:,} messages from {result.files_loaded} files "
+        f"({result.files_skipped} already loaded) into {', '.join(result.schemas) or 'nothing'}; "
+        f"{result.duplicates:,} duplicates skipped"
+    )
+    for table, rows in sorted(result.rows_inserted.items()):
+        console.print(f"  {table}: +{rows:,} rows")
+    if result.torn_files:
+        console.print(f"[yellow]{len(result.torn_files)} files end in an incomplete gzip member; their tail loads once complete[/yellow]")
 
 
 # -- reports, UI, scheduler (issue 9) ----------------------------------------------------
@@ -275,4 +452,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -71,8 +71,13 @@ def load_yaml(text: str, file: str | Path = "<string>") -> YamlDoc:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
         problem = exc.problem or str(exc)
+        if exc.context_mark is not None and "<stream end>" in problem:
+            # An unclosed bracket or quote is reported at the end of the file; the line
+            # that opened it is the one to fix.
+            problem = f"{problem} ({exc.context} on line {exc.context_mark.line + 1} is never closed)"
+            mark = exc.context_mark
+        line = mark.line + 1 if mark else None
         raise ConfigError(f"invalid YAML: {problem}", file, line) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", file) from None
@@ -111,15 +116,17 @@ class CollectorConfig(BaseModel):
     data: str = ".segloop/collector"
 
 
+def _default_warehouses() -> dict[str, AnyWarehouseConfig]:
+    return {"default": DuckDBConfig()}
+
+
 class WorkspaceConfig(BaseModel):
     """`segloop.yml`: named warehouses (the first or `default` is used when a pipeline names none)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str | None = None
-    warehouses: dict[str, AnyWarehouseConfig] = Field(
-        default_factory=lambda: {"default": DuckDBConfig()}
-    )
+    warehouses: dict[str, AnyWarehouseConfig] = Field(default_factory=_default_warehouses)
     pipelines: str = "pipelines"
     collector: CollectorConfig | None = None
 
@@ -353,7 +360,7 @@ def parse_pipeline(text: str, file: str | Path = "<string>") -> PipelineConfig:
     options = _parse_options(data, doc, errors)
     if errors:
         raise ConfigErrors(errors)
-    pipeline = PipelineConfig(name=name, warehouse=data.get("warehouse"), description=data.get("description"), nodes=nodes, **options)
+    pipeline = PipelineConfig(name=str(name), warehouse=data.get("warehouse"), description=data.get("description"), nodes=nodes, **options)
     try:
         pipeline.topological_order()
     except ConfigError as exc:

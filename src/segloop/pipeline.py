@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -227,6 +227,38 @@ class Pipeline:
             store.close()
         return run
 
+    def _segment_node(self, node: str) -> Any:
+        config = self.config.nodes.get(node)
+        if config is None or config.type != "segment":
+            segment_nodes = [n for n, c in self.config.nodes.items() if c.type == "segment"]
+            raise ConfigError(
+                f"`{node}` is not a Segment node of pipeline `{self.name}` "
+                f"(Segment nodes: {', '.join(segment_nodes) or 'none'})",
+                self.file,
+            )
+        return NODE_TYPES[config.type](config)
+
+    def preview(self, node: str, rows: int = 5) -> dict[str, Any]:
+        """What the next run of a Segment node would send: counts by category and payloads.
+
+        Reads the upstream outputs of the last run and sends nothing.
+        """
+        operator = self._segment_node(node)
+        with self.connect() as warehouse:
+            ctx = RunContext(warehouse=warehouse, pipeline=self.name, node=node, run_id="preview",
+                             dry_run=True, workspace=self.workspace)
+            inputs = {up: self._input_table(warehouse, up) for up in self.config.upstream_of(node)}
+            result: dict[str, Any] = operator.preview(inputs, ctx, rows)
+            return result
+
+    def reset(self, node: str) -> None:
+        """Forget a Segment node's sync state: its next run sends every row."""
+        from segloop.segment.sync import SyncState
+
+        self._segment_node(node)
+        with self.connect() as warehouse:
+            SyncState(warehouse, self.name, node).reset()
+
     # -- one node ------------------------------------------------------------------------
 
     def _run_node(
@@ -258,7 +290,7 @@ class Pipeline:
             node=name,
             run_id=run_id,
             dry_run=dry_run,
-            progress=lambda advance, total=None: reporter.node_progress(name, advance, total),
+            progress=partial(reporter.node_progress, name),
             workspace=self.workspace,
             options={**options, "pipeline_nodes": set(upstream), "pipeline_file": self.file},
         )

@@ -191,6 +191,14 @@ class FakeSegment(Operator):
         })
 
 
+    def preview(self, inputs: dict[str, Any], ctx: RunContext, rows: int = 5) -> dict[str, Any]:
+        """Like the Segment node's: counts of the next run and a few payloads, sending nothing."""
+        output = self.run(inputs, ctx)
+        metrics = dict(output.metrics)
+        return {"rows": metrics["rows"], "to_send": metrics["would_send"],
+                "payloads": metrics["sample_payloads"][:rows]}
+
+
 FAKE_TYPES: tuple[type[Operator], ...] = (FakeClv, FakePropensity, FakeClusters, FakeRecommend, FakeSegment)
 
 

@@ -102,13 +102,15 @@ def test_segment_preview_sends_nothing_and_shows_redacted_payloads(client: TestC
     assert page.text.count('<pre class="payload">') == 2
     assert "RFM Segment" in page.text
     assert WRITE_KEY not in page.text and "[secure]" in page.text
-    assert re.search(r"<th>sent</th><td class=\"num\">0</td>", page.text)  # a dry run sends nothing
     store = RunStore(workspace.state_dir / "state.db")
-    runs = {run.id: run for run in store.list_runs("demo", 5)}
+    run = store.get_run(first)
+    runs = store.list_runs("demo", 5)
     store.close()
-    assert len(runs) == 2 and not runs[first].dry_run
-    (preview_run,) = (run for run_id, run in runs.items() if run_id != first)
-    assert preview_run.dry_run and preview_run.trigger == "preview"
+    to_send = run.nodes[-1].metrics["would_send"]
+    assert re.search(rf'<th>to_send</th><td class="num">{to_send:,}</td>', page.text)
+    assert [r.id for r in runs] == [first]  # a preview is not a run
+    not_segment = client.post("/pipelines/demo/nodes/rfm/preview")
+    assert "`rfm` is not a Segment node of pipeline `demo` (Segment nodes: to_segment)" in not_segment.text
 
 
 def test_loopback_ui_refuses_foreign_hosts_and_cross_origin_posts(client: TestClient) -> None:

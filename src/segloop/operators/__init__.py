@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
 from segloop.operators.rfm import RfmOperator
+from segloop.operators.segment import SegmentOperator
 from segloop.operators.sql import SqlOperator
 
 NODE_TYPES: dict[str, type[Operator]] = {
@@ -16,6 +17,7 @@ NODE_TYPES: dict[str, type[Operator]] = {
     for op in (
         SqlOperator,
         RfmOperator,
+        SegmentOperator,
     )
 }
 

@@ -45,6 +45,7 @@ log = logging.getLogger("segloop")
 TOKEN_ENV = "SEGLOOP_UI_TOKEN"
 TOKEN_COOKIE = "segloop_token"
 TABLE_PREVIEW_ROWS = 100
+PREVIEW_ROWS = 5
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 
 
@@ -221,28 +222,13 @@ def _cell(redact: Redactor, value: Any) -> str:
     return redact.text(str(redact.value(value)) if value is not None else "")
 
 
-def preview_node(pipeline: Pipeline, node: str) -> dict[str, Any]:
-    """What a Segment node would send, without sending.
-
-    HOOK for the lead: when `segloop preview` (sync issue) lands as a facade method, call it
-    here (e.g. ``pipeline.preview(node, rows=5)``) and return its counts and payloads. Until
-    then this runs the node through the facade with ``dry_run=True``, which the Segment node
-    honours by rendering payloads and sending nothing; the dry run is recorded with
-    trigger `preview`.
-    """
-    preview = getattr(pipeline, "preview", None)
-    if callable(preview):
-        result = preview(node)
-        return result if isinstance(result, dict) else {"result": result}
-    run = pipeline.run(node=node, dry_run=True, trigger="preview", on_busy="skip")
-    if run.skipped:
-        return {"run_id": run.run_id, "error": run.skipped, "metrics": {}, "payloads": []}
-    outcome = run.node(node)
+def preview_node(pipeline: Pipeline, node: str, rows: int = PREVIEW_ROWS) -> dict[str, Any]:
+    """What a Segment node would send next, sending nothing: `segloop preview` for the page."""
+    result = dict(pipeline.preview(node, rows))
     redact = Redactor.for_pipeline(pipeline)
-    metrics = redact.value(outcome.metrics)
-    payloads = metrics.pop("sample_payloads", []) if isinstance(metrics, dict) else []
-    return {"run_id": run.run_id, "error": outcome.error, "status": outcome.status,
-            "metrics": metrics, "payloads": payloads if isinstance(payloads, list) else []}
+    payloads = result.pop("payloads", [])
+    return {"error": None, "metrics": redact.value(result),
+            "payloads": redact.value(payloads) if isinstance(payloads, list) else []}
 
 
 async def preview(request: Request) -> Response:

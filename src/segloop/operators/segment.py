@@ -1,0 +1,345 @@
+"""Node `segment`: the Segment action. Rows of an upstream table become track/identify/group calls.
+
+What users know from reverse-ETL tools: a write key, a table (``input``), a call, an event
+name, the properties (columns) and the customer id column. A row
+``{user_id: '162514333', iphone: 0.734, apple_watch: 0.812}`` with ``call: track``,
+``event: Sales Prediction`` and ``properties: [iphone, apple_watch]`` becomes
+``track('162514333', 'Sales Prediction', {'iphone': 0.734, 'apple_watch': 0.812})``.
+
+Only new, changed and unacknowledged rows are sent (``mode: diff``, see segment/sync.py);
+each acknowledged batch is checkpointed, so a killed run resumes where it stopped, and
+message ids are deterministic, so whatever is sent twice is dropped by Segment's dedupe.
+Rejected and failed rows go to ``<pipeline>__<node>__rejects`` with the reason and payload.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import orjson
+from pydantic import Field, model_validator
+
+from segloop.errors import ConfigError
+from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
+from segloop.operators.columns import require_columns
+from segloop.secrets import ENV_REF, SecretRef, resolve_secret
+
+if TYPE_CHECKING:  # pragma: no cover
+    import ibis.expr.types as ir
+    import pyarrow as pa
+
+    from segloop.segment.messages import RowMapping
+    from segloop.segment.results import Outcome, QueuedMessage
+    from segloop.segment.sync import Ack, SyncPlan, SyncState
+
+Columns = list[str] | dict[str, str]
+
+
+class SegmentConfig(NodeConfig):
+    type: Literal["segment"] = "segment"
+    write_key: SecretRef | None = Field(default=None, description="The source's write key, as ${ENV_VAR}.")
+    call: Literal["track", "identify", "group"] = "track"
+    event: str | None = Field(default=None, description="Track event name, e.g. `Sales Prediction`.")
+    properties: Columns | None = Field(default=None, description="Columns sent as track properties.")
+    traits: Columns | None = Field(default=None, description="Columns sent as identify/group traits.")
+    customer_id: str = Field(default="user_id", description="Column sent as userId.")
+    anonymous_id: str | None = None
+    group_id: str | None = None
+    timestamp: str | None = None
+    context: dict[str, Any] | None = None
+    region: Literal["us", "eu"] = "us"
+    endpoint: str | None = Field(
+        default=None,
+        description="Another endpoint, e.g. a local collector; a URL or ${ENV_VAR} naming one.",
+    )
+    gzip: bool = False
+    mode: Literal["diff", "full"] = "diff"
+    on_removed: str | None = Field(
+        default=None,
+        description="Track event sent for customers gone since the last run, or `null_traits` "
+        "to send an identify with the mapped traits set to null.",
+    )
+    upload_size: int = Field(default=100, ge=1, le=2500)
+    upload_interval: float = 0.5
+    max_in_flight: int | None = Field(default=None, ge=1, le=64)
+    max_retries: int = 10
+    max_retry_time: float = 600.0
+    timeout: float = 15.0
+
+    @model_validator(mode="after")
+    def _check_call(self) -> SegmentConfig:
+        if self.call == "track" and not self.event:
+            raise ValueError("a track call needs `event:` (the event name, e.g. Sales Prediction)")
+        if self.call == "track" and self.traits:
+            raise ValueError("track sends `properties:`, not `traits:`")
+        if self.call in ("identify", "group") and self.properties:
+            raise ValueError(f"{self.call} sends `traits:`, not `properties:`")
+        if self.call == "group" and not self.group_id:
+            raise ValueError("a group call needs `group_id:` (the column holding the group id)")
+        if self.on_removed == "null_traits" and self.call != "identify":
+            raise ValueError("`on_removed: null_traits` works with `call: identify`")
+        return self
+
+    def fingerprint(self) -> str:
+        """Everything about the mapping that changes the payload; a change re-sends every row."""
+        fields = ("call", "event", "properties", "traits", "customer_id", "anonymous_id",
+                  "group_id", "timestamp", "context")
+        return orjson.dumps({f: getattr(self, f) for f in fields}, option=orjson.OPT_SORT_KEYS).decode()
+
+
+class SegmentOperator(Operator):
+    """Sends an upstream table to Segment; records per-row state for the next run."""
+
+    type_name: ClassVar[str] = "segment"
+    config_model: ClassVar[type[NodeConfig]] = SegmentConfig
+    CHECKPOINT_EVERY_ROWS: ClassVar[int] = 5_000
+    CHECKPOINT_EVERY_SECONDS: ClassVar[float] = 0.25
+    SAMPLE_PAYLOADS: ClassVar[int] = 3
+
+    @property
+    def cfg(self) -> SegmentConfig:
+        assert isinstance(self.config, SegmentConfig)  # noqa: S101 - type narrowing
+        return self.config
+
+    # -- mapping -------------------------------------------------------------------------
+
+    def mapping(self, ctx: RunContext) -> RowMapping:
+        from segloop.segment.messages import RowMapping
+
+        cfg = self.cfg
+        return RowMapping(
+            call=cfg.call, customer_id=cfg.customer_id, event=cfg.event,
+            properties=cfg.properties, traits=cfg.traits, anonymous_id=cfg.anonymous_id,
+            group_id=cfg.group_id, timestamp=cfg.timestamp, context=cfg.context,
+            namespace=(ctx.pipeline, ctx.node),
+        )
+
+    def _plan(self, inputs: dict[str, ir.Table], ctx: RunContext) -> tuple[SyncState, SyncPlan, ir.Table, int]:
+        from segloop.segment.sync import SyncState
+
+        source_name, source = next(iter(inputs.items()))
+        columns = self.mapping(ctx).columns()
+        require_columns(source, {f"column {c}": c for c in columns}, node=ctx.node, source=source_name)
+        narrow = source.select(*columns)
+        state = SyncState(ctx.warehouse, ctx.pipeline, ctx.node, ctx.run_id)
+        key_columns = [self.cfg.customer_id]
+        payload_columns = [c for c in columns if c != self.cfg.customer_id]
+        plan = state.plan(narrow, key_columns, payload_columns, self.cfg.fingerprint(), self.cfg.mode)
+        rows = sum(plan.counts.values())
+        return state, plan, narrow, rows
+
+    # -- run -----------------------------------------------------------------------------
+
+    def run(self, inputs: dict[str, ir.Table], ctx: RunContext) -> NodeOutput:
+        state, plan, narrow, rows = self._plan(inputs, ctx)
+        metrics = self._plan_metrics(plan, rows)
+        if ctx.dry_run:
+            samples = self.render_samples(state, ctx)
+            metrics.update(dry_run=True, sent=0, sample_payloads=samples)
+            return NodeOutput(rows=rows, metrics=metrics)
+        write_key = resolve_secret(self.cfg.write_key, f"node `{ctx.node}`") if self.cfg.write_key else None
+        if write_key is None:
+            raise ConfigError(f"node `{ctx.node}`: `write_key:` is missing; set it to ${{SEGMENT_WRITE_KEY}}")
+        delivery = _Delivery(self, state, ctx)
+        summary = delivery.send(self._messages(state, ctx, delivery), write_key.get_secret_value(), plan.to_send)
+        removed_sent = 0
+        if self.cfg.on_removed and plan.removed_keys:
+            removed = delivery.send(self._removed_messages(state, narrow, ctx),
+                                    write_key.get_secret_value(), plan.removed_keys)
+            removed_sent = removed.sent
+        state.checkpoint()
+        state.compact()
+        metrics.update(
+            sent=summary.sent + removed_sent, rejected=delivery.rejected, failed=delivery.failed,
+            rejected_by_reason=delivery.reasons("rejected"), failed_by_reason=delivery.reasons("failed"),
+            removed_sent=removed_sent, messages_per_second=round(summary.messages_per_second, 1),
+            sample_payloads=delivery.samples,
+        )
+        if delivery.rejected or delivery.failed:
+            ctx.warn(f"{delivery.rejected} rows rejected and {delivery.failed} failed; they are in "
+                     f"{ctx.table_name('rejects')} with the reason (failed rows are retried next run)")
+        return NodeOutput(rows=rows, metrics=metrics)
+
+    def _plan_metrics(self, plan: SyncPlan, rows: int) -> dict[str, Any]:
+        c = plan.counts
+        return {
+            "mode": plan.mode, "rows": rows, "new": c.get("new", 0), "changed": c.get("changed", 0),
+            "retried": c.get("retry", 0), "unchanged": c.get("unchanged", 0),
+            "skipped": c.get("unchanged", 0) if plan.mode == "diff" else 0,
+            "duplicate_keys": c.get("duplicate", 0), "missing_key": c.get("no_key", 0),
+            "removed": plan.removed_keys, "to_send": plan.to_send,
+        }
+
+    def _messages(self, state: SyncState, ctx: RunContext, delivery: _Delivery) -> Iterator[tuple[Any, Any]]:
+        from segloop.segment.messages import render_row
+
+        mapping = self.mapping(ctx)
+        for chunk in state.pending_chunks():
+            for i, row in enumerate(chunk.to_pylist()):
+                yield (row["_key"], row["_hash"], row), render_row(row, mapping)
+                if i % 512 == 511:
+                    delivery.maybe_checkpoint()
+            delivery.maybe_checkpoint()
+
+    def _removed_messages(self, state: SyncState, narrow: ir.Table, ctx: RunContext) -> Iterator[tuple[Any, Any]]:
+        from segloop.segment.messages import build, message_id, payload_hash
+
+        wh = ctx.warehouse
+        expr = state.removed_keys_expr(narrow, [self.cfg.customer_id])
+        traits = list(self.cfg.traits or [])
+        for batch in wh.to_batches(expr):
+            for row in batch.to_pylist():
+                if self.cfg.on_removed == "null_traits":
+                    names = traits if isinstance(self.cfg.traits, list) else list((self.cfg.traits or {}).values())
+                    msg = build("identify", user_id=row["key"], traits=dict.fromkeys(names), context=self.cfg.context)
+                else:
+                    msg = build("track", user_id=row["key"], event=self.cfg.on_removed, context=self.cfg.context)
+                msg["messageId"] = message_id(ctx.pipeline, ctx.node, "removed", row["key"], payload_hash(msg))
+                yield (row["key"], row["payload_hash"], {"_removed": True}), msg
+
+    def render_samples(self, state: SyncState, ctx: RunContext, limit: int | None = None) -> list[dict[str, Any]]:
+        """The first payloads the next run would send (for --dry-run and `segloop preview`)."""
+        from segloop.segment.messages import Rejection, render_row
+
+        mapping = self.mapping(ctx)
+        wanted = limit or self.SAMPLE_PAYLOADS
+        samples: list[dict[str, Any]] = []
+        for chunk in state.pending_chunks(rows=wanted):
+            for row in chunk.to_pylist():
+                message = render_row(row, mapping)
+                if isinstance(message, Rejection):
+                    samples.append({"rejected": message.reason, "detail": message.detail, "key": row["_key"]})
+                else:
+                    samples.append(message)
+            break
+        return samples[:wanted]
+
+    def preview(self, inputs: dict[str, ir.Table], ctx: RunContext, rows: int = 5) -> dict[str, Any]:
+        state, plan, _narrow, total = self._plan(inputs, ctx)
+        return {**self._plan_metrics(plan, total), "payloads": self.render_samples(state, ctx, rows)}
+
+
+class _Delivery:
+    """Sends through a Client, turns outcomes into checkpoints and rejects rows."""
+
+    def __init__(self, op: SegmentOperator, state: SyncState, ctx: RunContext):
+        self.op, self.state, self.ctx = op, state, ctx
+        self.lock = threading.Lock()
+        self.rejects: list[dict[str, Any]] = []
+        self.rejected = self.failed = 0
+        self._reasons: dict[tuple[str, str], int] = {}
+        self.samples: list[dict[str, Any]] = []
+        self.last_checkpoint = time.monotonic()
+        self.rejects_table = ctx.table_name("rejects")
+        ctx.warehouse.create_table(self.rejects_table, _rejects_table([]))
+
+    def send(self, messages: Iterator[tuple[Any, Any]], write_key: str, total: int) -> Any:
+        from segloop.segment.client import Client
+        from segloop.segment.sending import send_messages
+
+        cfg = self.op.cfg
+        options: dict[str, Any] = {}
+        if cfg.max_in_flight:
+            options["max_in_flight"] = cfg.max_in_flight
+        transport = self.ctx.options.get("segment_transport")
+        endpoint = cfg.endpoint
+        if endpoint and ENV_REF.match(endpoint):
+            endpoint = resolve_secret(endpoint, f"node `{self.ctx.node}` endpoint").get_secret_value()
+        client = Client(
+            write_key, host=endpoint, region=cfg.region, upload_size=cfg.upload_size,
+            upload_interval=cfg.upload_interval, on_full="block", gzip=cfg.gzip,
+            max_retries=cfg.max_retries, max_retry_time=cfg.max_retry_time, timeout=cfg.timeout,
+            transport=transport, **options,
+        )
+        self.ctx.progress(0, total)
+        try:
+            summary = send_messages(self._sampled(messages), client, on_result=self.on_result,
+                                    progress=lambda n: self.ctx.progress(n, None))
+        finally:
+            client.shutdown()
+        self.maybe_checkpoint(force=True)
+        return summary
+
+    def _sampled(self, messages: Iterator[tuple[Any, Any]]) -> Iterator[tuple[Any, Any]]:
+        for ref, message in messages:
+            if len(self.samples) < self.op.SAMPLE_PAYLOADS and isinstance(message, dict):
+                self.samples.append(message)
+            yield ref, message
+
+    def on_result(self, items: list[QueuedMessage], outcome: Outcome) -> None:
+        """Called from sender threads (and the main thread for local rejections)."""
+        from segloop.segment.sync import FAILED, REJECTED, REMOVED, SENT, Ack
+
+        if outcome.status == "sent":
+            status = SENT
+        elif outcome.status == "rejected" and outcome.http_status is None:
+            status = REJECTED  # our own checks: re-sent only when the row changes
+        else:
+            status = FAILED  # the endpoint refused or never answered: retried next run
+        acks: list[Ack] = []
+        rejects: list[dict[str, Any]] = []
+        for item in items:
+            key, payload_hash, row = item.ref
+            removed = isinstance(row, Mapping) and row.get("_removed")
+            if key is not None:
+                final = REMOVED if removed and status == SENT else status
+                acks.append(Ack(key, payload_hash, final, item.message_id or None,
+                                None if status == SENT else f"{outcome.reason}: {outcome.detail}"))
+            if status != SENT:
+                rejects.append({
+                    "key": key, "status": status, "reason": outcome.reason or status,
+                    "detail": outcome.detail, "http_status": outcome.http_status,
+                    "message_id": item.message_id or None,
+                    "payload": item.payload.decode() if item.payload else _row_json(row),
+                })
+        with self.lock:
+            self.state.record(acks)
+            self.rejects.extend(rejects)
+            for r in rejects:
+                if r["status"] == REJECTED:
+                    self.rejected += 1
+                else:
+                    self.failed += 1
+                self._reasons[(r["status"], r["reason"])] = self._reasons.get((r["status"], r["reason"]), 0) + 1
+
+    def reasons(self, status: str) -> dict[str, int]:
+        return {reason: n for (s, reason), n in self._reasons.items() if s == status}
+
+    def maybe_checkpoint(self, force: bool = False) -> None:
+        """Write acknowledgements and rejects to the warehouse (main thread only)."""
+        now = time.monotonic()
+        due = force or self.state.buffered >= self.op.CHECKPOINT_EVERY_ROWS or (
+            now - self.last_checkpoint >= self.op.CHECKPOINT_EVERY_SECONDS)
+        if not due:
+            return
+        with self.lock:
+            rejects, self.rejects = self.rejects, []
+        self.state.checkpoint()
+        if rejects:
+            self.ctx.warehouse.insert(self.rejects_table, _rejects_table(rejects, self.ctx.run_id))
+        self.last_checkpoint = now
+
+
+def _row_json(row: Any) -> str | None:
+    if not isinstance(row, Mapping):
+        return None
+    clean = {k: v for k, v in row.items() if not k.startswith("_")}
+    return orjson.dumps(clean, default=str, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+def _rejects_table(rows: list[dict[str, Any]], run_id: str = "") -> pa.Table:
+    import pyarrow as pa
+
+    return pa.table({
+        "key": pa.array([r["key"] for r in rows], pa.string()),
+        "status": pa.array([r["status"] for r in rows], pa.string()),
+        "reason": pa.array([r["reason"] for r in rows], pa.string()),
+        "detail": pa.array([r["detail"] for r in rows], pa.string()),
+        "http_status": pa.array([r["http_status"] for r in rows], pa.int64()),
+        "message_id": pa.array([r["message_id"] for r in rows], pa.string()),
+        "payload": pa.array([r["payload"] for r in rows], pa.string()),
+        "run_id": pa.array([run_id] * len(rows), pa.string()),
+    })

@@ -1,0 +1,44 @@
+"""The Segment side of segloop: messages, the sending client, and (elsewhere) sync state,
+the collector, archive loading and the warehouse schema.
+
+``segloop.segment.Client`` is the public sender; imports are lazy so ``import segloop``
+stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from segloop.segment.client import Client
+    from segloop.segment.results import DeliveryReport, Enqueued, Outcome, QueuedMessage
+    from segloop.segment.sending import SendSummary, send_messages
+
+__all__ = [
+    "Client",
+    "DeliveryReport",
+    "Enqueued",
+    "Outcome",
+    "QueuedMessage",
+    "SendSummary",
+    "send_messages",
+]
+
+_LAZY = {
+    "Client": "segloop.segment.client",
+    "DeliveryReport": "segloop.segment.results",
+    "Enqueued": "segloop.segment.results",
+    "Outcome": "segloop.segment.results",
+    "QueuedMessage": "segloop.segment.results",
+    "SendSummary": "segloop.segment.sending",
+    "send_messages": "segloop.segment.sending",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'segloop.segment' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,185 @@
+"""The Segment action in a pipeline: exact calls, rejects, diff sync, retries of failed batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from segloop.pipeline import Pipeline
+from segloop.warehouse import DuckDBConfig, Warehouse
+from tests.segment.fake_segment import FakeSegment
+
+PIPELINE = """\
+name: shop
+nodes:
+  scores:
+    type: sql
+    sql: select * from src.scores
+  to_segment:
+    type: segment
+    input: scores
+    write_key: ${SEGLOOP_TEST_WRITE_KEY}
+    call: track
+    event: Sales Prediction
+    customer_id: user_id
+    properties: [iphone, apple_watch]
+"""
+
+
+@pytest.fixture(autouse=True)
+def write_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("SEGLOOP_TEST_WRITE_KEY", "wk-test-123")
+    return "wk-test-123"
+
+
+def setup(make_workspace, table: pa.Table, pipeline: str = PIPELINE) -> Path:
+    root = make_workspace({"shop": pipeline})
+    write_source(root, table)
+    return root
+
+
+def write_source(root: Path, table: pa.Table) -> None:
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        wh.create_table("scores", table, schema="src")
+
+
+def scores(n: int, bump: frozenset[int] = frozenset()) -> pa.Table:
+    return pa.table({
+        "user_id": [str(162514333 + i) for i in range(n)],
+        "iphone": [round(0.734 + (i in bump) * 0.1, 3) for i in range(n)],
+        "apple_watch": [0.812] * n,
+    })
+
+
+def run(root: Path, fake: FakeSegment, **kwargs):
+    return Pipeline.load(root / "pipelines" / "shop.yml").run(options={"segment_transport": fake}, **kwargs)
+
+
+def test_row_becomes_exactly_the_track_call(make_workspace) -> None:
+    root = setup(make_workspace, scores(1))
+    fake = FakeSegment()
+    result = run(root, fake)
+    assert result.ok, result.node("to_segment").error
+    [msg] = fake.delivered()
+    assert msg["type"] == "track" and msg["userId"] == "162514333" and msg["event"] == "Sales Prediction"
+    assert msg["properties"] == {"iphone": 0.734, "apple_watch": 0.812}
+    assert msg["context"]["library"]["name"] == "segloop"
+    assert len(msg["messageId"]) < 100
+    assert fake.requests[0].body["writeKey"] == "wk-test-123"
+    metrics = result.node("to_segment").metrics
+    assert metrics["sent"] == 1 and metrics["new"] == 1 and metrics["rejected"] == 0
+
+
+@pytest.mark.parametrize("n", [1, 99, 100, 101, 2501])
+def test_every_row_once_then_nothing_on_rerun(make_workspace, n: int) -> None:
+    root = setup(make_workspace, scores(n))
+    fake = FakeSegment()
+    first = run(root, fake)
+    assert first.node("to_segment").metrics["sent"] == n
+    ids = fake.delivered_ids()
+    assert len(ids) == n and max(ids.values()) == 1
+    assert all(len(r.body["batch"]) <= 100 for r in fake.requests)
+    second = run(root, fake)
+    m = second.node("to_segment").metrics
+    assert m["sent"] == 0 and m["unchanged"] == n and m["skipped"] == n
+    assert len(fake.delivered()) == n
+
+
+def test_changed_rows_only_with_new_message_ids(make_workspace) -> None:
+    root = setup(make_workspace, scores(300))
+    fake = FakeSegment()
+    run(root, fake)
+    before = set(fake.delivered_ids())
+    write_source(root, scores(300, bump=frozenset({5, 50, 250})))
+    result = run(root, fake)
+    m = result.node("to_segment").metrics
+    assert (m["sent"], m["changed"], m["unchanged"]) == (3, 3, 297)
+    new = [msg for msg in fake.delivered() if msg["messageId"] not in before]
+    assert sorted(msg["userId"] for msg in new) == ["162514338", "162514383", "162514583"]
+
+
+def test_terminal_failures_are_sent_next_run(make_workspace) -> None:
+    root = setup(make_workspace, scores(250))
+    fake = FakeSegment(script=[403] * 40)  # the endpoint refuses everything for a while
+    first = run(root, fake)
+    m = first.node("to_segment").metrics
+    assert m["failed"] > 0 and m["sent"] + m["failed"] == 250
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        rejects = wh.table("shop__to_segment__rejects").to_pyarrow().to_pylist()
+    assert len(rejects) == m["failed"] and all(r["status"] == "failed" and r["http_status"] == 403 for r in rejects)
+    assert all("wk-test-123" not in (r["payload"] or "") for r in rejects)
+    fake.script.clear()
+    second = run(root, fake)
+    m2 = second.node("to_segment").metrics
+    assert m2["retried"] == m["failed"] and m2["sent"] == m["failed"]
+    assert set(fake.delivered_ids()) == {msg["messageId"] for msg in fake.delivered()}
+    assert len(fake.delivered_ids()) == 250
+
+
+def test_rows_without_customer_id_are_rejected_not_sent(make_workspace) -> None:
+    table = pa.table({"user_id": ["1", None, "", "4"], "iphone": [0.1, 0.2, 0.3, 0.4], "apple_watch": [1.0] * 4})
+    root = setup(make_workspace, table)
+    fake = FakeSegment()
+    result = run(root, fake)
+    m = result.node("to_segment").metrics
+    assert m["sent"] == 2 and m["rejected"] == 2
+    assert sorted(msg["userId"] for msg in fake.delivered()) == ["1", "4"]
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        rejects = wh.table("shop__to_segment__rejects").to_pyarrow().to_pylist()
+    assert {r["reason"] for r in rejects} == {"missing_customer_id"} and len(rejects) == 2
+    assert "shop__to_segment__rejects" in result.node("to_segment").warnings[0]
+
+
+def test_dry_run_sends_nothing_and_shows_payloads(make_workspace) -> None:
+    root = setup(make_workspace, scores(10))
+    fake = FakeSegment()
+    result = run(root, fake, dry_run=True)
+    m = result.node("to_segment").metrics
+    assert fake.requests == [] and m["to_send"] == 10 and m["sent"] == 0
+    assert m["sample_payloads"][0]["properties"] == {"iphone": 0.734, "apple_watch": 0.812}
+    preview = Pipeline.load(root / "pipelines" / "shop.yml").preview("to_segment", rows=2)
+    assert preview["new"] == 10 and len(preview["payloads"]) == 2
+    assert run(root, fake).node("to_segment").metrics["sent"] == 10
+
+
+def test_identify_with_traits_mapping_and_reset(make_workspace) -> None:
+    pipeline = PIPELINE.replace("call: track\n    event: Sales Prediction\n", "call: identify\n").replace(
+        "properties: [iphone, apple_watch]", "traits: {iphone: likelihood_iphone}")
+    root = setup(make_workspace, scores(3), pipeline)
+    fake = FakeSegment()
+    run(root, fake)
+    assert [m["traits"] for m in fake.delivered()] == [{"likelihood_iphone": 0.734}] * 3
+    assert all(m["type"] == "identify" for m in fake.delivered())
+    Pipeline.load(root / "pipelines" / "shop.yml").reset("to_segment")
+    assert run(root, fake).node("to_segment").metrics["sent"] == 3
+
+
+def test_missing_write_key_is_a_clear_error(make_workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = setup(make_workspace, scores(3))
+    monkeypatch.delenv("SEGLOOP_TEST_WRITE_KEY")
+    result = run(root, FakeSegment())
+    assert "SEGLOOP_TEST_WRITE_KEY is not set" in result.node("to_segment").error
+
+
+def test_track_without_event_is_a_config_error() -> None:
+    from segloop.config import parse_pipeline
+    from segloop.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="a track call needs `event:`"):
+        parse_pipeline(PIPELINE.replace("    event: Sales Prediction\n", ""), "p.yml")
+
+
+def test_on_removed_sends_an_event_for_customers_gone(make_workspace) -> None:
+    pipeline = PIPELINE + "    on_removed: Left Prediction Audience\n"
+    root = setup(make_workspace, scores(5), pipeline)
+    fake = FakeSegment()
+    run(root, fake)
+    write_source(root, scores(5).slice(0, 3))
+    result = run(root, fake)
+    m = result.node("to_segment").metrics
+    assert m["removed"] == 2 and m["removed_sent"] == 2 and m["unchanged"] == 3
+    gone = [msg for msg in fake.delivered() if msg["event"] == "Left Prediction Audience"]
+    assert sorted(msg["userId"] for msg in gone) == ["162514336", "162514337"]
+    assert run(root, fake).node("to_segment").metrics["removed"] == 0
