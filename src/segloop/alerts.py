@@ -68,7 +68,8 @@ def _rejected_share(node: NodeRunRecord) -> tuple[int, int] | None:
     rejected = metrics.get("rejected")
     if not isinstance(rejected, int | float) or isinstance(rejected, bool):
         return None
-    rows = metrics.get("rows")
+    # Share of the rows the node tried to send (a diff sync skips unchanged rows).
+    rows = metrics.get("to_send") if metrics.get("to_send") else metrics.get("rows")
     if not isinstance(rows, int | float) or not rows:
         parts = [metrics.get(k) for k in ("sent", "rejected", "failed")]
         rows = sum(p for p in parts if isinstance(p, int | float))

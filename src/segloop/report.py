@@ -247,7 +247,7 @@ class ReportBuilder:
         kind = node.type.lower()
         if isinstance(metrics.get("query"), str):
             section.query = metrics["query"]
-        skip = ["query", "sample_payloads", "rejected_by_reason", "warnings"]
+        skip = ["query", "sample_payloads", "rejected_by_reason", "failed_by_reason", "warnings"]
         ok = node.status == "success"
         if kind == "segment" or "sample_payloads" in metrics or "rejected_by_reason" in metrics:
             self._segment(section, metrics)
@@ -344,20 +344,27 @@ class ReportBuilder:
             if values.get("baseline") and "model" in values:
                 section.notes.append(f"{label}: model / baseline = {values['model'] / values['baseline']:.2f}x")
 
+    SEGMENT_COUNTS: tuple[str, ...] = (
+        "rows", "new", "changed", "retried", "unchanged", "removed", "to_send",
+        "sent", "rejected", "failed", "skipped",
+    )
+    SEGMENT_COLORS: dict[str, str] = {"sent": "#2e7d32", "rejected": "#e53935", "failed": "#b71c1c",
+                                      "skipped": "#9e9e9e", "unchanged": "#9e9e9e"}
+
     def _segment(self, section: Section, metrics: dict[str, Any]) -> None:
+        """Sent / rejected / failed / skipped (and the sync's new / changed ...), reasons, payloads."""
         from segloop.web import charts
 
-        counts = [(k, _numeric(metrics.get(k))) for k in ("rows", "sent", "rejected", "failed", "skipped")]
-        items = [(k, v) for k, v in counts if v is not None]
-        colors = {"sent": "#2e7d32", "rejected": "#e53935", "failed": "#b71c1c", "skipped": "#9e9e9e"}
+        items = [(k, v) for k in self.SEGMENT_COUNTS if (v := _numeric(metrics.get(k))) is not None]
         if items:
-            verb = " (dry run: would send)" if self.run.dry_run else ""
-            section.charts.append((f"messages{verb}", charts.bars(items, "segment-send", "messages", lambda k: colors.get(k, "#3949ab"))))
-        reasons = metrics.get("rejected_by_reason")
-        if isinstance(reasons, dict) and reasons:
-            rows = sorted(((str(k), _numeric(v) or 0.0) for k, v in reasons.items()), key=lambda kv: -kv[1])
-            section.tables.append(("rejected rows by reason", ["reason", "rows"],
-                                   [[r, charts.fmt(n)] for r, n in rows]))
+            verb = " (dry run: nothing sent)" if self.run.dry_run or metrics.get("dry_run") else ""
+            section.charts.append((f"messages{verb}", charts.bars(
+                items, "segment-send", "messages", lambda k: self.SEGMENT_COLORS.get(k, "#3949ab"))))
+        for key, title in (("rejected_by_reason", "rejected rows by reason"), ("failed_by_reason", "failed rows by reason")):
+            reasons = metrics.get(key)
+            if isinstance(reasons, dict) and reasons:
+                rows = sorted(((str(k), _numeric(v) or 0.0) for k, v in reasons.items()), key=lambda kv: -kv[1])
+                section.tables.append((title, ["reason", "rows"], [[r, charts.fmt(n)] for r, n in rows]))
         samples = metrics.get("sample_payloads")
         if isinstance(samples, list):
             for payload in samples[:SAMPLE_PAYLOADS]:

@@ -125,6 +125,11 @@ def dag(nodes: Sequence[tuple[str, str, str]], edges: Sequence[tuple[str, str]])
     return _svg(width, height, "dag", "".join(parts), "pipeline DAG")
 
 
+def _num(value: float) -> str:
+    """A number for a data attribute: 282, not 282.0."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
 def _clip(text: str, size: int) -> str:
     return text if len(text) <= size else text[: size - 1] + "…"
 
@@ -147,7 +152,7 @@ def bars(
         w = max(bar_w * (value / top), 0 if value <= 0 else 1)
         color = colors(label) if colors else SERIES_COLORS[0]
         parts.append(
-            f'<g class="bar" data-label="{escape(label)}" data-value="{value}">'
+            f'<g class="bar" data-label="{escape(label)}" data-value="{_num(value)}">'
             f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end">{escape(_clip(label, 26))}</text>'
             f'<rect x="{label_w}" y="{y + 3}" width="{w:.1f}" height="{row_h - 6}" fill="{color}" rx="2"/>'
             f'<text x="{label_w + w + 6:.1f}" y="{y + 15}" fill="#333">{escape(fmt(value))}</text></g>'
@@ -176,7 +181,7 @@ def grouped_bars(groups: Sequence[tuple[str, dict[str, float]]], series: Sequenc
             h = plot_h * max(value, 0) / top
             x = x0 + j * (bar_w + 4)
             parts.append(
-                f'<g class="bar" data-label="{escape(label)}" data-series="{escape(name)}" data-value="{value}">'
+                f'<g class="bar" data-label="{escape(label)}" data-series="{escape(name)}" data-value="{_num(value)}">'
                 f'<rect x="{x}" y="{base_y - h:.1f}" width="{bar_w}" height="{h:.1f}" '
                 f'fill="{SERIES_COLORS[j % len(SERIES_COLORS)]}"/>'
                 f'<text x="{x + bar_w / 2}" y="{base_y - h - 3:.1f}" text-anchor="middle" font-size="10">{escape(fmt(value))}</text></g>'
