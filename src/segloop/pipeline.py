@@ -147,9 +147,12 @@ class Pipeline:
         run_id = new_run_id()
         lock = PipelineLock(self.workspace.state_dir, self.name)
         try:
-            lock.acquire(run_id, wait=on_busy == "wait")
+            lock.acquire(run_id, wait=False)
         except PipelineBusy as busy:
-            return self._record_busy(run_id, busy.holder, dry_run, trigger)
+            if on_busy == "skip":
+                return self._record_busy(run_id, busy.holder, dry_run, trigger)
+            log.warning("pipeline `%s` is running (run %s); waiting for it to finish", self.name, busy.holder)
+            lock.acquire(run_id, wait=True)
         try:
             result = self._run(node, dry_run, reporter, trigger, options or {}, run_id)
         finally:

@@ -88,6 +88,9 @@ def test_node_table_shows_the_first_100_rows(client: TestClient, workspace: Work
     body = page.text.split('<tbody>', 1)[1]
     assert body.count("<tr>") == 100
     assert "first 100 of 282 rows" in page.text
+    extra = client.get("/pipelines/shop/nodes/rfm/table?suffix=profiles")
+    assert extra.status_code == 404 and "main.shop__rfm__profiles does not exist yet" in extra.text
+    assert "not a table suffix" in client.get("/pipelines/shop/nodes/rfm/table?suffix=a;drop").text
     unknown = client.get("/pipelines/shop/nodes/nope/table")
     assert unknown.status_code == 404 and "has no node `nope`" in unknown.text
     missing = client.get("/pipelines/nope")

@@ -193,11 +193,14 @@ async def report(request: Request) -> Response:
 async def node_table(request: Request) -> Response:
     state = _state(request)
     name, node = request.path_params["name"], request.path_params["node"]
+    suffix = request.query_params.get("suffix") or None
+    if suffix is not None and not suffix.isidentifier():
+        return _error(f"`{suffix}` is not a table suffix (letters, digits and underscores)")
 
     def gather() -> dict[str, Any]:
         pipeline = state.pipeline(name)
         pipeline.plan(node)  # a ConfigError naming the nodes when `node` is unknown
-        table_name = pipeline.table_name(node)
+        table_name = pipeline.table_name(node, suffix)
         redact = Redactor.for_pipeline(pipeline)
         with pipeline.connect() as warehouse:
             if not warehouse.has_table(table_name):
