@@ -150,3 +150,26 @@ def test_report_command_prints_the_path(demo_template: Path, tmp_path: Path, mon
     store = RunStore(root / ".segloop" / "state.db")
     assert store.get_run(run_id).status == "success"
     store.close()
+
+
+@pytest.mark.parametrize(
+    ("metrics", "expected"),
+    [
+        ({"precision_at_10": 0.2, "popularity_precision_at_10": 0.1}, {"precision@10": {"model": 0.2, "baseline": 0.1}}),
+        ({"model": {"ndcg@10": 0.3}, "baseline": {"ndcg@10": 0.1}}, {"ndcg@10": {"model": 0.3, "baseline": 0.1}}),
+        ({"mapping_rows": 5, "messages_per_second": 900.0}, {}),  # not recommendation measures
+    ],
+)
+def test_recommendation_metrics_are_paired_with_their_baseline(metrics: dict, expected: dict) -> None:
+    from segloop.report import ReportBuilder, Section
+    from segloop.store import NodeRunRecord, RunRecord
+
+    node = NodeRunRecord("rec", "mystery", "success", 1, 0.1, None, metrics)
+    run = RunRecord("r1", "p", None, None, "success", False, "2026-01-01T00:00:00+00:00", None, None)
+    section = Section(node)
+    ReportBuilder(run, None, None, Redactor())._recommend(section, metrics)
+    bars = re.findall(r'data-label="([^"]+)" data-series="(\w+)" data-value="([\d.]+)"', str(section.charts[0][1])) if section.charts else []
+    found: dict[str, dict[str, float]] = {}
+    for label, series, value in bars:
+        found.setdefault(label, {})[series] = float(value)
+    assert found == expected

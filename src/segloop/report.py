@@ -46,7 +46,8 @@ TABLE_ROWS = 50
 SAMPLE_PAYLOADS = 5
 CLV_COLUMNS = ("clv", "ltv", "expected_spend", "expected_purchases", "prob_alive", "probability_alive", "p_alive")
 PROPENSITY_COLUMNS = ("probability", "likelihood", "propensity", "churn", "score")
-RECOMMEND_MEASURE = re.compile(r"(precision|recall|ndcg|map|hit_rate|hitrate|mrr|coverage)(?:_at_|@|_)?(\d+)?", re.I)
+# precision_at_10, ndcg@10, baseline_recall_10, map: the measure ends the metric's name.
+RECOMMEND_MEASURE = re.compile(r"(?:^|_)(precision|recall|ndcg|map|hit_rate|mrr)(?:_at_|@|_)?(\d+)?$", re.I)
 BASELINE_WORDS = ("baseline", "popular", "popularity")
 
 
@@ -251,7 +252,7 @@ class ReportBuilder:
         ok = node.status == "success"
         if kind == "segment" or "sample_payloads" in metrics or "rejected_by_reason" in metrics:
             self._segment(section, metrics)
-        if kind.startswith("recommend") or any(RECOMMEND_MEASURE.match(k.split(".")[-1]) for k in _flatten(metrics)):
+        if kind.startswith("recommend") or any(RECOMMEND_MEASURE.search(k.split(".")[-1]) for k in _flatten(metrics)):
             self._recommend(section, metrics)
         table = self._table(node.node) if ok else None
         if table is not None:
