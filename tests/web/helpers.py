@@ -208,10 +208,19 @@ def register_fakes(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setitem(NODE_TYPES, op.type_name, op)
 
 
+_TEMPLATE: list[Path] = []
+
+
 @pytest.fixture(scope="session")
 def demo_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Demo data written once per session; tests copy the folder (a DuckDB file copy is cheap)."""
-    return build_demo_workspace(tmp_path_factory.mktemp("demo") / "template")
+    """Demo data written once per session; tests copy the folder (a DuckDB file copy is cheap).
+
+    Test modules import this fixture, which makes one fixture per module; the module-level
+    cache keeps it to one generation per session all the same.
+    """
+    if not _TEMPLATE:
+        _TEMPLATE.append(build_demo_workspace(tmp_path_factory.mktemp("demo") / "template"))
+    return _TEMPLATE[0]
 
 
 @pytest.fixture
