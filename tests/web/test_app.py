@@ -138,3 +138,14 @@ def test_token_required_off_loopback(workspace: Workspace) -> None:
     login = browser.get(f"/pipelines/shop?token={token}", follow_redirects=False)
     assert login.status_code == 303 and login.headers["location"] == "/pipelines/shop"
     assert browser.get("/pipelines/shop").status_code == 200  # the cookie now carries the token
+
+
+def test_a_run_that_cannot_start_is_explained_on_the_page(client: TestClient, workspace: Workspace,
+                                                          runs: BackgroundRuns) -> None:
+    text = RFM_PIPELINE.replace("name: shop\nwarehouse: default", "name: nowh\nwarehouse: nope")
+    (workspace.root / "pipelines" / "nowh.yml").write_text(text)
+    client.post("/pipelines/nowh/run")
+    runs.join(timeout=60)
+    page = client.get("/pipelines/nowh").text
+    assert 'class="flash bad"' in page and "warehouse `nope` is not defined in segloop.yml" in page
+    assert 'data-status="failed"' in page  # and the attempt is in the history

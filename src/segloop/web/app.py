@@ -18,7 +18,7 @@ import logging
 import secrets
 import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.cookies import SimpleCookie
 from typing import Any
@@ -65,7 +65,6 @@ class UiState:
     workspace: Workspace
     runs: BackgroundRuns
     scheduler: Scheduler | None = None
-    messages: dict[str, str] = field(default_factory=dict)
 
     def store(self) -> RunStore:
         return RunStore(self.workspace.state_dir / "state.db")
@@ -146,7 +145,7 @@ async def pipeline_page(request: Request) -> Response:
         context = await run_in_threadpool(gather)
     except SegloopError as exc:
         return _error(str(exc))
-    message = state.messages.pop(name, None)
+    message = state.runs.errors.pop(name, None)  # a run that could not even start
     return _page("pipeline.html", title=f"Pipeline {name}", message=message,
                  started=request.query_params.get("started"), **context)
 
