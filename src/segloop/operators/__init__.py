@@ -8,6 +8,8 @@ this registry stays cheap.
 from __future__ import annotations
 
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
+from segloop.operators.clv import ClvOperator
+from segloop.operators.propensity import PropensityOperator
 from segloop.operators.rfm import RfmOperator
 from segloop.operators.segment import SegmentOperator
 from segloop.operators.sql import SqlOperator
@@ -18,6 +20,8 @@ NODE_TYPES: dict[str, type[Operator]] = {
         SqlOperator,
         RfmOperator,
         SegmentOperator,
+        ClvOperator,
+        PropensityOperator,
     )
 }
 
