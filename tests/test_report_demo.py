@@ -88,8 +88,17 @@ def test_demo_run_report_has_grid_and_send_results_and_no_write_key(
 
     assert result.report is not None
     html = result.report.read_text()
+    artifacts = Path(__file__).resolve().parents[1] / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    (artifacts / "demo-report.html").write_text(html)  # for people to look at
     assert WRITE_KEY not in html and basic not in html  # ... and is not in the report
-    for kind in ("dag", "rfm-grid", "segment-sizes", "segment-send"):
+    kinds = ["dag", "rfm-grid", "segment-sizes", "segment-send"]
+    types = {n.type for n in result.nodes}
+    if "clv" in types:
+        kinds += ["clv-distribution", "clv-holdout"]
+    if "propensity" in types:
+        kinds += ["propensity-distribution", "propensity-deciles"]
+    for kind in kinds:
         assert f'data-chart="{kind}"' in html, kind
     for node in segment_nodes:
         sent = node.metrics["sent"]

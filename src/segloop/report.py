@@ -263,8 +263,15 @@ class ReportBuilder:
                 self._sizes(section, table, "segment", "segment sizes")
             if kind in ("clv", "ltv") or kind.startswith("clv"):
                 self._distributions(section, table, CLV_COLUMNS, "clv")
+                self._bands(section, node.node, "holdout", ("predicted_spend", "actual_spend"), "clv-holdout",
+                            "holdout: predicted vs actual spend by predicted-CLV decile (1 = top)")
+                self._versus(section, metrics, "holdout_spearman", "holdout_baseline_spearman",
+                             "holdout Spearman correlation with actual spend")
             elif kind.startswith("propensity") or kind in ("churn", "likelihood"):
                 self._distributions(section, table, PROPENSITY_COLUMNS, "propensity")
+                self._bands(section, node.node, "validation", ("mean_score", "mean_outcome"), "propensity-deciles",
+                            "validation: predicted vs actual rate by score decile (1 = top)")
+                self._versus(section, metrics, "auc", "baseline_auc", "validation AUC")
         profiles = self._table(node.node, "profiles") if ok else None
         if profiles is not None:
             self._profiles(section, profiles)
@@ -307,6 +314,24 @@ class ReportBuilder:
             bins = self._histogram(table, column)
             if bins:
                 section.charts.append((f"distribution of `{column}`", charts.histogram(bins, f"{kind}-distribution", column)))
+
+    def _bands(self, section: Section, node: str, suffix: str, columns: tuple[str, str], kind: str, title: str) -> None:
+        """Decile table (`band` + predicted and actual columns) as grouped bars, when the node wrote one."""
+        from segloop.web import charts
+
+        table = self._table(node, suffix)
+        if table is None or not {"band", *columns} <= set(table.columns):
+            return
+        rows = self._wh().to_arrow(table.order_by("band"), limit=50).to_pylist()
+        groups = [(f"band {r['band']}", {c: float(r[c]) for c in columns if _numeric(r[c]) is not None}) for r in rows]
+        section.charts.append((title, charts.grouped_bars(groups, list(columns), kind, title)))
+
+    @staticmethod
+    def _versus(section: Section, metrics: dict[str, Any], model: str, baseline: str, what: str) -> None:
+        ours, base = _numeric(metrics.get(model)), _numeric(metrics.get(baseline))
+        if ours is not None and base is not None:
+            verdict = "better than" if ours > base else "NOT better than"
+            section.notes.append(f"{what}: model {ours:.3f}, {verdict} the baseline {base:.3f}")
 
     def _profiles(self, section: Section, profiles: Any) -> None:
         from segloop.web import charts

@@ -161,17 +161,32 @@ def bars(
     return _svg(label_w + bar_w + 90, height, kind, "".join(parts), title)
 
 
+def compact(value: float) -> str:
+    """Short labels for crowded charts: 171.6k, 2.3M, 0.27."""
+    size = abs(value)
+    if size >= 1e6:
+        return f"{value / 1e6:.1f}M"
+    if size >= 1e4:
+        return f"{value / 1e3:.0f}k"
+    if size >= 1e3:
+        return f"{value / 1e3:.1f}k"
+    return fmt(round(value, 3) if isinstance(value, float) else value)
+
+
 def grouped_bars(groups: Sequence[tuple[str, dict[str, float]]], series: Sequence[str], kind: str, title: str) -> Markup:
     """Vertical bars per group (e.g. NDCG@10: model vs baseline) with a legend."""
-    group_w, bar_w, plot_h, pad, legend_h = 46 + 30 * len(series), 26, 170, 30, 22
+    bar_w, gap, plot_h, pad, legend_h, label_room = 34, 4, 170, 30, 24, 16
+    group_w = 18 + (bar_w + gap) * len(series)
     top = max((v for _, vals in groups for v in vals.values()), default=0) or 1
     parts = []
+    x = pad
     for j, name in enumerate(series):
         parts.append(
-            f'<rect x="{pad + j * 110}" y="4" width="12" height="12" fill="{SERIES_COLORS[j % len(SERIES_COLORS)]}"/>'
-            f'<text x="{pad + j * 110 + 16}" y="15">{escape(name)}</text>'
+            f'<rect x="{x}" y="4" width="12" height="12" fill="{SERIES_COLORS[j % len(SERIES_COLORS)]}"/>'
+            f'<text x="{x + 16}" y="15">{escape(name)}</text>'
         )
-    base_y = legend_h + plot_h
+        x += 30 + 7 * len(name)
+    base_y = legend_h + label_room + plot_h
     for i, (label, values) in enumerate(groups):
         x0 = pad + i * group_w
         for j, name in enumerate(series):
@@ -179,14 +194,15 @@ def grouped_bars(groups: Sequence[tuple[str, dict[str, float]]], series: Sequenc
                 continue
             value = values[name]
             h = plot_h * max(value, 0) / top
-            x = x0 + j * (bar_w + 4)
+            x = x0 + j * (bar_w + gap)
             parts.append(
                 f'<g class="bar" data-label="{escape(label)}" data-series="{escape(name)}" data-value="{_num(value)}">'
                 f'<rect x="{x}" y="{base_y - h:.1f}" width="{bar_w}" height="{h:.1f}" '
-                f'fill="{SERIES_COLORS[j % len(SERIES_COLORS)]}"/>'
-                f'<text x="{x + bar_w / 2}" y="{base_y - h - 3:.1f}" text-anchor="middle" font-size="10">{escape(fmt(value))}</text></g>'
+                f'fill="{SERIES_COLORS[j % len(SERIES_COLORS)]}"><title>{escape(name)}: {escape(fmt(value))}</title></rect>'
+                f'<text x="{x + bar_w / 2}" y="{base_y - h - 3:.1f}" text-anchor="middle" font-size="10">{escape(compact(value))}</text></g>'
             )
-        parts.append(f'<text x="{x0 + (len(series) * (bar_w + 4)) / 2}" y="{base_y + 16}" text-anchor="middle">{escape(_clip(label, 18))}</text>')
+        width = len(series) * (bar_w + gap) - gap
+        parts.append(f'<text x="{x0 + width / 2}" y="{base_y + 16}" text-anchor="middle">{escape(_clip(label, 18))}</text>')
     parts.append(f'<line x1="{pad - 4}" y1="{base_y}" x2="{pad + len(groups) * group_w}" y2="{base_y}" stroke="#999"/>')
     return _svg(pad * 2 + max(len(groups), 1) * group_w, base_y + 28, kind, "".join(parts), title)
 
