@@ -345,6 +345,9 @@ def ui_token(host: str, env: dict[str, str]) -> str | None:
     return env.get(TOKEN_ENV) or secrets.token_urlsafe(24)
 
 
+_warned: set[str] = set()
+
+
 def workspace_schedules(workspace: Workspace) -> dict[str, Any]:
     """Pipeline name -> schedule, for every pipeline file that has one (bad files are logged)."""
     out: dict[str, Any] = {}
@@ -352,7 +355,10 @@ def workspace_schedules(workspace: Workspace) -> dict[str, Any]:
         try:
             pipeline = Pipeline.load(file, workspace)
         except SegloopError as exc:
-            log.warning("scheduler: skipping %s: %s", file.name, exc)
+            problem = f"{file.name}: {exc}"
+            if problem not in _warned:  # the loop re-reads files every few seconds: say it once
+                _warned.add(problem)
+                log.warning("scheduler: skipping %s", problem)
             continue
         if pipeline.config.schedule is not None:
             out[pipeline.name] = pipeline.config.schedule
