@@ -426,6 +426,68 @@ def load_archive_command(
         console.print(f"[yellow]{len(result.torn_files)} files end in an incomplete gzip member; their tail loads once complete[/yellow]")
 
 
+# -- reports, UI, scheduler (issue 9) ----------------------------------------------------
+
+
+@app.command()
+@handle_errors
+def report(
+    run_id: str = typer.Argument("latest", help="Run id (or a unique prefix, or `latest`)."),
+    open_: bool = typer.Option(False, "--open", help="Open the report in a web browser."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Build it again from the run history and warehouse."),
+) -> None:
+    """Write (if missing) and show the path of a run's HTML report."""
+    import webbrowser
+
+    from segloop.config import Workspace
+    from segloop.report import ensure_report
+
+    path = ensure_report(Workspace.find(), run_id, rebuild=rebuild)
+    console.print(str(path), highlight=False, soft_wrap=True)
+    if open_ and not webbrowser.open(path.resolve().as_uri()):
+        err_console.print("could not start a web browser; open the file above yourself")
+
+
+def _serve(host: str, port: int, with_scheduler: bool) -> None:
+    import os
+
+    from segloop.config import Workspace
+    from segloop.web.app import serve as serve_app
+    from segloop.web.app import ui_token
+
+    workspace = Workspace.find()
+    token = ui_token(host, dict(os.environ))
+    what = "UI and scheduler" if with_scheduler else "UI"
+
+    def ready(url: str) -> None:
+        console.print(f"segloop {what} for {workspace.root} at [bold]{url}[/bold] (Ctrl+C to stop)",
+                      highlight=False, soft_wrap=True)
+        if token and not os.environ.get("SEGLOOP_UI_TOKEN"):
+            console.print("A token protects this address; it is in the URL above (or set SEGLOOP_UI_TOKEN).")
+
+    serve_app(workspace, host, port, token, with_scheduler=with_scheduler, on_ready=ready)
+
+
+@app.command()
+@handle_errors
+def ui(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; not loopback needs a token."),
+    port: int = typer.Option(8765, "--port", help="Port to listen on."),
+) -> None:
+    """Browse pipelines, runs and reports in a web browser; start runs from there."""
+    _serve(host, port, with_scheduler=False)
+
+
+@app.command()
+@handle_errors
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; not loopback needs a token."),
+    port: int = typer.Option(8765, "--port", help="Port to listen on."),
+) -> None:
+    """Run the UI and the scheduler (pipelines with `schedule:`) in one process."""
+    _serve(host, port, with_scheduler=True)
+
+
 def main() -> None:
     app(prog_name="segloop")
 

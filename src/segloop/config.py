@@ -16,9 +16,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from segloop.alerts import AlertsConfig
 from segloop.errors import ConfigError, ConfigErrors
 from segloop.operators import NODE_TYPES
 from segloop.operators.base import NodeConfig
+from segloop.schedule import ScheduleConfig
 from segloop.warehouse import AnyWarehouseConfig, DuckDBConfig, WarehouseConfig
 
 WORKSPACE_FILE = "segloop.yml"
@@ -221,6 +223,8 @@ class PipelineConfig(BaseModel):
     warehouse: str | None = None
     description: str | None = None
     nodes: dict[str, NodeConfig]
+    schedule: ScheduleConfig | None = None
+    alerts: AlertsConfig | None = None
 
     def upstream_of(self, node: str) -> list[str]:
         config = self.nodes[node]
@@ -353,15 +357,33 @@ def parse_pipeline(text: str, file: str | Path = "<string>") -> PipelineConfig:
                 )
             )
 
+    options = _parse_options(data, doc, errors)
     if errors:
         raise ConfigErrors(errors)
-    pipeline = PipelineConfig(name=str(name), warehouse=data.get("warehouse"), description=data.get("description"), nodes=nodes)
+    pipeline = PipelineConfig(name=str(name), warehouse=data.get("warehouse"), description=data.get("description"), nodes=nodes, **options)
     try:
         pipeline.topological_order()
     except ConfigError as exc:
         first = exc.message.split(": ", 1)[-1].split(" -> ")[0]
         raise ConfigError(exc.message, file, doc.line_of(("nodes", first))) from None
     return pipeline
+
+
+# Optional top-level sections, each validated against its own model.
+PIPELINE_OPTIONS: dict[str, type[BaseModel]] = {"schedule": ScheduleConfig, "alerts": AlertsConfig}
+
+
+def _parse_options(data: dict[str, Any], doc: YamlDoc, errors: list[ConfigError]) -> dict[str, Any]:
+    """`schedule:` and `alerts:`, with file:line errors like the nodes get."""
+    options: dict[str, Any] = {}
+    for key, model in PIPELINE_OPTIONS.items():
+        if data.get(key) is None:
+            continue
+        try:
+            options[key] = model.model_validate(data[key])
+        except ValidationError as exc:
+            errors.extend(_pydantic_errors(exc, doc, (key,), f"`{key}`"))
+    return options
 
 
 def load_pipeline(path: str | Path) -> PipelineConfig:

@@ -20,12 +20,13 @@ from segloop.config import PipelineConfig, Workspace, load_pipeline
 from segloop.errors import ConfigError, NodeError, SegloopError
 from segloop.operators import NODE_TYPES
 from segloop.operators.base import NodeOutput, RunContext
-from segloop.store import NodeRunRecord, RunStore
+from segloop.store import NodeRunRecord, RunStore, new_run_id
 from segloop.warehouse import Warehouse
 
 log = logging.getLogger("segloop")
 
 SUCCESS, FAILED, SKIPPED = "success", "failed", "skipped"
+ON_BUSY = ("wait", "skip")  # what a trigger does while the same pipeline is running
 
 
 @dataclass
@@ -47,9 +48,13 @@ class RunResult:
     pipeline: str
     nodes: list[NodeResult]
     seconds: float = 0.0
+    skipped: str | None = None  # why the run did not happen (the pipeline was busy)
+    report: Path | None = None
 
     @property
     def status(self) -> str:
+        if self.skipped:
+            return SKIPPED
         return FAILED if any(n.status == FAILED for n in self.nodes) else SUCCESS
 
     @property
@@ -125,20 +130,93 @@ class Pipeline:
         reporter: Reporter | None = None,
         trigger: str = "cli",
         options: dict[str, Any] | None = None,
+        on_busy: str = "wait",
     ) -> RunResult:
-        """Run the pipeline (or one node) and record it in the run history."""
+        """Run the pipeline (or one node) and record it in the run history.
+
+        One run of a pipeline at a time: while another run holds the pipeline's lock, this
+        one waits (``on_busy="wait"``) or is recorded as skipped (``on_busy="skip"``, what
+        the scheduler and the UI use). Afterwards the run report is written to
+        `.segloop/runs/<run_id>/report.html` and alerts are checked; neither can fail the run.
+        """
+        from segloop.schedule import PipelineBusy, PipelineLock
+
+        if on_busy not in ON_BUSY:
+            raise ValueError(f"on_busy must be one of {ON_BUSY}, got {on_busy!r}")
+        self.plan(node)  # a bad --node is an error before anything is recorded
+        run_id = new_run_id()
+        lock = PipelineLock(self.workspace.state_dir, self.name)
+        try:
+            lock.acquire(run_id, wait=False)
+        except PipelineBusy as busy:
+            if on_busy == "skip":
+                return self._record_busy(run_id, busy.holder, dry_run, trigger)
+            log.warning("pipeline `%s` is running (run %s); waiting for it to finish", self.name, busy.holder)
+            lock.acquire(run_id, wait=True)
+        try:
+            result = self._run(node, dry_run, reporter, trigger, options or {}, run_id)
+        finally:
+            # Released as soon as the history says "finished", so a trigger that sees the
+            # run done is not turned away while the report is written.
+            lock.release()
+            report = self._after_run(run_id, dry_run, options or {})
+        result.report = report
+        return result
+
+    def _record_busy(self, run_id: str, holder: str, dry_run: bool, trigger: str) -> RunResult:
+        message = (f"pipeline `{self.name}` was already running (run {holder}); "
+                   f"this {trigger} trigger was skipped")
+        log.warning(message)
+        store = self.store()
+        try:
+            store.start_run(self.name, str(self.file) if self.file else None, self.config.warehouse,
+                            dry_run, trigger, run_id=run_id)
+            store.finish_run(run_id, SKIPPED, message)
+        finally:
+            store.close()
+        return RunResult(run_id, self.name, [], skipped=message)
+
+    def _after_run(self, run_id: str, dry_run: bool, options: dict[str, Any]) -> Path | None:
+        """Write the report, then send alerts; problems are logged, never raised."""
+        report: Path | None = None
+        if options.get("report", True):
+            try:
+                from segloop.report import write_report
+
+                report = write_report(self, run_id)
+            except Exception as exc:
+                log.warning("run %s: the report could not be written: %s", run_id, exc)
+                log.debug("report failure", exc_info=True)
+        if self.config.alerts is not None and not dry_run:
+            try:
+                from segloop.alerts import check_run
+
+                check_run(self, run_id, report)
+            except Exception as exc:
+                log.warning("run %s: alerts could not be checked: %s", run_id, exc)
+        return report
+
+    def _run(
+        self,
+        node: str | None,
+        dry_run: bool,
+        reporter: Reporter | None,
+        trigger: str,
+        options: dict[str, Any],
+        run_id: str,
+    ) -> RunResult:
         reporter = reporter or Reporter()
         plan = self.plan(node)
         store = self.store()
-        run_id = store.start_run(self.name, str(self.file) if self.file else None,
-                                 self.config.warehouse, dry_run, trigger)
+        store.start_run(self.name, str(self.file) if self.file else None,
+                        self.config.warehouse, dry_run, trigger, run_id=run_id)
         started = time.perf_counter()
         results = {name: NodeResult(name, self.config.nodes[name].type) for name in plan}
         error: str | None = None
         try:
             with self.connect() as warehouse:
                 for name in plan:
-                    self._run_node(name, results, warehouse, run_id, dry_run, reporter, store, options or {})
+                    self._run_node(name, results, warehouse, run_id, dry_run, reporter, store, options)
         except SegloopError as exc:
             error = str(exc)
             for result in results.values():

@@ -1,0 +1,449 @@
+"""Cron schedules with a timezone, and the scheduler loop `segloop serve` runs.
+
+A pipeline file says when it runs::
+
+    schedule: "0 3 * * *"                                  # 03:00 UTC every day
+    schedule: {cron: "0 3 * * *", timezone: Europe/Paris}  # 03:00 Paris time
+
+The five fields are minute, hour, day of month, month and day of week, with ``*``,
+lists (``1,15``), ranges (``1-5``), steps (``*/15``, ``10-50/20``), month and day names
+(``jan``, ``mon-fri``), 7 as Sunday, and the shorthands ``@hourly``, ``@daily``,
+``@weekly``, ``@monthly``, ``@yearly``. As in Vixie cron, when both day of month and day
+of week are restricted, a day matching either one matches.
+
+Times are wall-clock times in the schedule's timezone. Daylight saving: a time that
+does not exist that day (02:30 when clocks jump from 02:00 to 03:00) is skipped, and a
+time that happens twice (clocks going back) runs once, at its first occurrence. A small
+parser of our own keeps the dependency list short; it is the only cron dialect we need.
+
+The scheduler takes its clock and its sleep as arguments, so a test drives it with a fake
+clock instead of waiting for 03:00.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+log = logging.getLogger("segloop")
+
+MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+SHORTHANDS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+# (name, low, high, names) per field; day of week accepts 7 as Sunday.
+FIELDS: tuple[tuple[str, int, int, tuple[str, ...]], ...] = (
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day of month", 1, 31, ()),
+    ("month", 1, 12, MONTH_NAMES),
+    ("day of week", 0, 7, DAY_NAMES),
+)
+MAX_YEARS_AHEAD = 8  # covers "29 Feb on a Monday" style schedules (repeat every 28 years is not needed)
+
+
+class CronError(ValueError):
+    """A cron expression that cannot be parsed; the message names the field and the value."""
+
+
+def _parse_value(text: str, low: int, names: tuple[str, ...], what: str) -> int:
+    lowered = text.lower()
+    if names and lowered in names:
+        return names.index(lowered) + (1 if names is MONTH_NAMES else 0)
+    if not text.isdigit():
+        raise CronError(f"{what}: `{text}` is not a number" + (f" or a name ({', '.join(names)})" if names else ""))
+    return int(text)
+
+
+def _parse_field(text: str, index: int) -> frozenset[int]:
+    what, low, high, names = FIELDS[index]
+    values: set[int] = set()
+    for part in text.split(","):
+        if not part:
+            raise CronError(f"{what}: empty item in `{text}`")
+        step = 1
+        if "/" in part:
+            part, step_text = part.split("/", 1)
+            if not step_text.isdigit() or int(step_text) == 0:
+                raise CronError(f"{what}: step `{step_text}` must be a positive number")
+            step = int(step_text)
+        if part == "*":
+            start, end = low, high if index != 4 else 6
+        elif "-" in part:
+            a, b = part.split("-", 1)
+            start, end = _parse_value(a, low, names, what), _parse_value(b, low, names, what)
+        else:
+            start = _parse_value(part, low, names, what)
+            end = high if step > 1 else start
+        for value in (start, end):
+            if not low <= value <= high:
+                raise CronError(f"{what}: {value} is outside {low}-{high}")
+        if end < start:
+            raise CronError(f"{what}: range `{part}` goes backwards")
+        values.update(range(start, end + 1, step))
+    if index == 4 and 7 in values:  # 7 is Sunday too
+        values.discard(7)
+        values.add(0)
+    return frozenset(values)
+
+
+@dataclass(frozen=True)
+class Cron:
+    """A parsed five-field cron expression."""
+
+    expression: str
+    minutes: frozenset[int]
+    hours: frozenset[int]
+    days: frozenset[int]
+    months: frozenset[int]
+    weekdays: frozenset[int]  # 0 = Sunday
+    day_restricted: bool
+    weekday_restricted: bool
+
+    @classmethod
+    def parse(cls, expression: str) -> Cron:
+        text = " ".join(expression.split())
+        text = SHORTHANDS.get(text.lower(), text)
+        parts = text.split(" ")
+        if len(parts) != 5:
+            raise CronError(
+                f"`{expression}` has {len(parts)} fields; a cron schedule has 5: "
+                "minute hour day-of-month month day-of-week, e.g. \"0 3 * * *\""
+            )
+        sets = [_parse_field(part, i) for i, part in enumerate(parts)]
+        return cls(
+            expression=expression,
+            minutes=sets[0],
+            hours=sets[1],
+            days=sets[2],
+            months=sets[3],
+            weekdays=sets[4],
+            day_restricted=not parts[2].startswith("*"),
+            weekday_restricted=not parts[4].startswith("*"),
+        )
+
+    def matches_day(self, day: date) -> bool:
+        if day.month not in self.months:
+            return False
+        in_days = day.day in self.days
+        in_weekdays = (day.isoweekday() % 7) in self.weekdays
+        if self.day_restricted and self.weekday_restricted:
+            return in_days or in_weekdays
+        return in_days and in_weekdays
+
+    def next_after(self, after: datetime, tz: tzinfo) -> datetime:
+        """The first run time strictly after ``after`` (aware), in UTC.
+
+        UTC, not ``tz``: Python never finds a time inside a repeated DST hour equal to a
+        time of another zone, which would make an exact comparison lie.
+        """
+        if after.tzinfo is None:
+            raise ValueError("next_after needs an aware datetime")
+        local = after.astimezone(tz)
+        day = local.date()
+        last = day + timedelta(days=366 * MAX_YEARS_AHEAD)
+        times = [(h, m) for h in sorted(self.hours) for m in sorted(self.minutes)]
+        while day <= last:
+            if self.matches_day(day):
+                for hour, minute in times:
+                    candidate = _wall_time(day, hour, minute, tz)
+                    if candidate is not None and candidate > after:
+                        return candidate.astimezone(UTC)
+            day += timedelta(days=1)
+        raise CronError(f"`{self.expression}` never runs (no matching day in {MAX_YEARS_AHEAD} years)")
+
+
+def _wall_time(day: date, hour: int, minute: int, tz: tzinfo) -> datetime | None:
+    """The wall-clock time in ``tz``, or None when it does not exist (DST gap)."""
+    naive = datetime(day.year, day.month, day.day, hour, minute)
+    aware = naive.replace(tzinfo=tz, fold=0)
+    back = aware.astimezone(UTC).astimezone(tz)
+    if back.replace(tzinfo=None) != naive:
+        return None  # in the gap: clocks jumped over this minute
+    return aware
+
+
+def timezone_of(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise CronError(f"unknown timezone `{name}`; use an IANA name like Europe/Paris or UTC") from None
+
+
+class ScheduleConfig(BaseModel):
+    """`schedule:` in a pipeline file: a cron string, or `{cron: ..., timezone: ...}`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cron: str
+    timezone: str = "UTC"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"cron": value}
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        Cron.parse(value)  # CronError is a ValueError: pydantic reports it on `cron`
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str) -> str:
+        timezone_of(value)
+        return value
+
+    def parsed(self) -> Cron:
+        return Cron.parse(self.cron)
+
+    def next_after(self, after: datetime) -> datetime:
+        return self.parsed().next_after(after, timezone_of(self.timezone))
+
+    def describe(self) -> str:
+        return f"{self.cron} ({self.timezone})"
+
+
+# -- the scheduler --------------------------------------------------------------------------
+
+
+@dataclass
+class ScheduledJob:
+    """One scheduled pipeline: its schedule and when it next runs."""
+
+    name: str
+    schedule: ScheduleConfig
+    next_run: datetime
+    last_fired: datetime | None = None
+
+
+Clock = Callable[[], datetime]
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Scheduler:
+    """Fires ``trigger(pipeline_name)`` when a pipeline's next cron time has come.
+
+    Missed times (the process was down, or a run took longer than the interval) are not
+    replayed: a job fires once and its next time is computed from *now*, as cron does.
+    ``trigger`` decides what happens when the pipeline is still running (the Pipeline
+    facade skips and records it).
+    """
+
+    trigger: Callable[[str], Any]
+    clock: Clock = system_clock
+    sleep: Callable[[float], Any] | None = None
+    max_sleep: float = 30.0
+    jobs: dict[str, ScheduledJob] = field(default_factory=dict)
+
+    def set_schedules(self, schedules: dict[str, ScheduleConfig]) -> None:
+        """Replace the schedules (pipeline name -> schedule), keeping unchanged jobs' next times."""
+        now = self.clock()
+        jobs: dict[str, ScheduledJob] = {}
+        for name, schedule in schedules.items():
+            old = self.jobs.get(name)
+            if old is not None and old.schedule == schedule:
+                jobs[name] = old
+            else:
+                jobs[name] = ScheduledJob(name, schedule, schedule.next_after(now))
+        self.jobs = jobs
+
+    def due(self, now: datetime | None = None) -> list[str]:
+        now = now or self.clock()
+        return sorted(name for name, job in self.jobs.items() if job.next_run <= now)
+
+    def run_pending(self) -> list[str]:
+        """Fire every due job once; returns the names fired."""
+        now = self.clock()
+        fired = []
+        for name in self.due(now):
+            job = self.jobs[name]
+            job.last_fired = now
+            job.next_run = job.schedule.next_after(now)
+            fired.append(name)
+            try:
+                self.trigger(name)
+            except Exception:  # a failing trigger must not stop the other schedules
+                log.exception("scheduled run of pipeline `%s` could not start", name)
+        return fired
+
+    def seconds_until_next(self) -> float:
+        if not self.jobs:
+            return self.max_sleep
+        soonest = min(job.next_run for job in self.jobs.values())
+        wait = (soonest - self.clock()).total_seconds()
+        return max(0.0, min(self.max_sleep, wait))
+
+    def serve(self, stop: threading.Event) -> None:
+        """Loop until ``stop`` is set: fire due jobs, then sleep until the next one."""
+        while not stop.is_set():
+            self.run_pending()
+            wait = self.seconds_until_next()
+            if self.sleep is not None:
+                self.sleep(wait)
+            else:
+                stop.wait(max(wait, 0.2))
+
+
+# -- one run of a pipeline at a time -------------------------------------------------------
+
+
+class PipelineBusy(Exception):
+    """The pipeline is already running (raised by ``PipelineLock.acquire(wait=False)``)."""
+
+    def __init__(self, holder: str):
+        self.holder = holder
+        super().__init__(holder)
+
+
+class PipelineLock:
+    """An exclusive lock per pipeline: a file under `.segloop/locks/`, held with flock.
+
+    flock locks belong to an open file, so two runs conflict whether they come from two
+    threads of `segloop serve` or from `segloop run` in another terminal; the operating
+    system drops the lock when a process dies, so a killed run never leaves it stuck. The
+    file holds the holder's run id, for the message the second trigger gets.
+    """
+
+    POLL_SECONDS = 0.2
+
+    def __init__(self, state_dir: Path, pipeline: str):
+        self.path = Path(state_dir) / "locks" / f"{pipeline}.lock"
+        self._file: Any = None
+
+    def acquire(self, holder: str, wait: bool = True, timeout: float | None = None) -> None:
+        """Take the lock; with ``wait=False`` raise PipelineBusy naming who holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")  # noqa: SIM115 - held open for as long as the lock
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if _try_lock(handle):
+                handle.seek(0)
+                handle.truncate()
+                handle.write(holder)
+                handle.flush()
+                self._file = handle
+                return
+            if not wait or (deadline is not None and time.monotonic() >= deadline):
+                handle.seek(0)
+                current = handle.read().strip() or "another run"
+                handle.close()
+                raise PipelineBusy(current)
+            time.sleep(self.POLL_SECONDS)
+
+    def release(self) -> None:
+        if self._file is None:
+            return
+        handle, self._file = self._file, None
+        handle.seek(0)
+        handle.truncate()
+        _unlock(handle)
+        handle.close()
+
+
+_thread_locks: dict[str, threading.Lock] = {}
+
+
+def _try_lock(handle: Any) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: one process at a time, threads only
+        lock = _thread_locks.setdefault(handle.name, threading.Lock())
+        return lock.acquire(blocking=False)
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _unlock(handle: Any) -> None:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        _thread_locks[handle.name].release()
+        return
+    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+# -- runs in background threads (the UI's "Run now" and the scheduler) ---------------------
+
+
+class BackgroundRuns:
+    """Starts pipeline runs in threads through the Pipeline facade.
+
+    A second trigger of a pipeline that is still running is not refused here: the run
+    itself finds the pipeline's lock taken, records itself as skipped (with its trigger)
+    and returns, so the history shows every trigger.
+    """
+
+    def __init__(self, workspace: Any):
+        self.workspace = workspace
+        self._threads: dict[str, list[threading.Thread]] = {}
+        self._lock = threading.Lock()
+        self.errors: dict[str, str] = {}
+        self.results: dict[str, Any] = {}  # pipeline -> last RunResult
+
+    def start(self, pipeline: str, trigger: str = "ui") -> threading.Thread:
+        thread = threading.Thread(target=self._run, args=(pipeline, trigger),
+                                  name=f"segloop-run-{pipeline}", daemon=True)
+        with self._lock:
+            self._threads.setdefault(pipeline, []).append(thread)
+        thread.start()
+        return thread
+
+    def _run(self, name: str, trigger: str) -> None:
+        from segloop.errors import SegloopError
+        from segloop.pipeline import Pipeline
+
+        try:
+            result = Pipeline.load(name, self.workspace).run(trigger=trigger, on_busy="skip")
+        except SegloopError as exc:  # recorded in history when the run started; logged anyway
+            self.errors[name] = str(exc)
+            log.error("%s run of pipeline `%s` failed: %s", trigger, name, exc)
+        except Exception:
+            self.errors[name] = "unexpected error; see the server log"
+            log.exception("%s run of pipeline `%s` crashed", trigger, name)
+        else:
+            self.results[name] = result
+            self.errors.pop(name, None)
+        finally:
+            with self._lock:
+                threads = self._threads.get(name, [])
+                current = threading.current_thread()
+                self._threads[name] = [t for t in threads if t is not current]
+
+    def active(self) -> list[str]:
+        with self._lock:
+            return sorted(name for name, threads in self._threads.items() if threads)
+
+    def join(self, timeout: float | None = None) -> None:
+        with self._lock:
+            threads = [t for group in self._threads.values() for t in group]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in threads:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            thread.join(left)

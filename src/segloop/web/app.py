@@ -1,0 +1,409 @@
+"""`segloop ui` / `segloop serve`: a small Starlette app over the Pipeline facade and RunStore.
+
+Server-rendered pages, no front-end build, no JavaScript needed: pipelines with their DAG,
+run history, run reports, the first rows of a node's output table, a preview of what a
+Segment node would send, and a "Run now" button that starts a run in a background thread.
+The pages only call ``Pipeline`` and ``RunStore``; what a run does is decided there.
+
+Safety: bound to loopback, only loopback Host headers are accepted (no DNS rebinding);
+bound to any other address, every request needs the token (``?token=`` once, then a
+cookie, or ``Authorization: Bearer``). POSTs from another origin are refused, so a web
+page cannot press "Run now" for you.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import secrets
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http.cookies import SimpleCookie
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from segloop.config import Workspace
+from segloop.errors import SegloopError
+from segloop.pipeline import Pipeline
+from segloop.report import Redactor, ensure_report
+from segloop.schedule import BackgroundRuns, Scheduler
+from segloop.store import RunStore
+from segloop.web import charts
+from segloop.web.templating import render_template
+
+log = logging.getLogger("segloop")
+
+TOKEN_ENV = "SEGLOOP_UI_TOKEN"
+TOKEN_COOKIE = "segloop_token"
+TABLE_PREVIEW_ROWS = 100
+PREVIEW_ROWS = 5
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class UiState:
+    """What the pages share: the workspace and the runs started from the UI or the scheduler."""
+
+    workspace: Workspace
+    runs: BackgroundRuns
+    scheduler: Scheduler | None = None
+
+    def store(self) -> RunStore:
+        return RunStore(self.workspace.state_dir / "state.db")
+
+    def pipeline(self, name: str) -> Pipeline:
+        return Pipeline.load(name, self.workspace)
+
+
+# -- pages --------------------------------------------------------------------------------
+
+
+def _page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    return HTMLResponse(render_template(name, **context), status_code=status_code)
+
+
+def _error(message: str, status_code: int = 404) -> HTMLResponse:
+    return _page("error.html", status_code=status_code, title="Problem", message=message)
+
+
+def _state(request: Request) -> UiState:
+    state: UiState = request.app.state.ui
+    return state
+
+
+async def index(request: Request) -> Response:
+    state = _state(request)
+
+    def gather() -> list[dict[str, Any]]:
+        store = state.store()
+        rows = []
+        try:
+            for file in state.workspace.pipeline_files():
+                row: dict[str, Any] = {"file": file.name, "name": file.stem, "error": None, "last": None,
+                                       "nodes": 0, "schedule": None}
+                try:
+                    pipeline = Pipeline.load(file, state.workspace)
+                except SegloopError as exc:
+                    row["error"] = str(exc)
+                else:
+                    row.update(name=pipeline.name, nodes=len(pipeline.config.nodes),
+                               schedule=pipeline.config.schedule,
+                               description=pipeline.config.description)
+                    last = store.list_runs(pipeline.name, 1)
+                    row["last"] = last[0] if last else None
+                rows.append(row)
+        finally:
+            store.close()
+        return rows
+
+    pipelines = await run_in_threadpool(gather)
+    return _page("index.html", title="Pipelines", pipelines=pipelines, workspace=state.workspace,
+                 active=state.runs.active())
+
+
+async def pipeline_page(request: Request) -> Response:
+    state = _state(request)
+    name = request.path_params["name"]
+
+    def gather() -> dict[str, Any]:
+        pipeline = state.pipeline(name)
+        store = state.store()
+        try:
+            runs = store.list_runs(pipeline.name, 30)
+        finally:
+            store.close()
+        config = pipeline.config
+        latest = {n.node: n.status for n in runs[0].nodes} if runs else {}
+        nodes = [(n, config.nodes[n].type, latest.get(n, "not run")) for n in config.topological_order()]
+        edges = [(up, n) for n in config.nodes for up in config.upstream_of(n) if up in config.nodes]
+        next_run = None
+        if config.schedule is not None:
+            next_run = config.schedule.next_after(datetime.now(UTC)).isoformat(timespec="minutes")
+        return {"pipeline": pipeline, "runs": runs, "dag": charts.dag(nodes, edges), "nodes": nodes,
+                "next_run": next_run,
+                "running": any(r.status == "running" for r in runs) or pipeline.name in state.runs.active()}
+
+    try:
+        context = await run_in_threadpool(gather)
+    except SegloopError as exc:
+        return _error(str(exc))
+    message = state.runs.errors.pop(name, None)  # a run that could not even start
+    return _page("pipeline.html", title=f"Pipeline {name}", message=message,
+                 started=request.query_params.get("started"), **context)
+
+
+async def run_now(request: Request) -> Response:
+    state = _state(request)
+    name = request.path_params["name"]
+    try:
+        pipeline = await run_in_threadpool(state.pipeline, name)
+    except SegloopError as exc:
+        return _error(str(exc))
+    state.runs.start(pipeline.name, trigger="ui")
+    return RedirectResponse(f"/pipelines/{pipeline.name}?started=1", status_code=303)
+
+
+async def run_page(request: Request) -> Response:
+    state = _state(request)
+
+    def gather() -> Any:
+        store = state.store()
+        try:
+            return store.get_run(request.path_params["run_id"])
+        finally:
+            store.close()
+
+    try:
+        run = await run_in_threadpool(gather)
+    except SegloopError as exc:
+        return _error(str(exc))
+    return _page("run.html", title=f"Run {run.id}", run=run)
+
+
+async def report(request: Request) -> Response:
+    state = _state(request)
+    run_id = request.path_params["run_id"]
+    rebuild = request.query_params.get("rebuild") == "1"
+    try:
+        path = await run_in_threadpool(ensure_report, state.workspace, run_id, rebuild)
+    except SegloopError as exc:
+        return _error(str(exc))
+    return HTMLResponse(path.read_text(encoding="utf-8"))
+
+
+async def node_table(request: Request) -> Response:
+    state = _state(request)
+    name, node = request.path_params["name"], request.path_params["node"]
+    suffix = request.query_params.get("suffix") or None
+    if suffix is not None and not suffix.isidentifier():
+        return _error(f"`{suffix}` is not a table suffix (letters, digits and underscores)")
+
+    def gather() -> dict[str, Any]:
+        pipeline = state.pipeline(name)
+        pipeline.plan(node)  # a ConfigError naming the nodes when `node` is unknown
+        table_name = pipeline.table_name(node, suffix)
+        redact = Redactor.for_pipeline(pipeline)
+        with pipeline.connect() as warehouse:
+            if not warehouse.has_table(table_name):
+                raise SegloopError(f"table {warehouse.schema}.{table_name} does not exist yet; run the pipeline first")
+            total = warehouse.count(warehouse.table(table_name))
+            data = warehouse.to_arrow(warehouse.table(table_name), limit=TABLE_PREVIEW_ROWS)
+            qualified = f"{warehouse.schema}.{table_name}"
+        rows = [[_cell(redact, v) for v in record.values()] for record in data.to_pylist()]
+        return {"pipeline": pipeline, "node": node, "table": qualified, "columns": data.column_names,
+                "rows": rows, "total": total}
+
+    try:
+        context = await run_in_threadpool(gather)
+    except SegloopError as exc:
+        return _error(str(exc))
+    return _page("table.html", title=f"{name}.{node}", **context)
+
+
+def _cell(redact: Redactor, value: Any) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return charts.fmt(value)
+    return redact.text(str(redact.value(value)) if value is not None else "")
+
+
+def preview_node(pipeline: Pipeline, node: str, rows: int = PREVIEW_ROWS) -> dict[str, Any]:
+    """What a Segment node would send next, sending nothing: `segloop preview` for the page."""
+    result = dict(pipeline.preview(node, rows))
+    redact = Redactor.for_pipeline(pipeline)
+    payloads = result.pop("payloads", [])
+    return {"error": None, "metrics": redact.value(result),
+            "payloads": redact.value(payloads) if isinstance(payloads, list) else []}
+
+
+async def preview(request: Request) -> Response:
+    state = _state(request)
+    name, node = request.path_params["name"], request.path_params["node"]
+    try:
+        pipeline = await run_in_threadpool(state.pipeline, name)
+        pipeline.plan(node)
+    except SegloopError as exc:
+        return _error(str(exc))
+    result = None
+    if request.method == "POST":
+        try:
+            result = await run_in_threadpool(preview_node, pipeline, node)
+        except SegloopError as exc:
+            result = {"error": str(exc), "metrics": {}, "payloads": []}
+    return _page("preview.html", title=f"Preview {name}.{node}", pipeline=pipeline, node=node,
+                 node_type=pipeline.config.nodes[node].type, result=result)
+
+
+# -- security -----------------------------------------------------------------------------
+
+
+class Guard:
+    """ASGI middleware: Host check on loopback, token everywhere else, same-origin POSTs."""
+
+    def __init__(self, app: ASGIApp, token: str | None, loopback: bool):
+        self.app = app
+        self.token = token
+        self.loopback = loopback
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        host = headers.get("host", "")
+        hostname = urlsplit(f"//{host}").hostname or ""
+        if self.loopback and not is_loopback(hostname):
+            await _plain(403, "segloop ui: unexpected Host header; open it as http://127.0.0.1:PORT/")(scope, receive, send)
+            return
+        if scope["method"] not in ("GET", "HEAD"):
+            origin = headers.get("origin")
+            if origin and origin != "null" and urlsplit(origin).netloc != host:
+                await _plain(403, "segloop ui: cross-origin request refused")(scope, receive, send)
+                return
+        if self.token is not None:
+            query = dict(parse_qsl(scope.get("query_string", b"").decode()))
+            given = query.get("token")
+            if given is not None and secrets.compare_digest(given, self.token):
+                rest = urlencode({k: v for k, v in query.items() if k != "token"})
+                target = scope["path"] + (f"?{rest}" if rest else "")
+                response = RedirectResponse(target, status_code=303)
+                response.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="strict")
+                await response(scope, receive, send)
+                return
+            if not self._authorized(headers):
+                await _plain(401, "segloop ui: this server needs its token; open the URL with ?token=... "
+                                  "printed at start (or set in SEGLOOP_UI_TOKEN)")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _authorized(self, headers: dict[str, str]) -> bool:
+        token = self.token or ""
+        auth = headers.get("authorization", "")
+        if auth.lower().startswith("bearer ") and secrets.compare_digest(auth[7:].strip(), token):
+            return True
+        cookie = SimpleCookie()
+        cookie.load(headers.get("cookie", ""))
+        morsel = cookie.get(TOKEN_COOKIE)
+        return morsel is not None and secrets.compare_digest(morsel.value, token)
+
+
+def _plain(status: int, text: str) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    return Response(text + "\n", status_code=status, media_type="text/plain")
+
+
+# -- app and server -----------------------------------------------------------------------
+
+
+def create_app(
+    workspace: Workspace,
+    host: str = "127.0.0.1",
+    token: str | None = None,
+    runs: BackgroundRuns | None = None,
+    scheduler: Scheduler | None = None,
+) -> ASGIApp:
+    """The ASGI app; ``token`` is required (and used) only when ``host`` is not loopback."""
+    routes = [
+        Route("/", index),
+        Route("/pipelines/{name}", pipeline_page),
+        Route("/pipelines/{name}/run", run_now, methods=["POST"]),
+        Route("/pipelines/{name}/nodes/{node}/table", node_table),
+        Route("/pipelines/{name}/nodes/{node}/preview", preview, methods=["GET", "POST"]),
+        Route("/runs/{run_id}", run_page),
+        Route("/runs/{run_id}/report", report),
+    ]
+    app = Starlette(routes=routes)
+    app.state.ui = UiState(workspace, runs or BackgroundRuns(workspace), scheduler)
+    # Migrate the run history once, before threads race to create it.
+    app.state.ui.store().close()
+    loopback = is_loopback(host)
+    if not loopback and not token:
+        raise SegloopError(f"the UI is bound to {host}, not loopback; it needs a token (set {TOKEN_ENV})")
+    return Guard(app, token if not loopback else None, loopback)
+
+
+def ui_token(host: str, env: dict[str, str]) -> str | None:
+    """The token for a non-loopback bind: from SEGLOOP_UI_TOKEN, or a fresh random one."""
+    if is_loopback(host):
+        return None
+    return env.get(TOKEN_ENV) or secrets.token_urlsafe(24)
+
+
+_warned: set[str] = set()
+
+
+def workspace_schedules(workspace: Workspace) -> dict[str, Any]:
+    """Pipeline name -> schedule, for every pipeline file that has one (bad files are logged)."""
+    out: dict[str, Any] = {}
+    for file in workspace.pipeline_files():
+        try:
+            pipeline = Pipeline.load(file, workspace)
+        except SegloopError as exc:
+            problem = f"{file.name}: {exc}"
+            if problem not in _warned:  # the loop re-reads files every few seconds: say it once
+                _warned.add(problem)
+                log.warning("scheduler: skipping %s", problem)
+            continue
+        if pipeline.config.schedule is not None:
+            out[pipeline.name] = pipeline.config.schedule
+    return out
+
+
+def serve(
+    workspace: Workspace,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    token: str | None = None,
+    with_scheduler: bool = False,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Run the UI (and, for `segloop serve`, the scheduler) until interrupted."""
+    import uvicorn
+
+    runs = BackgroundRuns(workspace)
+    scheduler = None
+    stop = threading.Event()
+    if with_scheduler:
+        scheduler = Scheduler(trigger=lambda name: runs.start(name, trigger="schedule"))
+        scheduler.set_schedules(workspace_schedules(workspace))
+        threading.Thread(target=_scheduler_loop, args=(scheduler, workspace, stop),
+                         name="segloop-scheduler", daemon=True).start()
+    app = create_app(workspace, host, token, runs, scheduler)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    if on_ready:
+        shown = f"[{host}]" if ":" in host else host
+        url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+        on_ready(url)
+    try:
+        server.run()
+    finally:
+        stop.set()
+        runs.join(timeout=5)
+
+
+def _scheduler_loop(scheduler: Scheduler, workspace: Workspace, stop: threading.Event) -> None:
+    """Fire due runs; re-read pipeline files every loop so edited schedules apply without a restart."""
+    while not stop.is_set():
+        try:
+            scheduler.set_schedules(workspace_schedules(workspace))
+            scheduler.run_pending()
+        except Exception:  # the scheduler thread must outlive one bad iteration
+            log.exception("scheduler iteration failed")
+        stop.wait(max(scheduler.seconds_until_next(), 0.5))

@@ -1,0 +1,28 @@
+"""Jinja2 templates shared by the run report and the UI pages (autoescaped HTML)."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import jinja2
+
+from segloop.web.charts import STATUS_COLORS, fmt
+
+
+@cache
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("segloop.web", "templates"),
+        autoescape=jinja2.select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["fmt"] = fmt
+    env.globals["status_color"] = lambda status: STATUS_COLORS.get(status, STATUS_COLORS["pending"])
+    return env
+
+
+def render_template(name: str, **context: Any) -> str:
+    return environment().get_template(name).render(**context)

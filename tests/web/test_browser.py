@@ -1,0 +1,133 @@
+"""Headless Chromium (Debian's, driven by Playwright; never a downloaded browser) clicks through the UI."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from segloop.config import Workspace
+from segloop.schedule import BackgroundRuns
+from segloop.web.app import create_app
+from tests.web.helpers import (
+    DEMO_PIPELINE,
+    WRITE_KEY,
+    copy_workspace,
+    demo_template,  # noqa: F401 - fixture
+    fakes,  # noqa: F401 - fixture
+)
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+pytestmark = [
+    pytest.mark.slow,
+    # CI installs chromium (.ci/run), so there a missing browser fails instead of skipping.
+    pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("CI"),
+                       reason="needs Debian's chromium: apt-get install -y chromium"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def server(demo_template: Path, tmp_path: Path, fakes: None) -> Iterator[tuple[str, Workspace]]:  # noqa: F811
+    import uvicorn
+
+    workspace = Workspace.load(copy_workspace(demo_template, tmp_path / "ws", {"demo": DEMO_PIPELINE}))
+    runs = BackgroundRuns(workspace)
+    port = free_port()
+    config = uvicorn.Config(create_app(workspace, runs=runs), host="127.0.0.1", port=port,
+                            log_level="warning", lifespan="off")
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not uv.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the UI server did not start in 15 s")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", workspace
+    uv.should_exit = True
+    thread.join(10)
+    runs.join(60)
+
+
+def test_run_from_the_ui_and_open_its_report(server: tuple[str, Workspace]) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    base, _ = server
+    ARTIFACTS.mkdir(exist_ok=True)
+    outside: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(60_000)
+
+            def only_the_ui(route: object) -> None:
+                url = route.request.url  # type: ignore[attr-defined]
+                if url.startswith(base):
+                    route.continue_()  # type: ignore[attr-defined]
+                else:
+                    outside.append(url)
+                    route.abort()  # type: ignore[attr-defined]
+
+            page.route("**/*", only_the_ui)
+            page.goto(base + "/")
+            page.click("text=demo")
+            expect(page.locator('svg[data-chart="dag"]')).to_be_visible()
+            page.click("#run-now")
+            expect(page.locator("#started")).to_be_visible()
+            finished = page.locator('#runs tr[data-status="success"]')
+            expect(finished).to_have_count(1, timeout=60_000)  # the page refreshes itself while running
+            expect(finished.locator("td").nth(1)).to_have_text("ui")
+            page.screenshot(path=str(ARTIFACTS / "ui-pipeline.png"), full_page=True)
+            finished.locator("a.report-link").click()
+            grid = page.locator('svg[data-chart="rfm-grid"]')
+            expect(grid).to_be_visible()
+            expect(page.locator("#run-status")).to_have_text("success")
+            for kind in ("dag", "segment-sizes", "cluster-sizes", "clv-distribution",
+                         "propensity-distribution", "recommend-metrics", "segment-send"):
+                expect(page.locator(f'svg[data-chart="{kind}"]').first).to_be_visible()
+            assert grid.bounding_box()["width"] > 300  # type: ignore[index] # drawn, not collapsed
+            assert WRITE_KEY not in page.content()
+            page.screenshot(path=str(ARTIFACTS / "ui-report.png"), full_page=True)
+        finally:
+            browser.close()
+    assert outside == []  # nothing left the machine
+    assert (ARTIFACTS / "ui-report.png").stat().st_size > 10_000
+
+
+def test_report_file_renders_offline(server: tuple[str, Workspace]) -> None:
+    """The report opened as a local file makes no request at all (no CDN, fonts or scripts)."""
+    from playwright.sync_api import sync_playwright
+
+    from segloop.pipeline import Pipeline
+
+    _, workspace = server
+    report = Pipeline.load("demo", workspace).run().report
+    assert report is not None
+    requests: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.on("request", lambda request: requests.append(request.url))
+            page.goto(report.as_uri())
+            assert page.locator("svg.chart").count() >= 9
+            assert page.locator('svg[data-chart="rfm-grid"] g.cell').count() == 25
+        finally:
+            browser.close()
+    assert requests == [report.as_uri()]
