@@ -8,6 +8,8 @@ this registry stays cheap.
 from __future__ import annotations
 
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
+from segloop.operators.clusters import ClustersOperator
+from segloop.operators.recommend import RecommendOperator
 from segloop.operators.rfm import RfmOperator
 from segloop.operators.segment import SegmentOperator
 from segloop.operators.sql import SqlOperator
@@ -17,6 +19,8 @@ NODE_TYPES: dict[str, type[Operator]] = {
     for op in (
         SqlOperator,
         RfmOperator,
+        ClustersOperator,
+        RecommendOperator,
         SegmentOperator,
     )
 }
