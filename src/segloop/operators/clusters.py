@@ -52,6 +52,7 @@ class ClustersConfig(NodeConfig):
     k_range: tuple[int, int] = Field(default=(2, 8), description="Range of k tried by `k: auto`.")
     log: bool = Field(default=True, description="log1p non-negative columns before scaling.")
     seed: int = 0
+    threads: int = Field(default=1, ge=1, description="CPU threads for k-means (OpenMP/BLAS).")
     silhouette_sample: int = Field(default=10_000, ge=100)
     minibatch_above: int = Field(default=100_000, ge=1)
 
@@ -92,7 +93,12 @@ class ClustersOperator(Operator):
             )
         values = _impute(raw, columns, ctx)
         scaled = transform(values, config.log)
-        fit = fit_kmeans(scaled, config, ctx)
+        from threadpoolctl import threadpool_limits
+
+        # sklearn's OpenMP threads spin while waiting; on a busy machine more threads than
+        # free cores makes k-means 100x slower, so the thread count is explicit.
+        with threadpool_limits(config.threads):
+            fit = fit_kmeans(scaled, config, ctx)
         z = cluster_z(scaled, fit.labels, fit.k)
         names = cluster_names(z, columns, self.NAME_TERMS, self.NAME_THRESHOLD)
         table = _assignments(config.customer_id, ids, fit.labels, names, values, columns)
