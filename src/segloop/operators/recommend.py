@@ -200,9 +200,15 @@ class Interactions:
         import pyarrow.compute as pc
         import scipy.sparse as sp
 
+        # sorted ids: the warehouse returns groups in any order, and ALS must see the same
+        # matrix every run to give the same answer for the same seed
         customers = pc.unique(pa.concat_arrays([
             all_customers.cast(pairs.schema.field(cid).type), pairs[cid].combine_chunks()]))
+        customers = customers.take(pc.sort_indices(customers))
         items = pc.unique(pairs["_item"].combine_chunks())
+        items = items.take(pc.sort_indices(items))
+        order = pc.sort_indices(pairs, sort_keys=[(cid, "ascending"), ("_item", "ascending")])
+        pairs = pairs.take(order)
         rows = pc.index_in(pairs[cid], value_set=customers).to_numpy(zero_copy_only=False)
         cols = pc.index_in(pairs["_item"], value_set=items).to_numpy(zero_copy_only=False)
         shape = (len(customers), len(items))
