@@ -92,6 +92,9 @@ def test_customer_without_weighted_history_gets_popular_items(make_workspace) ->
     recs, long, result = run(make_workspace, rows)
     newbie = recs["newbie"]
     assert newbie["source"] == "popular"
+    # a popular item's score is its reach: the share of customers who interacted with it
+    assert all(0 < newbie[f"score_{i}"] <= 1 for i in (1, 2, 3))
+    assert newbie["score_1"] == pytest.approx(2 * 30 * 3 / 6 / 91, abs=0.15)
     assert all(item.startswith("b") for item in newbie["recommended"])  # B is twice as popular
     assert result.node("recs").metrics["popular_fallback_customers"] == 1
     assert {r["source"] for r in long if r["customer"] == "newbie"} == {"popular"}

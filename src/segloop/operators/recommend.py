@@ -257,12 +257,13 @@ def fit_als(weights: sp.csr_matrix, config: RecommendConfig) -> Any:
     return model
 
 
-def _popularity(weights: sp.csr_matrix) -> np.ndarray:
-    """Item indices, most popular first (total weight, ties by index)."""
+def _popularity(weights: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """(item indices, most popular first by total weight; each item's share of customers)."""
     import numpy as np
 
     totals = np.asarray(weights.sum(axis=0)).ravel()
-    return np.lexsort((np.arange(len(totals)), -totals))
+    reach = np.bincount(weights.indices, minlength=weights.shape[1]) / max(weights.shape[0], 1)
+    return np.lexsort((np.arange(len(totals)), -totals)), reach.astype("float32")
 
 
 def _cold_scores(weights: sp.csr_matrix, cold: np.ndarray) -> sp.csr_matrix:
@@ -346,9 +347,13 @@ def _rank(cand_items: list[Any], cand_scores: list[Any], exclude: sp.csr_matrix 
     return sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
 
 
-def _fill_popular(items: np.ndarray, scores: np.ndarray, popular: np.ndarray,
+def _fill_popular(items: np.ndarray, scores: np.ndarray, popularity: tuple[np.ndarray, np.ndarray],
                   exclude: sp.csr_matrix | None, users: np.ndarray, n: int) -> None:
-    """Complete short lists with popular items the customer has not bought (score = NaN)."""
+    """Complete short lists with popular items the customer has not bought.
+
+    Their score is the item's reach (share of customers who interacted with it), 0-1.
+    """
+    popular, reach = popularity
     import numpy as np
 
     short = np.flatnonzero((items < 0).any(axis=1))
@@ -360,6 +365,7 @@ def _fill_popular(items: np.ndarray, scores: np.ndarray, popular: np.ndarray,
         free = np.flatnonzero(items[row] < 0)
         fill = [i for i in popular[: len(taken) + n].tolist() if i not in taken][: len(free)]
         items[row, free[: len(fill)]] = fill
+        scores[row, free[: len(fill)]] = reach[fill]
 
 
 def _metrics_at_k(ranked: np.ndarray, relevant: sp.csr_matrix, k: int) -> dict[str, float]:
@@ -420,13 +426,15 @@ def _output_tables(data: Interactions, recs: Recommendations, config: RecommendC
     cid, n = config.customer_id, config.top_n
     item_ids = data.item_ids
     valid = recs.items >= 0
-    names = np.where(valid, item_ids[np.maximum(recs.items, 0)], None)
-    scores = np.where(np.isnan(recs.scores), None, np.round(recs.scores.astype("float64"), 4))
+    names = np.full(recs.items.shape, None, dtype=object)
+    names[valid] = item_ids[recs.items[valid]]
+    scores = np.round(recs.scores.astype("float64"), 4)  # NaN where no item
     recommended, score_json = [], []
     for row in range(len(names)):
         row_items = [x for x in names[row].tolist() if x is not None]
         recommended.append(row_items)
-        score_json.append(orjson.dumps({item: scores[row, j] for j, item in enumerate(row_items)}).decode())
+        score_json.append(orjson.dumps(
+            {item: float(scores[row, j]) for j, item in enumerate(row_items)}).decode())
     source = np.where(recs.from_popular, "popular", "model")
     main: dict[str, Any] = {
         cid: data.customer_ids,
@@ -435,26 +443,26 @@ def _output_tables(data: Interactions, recs: Recommendations, config: RecommendC
         "source": pa.array(source),
     }
     for j in range(n):
-        main[f"rec_{j + 1}"] = pa.array(names[:, j].tolist() if j < names.shape[1] else None, pa.string())
+        main[f"rec_{j + 1}"] = pa.array(names[:, j].tolist(), pa.string())
     for j in range(n):
-        main[f"score_{j + 1}"] = pa.array(scores[:, j].tolist(), pa.float64())
+        main[f"score_{j + 1}"] = pa.array(scores[:, j], pa.float64(), from_pandas=True)
     if wide_columns:
         lookup = {item: i for i, item in enumerate(item_ids.tolist())}
         excluded = data.bought if config.exclude_purchased else None
         for item, column in wide_columns.items():
-            j = lookup.get(item)
+            index = lookup.get(item)
             values = np.full(data.n_customers, np.nan)
-            if j is not None and recs.wide is not None:
-                values = np.round(recs.wide[:, j].astype("float64"), 4)
+            if index is not None and recs.wide is not None:
+                values = np.round(recs.wide[:, index].astype("float64"), 4)
                 values[recs.from_popular] = np.nan
                 if excluded is not None:
-                    values[np.asarray(excluded[:, j].todense()).ravel() > 0] = np.nan
+                    values[np.asarray(excluded[:, index].todense()).ravel() > 0] = np.nan
             main[column] = pa.array(values, pa.float64(), from_pandas=True)
     rows, ranks = np.nonzero(valid)
     long = pa.table({
         cid: data.customer_ids.take(pa.array(rows)),
         "item_id": pa.array(item_ids[recs.items[rows, ranks]].tolist(), pa.string()),
-        "score": pa.array(scores[rows, ranks].tolist(), pa.float64()),
+        "score": pa.array(scores[rows, ranks], pa.float64(), from_pandas=True),
         "rank": pa.array(ranks + 1, pa.int64()),
         "source": pa.array(source[rows]),
     })
