@@ -95,3 +95,6 @@ def test_tables_agree_and_fit_what_segment_can_take(demo_run) -> None:
     assert {"phones_01", "books_01"} <= set(some)  # wide_items columns
     phone_fans = [r["phones_01"] for r in main.values() if r["phones_01"] is not None]
     assert phone_fans and all(isinstance(v, float) for v in phone_fans)
+    listed = [r for r in main.values() if "phones_01" in r["recommended"]]
+    assert listed and all(r["phones_01"] == pytest.approx(orjson.loads(r["scores"])["phones_01"], abs=2e-4)
+                          for r in listed)

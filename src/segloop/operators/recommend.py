@@ -321,9 +321,12 @@ def recommend_all(data: Interactions, config: RecommendConfig, weights: sp.csr_m
             ranked = _rank(cand_items, cand_scores, exclude, warm_users[pos], n)
             items[row, :len(ranked)] = [i for i, _ in ranked]
             scores[row, :len(ranked)] = [s for _, s in ranked]
-        if config.wide_items:
-            wide = model.user_factors[users] @ model.item_factors.T  # small: used for few columns
-            wide = np.asarray(wide)
+        if config.wide_items:  # scores of the few wide items only (never users x all items)
+            lookup = {item: i for i, item in enumerate(data.item_ids.tolist())}
+            index = [lookup.get(item, -1) for item in config.wide_items]
+            known = np.array([max(i, 0) for i in index], dtype="int64")
+            wide = np.asarray(model.user_factors[users] @ model.item_factors[known].T, dtype="float64")
+            wide[:, [j for j, i in enumerate(index) if i < 0]] = np.nan
     from_popular = ~has_history
     _fill_popular(items, scores, popular, exclude, users, n)
     if ctx is not None:
@@ -449,11 +452,11 @@ def _output_tables(data: Interactions, recs: Recommendations, config: RecommendC
     if wide_columns:
         lookup = {item: i for i, item in enumerate(item_ids.tolist())}
         excluded = data.bought if config.exclude_purchased else None
-        for item, column in wide_columns.items():
+        for position, (item, column) in enumerate(wide_columns.items()):
             index = lookup.get(item)
             values = np.full(data.n_customers, np.nan)
             if index is not None and recs.wide is not None:
-                values = np.round(recs.wide[:, index].astype("float64"), 4)
+                values = np.round(recs.wide[:, position], 4)
                 values[recs.from_popular] = np.nan
                 if excluded is not None:
                     values[np.asarray(excluded[:, index].todense()).ravel() > 0] = np.nan
