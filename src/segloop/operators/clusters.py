@@ -53,7 +53,7 @@ class ClustersConfig(NodeConfig):
     log: bool = Field(default=True, description="log1p non-negative columns before scaling.")
     seed: int = 0
     threads: int = Field(default=1, ge=1, description="CPU threads for k-means (OpenMP/BLAS).")
-    silhouette_sample: int = Field(default=10_000, ge=100)
+    silhouette_sample: int = Field(default=5_000, ge=100)
     minibatch_above: int = Field(default=100_000, ge=1)
 
     @field_validator("k")
@@ -210,8 +210,13 @@ class KMeansFit:
 def fit_kmeans(x: np.ndarray, config: ClustersConfig, ctx: RunContext | None = None) -> KMeansFit:
     """Fit k-means for a fixed k or each k of the range; keep the best silhouette."""
     import numpy as np
+    from sklearn import config_context
     from sklearn.cluster import KMeans, MiniBatchKMeans
-    from sklearn.metrics import silhouette_score
+    from sklearn.metrics import silhouette_score as sklearn_silhouette
+
+    def silhouette_score(x: np.ndarray, labels: np.ndarray) -> float:
+        with config_context(working_memory=128):  # MB of distance matrix at a time
+            return float(sklearn_silhouette(x, labels))
 
     n = len(x)
     distinct = len(np.unique(x, axis=0)) if n <= 200_000 else n
