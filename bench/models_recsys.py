@@ -124,6 +124,14 @@ def main() -> None:
     parser.add_argument("--case")
     parser.add_argument("--db")
     args = parser.parse_args()
+    if args.case == "make":  # in its own process, so the cases' processes start small
+        n_cust, n_prod, n_events, n_cluster = (int(x) for x in args.db.split(","))
+        work = Path(args.workdir)
+        print(f"data: {n_cust:,} customers x {n_prod:,} products x {n_events:,} events "
+              f"({make_events(work / 'events.duckdb', n_cust, n_prod, n_events):.1f} s); "
+              f"{n_cluster:,} customers to cluster "
+              f"({make_customers(work / 'customers.duckdb', n_cluster):.1f} s)")
+        return
     if args.case:
         print(json.dumps(run_case(args.case, Path(args.db))))
         return
@@ -134,9 +142,10 @@ def main() -> None:
     events_db, customers_db = work / "events.duckdb", work / "customers.duckdb"
     for f in (events_db, customers_db):
         f.unlink(missing_ok=True)
-    print(f"data: {n_cust:,} customers x {n_prod:,} products x {n_events:,} events "
-          f"({make_events(events_db, n_cust, n_prod, n_events):.1f} s); "
-          f"{n_cluster:,} customers to cluster ({make_customers(customers_db, n_cluster):.1f} s)")
+    # Linux keeps a process's peak RSS across exec, so the cases must not be forked from a
+    # process that held the generated data: generation runs in its own process too.
+    subprocess.run([sys.executable, __file__, "--case", "make", "--workdir", str(work),
+                    "--db", f"{n_cust},{n_prod},{n_events},{n_cluster}"], check=True)
     results = {}
     for case, db in (("recommend", events_db), ("recommend_eval", events_db),
                      ("clusters_k4", customers_db), ("clusters_auto", customers_db)):
