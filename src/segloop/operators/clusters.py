@@ -37,6 +37,9 @@ WORDS: dict[str, tuple[str, str]] = {
     "recency_days": ("not recent", "recent"),
     "frequency": ("frequent", "infrequent"),
     "monetary": ("high spend", "low spend"),
+    "product_viewed_count": ("many views", "few views"),
+    "product_added_count": ("many cart adds", "few cart adds"),
+    "order_completed_count": ("many orders", "few orders"),
 }
 
 
@@ -297,17 +300,20 @@ def describe(column: str, z: float) -> str:
 def cluster_names(z: np.ndarray, columns: list[str], terms: int = 3, threshold: float = 0.25) -> list[str]:
     """Names from the strongest deviations, e.g. "high spend, recent, frequent"; unique per run.
 
-    A name takes up to ``terms`` columns whose |z| passes ``threshold``, strongest first;
+    A name takes up to ``terms`` columns whose |z| passes ``threshold``: the RFM columns
+    first, then the others, each group strongest first;
     when two clusters would share a name, both get more terms, and as a last resort a number.
     """
     import numpy as np
 
     k = z.shape[0]
-    orders = [list(np.argsort(-np.abs(z[c]), kind="stable")) for c in range(k)]
+    # RFM words first (what marketers read first), then the other columns; strongest first
+    rfm = np.array([c in RFM_COLUMNS for c in columns])
+    orders = [list(np.lexsort((-np.abs(z[c]), ~rfm))) for c in range(k)]
 
     def name(c: int, n_terms: int) -> str:
-        words = [describe(columns[j], float(z[c, j])) for j in orders[c][:n_terms]
-                 if abs(z[c, j]) >= threshold]
+        words = [describe(columns[j], float(z[c, j])) for j in orders[c]
+                 if abs(z[c, j]) >= threshold][:n_terms]
         return ", ".join(words) if words else "average"
 
     depth = [terms] * k
