@@ -151,13 +151,24 @@ def test_names_are_unique_even_when_profiles_look_alike() -> None:
     assert names[0] == "recent, frequent, high spend, many orders"
     assert names[1] == "recent, frequent, high spend, few orders"
     assert names[2].startswith("average") and names[3].startswith("average")
-    assert describe("basket_size", 2.0) == "high basket size"
+    assert describe("basket_size", 1.0) == "high basket size"
+    assert describe("basket_size", 2.0) == "very high basket size"
+    assert describe("recency_days", 2.0) == "long inactive"
+
+
+def test_same_words_in_another_order_are_the_same_name() -> None:
+    columns = ["recency_days", "frequency", "monetary"]
+    z = np.array([[-1.0, 1.2, 0.8], [-1.2, 0.8, 1.0], [1.0, -1.0, -1.0]])
+    names = cluster_names(z, columns)
+    assert names[0] == "frequent, recent, high spend (1)"
+    assert names[1] == "recent, high spend, frequent (2)"
+    assert names[2] == "not recent, infrequent, low spend"
 
 
 def test_rfm_words_come_first_and_weak_columns_stay_out() -> None:
     columns = ["product_viewed_count", "recency_days", "monetary", "frequency"]
-    z = np.array([[-2.5, 0.5, -0.3, 0.1], [0.1, 0.0, 0.2, -0.1], [2.0, -1.0, 1.5, 0.9]])
+    z = np.array([[-2.5, 0.5, -0.3, 0.1], [0.1, 0.0, 0.2, -0.1], [2.0, -1.0, 1.4, 0.9]])
     names = cluster_names(z, columns, terms=3)
-    assert names[0] == "not recent, low spend, few views"  # frequency (0.1) is too weak to name
+    assert names[0] == "not recent, low spend, very few views"  # frequency (0.1) is too weak
     assert names[1] == "average"
     assert names[2] == "high spend, recent, frequent"

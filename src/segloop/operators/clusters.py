@@ -287,14 +287,21 @@ def cluster_z(scaled: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     ])
 
 
-def describe(column: str, z: float) -> str:
-    """One word or phrase for a column above (z > 0) or below the overall mean."""
+def describe(column: str, z: float, strong: float = 1.5) -> str:
+    """One word or phrase for a column above (z > 0) or below the overall mean.
+
+    Beyond ``strong`` standard deviations the phrase says so ("very frequent"), which
+    tells apart clusters that lean the same way by different amounts.
+    """
     if column in WORDS:
-        return WORDS[column][0 if z > 0 else 1]
-    label = column.removesuffix("_count").replace("_", " ")
-    if column.endswith("_count"):
-        return f"{'many' if z > 0 else 'few'} {label}"
-    return f"{'high' if z > 0 else 'low'} {label}"
+        word = WORDS[column][0 if z > 0 else 1]
+    elif column.endswith("_count"):
+        word = f"{'many' if z > 0 else 'few'} {column.removesuffix('_count').replace('_', ' ')}"
+    else:
+        word = f"{'high' if z > 0 else 'low'} {column.replace('_', ' ')}"
+    if abs(z) < strong:
+        return word
+    return "long inactive" if word == "not recent" else f"very {word}"
 
 
 def cluster_names(z: np.ndarray, columns: list[str], terms: int = 3, threshold: float = 0.25) -> list[str]:
@@ -318,19 +325,25 @@ def cluster_names(z: np.ndarray, columns: list[str], terms: int = 3, threshold: 
 
     depth = [terms] * k
     names = [name(c, depth[c]) for c in range(k)]
+
+    def words(text: str) -> frozenset[str]:  # "recent, frequent" and "frequent, recent" clash
+        return frozenset(text.split(", "))
+
     for _ in range(len(columns)):
-        clashes = {n for n in names if names.count(n) > 1}
-        if not clashes:
+        keys = [words(n) for n in names]
+        clashing = [keys.count(key) > 1 for key in keys]
+        if not any(clashing):
             break
         for c in range(k):
-            if names[c] in clashes and depth[c] < len(columns):
+            if clashing[c] and depth[c] < len(columns):
                 depth[c] += 1
         names = [name(c, depth[c]) for c in range(k)]
-    seen: dict[str, int] = {}
+    keys = [words(n) for n in names]
+    seen: dict[frozenset[str], int] = {}
     unique = []
-    for n in names:
-        seen[n] = seen.get(n, 0) + 1
-        unique.append(n if names.count(n) == 1 else f"{n} ({seen[n]})")
+    for n, key in zip(names, keys, strict=True):
+        seen[key] = seen.get(key, 0) + 1
+        unique.append(n if keys.count(key) == 1 else f"{n} ({seen[key]})")
     return unique
 
 
