@@ -358,7 +358,13 @@ def collector(
         print(url, flush=True)
         err_console.print(f"collector listening on {url} for {sources}; archive in {data_dir}")
 
-    run_forever(settings, host, port if port is not None else (yml.port if yml else 8088), announce)
+    stats = run_forever(settings, host, port if port is not None else (yml.port if yml else 8088), announce)
+    dropped = sum(stats["dropped"].values())
+    err_console.print(
+        f"collector stopped: {stats['accepted']:,} messages accepted, {stats['deduped']:,} "
+        f"duplicates and {dropped:,} invalid messages dropped, "
+        f"{sum(stats['rejected_requests'].values()):,} requests refused"
+    )
 
 
 @app.command("load-archive")

@@ -239,6 +239,18 @@ class Warehouse:
             raise WarehouseError(f"could not write table {target}.{name}: {exc}") from exc
 
     def insert(self, name: str, obj: ir.Table | pa.Table | Any, schema: str | None = None) -> None:
+        """Append rows; an Arrow table goes straight into DuckDB without a pandas detour."""
+        import pyarrow as pa
+
+        if self.dialect == "duckdb" and isinstance(obj, pa.Table):
+            raw = self.con.con  # the duckdb connection under Ibis
+            view = f"_segloop_insert_{id(obj):x}"
+            raw.register(view, obj)
+            try:
+                raw.execute(f"INSERT INTO {self.qualified(name, schema)} BY NAME SELECT * FROM {view}")
+            finally:
+                raw.unregister(view)
+            return
         self.con.insert(name, obj, database=schema or self.schema)
 
     def drop_table(self, name: str, schema: str | None = None) -> None:

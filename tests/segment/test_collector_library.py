@@ -86,3 +86,25 @@ def test_segment_library_10k_events_load_with_segment_column_names(tmp_path: Pat
         again = load_archive(wh, data_dir)
         assert again.files_loaded == 0 and not again.rows_inserted
         assert count("tracks") == sent["track"]
+
+
+def test_segment_library_with_gzip_and_a_batch_level_context(tmp_path):
+    from segment.analytics.client import Client
+
+    from segloop.segment.archive import read_all_messages
+
+    errors: list[Exception] = []
+    with serve_in_thread({KEY: "shop"}, tmp_path / "collector") as running:
+        client = Client(KEY, host=running.url, gzip=True, on_error=lambda e, b: errors.append(e),
+                        upload_interval=0.05)
+        for i in range(500):
+            client.track(user_id=f"u{i % 7}", event="Signed Up", properties={"n": i},
+                         context={"ip": "10.0.0.1"})
+        client.flush()
+        client.join()
+        assert running.stats["accepted"] == 500
+    assert errors == []
+    messages = read_all_messages(tmp_path / "collector")
+    assert len(messages) == 500
+    assert {m["context"]["ip"] for m in messages} == {"10.0.0.1"}
+    assert {m["context"]["library"]["name"] for m in messages} == {"analytics-python"}

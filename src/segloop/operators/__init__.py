@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
 from segloop.operators.clusters import ClustersOperator
+from segloop.operators.clv import ClvOperator
+from segloop.operators.propensity import PropensityOperator
 from segloop.operators.recommend import RecommendOperator
 from segloop.operators.rfm import RfmOperator
 from segloop.operators.segment import SegmentOperator
@@ -22,6 +24,8 @@ NODE_TYPES: dict[str, type[Operator]] = {
         ClustersOperator,
         RecommendOperator,
         SegmentOperator,
+        ClvOperator,
+        PropensityOperator,
     )
 }
 

@@ -242,3 +242,34 @@ def read_all_messages(path: str | Path) -> list[dict[str, Any]]:
     for archive in find_archive_files(path):
         out.extend(read_archive_file(archive.path).messages)
     return out
+
+
+@dataclass
+class ArchiveSummary:
+    """What an archive holds: counts per call type and per track event, and a few samples."""
+
+    messages: int = 0
+    by_call: dict[str, int] = field(default_factory=dict)
+    by_event: dict[str, int] = field(default_factory=dict)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+
+def summarize_archive(path: str | Path, samples: int = 2) -> ArchiveSummary:
+    """Count the messages under a path by call and event (for the demo and quick checks).
+
+    Samples are the first messages of distinct call types, so two samples show two kinds.
+    """
+    summary = ArchiveSummary()
+    seen_calls: set[str] = set()
+    for archive in find_archive_files(path):
+        for message in read_archive_file(archive.path).messages:
+            summary.messages += 1
+            call = str(message.get("type", "unknown"))
+            summary.by_call[call] = summary.by_call.get(call, 0) + 1
+            if call == "track":
+                event = str(message.get("event", ""))
+                summary.by_event[event] = summary.by_event.get(event, 0) + 1
+            if len(summary.samples) < samples and call not in seen_calls:
+                seen_calls.add(call)
+                summary.samples.append(message)
+    return summary

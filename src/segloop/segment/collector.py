@@ -190,6 +190,9 @@ class Committer:
                 self.commits += 1
         except Exception as exc:  # disk full, permissions: every waiter gets a 500
             log.error("could not write the archive: %s", exc)
+            # Later writes go to fresh files, never after a member that may be half written.
+            with contextlib.suppress(OSError):
+                self.writer.rotate()
             for pending in group:
                 pending.future.set_exception(exc)
             return
@@ -379,14 +382,16 @@ class Collector:
         settings = self.settings
         if self._rate_limited():
             return self._answer(
-                PlainTextResponse("Too Many Requests", 429, headers={"Retry-After": "1"})
+                PlainTextResponse(
+                    "Too Many Requests", 429, headers={"Retry-After": "1", "X-RateLimit-Reset": "1"}
+                )
             )
         if settings.latency_ms:
             await asyncio.sleep(settings.latency_ms / 1000)
         if settings.fail_rate and random.random() < settings.fail_rate:
             return self._answer(PlainTextResponse("Internal Server Error (injected by --fail-rate)", 500))
         try:
-            body = await self._read_json(request)
+            body, body_bytes = await self._read_json(request)
         except BadRequest as exc:
             self.stats.rejected[exc.reason] += 1
             return self._answer(PlainTextResponse(f"Bad Request: {exc}", 400))
@@ -402,7 +407,7 @@ class Collector:
                 )
             )
         try:
-            prepared = prepare(body, call, received_at)
+            prepared = prepare(body, call, received_at, body_bytes)
         except BadRequest as exc:
             self.stats.rejected[exc.reason] += 1
             return self._answer(PlainTextResponse(f"Bad Request: {exc}", 400))
@@ -424,7 +429,7 @@ class Collector:
                 log.warning("a batch of %d messages was dropped (over 2,500)", prepared.received)
         return self._answer(JSONResponse({"success": True}, headers=headers))
 
-    async def _read_json(self, request: Request) -> dict[str, Any]:
+    async def _read_json(self, request: Request) -> tuple[dict[str, Any], int]:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in ("application/json", "text/plain"):
             raise BadRequest(
@@ -442,7 +447,7 @@ class Collector:
                 raise BadRequest("request_too_large", "the request is over 500 KB")
             chunks.append(chunk)
         raw = decode_body(b"".join(chunks), request.headers.get("content-encoding"))
-        return parse_json(raw)
+        return parse_json(raw), len(raw)
 
     def _count(self, source: str, prepared: Prepared, result: CommitResult) -> None:
         for stats in (self.stats.total, self.stats.sources.setdefault(source, SourceStats())):
@@ -451,12 +456,18 @@ class Collector:
             stats.deduped += result.deduped
             stats.dropped.update(prepared.dropped)
 
+    def stats_dict(self) -> dict[str, Any]:
+        """/stats: message and request counters, plus fsynced commits (group commit at work)."""
+        return {**self.stats.as_dict(), "commits": self.committer.commits}
+
     def _answer(self, response: Response) -> Response:
         self.stats.requests[str(response.status_code)] += 1
         return response
 
     def app(self) -> Starlette:
         from starlette.applications import Starlette
+        from starlette.middleware import Middleware
+        from starlette.middleware.cors import CORSMiddleware
         from starlette.responses import JSONResponse
         from starlette.routing import Route
 
@@ -472,7 +483,7 @@ class Collector:
             return JSONResponse({"status": "ok"})
 
         async def stats(request: Request) -> Response:
-            return JSONResponse(self.stats.as_dict())
+            return JSONResponse(self.stats_dict())
 
         async def spec(request: Request) -> Response:
             return JSONResponse(openapi_spec())
@@ -485,7 +496,11 @@ class Collector:
             Route("/stats", stats, methods=["GET"]),
             Route("/openapi.json", spec, methods=["GET"]),
         ]
-        return Starlette(routes=routes)
+        # Browsers (analytics.js) post cross-origin, as they do to api.segment.io.
+        cors = Middleware(
+            CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST"], allow_headers=["*"]
+        )
+        return Starlette(routes=routes, middleware=[cors])
 
 
 # -- running ------------------------------------------------------------------------------
@@ -501,7 +516,7 @@ class RunningCollector:
 
     @property
     def stats(self) -> dict[str, Any]:
-        return self.collector.stats.as_dict()
+        return self.collector.stats_dict()
 
 
 def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
@@ -523,7 +538,16 @@ def _uvicorn_server(app: Any, sock: socket.socket) -> Any:
         app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
         timeout_keep_alive=30,
     )
-    return uvicorn.Server(config)
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            # uvicorn re-raises the signal once shut down, which would kill the process
+            # before the archive is closed and the last load runs; return normally instead.
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured.clear()
+
+    return _Server(config)
 
 
 @contextlib.contextmanager
@@ -559,8 +583,13 @@ def serve_in_thread(
         collector.close()
 
 
-def run_forever(settings: CollectorSettings, host: str, port: int, announce: Callable[[str], None]) -> None:
-    """Serve until interrupted (the CLI); ``announce`` gets the URL once listening."""
+def run_forever(
+    settings: CollectorSettings, host: str, port: int, announce: Callable[[str], None]
+) -> dict[str, Any]:
+    """Serve until interrupted (the CLI); ``announce`` gets the URL once listening.
+
+    Returns the final /stats counters.
+    """
     collector = Collector(settings)
     sock = bind_socket(host, port)
     bound = sock.getsockname()[1]
@@ -571,3 +600,4 @@ def run_forever(settings: CollectorSettings, host: str, port: int, announce: Cal
     finally:
         sock.close()
         collector.close()
+    return collector.stats_dict()

@@ -160,11 +160,15 @@ def _stamp(
     return out
 
 
-def prepare(body: dict[str, Any], call: str | None, received_at: datetime) -> Prepared:
+def prepare(
+    body: dict[str, Any], call: str | None, received_at: datetime, body_bytes: int | None = None
+) -> Prepared:
     """Check and stamp the messages of one request (`call` is None for /v1/batch).
 
     Raises BadRequest for what Segment refuses as a whole (a message over 32 KB, a batch
     that is not a list). Per-message problems drop just that message, counted by reason.
+    ``body_bytes`` (the decoded body's size) lets small requests skip the per-message
+    size check: no message can be larger than the body holding it.
     """
     prepared = Prepared()
     if call is None:
@@ -178,8 +182,12 @@ def prepare(body: dict[str, Any], call: str | None, received_at: datetime) -> Pr
         batch_context = None
         batch_sent_at = None
     prepared.received = len(items)
-    for position, item in enumerate(items):
-        size = len(orjson.dumps(item))
+    check_sizes = body_bytes is None or body_bytes > Limits.MAX_MESSAGE_BYTES
+    for position, item in enumerate(items if check_sizes else ()):
+        try:
+            size = len(orjson.dumps(item))
+        except orjson.JSONEncodeError:
+            continue  # nested too deeply to serialize; dropped below
         if size > Limits.MAX_MESSAGE_BYTES:
             raise BadRequest(
                 "message_too_large",
@@ -199,5 +207,10 @@ def prepare(body: dict[str, Any], call: str | None, received_at: datetime) -> Pr
             prepared.dropped[reason] += 1
             continue
         stamped = _stamp(item, received_at, batch_sent_at, batch_context)
-        prepared.lines.append((stamped["messageId"], orjson.dumps(stamped)))
+        try:
+            line = orjson.dumps(stamped)
+        except orjson.JSONEncodeError:  # over 254 levels of nesting
+            prepared.dropped["nested_too_deeply"] += 1
+            continue
+        prepared.lines.append((stamped["messageId"], line))
     return prepared

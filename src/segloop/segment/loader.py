@@ -192,10 +192,10 @@ class _SchemaWriter:
     def _arrow(self, rows: list[dict[str, Any]], kinds: dict[str, Kind]) -> tuple[pa.Table, list[str]]:
         import pyarrow as pa
 
-        present = [c for c in kinds if any(row.get(c) is not None for row in rows)]
-        for required in ("id",):
-            if required in kinds and required not in present:
-                present.append(required)
+        non_null: set[str] = {"id"}
+        for row in rows:
+            non_null.update(col for col, value in row.items() if value is not None)
+        present = [c for c in kinds if c in non_null]
         arrays = {
             col: pa.array([cast_value(row.get(col), kinds[col]) for row in rows], _arrow_type(kinds[col]))
             for col in present
@@ -275,13 +275,35 @@ class _SchemaWriter:
                 f"CREATE TABLE {self.q(combined)} AS SELECT {', '.join(selects)} "
                 f"FROM {staged} s LEFT JOIN {target} u ON u.id = s.id"
             )
-            self.wh.raw_sql(f"DELETE FROM {target} WHERE id IN (SELECT id FROM {staged})")
             names = ", ".join(self.wh.quote(c) for c in kinds)
-            self.wh.raw_sql(f"INSERT INTO {target} ({names}) SELECT {names} FROM {self.q(combined)}")
+            self._atomic(
+                [
+                    f"DELETE FROM {target} WHERE id IN (SELECT id FROM {staged})",
+                    f"INSERT INTO {target} ({names}) SELECT {names} FROM {self.q(combined)}",
+                ]
+            )
         finally:
             self.wh.drop_table(stage, self.schema)
             self.wh.drop_table(combined, self.schema)
         self.result.rows_inserted[f"{self.schema}.{USERS_TABLE}"] += len(merged) - existing
+
+    def _atomic(self, statements: list[str]) -> None:
+        """Run statements as one transaction, so a crash cannot leave users half-replaced.
+
+        PostgreSQL runs several statements sent at once in one implicit transaction; DuckDB
+        needs an explicit one (rolled back if any statement fails).
+        """
+        if self.wh.dialect != "duckdb":
+            self.wh.raw_sql("; ".join(statements))
+            return
+        self.wh.raw_sql("BEGIN TRANSACTION")
+        try:
+            for statement in statements:
+                self.wh.raw_sql(statement)
+        except Exception:
+            self.wh.raw_sql("ROLLBACK")
+            raise
+        self.wh.raw_sql("COMMIT")
 
     def _scalar(self, query: str) -> int:
         table = self.wh.sql(query)

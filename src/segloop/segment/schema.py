@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 import orjson
@@ -100,6 +101,7 @@ def _is_digit(c: int) -> bool:
     return 48 <= c <= 57
 
 
+@lru_cache(maxsize=65_536)  # the same few hundred keys repeat in every message
 def snake_case(name: str) -> str:
     """Snake-case a name exactly as Segment's go-snakecase does (bytes, ASCII only).
 
@@ -239,8 +241,9 @@ def cast_value(value: Any, kind: Kind) -> Any:
         if kind == "integer":
             if isinstance(value, bool):
                 return None
-            if isinstance(value, float):
-                return int(value) if value.is_integer() else None
+            if isinstance(value, str):
+                value = float(value) if any(c in value for c in ".eE") else int(value)
+            # Segment's docs: a float in an integer column loses its fraction, it is not dropped.
             number = int(value)
             return number if _INT64_MIN <= number <= _INT64_MAX else None
         if kind == "float":

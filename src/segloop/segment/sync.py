@@ -33,6 +33,7 @@ SEND_CATEGORIES = (NEW, CHANGED, RETRY, NO_KEY)
 SENT, REJECTED, FAILED, REMOVED = "sent", "rejected", "failed", "removed"
 NULL_MARK = "\u2400"  # stands for NULL inside the hashed row text
 SEPARATOR = "\u241f"  # between columns in the hashed row text
+BUCKET_CHARS = 4  # hex characters of the key hash that chunk the rows to send
 
 
 def _state_schema() -> Any:
@@ -129,7 +130,8 @@ class SyncState:
 
     def reset(self) -> None:
         """Forget everything: the next run sends every row."""
-        for name in (self.state_table, self.log_table, self.pending_table):
+        for name in (self.state_table, self.log_table, self.pending_table,
+                     f"_segloop_merge__{self.pipeline}__{self.node}"):
             self.warehouse.drop_table(name)
 
     # -- planning ------------------------------------------------------------------------
@@ -145,42 +147,54 @@ class SyncState:
         text = ibis.literal(fingerprint)
         for column in payload_columns:
             text = text.concat(ibis.literal(SEPARATOR), source[column].cast("string").fill_null(NULL_MARK))
-        keyed = source.mutate(_key=key, _hash=_md5(text, dialect))
-        ranked = keyed.mutate(
-            _dup=ibis.row_number().over(group_by=keyed._key, order_by=keyed._hash)
-        )
+        # Identical rows collapse into one (plan() counts them as duplicates).
+        keyed = source.mutate(_key=key, _hash=_md5(text, dialect)).distinct()
+        # Duplicate keys: the row with the smallest hash is sent, the others are flagged.
+        # A grouped aggregate and a join, not a window: no sort of the whole input.
+        per_key = keyed.group_by(_fkey=keyed._key).aggregate(_first=keyed._hash.min(), _n=keyed.count())
+        ranked = keyed.left_join(per_key, keyed._key == per_key._fkey)
         state = self.warehouse.table(self.state_table)
         state = state.select(_s_key=state.key, _s_hash=state.payload_hash, _s_status=state.status,
                              _s_attempts=state.attempts)
         joined = ranked.left_join(state, ranked._key == state._s_key)
         category = ibis.cases(
             (joined._key.isnull(), NO_KEY),
-            (joined._dup > 0, DUPLICATE),
+            ((joined._n > 1) & (joined._hash > joined._first), DUPLICATE),
             (joined._s_key.isnull() | (joined._s_status == REMOVED), NEW),
             (joined._s_hash != joined._hash, CHANGED),
             (joined._s_status == FAILED, RETRY),
             else_=UNCHANGED,
         )
-        return joined.mutate(_category=category, _attempts=joined._s_attempts.fill_null(0)).drop(
-            "_s_key", "_s_hash", "_s_status", "_s_attempts", "_dup"
-        )
+        return joined.mutate(
+            _category=category,
+            _attempts=joined._s_attempts.fill_null(0),
+            # Chunks are ranges of this key hash prefix: uniform, and no sort needed.
+            _bucket=_md5(joined._key.fill_null(""), dialect).substr(0, BUCKET_CHARS),
+        ).drop("_s_key", "_s_hash", "_s_status", "_s_attempts", "_fkey", "_first", "_n")
 
     def plan(self, source: ir.Table, key_columns: Sequence[str], payload_columns: Sequence[str],
              fingerprint: str, mode: str = "diff") -> SyncPlan:
         """Fold old checkpoints, classify rows and materialize the rows to send."""
-        import ibis
-
         self.ensure()
         self.compact()
         classified = self.classify(source, key_columns, payload_columns, fingerprint)
+        categories = (*SEND_CATEGORIES, UNCHANGED) if mode == "full" else SEND_CATEGORIES
+        # Materialize the classification once; counts and the pending rows read it.
+        self.warehouse.create_table(self.pending_table, classified.filter(
+            classified._category.isin([*categories, DUPLICATE, UNCHANGED])
+        ))
+        pending_all = self.warehouse.table(self.pending_table)
         counts_table = self.warehouse.to_arrow(
-            classified.group_by("_category").aggregate(n=classified.count())
+            pending_all.group_by("_category").aggregate(n=pending_all.count())
         )
         counts = {row["_category"]: int(row["n"]) for row in counts_table.to_pylist()}
-        categories = (*SEND_CATEGORIES, UNCHANGED) if mode == "full" else SEND_CATEGORIES
-        pending = classified.filter(classified._category.isin(list(categories)))
-        pending = pending.mutate(_rn=ibis.row_number().over(order_by=[pending._key, pending._hash]))
-        self.warehouse.create_table(self.pending_table, pending)
+        identical = self.warehouse.count(source) - sum(counts.values())
+        if identical:
+            counts[DUPLICATE] = counts.get(DUPLICATE, 0) + identical
+        self.warehouse.raw_sql(
+            f"DELETE FROM {self.warehouse.qualified(self.pending_table)} WHERE _category NOT IN "
+            f"({', '.join(repr(c) for c in categories)})"
+        )
         pending_rows = sum(counts.get(c, 0) for c in categories)
         return SyncPlan(counts=counts, pending_table=self.pending_table, pending_rows=pending_rows,
                         removed_keys=self.count_removed(source, key_columns), mode=mode)
@@ -200,15 +214,22 @@ class SyncState:
         return self.warehouse.count(self.removed_keys_expr(source, key_columns))
 
     def pending_chunks(self, rows: int | None = None) -> Iterator[pa.Table]:
-        """Rows to send in bounded chunks; each chunk is its own query, so checkpoints can be
-        written to the same connection between chunks."""
+        """Rows to send in bounded chunks; each chunk is its own query (a range of the key
+        hash), so checkpoints can be written to the same connection between chunks."""
         wh = self.warehouse
         size = rows or self.CHUNK_ROWS
         pending = wh.table(self.pending_table)
         total = wh.count(pending)
-        for start in range(0, total, size):  # ibis row_number() is 0-based
-            chunk = pending.filter((pending._rn >= start) & (pending._rn < start + size)).order_by("_rn")
-            yield wh.to_arrow(chunk)
+        space = 16**BUCKET_CHARS
+        chunks = max(1, min(space, -(-total // size)))
+        bounds = [f"{space * i // chunks:0{BUCKET_CHARS}x}" for i in range(chunks)]
+        for i, low in enumerate(bounds):
+            condition = pending._bucket >= low
+            if i + 1 < chunks:
+                condition &= pending._bucket < bounds[i + 1]
+            chunk = wh.to_arrow(pending.filter(condition).order_by(["_bucket", "_key"]))
+            if chunk.num_rows:
+                yield chunk
 
     # -- checkpoints ---------------------------------------------------------------------
 
@@ -246,23 +267,38 @@ class SyncState:
         return len(acks)
 
     def compact(self) -> None:
-        """Fold the log into the state table: latest row per key wins, attempts add up."""
-        import ibis
+        """Fold the log into the state table: the latest row per key wins, attempts add up.
 
+        Work is proportional to the log (what the last runs sent), not to the state: the
+        latest log row per key (a grouped arg-max, no sort) replaces the key's state row.
+        """
         wh = self.warehouse
         log = wh.table(self.log_table)
         if wh.count(log) == 0:
             return
-        state = wh.table(self.state_table)
-        columns = _state_schema().names
-        both = state.select(*columns).mutate(_order=ibis.literal(0)).union(
-            log.select(*columns).mutate(_order=ibis.literal(1)), distinct=False
+        latest = log.group_by("key").aggregate(
+            payload_hash=log.payload_hash.argmax(log.updated_at),
+            status=log.status.argmax(log.updated_at),
+            message_id=log.message_id.argmax(log.updated_at),
+            last_error=log.last_error.argmax(log.updated_at),
+            log_attempts=log.attempts.sum(),
+            run_id=log.run_id.argmax(log.updated_at),
+            updated_at=log.updated_at.max(),
         )
-        window = ibis.window(group_by=both.key, order_by=[ibis.desc(both._order), ibis.desc(both.updated_at)])
-        ranked = both.mutate(_pick=ibis.row_number().over(window), _total=both.attempts.sum().over(group_by=both.key))
-        latest = ranked.filter(ranked._pick == 0).mutate(attempts=ranked._total).select(*columns)
-        wh.create_table(self.state_table, latest)
-        wh.raw_sql(f"DELETE FROM {wh.qualified(self.log_table)}")
+        state = wh.table(self.state_table)
+        old = state.select(_old_key=state.key, _old_attempts=state.attempts)
+        merged = latest.left_join(old, latest.key == old._old_key).mutate(
+            attempts=lambda t: t.log_attempts + t._old_attempts.fill_null(0)
+        ).select(*_state_schema().names)
+        merge_table = f"_segloop_merge__{self.pipeline}__{self.node}"
+        wh.create_table(merge_table, merged)
+        target, merge, log_q = (wh.qualified(self.state_table), wh.qualified(merge_table),
+                                wh.qualified(self.log_table))
+        columns = ", ".join(_state_schema().names)
+        wh.raw_sql(f"DELETE FROM {target} WHERE key IN (SELECT key FROM {merge})")
+        wh.raw_sql(f"INSERT INTO {target} ({columns}) SELECT {columns} FROM {merge}")
+        wh.raw_sql(f"DELETE FROM {log_q}")
+        wh.drop_table(merge_table)
 
     def statuses(self) -> dict[str, int]:
         """Keys per status in the (compacted plus logged) state, for reports and tests."""
