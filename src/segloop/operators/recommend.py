@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -42,6 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DEFAULT_WEIGHTS = {"Product Viewed": 1.0, "Product Added": 3.0, "Order Completed": 5.0}
 RESERVED = {"recommended", "scores", "source"}
+WEIGHT_TYPE = "decimal(18, 6)"
 
 
 class RecommendConfig(NodeConfig):
@@ -151,14 +153,19 @@ def interactions_expr(source: ir.Table, config: RecommendConfig, ctx: RunContext
     cid, item, ts = config.customer_id, config.item_id, config.timestamp
     t = source.filter(source[cid].notnull() & source[item].notnull() & source[ts].notnull())
     customers = t.select(t[cid]).distinct()
+    # Weights are decimals in SQL: Postgres reads a bare `1.0` as numeric, and Ibis would
+    # then skip the cast of the sums to float64 (it believes they are float64 already).
+    def weight_literal(value: float) -> ir.Value:
+        return ibis.literal(Decimal(str(value)), type=WEIGHT_TYPE)
+
     if config.event:
         branches = []
         for name, weight in config.weights.items():
-            branches.append((t[config.event].isin([name, snake(name)]), ibis.literal(float(weight))))
-        w = ibis.cases(*branches, else_=ibis.literal(0.0))
+            branches.append((t[config.event].isin([name, snake(name)]), weight_literal(weight)))
+        w = ibis.cases(*branches, else_=weight_literal(0))
         buy = t[config.event].isin([config.purchase_event, snake(config.purchase_event)])
     else:
-        w, buy = ibis.literal(1.0), ibis.literal(True)
+        w, buy = weight_literal(1), ibis.literal(True)
     t = t.mutate(_item=t[item].cast("string"), _ts=t[ts].cast("timestamp"), _w=w, _buy=buy)
     t = t.filter(t._w > 0)
     cutoff = None
@@ -175,7 +182,7 @@ def interactions_expr(source: ir.Table, config: RecommendConfig, ctx: RunContext
     pairs = t.group_by([t[cid], t._item]).aggregate(
         weight=t._w.sum().cast("float64"),
         bought=ibis.ifelse(t._buy, one, zero).max().cast("int32"),
-        train_weight=ibis.ifelse(train, t._w, 0.0).sum().cast("float64"),
+        train_weight=ibis.ifelse(train, t._w, weight_literal(0)).sum().cast("float64"),
         train_bought=ibis.ifelse(train & t._buy, one, zero).max().cast("int32"),
         test_bought=ibis.ifelse(~train & t._buy, one, zero).max().cast("int32"),
     )
