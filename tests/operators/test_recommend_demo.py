@@ -55,8 +55,8 @@ def test_beats_popularity_by_half_on_ndcg(demo_run) -> None:
     assert node.status == "success", node.error
     m = node.metrics
     assert m["evaluated_customers"] >= 100
-    assert m["ndcg@10"] >= 1.5 * m["popular_ndcg@10"], m
-    assert m["precision@10"] > m["popular_precision@10"] and m["recall@10"] > m["popular_recall@10"]
+    assert m["ndcg_at_10"] >= 1.5 * m["popular_ndcg_at_10"], m
+    assert m["precision_at_10"] > m["popular_precision_at_10"] and m["recall_at_10"] > m["popular_recall_at_10"]
 
 
 def test_recommendations_follow_each_customers_favourite_category(demo_run) -> None:

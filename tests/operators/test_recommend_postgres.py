@@ -47,7 +47,7 @@ def test_same_recommendations_on_postgres(request: pytest.FixtureRequest) -> Non
     pg = pg_or_skip(request)
     pg_metrics, pg_main, pg_long = run_on(pg)
     duck_metrics, duck_main, duck_long = run_on(Warehouse.duckdb())
-    assert pg_metrics["pairs"] == duck_metrics["pairs"] and pg_metrics["ndcg@10"] == pytest.approx(duck_metrics["ndcg@10"], abs=1e-3)
+    assert pg_metrics["pairs"] == duck_metrics["pairs"] and pg_metrics["ndcg_at_10"] == pytest.approx(duck_metrics["ndcg_at_10"], abs=1e-3)
     assert [r["recommended"] for r in pg_main] == [r["recommended"] for r in duck_main]
     for a, b in zip(pg_main, duck_main, strict=True):
         assert isinstance(a["recommended"], list)  # a text[] column, not a string

@@ -281,10 +281,9 @@ def _cold_scores(weights: sp.csr_matrix, cold: np.ndarray) -> sp.csr_matrix:
 
     conf = _confidence(weights)
     item_vectors = normalize(conf.T.tocsr(), norm="l2", axis=1)  # items x customers
-    sim = (item_vectors @ item_vectors[cold].T).tocsr()  # items x cold
-    sim = sp.csr_matrix(sim.multiply(1.0))
-    sim[cold, np.arange(len(cold))] = 0.0  # an item is not its own neighbour
-    sim.eliminate_zeros()
+    sim = (item_vectors @ item_vectors[cold].T).tocoo()  # items x cold
+    keep = sim.row != cold[sim.col]  # an item is not its own neighbour
+    sim = sp.csr_matrix((sim.data[keep], (sim.row[keep], sim.col[keep])), shape=sim.shape)
     history = normalize(conf, norm="l1", axis=1)
     return (history @ sim).tocsr()
 
@@ -420,9 +419,9 @@ def evaluate(data: Interactions, config: RecommendConfig, k: int, ctx: RunContex
     ours, base = _metrics_at_k(model.items, truth, k), _metrics_at_k(popular, truth, k)
     out: dict[str, Any] = {"evaluated_customers": len(users)}
     for name in ("precision", "recall", "ndcg"):
-        out[f"{name}@{k}"] = round(ours[name], 4)
-        out[f"popular_{name}@{k}"] = round(base[name], 4)
-    out[f"ndcg@{k}_lift"] = round(ours["ndcg"] / base["ndcg"], 3) if base["ndcg"] else None
+        out[f"{name}_at_{k}"] = round(ours[name], 4)
+        out[f"popular_{name}_at_{k}"] = round(base[name], 4)
+    out[f"ndcg_at_{k}_lift"] = round(ours["ndcg"] / base["ndcg"], 3) if base["ndcg"] else None
     return out
 
 
