@@ -172,3 +172,18 @@ def test_rfm_words_come_first_and_weak_columns_stay_out() -> None:
     assert names[0] == "not recent, low spend, very few views"  # frequency (0.1) is too weak
     assert names[1] == "average"
     assert names[2] == "high spend, recent, frequent"
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3])
+def test_tiny_inputs_cluster_or_say_why_not(make_workspace, rows: int) -> None:
+    table = pa.table({"user_id": [f"c{i}" for i in range(rows)], "frequency": [1, 50, 2][:rows],
+                      "monetary": [10.0, 9000.0, 12.0][:rows]})
+    result, wh = run(make_workspace, table)
+    node = result.node("clusters")
+    if rows == 1:
+        assert node.status == "failed" and "at least 2" in node.error
+    else:
+        assert node.status == "success", node.error
+        clusters = {r["user_id"]: r["cluster"] for r in wh.table("shop__clusters").to_pyarrow().to_pylist()}
+        assert len(clusters) == rows and clusters["c0"] != clusters["c1"]
+    wh.close()

@@ -248,7 +248,8 @@ def fit_kmeans(x: np.ndarray, config: ClustersConfig, ctx: RunContext | None = N
         else:
             model = KMeans(n_clusters=k, random_state=config.seed, n_init=10 if n <= 20_000 else 3)
         labels = model.fit_predict(x)
-        if len(np.unique(labels)) < 2:
+        found = len(np.unique(labels))
+        if found < 2 or found >= n:  # silhouette is undefined: every row alone or all together
             score = -1.0
         elif sample is not None:
             score = float(silhouette_score(x[sample], labels[sample]))
