@@ -102,7 +102,8 @@ def run_case(case: str, path: Path) -> dict[str, Any]:
         for suffix, extra in output.extra.items():
             wh.create_table(ctx.table_name(suffix), extra)
         total = time.perf_counter() - started
-    metrics = {k: v for k, v in output.metrics.items() if not isinstance(v, (list, dict))}
+    metrics = {k: v for k, v in output.metrics.items()
+               if not isinstance(v, (list, dict)) or k == "seconds"}
     peak_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
     return {"case": case, "seconds": round(total, 2), "compute_seconds": round(computed, 2),
             "rows_fetched": wh.rows_fetched, "peak_mb": peak_mb, "metrics": metrics}

@@ -25,6 +25,7 @@ docs/recommend.md). The published recommendations come from a second fit on all 
 from __future__ import annotations
 
 import re
+import time
 from datetime import timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -100,6 +101,15 @@ class RecommendOperator(Operator):
         require_columns(source, keys, ctx.node, source_name)
         wide_columns = _wide_columns(config, ctx.node)
 
+        clock = time.perf_counter()
+        seconds: dict[str, float] = {}
+
+        def lap(phase: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            seconds[phase] = round(now - clock, 3)
+            clock = now
+
         pairs_expr, customers_expr, cutoff = interactions_expr(source, config, ctx)
         batches = list(ctx.warehouse.to_batches(pairs_expr))
         pairs = pa.Table.from_batches(batches) if batches else pairs_expr.schema().to_pyarrow().empty_table()
@@ -113,16 +123,21 @@ class RecommendOperator(Operator):
                 "timestamp and an event with a positive weight; check `weights:` and the event names"
             )
         data = Interactions.from_arrow(pairs, all_customers, config.customer_id)
+        lap("aggregate")
         metrics: dict[str, Any] = {
             "customers": data.n_customers, "items": data.n_items, "pairs": pairs.num_rows,
         }
         if cutoff is not None:
             metrics.update(evaluate(data, config, self.EVAL_K, ctx))
             metrics["holdout_from"] = cutoff.isoformat()
+            lap("evaluate")
         ctx.progress(0, None)
         recs = recommend_all(data, config, data.weight, data.bought, ctx)
+        lap("fit_and_score")
         main, long = _output_tables(data, recs, config, wide_columns)
+        lap("tables")
         metrics["popular_fallback_customers"] = int(recs.from_popular.sum())
+        metrics["seconds"] = seconds
         return NodeOutput(table=main, extra={"long": long}, metrics=metrics)
 
 
