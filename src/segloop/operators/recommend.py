@@ -290,7 +290,6 @@ def _popularity(weights: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
 
 def _cold_scores(weights: sp.csr_matrix, cold: np.ndarray) -> sp.csr_matrix:
     """customers x cold items: mean cosine similarity of each cold item to the customer's history."""
-    import numpy as np
     import scipy.sparse as sp
     from sklearn.preprocessing import normalize
 
