@@ -159,3 +159,22 @@ def test_metrics_match_hand_computation() -> None:
     ndcg0 = 1.0 / (1.0 + 1 / np.log2(3))
     ndcg1 = (1 / np.log2(4)) / 1.0
     assert m["ndcg"] == pytest.approx((ndcg0 + ndcg1) / 2)
+
+
+def test_snake_cased_event_names_match_the_weights(make_workspace) -> None:
+    snake = {"Order Completed": "order_completed", "Product Viewed": "product_viewed"}
+    rows = [(c, item, snake[event], when) for c, item, event, when in shop()]
+    rows.append(("solo", "a1", "order_completed", START))
+    recs, _, result = run(make_workspace, rows)
+    assert result.node("recs").metrics["pairs"] > 0
+    assert all(item.startswith("a") for item in recs["solo"]["recommended"])
+
+
+def test_wide_item_column_clash_is_refused(make_workspace) -> None:
+    root = make_workspace({"shop": PIPELINE.format(top_n=3, extra="    wide_items: [Apple Watch, apple-watch]")})
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        wh.create_table("events", pa.table({"customer": ["x"], "sku": ["a1"], "event": ["Order Completed"],
+                                            "ts": pa.array([START], pa.timestamp("us"))}), schema="shop_src")
+    result = Pipeline.load(root / "pipelines" / "shop.yml").run()
+    error = result.node("recs").error
+    assert "`apple-watch`" in error and "`apple_watch`" in error and "already taken" in error
