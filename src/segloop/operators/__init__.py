@@ -8,8 +8,10 @@ this registry stays cheap.
 from __future__ import annotations
 
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
+from segloop.operators.clusters import ClustersOperator
 from segloop.operators.clv import ClvOperator
 from segloop.operators.propensity import PropensityOperator
+from segloop.operators.recommend import RecommendOperator
 from segloop.operators.rfm import RfmOperator
 from segloop.operators.segment import SegmentOperator
 from segloop.operators.segment_source import SegmentSourceOperator
@@ -20,6 +22,8 @@ NODE_TYPES: dict[str, type[Operator]] = {
     for op in (
         SqlOperator,
         RfmOperator,
+        ClustersOperator,
+        RecommendOperator,
         SegmentOperator,
         ClvOperator,
         PropensityOperator,
