@@ -17,7 +17,6 @@ from typing import Any
 import ibis
 import pytest
 import sqlglot
-from ibis.common.annotations import SignatureValidationError
 
 from segloop.demo import write_demo_data
 from segloop.operators.rfm import RfmConfig, rfm_expr
@@ -132,11 +131,7 @@ def _as_dialect(wh: Warehouse, backend: str) -> Warehouse:
     "backend",
     [
         "snowflake",
-        pytest.param("bigquery", marks=pytest.mark.xfail(
-            strict=True, raises=SignatureValidationError,
-            reason="known bug in segloop.segment.sync._md5: BigQuery's MD5 is declared as returning "
-                   "a string, so TO_HEX(MD5(...)) does not type-check; declare the builtin md5 as "
-                   "`-> bytes` for BigQuery")),
+        "bigquery",
         "postgres",
         "pyspark",
     ],

@@ -60,13 +60,16 @@ def _md5(value: ir.StringValue, dialect: str) -> ir.StringValue:
     def md5(x: str) -> str:  # type: ignore[empty-body]
         ...
 
+    @ibis.udf.scalar.builtin(name="md5")
+    def md5_bytes(x: str) -> bytes:  # type: ignore[empty-body]
+        ...
 
     @ibis.udf.scalar.builtin(name="to_hex")
     def to_hex(x: bytes) -> str:  # type: ignore[empty-body]
         ...
 
     if dialect == "bigquery":  # BigQuery's MD5 returns BYTES
-        return to_hex(md5(value))  # type: ignore[arg-type]
+        return to_hex(md5_bytes(value))
     return md5(value)
 
 
