@@ -73,6 +73,14 @@ def _md5(value: ir.StringValue, dialect: str) -> ir.StringValue:
     return md5(value)
 
 
+def _key_expr(source: ir.Table, key_columns: Sequence[str]) -> ir.StringValue:
+    """The customer key as one string: the key column, or key columns joined with `|`."""
+    import ibis
+
+    parts = [source[c].cast("string") for c in key_columns]
+    return parts[0] if len(parts) == 1 else ibis.literal("|").join(parts)
+
+
 @dataclass
 class SyncPlan:
     """What a run will do: counts by category and the warehouse table holding rows to send."""
@@ -122,6 +130,10 @@ class SyncState:
         return f"_segloop_log__{self.pipeline}__{self.node}"
 
     @property
+    def merge_table(self) -> str:
+        return f"_segloop_merge__{self.pipeline}__{self.node}"
+
+    @property
     def pending_table(self) -> str:
         return f"_segloop_pending__{self.pipeline}__{self.node}"
 
@@ -133,8 +145,7 @@ class SyncState:
 
     def reset(self) -> None:
         """Forget everything: the next run sends every row."""
-        for name in (self.state_table, self.log_table, self.pending_table,
-                     f"_segloop_merge__{self.pipeline}__{self.node}"):
+        for name in (self.state_table, self.log_table, self.pending_table, self.merge_table):
             self.warehouse.drop_table(name)
 
     # -- planning ------------------------------------------------------------------------
@@ -145,8 +156,7 @@ class SyncState:
         import ibis
 
         dialect = self.warehouse.dialect
-        key_parts = [source[c].cast("string") for c in key_columns]
-        key = key_parts[0] if len(key_parts) == 1 else ibis.literal("|").join(key_parts)
+        key = _key_expr(source, key_columns)
         text = ibis.literal(fingerprint)
         for column in payload_columns:
             text = text.concat(ibis.literal(SEPARATOR), source[column].cast("string").fill_null(NULL_MARK))
@@ -204,10 +214,8 @@ class SyncState:
 
     def removed_keys_expr(self, source: ir.Table, key_columns: Sequence[str]) -> ir.Table:
         """Keys sent before that are no longer in the input."""
-        import ibis
 
-        key_parts = [source[c].cast("string") for c in key_columns]
-        key = key_parts[0] if len(key_parts) == 1 else ibis.literal("|").join(key_parts)
+        key = _key_expr(source, key_columns)
         present = source.select(_key=key).distinct()
         state = self.warehouse.table(self.state_table)
         sent = state.filter(state.status == SENT)
@@ -293,7 +301,7 @@ class SyncState:
         merged = latest.left_join(old, latest.key == old._old_key).mutate(
             attempts=lambda t: t.log_attempts + t._old_attempts.fill_null(0)
         ).select(*_state_schema().names)
-        merge_table = f"_segloop_merge__{self.pipeline}__{self.node}"
+        merge_table = self.merge_table
         wh.create_table(merge_table, merged)
         target, merge, log_q = (wh.qualified(self.state_table), wh.qualified(merge_table),
                                 wh.qualified(self.log_table))
