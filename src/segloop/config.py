@@ -258,6 +258,22 @@ class PipelineConfig(BaseModel):
             visit(name)
         return order
 
+    def materialization(self, node: str) -> str:
+        """``"view"`` or ``"table"``: how the engine keeps ``node``'s output in the warehouse.
+
+        What dbt users expect: cheap SQL steps are views (no copy of their rows; computed
+        when the next node reads them), and the outputs people query or a Segment node
+        sends are tables. So a `sql` node read by other nodes, none of them a `segment`
+        node, is a view; everything else is a table, unless the node says `materialize:`.
+        """
+        config = self.nodes[node]
+        if config.materialize is not None:
+            return config.materialize
+        if config.type != "sql":
+            return "table"
+        readers = [name for name in self.nodes if node in self.upstream_of(name)]
+        return "view" if readers and all(self.nodes[r].type != "segment" for r in readers) else "table"
+
     def descendants(self, node: str) -> set[str]:
         out: set[str] = set()
         frontier = [node]

@@ -322,26 +322,48 @@ class Pipeline:
 
     def _input_table(self, warehouse: Warehouse, node: str) -> Any:
         name = self.table_name(node)
-        if not warehouse.has_table(name):
-            raise NodeError(
-                node,
-                f"its output table {warehouse.schema}.{name} does not exist yet; "
-                "run the whole pipeline once (without --node)",
-            )
-        return warehouse.table(name)
+        try:
+            return warehouse.table(name)  # one catalog look-up when it exists (the usual case)
+        except SegloopError:
+            if warehouse.has_table(name):
+                raise
+        raise NodeError(
+            node,
+            f"its output table {warehouse.schema}.{name} does not exist yet; "
+            "run the whole pipeline once (without --node)",
+        )
 
     def _materialize(self, output: NodeOutput, ctx: RunContext, result: NodeResult) -> None:
+        """Keep the node's output as ``<pipeline>__<node>`` (a view or a table) and count its rows."""
         warehouse = ctx.warehouse
         result.metrics.update(output.metrics)
         if output.table is not None:
             table_name = ctx.table_name()
-            created = warehouse.create_table(table_name, output.table)
+            kind = self.config.materialization(ctx.node)
+            if kind == "view" and _is_arrow(output.table):
+                if self.config.nodes[ctx.node].materialize == "view":
+                    raise NodeError(
+                        ctx.node,
+                        f"`materialize: view` needs a query the warehouse runs, but a "
+                        f"`{result.type}` node computes its output in Python; use "
+                        "`materialize: table` or drop the key",
+                    )
+                kind = "table"
+            if kind == "view":
+                warehouse.replace_view(table_name, output.table)
+                result.rows = warehouse.count_rows(table_name)
+                result.metrics["materialized"] = "view"
+            else:
+                result.rows = warehouse.replace_table(table_name, output.table)
             result.table = f"{warehouse.schema}.{table_name}"
-            result.rows = warehouse.count(created)
         else:
             result.rows = output.rows
         for suffix, extra in output.extra.items():
-            warehouse.create_table(ctx.table_name(suffix), extra)
+            warehouse.replace_table(ctx.table_name(suffix), extra, count=False)
+
+
+def _is_arrow(obj: object) -> bool:
+    return type(obj).__module__.startswith("pyarrow")
 
 
 def _record(result: NodeResult) -> NodeRunRecord:

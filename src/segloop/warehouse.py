@@ -49,6 +49,7 @@ class Warehouse:
         self.name = name
         self.schema = config.output_schema
         self.rows_fetched = 0  # rows moved into Python; lets tests check pushdown
+        self._schemas_ready: set[str] = set()  # schemas known to exist (one look-up each)
         if create_schema:
             self._ensure_schema(self.schema)
 
@@ -82,12 +83,12 @@ class Warehouse:
         return SQL_DIALECTS.get(self.backend, self.backend)
 
     def _ensure_schema(self, schema: str) -> None:
-        if self.backend == "duckdb" and schema == "main":
+        if (self.backend == "duckdb" and schema == "main") or schema in self._schemas_ready:
             return
         try:
-            if schema in self.list_schemas():
-                return
-            self.con.create_database(schema, force=True)  # type: ignore[attr-defined]
+            if schema not in self.list_schemas():
+                self.con.create_database(schema, force=True)  # type: ignore[attr-defined]
+            self._schemas_ready.add(schema)
         except Exception as exc:
             raise WarehouseError(
                 f"cannot create schema {schema} in warehouse `{self.name}` ({self.config.describe()}): "
@@ -115,10 +116,53 @@ class Warehouse:
         return list(self.con.list_databases())
 
     def has_table(self, name: str, schema: str | None = None) -> bool:
+        """Whether a table or view of that name exists."""
         try:
             return name in self.list_tables(schema)
         except Exception:
             return False
+
+    def relation_kind(self, name: str, schema: str | None = None) -> str | None:
+        """``"table"``, ``"view"`` or None (nothing of that name) in ``schema``.
+
+        Replacing a table by a view (or back) needs the right DROP on every warehouse:
+        ``DROP TABLE`` of a view (and ``CREATE OR REPLACE VIEW`` over a table) is an error.
+        """
+        target = schema or self.schema
+        backend = self.backend
+        try:
+            if backend == "pyspark":
+                rows = self.raw_sql(f"SHOW VIEWS IN {self.quote(target)} LIKE {_literal(name)}").collect()
+                if any(row["viewName"] == name and not row["isTemporary"] for row in rows):
+                    return "view"
+                return "table" if self.has_table(name, target) else None
+            if backend == "bigquery":
+                query = (f"SELECT table_type FROM {self.quote(target)}.INFORMATION_SCHEMA.TABLES "
+                         f"WHERE table_name = {_literal(name)}")
+            else:
+                query = ("SELECT table_type FROM information_schema.tables "
+                         f"WHERE table_schema = {_literal(target)} AND table_name = {_literal(name)}")
+                if backend == "duckdb":
+                    query += " AND table_catalog = current_database()"
+            rows = self._fetch(query)
+        except Exception:  # no information_schema: a view is still found by its name
+            return "table" if self.has_table(name, target) else None
+        if not rows:
+            return None
+        return "view" if "VIEW" in str(rows[0][0]).upper() else "table"
+
+    def _fetch(self, query: str) -> list[tuple[Any, ...]]:
+        """Rows of a small catalog query, without Ibis compiling (or pandas)."""
+        if self.backend == "duckdb":
+            return list(self.con.con.execute(query).fetchall())  # type: ignore[attr-defined]
+        result = self.con.raw_sql(query)
+        try:
+            rows = result.fetchall() if hasattr(result, "fetchall") else list(result)
+        finally:
+            close = getattr(result, "close", None)
+            if callable(close):
+                close()
+        return [tuple(row) for row in rows]
 
     # -- reading -------------------------------------------------------------------------
 
@@ -186,6 +230,100 @@ class Warehouse:
         except Exception as exc:
             raise WarehouseError(f"could not write table {target}.{name}: {exc}") from exc
 
+    def replace_table(
+        self, name: str, obj: ir.Table | pa.Table | Any, schema: str | None = None, count: bool = True
+    ) -> int | None:
+        """Materialize ``obj`` as table ``name`` (replacing a table or view); returns its rows.
+
+        On DuckDB an expression becomes one ``CREATE OR REPLACE TABLE ... AS`` whose result
+        is the row count (Ibis would create, insert, drop and rename: four statements plus
+        a count query). On PostgreSQL a table that views depend on is refilled in place
+        (same columns) or dropped with them (see ``segloop.warehouses.postgres``).
+        """
+        target = schema or self.schema
+        self._ensure_schema(target)
+        kind = self.relation_kind(name, target)
+        if kind == "view":
+            try:
+                self.drop_view(name, target)
+            except Exception as exc:
+                raise WarehouseError(f"could not replace view {target}.{name} by a table: {_first_line(exc)}. "
+                                     "Drop the views that read it, or keep this node `materialize: view`") from exc
+        expr = not _is_arrow_table(obj) and _is_ibis_table(obj)
+        if expr and self.backend == "duckdb":
+            sql = self.compile(obj)
+            try:
+                row = self.con.con.execute(  # type: ignore[attr-defined]
+                    f"CREATE OR REPLACE TABLE {self.qualified(name, target)} AS {sql}").fetchone()
+            except Exception as exc:
+                raise WarehouseError(f"could not write table {target}.{name}: {_first_line(exc)}") from exc
+            return int(row[0]) if row else (self.count_rows(name, target) if count else None)
+        if expr and kind == "table" and self.backend == "postgres":
+            from segloop.warehouses.postgres import dependent_views, replace_under_views
+
+            if dependent_views(self.con, name, target):
+                try:
+                    replace_under_views(self.con, self.compile(obj), obj.schema(), name, target)
+                except Exception as exc:
+                    raise WarehouseError(f"could not write table {target}.{name}: {_first_line(exc)}") from exc
+                return self.count_rows(name, target) if count else None
+        self.create_table(name, obj, target)
+        return self.count_rows(name, target) if count else None
+
+    def replace_view(self, name: str, expr: ir.Table, schema: str | None = None) -> None:
+        """Materialize an expression as view ``name`` (replacing a table or view of that name).
+
+        Written as plain ``CREATE [OR REPLACE] VIEW schema.name AS <query>``, so the view is
+        persistent on every warehouse (Ibis makes temporary views on Spark) and readable by a
+        person. PostgreSQL cannot change a view's columns in place, so there the old view is
+        dropped first when ``OR REPLACE`` fails.
+        """
+        target = schema or self.schema
+        self._ensure_schema(target)
+        if _has_memtable(expr):
+            raise WarehouseError(
+                f"view {target}.{name} would read data held in this Python process; "
+                "only a query over warehouse tables can be a view (use `materialize: table`)"
+            )
+        sql = self.compile(expr)
+        qualified = self.qualified(name, target)
+        kind = self.relation_kind(name, target)
+        try:
+            if kind == "table":
+                self.drop_table(name, target)
+            if kind == "view":
+                try:
+                    self.raw_sql(f"CREATE OR REPLACE VIEW {qualified} AS {sql}")
+                    return
+                except Exception:
+                    if self.backend != "postgres":
+                        raise
+                    self.drop_view(name, target)
+            self.raw_sql(f"CREATE VIEW {qualified} AS {sql}")
+        except WarehouseError:
+            raise
+        except Exception as exc:
+            raise WarehouseError(
+                f"could not create view {target}.{name}: {_first_line(exc)}. segloop's user needs "
+                "CREATE on the output schema; if other views depend on it, drop them or make this "
+                "node `materialize: table`"
+            ) from exc
+
+    def compile(self, expr: ir.Table) -> str:
+        """The SQL of an expression in this warehouse's dialect."""
+        hooks = getattr(self.con, "_run_pre_execute_hooks", None)
+        if callable(hooks):  # registers in-memory tables the query reads
+            hooks(expr)
+        return str(self.con.compile(expr))
+
+    def count_rows(self, name: str, schema: str | None = None) -> int:
+        """Rows of a table or view, counted in the warehouse."""
+        target = schema or self.schema
+        if self.backend == "duckdb":
+            row = self.con.con.execute(f"SELECT count(*) FROM {self.qualified(name, target)}").fetchone()  # type: ignore[attr-defined]
+            return int(row[0]) if row else 0
+        return self.count(self.con.table(name, database=target))
+
     def insert(self, name: str, obj: ir.Table | pa.Table | Any, schema: str | None = None) -> None:
         """Append rows; an Arrow table goes straight into DuckDB (no pandas) or PostgreSQL (COPY)."""
         import pyarrow as pa
@@ -209,6 +347,9 @@ class Warehouse:
     def drop_table(self, name: str, schema: str | None = None) -> None:
         self.con.drop_table(name, database=schema or self.schema, force=True)
 
+    def drop_view(self, name: str, schema: str | None = None) -> None:
+        self.raw_sql(f"DROP VIEW IF EXISTS {self.qualified(name, schema)}")
+
     def close(self) -> None:
         if self.backend == "pyspark":
             # The Spark session lives as long as the process: other connections in this
@@ -228,6 +369,26 @@ class Warehouse:
 
 def _is_arrow_table(obj: object) -> bool:
     return type(obj).__module__.startswith("pyarrow") and type(obj).__name__ == "Table"
+
+
+def _is_ibis_table(obj: object) -> bool:
+    return type(obj).__module__.startswith("ibis.") and hasattr(obj, "op")
+
+
+def _has_memtable(expr: ir.Table) -> bool:
+    import ibis.expr.operations as ops
+
+    return bool(expr.op().find(ops.InMemoryTable))
+
+
+def _literal(text: str) -> str:
+    """A SQL string literal (names segloop builds; quotes doubled all the same)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 __all__ = [
