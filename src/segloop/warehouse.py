@@ -9,6 +9,7 @@ Each backend's settings are a frozen pydantic model chosen by its ``type``; thos
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -25,6 +26,8 @@ from segloop.warehouses import (
     SnowflakeConfig,
     WarehouseConfig,
 )
+
+log = logging.getLogger("segloop")
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis
@@ -298,7 +301,7 @@ class Warehouse:
                 except Exception:
                     if self.backend != "postgres":
                         raise
-                    self.drop_view(name, target)
+                    self._drop_postgres_view(name, target)
             self.raw_sql(f"CREATE VIEW {qualified} AS {sql}")
         except WarehouseError:
             raise
@@ -308,6 +311,16 @@ class Warehouse:
                 "CREATE on the output schema; if other views depend on it, drop them or make this "
                 "node `materialize: table`"
             ) from exc
+
+    def _drop_postgres_view(self, name: str, schema: str) -> None:
+        """Drop a view whose columns change; views reading it go with it (and are logged)."""
+        from segloop.warehouses.postgres import dependent_views
+
+        dropped = dependent_views(self.con, name, schema)
+        self.raw_sql(f"DROP VIEW IF EXISTS {self.qualified(name, schema)} CASCADE")
+        if dropped:
+            log.warning("view %s.%s changed columns; the views reading it were dropped with it and come "
+                        "back when their nodes run: %s", schema, name, ", ".join(dropped))
 
     def compile(self, expr: ir.Table) -> str:
         """The SQL of an expression in this warehouse's dialect."""
