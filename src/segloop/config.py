@@ -195,8 +195,15 @@ class Workspace:
     def resolve_pipeline(self, name_or_path: str) -> Path:
         """A pipeline file given as a path, or by name from `pipelines/`."""
         path = Path(name_or_path)
-        if path.exists():
+        if path.is_file():
             return path
+        if path.exists():
+            files = ", ".join(f.name for f in sorted(path.glob("*.y*ml"))[:5])
+            raise ConfigError(
+                f"{path} is a folder, not a pipeline file; give a .yml file"
+                + (f" (this folder has: {files})" if files else "")
+                + f" or the name of a pipeline in {self.pipelines_dir}"
+            )
         for file in self.pipeline_files():
             if file.stem == name_or_path:
                 return file
@@ -406,4 +413,6 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"pipeline file {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"{path} is a folder, not a pipeline file; give a .yml file")
     return parse_pipeline(path.read_text(), path)

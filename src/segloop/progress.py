@@ -109,7 +109,7 @@ def print_runs(console: Console, runs: list[RunRecord]) -> None:
         sent = sum(int(n.metrics.get("sent", 0) or 0) for n in run.nodes)
         seconds = f"{run.seconds:.1f}" if run.seconds is not None else ""
         table.add_row(run.id, run.pipeline, f"[{STATUS_STYLE.get(run.status, 'white')}]{run.status}[/]",
-                      run.started_at.replace("+00:00", ""), seconds, f"{ok}/{len(run.nodes)}", f"{sent:,}")
+                      run.started_at[:19], seconds, f"{ok}/{len(run.nodes)}", f"{sent:,}")
     console.print(table)
 
 

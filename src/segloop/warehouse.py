@@ -200,7 +200,11 @@ class Warehouse:
 
     def to_arrow(self, expr: ir.Table, limit: int | None = None) -> pa.Table:
         """Fetch a (small) result into Python; counted in ``rows_fetched``."""
-        table = expr.to_pyarrow(limit=limit)
+        if self.backend == "duckdb":
+            # Ibis's DuckDB result path imports pandas (~0.5 s per process) even for Arrow.
+            table = _duckdb_to_arrow(self.con, expr, limit)
+        else:
+            table = expr.to_pyarrow(limit=limit)
         self.rows_fetched += table.num_rows
         return table
 
@@ -248,7 +252,7 @@ class Warehouse:
         kind = self.relation_kind(name, target)
         if kind == "view":
             try:
-                self.drop_view(name, target)
+                self._drop(name, target, "view")
             except Exception as exc:
                 raise WarehouseError(f"could not replace view {target}.{name} by a table: {_first_line(exc)}. "
                                      "Drop the views that read it, or keep this node `materialize: view`") from exc
@@ -293,7 +297,7 @@ class Warehouse:
         kind = self.relation_kind(name, target)
         try:
             if kind == "table":
-                self.drop_table(name, target)
+                self._drop(name, target, "table")
             if kind == "view":
                 try:
                     self.raw_sql(f"CREATE OR REPLACE VIEW {qualified} AS {sql}")
@@ -301,7 +305,7 @@ class Warehouse:
                 except Exception:
                     if self.backend != "postgres":
                         raise
-                    self._drop_postgres_view(name, target)
+                    self._drop(name, target, "view")
             self.raw_sql(f"CREATE VIEW {qualified} AS {sql}")
         except WarehouseError:
             raise
@@ -312,15 +316,26 @@ class Warehouse:
                 "node `materialize: table`"
             ) from exc
 
-    def _drop_postgres_view(self, name: str, schema: str) -> None:
-        """Drop a view whose columns change; views reading it go with it (and are logged)."""
+    def _drop(self, name: str, schema: str, kind: str) -> None:
+        """Drop a table or view to put the other kind in its place.
+
+        PostgreSQL binds views to what they read, so there the views of later nodes that
+        read this one are dropped with it (``CASCADE``) and logged: they come back when
+        their nodes run. Other warehouses resolve a view's names when it is read.
+        """
+        if self.backend != "postgres":
+            if kind == "view":
+                self.drop_view(name, schema)
+            else:
+                self.drop_table(name, schema)
+            return
         from segloop.warehouses.postgres import dependent_views
 
         dropped = dependent_views(self.con, name, schema)
-        self.raw_sql(f"DROP VIEW IF EXISTS {self.qualified(name, schema)} CASCADE")
+        self.raw_sql(f"DROP {'VIEW' if kind == 'view' else 'TABLE'} IF EXISTS {self.qualified(name, schema)} CASCADE")
         if dropped:
-            log.warning("view %s.%s changed columns; the views reading it were dropped with it and come "
-                        "back when their nodes run: %s", schema, name, ", ".join(dropped))
+            log.warning("%s.%s is replaced; the views reading it were dropped with it and come back when "
+                        "their nodes run: %s", schema, name, ", ".join(dropped))
 
     def compile(self, expr: ir.Table) -> str:
         """The SQL of an expression in this warehouse's dialect."""
@@ -382,6 +397,23 @@ class Warehouse:
 
 def _is_arrow_table(obj: object) -> bool:
     return type(obj).__module__.startswith("pyarrow") and type(obj).__name__ == "Table"
+
+
+def _duckdb_to_arrow(backend: Any, expr: ir.Table, limit: int | None) -> pa.Table:
+    """``expr.to_pyarrow(limit=limit)`` on DuckDB, with Ibis's own type mapping but no pandas."""
+    import pyarrow as pa
+    from ibis.formats.pyarrow import PyArrowData
+
+    class NullColumnsData(PyArrowData):  # what ibis.backends.duckdb.converter adds
+        @classmethod
+        def convert_column(cls, column: pa.Array, dtype: Any) -> pa.Array:
+            return pa.nulls(len(column)) if dtype.is_null() else super().convert_column(column, dtype)
+
+    relation = getattr(backend, "_to_duckdb_relation", None)
+    if relation is None:  # another Ibis version: its own (slower to import) path
+        return expr.to_pyarrow(limit=limit)
+    table = relation(expr, limit=limit).to_arrow_table()
+    return expr.__pyarrow_result__(table, data_mapper=NullColumnsData)
 
 
 def _is_ibis_table(obj: object) -> bool:
