@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from segloop.alerts import AlertsConfig
 from segloop.errors import ConfigError, ConfigErrors
@@ -232,14 +232,19 @@ class PipelineConfig(BaseModel):
     nodes: dict[str, NodeConfig]
     schedule: ScheduleConfig | None = None
     alerts: AlertsConfig | None = None
+    # The model is frozen, so a node's upstream never changes; a `sql` node's is found by
+    # parsing its query, which planning and each node run would otherwise repeat.
+    _upstream: dict[str, list[str]] = PrivateAttr(default_factory=dict)
 
     def upstream_of(self, node: str) -> list[str]:
-        config = self.nodes[node]
-        names = config.upstream()
-        for extra in config.implicit_upstream(set(self.nodes) - {node}):
-            if extra not in names:
-                names.append(extra)
-        return names
+        if node not in self._upstream:
+            config = self.nodes[node]
+            names = config.upstream()
+            for extra in config.implicit_upstream(set(self.nodes) - {node}):
+                if extra not in names:
+                    names.append(extra)
+            self._upstream[node] = names
+        return list(self._upstream[node])
 
     def topological_order(self) -> list[str]:
         """Nodes in an order where every node comes after its inputs (file order otherwise)."""
