@@ -248,7 +248,8 @@ class Warehouse:
 
         On DuckDB an expression becomes one ``CREATE OR REPLACE TABLE ... AS`` whose result
         is the row count (Ibis would create, insert, drop and rename: four statements plus
-        a count query). On PostgreSQL a table that views depend on is refilled in place
+        a count query); on PostgreSQL one transaction of ``CREATE TABLE AS`` (its row count
+        is the count) and a rename. There a table that views depend on is refilled in place
         (same columns) or dropped with them (see ``segloop.warehouses.postgres``).
         """
         target = schema or self.schema
@@ -269,15 +270,20 @@ class Warehouse:
             except Exception as exc:
                 raise WarehouseError(f"could not write table {target}.{name}: {_first_line(exc)}") from exc
             return int(row[0]) if row else (self.count_rows(name, target) if count else None)
-        if expr and kind == "table" and self.backend == "postgres":
-            from segloop.warehouses.postgres import dependent_views, replace_under_views
+        if expr and self.backend == "postgres":
+            from segloop.warehouses.postgres import (
+                dependent_views,
+                replace_table_as,
+                replace_under_views,
+            )
 
-            if dependent_views(self.con, name, target):
-                try:
+            try:
+                if kind == "table" and dependent_views(self.con, name, target):
                     replace_under_views(self.con, self.compile(obj), obj.schema(), name, target)
-                except Exception as exc:
-                    raise WarehouseError(f"could not write table {target}.{name}: {_first_line(exc)}") from exc
-                return self.count_rows(name, target) if count else None
+                    return self.count_rows(name, target) if count else None
+                return replace_table_as(self.con, self.compile(obj), name, target)
+            except Exception as exc:
+                raise WarehouseError(f"could not write table {target}.{name}: {_first_line(exc)}") from exc
         self.create_table(name, obj, target)
         return self.count_rows(name, target) if count else None
 

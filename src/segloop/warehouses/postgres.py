@@ -198,3 +198,21 @@ def replace_under_views(backend: Any, sql: str, wanted: Any, name: str, schema: 
         "table %s.%s changed columns; the views reading it were dropped with it and come back when "
         "their nodes run: %s", schema, name, ", ".join(dropped))
     return dropped
+
+
+def replace_table_as(backend: Any, sql: str, name: str, schema: str) -> int:
+    """Replace table ``schema.name`` by the rows of ``sql`` in one transaction; returns the row count.
+
+    Built under a temporary name, then swapped in, so readers see the old table or the
+    new one, never none; the count comes from ``CREATE TABLE AS`` itself (no count query).
+    """
+    import secrets
+
+    target = f"{_quote(schema)}.{_quote(name)}"
+    temp = f"_segloop_new_{secrets.token_hex(4)}"
+    with backend.con.transaction(), backend.con.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE {_quote(schema)}.{_quote(temp)} AS {sql}")
+        rows = cursor.rowcount
+        cursor.execute(f"DROP TABLE IF EXISTS {target}")
+        cursor.execute(f"ALTER TABLE {_quote(schema)}.{_quote(temp)} RENAME TO {_quote(name)}")
+    return int(rows)
