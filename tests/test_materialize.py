@@ -239,3 +239,34 @@ def test_postgres_tables_under_views_and_switches_across_runs(
         with Warehouse.connect(config, root) as wh:
             assert kinds(wh, "m") == {**default, **now}
             assert summary_rows(wh) == {"a": 1, "b": 1, "c": 1}
+
+
+# -- Spark: views are persistent (not Ibis's temporary views) and switch like tables ----
+
+
+@pytest.mark.slow
+def test_spark_views_and_tables_switch_across_runs(tmp_path: Path) -> None:
+    pytest.importorskip("pyspark", reason="needs the [pyspark] extra: pip install 'segloop[pyspark]'")
+    import shutil
+
+    if shutil.which("java") is None:
+        pytest.skip("local Spark needs Java 17+ on PATH")
+    root = tmp_path / "spark"
+    (root / "pipelines").mkdir(parents=True)
+    (root / "segloop.yml").write_text(
+        "warehouses:\n  default:\n    type: pyspark\n    master: local[2]\n    metastore: in-memory\n"
+        f"    warehouse_dir: {tmp_path / 'spark-warehouse'}\n"
+        "    conf:\n      spark.sql.shuffle.partitions: '2'\n")
+    file = root / "pipelines" / "m.yml"
+    default = {"src": "VIEW", "picked": "VIEW", "summary": "MANAGED"}
+    for change, now in (({}, {}), ({"picked": "table", "summary": "view"}, {"picked": "MANAGED", "summary": "VIEW"}),
+                        ({}, {})):
+        file.write_text(with_materialize(CHAIN, **change))
+        pipeline = Pipeline.load(file)
+        run_ok(pipeline, options={"report": False})
+        with pipeline.connect() as wh:
+            session = wh.con._session  # type: ignore[attr-defined]
+            found = {t.name.split("__", 1)[1]: t.tableType for t in session.catalog.listTables(wh.schema)
+                     if t.name.startswith("m__")}
+            assert found == {**default, **now}
+            assert summary_rows(wh) == {"a": 1, "b": 1, "c": 1}
