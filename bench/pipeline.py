@@ -63,7 +63,7 @@ with orders as (
     where user_id is not null and "timestamp" is not null
 ), per_customer as (
     select user_id, max(ts) as last_purchase_at, count(*) as frequency,
-           sum(coalesce(revenue::double, 0)) as monetary
+           sum(coalesce(revenue::decimal(38, 6), 0))::double as monetary  -- exact sum, as the rfm node
     from orders group by user_id
 ), recency as (
     select *, cast(round((epoch(date_trunc('day', max(last_purchase_at) over ()))
@@ -236,16 +236,23 @@ def existing_demo(duckdb_file: Path, customers: int) -> dict[str, Any] | None:
 
 
 def same_result(duckdb_file: Path) -> bool:
+    """Both persisted tables have the same columns, types, and rows (compared one by one)."""
     import duckdb
 
     con = duckdb.connect(str(duckdb_file), read_only=True)
-    cols = "user_id, recency_days, frequency, round(monetary, 6), last_purchase_at, r_score, f_score, m_score, rfm_score, segment"
+    shapes = [con.execute("select column_name, data_type from information_schema.columns where table_schema = 'main' "
+                          "and table_name = ? order by ordinal_position", [name]).fetchall()
+              for name in ("bench__rfm", "hand_rfm")]
+    # Every column compared exactly: both sides sum money as DECIMAL(38, 6).
+    cols = "user_id, recency_days, frequency, monetary, last_purchase_at, r_score, f_score, m_score, rfm_score, segment"
     diff = con.execute(
         f"select count(*) from ((select {cols} from main.bench__rfm except all select {cols} from main.hand_rfm)"
         f" union all (select {cols} from main.hand_rfm except all select {cols} from main.bench__rfm))"
     ).fetchone()[0]  # type: ignore[index]
     con.close()
-    return diff == 0
+    if shapes[0] != shapes[1]:
+        print(f"   columns differ: segloop {shapes[0]} vs hand-written {shapes[1]}", flush=True)
+    return diff == 0 and shapes[0] == shapes[1] and bool(shapes[0])
 
 
 def bench_postgres(work: Path, duck_ws: Path, duckdb_file: Path) -> dict[str, Any]:
