@@ -82,6 +82,8 @@ def print_summary(console: Console, result: RunResult) -> None:
         table.add_column(column, justify="right" if column in ("rows", "seconds") else "left")
     for node in result.nodes:
         note = node.error or "; ".join(node.warnings) or _headline(node.metrics)
+        if node.metrics.get("materialized") == "view" and not node.error:
+            note = "view" + (f"; {note}" if note else "")
         table.add_row(
             node.name, node.type, f"[{STATUS_STYLE.get(node.status, 'white')}]{node.status}[/]",
             "" if node.rows is None else f"{node.rows:,}", f"{node.seconds:.2f}", note,
@@ -103,7 +105,8 @@ def print_runs(console: Console, runs: list[RunRecord]) -> None:
         return
     table = Table(title="recent runs", title_justify="left")
     for column in ("run id", "pipeline", "status", "started (UTC)", "seconds", "nodes", "sent"):
-        table.add_column(column)
+        # Run ids are what people copy into `segloop show`: wrap them, never cut them short.
+        table.add_column(column, overflow="fold" if column == "run id" else "ellipsis")
     for run in runs:
         ok = sum(1 for n in run.nodes if n.status == "success")
         sent = sum(int(n.metrics.get("sent", 0) or 0) for n in run.nodes)
