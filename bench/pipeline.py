@@ -28,6 +28,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+WARM_RUNS = 3  # warm runs per child process (their median is the warm figure)
 EVENTS_PER_CUSTOMER = 131.6  # demo data: ~5k customers make ~660k events
 SOURCE = "demo_shop"
 SEGLOOP_PIPELINE = """\
@@ -138,16 +140,18 @@ def child_segloop(args: argparse.Namespace) -> dict[str, Any]:
         started = time.perf_counter()
         pipeline.connect()
         startup = time.perf_counter() - started
-    timings = []
-    # Cold (a one-shot `segloop run`), warm (a long-lived process: scheduler, web UI), and
-    # warm without the HTML report, to show what the report costs.
-    for options in ({}, {}, {"report": False}):
+    timings: dict[str, list[float]] = {"cold": [], "bare_cold": [], "warm": [], "bare": []}
+    # Cold (a one-shot `segloop run`), then warm (a long-lived process: scheduler, web UI)
+    # with and without the HTML report, alternating, to show what the report costs.
+    first = "bare_cold" if args.no_report else "cold"
+    for kind in (first, *("warm", "bare") * WARM_RUNS):
         started = time.perf_counter()
-        result = pipeline.run(options=options)
-        timings.append(time.perf_counter() - started)
+        result = pipeline.run(options={"report": False} if kind.startswith("bare") else {})
+        timings[kind].append(time.perf_counter() - started)
         if not result.ok:
             raise SystemExit("; ".join(n.error or "" for n in result.nodes if n.error))
-    return {"seconds": timings[0], "warm_seconds": timings[1], "warm_no_report_seconds": timings[2],
+    return {"seconds": (timings["cold"] or timings["bare_cold"])[0], "warm_seconds": statistics.median(timings["warm"]),
+            "warm_no_report_seconds": statistics.median(timings["bare"]),
             "rows": result.node("rfm").rows, "import_seconds": import_seconds, "startup_seconds": startup}
 
 
@@ -155,14 +159,14 @@ def child_hand(args: argparse.Namespace) -> dict[str, Any]:
     import duckdb
 
     timings = []
-    for _ in range(2):  # same as for segloop: cold, then warm
+    for _ in range(1 + WARM_RUNS):  # same as for segloop: cold, then warm
         started = time.perf_counter()
         con = duckdb.connect(args.duckdb)
         con.execute(HAND_SQL)
         rows = con.execute("select count(*) from main.hand_rfm").fetchone()[0]  # type: ignore[index]
         con.close()
         timings.append(time.perf_counter() - started)
-    return {"seconds": timings[0], "warm_seconds": timings[1], "rows": rows}
+    return {"seconds": timings[0], "warm_seconds": statistics.median(timings[1:]), "rows": rows}
 
 
 def child_load_pg(args: argparse.Namespace) -> dict[str, Any]:
@@ -200,8 +204,6 @@ def run_child(step: str, **options: Any) -> dict[str, Any]:
 
 def median_child(repeat: int, step: str, **options: Any) -> dict[str, Any]:
     """Run a child ``repeat`` times; the median of each figure."""
-    import statistics
-
     runs = [run_child(step, **options) for _ in range(repeat)]
     return {key: statistics.median(r[key] for r in runs) if isinstance(runs[0][key], float) else runs[0][key]
             for key in runs[0]}
@@ -335,6 +337,7 @@ def main() -> int:
     for hidden in ("duckdb", "workspace", "customers", "tables"):
         parser.add_argument(f"--{hidden}", help=argparse.SUPPRESS)
     parser.add_argument("--warm", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
@@ -368,6 +371,9 @@ def main() -> int:
             row: dict[str, Any] = {"target_events": size, **{k: gen[k] for k in ("events", "orders", "customers")}}
             if "duckdb" in backends:
                 row["segloop"] = median_child(args.repeat, "segloop", workspace=duck_ws)
+                # A cold run without the HTML report (jinja2 and the report's queries).
+                row["segloop"]["cold_no_report_seconds"] = median_child(
+                    args.repeat, "segloop", workspace=duck_ws, **{"no-report": True})["seconds"]
                 row["hand"] = median_child(args.repeat, "hand", duckdb=duckdb_file)
                 row["ratio"] = row["segloop"]["seconds"] / row["hand"]["seconds"]
                 row["warm_ratio"] = row["segloop"]["warm_seconds"] / row["hand"]["warm_seconds"]
@@ -390,13 +396,14 @@ def main() -> int:
     load_after = os.getloadavg()
     print(f"\nload average (1, 5, 15 min): before {fmt_load(load_before)}, after {fmt_load(load_after)}")
     print("\n| events | orders | customers | segloop (DuckDB) cold s / MB | hand-written DuckDB cold s / MB "
-          "| ratio cold | segloop warm s | hand warm s | ratio warm | segloop warm, no report s "
+          "| ratio cold | segloop warm s | hand warm s | ratio warm | segloop without report: cold / warm s "
           "| segloop on PostgreSQL s / MB | segloop on Spark local s / MB |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in figures:
         cells = [cell(row.get(key)) for key in ("segloop", "hand", "postgres", "spark")]
         warm = [fmt(row[key]["warm_seconds"]) if row.get(key) else "-" for key in ("segloop", "hand")]
-        bare = fmt(row["segloop"]["warm_no_report_seconds"]) if row.get("segloop") else "-"
+        bare = (f"{fmt(row['segloop']['cold_no_report_seconds'])} / {fmt(row['segloop']['warm_no_report_seconds'])}"
+                if row.get("segloop") else "-")
         print(f"| {row['events']:,} | {row['orders']:,} | {row['customers']:,} | {cells[0]} | {cells[1]} "
               f"| {fmt(row.get('ratio'), 'x')} | {warm[0]} | {warm[1]} | {fmt(row.get('warm_ratio'), 'x')} "
               f"| {bare} | {cells[2]} | {cells[3]} |")
