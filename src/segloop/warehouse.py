@@ -140,7 +140,8 @@ class Warehouse:
         try:
             if backend == "pyspark":
                 rows = self.raw_sql(f"SHOW VIEWS IN {self.quote(target)} LIKE {_literal(name)}").collect()
-                if any(row["viewName"] == name and not row["isTemporary"] for row in rows):
+                # The metastore keeps names in lower case.
+                if any(row["viewName"].lower() == name.lower() and not row["isTemporary"] for row in rows):
                     return "view"
                 return "table" if self.has_table(name, target) else None
             if backend == "bigquery":
