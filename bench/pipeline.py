@@ -202,11 +202,25 @@ def run_child(step: str, **options: Any) -> dict[str, Any]:
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
-def median_child(repeat: int, step: str, **options: Any) -> dict[str, Any]:
-    """Run a child ``repeat`` times; the median of each figure."""
-    runs = [run_child(step, **options) for _ in range(repeat)]
+def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each figure of several runs of one child."""
     return {key: statistics.median(r[key] for r in runs) if isinstance(runs[0][key], float) else runs[0][key]
             for key in runs[0]}
+
+
+def interleaved(repeat: int, steps: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """Run each child once per round, ``repeat`` rounds: a load spike on this shared machine
+    then hits both sides of a comparison, not only the one that happened to run during it."""
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label in steps}
+    for _ in range(repeat):
+        for label, (step, options) in steps.items():
+            runs[label].append(run_child(step, **options))
+    return runs
+
+
+def paired_ratio(a: list[dict[str, Any]], b: list[dict[str, Any]], key: str) -> float:
+    """The median over rounds of a[key] / b[key] (each ratio from the same round)."""
+    return statistics.median(x[key] / y[key] for x, y in zip(a, b, strict=True))
 
 
 # -- parent -----------------------------------------------------------------------------------
@@ -370,13 +384,16 @@ def main() -> int:
                 print(f"   reusing {gen['events']:,} events, {gen['orders']:,} orders in {duckdb_file}", flush=True)
             row: dict[str, Any] = {"target_events": size, **{k: gen[k] for k in ("events", "orders", "customers")}}
             if "duckdb" in backends:
-                row["segloop"] = median_child(args.repeat, "segloop", workspace=duck_ws)
-                # A cold run without the HTML report (jinja2 and the report's queries).
-                row["segloop"]["cold_no_report_seconds"] = median_child(
-                    args.repeat, "segloop", workspace=duck_ws, **{"no-report": True})["seconds"]
-                row["hand"] = median_child(args.repeat, "hand", duckdb=duckdb_file)
-                row["ratio"] = row["segloop"]["seconds"] / row["hand"]["seconds"]
-                row["warm_ratio"] = row["segloop"]["warm_seconds"] / row["hand"]["warm_seconds"]
+                runs = interleaved(args.repeat, {
+                    "segloop": ("segloop", {"workspace": duck_ws}),
+                    "hand": ("hand", {"duckdb": duckdb_file}),
+                    # A cold run without the HTML report (jinja2 and the report's queries).
+                    "bare": ("segloop", {"workspace": duck_ws, "no-report": True}),
+                })
+                row["segloop"], row["hand"] = medians(runs["segloop"]), medians(runs["hand"])
+                row["segloop"]["cold_no_report_seconds"] = medians(runs["bare"])["seconds"]
+                row["ratio"] = paired_ratio(runs["segloop"], runs["hand"], "seconds")
+                row["warm_ratio"] = paired_ratio(runs["segloop"], runs["hand"], "warm_seconds")
                 row["same_result"] = same_result(duckdb_file)
                 print(f"   duckdb: segloop {row['segloop']['seconds']:.2f}s / {row['segloop']['peak_mb']:.0f} MB, "
                       f"hand-written {row['hand']['seconds']:.2f}s / {row['hand']['peak_mb']:.0f} MB, "
