@@ -7,7 +7,7 @@ against the demo also runs against a real Segment warehouse.
 Behaviour comes from hidden traits, so models have real signal to find:
 
 - a persona per known customer (``vip``, ``regular``, ``bargain``, ``lapsed``) setting
-  purchase rate, lifetime (churn) and spend level;
+  purchase rate, lifetime (churn), spend level and how much they browse per order;
 - a product-category affinity per customer (Dirichlet, concentrated on one or two
   categories) driving what they view, add and buy;
 - anonymous-only visitors who browse and never identify.
@@ -35,14 +35,23 @@ CATEGORY_PRICE = {  # median price per category
     "phones": 650.0, "laptops": 1100.0, "audio": 120.0, "wearables": 260.0,
     "home": 80.0, "gaming": 55.0, "books": 18.0, "fashion": 45.0,
 }
-# persona: share, orders per day (mean), lifetime days (mean), spend multiplier
-PERSONAS: dict[str, tuple[float, float, float, float]] = {
-    "vip": (0.10, 1 / 9, 900.0, 2.2),
-    "regular": (0.30, 1 / 30, 500.0, 1.0),
-    "bargain": (0.35, 1 / 75, 400.0, 0.45),
-    "lapsed": (0.25, 1 / 25, 40.0, 0.9),
+# persona: share, orders per day (mean), lifetime days (mean), spend multiplier,
+# browsing sessions per order. vip, regular and bargain customers stay for years (they do
+# not churn within a demo year); lapsed customers buy a few times in their first weeks and
+# leave, so they are the churners. Bargain hunters browse a lot and wait for deals (one
+# order per ~20 visits); vips know what they want.
+PERSONAS: dict[str, tuple[float, float, float, float, float]] = {
+    "vip": (0.10, 1 / 7, 3000.0, 2.2, 3.0),
+    "regular": (0.30, 1 / 30, 3000.0, 1.0, 5.0),
+    "bargain": (0.35, 1 / 75, 3000.0, 0.45, 20.0),
+    "lapsed": (0.25, 1 / 25, 40.0, 0.9, 5.0),
 }
-SESSIONS_PER_ORDER = 5.0
+# Spread of each trait within a persona: gamma shapes (higher: closer to the persona's
+# mean) and the lognormal sigma of spend. A persona is a type of customer, so its members
+# differ, but less than the personas do.
+RATE_SHAPE, LIFETIME_SHAPE, SPEND_SIGMA = 16.0, 4.0, 0.15
+# Customers who joined during the period join in its first part (share of the period).
+JOIN_WINDOW = 0.4
 ANONYMOUS_SHARE = 0.15
 REFUND_RATE = 0.04
 DEFAULT_END = datetime(2026, 6, 30)
@@ -118,10 +127,11 @@ def generate(
     persona = rng.choice(len(names), customers, p=shares / shares.sum())
     rate_mean = np.array([PERSONAS[p][1] for p in names])[persona]
     life_mean = np.array([PERSONAS[p][2] for p in names])[persona]
-    spend = np.array([PERSONAS[p][3] for p in names])[persona] * rng.lognormal(0, 0.15, customers)
-    rate = rng.gamma(4.0, rate_mean / 4.0)
-    start = np.where(rng.random(customers) < 0.45, 0.0, rng.uniform(0, horizon * 0.85, customers))
-    lifetime = rng.exponential(life_mean)
+    spend = np.array([PERSONAS[p][3] for p in names])[persona] * rng.lognormal(0, SPEND_SIGMA, customers)
+    sessions_per_order = np.array([PERSONAS[p][4] for p in names])[persona]
+    rate = rng.gamma(RATE_SHAPE, rate_mean / RATE_SHAPE)
+    start = np.where(rng.random(customers) < 0.45, 0.0, rng.uniform(0, horizon * JOIN_WINDOW, customers))
+    lifetime = rng.gamma(LIFETIME_SHAPE, life_mean / LIFETIME_SHAPE)
     alive_until = np.minimum(horizon, start + lifetime)
     active = np.maximum(alive_until - start, 0.5)
     affinity = rng.dirichlet(np.full(len(CATEGORIES), 0.25), customers)
@@ -147,7 +157,7 @@ def generate(
     order_ids = np.char.add("ord_", np.arange(len(o_cust)).astype(str))
 
     # Browsing sessions (known customers and anonymous visitors): views, some adds.
-    n_sessions = rng.poisson(rate * active * SESSIONS_PER_ORDER) + 1
+    n_sessions = rng.poisson(rate * active * sessions_per_order) + 1
     s_cust = np.repeat(np.arange(customers), n_sessions)
     s_t = (start[s_cust] + rng.random(len(s_cust)) * active[s_cust]) * day
     n_anon = int(customers * ANONYMOUS_SHARE / (1 - ANONYMOUS_SHARE))
