@@ -320,3 +320,19 @@ def test_products_rows_are_the_same_on_postgres(tmp_path: Path, pg_warehouse: Wa
             SegmentSourceOperator(config).run({}, ctx)
             found[label] = item_rows(wh, "p__src__order_completed_products")
     assert found["postgres"] == found["duckdb"] == EXPECTED_ITEMS
+
+
+def test_warehouse_without_the_products_view_warns_and_runs_on(
+    make_workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # BigQuery and Spark have no Ibis rule for unnesting JSON: the tables must still come.
+    from segloop.operators import segment_source
+
+    monkeypatch.setattr(segment_source, "PRODUCTS_BACKENDS", frozenset({"bigquery"}))
+    root = make_workspace({"shop": PRODUCTS_PIPELINE.replace("order_completed_products", "order_completed")})
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        wh.create_table("order_completed", ORDERS, schema="web")
+    result = run(root, "shop")
+    assert result.ok, [n.error for n in result.nodes]
+    assert result.node("src").metrics["tables"] == ["order_completed"]
+    assert any("DuckDB and PostgreSQL only, not on duckdb" in w for w in result.node("src").warnings)
