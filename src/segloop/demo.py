@@ -244,6 +244,7 @@ def _to_tables(rng: np.random.Generator, events: list[_Events], begin: datetime,
                customers: int, start: np.ndarray, spend: np.ndarray) -> dict[str, pa.Table]:
     import numpy as np
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     base = np.datetime64(begin, "us")
     user_ids = np.char.add("u", (np.arange(customers) + 100_000).astype(str))
@@ -252,32 +253,36 @@ def _to_tables(rng: np.random.Generator, events: list[_Events], begin: datetime,
     common_parts: list[pa.Table] = []
     offset = 0
     agents = np.array(["Mozilla/5.0 (Macintosh)", "Mozilla/5.0 (iPhone)", "Mozilla/5.0 (Windows NT 10.0)"])
+    user_ids_pa, cust_anon_pa, agents_pa = pa.array(user_ids), pa.array(cust_anon), pa.array(agents)
     for ev in events:
         n = len(ev.t)
         order = np.argsort(ev.t, kind="stable")
         cust, anon, t = ev.cust[order], ev.anon[order], ev.t[order]
         ts = base + (t * 1e6).astype("timedelta64[us]")
         latency = (rng.uniform(0.05, 2.0, n) * 1e6).astype("timedelta64[us]")
-        known = cust >= 0
-        user_id = pa.array(np.where(known, user_ids[np.maximum(cust, 0)], None), pa.string())
-        anonymous_id = np.where(known, cust_anon[np.maximum(cust, 0)], np.char.add("anon-v", np.maximum(anon, 0).astype(str)))
-        ids = np.char.add(f"{EVENT_TABLES[ev.event][:3]}-", (np.arange(n) + offset).astype(str))
+        known = pa.array(cust >= 0)
+        # Strings are built with Arrow kernels: numpy's string functions take seconds here.
+        customer = pa.array(np.maximum(cust, 0))
+        user_id = pc.if_else(known, user_ids_pa.take(customer), pa.scalar(None, pa.string()))
+        anonymous_id = pc.if_else(known, cust_anon_pa.take(customer),
+                                  _prefixed("anon-v", np.maximum(anon, 0)))
+        ids = _prefixed(f"{EVENT_TABLES[ev.event][:3]}-", np.arange(n) + offset)
         offset += n
         common = {
-            "id": pa.array(ids),
-            "anonymous_id": pa.array(anonymous_id),
+            "id": ids,
+            "anonymous_id": anonymous_id,
             "user_id": user_id,
             "received_at": pa.array(ts + latency),
             "sent_at": pa.array(ts + latency // 2),
             "timestamp": pa.array(ts),
             "original_timestamp": pa.array(ts),
             "uuid_ts": pa.array(ts + latency + np.timedelta64(30, "m")),
-            "context_library_name": pa.array(np.full(n, "analytics.js")),
-            "context_library_version": pa.array(np.full(n, "5.2.0")),
-            "context_user_agent": pa.array(agents[rng.integers(0, len(agents), n)]),
-            "context_page_path": pa.array(np.full(n, "/" + EVENT_TABLES[ev.event].split("_")[0])),
-            "event": pa.array(np.full(n, EVENT_TABLES[ev.event])),
-            "event_text": pa.array(np.full(n, ev.event)),
+            "context_library_name": pa.repeat("analytics.js", n),
+            "context_library_version": pa.repeat("5.2.0", n),
+            "context_user_agent": agents_pa.take(pa.array(rng.integers(0, len(agents), n))),
+            "context_page_path": pa.repeat("/" + EVENT_TABLES[ev.event].split("_")[0], n),
+            "event": pa.repeat(EVENT_TABLES[ev.event], n),
+            "event_text": pa.repeat(ev.event, n),
         }
         props = {k: pa.array(v[order] if v.dtype != object else v[order].tolist()) for k, v in ev.props.items()}
         tables[EVENT_TABLES[ev.event]] = pa.table({**common, **props})
@@ -286,6 +291,14 @@ def _to_tables(rng: np.random.Generator, events: list[_Events], begin: datetime,
     tables["tracks"] = tracks.take(np.argsort(tracks["timestamp"].to_numpy(), kind="stable"))
     tables["identifies"], tables["users"] = _identities(rng, base, user_ids, cust_anon, start, spend)
     return tables
+
+
+def _prefixed(prefix: str, numbers: np.ndarray) -> pa.Array:
+    """``prefix`` + each number, as an Arrow string array."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return pc.binary_join_element_wise(prefix, pa.array(numbers).cast(pa.string()), "")
 
 
 def _identities(rng: np.random.Generator, base: np.datetime64, user_ids: np.ndarray,
