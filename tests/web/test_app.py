@@ -148,7 +148,9 @@ def test_a_run_that_cannot_start_is_explained_on_the_page(client: TestClient, wo
                                                           runs: BackgroundRuns) -> None:
     text = RFM_PIPELINE.replace("name: shop\nwarehouse: default", "name: nowh\nwarehouse: nope")
     (workspace.root / "pipelines" / "nowh.yml").write_text(text)
-    client.post("/pipelines/nowh/run")
+    # Not following the redirect: a GET of the page racing the failing run would show (and
+    # so consume) the message before the test looks.
+    client.post("/pipelines/nowh/run", follow_redirects=False)
     runs.join(timeout=60)
     page = client.get("/pipelines/nowh").text
     assert 'class="flash bad"' in page and "warehouse `nope` is not defined in segloop.yml" in page
