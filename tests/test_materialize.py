@@ -108,7 +108,7 @@ def test_one_node_run_reads_the_view_of_its_upstream_node(make_workspace) -> Non
     assert [n.name for n in again.nodes] == ["summary"] and again.node("summary").rows == 3
 
 
-def test_sql_sent_to_segment_or_read_by_nobody_is_a_table(monkeypatch) -> None:
+def test_sql_read_by_a_model_sent_to_segment_or_read_by_nobody_is_a_table(monkeypatch) -> None:
     monkeypatch.setenv("SEGMENT_WRITE_KEY", "test-key")
     config = parse_pipeline("""\
 name: p
@@ -119,6 +119,13 @@ nodes:
   rfm:
     type: rfm
     input: orders
+  purchases:
+    type: sql
+    sql: select user_id, "timestamp", revenue from shop.order_completed where revenue > 0
+  ltv:
+    type: clv
+    input: purchases
+    horizon: 120 days
   audience:
     type: sql
     sql: select user_id, segment from rfm where segment = 'champions'
@@ -134,7 +141,8 @@ nodes:
     sql: select count(*) as n from orders
 """)
     assert {node: config.materialization(node) for node in config.nodes} == {
-        "orders": "view", "rfm": "table", "audience": "table", "to_segment": "table", "leftover": "table"}
+        "orders": "view", "rfm": "table", "purchases": "table", "ltv": "table", "audience": "table",
+        "to_segment": "table", "leftover": "table"}
 
 
 def test_view_of_a_python_output_is_refused_with_what_to_do(make_workspace) -> None:

@@ -221,6 +221,11 @@ class Workspace:
 # -- pipelines ----------------------------------------------------------------------------
 
 
+# Node types that read their inputs only inside the SQL they run in the warehouse (the
+# input's query becomes part of theirs), so an upstream view costs them no more than a table.
+SQL_READERS: frozenset[str] = frozenset({"sql", "rfm"})
+
+
 class PipelineConfig(BaseModel):
     """A pipeline file: its warehouse and its nodes (in file order)."""
 
@@ -273,10 +278,13 @@ class PipelineConfig(BaseModel):
     def materialization(self, node: str) -> str:
         """``"view"`` or ``"table"``: how the engine keeps ``node``'s output in the warehouse.
 
-        What dbt users expect: cheap SQL steps are views (no copy of their rows; computed
-        when the next node reads them), and the outputs people query or a Segment node
-        sends are tables. So a `sql` node read by other nodes, none of them a `segment`
-        node, is a view; everything else is a table, unless the node says `materialize:`.
+        What dbt users expect: cheap SQL steps are views (no copy of their rows), and the
+        outputs people query or a Segment node sends are tables. A view runs its query
+        each time it is read, so it only pays when its readers read it inside their own
+        SQL: a `sql` node whose readers are all `sql` or `rfm` nodes is a view. A node
+        read by nobody (what people query), or by a node that pulls rows into Python
+        (models read their input several times: counts, splits, batches) or sends them,
+        is a table; so is every other node type, unless the node says `materialize:`.
         """
         config = self.nodes[node]
         if config.materialize is not None:
@@ -284,7 +292,7 @@ class PipelineConfig(BaseModel):
         if config.type != "sql":
             return "table"
         readers = [name for name in self.nodes if node in self.upstream_of(name)]
-        return "view" if readers and all(self.nodes[r].type != "segment" for r in readers) else "table"
+        return "view" if readers and all(self.nodes[r].type in SQL_READERS for r in readers) else "table"
 
     def descendants(self, node: str) -> set[str]:
         out: set[str] = set()

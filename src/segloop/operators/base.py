@@ -37,7 +37,7 @@ class NodeConfig(BaseModel):
         default=None,
         description="How the output `<pipeline>__<node>` is kept: `table` (computed once per run) "
         "or `view` (a stored query, computed whenever it is read). Default: `view` for a `sql` "
-        "node that other nodes read and no Segment node sends, `table` otherwise.",
+        "node read only by `sql` and `rfm` nodes, `table` otherwise.",
     )
 
     @field_validator("inputs")
