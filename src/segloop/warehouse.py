@@ -10,6 +10,7 @@ Each backend's settings are a frozen pydantic model chosen by its ``type``; thos
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -32,6 +33,7 @@ log = logging.getLogger("segloop")
 # (backend, expression) -> SQL of recently compiled expressions; see Warehouse.compile.
 _COMPILED: dict[tuple[str, Any], str] = {}
 _COMPILED_MAX = 64
+_COMPILED_LOCK = threading.Lock()
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis
@@ -364,9 +366,11 @@ class Warehouse:
         key = (self.backend, expr.op())
         sql = _COMPILED.get(key)
         if sql is None:
-            sql = _COMPILED[key] = str(self.con.compile(expr))
-            while len(_COMPILED) > _COMPILED_MAX:
-                _COMPILED.pop(next(iter(_COMPILED)))
+            sql = str(self.con.compile(expr))
+            with _COMPILED_LOCK:  # runs of the scheduler and the UI share it from threads
+                _COMPILED[key] = sql
+                while len(_COMPILED) > _COMPILED_MAX:
+                    del _COMPILED[next(iter(_COMPILED))]
         return sql
 
     def count_rows(self, name: str, schema: str | None = None) -> int:
