@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from segloop.config import Workspace
     from segloop.pipeline import Pipeline
-    from segloop.store import NodeRunRecord, RunRecord
+    from segloop.store import NodeRunRecord, RunRecord, RunStore
     from segloop.warehouse import Warehouse
 
 log = logging.getLogger("segloop")
@@ -189,8 +189,8 @@ class ReportBuilder:
         if self.warehouse is None:
             return None
         name = f"{self.run.pipeline}__{node}" + (f"__{suffix}" if suffix else "")
-        if self._tables is None:  # one catalog look-up for the whole report
-            self._tables = set(self.warehouse.list_tables())
+        if self._tables is None:  # one catalog look-up for the whole report (often none: the run's)
+            self._tables = set(self.warehouse.relations())
         return self.warehouse.table(name) if name in self._tables else None
 
     def _wh(self) -> Warehouse:
@@ -286,19 +286,30 @@ class ReportBuilder:
         from segloop.operators.rfm import segment_of
         from segloop.web import charts
 
-        cells = table.group_by(["r_score", "f_score"]).aggregate(n=table.count())
-        counts = {(int(r["r_score"]), int(r["f_score"])): int(r["n"])
-                  for r in self._wh().to_arrow(cells).to_pylist()
-                  if r["r_score"] is not None and r["f_score"] is not None}
+        # One GROUP BY gives both charts: the grid's cells, and the segment sizes (their sums).
+        keys = ["r_score", "f_score"] + (["segment"] if "segment" in table.columns else [])
+        rows = self._wh().to_arrow(table.group_by(keys).aggregate(n=table.count())).to_pylist()
+        counts: dict[tuple[int, int], int] = {}
+        for r in rows:
+            if r["r_score"] is not None and r["f_score"] is not None:
+                cell = (int(r["r_score"]), int(r["f_score"]))
+                counts[cell] = counts.get(cell, 0) + int(r["n"])
         section.charts.append(("RFM grid: customers by recency (R) and frequency (F) score", charts.rfm_grid(counts, segment_of)))
         if "segment" in table.columns:
-            self._sizes(section, table, "segment", "segment sizes")
+            sizes: dict[str, int] = {}
+            for r in rows:
+                sizes[str(r["segment"])] = sizes.get(str(r["segment"]), 0) + int(r["n"])
+            self._size_chart(section, sizes, "segment sizes")
 
     def _sizes(self, section: Section, table: Any, column: str, title: str) -> None:
+        rows = self._wh().to_arrow(table.group_by(column).aggregate(n=table.count())).to_pylist()
+        self._size_chart(section, {str(r[column]): int(r["n"]) for r in rows}, title)
+
+    @staticmethod
+    def _size_chart(section: Section, sizes: dict[str, int], title: str) -> None:
         from segloop.web import charts
 
-        rows = self._wh().to_arrow(table.group_by(column).aggregate(n=table.count())).to_pylist()
-        items = sorted(((str(r[column]), int(r["n"])) for r in rows), key=lambda kv: -kv[1])[:30]
+        items = sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))[:30]  # ties by name: the same file each run
         section.charts.append((title, charts.bars(items, "segment-sizes", title, charts.segment_color)))
 
     def _distributions(self, section: Section, table: Any, patterns: tuple[str, ...], kind: str) -> None:
@@ -437,17 +448,22 @@ def render(run: RunRecord, pipeline: Pipeline | None = None, warehouse: Warehous
     return redactor.text(html)
 
 
-def write_report(pipeline: Pipeline, run_id: str, warehouse: Warehouse | None = None) -> Path:
+def write_report(
+    pipeline: Pipeline, run_id: str, warehouse: Warehouse | None = None, store: RunStore | None = None
+) -> Path:
     """Build the report of ``run_id`` and write it under `.segloop/runs/<run_id>/`.
 
-    ``warehouse``: a connection the caller keeps open (the run's own), so the report
-    does not open another one.
+    ``warehouse`` and ``store``: connections the caller keeps open (the run's own), so
+    the report does not open others (closing the history's SQLite file costs a checkpoint).
     """
-    store = pipeline.store()
-    try:
+    if store is not None:
         run = store.get_run(run_id)
-    finally:
-        store.close()
+    else:
+        own = pipeline.store()
+        try:
+            run = own.get_run(run_id)
+        finally:
+            own.close()
     path = report_path(pipeline.workspace, run.id)
     path.parent.mkdir(parents=True, exist_ok=True)
     if warehouse is not None:
