@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 import re
+from typing import TYPE_CHECKING
 
-import numpy as np
-from numpy.typing import ArrayLike, NDArray
+if TYPE_CHECKING:  # pragma: no cover - numpy is imported where it is used (~50 ms per process)
+    import numpy as np
+    from numpy.typing import ArrayLike, NDArray
 
 DAYS_PER_UNIT = {"days": 1.0, "weeks": 7.0}
 _DURATION = re.compile(
@@ -50,6 +52,8 @@ def percentile_rank(values: ArrayLike) -> NDArray[np.float64]:
     85% of the others (top 15%); the best customer gets 1.0 and the lowest 0.0. Ties share
     one percentile, so equal scores are never split by an arbitrary order.
     """
+    import numpy as np
+
     v = np.asarray(values, dtype=np.float64)
     n = len(v)
     if n == 0:
@@ -63,6 +67,8 @@ def percentile_rank(values: ArrayLike) -> NDArray[np.float64]:
 
 def roc_auc(labels: ArrayLike, scores: ArrayLike) -> float:
     """Area under the ROC curve (Mann-Whitney U with tie correction); NaN if one class only."""
+    import numpy as np
+
     y = np.asarray(labels, dtype=bool)
     s = np.asarray(scores, dtype=np.float64)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
@@ -74,6 +80,8 @@ def roc_auc(labels: ArrayLike, scores: ArrayLike) -> float:
 
 def log_loss(labels: ArrayLike, probabilities: ArrayLike, eps: float = 1e-15) -> float:
     """Mean negative log-likelihood of binary labels under the predicted probabilities."""
+    import numpy as np
+
     y = np.asarray(labels, dtype=np.float64)
     p = np.clip(np.asarray(probabilities, dtype=np.float64), eps, 1.0 - eps)
     return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log(1.0 - p)))
@@ -81,6 +89,8 @@ def log_loss(labels: ArrayLike, probabilities: ArrayLike, eps: float = 1e-15) ->
 
 def top_lift(labels: ArrayLike, scores: ArrayLike, share: float = 0.1) -> float:
     """Positive rate among the top ``share`` of scores divided by the overall positive rate."""
+    import numpy as np
+
     y = np.asarray(labels, dtype=np.float64)
     s = np.asarray(scores, dtype=np.float64)
     if len(y) == 0 or y.mean() == 0:
@@ -95,6 +105,8 @@ def spearman(a: ArrayLike, b: ArrayLike) -> float:
 
     NaN if fewer than two pairs remain or either side is constant.
     """
+    import numpy as np
+
     av, bv = np.asarray(a, float), np.asarray(b, float)
     keep = ~(np.isnan(av) | np.isnan(bv))
     ra, rb = _average_ranks(av[keep]), _average_ranks(bv[keep])
@@ -105,6 +117,8 @@ def spearman(a: ArrayLike, b: ArrayLike) -> float:
 
 def _average_ranks(values: NDArray[np.float64]) -> NDArray[np.float64]:
     """1-based ranks, ties given the mean of the ranks they span."""
+    import numpy as np
+
     order = np.argsort(values, kind="mergesort")
     sorted_v = values[order]
     n = len(values)
@@ -123,6 +137,8 @@ def deciles(scores: ArrayLike, outcome: ArrayLike, groups: int = 10) -> dict[str
     the mean and total outcome (a 0/1 label, or spend). Equal scores keep their input
     order (stable sort), so the table is the same on every run.
     """
+    import numpy as np
+
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(outcome, dtype=np.float64)
     order = np.argsort(-s, kind="stable")

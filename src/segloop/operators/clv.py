@@ -192,7 +192,7 @@ def _as_of_day(source: ir.Table, config: ClvConfig, ctx: RunContext) -> date:
     """The calibration end as a calendar day: configured, or the day of the latest timestamp."""
     if config.as_of is not None:
         return config.as_of.date() if isinstance(config.as_of, datetime) else config.as_of
-    latest = source[config.timestamp].cast("timestamp").max().to_pyarrow().as_py()
+    latest = ctx.warehouse.scalar(source[config.timestamp].cast("timestamp").max())
     if latest is None:
         raise DataError(
             f"node `{ctx.node}`: column `{config.timestamp}` has no timestamps; "

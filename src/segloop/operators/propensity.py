@@ -457,7 +457,7 @@ def _split_inputs(
 
 
 def _latest_timestamp(events: ir.Table, config: PropensityConfig, ctx: RunContext) -> datetime:
-    value = events[config.timestamp].cast("timestamp").max().to_pyarrow().as_py()
+    value = ctx.warehouse.scalar(events[config.timestamp].cast("timestamp").max())
     if value is None:
         raise DataError(f"node `{ctx.node}`: the input has no events with a `{config.timestamp}`")
     return _as_datetime(value)

@@ -185,8 +185,8 @@ def interactions_expr(source: ir.Table, config: RecommendConfig, ctx: RunContext
     t = t.filter(t._w > 0)
     cutoff = None
     if config.holdout_days:
-        latest = t._ts.max().execute()
-        if latest is not None and latest == latest:  # not None / NaT
+        latest = ctx.warehouse.scalar(t._ts.max())  # not .execute(): that imports pandas
+        if latest is not None:
             latest = latest.to_pydatetime() if hasattr(latest, "to_pydatetime") else latest
             cutoff = latest - timedelta(days=config.holdout_days)
     if cutoff is not None:
