@@ -431,14 +431,13 @@ def _dag(run: RunRecord, pipeline: Pipeline | None) -> Markup:
 def render(run: RunRecord, pipeline: Pipeline | None = None, warehouse: Warehouse | None = None,
            redactor: Redactor | None = None) -> str:
     """The report HTML of ``run`` (tables read from ``warehouse`` when given)."""
-    from segloop.web.templating import render_template
+    from segloop.report_html import render_report
 
     redactor = redactor or Redactor.for_pipeline(pipeline)
     builder = ReportBuilder(run, pipeline, warehouse, redactor)
     sections = builder.sections()
-    html = render_template(
-        "report.html",
-        run=run,
+    html = render_report(
+        run,
         dag=_dag(run, pipeline),
         sections=sections,
         schedule=getattr(pipeline.config, "schedule", None) if pipeline else None,
