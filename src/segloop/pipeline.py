@@ -107,9 +107,13 @@ class Pipeline:
         return f"{base}__{suffix}" if suffix else base
 
     def connect(self) -> Warehouse:
+        from segloop.sql_cache import SqlCache
+
         name = self.config.warehouse
         config = self.workspace.warehouse_config(name)
-        return Warehouse.connect(config, self.workspace.root, name or "default")
+        warehouse = Warehouse.connect(config, self.workspace.root, name or "default")
+        warehouse.sql_cache = SqlCache(self.workspace.state_dir / "cache" / "sql", warehouse.backend)
+        return warehouse
 
     def store(self) -> RunStore:
         return RunStore(self.workspace.state_dir / "state.db")

@@ -40,6 +40,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
     import pyarrow as pa
 
+    from segloop.sql_cache import SqlCache
+
 
 class Warehouse:
     """One open connection to a warehouse, with the operations segloop needs."""
@@ -62,6 +64,7 @@ class Warehouse:
         # schema -> {name: "table" | "view"}: one catalog query per schema, kept up to date by
         # this connection's own writes (see relation_kind).
         self._kinds: dict[str, dict[str, str]] = {}
+        self.sql_cache: SqlCache | None = None  # compiled SQL on disk; the engine sets the workspace's
         if create_schema:
             self._ensure_schema(self.schema)
 
@@ -467,7 +470,8 @@ class Warehouse:
         Compiling is the slowest step in Python (~20 ms for the RFM query), and a
         scheduler or the web UI builds the same expressions run after run; Ibis
         expressions compare by structure (reading the same tables with the same
-        columns), so the SQL is kept for the last few of them.
+        columns), so the SQL is kept for the last few of them; with ``sql_cache`` set
+        (engine runs), also on disk for the next process (see ``segloop.sql_cache``).
         """
         hooks = getattr(self.con, "_run_pre_execute_hooks", None)
         if callable(hooks):  # registers in-memory tables the query reads
@@ -477,7 +481,10 @@ class Warehouse:
         key = (self.backend, expr.op())
         sql = _COMPILED.get(key)
         if sql is None:
-            sql = str(self.con.compile(expr))
+            if self.sql_cache is not None:  # a fresh process: the SQL of an earlier run's compile
+                sql = self.sql_cache.compile(key[1], lambda: str(self.con.compile(expr)))
+            else:
+                sql = str(self.con.compile(expr))
             with _COMPILED_LOCK:  # runs of the scheduler and the UI share it from threads
                 _COMPILED[key] = sql
                 while len(_COMPILED) > _COMPILED_MAX:
