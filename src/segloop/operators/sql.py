@@ -14,6 +14,7 @@ name (``select * from tracks``) as long as only one of them has that name.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, field_validator
@@ -63,7 +64,12 @@ class SqlConfig(NodeConfig):
         return names
 
 
+@lru_cache(maxsize=256)
 def _parse(sql: str, dialect: str | None = None) -> exp.Expression | None:
+    """The query's syntax tree, parsed once per process (a run asks for it four times).
+
+    Shared between callers: read it, or ``transform`` it (which copies); never change it.
+    """
     import sqlglot
 
     try:
