@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import ibis
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from segloop.operators.rfm import RfmConfig, rfm_expr
 from segloop.pipeline import Pipeline
 from segloop.sql_cache import SqlCache, fingerprint
-from segloop.warehouse import _COMPILED, Warehouse
+from segloop.warehouse import _COMPILED, DuckDBConfig, Warehouse
 
 PIPELINE = """\
 name: o
@@ -145,3 +146,49 @@ def test_an_unusable_cache_folder_only_means_compiling(make_workspace) -> None:
     result = Pipeline.load(root / "pipelines" / "o.yml").run()
     assert result.ok, [n.error for n in result.nodes]
     assert result.node("rfm").rows == 2
+
+
+RFM_ON_TABLE = """\
+name: o
+nodes:
+  orders:
+    type: sql
+    sql: select user_id, "timestamp", revenue from shop_orders
+  rfm:
+    type: rfm
+    input: orders
+"""
+
+
+def _rfm_rows(root: Path, config: Any) -> dict[str, tuple[int, float]]:
+    with Warehouse.connect(config, root) as wh:
+        return {r["user_id"]: (r["frequency"], r["monetary"]) for r in wh.table("o__rfm").to_pyarrow().to_pylist()}
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "postgres"])
+def test_runs_in_one_process_reuse_expressions_but_read_the_data_anew(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    root = tmp_path / "ws"
+    (root / "pipelines").mkdir(parents=True)
+    if backend == "postgres":
+        cluster = request.getfixturevalue("pg_cluster")
+        database = request.getfixturevalue("pg_database")
+        (root / "segloop.yml").write_text(cluster.workspace_yml(database, "default"))
+        config = cluster.config(database)
+    else:
+        config = DuckDBConfig(path=str(root / "w.duckdb"))
+        (root / "segloop.yml").write_text(f"warehouses:\n  default:\n    type: duckdb\n    path: {root / 'w.duckdb'}\n")
+    (root / "pipelines" / "o.yml").write_text(RFM_ON_TABLE)
+    with Warehouse.connect(config, root) as wh:
+        wh.raw_sql("create table shop_orders (user_id varchar, \"timestamp\" timestamp, revenue double precision)")
+        wh.raw_sql("insert into shop_orders values ('u1', '2026-01-01', 10), ('u2', '2026-01-02', 20)")
+    pipeline = Pipeline.load(root / "pipelines" / "o.yml")
+    assert pipeline.run().ok
+    assert _rfm_rows(root, config) == {"u1": (1, 10.0), "u2": (1, 20.0)}
+    with Warehouse.connect(config, root) as wh:  # new rows, and one without a customer id
+        wh.raw_sql("insert into shop_orders values ('u1', '2026-01-03', 5), (null, '2026-01-03', 1)")
+    again = pipeline.run()  # same config, same input columns: the expressions of the first run
+    assert again.ok, [n.error for n in again.nodes]
+    assert _rfm_rows(root, config) == {"u1": (2, 15.0), "u2": (1, 20.0)}
+    assert again.node("rfm").metrics["rejected_rows"] == 1

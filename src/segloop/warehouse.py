@@ -276,7 +276,7 @@ class Warehouse:
             # Ibis's result path imports pandas (half a second per process) for one number.
             row = self.con.con.execute(self.compile(expr.count())).fetchone()  # type: ignore[attr-defined]
             return int(row[0]) if row else 0
-        return int(expr.count().to_pyarrow().as_py())
+        return int(self.con.to_pyarrow(expr.count()).as_py())  # this connection, always
 
     def scalar(self, expr: ir.Scalar) -> Any:
         """The value of a one-value expression (``t.ts.max()``) as a Python object.
@@ -297,7 +297,7 @@ class Warehouse:
         if self.backend == "duckdb":
             # Ibis's DuckDB result path imports pandas (~0.5 s per process) even for Arrow.
             return _duckdb_to_arrow(self, expr, limit)
-        return expr.to_pyarrow(limit=limit)
+        return self.con.to_pyarrow(expr, limit=limit)  # this connection, always
 
     def to_batches(self, expr: ir.Table, batch_rows: int | None = None) -> Iterator[pa.RecordBatch]:
         """Stream a result in bounded Arrow record batches; never holds the whole result."""
