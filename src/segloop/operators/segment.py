@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from segloop.segment.messages import RowMapping
     from segloop.segment.results import Outcome, QueuedMessage
-    from segloop.segment.sync import Ack, SyncPlan, SyncState
+    from segloop.segment.sync import SyncPlan, SyncState
 
 Columns = list[str] | dict[str, str]
 
@@ -187,11 +187,9 @@ class SegmentOperator(Operator):
     def _removed_messages(self, state: SyncState, narrow: ir.Table, ctx: RunContext) -> Iterator[tuple[Any, Any]]:
         from segloop.segment.messages import build, message_id, payload_hash
 
-        wh = ctx.warehouse
-        expr = state.removed_keys_expr(narrow, [self.cfg.customer_id])
         traits = list(self.cfg.traits or [])
-        for batch in wh.to_batches(expr):
-            for row in batch.to_pylist():
+        for chunk in state.removed_chunks():
+            for row in chunk.to_pylist():
                 if self.cfg.on_removed == "null_traits":
                     names = traits if isinstance(self.cfg.traits, list) else list((self.cfg.traits or {}).values())
                     msg = build("identify", user_id=row["key"], traits=dict.fromkeys(names), context=self.cfg.context)
@@ -207,15 +205,13 @@ class SegmentOperator(Operator):
         mapping = self.mapping(ctx)
         wanted = limit or self.SAMPLE_PAYLOADS
         samples: list[dict[str, Any]] = []
-        for chunk in state.pending_chunks(rows=wanted):
-            for row in chunk.to_pylist():
-                message = render_row(row, mapping)
-                if isinstance(message, Rejection):
-                    samples.append({"rejected": message.reason, "detail": message.detail, "key": row["_key"]})
-                else:
-                    samples.append(message)
-            break
-        return samples[:wanted]
+        for row in state.sample(wanted).to_pylist():
+            message = render_row(row, mapping)
+            if isinstance(message, Rejection):
+                samples.append({"rejected": message.reason, "detail": message.detail, "key": row["_key"]})
+            else:
+                samples.append(message)
+        return samples
 
     def preview(self, inputs: dict[str, ir.Table], ctx: RunContext, rows: int = 5) -> dict[str, Any]:
         state, plan, _narrow, total = self._plan(inputs, ctx)
@@ -271,7 +267,7 @@ class _Delivery:
 
     def on_result(self, items: list[QueuedMessage], outcome: Outcome) -> None:
         """Called from sender threads (and the main thread for local rejections)."""
-        from segloop.segment.sync import FAILED, REJECTED, REMOVED, SENT, Ack
+        from segloop.segment.sync import FAILED, REJECTED, REMOVED, SENT
 
         if outcome.status == "sent":
             status = SENT
@@ -279,15 +275,19 @@ class _Delivery:
             status = REJECTED  # our own checks: re-sent only when the row changes
         else:
             status = FAILED  # the endpoint refused or never answered: retried next run
-        acks: list[Ack] = []
+        keys: list[str] = []
+        hashes: list[str] = []
+        statuses: list[str] = []
+        ids: list[str | None] = []
         rejects: list[dict[str, Any]] = []
+        error = None if status == SENT else f"{outcome.reason}: {outcome.detail}"
         for item in items:
             key, payload_hash, row = item.ref
-            removed = isinstance(row, Mapping) and row.get("_removed")
             if key is not None:
-                final = REMOVED if removed and status == SENT else status
-                acks.append(Ack(key, payload_hash, final, item.message_id or None,
-                                None if status == SENT else f"{outcome.reason}: {outcome.detail}"))
+                keys.append(key)
+                hashes.append(payload_hash)
+                statuses.append(REMOVED if status == SENT and type(row) is dict and row.get("_removed") else status)
+                ids.append(item.message_id or None)
             if status != SENT:
                 rejects.append({
                     "key": key, "status": status, "reason": outcome.reason or status,
@@ -296,7 +296,7 @@ class _Delivery:
                     "payload": item.payload.decode() if item.payload else _row_json(row),
                 })
         with self.lock:
-            self.state.record(acks)
+            self.state.record_many(keys, hashes, statuses, ids, [error] * len(keys))
             self.rejects.extend(rejects)
             for r in rejects:
                 if r["status"] == REJECTED:
