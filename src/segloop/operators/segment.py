@@ -117,24 +117,28 @@ class SegmentOperator(Operator):
             namespace=(ctx.pipeline, ctx.node),
         )
 
-    def _plan(self, inputs: dict[str, ir.Table], ctx: RunContext) -> tuple[SyncState, SyncPlan, ir.Table, int]:
-        from segloop.segment.sync import SyncState
-
+    def _plan(self, state: SyncState, inputs: dict[str, ir.Table], ctx: RunContext) -> tuple[SyncPlan, ir.Table, int]:
         source_name, source = next(iter(inputs.items()))
         columns = self.mapping(ctx).columns()
         require_columns(source, {f"column {c}": c for c in columns}, node=ctx.node, source=source_name)
         narrow = source.select(*columns)
-        state = SyncState(ctx.warehouse, ctx.pipeline, ctx.node, ctx.run_id)
         key_columns = [self.cfg.customer_id]
         payload_columns = [c for c in columns if c != self.cfg.customer_id]
         plan = state.plan(narrow, key_columns, payload_columns, self.cfg.fingerprint(), self.cfg.mode)
         rows = sum(plan.counts.values())
-        return state, plan, narrow, rows
+        return plan, narrow, rows
 
     # -- run -----------------------------------------------------------------------------
 
     def run(self, inputs: dict[str, ir.Table], ctx: RunContext) -> NodeOutput:
-        state, plan, narrow, rows = self._plan(inputs, ctx)
+        from segloop.segment.sync import SyncState
+
+        state = SyncState(ctx.warehouse, ctx.pipeline, ctx.node, ctx.run_id)
+        with state.session():  # bounded warehouse memory for plan, send and compaction
+            return self._run(state, inputs, ctx)
+
+    def _run(self, state: SyncState, inputs: dict[str, ir.Table], ctx: RunContext) -> NodeOutput:
+        plan, narrow, rows = self._plan(state, inputs, ctx)
         metrics = self._plan_metrics(plan, rows)
         if ctx.dry_run:
             samples = self.render_samples(state, ctx)
@@ -214,8 +218,12 @@ class SegmentOperator(Operator):
         return samples
 
     def preview(self, inputs: dict[str, ir.Table], ctx: RunContext, rows: int = 5) -> dict[str, Any]:
-        state, plan, _narrow, total = self._plan(inputs, ctx)
-        return {**self._plan_metrics(plan, total), "payloads": self.render_samples(state, ctx, rows)}
+        from segloop.segment.sync import SyncState
+
+        state = SyncState(ctx.warehouse, ctx.pipeline, ctx.node, ctx.run_id)
+        with state.session():
+            plan, _narrow, total = self._plan(state, inputs, ctx)
+            return {**self._plan_metrics(plan, total), "payloads": self.render_samples(state, ctx, rows)}
 
 
 class _Delivery:

@@ -135,17 +135,19 @@ class SyncState:
     pipeline: str
     node: str
     run_id: str = ""
-    CHUNK_ROWS: ClassVar[int] = 20_000
-    DUCKDB_SETTINGS: ClassVar[dict[str, str]] = {"preserve_insertion_order": "false"}
-    """Set on an embedded DuckDB while the sync's own statements run (and restored after):
-    no statement here needs insertion order, and without it DuckDB writes and streams
-    large results with less memory."""
+    CHUNK_ROWS: ClassVar[int] = 5_000
+    DUCKDB_SETTINGS: ClassVar[dict[str, str]] = {"preserve_insertion_order": "false", "memory_limit": "64MB"}
+    """Set on an embedded DuckDB while a sync runs (``session``), restored after. No statement
+    here needs insertion order; the memory limit makes DuckDB evict cached blocks and spill
+    joins and aggregates to its temp folder instead of holding a 1M-row diff in memory
+    (bench/sync.py: peak RSS). A ``memory_limit:`` in the warehouse config wins."""
     _keys: list[str] = field(default_factory=list)
     _hashes: list[str] = field(default_factory=list)
     _statuses: list[str] = field(default_factory=list)
     _message_ids: list[str | None] = field(default_factory=list)
     _errors: list[str | None] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _sessions: int = 0
 
     # -- table names ---------------------------------------------------------------------
 
@@ -193,19 +195,31 @@ class SyncState:
         return [tuple(row.values()) for row in table.to_pylist()]
 
     @contextmanager
-    def _settings(self) -> Iterator[None]:
-        """Apply ``DUCKDB_SETTINGS`` on an embedded DuckDB for the block, then restore them."""
-        if not self._embedded or not self.DUCKDB_SETTINGS:
-            yield
+    def session(self) -> Iterator[None]:
+        """Apply ``DUCKDB_SETTINGS`` on an embedded DuckDB for the block, then restore them.
+
+        The Segment node wraps a whole run (plan, send, compaction) in one session; ``plan``
+        and ``compact`` open their own when called alone.
+        """
+        if not self._embedded or self._sessions:
+            self._sessions += 1
+            try:
+                yield
+            finally:
+                self._sessions -= 1
             return
         raw = self.warehouse.con.con  # type: ignore[attr-defined]
-        before = {name: raw.execute(f"SELECT current_setting('{name}')").fetchone()[0]
-                  for name in self.DUCKDB_SETTINGS}
-        for name, value in self.DUCKDB_SETTINGS.items():
+        wanted = dict(self.DUCKDB_SETTINGS)
+        if getattr(self.warehouse.config, "memory_limit", None):
+            wanted.pop("memory_limit", None)
+        before = {name: raw.execute(f"SELECT current_setting('{name}')").fetchone()[0] for name in wanted}
+        for name, value in wanted.items():
             raw.execute(f"SET {name} = '{value}'")
+        self._sessions += 1
         try:
             yield
         finally:
+            self._sessions -= 1
             for name, value in before.items():
                 raw.execute(f"SET {name} = '{value}'")
 
@@ -240,7 +254,7 @@ class SyncState:
 
     def classify(self, source: ir.Table, key_columns: Sequence[str], payload_columns: Sequence[str],
                  fingerprint: str, dedupe: bool = True) -> ir.Table:
-        """Input rows and state keys with ``_key``, ``_hash``, ``_category`` and ``_attempts``.
+        """Input rows and state keys with ``_key``, ``_hash`` and ``_category``.
 
         One outer join on the key: input rows are new/changed/retry/unchanged/no_key; keys
         only in the state are ``gone_sent`` (sent before: ``on_removed`` applies) or
@@ -252,8 +266,7 @@ class SyncState:
         keyed = self.keyed(source, key_columns, payload_columns, fingerprint)
         rows = (_deduplicated(keyed) if dedupe else keyed).mutate(_in=ibis.literal(1))
         state = self.warehouse.table(self.state_table)
-        state = state.select(_s_key=state.key, _s_hash=state.payload_hash, _s_status=state.status,
-                             _s_attempts=state.attempts)
+        state = state.select(_s_key=state.key, _s_hash=state.payload_hash, _s_status=state.status)
         joined = rows.outer_join(state, rows._key == state._s_key)
         only_in_state = joined._in.isnull()
         category = ibis.cases(
@@ -269,8 +282,7 @@ class SyncState:
             _key=joined._key.fill_null(joined._s_key),
             _hash=joined._hash.fill_null(joined._s_hash),
             _category=category,
-            _attempts=joined._s_attempts.fill_null(0),
-        ).drop("_in", "_s_key", "_s_hash", "_s_status", "_s_attempts")
+        ).drop("_in", "_s_key", "_s_hash", "_s_status")
 
     def plan(self, source: ir.Table, key_columns: Sequence[str], payload_columns: Sequence[str],
              fingerprint: str, mode: str = "diff") -> SyncPlan:
@@ -294,8 +306,7 @@ class SyncState:
         if not self._embedded:  # remote warehouses read the pending rows in key-hash ranges
             pending = pending.mutate(
                 _bucket=_md5(pending._key.fill_null(""), wh.dialect).substr(0, BUCKET_CHARS))
-        with self._settings():
-            wh.create_table(self.pending_table, pending)
+        wh.create_table(self.pending_table, pending)
         table = wh.table(self.pending_table)
         found = self._rows(table.group_by("_category").aggregate(n=table.count()))
         counts = {str(category): int(n) for category, n in found}
@@ -440,7 +451,7 @@ class SyncState:
         log = wh.table(self.log_table)
         if wh.count(log) == 0:
             return
-        with self._settings():
+        with self.session():
             [(rows, keys)] = self._rows(log.aggregate(n=log.count(), k=log.key.nunique()))
             if rows == keys:
                 latest = log.mutate(log_attempts=log.attempts)
