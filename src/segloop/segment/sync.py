@@ -12,7 +12,7 @@ For each Segment node, two tables live in the warehouse beside the data:
 
 The diff is one outer join of the input with the state on the customer key, computed by SQL
 inside the warehouse; only the rows to send (and the keys gone since the last run) are
-materialized, and only they are streamed to Python, in bounded chunks. Work per run is one
+materialized, and only they are read into Python, in bounded chunks. Work per run is one
 pass over the input and the state plus what is sent, so a re-run with 1% changed costs a
 few percent of the full sync (bench/sync.py).
 """
@@ -20,11 +20,11 @@ few percent of the full sync (bench/sync.py).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from segloop.warehouse import Warehouse
 
+T = TypeVar("T")
 NEW, CHANGED, RETRY, UNCHANGED, NO_KEY, DUPLICATE = "new", "changed", "retry", "unchanged", "no_key", "duplicate"
 SEND_CATEGORIES = (NEW, CHANGED, RETRY, NO_KEY)
 SENT, REJECTED, FAILED, REMOVED = "sent", "rejected", "failed", "removed"
@@ -141,6 +142,7 @@ class SyncState:
     here needs insertion order; the memory limit makes DuckDB evict cached blocks and spill
     joins and aggregates to its temp folder instead of holding a 1M-row diff in memory
     (bench/sync.py: peak RSS). A ``memory_limit:`` in the warehouse config wins."""
+    RELEASE_EVERY_ROWS: ClassVar[int] = 50_000
     _keys: list[str] = field(default_factory=list)
     _hashes: list[str] = field(default_factory=list)
     _statuses: list[str] = field(default_factory=list)
@@ -148,6 +150,9 @@ class SyncState:
     _errors: list[str | None] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _sessions: int = 0
+    _cap: str | None = None
+    _uncapped: str = ""
+    _since_release: int = 0
 
     # -- table names ---------------------------------------------------------------------
 
@@ -210,18 +215,62 @@ class SyncState:
             return
         raw = self.warehouse.con.con  # type: ignore[attr-defined]
         wanted = dict(self.DUCKDB_SETTINGS)
+        cap = wanted.pop("memory_limit", None)
         if getattr(self.warehouse.config, "memory_limit", None):
-            wanted.pop("memory_limit", None)
+            cap = None  # the user's limit stands
         before = {name: raw.execute(f"SELECT current_setting('{name}')").fetchone()[0] for name in wanted}
         for name, value in wanted.items():
             raw.execute(f"SET {name} = '{value}'")
+        # Restored by value: DuckDB's RESET memory_limit leaves the buffer pool's limit as it was.
+        self._uncapped = raw.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+        if cap and self._set_memory_limit(cap):
+            self._cap = cap
         self._sessions += 1
         try:
             yield
         finally:
             self._sessions -= 1
+            if self._cap:
+                self._set_memory_limit(self._uncapped)  # raising a limit always works
+                self._cap = None
             for name, value in before.items():
                 raw.execute(f"SET {name} = '{value}'")
+
+    def _set_memory_limit(self, value: str) -> bool:
+        """``SET memory_limit``; false when DuckDB cannot free enough memory to lower it."""
+        try:
+            self.warehouse.con.con.execute(f"SET memory_limit = '{value}'")  # type: ignore[attr-defined]
+        except Exception as exc:
+            if _out_of_memory(exc):
+                return False
+            raise
+        return True
+
+    def _roomy(self, statement: Callable[[], T]) -> T:
+        """Run ``statement`` under the session's memory limit; if DuckDB cannot fit it there
+        (a bigger input than the limit allows, even spilling), run it again with the limit
+        the warehouse had before. A big input costs memory, never a failed sync."""
+        try:
+            return statement()
+        except Exception as exc:
+            if self._cap is None or not _out_of_memory(exc):
+                raise
+        self._set_memory_limit(self._uncapped)
+        try:
+            return statement()
+        finally:
+            self._set_memory_limit(self._cap)
+
+    def release_memory(self) -> None:
+        """Give back memory an embedded DuckDB keeps after a large statement.
+
+        DuckDB holds freed buffers until its limit is set again (measured: a 1M-row diff
+        left ~90 MB resident after the statement ended); re-applying the current
+        ``memory_limit`` flushes them. Cheap, and a no-op elsewhere.
+        """
+        self._since_release = 0
+        if self._cap:
+            self._set_memory_limit(self._cap)
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -297,7 +346,7 @@ class SyncState:
         self.compact()
         wh = self.warehouse
         key = _key_expr(source, key_columns)
-        [(rows, keys)] = self._rows(source.aggregate(_rows=source.count(), _keys=key.nunique()))
+        [(rows, keys)] = self._roomy(lambda: self._rows(source.aggregate(_rows=source.count(), _keys=key.nunique())))
         rows, keys = int(rows), int(keys)
         dedupe = rows != keys
         classified = self.classify(source, key_columns, payload_columns, fingerprint, dedupe=dedupe)
@@ -306,7 +355,7 @@ class SyncState:
         if not self._embedded:  # remote warehouses read the pending rows in key-hash ranges
             pending = pending.mutate(
                 _bucket=_md5(pending._key.fill_null(""), wh.dialect).substr(0, BUCKET_CHARS))
-        wh.create_table(self.pending_table, pending)
+        self._roomy(lambda: wh.create_table(self.pending_table, pending))
         table = wh.table(self.pending_table)
         found = self._rows(table.group_by("_category").aggregate(n=table.count()))
         counts = {str(category): int(n) for category, n in found}
@@ -315,6 +364,7 @@ class SyncState:
             counts[UNCHANGED] = keys - sum(counts.get(c, 0) for c in (NEW, CHANGED, RETRY))
         counts[DUPLICATE] = rows - keys - counts.get(NO_KEY, 0)  # identical rows collapse too
         counts = {c: n for c, n in counts.items() if n}
+        self.release_memory()
         pending_rows = sum(counts.get(c, 0) for c in (*SEND_CATEGORIES, *([UNCHANGED] if mode == "full" else [])))
         return SyncPlan(counts=counts, pending_table=self.pending_table, pending_rows=pending_rows,
                         removed_keys=removed, mode=mode)
@@ -331,11 +381,11 @@ class SyncState:
     # -- reading what to send ------------------------------------------------------------
 
     def pending_chunks(self, rows: int | None = None) -> Iterator[pa.Table]:
-        """Rows to send in bounded chunks, written checkpoints and all.
+        """Rows to send in bounded chunks; each chunk is its own short query, so checkpoints
+        can be written on the same connection between chunks.
 
-        On DuckDB one query streams over a second cursor of the same database, so
-        checkpoints can be written on the main connection meanwhile; elsewhere each chunk
-        is its own query (a range of the key hash).
+        On DuckDB a chunk is a range of row ids of the pending table; elsewhere a range of
+        the key hash (``_bucket``).
         """
         return self._chunks(rows or self.CHUNK_ROWS, gone=False)
 
@@ -356,21 +406,26 @@ class SyncState:
         return wh.to_arrow(wanted.drop("_bucket"))
 
     def _chunks(self, size: int, gone: bool) -> Iterator[pa.Table]:
-        import pyarrow as pa
 
         wh = self.warehouse
         pending = wh.table(self.pending_table)
         wanted = pending._category == GONE_SENT if gone else pending._category != GONE_SENT
         if self._embedded:
-            cursor = wh.con.con.cursor()  # type: ignore[attr-defined]
-            try:
-                result = cursor.execute(str(wh.con.compile(pending.filter(wanted))))
-                for batch in _duckdb_reader(result, size):
-                    if batch.num_rows:
-                        wh.rows_fetched += batch.num_rows
-                        yield pa.Table.from_batches([batch])
-            finally:
-                cursor.close()
+            # Short queries over row-id ranges (DuckDB skips row groups outside the range),
+            # not one long streaming query: an open read transaction would stop DuckDB from
+            # checkpointing, and the log appended meanwhile would pile up in memory.
+            raw = wh.con.con  # type: ignore[attr-defined]
+            table = wh.qualified(self.pending_table)
+            [(low, high)] = raw.execute(f"SELECT min(rowid), max(rowid) FROM {table}").fetchall()
+            if low is None:
+                return
+            where = f"_category {'=' if gone else '<>'} '{GONE_SENT}'"
+            for start in range(int(low), int(high) + 1, size):
+                query = f"SELECT * FROM {table} WHERE rowid >= {start} AND rowid < {start + size} AND {where}"
+                chunk = _duckdb_reader(raw.execute(query), size).read_all()
+                if chunk.num_rows:
+                    wh.rows_fetched += chunk.num_rows
+                    yield chunk
             return
         total = wh.count(pending.filter(wanted))
         space = 16**BUCKET_CHARS
@@ -436,6 +491,9 @@ class SyncState:
             }
         )
         self.warehouse.insert(self.log_table, table)
+        self._since_release += n
+        if self._since_release >= self.RELEASE_EVERY_ROWS:  # log inserts pile up buffers too
+            self.release_memory()
         return n
 
     def compact(self) -> None:
@@ -452,46 +510,61 @@ class SyncState:
         if wh.count(log) == 0:
             return
         with self.session():
-            [(rows, keys)] = self._rows(log.aggregate(n=log.count(), k=log.key.nunique()))
-            if rows == keys:
-                latest = log.mutate(log_attempts=log.attempts)
-            else:
-                latest = log.group_by("key").aggregate(
-                    payload_hash=log.payload_hash.argmax(log.updated_at),
-                    status=log.status.argmax(log.updated_at),
-                    message_id=log.message_id.argmax(log.updated_at),
-                    last_error=log.last_error.argmax(log.updated_at),
-                    log_attempts=log.attempts.sum(),
-                    run_id=log.run_id.argmax(log.updated_at),
-                    updated_at=log.updated_at.max(),
-                )
-            target, log_q = wh.qualified(self.state_table), wh.qualified(self.log_table)
-            columns = ", ".join(STATE_COLUMNS)
-            state = wh.table(self.state_table)
-            if wh.count(state) == 0:
-                first = latest.mutate(attempts=latest.log_attempts).select(*STATE_COLUMNS)
-                with self._transaction():
-                    wh.raw_sql(f"INSERT INTO {target} ({columns}) {wh.con.compile(first)}")
-                    wh.raw_sql(f"DELETE FROM {log_q}")
-                return
-            old = state.select(_old_key=state.key, _old_attempts=state.attempts)
-            merged = latest.left_join(old, latest.key == old._old_key).mutate(
-                attempts=lambda t: t.log_attempts + t._old_attempts.fill_null(0)
-            ).select(*STATE_COLUMNS)
-            merge_table = self.merge_table
-            wh.create_table(merge_table, merged)
-            merge = wh.qualified(merge_table)
+            self._roomy(self._fold)
+            self.release_memory()
+
+    def _fold(self) -> None:
+        wh = self.warehouse
+        log = wh.table(self.log_table)
+        [(rows, keys)] = self._rows(log.aggregate(n=log.count(), k=log.key.nunique()))
+        if rows == keys:
+            latest = log.mutate(log_attempts=log.attempts)
+        else:
+            latest = log.group_by("key").aggregate(
+                payload_hash=log.payload_hash.argmax(log.updated_at),
+                status=log.status.argmax(log.updated_at),
+                message_id=log.message_id.argmax(log.updated_at),
+                last_error=log.last_error.argmax(log.updated_at),
+                log_attempts=log.attempts.sum(),
+                run_id=log.run_id.argmax(log.updated_at),
+                updated_at=log.updated_at.max(),
+            )
+        target, log_q = wh.qualified(self.state_table), wh.qualified(self.log_table)
+        columns = ", ".join(STATE_COLUMNS)
+        state = wh.table(self.state_table)
+        if wh.count(state) == 0:
+            first = latest.mutate(attempts=latest.log_attempts).select(*STATE_COLUMNS)
             with self._transaction():
-                wh.raw_sql(f"DELETE FROM {target} WHERE key IN (SELECT key FROM {merge})")
-                wh.raw_sql(f"INSERT INTO {target} ({columns}) SELECT {columns} FROM {merge}")
+                wh.raw_sql(f"INSERT INTO {target} ({columns}) {wh.con.compile(first)}")
                 wh.raw_sql(f"DELETE FROM {log_q}")
-            wh.drop_table(merge_table)
+            return
+        old = state.select(_old_key=state.key, _old_attempts=state.attempts)
+        merged = latest.left_join(old, latest.key == old._old_key).mutate(
+            attempts=lambda t: t.log_attempts + t._old_attempts.fill_null(0)
+        ).select(*STATE_COLUMNS)
+        merge_table = self.merge_table
+        wh.create_table(merge_table, merged)
+        merge = wh.qualified(merge_table)
+        with self._transaction():
+            wh.raw_sql(f"DELETE FROM {target} WHERE key IN (SELECT key FROM {merge})")
+            wh.raw_sql(f"INSERT INTO {target} ({columns}) SELECT {columns} FROM {merge}")
+            wh.raw_sql(f"DELETE FROM {log_q}")
+        wh.drop_table(merge_table)
 
     def statuses(self) -> dict[str, int]:
         """Keys per status in the (compacted plus logged) state, for reports and tests."""
         self.compact()
         state = self.warehouse.table(self.state_table)
         return {str(status): int(n) for status, n in self._rows(state.group_by("status").aggregate(n=state.count()))}
+
+
+def _out_of_memory(exc: BaseException | None) -> bool:
+    """Whether DuckDB ran out of memory somewhere in ``exc``'s chain (WarehouseError wraps it)."""
+    while exc is not None:
+        if type(exc).__name__ == "OutOfMemoryException":
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _duckdb_reader(result: Any, batch_rows: int) -> pa.RecordBatchReader:
