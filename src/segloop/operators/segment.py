@@ -148,13 +148,14 @@ class SegmentOperator(Operator):
         if write_key is None:
             raise ConfigError(f"node `{ctx.node}`: `write_key:` is missing; set it to ${{SEGMENT_WRITE_KEY}}")
         delivery = _Delivery(self, state, ctx)
-        summary = delivery.send(self._messages(state, ctx, delivery), write_key.get_secret_value(), plan.to_send)
-        removed_sent = 0
-        if self.cfg.on_removed and plan.removed_keys:
-            removed = delivery.send(self._removed_messages(state, narrow, ctx),
-                                    write_key.get_secret_value(), plan.removed_keys)
-            removed_sent = removed.sent
-        state.checkpoint()
+        with state.sending():
+            summary = delivery.send(self._messages(state, ctx, delivery), write_key.get_secret_value(), plan.to_send)
+            removed_sent = 0
+            if self.cfg.on_removed and plan.removed_keys:
+                removed = delivery.send(self._removed_messages(state, narrow, ctx),
+                                        write_key.get_secret_value(), plan.removed_keys)
+                removed_sent = removed.sent
+            state.checkpoint()
         state.compact()
         metrics.update(
             sent=summary.sent + removed_sent, rejected=delivery.rejected, failed=delivery.failed,

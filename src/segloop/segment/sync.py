@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -142,6 +143,8 @@ class SyncState:
     here needs insertion order; the memory limit makes DuckDB evict cached blocks and spill
     joins and aggregates to its temp folder instead of holding a 1M-row diff in memory
     (bench/sync.py: peak RSS). A ``memory_limit:`` in the warehouse config wins."""
+    SENDING_MEMORY_LIMIT: ClassVar[str] = "32MB"
+    """The cap while rows are sent (``sending``): only small reads and log appends run then."""
     RELEASE_EVERY_ROWS: ClassVar[int] = 50_000
     _keys: list[str] = field(default_factory=list)
     _hashes: list[str] = field(default_factory=list)
@@ -235,6 +238,20 @@ class SyncState:
                 self._cap = None
             for name, value in before.items():
                 raw.execute(f"SET {name} = '{value}'")
+
+    @contextmanager
+    def sending(self) -> Iterator[None]:
+        """Within a capped session, the lower ``SENDING_MEMORY_LIMIT`` while rows are sent."""
+        planned = self._cap
+        if not planned or not self._set_memory_limit(self.SENDING_MEMORY_LIMIT):
+            yield
+            return
+        self._cap = self.SENDING_MEMORY_LIMIT
+        try:
+            yield
+        finally:
+            self._cap = planned
+            self._set_memory_limit(planned)
 
     def _set_memory_limit(self, value: str) -> bool:
         """``SET memory_limit``; false when DuckDB cannot free enough memory to lower it."""
@@ -420,9 +437,13 @@ class SyncState:
             if low is None:
                 return
             where = f"_category {'=' if gone else '<>'} '{GONE_SENT}'"
-            for start in range(int(low), int(high) + 1, size):
+
+            def read(start: int) -> pa.Table:
                 query = f"SELECT * FROM {table} WHERE rowid >= {start} AND rowid < {start + size} AND {where}"
-                chunk = _duckdb_reader(raw.execute(query), size).read_all()
+                return _duckdb_reader(raw.execute(query), size).read_all()
+
+            for start in range(int(low), int(high) + 1, size):
+                chunk = self._roomy(partial(read, start))
                 if chunk.num_rows:
                     wh.rows_fetched += chunk.num_rows
                     yield chunk
@@ -490,7 +511,7 @@ class SyncState:
                 "updated_at": pa.repeat(pa.scalar(now, pa.timestamp("us")), n),
             }
         )
-        self.warehouse.insert(self.log_table, table)
+        self._roomy(lambda: self.warehouse.insert(self.log_table, table))
         self._since_release += n
         if self._since_release >= self.RELEASE_EVERY_ROWS:  # log inserts pile up buffers too
             self.release_memory()
