@@ -95,8 +95,8 @@ class SegmentOperator(Operator):
 
     type_name: ClassVar[str] = "segment"
     config_model: ClassVar[type[NodeConfig]] = SegmentConfig
-    CHECKPOINT_EVERY_ROWS: ClassVar[int] = 5_000
-    CHECKPOINT_EVERY_SECONDS: ClassVar[float] = 0.25
+    CHECKPOINT_EVERY_ROWS: ClassVar[int] = 20_000  # fewer, larger log appends: ~1 us less per row
+    CHECKPOINT_EVERY_SECONDS: ClassVar[float] = 0.25  # bounds what a kill -9 re-sends
     SAMPLE_PAYLOADS: ClassVar[int] = 3
 
     @property
