@@ -53,12 +53,16 @@ def show_what_arrived(workspace: Path) -> None:
     print(f"\n{len(messages):,} messages arrived at the collector:")
     for call, count in calls.most_common():
         print(f"  {count:>8,}  {call}")
-    print("two of them:")
-    for message in messages[:2]:
+    print("two of them (an identify with RFM traits, a track with recommendations):")
+    first_track = next((m for m in messages if m.get("type") == "track"), None)
+    for message in [messages[0], first_track] if first_track else messages[:2]:
         print(json.dumps(message, indent=2, default=str))
     segloop("load-archive", ".segloop/collector", "--schema", "demo_crm", cwd=workspace)
     segloop("query", "select rfm_segment, count(*) as users from demo_crm.users group by rfm_segment "
             "order by users desc", cwd=workspace)
+    segloop("query", "select customer_cluster, count(*) as users, round(avg(likelihood_to_churn), 2) "
+            "as avg_churn_pct from demo_crm.users group by customer_cluster order by users desc",
+            cwd=workspace)
 
 
 def main() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -77,6 +78,8 @@ def test_cli_run_runs_and_show(make_workspace, monkeypatch) -> None:
     result = runner.invoke(app, ["run", "dag"])
     assert result.exit_code == 0, result.output
     assert "success" in result.output and "dag" in result.output
+    report = result.output.split("report: ", 1)[1].split()[0]  # the summary names the HTML report
+    assert Path(report).is_file() and Path(report).suffix == ".html"
     listing = runner.invoke(app, ["runs"])
     assert listing.exit_code == 0 and "dag" in listing.output
     shown = runner.invoke(app, ["show", "latest"])

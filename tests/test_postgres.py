@@ -158,15 +158,6 @@ def test_source_can_be_reloaded_while_segment_source_views_point_at_it(
 VOLATILE = ("sentAt", "receivedAt", "originalTimestamp")  # set at send time, not from data
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: floats differ in the last bits between engines, so payload hashes and "
-    "messageIds differ: rfm `monetary` is a float SUM whose value depends on the summing order "
-    "(26560.61 on PostgreSQL vs 26560.609999999997 on DuckDB, 1 of 381 customers), and the clv "
-    "fit gives predicted_ltv 70.48872022748691 vs 70.4887202274868 (369 of 381; rows arrive in "
-    "another order). Everything else in the 781 messages is identical. Fix: round money to "
-    "cents in SQL and sort model inputs by customer (or round predictions), then drop this mark",
-)
 def test_demo_pipeline_sends_identical_segment_messages_from_postgres_and_duckdb(
     tmp_path: Path, pg_cluster: PgCluster, pg_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -65,7 +65,8 @@ def test_source_tables_are_views_and_rfm_matches_reading_the_schema_directly(sho
     catalog = {r["table"]: r for r in rows(shop, "select * from shop__src")}
     assert list(catalog)[:3] == ["tracks", "identifies", "users"]
     assert set(catalog) == {"tracks", "identifies", "users", "product_viewed", "product_added",
-                            "checkout_started", "order_completed", "order_refunded"}
+                            "checkout_started", "order_completed", "order_refunded",
+                            "order_completed_products"}  # Order Completed's products[], one row each
     kinds = {r["table_name"]: r["table_type"] for r in rows(
         shop, "select table_name, table_type from information_schema.tables "
               "where table_name like 'shop__src__%'")}
@@ -213,3 +214,125 @@ def test_upper_case_schema_and_tables_match_like_snowflake(make_workspace) -> No
     assert sorted(r["ID"] for r in rows(root, "select * from upper__src__tracks")) == ["b", "c"]
     [entry] = rows(root, "select * from upper__src")
     assert entry["source"] == "WEB_PROD.TRACKS" and entry["window"].startswith("RECEIVED_AT > 2026-03-01")
+
+
+# -- products[]: one row per product -------------------------------------------------------
+
+PRODUCTS_PIPELINE = """\
+name: shop
+nodes:
+  src:
+    type: segment_source
+    schema: web
+    tables: [order_completed]
+  items:
+    type: sql
+    input: src
+    sql: select * from order_completed_products
+"""
+ORDERS = pa.table({
+    "id": ["o1", "o2", "o3", "o4", "o5"],
+    "user_id": ["u1", "u1", "u2", "u3", None],
+    "received_at": [datetime(2026, 5, d) for d in range(1, 6)],
+    "event_text": ["Order Completed"] * 5,
+    "coupon": ["SPRING", None, None, None, None],  # the order's coupon; products have their own
+    "products": [
+        '[{"product_id": "p1", "sku": "S1", "category": "audio", "price": 19.5, "quantity": 2,'
+        ' "coupon": "P10", "colour": "red"}, {"product_id": 507, "price": 3}]',
+        "[]", None, '[{"product_id": "p2", "name": "Mug", "quantity": 1.5}]', '[{"sku": "S9"}]'],
+})
+EXPECTED_ITEMS = [  # (id, user_id, coupon, product_id, sku, category, name, price, quantity, product_coupon)
+    ("o1", "u1", "SPRING", "507", None, None, None, 3.0, None, None),
+    ("o1", "u1", "SPRING", "p1", "S1", "audio", None, 19.5, 2.0, "P10"),
+    ("o4", "u3", None, "p2", None, None, "Mug", None, 1.5, None),
+    ("o5", None, None, None, "S9", None, None, None, None, None),
+]
+ITEM_COLUMNS = ["id", "user_id", "coupon", "product_id", "sku", "category", "name", "price",
+                "quantity", "product_coupon"]
+
+
+def item_rows(wh: Warehouse, table: str) -> list[tuple]:
+    rows = wh.table(table).to_pyarrow().to_pylist()
+    return sorted((tuple(r[c] for c in ITEM_COLUMNS) for r in rows), key=lambda r: (r[0], str(r[3])))
+
+
+def test_products_json_becomes_one_row_per_product(make_workspace) -> None:
+    root = make_workspace({"shop": PRODUCTS_PIPELINE})
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        wh.create_table("order_completed", ORDERS, schema="web")
+    result = run(root, "shop")
+    assert result.ok, [n.error for n in result.nodes]
+    assert result.node("src").metrics["tables"] == ["order_completed", "order_completed_products"]
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        assert item_rows(wh, "shop__items") == EXPECTED_ITEMS
+        assert "products" not in wh.table("shop__items").columns  # the JSON itself stays out
+        catalog = {r["table"]: r for r in wh.table("shop__src").to_pyarrow().to_pylist()}
+    assert catalog["order_completed_products"]["source"] == "web.order_completed.products"
+
+
+def test_products_rows_match_every_product_of_the_demo_orders(shop: Path) -> None:
+    assert run(shop, "shop").ok
+    with Warehouse.connect(DuckDBConfig(), shop) as wh:
+        orders = wh.table("order_completed", schema="demo_shop").to_pyarrow()
+        items = wh.table("shop__src__order_completed_products").to_pyarrow()
+    import orjson
+
+    expected = sorted((o, p["product_id"], p["quantity"]) for o, text in zip(
+        orders["id"].to_pylist(), orders["products"].to_pylist(), strict=True) for p in orjson.loads(text))
+    got = sorted(zip(items["id"].to_pylist(), items["product_id"].to_pylist(),
+                     items["quantity"].to_pylist(), strict=True))
+    assert len(got) > len(orders) and got == expected
+
+
+def test_a_real_table_named_like_the_products_view_wins(make_workspace) -> None:
+    root = make_workspace({"shop": PRODUCTS_PIPELINE.replace(
+        "tables: [order_completed]", "tables: [order_completed, order_completed_products]")})
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        wh.create_table("order_completed", ORDERS, schema="web")
+        wh.create_table("order_completed_products", pa.table({"id": ["own"]}), schema="web")
+    result = run(root, "shop")
+    assert result.ok, [n.error for n in result.nodes]
+    assert any("web.order_completed_products exists" in w for w in result.node("src").warnings)
+    assert rows(root, "select id from shop__items") == [{"id": "own"}]
+
+
+def test_products_off_exposes_only_the_tables(make_workspace) -> None:
+    root = make_workspace({"shop": PRODUCTS_PIPELINE.replace(
+        "tables: [order_completed]", "tables: [order_completed]\n    products: false").replace(
+        "order_completed_products", "order_completed")})
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        wh.create_table("order_completed", ORDERS, schema="web")
+    result = run(root, "shop")
+    assert result.ok and result.node("src").metrics["tables"] == ["order_completed"]
+
+
+@pytest.mark.postgres
+def test_products_rows_are_the_same_on_postgres(tmp_path: Path, pg_warehouse: Warehouse) -> None:
+    from segloop.operators.base import RunContext
+    from segloop.operators.segment_source import SegmentSourceConfig, SegmentSourceOperator
+
+    config = SegmentSourceConfig(type="segment_source", schema="web", tables=["order_completed"])
+    found = {}
+    with Warehouse.duckdb(tmp_path / "duck.duckdb") as duck:
+        for label, wh in (("postgres", pg_warehouse), ("duckdb", duck)):
+            wh.create_table("order_completed", ORDERS, schema="web")
+            ctx = RunContext(warehouse=wh, pipeline="p", node="src", run_id="r")
+            SegmentSourceOperator(config).run({}, ctx)
+            found[label] = item_rows(wh, "p__src__order_completed_products")
+    assert found["postgres"] == found["duckdb"] == EXPECTED_ITEMS
+
+
+def test_warehouse_without_the_products_view_warns_and_runs_on(
+    make_workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # BigQuery and Spark have no Ibis rule for unnesting JSON: the tables must still come.
+    from segloop.operators import segment_source
+
+    monkeypatch.setattr(segment_source, "PRODUCTS_BACKENDS", frozenset({"bigquery"}))
+    root = make_workspace({"shop": PRODUCTS_PIPELINE.replace("order_completed_products", "order_completed")})
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        wh.create_table("order_completed", ORDERS, schema="web")
+    result = run(root, "shop")
+    assert result.ok, [n.error for n in result.nodes]
+    assert result.node("src").metrics["tables"] == ["order_completed"]
+    assert any("DuckDB and PostgreSQL only, not on duckdb" in w for w in result.node("src").warnings)

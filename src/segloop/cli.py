@@ -148,6 +148,9 @@ def run(
         result = loaded.run(node=node, dry_run=dry_run, reporter=reporter,
                             options={"debug": _state["debug"]})
     print_summary(console, result)
+    if result.report is not None:
+        console.print(f"report: {result.report}  (details: segloop show {result.run_id}; "
+                      "browse runs: segloop ui)", highlight=False, soft_wrap=True)
     if not result.ok:
         for failed in result.nodes:
             if failed.status == "failed":

@@ -7,7 +7,7 @@ against the demo also runs against a real Segment warehouse.
 Behaviour comes from hidden traits, so models have real signal to find:
 
 - a persona per known customer (``vip``, ``regular``, ``bargain``, ``lapsed``) setting
-  purchase rate, lifetime (churn) and spend level;
+  purchase rate, lifetime (churn), spend level and how much they browse per order;
 - a product-category affinity per customer (Dirichlet, concentrated on one or two
   categories) driving what they view, add and buy;
 - anonymous-only visitors who browse and never identify.
@@ -35,14 +35,23 @@ CATEGORY_PRICE = {  # median price per category
     "phones": 650.0, "laptops": 1100.0, "audio": 120.0, "wearables": 260.0,
     "home": 80.0, "gaming": 55.0, "books": 18.0, "fashion": 45.0,
 }
-# persona: share, orders per day (mean), lifetime days (mean), spend multiplier
-PERSONAS: dict[str, tuple[float, float, float, float]] = {
-    "vip": (0.10, 1 / 9, 900.0, 2.2),
-    "regular": (0.30, 1 / 30, 500.0, 1.0),
-    "bargain": (0.35, 1 / 75, 400.0, 0.45),
-    "lapsed": (0.25, 1 / 25, 40.0, 0.9),
+# persona: share, orders per day (mean), lifetime days (mean), spend multiplier,
+# browsing sessions per order. vip, regular and bargain customers stay for years (they do
+# not churn within a demo year); lapsed customers buy a few times in their first weeks and
+# leave, so they are the churners. Bargain hunters browse a lot and wait for deals (one
+# order per ~20 visits); vips know what they want.
+PERSONAS: dict[str, tuple[float, float, float, float, float]] = {
+    "vip": (0.10, 1 / 7, 3000.0, 2.2, 3.0),
+    "regular": (0.30, 1 / 30, 3000.0, 1.0, 5.0),
+    "bargain": (0.35, 1 / 75, 3000.0, 0.45, 20.0),
+    "lapsed": (0.25, 1 / 25, 40.0, 0.9, 5.0),
 }
-SESSIONS_PER_ORDER = 5.0
+# Spread of each trait within a persona: gamma shapes (higher: closer to the persona's
+# mean) and the lognormal sigma of spend. A persona is a type of customer, so its members
+# differ, but less than the personas do.
+RATE_SHAPE, LIFETIME_SHAPE, SPEND_SIGMA = 16.0, 4.0, 0.15
+# Customers who joined during the period join in its first part (share of the period).
+JOIN_WINDOW = 0.4
 ANONYMOUS_SHARE = 0.15
 REFUND_RATE = 0.04
 DEFAULT_END = datetime(2026, 6, 30)
@@ -118,10 +127,11 @@ def generate(
     persona = rng.choice(len(names), customers, p=shares / shares.sum())
     rate_mean = np.array([PERSONAS[p][1] for p in names])[persona]
     life_mean = np.array([PERSONAS[p][2] for p in names])[persona]
-    spend = np.array([PERSONAS[p][3] for p in names])[persona] * rng.lognormal(0, 0.15, customers)
-    rate = rng.gamma(4.0, rate_mean / 4.0)
-    start = np.where(rng.random(customers) < 0.45, 0.0, rng.uniform(0, horizon * 0.85, customers))
-    lifetime = rng.exponential(life_mean)
+    spend = np.array([PERSONAS[p][3] for p in names])[persona] * rng.lognormal(0, SPEND_SIGMA, customers)
+    sessions_per_order = np.array([PERSONAS[p][4] for p in names])[persona]
+    rate = rng.gamma(RATE_SHAPE, rate_mean / RATE_SHAPE)
+    start = np.where(rng.random(customers) < 0.45, 0.0, rng.uniform(0, horizon * JOIN_WINDOW, customers))
+    lifetime = rng.gamma(LIFETIME_SHAPE, life_mean / LIFETIME_SHAPE)
     alive_until = np.minimum(horizon, start + lifetime)
     active = np.maximum(alive_until - start, 0.5)
     affinity = rng.dirichlet(np.full(len(CATEGORIES), 0.25), customers)
@@ -147,7 +157,7 @@ def generate(
     order_ids = np.char.add("ord_", np.arange(len(o_cust)).astype(str))
 
     # Browsing sessions (known customers and anonymous visitors): views, some adds.
-    n_sessions = rng.poisson(rate * active * SESSIONS_PER_ORDER) + 1
+    n_sessions = rng.poisson(rate * active * sessions_per_order) + 1
     s_cust = np.repeat(np.arange(customers), n_sessions)
     s_t = (start[s_cust] + rng.random(len(s_cust)) * active[s_cust]) * day
     n_anon = int(customers * ANONYMOUS_SHARE / (1 - ANONYMOUS_SHARE))
@@ -234,6 +244,7 @@ def _to_tables(rng: np.random.Generator, events: list[_Events], begin: datetime,
                customers: int, start: np.ndarray, spend: np.ndarray) -> dict[str, pa.Table]:
     import numpy as np
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     base = np.datetime64(begin, "us")
     user_ids = np.char.add("u", (np.arange(customers) + 100_000).astype(str))
@@ -242,32 +253,36 @@ def _to_tables(rng: np.random.Generator, events: list[_Events], begin: datetime,
     common_parts: list[pa.Table] = []
     offset = 0
     agents = np.array(["Mozilla/5.0 (Macintosh)", "Mozilla/5.0 (iPhone)", "Mozilla/5.0 (Windows NT 10.0)"])
+    user_ids_pa, cust_anon_pa, agents_pa = pa.array(user_ids), pa.array(cust_anon), pa.array(agents)
     for ev in events:
         n = len(ev.t)
         order = np.argsort(ev.t, kind="stable")
         cust, anon, t = ev.cust[order], ev.anon[order], ev.t[order]
         ts = base + (t * 1e6).astype("timedelta64[us]")
         latency = (rng.uniform(0.05, 2.0, n) * 1e6).astype("timedelta64[us]")
-        known = cust >= 0
-        user_id = pa.array(np.where(known, user_ids[np.maximum(cust, 0)], None), pa.string())
-        anonymous_id = np.where(known, cust_anon[np.maximum(cust, 0)], np.char.add("anon-v", np.maximum(anon, 0).astype(str)))
-        ids = np.char.add(f"{EVENT_TABLES[ev.event][:3]}-", (np.arange(n) + offset).astype(str))
+        known = pa.array(cust >= 0)
+        # Strings are built with Arrow kernels: numpy's string functions take seconds here.
+        customer = pa.array(np.maximum(cust, 0))
+        user_id = pc.if_else(known, user_ids_pa.take(customer), pa.scalar(None, pa.string()))
+        anonymous_id = pc.if_else(known, cust_anon_pa.take(customer),
+                                  _prefixed("anon-v", np.maximum(anon, 0)))
+        ids = _prefixed(f"{EVENT_TABLES[ev.event][:3]}-", np.arange(n) + offset)
         offset += n
         common = {
-            "id": pa.array(ids),
-            "anonymous_id": pa.array(anonymous_id),
+            "id": ids,
+            "anonymous_id": anonymous_id,
             "user_id": user_id,
             "received_at": pa.array(ts + latency),
             "sent_at": pa.array(ts + latency // 2),
             "timestamp": pa.array(ts),
             "original_timestamp": pa.array(ts),
             "uuid_ts": pa.array(ts + latency + np.timedelta64(30, "m")),
-            "context_library_name": pa.array(np.full(n, "analytics.js")),
-            "context_library_version": pa.array(np.full(n, "5.2.0")),
-            "context_user_agent": pa.array(agents[rng.integers(0, len(agents), n)]),
-            "context_page_path": pa.array(np.full(n, "/" + EVENT_TABLES[ev.event].split("_")[0])),
-            "event": pa.array(np.full(n, EVENT_TABLES[ev.event])),
-            "event_text": pa.array(np.full(n, ev.event)),
+            "context_library_name": pa.repeat("analytics.js", n),
+            "context_library_version": pa.repeat("5.2.0", n),
+            "context_user_agent": agents_pa.take(pa.array(rng.integers(0, len(agents), n))),
+            "context_page_path": pa.repeat("/" + EVENT_TABLES[ev.event].split("_")[0], n),
+            "event": pa.repeat(EVENT_TABLES[ev.event], n),
+            "event_text": pa.repeat(ev.event, n),
         }
         props = {k: pa.array(v[order] if v.dtype != object else v[order].tolist()) for k, v in ev.props.items()}
         tables[EVENT_TABLES[ev.event]] = pa.table({**common, **props})
@@ -276,6 +291,14 @@ def _to_tables(rng: np.random.Generator, events: list[_Events], begin: datetime,
     tables["tracks"] = tracks.take(np.argsort(tracks["timestamp"].to_numpy(), kind="stable"))
     tables["identifies"], tables["users"] = _identities(rng, base, user_ids, cust_anon, start, spend)
     return tables
+
+
+def _prefixed(prefix: str, numbers: np.ndarray) -> pa.Array:
+    """``prefix`` + each number, as an Arrow string array."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return pc.binary_join_element_wise(prefix, pa.array(numbers).cast(pa.string()), "")
 
 
 def _identities(rng: np.random.Generator, base: np.datetime64, user_ids: np.ndarray,

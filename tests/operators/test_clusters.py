@@ -100,6 +100,25 @@ def test_same_seed_same_clusters(make_workspace) -> None:
     wh.close()
 
 
+def test_row_order_of_the_input_does_not_change_the_clusters(make_workspace) -> None:
+    # Warehouses return rows in no fixed order (PostgreSQL and DuckDB differ); a customer's
+    # cluster must not depend on it. Structureless data, where k-means' start matters.
+    rng = np.random.default_rng(5)
+    n = 600
+    table = pa.table({"user_id": [f"c{i:04d}" for i in range(n)],
+                      "recency_days": rng.integers(0, 365, n), "frequency": rng.integers(1, 30, n),
+                      "monetary": np.round(rng.lognormal(5, 1, n), 2)})
+    shuffled = table.take(pa.array(rng.permutation(n)))
+    results = []
+    for rows in (table, shuffled):
+        result, wh = run(make_workspace, rows, "    k: 6")
+        assert result.node("clusters").status == "success", result.node("clusters").error
+        results.append((result.node("clusters").metrics["k"],
+                        wh.table("shop__clusters").order_by("user_id").to_pyarrow().to_pylist()))
+        wh.close()
+    assert results[0] == results[1]
+
+
 def test_missing_values_are_imputed_with_a_warning(make_workspace) -> None:
     table, _ = blobs(30)
     recency = table["recency_days"].to_pylist()

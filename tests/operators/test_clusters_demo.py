@@ -58,11 +58,6 @@ def run(root: Path, k: str) -> tuple[dict[str, object], dict[str, str], object]:
     return found, truth, result
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="demo.py's personas overlap on purchase behaviour: even a supervised classifier on "
-    "these features reaches ARI ~0.25 (see the issue 7 report); passes once demo.py separates them",
-)
 def test_clusters_recover_hidden_personas(demo_root: Path) -> None:
     found, truth, result = run(demo_root, "4")
     assert result.node("clusters").status == "success", result.node("clusters").error

@@ -146,9 +146,10 @@ def feature_columns(source: ir.Table, config: ClustersConfig, node: str, source_
 
 
 def _fetch(ctx: RunContext, source: ir.Table, cid: str, columns: list[str]) -> tuple[pa.Array, np.ndarray]:
-    """Customer ids and a float matrix of the columns, streamed as Arrow batches."""
+    """Customer ids and a float matrix of the columns, streamed as Arrow batches, sorted by id."""
     import numpy as np
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     expr = source.select(source[cid], *[source[c].cast("float64").name(c) for c in columns])
     ids: list[pa.Array] = []
@@ -162,7 +163,11 @@ def _fetch(ctx: RunContext, source: ir.Table, cid: str, columns: list[str]) -> t
         ctx.progress(batch.num_rows, None)
     id_array = pa.chunked_array(ids).combine_chunks() if ids else pa.array([], pa.string())
     matrix = np.vstack(blocks) if blocks else np.empty((0, len(columns)))
-    return id_array, matrix
+    # k-means' start and the silhouette sample depend on row order, which warehouses do not
+    # fix; sorting by id here (bytewise, whatever the warehouse's collation) gives the same
+    # clusters for the same data on DuckDB, PostgreSQL and the rest.
+    order = pc.sort_indices(id_array).to_numpy()
+    return id_array.take(pa.array(order)), matrix[order]
 
 
 def _impute(values: np.ndarray, columns: list[str], ctx: RunContext) -> np.ndarray:

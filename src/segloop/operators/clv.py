@@ -35,7 +35,7 @@ from segloop.models.scoring import (
     spearman,
 )
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
-from segloop.operators.columns import require_columns
+from segloop.operators.columns import MONEY_TYPE, money, require_columns
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
@@ -124,7 +124,7 @@ class ClvOperator(Operator):
                 f"{ignored} rows of `{source_name}` have no `{config.customer_id}` or "
                 f"`{config.timestamp}` and were left out"
             )
-        summary = ctx.warehouse.to_arrow(summary_expr(source, config, as_of))
+        summary = by_customer(ctx.warehouse.to_arrow(summary_expr(source, config, as_of)), config)
         ctx.progress(summary.num_rows, None)
         if summary.num_rows == 0:
             raise DataError(
@@ -154,7 +154,7 @@ class ClvOperator(Operator):
         horizon_days = config.horizon_days()
         cut = as_of - timedelta(days=round(horizon_days))
         expr = summary_expr(source, config, cut, actual_until=as_of)
-        summary = ctx.warehouse.to_arrow(expr)
+        summary = by_customer(ctx.warehouse.to_arrow(expr), config)
         if summary.num_rows < 2 or float(np.max(summary["tenure"].to_numpy())) <= 0:
             return {"holdout": f"skipped: not enough history before {cut.isoformat()}"}, None
         try:
@@ -201,6 +201,13 @@ def _as_of_day(source: ir.Table, config: ClvConfig, ctx: RunContext) -> date:
     return latest.date() if isinstance(latest, datetime) else date.fromisoformat(str(latest)[:10])
 
 
+def by_customer(summary: pa.Table, config: ClvConfig) -> pa.Table:
+    """The summary sorted by customer id, in Python: the model fits add rows up in this
+    order, so one order (byte order, not the warehouse's collation) gives the same
+    parameters, to the last bit, on every warehouse."""
+    return summary.sort_by(config.customer_id)
+
+
 def summary_expr(
     source: ir.Table, config: ClvConfig, as_of: date, actual_until: date | None = None
 ) -> ir.Table:
@@ -217,7 +224,7 @@ def summary_expr(
     rows = source.select(
         _cid=source[cid],
         _day=source[config.timestamp].cast("timestamp").truncate("D"),
-        _amount=source[config.amount].cast("float64").fill_null(0.0),
+        _amount=money(source[config.amount]),
     )
     rows = rows.filter(rows._cid.notnull() & rows._day.notnull())
     end = ibis.literal(datetime.combine(as_of, datetime.min.time())).cast("timestamp")
@@ -232,8 +239,8 @@ def summary_expr(
         _first_day=days._day.min(),
         _last_day=days._day.max(),
         _n_days=days.count(),
-        _repeat_value=ibis.ifelse(days._day == days._first, 0.0, days._value).sum(),
-        total_spend=days._value.sum(),
+        _repeat_value=ibis.ifelse(days._day == days._first, ibis.literal(0, type=MONEY_TYPE), days._value).sum(),
+        total_spend=days._value.sum().cast("float64"),
     )
     first_s = per_customer._first_day.epoch_seconds()
     x = per_customer._n_days - 1
@@ -241,7 +248,9 @@ def summary_expr(
         frequency=x.cast("int64"),
         recency=((per_customer._last_day.epoch_seconds() - first_s) / unit_seconds).cast("float64"),
         tenure=((end.epoch_seconds() - first_s) / unit_seconds).cast("float64"),
-        monetary_value=ibis.ifelse(x > 0, per_customer._repeat_value / x, 0.0).cast("float64"),
+        monetary_value=ibis.ifelse(
+            x > 0, per_customer._repeat_value.cast("float64") / x, 0.0
+        ).cast("float64"),
     )
     columns = ["_cid", "frequency", "recency", "tenure", "monetary_value", "total_spend"]
     summary = summary.select(*columns)
@@ -249,11 +258,11 @@ def summary_expr(
         stop = ibis.literal(datetime.combine(actual_until, datetime.min.time())).cast("timestamp")
         after = rows.filter((rows._day > end) & (rows._day <= stop))
         actual = after.group_by(after._cid.name("_acid")).aggregate(
-            actual_spend=after._amount.sum()
+            actual_spend=after._amount.sum().cast("float64")
         )
         joined = summary.left_join(actual, summary._cid == actual._acid)
         summary = joined.select(*columns, actual_spend=joined.actual_spend.fill_null(0.0))
-    return summary.rename({cid: "_cid"}).order_by(cid)
+    return summary.rename({cid: "_cid"})
 
 
 def score_customers(

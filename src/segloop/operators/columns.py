@@ -20,3 +20,16 @@ def require_columns(table: ir.Table, keys: dict[str, str], node: str, source: st
             f"node `{node}`: {wrong} not found in input `{source}` "
             f"(its columns: {', '.join(table.columns)}); fix the column name in the pipeline file"
         )
+
+
+# Money is summed as DECIMAL(38, 6): exact, so every warehouse gets the same total whatever
+# order it adds the rows in (a float SUM differs in the last bits between engines, which
+# changes payload hashes and messageIds). Six places keep every real currency's minor unit.
+MONEY_TYPE = "decimal(38, 6)"
+
+
+def money(value: ir.Value) -> ir.NumericValue:
+    """``value`` as an exact decimal for summing; missing amounts count as 0."""
+    import ibis
+
+    return value.cast(MONEY_TYPE).fill_null(ibis.literal(0, type=MONEY_TYPE))  # type: ignore[union-attr,no-any-return]

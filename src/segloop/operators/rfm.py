@@ -7,7 +7,8 @@ Definitions (one row per customer):
 - ``recency_days``: whole calendar days from the customer's last purchase day to the
   as-of day (``as_of``, default: the day of the latest timestamp in the input).
 - ``frequency``: number of purchases (input rows); ``monetary``: sum of ``amount``
-  (missing amounts count as 0).
+  (missing amounts count as 0), added exactly as DECIMAL(38, 6) so every warehouse gives
+  the same figure.
 - Scores 1-5 by quintile of rank, ties shared: ``score = 1 + floor(5 * worse / n)``
   where ``worse`` is the number of customers strictly worse on that measure (more
   recency days, fewer purchases, less money) and ``n`` the number of customers. Equal
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from pydantic import Field
 
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
-from segloop.operators.columns import require_columns
+from segloop.operators.columns import money, require_columns
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
@@ -113,7 +114,7 @@ def rfm_expr(source: ir.Table, config: RfmConfig) -> tuple[ir.Table, ir.Table]:
     per_customer = good.group_by(good[cid]).aggregate(
         last_purchase_at=good["_ts"].max(),
         frequency=good.count(),
-        monetary=good[amount].cast("float64").fill_null(0).sum(),
+        monetary=money(good[amount]).sum().cast("float64"),
     )
     day = 86400
     last_day = per_customer.last_purchase_at.truncate("D").epoch_seconds()

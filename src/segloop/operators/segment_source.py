@@ -11,6 +11,14 @@ The node's own table ``<pipeline>__<node>`` is a small catalog: one row per expo
 downstream nodes see: ``since: 30d`` (relative to the run), ``since: 2026-01-01``, or
 ``incremental: true`` (rows received after the high-water mark of the last successful,
 non-dry run of this pipeline, read from the run history).
+
+Segment stores an event's ``products`` array (the e-commerce spec's Order Completed, Cart
+Viewed, Checkout Started, ...) as a JSON string. For every exposed table with such a
+column the node also exposes ``<table>_products``: one row per product, the event's
+columns next to the spec's product fields (``product_id``, ``sku``, ``category``, ...).
+The unnesting is an Ibis expression, so each warehouse gets its own SQL for it
+(``json_array_elements`` on PostgreSQL, ``unnest`` of a JSON list on DuckDB); a query over
+the view is the same on both. Other warehouses skip the view with a warning.
 """
 
 from __future__ import annotations
@@ -33,6 +41,18 @@ CORE_TABLES = ("tracks", "identifies", "users")
 WINDOW_COLUMN = "received_at"
 DURATION = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$")
 UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+PRODUCTS_COLUMN = "products"
+PRODUCTS_SUFFIX = "_products"
+# Warehouses whose JSON unnesting Ibis compiles correctly (checked by the tests); elsewhere
+# (BigQuery, Spark: no compile rule; Snowflake: untested) the view is skipped with a warning.
+PRODUCTS_BACKENDS = frozenset({"duckdb", "postgres"})
+# Segment's e-commerce spec: product fields and their column types in `<table>_products`.
+# Numbers are float64 (a quantity sent as 1.5 must not fail the query on any warehouse).
+PRODUCT_FIELDS: dict[str, str] = {
+    "product_id": "string", "sku": "string", "category": "string", "name": "string",
+    "brand": "string", "variant": "string", "price": "float64", "quantity": "float64",
+    "coupon": "string",
+}
 
 
 def parse_since(value: str | date | datetime) -> timedelta | datetime:
@@ -63,6 +83,11 @@ class SegmentSourceConfig(NodeConfig):
     )
     incremental: bool = Field(
         default=False, description="Only rows received since the last successful run."
+    )
+    products: bool = Field(
+        default=True,
+        description="Also expose `<table>_products` (one row per product) for tables with a "
+        "`products` JSON array column, e.g. order_completed_products.",
     )
 
     model_config = NodeConfig.model_config | {"populate_by_name": True}
@@ -133,9 +158,24 @@ class SegmentSourceOperator(Operator):
             _create_view(wh, view, table)
             rows.append({"table": short, "view": f"{wh.schema}.{view}",
                          "source": f"{schema}.{actual}", "window": window})
+            items = _column(table, PRODUCTS_COLUMN) if config.products else None
+            if items is not None and (table[items].type().is_string() or table[items].type().is_json()):
+                name = short + PRODUCTS_SUFFIX
+                if wh.backend not in PRODUCTS_BACKENDS:
+                    ctx.warn(f"`{name}` (one row per product of `{short}`) is built on DuckDB and "
+                             f"PostgreSQL only, not on {wh.backend}; unnest `{items}` in a sql node, "
+                             "or set `products: false` to silence this")
+                    continue
+                if name in present:
+                    ctx.warn(f"table {config.schema_}.{present[name]} exists, so the products of "
+                             f"`{short}` are not exposed as `{name}`; read it with SQL instead")
+                    continue
+                _create_view(wh, ctx.table_name(name), products_expr(table, items))
+                rows.append({"table": name, "view": f"{wh.schema}.{ctx.table_name(name)}",
+                             "source": f"{schema}.{actual}.{items}", "window": window})
         catalog = pa.Table.from_pylist(rows, schema=pa.schema(
             [("table", pa.string()), ("view", pa.string()), ("source", pa.string()), ("window", pa.string())]))
-        metrics: dict[str, Any] = {"schema": config.schema_, "tables": list(chosen)}
+        metrics: dict[str, Any] = {"schema": config.schema_, "tables": [row["table"] for row in rows]}
         if config.incremental:
             metrics["high_water_marks"] = {**marks_before, **marks}
         ctx.progress(len(rows), len(rows))
@@ -215,6 +255,33 @@ class SegmentSourceOperator(Operator):
             return {table: mark.isoformat() for table, mark in marks.items()}
         finally:
             store.close()
+
+
+def products_expr(table: ir.Table, column: str) -> ir.Table:
+    """One row per element of the JSON array in ``column``: the event's other columns, then
+    the spec's product fields (named ``product_<field>`` if the event has that column).
+
+    A product id sent as a number becomes its text, so ids compare with other tables' ids.
+    Rows whose column is NULL, not an array, or an empty array give no rows.
+    """
+    import ibis
+
+    event_columns = [c for c in table.columns if c != column]
+    taken = {c.lower() for c in event_columns}
+    unnested = table.mutate(_segloop_item=table[column].cast("json").array.unnest())
+    item = unnested._segloop_item
+    fields: dict[str, ir.Value] = {}
+    for field, dtype in PRODUCT_FIELDS.items():
+        value = item[field]
+        name = field if field not in taken else f"product_{field}"
+        if dtype == "string":
+            text = value.str
+            if field == "product_id":
+                text = ibis.coalesce(text, value.int.cast("string"))
+            fields[name] = text
+        else:
+            fields[name] = value.float.cast(dtype)
+    return unnested.select(*event_columns, **fields)
 
 
 def _table_order(name: str) -> tuple[int, str]:
