@@ -179,12 +179,15 @@ class SegmentOperator(Operator):
         }
 
     def _messages(self, state: SyncState, ctx: RunContext, delivery: _Delivery) -> Iterator[tuple[Any, Any]]:
-        from segloop.segment.messages import render_row
+        from segloop.segment.messages import Rejection, render_row
 
         mapping = self.mapping(ctx)
         for chunk in state.pending_chunks():
             for i, row in enumerate(chunk.to_pylist()):
-                yield (row["_key"], row["_hash"], row), render_row(row, mapping)
+                message = render_row(row, mapping)
+                # A queued message carries its payload; only a local rejection needs the row
+                # (for the rejects table), so queued refs do not keep 10,000 rows alive.
+                yield (row["_key"], row["_hash"], row if type(message) is Rejection else None), message
                 if i % 512 == 511:
                     delivery.maybe_checkpoint()
             delivery.maybe_checkpoint()

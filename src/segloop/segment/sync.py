@@ -386,15 +386,6 @@ class SyncState:
         return SyncPlan(counts=counts, pending_table=self.pending_table, pending_rows=pending_rows,
                         removed_keys=removed, mode=mode)
 
-    def removed_keys_expr(self, source: ir.Table | None = None, key_columns: Sequence[str] = ()) -> ir.Table:
-        """Keys sent before that are no longer in the input (found by the last ``plan``)."""
-        pending = self.warehouse.table(self.pending_table)
-        gone = pending.filter(pending._category == GONE_SENT)
-        return gone.select(key=gone._key, payload_hash=gone._hash)
-
-    def count_removed(self, source: ir.Table | None = None, key_columns: Sequence[str] = ()) -> int:
-        return self.warehouse.count(self.removed_keys_expr())
-
     # -- reading what to send ------------------------------------------------------------
 
     def pending_chunks(self, rows: int | None = None) -> Iterator[pa.Table]:
@@ -521,8 +512,8 @@ class SyncState:
         """Fold the log into the state table: the latest row per key wins, attempts add up.
 
         Work is proportional to the log (what the last runs sent), not to the state. A run
-        sends each key at most once, so the log of one run has one row per key and is
-        copied as it is; logs of several runs (a killed run, then this one) keep the latest
+        sends each key at most once, so the log of this run (or of any run, once checked)
+        has one row per key and is copied as it is; logs of several runs (a killed run, then this one) keep the latest
         row per key (a grouped arg-max, no sort). Into an empty state (the first run) the
         rows are appended; otherwise they replace the keys' state rows.
         """
@@ -537,7 +528,13 @@ class SyncState:
     def _fold(self) -> None:
         wh = self.warehouse
         log = wh.table(self.log_table)
-        [(rows, keys)] = self._rows(log.aggregate(n=log.count(), k=log.key.nunique()))
+        # One run sends each key at most once: a log written only by this run needs no
+        # check (min/max stream; counting distinct keys builds a hash table of them).
+        [(first_run, last_run)] = self._rows(log.aggregate(a=log.run_id.min(), b=log.run_id.max()))
+        if first_run == last_run == self.run_id:
+            rows = keys = 0
+        else:
+            [(rows, keys)] = self._rows(log.aggregate(n=log.count(), k=log.key.nunique()))
         if rows == keys:
             latest = log.mutate(log_attempts=log.attempts)
         else:
