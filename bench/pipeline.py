@@ -4,8 +4,12 @@ For each size, demo Segment data (segloop.demo) is written to a DuckDB file, the
 a fresh subprocess so peak memory is its own:
 
 - ``segloop``: the demo pipeline's sql and rfm nodes through ``segloop.pipeline.Pipeline``
-  (run history, materialized node tables, row counts: everything a real run does);
-- ``hand``: one hand-written DuckDB SQL statement computing the same RFM table;
+  (everything a real ``segloop run`` does: the `orders` view and the `bench__rfm` table,
+  row counts, the rejects check, run history, the pipeline lock and the HTML report);
+- ``hand``: one hand-written DuckDB SQL statement computing the same RFM table
+  (``main.hand_rfm``), and its row count;
+
+Both sides leave the same persisted table behind (the RFM scores, ordered by customer);
 
 and both results are compared row by row. At the smallest size the same pipeline also runs
 on PostgreSQL (a throwaway cluster, or --pg-dsn-like settings) and on Spark local mode.
@@ -24,6 +28,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+WARM_RUNS = 3  # warm runs per child process (their median is the warm figure)
 EVENTS_PER_CUSTOMER = 131.6  # demo data: ~5k customers make ~660k events
 SOURCE = "demo_shop"
 SEGLOOP_PIPELINE = """\
@@ -59,7 +65,7 @@ with orders as (
     where user_id is not null and "timestamp" is not null
 ), per_customer as (
     select user_id, max(ts) as last_purchase_at, count(*) as frequency,
-           sum(coalesce(revenue::double, 0)) as monetary
+           sum(coalesce(revenue::decimal(38, 6), 0))::double as monetary  -- exact sum, as the rfm node
     from orders group by user_id
 ), recency as (
     select *, cast(round((epoch(date_trunc('day', max(last_purchase_at) over ()))
@@ -134,29 +140,33 @@ def child_segloop(args: argparse.Namespace) -> dict[str, Any]:
         started = time.perf_counter()
         pipeline.connect()
         startup = time.perf_counter() - started
-    timings = []
-    for _ in range(2):  # cold (a one-shot `segloop run`), then warm (a long-lived process)
+    timings: dict[str, list[float]] = {"cold": [], "bare_cold": [], "warm": [], "bare": []}
+    # Cold (a one-shot `segloop run`), then warm (a long-lived process: scheduler, web UI)
+    # with and without the HTML report, alternating, to show what the report costs.
+    first = "bare_cold" if args.no_report else "cold"
+    for kind in (first, *("warm", "bare") * WARM_RUNS):
         started = time.perf_counter()
-        result = pipeline.run()
-        timings.append(time.perf_counter() - started)
+        result = pipeline.run(options={"report": False} if kind.startswith("bare") else {})
+        timings[kind].append(time.perf_counter() - started)
         if not result.ok:
             raise SystemExit("; ".join(n.error or "" for n in result.nodes if n.error))
-    return {"seconds": timings[0], "warm_seconds": timings[1], "rows": result.node("rfm").rows,
-            "import_seconds": import_seconds, "startup_seconds": startup}
+    return {"seconds": (timings["cold"] or timings["bare_cold"])[0], "warm_seconds": statistics.median(timings["warm"]),
+            "warm_no_report_seconds": statistics.median(timings["bare"]),
+            "rows": result.node("rfm").rows, "import_seconds": import_seconds, "startup_seconds": startup}
 
 
 def child_hand(args: argparse.Namespace) -> dict[str, Any]:
     import duckdb
 
     timings = []
-    for _ in range(2):  # same as for segloop: cold, then warm
+    for _ in range(1 + WARM_RUNS):  # same as for segloop: cold, then warm
         started = time.perf_counter()
         con = duckdb.connect(args.duckdb)
         con.execute(HAND_SQL)
         rows = con.execute("select count(*) from main.hand_rfm").fetchone()[0]  # type: ignore[index]
         con.close()
         timings.append(time.perf_counter() - started)
-    return {"seconds": timings[0], "warm_seconds": timings[1], "rows": rows}
+    return {"seconds": timings[0], "warm_seconds": statistics.median(timings[1:]), "rows": rows}
 
 
 def child_load_pg(args: argparse.Namespace) -> dict[str, Any]:
@@ -192,13 +202,25 @@ def run_child(step: str, **options: Any) -> dict[str, Any]:
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
-def median_child(repeat: int, step: str, **options: Any) -> dict[str, Any]:
-    """Run a child ``repeat`` times ; the median of each figure of each figure."""
-    import statistics
-
-    runs = [run_child(step, **options) for _ in range(repeat)]
+def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each figure of several runs of one child."""
     return {key: statistics.median(r[key] for r in runs) if isinstance(runs[0][key], float) else runs[0][key]
             for key in runs[0]}
+
+
+def interleaved(repeat: int, steps: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """Run each child once per round, ``repeat`` rounds: a load spike on this shared machine
+    then hits both sides of a comparison, not only the one that happened to run during it."""
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label in steps}
+    for _ in range(repeat):
+        for label, (step, options) in steps.items():
+            runs[label].append(run_child(step, **options))
+    return runs
+
+
+def paired_ratio(a: list[dict[str, Any]], b: list[dict[str, Any]], key: str) -> float:
+    """The median over rounds of a[key] / b[key] (each ratio from the same round)."""
+    return statistics.median(x[key] / y[key] for x, y in zip(a, b, strict=True))
 
 
 # -- parent -----------------------------------------------------------------------------------
@@ -230,16 +252,23 @@ def existing_demo(duckdb_file: Path, customers: int) -> dict[str, Any] | None:
 
 
 def same_result(duckdb_file: Path) -> bool:
+    """Both persisted tables have the same columns, types, and rows (compared one by one)."""
     import duckdb
 
     con = duckdb.connect(str(duckdb_file), read_only=True)
-    cols = "user_id, recency_days, frequency, round(monetary, 6), last_purchase_at, r_score, f_score, m_score, rfm_score, segment"
+    shapes = [con.execute("select column_name, data_type from information_schema.columns where table_schema = 'main' "
+                          "and table_name = ? order by ordinal_position", [name]).fetchall()
+              for name in ("bench__rfm", "hand_rfm")]
+    # Every column compared exactly: both sides sum money as DECIMAL(38, 6).
+    cols = "user_id, recency_days, frequency, monetary, last_purchase_at, r_score, f_score, m_score, rfm_score, segment"
     diff = con.execute(
         f"select count(*) from ((select {cols} from main.bench__rfm except all select {cols} from main.hand_rfm)"
         f" union all (select {cols} from main.hand_rfm except all select {cols} from main.bench__rfm))"
     ).fetchone()[0]  # type: ignore[index]
     con.close()
-    return diff == 0
+    if shapes[0] != shapes[1]:
+        print(f"   columns differ: segloop {shapes[0]} vs hand-written {shapes[1]}", flush=True)
+    return diff == 0 and shapes[0] == shapes[1] and bool(shapes[0])
 
 
 def bench_postgres(work: Path, duck_ws: Path, duckdb_file: Path) -> dict[str, Any]:
@@ -297,6 +326,10 @@ def fmt(value: float | None, unit: str = "") -> str:
     return "-" if value is None else f"{value:,.2f}{unit}"
 
 
+def fmt_load(load: tuple[float, float, float]) -> str:
+    return " / ".join(f"{x:.1f}" for x in load)
+
+
 def cell(part: dict[str, Any] | None) -> str:
     if not part:
         return "-"
@@ -318,6 +351,7 @@ def main() -> int:
     for hidden in ("duckdb", "workspace", "customers", "tables"):
         parser.add_argument(f"--{hidden}", help=argparse.SUPPRESS)
     parser.add_argument("--warm", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
@@ -327,6 +361,7 @@ def main() -> int:
         print(json.dumps({**result, "peak_mb": peak_mb()}))
         return 0
 
+    load_before = os.getloadavg()
     sizes = sorted(parse_size(s) for s in args.sizes.split(","))
     backends = set(args.backends.split(","))
     work = Path(args.workdir or tempfile.mkdtemp(prefix="segloop-bench-"))
@@ -349,10 +384,16 @@ def main() -> int:
                 print(f"   reusing {gen['events']:,} events, {gen['orders']:,} orders in {duckdb_file}", flush=True)
             row: dict[str, Any] = {"target_events": size, **{k: gen[k] for k in ("events", "orders", "customers")}}
             if "duckdb" in backends:
-                row["segloop"] = median_child(args.repeat, "segloop", workspace=duck_ws)
-                row["hand"] = median_child(args.repeat, "hand", duckdb=duckdb_file)
-                row["ratio"] = row["segloop"]["seconds"] / row["hand"]["seconds"]
-                row["warm_ratio"] = row["segloop"]["warm_seconds"] / row["hand"]["warm_seconds"]
+                runs = interleaved(args.repeat, {
+                    "segloop": ("segloop", {"workspace": duck_ws}),
+                    "hand": ("hand", {"duckdb": duckdb_file}),
+                    # A cold run without the HTML report (jinja2 and the report's queries).
+                    "bare": ("segloop", {"workspace": duck_ws, "no-report": True}),
+                })
+                row["segloop"], row["hand"] = medians(runs["segloop"]), medians(runs["hand"])
+                row["segloop"]["cold_no_report_seconds"] = medians(runs["bare"])["seconds"]
+                row["ratio"] = paired_ratio(runs["segloop"], runs["hand"], "seconds")
+                row["warm_ratio"] = paired_ratio(runs["segloop"], runs["hand"], "warm_seconds")
                 row["same_result"] = same_result(duckdb_file)
                 print(f"   duckdb: segloop {row['segloop']['seconds']:.2f}s / {row['segloop']['peak_mb']:.0f} MB, "
                       f"hand-written {row['hand']['seconds']:.2f}s / {row['hand']['peak_mb']:.0f} MB, "
@@ -369,16 +410,20 @@ def main() -> int:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
 
+    load_after = os.getloadavg()
+    print(f"\nload average (1, 5, 15 min): before {fmt_load(load_before)}, after {fmt_load(load_after)}")
     print("\n| events | orders | customers | segloop (DuckDB) cold s / MB | hand-written DuckDB cold s / MB "
-          "| ratio cold | segloop warm s | hand warm s | ratio warm "
+          "| ratio cold | segloop warm s | hand warm s | ratio warm | segloop without report: cold / warm s "
           "| segloop on PostgreSQL s / MB | segloop on Spark local s / MB |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in figures:
         cells = [cell(row.get(key)) for key in ("segloop", "hand", "postgres", "spark")]
         warm = [fmt(row[key]["warm_seconds"]) if row.get(key) else "-" for key in ("segloop", "hand")]
+        bare = (f"{fmt(row['segloop']['cold_no_report_seconds'])} / {fmt(row['segloop']['warm_no_report_seconds'])}"
+                if row.get("segloop") else "-")
         print(f"| {row['events']:,} | {row['orders']:,} | {row['customers']:,} | {cells[0]} | {cells[1]} "
               f"| {fmt(row.get('ratio'), 'x')} | {warm[0]} | {warm[1]} | {fmt(row.get('warm_ratio'), 'x')} "
-              f"| {cells[2]} | {cells[3]} |")
+              f"| {bare} | {cells[2]} | {cells[3]} |")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2, default=str))
     return 0

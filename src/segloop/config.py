@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from segloop.alerts import AlertsConfig
 from segloop.errors import ConfigError, ConfigErrors
@@ -195,8 +195,15 @@ class Workspace:
     def resolve_pipeline(self, name_or_path: str) -> Path:
         """A pipeline file given as a path, or by name from `pipelines/`."""
         path = Path(name_or_path)
-        if path.exists():
+        if path.is_file():
             return path
+        if path.exists():
+            files = ", ".join(f.name for f in sorted(path.glob("*.y*ml"))[:5])
+            raise ConfigError(
+                f"{path} is a folder, not a pipeline file; give a .yml file"
+                + (f" (this folder has: {files})" if files else "")
+                + f" or the name of a pipeline in {self.pipelines_dir}"
+            )
         for file in self.pipeline_files():
             if file.stem == name_or_path:
                 return file
@@ -214,6 +221,11 @@ class Workspace:
 # -- pipelines ----------------------------------------------------------------------------
 
 
+# Node types that read their inputs only inside the SQL they run in the warehouse (the
+# input's query becomes part of theirs), so an upstream view costs them no more than a table.
+SQL_READERS: frozenset[str] = frozenset({"sql", "rfm"})
+
+
 class PipelineConfig(BaseModel):
     """A pipeline file: its warehouse and its nodes (in file order)."""
 
@@ -225,14 +237,19 @@ class PipelineConfig(BaseModel):
     nodes: dict[str, NodeConfig]
     schedule: ScheduleConfig | None = None
     alerts: AlertsConfig | None = None
+    # The model is frozen, so a node's upstream never changes; a `sql` node's is found by
+    # parsing its query, which planning and each node run would otherwise repeat.
+    _upstream: dict[str, list[str]] = PrivateAttr(default_factory=dict)
 
     def upstream_of(self, node: str) -> list[str]:
-        config = self.nodes[node]
-        names = config.upstream()
-        for extra in config.implicit_upstream(set(self.nodes) - {node}):
-            if extra not in names:
-                names.append(extra)
-        return names
+        if node not in self._upstream:
+            config = self.nodes[node]
+            names = config.upstream()
+            for extra in config.implicit_upstream(set(self.nodes) - {node}):
+                if extra not in names:
+                    names.append(extra)
+            self._upstream[node] = names
+        return list(self._upstream[node])
 
     def topological_order(self) -> list[str]:
         """Nodes in an order where every node comes after its inputs (file order otherwise)."""
@@ -257,6 +274,25 @@ class PipelineConfig(BaseModel):
         for name in self.nodes:
             visit(name)
         return order
+
+    def materialization(self, node: str) -> str:
+        """``"view"`` or ``"table"``: how the engine keeps ``node``'s output in the warehouse.
+
+        What dbt users expect: cheap SQL steps are views (no copy of their rows), and the
+        outputs people query or a Segment node sends are tables. A view runs its query
+        each time it is read, so it only pays when its readers read it inside their own
+        SQL: a `sql` node whose readers are all `sql` or `rfm` nodes is a view. A node
+        read by nobody (what people query), or by a node that pulls rows into Python
+        (models read their input several times: counts, splits, batches) or sends them,
+        is a table; so is every other node type, unless the node says `materialize:`.
+        """
+        config = self.nodes[node]
+        if config.materialize is not None:
+            return config.materialize
+        if config.type != "sql":
+            return "table"
+        readers = [name for name in self.nodes if node in self.upstream_of(name)]
+        return "view" if readers and all(self.nodes[r].type in SQL_READERS for r in readers) else "table"
 
     def descendants(self, node: str) -> set[str]:
         out: set[str] = set()
@@ -390,4 +426,6 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"pipeline file {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"{path} is a folder, not a pipeline file; give a .yml file")
     return parse_pipeline(path.read_text(), path)

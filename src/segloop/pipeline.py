@@ -153,13 +153,18 @@ class Pipeline:
                 return self._record_busy(run_id, busy.holder, dry_run, trigger)
             log.warning("pipeline `%s` is running (run %s); waiting for it to finish", self.name, busy.holder)
             lock.acquire(run_id, wait=True)
+        opened: list[Warehouse] = []  # the run's connection, kept open for the report
         try:
-            result = self._run(node, dry_run, reporter, trigger, options or {}, run_id)
+            result = self._run(node, dry_run, reporter, trigger, options or {}, run_id, opened)
         finally:
             # Released as soon as the history says "finished", so a trigger that sees the
             # run done is not turned away while the report is written.
             lock.release()
-            report = self._after_run(run_id, dry_run, options or {})
+            try:
+                report = self._after_run(run_id, dry_run, options or {}, opened[0] if opened else None)
+            finally:
+                for warehouse in opened:
+                    warehouse.close()
         result.report = report
         return result
 
@@ -176,14 +181,16 @@ class Pipeline:
             store.close()
         return RunResult(run_id, self.name, [], skipped=message)
 
-    def _after_run(self, run_id: str, dry_run: bool, options: dict[str, Any]) -> Path | None:
+    def _after_run(
+        self, run_id: str, dry_run: bool, options: dict[str, Any], warehouse: Warehouse | None = None
+    ) -> Path | None:
         """Write the report, then send alerts; problems are logged, never raised."""
         report: Path | None = None
         if options.get("report", True):
             try:
                 from segloop.report import write_report
 
-                report = write_report(self, run_id)
+                report = write_report(self, run_id, warehouse)
             except Exception as exc:
                 log.warning("run %s: the report could not be written: %s", run_id, exc)
                 log.debug("report failure", exc_info=True)
@@ -204,6 +211,7 @@ class Pipeline:
         trigger: str,
         options: dict[str, Any],
         run_id: str,
+        opened: list[Warehouse],
     ) -> RunResult:
         reporter = reporter or Reporter()
         plan = self.plan(node)
@@ -214,9 +222,10 @@ class Pipeline:
         results = {name: NodeResult(name, self.config.nodes[name].type) for name in plan}
         error: str | None = None
         try:
-            with self.connect() as warehouse:
-                for name in plan:
-                    self._run_node(name, results, warehouse, run_id, dry_run, reporter, store, options)
+            warehouse = self.connect()
+            opened.append(warehouse)  # closed by run(), after the report
+            for name in plan:
+                self._run_node(name, results, warehouse, run_id, dry_run, reporter, store, options)
         except SegloopError as exc:
             error = str(exc)
             for result in results.values():
@@ -322,26 +331,48 @@ class Pipeline:
 
     def _input_table(self, warehouse: Warehouse, node: str) -> Any:
         name = self.table_name(node)
-        if not warehouse.has_table(name):
-            raise NodeError(
-                node,
-                f"its output table {warehouse.schema}.{name} does not exist yet; "
-                "run the whole pipeline once (without --node)",
-            )
-        return warehouse.table(name)
+        try:
+            return warehouse.table(name)  # one catalog look-up when it exists (the usual case)
+        except SegloopError:
+            if warehouse.has_table(name):
+                raise
+        raise NodeError(
+            node,
+            f"its output table {warehouse.schema}.{name} does not exist yet; "
+            "run the whole pipeline once (without --node)",
+        )
 
     def _materialize(self, output: NodeOutput, ctx: RunContext, result: NodeResult) -> None:
+        """Keep the node's output as ``<pipeline>__<node>`` (a view or a table) and count its rows."""
         warehouse = ctx.warehouse
         result.metrics.update(output.metrics)
         if output.table is not None:
             table_name = ctx.table_name()
-            created = warehouse.create_table(table_name, output.table)
+            kind = self.config.materialization(ctx.node)
+            if kind == "view" and _is_arrow(output.table):
+                if self.config.nodes[ctx.node].materialize == "view":
+                    raise NodeError(
+                        ctx.node,
+                        f"`materialize: view` needs a query the warehouse runs, but a "
+                        f"`{result.type}` node computes its output in Python; use "
+                        "`materialize: table` or drop the key",
+                    )
+                kind = "table"
+            if kind == "view":
+                warehouse.replace_view(table_name, output.table)
+                result.rows = warehouse.count_rows(table_name)
+                result.metrics["materialized"] = "view"
+            else:
+                result.rows = warehouse.replace_table(table_name, output.table)
             result.table = f"{warehouse.schema}.{table_name}"
-            result.rows = warehouse.count(created)
         else:
             result.rows = output.rows
         for suffix, extra in output.extra.items():
-            warehouse.create_table(ctx.table_name(suffix), extra)
+            warehouse.replace_table(ctx.table_name(suffix), extra, count=False)
+
+
+def _is_arrow(obj: object) -> bool:
+    return type(obj).__module__.startswith("pyarrow")
 
 
 def _record(result: NodeResult) -> NodeRunRecord:

@@ -181,6 +181,7 @@ class ReportBuilder:
         self.pipeline = pipeline
         self.warehouse = warehouse
         self.redact = redactor
+        self._tables: set[str] | None = None
 
     # -- warehouse helpers -----------------------------------------------------------------
 
@@ -188,7 +189,9 @@ class ReportBuilder:
         if self.warehouse is None:
             return None
         name = f"{self.run.pipeline}__{node}" + (f"__{suffix}" if suffix else "")
-        return self.warehouse.table(name) if self.warehouse.has_table(name) else None
+        if self._tables is None:  # one catalog look-up for the whole report
+            self._tables = set(self.warehouse.list_tables())
+        return self.warehouse.table(name) if name in self._tables else None
 
     def _wh(self) -> Warehouse:
         if self.warehouse is None:
@@ -434,8 +437,12 @@ def render(run: RunRecord, pipeline: Pipeline | None = None, warehouse: Warehous
     return redactor.text(html)
 
 
-def write_report(pipeline: Pipeline, run_id: str) -> Path:
-    """Build the report of ``run_id`` and write it under `.segloop/runs/<run_id>/`."""
+def write_report(pipeline: Pipeline, run_id: str, warehouse: Warehouse | None = None) -> Path:
+    """Build the report of ``run_id`` and write it under `.segloop/runs/<run_id>/`.
+
+    ``warehouse``: a connection the caller keeps open (the run's own), so the report
+    does not open another one.
+    """
     store = pipeline.store()
     try:
         run = store.get_run(run_id)
@@ -443,6 +450,18 @@ def write_report(pipeline: Pipeline, run_id: str) -> Path:
         store.close()
     path = report_path(pipeline.workspace, run.id)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if warehouse is not None:
+        html = render(run, pipeline, warehouse)
+    else:
+        html = _render_connected(run, pipeline)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(html, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def _render_connected(run: RunRecord, pipeline: Pipeline) -> str:
+    run_id = run.id
     try:
         warehouse_cm = pipeline.connect()
     except Exception as exc:  # an unreachable warehouse still deserves a report
@@ -451,10 +470,7 @@ def write_report(pipeline: Pipeline, run_id: str) -> Path:
     else:
         with warehouse_cm as warehouse:
             html = render(run, pipeline, warehouse)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return html
 
 
 def ensure_report(workspace: Workspace, run_id: str, rebuild: bool = False) -> Path:

@@ -56,12 +56,30 @@ MIGRATIONS: list[tuple[int, str]] = [
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    # Microseconds: runs started within the same second still sort (and `latest` is right).
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def new_run_id() -> str:
-    """Sortable and readable: UTC time plus a random suffix."""
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+    """Sortable and readable: UTC time to the microsecond plus a random suffix.
+
+    ``20261129T093612.123456-dce572``; any unique prefix (``20261129T0936``) names it.
+    """
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f") + "-" + secrets.token_hex(3)
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a migration, for executing them one by one inside a transaction."""
+    statements: list[str] = []
+    current = ""
+    for line in script.strip().splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    if current.strip():
+        statements.append(current.strip())
+    return statements
 
 
 @dataclass
@@ -106,22 +124,44 @@ class RunStore:
         self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
+        # With WAL, NORMAL syncs at checkpoints instead of at every commit: the history stays
+        # consistent after a crash, and a power cut can lose only the last few writes.
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self.migrate()
 
+    def _version(self) -> int:
+        try:
+            row = self._db.execute("SELECT max(version) FROM schema_version").fetchone()
+        except sqlite3.OperationalError:  # a new file: no schema_version table yet
+            return 0
+        return int(row[0] or 0)
+
     def migrate(self) -> int:
-        """Apply pending migrations; returns the schema version."""
+        """Apply pending migrations in one transaction; returns the schema version.
+
+        Safe when several processes open a new state.db at once (the scheduler and a CLI
+        run): the first takes the write lock (``BEGIN IMMEDIATE``), the others wait for
+        it, then re-read the version inside their own transaction and find nothing to do.
+        """
         db = self._db
-        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = db.execute("SELECT max(version) FROM schema_version").fetchone()
-        current = row[0] or 0
-        for version, sql in MIGRATIONS:
-            if version > current:
-                # One transaction per migration: all of it or none of it.
-                db.executescript(
-                    f"BEGIN;\n{sql.strip().rstrip(';')};\n"
-                    f"INSERT INTO schema_version (version) VALUES ({int(version)});\nCOMMIT;"
-                )
-                current = version
+        latest = MIGRATIONS[-1][0]
+        if self._version() >= latest:  # the usual case: a read, no lock
+            return latest
+        db.commit()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            current = self._version()
+            for version, sql in MIGRATIONS:
+                if version > current:
+                    for statement in _statements(sql):
+                        db.execute(statement)
+                    db.execute("INSERT INTO schema_version (version) VALUES (?)", (int(version),))
+                    current = version
+            db.commit()
+        except BaseException:
+            db.rollback()
+            raise
         return current
 
     def close(self) -> None:
@@ -195,7 +235,7 @@ class RunStore:
         if pipeline:
             query += " WHERE pipeline = ?"
             args = (pipeline,)
-        query += " ORDER BY started_at DESC, id DESC LIMIT ?"
+        query += " ORDER BY started_at DESC, rowid DESC LIMIT ?"
         runs = [self._run(row) for row in self._db.execute(query, (*args, limit))]
         for run in runs:
             run.nodes = self.node_runs(run.id)
@@ -221,7 +261,7 @@ class RunStore:
     def get_run(self, run_id: str) -> RunRecord:
         """A run by id, or by a unique prefix of its id, or `latest`."""
         if run_id == "latest":
-            rows = self._db.execute("SELECT * FROM runs ORDER BY started_at DESC, id DESC LIMIT 1").fetchall()
+            rows = self._db.execute("SELECT * FROM runs ORDER BY started_at DESC, rowid DESC LIMIT 1").fetchall()
         else:
             rows = self._db.execute(
                 "SELECT * FROM runs WHERE id = ? OR id LIKE ? ORDER BY id LIMIT 2", (run_id, run_id + "%")
@@ -240,7 +280,7 @@ class RunStore:
         row = self._db.execute(
             "SELECT n.* FROM node_runs n JOIN runs r ON r.id = n.run_id"
             " WHERE r.pipeline = ? AND n.node = ? AND n.status = ?"
-            " ORDER BY r.started_at DESC, r.id DESC LIMIT 1",
+            " ORDER BY r.started_at DESC, r.rowid DESC LIMIT 1",
             (pipeline, node, status),
         ).fetchone()
         if row is None:

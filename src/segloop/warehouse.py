@@ -9,6 +9,8 @@ Each backend's settings are a frozen pydantic model chosen by its ``type``; thos
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -25,6 +27,13 @@ from segloop.warehouses import (
     SnowflakeConfig,
     WarehouseConfig,
 )
+
+log = logging.getLogger("segloop")
+
+# (backend, expression) -> SQL of recently compiled expressions; see Warehouse.compile.
+_COMPILED: dict[tuple[str, Any], str] = {}
+_COMPILED_MAX = 64
+_COMPILED_LOCK = threading.Lock()
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis
@@ -49,6 +58,7 @@ class Warehouse:
         self.name = name
         self.schema = config.output_schema
         self.rows_fetched = 0  # rows moved into Python; lets tests check pushdown
+        self._schemas_ready: set[str] = set()  # schemas known to exist (one look-up each)
         if create_schema:
             self._ensure_schema(self.schema)
 
@@ -82,12 +92,12 @@ class Warehouse:
         return SQL_DIALECTS.get(self.backend, self.backend)
 
     def _ensure_schema(self, schema: str) -> None:
-        if self.backend == "duckdb" and schema == "main":
+        if (self.backend == "duckdb" and schema == "main") or schema in self._schemas_ready:
             return
         try:
-            if schema in self.list_schemas():
-                return
-            self.con.create_database(schema, force=True)  # type: ignore[attr-defined]
+            if schema not in self.list_schemas():
+                self.con.create_database(schema, force=True)  # type: ignore[attr-defined]
+            self._schemas_ready.add(schema)
         except Exception as exc:
             raise WarehouseError(
                 f"cannot create schema {schema} in warehouse `{self.name}` ({self.config.describe()}): "
@@ -115,10 +125,54 @@ class Warehouse:
         return list(self.con.list_databases())
 
     def has_table(self, name: str, schema: str | None = None) -> bool:
+        """Whether a table or view of that name exists."""
         try:
             return name in self.list_tables(schema)
         except Exception:
             return False
+
+    def relation_kind(self, name: str, schema: str | None = None) -> str | None:
+        """``"table"``, ``"view"`` or None (nothing of that name) in ``schema``.
+
+        Replacing a table by a view (or back) needs the right DROP on every warehouse:
+        ``DROP TABLE`` of a view (and ``CREATE OR REPLACE VIEW`` over a table) is an error.
+        """
+        target = schema or self.schema
+        backend = self.backend
+        try:
+            if backend == "pyspark":
+                rows = self.raw_sql(f"SHOW VIEWS IN {self.quote(target)} LIKE {_literal(name)}").collect()
+                # The metastore keeps names in lower case.
+                if any(row["viewName"].lower() == name.lower() and not row["isTemporary"] for row in rows):
+                    return "view"
+                return "table" if self.has_table(name, target) else None
+            if backend == "bigquery":
+                query = (f"SELECT table_type FROM {self.quote(target)}.INFORMATION_SCHEMA.TABLES "
+                         f"WHERE table_name = {_literal(name)}")
+            else:
+                query = ("SELECT table_type FROM information_schema.tables "
+                         f"WHERE table_schema = {_literal(target)} AND table_name = {_literal(name)}")
+                if backend == "duckdb":
+                    query += " AND table_catalog = current_database()"
+            rows = self._fetch(query)
+        except Exception:  # no information_schema: a view is still found by its name
+            return "table" if self.has_table(name, target) else None
+        if not rows:
+            return None
+        return "view" if "VIEW" in str(rows[0][0]).upper() else "table"
+
+    def _fetch(self, query: str) -> list[tuple[Any, ...]]:
+        """Rows of a small catalog query, without Ibis compiling (or pandas)."""
+        if self.backend == "duckdb":
+            return list(self.con.con.execute(query).fetchall())  # type: ignore[attr-defined]
+        result = self.con.raw_sql(query)
+        try:
+            rows = result.fetchall() if hasattr(result, "fetchall") else list(result)
+        finally:
+            close = getattr(result, "close", None)
+            if callable(close):
+                close()
+        return [tuple(row) for row in rows]
 
     # -- reading -------------------------------------------------------------------------
 
@@ -147,13 +201,17 @@ class Warehouse:
         """Rows of ``expr``, counted in the warehouse (one number crosses the wire)."""
         if self.backend == "duckdb":
             # Ibis's result path imports pandas (half a second per process) for one number.
-            row = self.con.con.execute(str(self.con.compile(expr.count()))).fetchone()  # type: ignore[attr-defined]
+            row = self.con.con.execute(self.compile(expr.count())).fetchone()  # type: ignore[attr-defined]
             return int(row[0]) if row else 0
         return int(expr.count().to_pyarrow().as_py())
 
     def to_arrow(self, expr: ir.Table, limit: int | None = None) -> pa.Table:
         """Fetch a (small) result into Python; counted in ``rows_fetched``."""
-        table = expr.to_pyarrow(limit=limit)
+        if self.backend == "duckdb":
+            # Ibis's DuckDB result path imports pandas (~0.5 s per process) even for Arrow.
+            table = _duckdb_to_arrow(self.con, expr, limit)
+        else:
+            table = expr.to_pyarrow(limit=limit)
         self.rows_fetched += table.num_rows
         return table
 
@@ -186,6 +244,143 @@ class Warehouse:
         except Exception as exc:
             raise WarehouseError(f"could not write table {target}.{name}: {exc}") from exc
 
+    def replace_table(
+        self, name: str, obj: ir.Table | pa.Table | Any, schema: str | None = None, count: bool = True
+    ) -> int | None:
+        """Materialize ``obj`` as table ``name`` (replacing a table or view); returns its rows.
+
+        On DuckDB an expression becomes one ``CREATE OR REPLACE TABLE ... AS`` whose result
+        is the row count (Ibis would create, insert, drop and rename: four statements plus
+        a count query); on PostgreSQL one transaction of ``CREATE TABLE AS`` (its row count
+        is the count) and a rename. There a table that views depend on is refilled in place
+        (same columns) or dropped with them (see ``segloop.warehouses.postgres``).
+        """
+        target = schema or self.schema
+        self._ensure_schema(target)
+        kind = self.relation_kind(name, target)
+        if kind == "view":
+            try:
+                self._drop(name, target, "view")
+            except Exception as exc:
+                raise WarehouseError(f"could not replace view {target}.{name} by a table: {_first_line(exc)}. "
+                                     "Drop the views that read it, or keep this node `materialize: view`") from exc
+        expr = not _is_arrow_table(obj) and _is_ibis_table(obj)
+        if expr and self.backend == "duckdb":
+            sql = self.compile(obj)
+            try:
+                row = self.con.con.execute(  # type: ignore[attr-defined]
+                    f"CREATE OR REPLACE TABLE {self.qualified(name, target)} AS {sql}").fetchone()
+            except Exception as exc:
+                raise WarehouseError(f"could not write table {target}.{name}: {_first_line(exc)}") from exc
+            return int(row[0]) if row else (self.count_rows(name, target) if count else None)
+        if expr and self.backend == "postgres":
+            from segloop.warehouses.postgres import (
+                dependent_views,
+                replace_table_as,
+                replace_under_views,
+            )
+
+            try:
+                if kind == "table" and dependent_views(self.con, name, target):
+                    replace_under_views(self.con, self.compile(obj), obj.schema(), name, target)
+                    return self.count_rows(name, target) if count else None
+                return replace_table_as(self.con, self.compile(obj), name, target)
+            except Exception as exc:
+                raise WarehouseError(f"could not write table {target}.{name}: {_first_line(exc)}") from exc
+        self.create_table(name, obj, target)
+        return self.count_rows(name, target) if count else None
+
+    def replace_view(self, name: str, expr: ir.Table, schema: str | None = None) -> None:
+        """Materialize an expression as view ``name`` (replacing a table or view of that name).
+
+        Written as plain ``CREATE [OR REPLACE] VIEW schema.name AS <query>``, so the view is
+        persistent on every warehouse (Ibis makes temporary views on Spark) and readable by a
+        person. PostgreSQL cannot change a view's columns in place, so there the old view is
+        dropped first when ``OR REPLACE`` fails.
+        """
+        target = schema or self.schema
+        self._ensure_schema(target)
+        if _has_memtable(expr):
+            raise WarehouseError(
+                f"view {target}.{name} would read data held in this Python process; "
+                "only a query over warehouse tables can be a view (use `materialize: table`)"
+            )
+        sql = self.compile(expr)
+        qualified = self.qualified(name, target)
+        kind = self.relation_kind(name, target)
+        try:
+            if kind == "table":
+                self._drop(name, target, "table")
+            if kind == "view":
+                try:
+                    self.raw_sql(f"CREATE OR REPLACE VIEW {qualified} AS {sql}")
+                    return
+                except Exception:
+                    if self.backend != "postgres":
+                        raise
+                    self._drop(name, target, "view")
+            self.raw_sql(f"CREATE VIEW {qualified} AS {sql}")
+        except WarehouseError:
+            raise
+        except Exception as exc:
+            raise WarehouseError(
+                f"could not create view {target}.{name}: {_first_line(exc)}. segloop's user needs "
+                "CREATE on the output schema; if other views depend on it, drop them or make this "
+                "node `materialize: table`"
+            ) from exc
+
+    def _drop(self, name: str, schema: str, kind: str) -> None:
+        """Drop a table or view to put the other kind in its place.
+
+        PostgreSQL binds views to what they read, so there the views of later nodes that
+        read this one are dropped with it (``CASCADE``) and logged: they come back when
+        their nodes run. Other warehouses resolve a view's names when it is read.
+        """
+        if self.backend != "postgres":
+            if kind == "view":
+                self.drop_view(name, schema)
+            else:
+                self.drop_table(name, schema)
+            return
+        from segloop.warehouses.postgres import dependent_views
+
+        dropped = dependent_views(self.con, name, schema)
+        self.raw_sql(f"DROP {'VIEW' if kind == 'view' else 'TABLE'} IF EXISTS {self.qualified(name, schema)} CASCADE")
+        if dropped:
+            log.warning("%s.%s is replaced; the views reading it were dropped with it and come back when "
+                        "their nodes run: %s", schema, name, ", ".join(dropped))
+
+    def compile(self, expr: ir.Expr) -> str:
+        """The SQL of an expression in this warehouse's dialect.
+
+        Compiling is the slowest step in Python (~20 ms for the RFM query), and a
+        scheduler or the web UI builds the same expressions run after run; Ibis
+        expressions compare by structure (reading the same tables with the same
+        columns), so the SQL is kept for the last few of them.
+        """
+        hooks = getattr(self.con, "_run_pre_execute_hooks", None)
+        if callable(hooks):  # registers in-memory tables the query reads
+            hooks(expr)
+        if _has_memtable(expr):  # unique names and data held in Python: nothing to reuse
+            return str(self.con.compile(expr))
+        key = (self.backend, expr.op())
+        sql = _COMPILED.get(key)
+        if sql is None:
+            sql = str(self.con.compile(expr))
+            with _COMPILED_LOCK:  # runs of the scheduler and the UI share it from threads
+                _COMPILED[key] = sql
+                while len(_COMPILED) > _COMPILED_MAX:
+                    del _COMPILED[next(iter(_COMPILED))]
+        return sql
+
+    def count_rows(self, name: str, schema: str | None = None) -> int:
+        """Rows of a table or view, counted in the warehouse."""
+        target = schema or self.schema
+        if self.backend == "duckdb":
+            row = self.con.con.execute(f"SELECT count(*) FROM {self.qualified(name, target)}").fetchone()  # type: ignore[attr-defined]
+            return int(row[0]) if row else 0
+        return self.count(self.con.table(name, database=target))
+
     def insert(self, name: str, obj: ir.Table | pa.Table | Any, schema: str | None = None) -> None:
         """Append rows; an Arrow table goes straight into DuckDB (no pandas) or PostgreSQL (COPY)."""
         import pyarrow as pa
@@ -209,6 +404,9 @@ class Warehouse:
     def drop_table(self, name: str, schema: str | None = None) -> None:
         self.con.drop_table(name, database=schema or self.schema, force=True)
 
+    def drop_view(self, name: str, schema: str | None = None) -> None:
+        self.raw_sql(f"DROP VIEW IF EXISTS {self.qualified(name, schema)}")
+
     def close(self) -> None:
         if self.backend == "pyspark":
             # The Spark session lives as long as the process: other connections in this
@@ -228,6 +426,43 @@ class Warehouse:
 
 def _is_arrow_table(obj: object) -> bool:
     return type(obj).__module__.startswith("pyarrow") and type(obj).__name__ == "Table"
+
+
+def _duckdb_to_arrow(backend: Any, expr: ir.Table, limit: int | None) -> pa.Table:
+    """``expr.to_pyarrow(limit=limit)`` on DuckDB, with Ibis's own type mapping but no pandas."""
+    import pyarrow as pa
+    from ibis.formats.pyarrow import PyArrowData
+
+    class NullColumnsData(PyArrowData):  # what ibis.backends.duckdb.converter adds
+        @classmethod
+        def convert_column(cls, column: pa.Array, dtype: Any) -> pa.Array:
+            return pa.nulls(len(column)) if dtype.is_null() else super().convert_column(column, dtype)
+
+    relation = getattr(backend, "_to_duckdb_relation", None)
+    if relation is None:  # another Ibis version: its own (slower to import) path
+        return expr.to_pyarrow(limit=limit)
+    table = relation(expr, limit=limit).to_arrow_table()
+    return expr.__pyarrow_result__(table, data_mapper=NullColumnsData)
+
+
+def _is_ibis_table(obj: object) -> bool:
+    return type(obj).__module__.startswith("ibis.") and hasattr(obj, "op")
+
+
+def _has_memtable(expr: ir.Expr) -> bool:
+    import ibis.expr.operations as ops
+
+    return bool(expr.op().find(ops.InMemoryTable))
+
+
+def _literal(text: str) -> str:
+    """A SQL string literal (names segloop builds; quotes doubled all the same)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 __all__ = [

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -33,6 +33,12 @@ class NodeConfig(BaseModel):
     input: str | None = Field(default=None, description="The upstream node this node reads.")
     inputs: list[str] | None = Field(default=None, description="Several upstream nodes.")
     description: str | None = None
+    materialize: Literal["table", "view"] | None = Field(
+        default=None,
+        description="How the output `<pipeline>__<node>` is kept: `table` (computed once per run) "
+        "or `view` (a stored query, computed whenever it is read). Default: `view` for a `sql` "
+        "node read only by `sql` and `rfm` nodes, `table` otherwise.",
+    )
 
     @field_validator("inputs")
     @classmethod

@@ -300,12 +300,9 @@ def _create_view(wh: Warehouse, name: str, expr: ir.Table) -> None:
     from segloop.errors import WarehouseError
 
     try:
-        if wh.has_table(name):
-            try:
-                wh.con.drop_view(name, database=wh.schema, force=True)  # type: ignore[attr-defined]
-            except Exception:
-                wh.drop_table(name)
-        wh.con.create_view(name, expr, database=wh.schema, overwrite=True)  # type: ignore[attr-defined]
+        # Replaced in place where the warehouse allows it: on PostgreSQL a view can only be
+        # dropped together with the views of later nodes that read it.
+        wh.replace_view(name, expr)
     except Exception as exc:
         raise WarehouseError(f"could not create view {wh.schema}.{name}: {str(exc).strip().splitlines()[0]}. "
                              "segloop's user needs CREATE on the output schema and SELECT on the "

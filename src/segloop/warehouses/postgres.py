@@ -153,3 +153,66 @@ def _same_columns(backend: Any, name: str, schema: str, wanted: Any) -> bool:
 
 def _quote(ident: str) -> str:
     return '"' + ident.replace('"', '""') + '"'
+
+
+def dependent_views(backend: Any, name: str, schema: str) -> list[str]:
+    """Views (``schema.view``) that read table ``schema.name``; PostgreSQL will not drop it under them."""
+    query = (
+        "SELECT DISTINCT vn.nspname, v.relname FROM pg_depend d"
+        " JOIN pg_rewrite r ON r.oid = d.objid"
+        " JOIN pg_class v ON v.oid = r.ev_class"
+        " JOIN pg_namespace vn ON vn.oid = v.relnamespace"
+        " JOIN pg_class t ON t.oid = d.refobjid"
+        " JOIN pg_namespace tn ON tn.oid = t.relnamespace"
+        " WHERE t.relname = %s AND tn.nspname = %s AND v.oid <> t.oid"
+        " ORDER BY 1, 2"
+    )
+    with backend.con.cursor() as cursor:
+        cursor.execute(query, (name, schema))
+        return [f"{row[0]}.{row[1]}" for row in cursor.fetchall()]
+
+
+def replace_under_views(backend: Any, sql: str, wanted: Any, name: str, schema: str) -> list[str]:
+    """Replace table ``schema.name``, which views read, by the rows of ``sql``; returns views dropped.
+
+    PostgreSQL binds a view to the table itself, so the table cannot be dropped and
+    re-created under it. With the same columns the table is emptied and refilled in one
+    transaction (the views keep working, readers never see it empty). With other columns
+    the views are dropped with it (``CASCADE``) and logged: the engine re-creates them
+    when their nodes run later in the same run.
+    """
+    import logging
+
+    target = f"{_quote(schema)}.{_quote(name)}"
+    if _same_columns(backend, name, schema, wanted):
+        columns = ", ".join(_quote(c) for c in wanted.names)
+        with backend.con.transaction(), backend.con.cursor() as cursor:
+            cursor.execute(f"TRUNCATE TABLE {target}")
+            cursor.execute(f"INSERT INTO {target} ({columns}) {sql}")
+        return []
+    dropped = dependent_views(backend, name, schema)
+    with backend.con.transaction(), backend.con.cursor() as cursor:
+        cursor.execute(f"DROP TABLE {target} CASCADE")
+        cursor.execute(f"CREATE TABLE {target} AS {sql}")
+    logging.getLogger("segloop").warning(
+        "table %s.%s changed columns; the views reading it were dropped with it and come back when "
+        "their nodes run: %s", schema, name, ", ".join(dropped))
+    return dropped
+
+
+def replace_table_as(backend: Any, sql: str, name: str, schema: str) -> int:
+    """Replace table ``schema.name`` by the rows of ``sql`` in one transaction; returns the row count.
+
+    Built under a temporary name, then swapped in, so readers see the old table or the
+    new one, never none; the count comes from ``CREATE TABLE AS`` itself (no count query).
+    """
+    import secrets
+
+    target = f"{_quote(schema)}.{_quote(name)}"
+    temp = f"_segloop_new_{secrets.token_hex(4)}"
+    with backend.con.transaction(), backend.con.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE {_quote(schema)}.{_quote(temp)} AS {sql}")
+        rows = cursor.rowcount
+        cursor.execute(f"DROP TABLE IF EXISTS {target}")
+        cursor.execute(f"ALTER TABLE {_quote(schema)}.{_quote(temp)} RENAME TO {_quote(name)}")
+    return int(rows)
