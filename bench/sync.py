@@ -2,11 +2,17 @@
 
 Real parts only: `segloop run` in a subprocess against a DuckDB file, sending identify calls
 to `segloop collector` (durable: fsync before each 200) in another subprocess on 127.0.0.1.
-Reports seconds and peak RSS of each run, the re-run / full ratio (target < 10%), and
-checks zero loss: every row arrived at the collector, each messageId once.
+Reports seconds and peak RSS of each run, the re-run / full ratio (target < 10%), where the
+segment node's time went (from the run history), and checks zero loss: every row arrived,
+each messageId once.
+
+`--endpoint sink` sends to bench/sender.py's minimal counting server instead of the
+collector, which separates the sync's own cost from the collector's (JSON parsing and
+fsync in Python, on the same cores).
 
     .venv/bin/python bench/sync.py                    # 1,000,000 rows, 1% changed
     .venv/bin/python bench/sync.py --rows 100000
+    .venv/bin/python bench/sync.py --endpoint sink    # the sync without the collector's cost
 """
 
 from __future__ import annotations
@@ -51,6 +57,51 @@ def start_collector(data: Path) -> tuple[subprocess.Popen[str], str]:
         proc.kill()
         raise SystemExit(f"collector did not start: {url!r}")
     return proc, url
+
+
+def start_sink() -> tuple[subprocess.Popen[str], str]:
+    """bench/sender.py's asyncio server: counts messages and unique messageIds, nothing else."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("sender.py")), "--serve", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(f"{url}/stats", timeout=1)
+            return proc, url
+        except httpx.HTTPError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise SystemExit("the sink server did not start") from None
+            time.sleep(0.1)
+
+
+def received(url: str, endpoint: str) -> tuple[int, int]:
+    """(messages accepted, unique messageIds) at the endpoint."""
+    stats = httpx.get(f"{url}/stats", timeout=10).json()
+    if endpoint == "sink":
+        return int(stats["messages"]), int(stats["unique"])
+    return int(stats["accepted"]), int(stats["accepted"])  # the collector drops repeated ids
+
+
+def node_breakdown(root: Path) -> dict[str, float]:
+    """Seconds of each node of the latest run, and the segment node's send rate."""
+    from segloop.store import RunStore
+
+    store = RunStore(root / ".segloop" / "state.db")
+    try:
+        run = store.list_runs("bench", 1)[0]
+        nodes = {n.node: n for n in store.node_runs(run.id)}
+    finally:
+        store.close()
+    segment = nodes["to_segment"]
+    return {"scores_s": nodes["scores"].seconds, "segment_s": segment.seconds,
+            "msg_per_s": float(segment.metrics.get("messages_per_second", 0.0))}
 
 
 def timed_run(root: Path) -> tuple[float, float, str]:
@@ -100,34 +151,46 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--changed", type=float, default=0.01, help="share of rows changed before the re-run")
     parser.add_argument("--upload-size", type=int, default=100)
+    parser.add_argument("--endpoint", choices=["collector", "sink"], default="collector",
+                        help="the durable collector (default) or a minimal counting server")
     args = parser.parse_args()
+    load_before = os.getloadavg()
 
     with tempfile.TemporaryDirectory(prefix="segloop-bench-sync-") as tmp:
         root = Path(tmp) / "ws"
         (root / "pipelines").mkdir(parents=True)
         (root / "segloop.yml").write_text("warehouses:\n  default:\n    type: duckdb\n    path: .segloop/warehouse.duckdb\n")
-        collector, url = start_collector(Path(tmp) / "collector")
+        server, url = start_sink() if args.endpoint == "sink" else start_collector(Path(tmp) / "collector")
         try:
             (root / "pipelines" / "bench.yml").write_text(PIPELINE.format(url=url, upload_size=args.upload_size))
             write_table(root, args.rows)
             full_s, full_mb, _ = timed_run(root)
+            full_nodes = node_breakdown(root)
             changed = change_rows(root, args.changed)
             rerun_s, rerun_mb, _ = timed_run(root)
-            stats = httpx.get(f"{url}/stats", timeout=10).json()
+            rerun_nodes = node_breakdown(root)
+            accepted, unique = received(url, args.endpoint)
         finally:
-            collector.terminate()
-            collector.wait(10)
+            server.terminate()
+            server.wait(10)
 
-    accepted, deduped = stats["accepted"], stats["deduped"]
-    lost = args.rows + changed - accepted
+    load_after = os.getloadavg()
+    lost = args.rows + changed - unique
+    where = "durable collector" if args.endpoint == "collector" else "counting sink (bench/sender.py)"
     print(f"\nsync benchmark: {args.rows:,} rows, {changed:,} changed before the re-run, "
-          f"upload_size={args.upload_size}, durable collector on loopback\n")
-    print("| run | rows sent | seconds | rows/s | peak RSS (MB) |")
-    print("|---|---:|---:|---:|---:|")
-    print(f"| full first sync | {args.rows:,} | {full_s:.1f} | {args.rows / full_s:,.0f} | {full_mb:.0f} |")
-    print(f"| re-run, {args.changed:.0%} changed | {changed:,} | {rerun_s:.1f} | {changed / rerun_s:,.0f} | {rerun_mb:.0f} |")
-    print(f"\nre-run / full = {rerun_s / full_s:.1%} (target < 10%); collector accepted {accepted:,}, "
-          f"deduped {deduped:,}; lost {lost} (must be 0)")
+          f"upload_size={args.upload_size}, {where} on loopback, {os.cpu_count()} cores, "
+          f"load average {load_before[0]:.1f} before / {load_after[0]:.1f} after (1 min), "
+          f"{load_after[1]:.1f} (5 min)\n")
+    print("| run | rows sent | seconds | rows/s | peak RSS (MB) | sql node s | segment node s | send msg/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for label, sent, seconds, mb, nodes in (
+        ("full first sync", args.rows, full_s, full_mb, full_nodes),
+        (f"re-run, {args.changed:.0%} changed", changed, rerun_s, rerun_mb, rerun_nodes),
+    ):
+        print(f"| {label} | {sent:,} | {seconds:.1f} | {sent / seconds:,.0f} | {mb:.0f} | "
+              f"{nodes['scores_s']:.1f} | {nodes['segment_s']:.1f} | {nodes['msg_per_s']:,.0f} |")
+    print(f"\nre-run / full = {rerun_s / full_s:.1%} (target < 10%); endpoint received {accepted:,} "
+          f"messages, {unique:,} unique ids; lost {lost} (must be 0)")
     if lost:
         raise SystemExit("messages were lost")
 

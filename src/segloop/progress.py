@@ -73,29 +73,35 @@ class RichReporter(Reporter):
         done = result.rows if result.rows is not None else int(state.completed)
         self.progress.update(task, total=max(done, 1), completed=max(done, 1) if result.status == "success" else state.completed)
         if not self.console.is_terminal:
-            self.console.print(f"{result.name}: {result.status} ({result.rows} rows, {result.seconds:.2f}s)")
+            rows = "" if result.rows is None else f"{result.rows:,} rows, "
+            self.console.print(f"{result.name}: {result.status} ({rows}{result.seconds:.2f}s)")
 
 
 def print_summary(console: Console, result: RunResult) -> None:
     table = Table(title=f"run {result.run_id} of `{result.pipeline}`: {result.status}", title_justify="left")
-    for column in ("node", "type", "status", "rows", "seconds", "note"):
-        table.add_column(column, justify="right" if column in ("rows", "seconds") else "left")
+    # Node names and figures are never cut; the note wraps. A narrow terminal drops `type`.
+    show_type = console.width >= 110
+    for column in ("node", "type", "status", "rows", "seconds"):
+        if column != "type" or show_type:
+            table.add_column(column, justify="right" if column in ("rows", "seconds") else "left", no_wrap=True)
+    table.add_column("note", ratio=1, min_width=12)
     for node in result.nodes:
         note = node.error or "; ".join(node.warnings) or _headline(node.metrics)
         if node.metrics.get("materialized") == "view" and not node.error:
             note = "view" + (f"; {note}" if note else "")
-        table.add_row(
-            node.name, node.type, f"[{STATUS_STYLE.get(node.status, 'white')}]{node.status}[/]",
-            "" if node.rows is None else f"{node.rows:,}", f"{node.seconds:.2f}", note,
-        )
+        cells = [node.name, node.type, f"[{STATUS_STYLE.get(node.status, 'white')}]{node.status}[/]",
+                 "" if node.rows is None else f"{node.rows:,}", f"{node.seconds:.2f}", note]
+        table.add_row(*(cells if show_type else cells[:1] + cells[2:]))
     console.print(table)
 
 
 def _headline(metrics: dict[str, Any]) -> str:
     """A short line from a node's metrics for the summary table."""
     keys = ("sent", "rejected", "failed", "skipped", "auc", "ndcg_at_10", "silhouette", "log_likelihood")
+    optional = ("rejected", "failed", "skipped")  # shown only when not zero
     parts = [f"{k}={metrics[k]:.3g}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
-             for k in keys if k in metrics and not isinstance(metrics[k], dict | list)]
+             for k in keys if k in metrics and not isinstance(metrics[k], dict | list)
+             and not (k in optional and metrics[k] == 0)]
     return ", ".join(parts)
 
 

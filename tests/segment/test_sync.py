@@ -124,3 +124,30 @@ def test_attempts_add_up_and_reset_forgets(warehouse: Warehouse) -> None:
     assert attempts == [3] * 5
     state.reset()
     assert plan(state, warehouse, source(5)).counts == {"new": 5}
+
+
+def test_a_memory_cap_too_small_for_the_input_costs_memory_not_the_sync(
+        warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sync's DuckDB memory cap is a preference: a statement that cannot fit runs again
+    with the warehouse's own limit, and that limit is back in force after the run."""
+    import segloop.segment.sync as sync
+
+    def limit() -> tuple[float, str]:
+        value, unit = warehouse.con.con.execute("SELECT current_setting('memory_limit')").fetchone()[0].split()
+        return float(value), unit
+
+    before = limit()
+    too_small = []
+    spy = sync._out_of_memory
+    monkeypatch.setattr(sync, "_out_of_memory", lambda exc: too_small.append(spy(exc)) or spy(exc))
+    monkeypatch.setattr(SyncState, "DUCKDB_SETTINGS", {"memory_limit": "8MB"})
+    state = SyncState(warehouse, "p", "n", "r1")
+    first = plan(state, warehouse, source(30_000))
+    assert first.counts == {"new": 30_000} and len(send_all(state)) == 30_000
+    again = plan(state, warehouse, source(30_000, bump={5, 7}))
+    assert again.counts == {"changed": 2, "unchanged": 29_998}
+    assert any(too_small)  # the cap really was too small for some statement
+    after = limit()
+    assert after[1] == before[1] and after[0] == pytest.approx(before[0], rel=0.02)  # printed rounded
+    warehouse.raw_sql("CREATE TABLE big AS SELECT range::VARCHAR || repeat('x', 60) AS s FROM range(300000)")
+    assert warehouse.con.con.execute("SELECT count(DISTINCT s) FROM big").fetchone()[0] == 300_000

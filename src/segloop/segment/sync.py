@@ -10,17 +10,22 @@ For each Segment node, two tables live in the warehouse beside the data:
   run killed with ``kill -9`` loses at most the acknowledgements not yet written, and
   those rows are re-sent with the same message ids (Segment drops them as duplicates).
 
-The diff is an anti-join on key + hash computed by SQL inside the warehouse; only the rows to
-send are streamed to Python, in bounded chunks.
+The diff is one outer join of the input with the state on the customer key, computed by SQL
+inside the warehouse; only the rows to send (and the keys gone since the last run) are
+materialized, and only they are read into Python, in bounded chunks. Work per run is one
+pass over the input and the state plus what is sent, so a re-run with 1% changed costs a
+few percent of the full sync (bench/sync.py).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from functools import partial
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
@@ -28,12 +33,15 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from segloop.warehouse import Warehouse
 
+T = TypeVar("T")
 NEW, CHANGED, RETRY, UNCHANGED, NO_KEY, DUPLICATE = "new", "changed", "retry", "unchanged", "no_key", "duplicate"
 SEND_CATEGORIES = (NEW, CHANGED, RETRY, NO_KEY)
 SENT, REJECTED, FAILED, REMOVED = "sent", "rejected", "failed", "removed"
+GONE_SENT, GONE = "gone_sent", "gone"  # keys in the state but not in the input (sent before, or not)
 NULL_MARK = "\u2400"  # stands for NULL inside the hashed row text
 SEPARATOR = "\u241f"  # between columns in the hashed row text
-BUCKET_CHARS = 4  # hex characters of the key hash that chunk the rows to send
+BUCKET_CHARS = 4  # hex characters of the key hash that chunk the rows to send (remote warehouses)
+STATE_COLUMNS = ("key", "payload_hash", "status", "message_id", "last_error", "attempts", "run_id", "updated_at")
 
 
 def _state_schema() -> Any:
@@ -81,6 +89,20 @@ def _key_expr(source: ir.Table, key_columns: Sequence[str]) -> ir.StringValue:
     return parts[0] if len(parts) == 1 else ibis.literal("|").join(parts)
 
 
+def _deduplicated(keyed: ir.Table) -> ir.Table:
+    """One row per key (the one with the smallest hash); identical rows collapse into one.
+
+    Only used when the input has duplicate or missing keys (``plan`` checks first): a
+    distinct and a grouped aggregate over the whole input, no sort.
+    """
+    distinct = keyed.distinct()
+    keyed_rows = distinct.filter(distinct._key.notnull())
+    first = keyed_rows.group_by(_fkey=keyed_rows._key).aggregate(_first=keyed_rows._hash.min())
+    chosen = keyed_rows.join(first, [keyed_rows._key == first._fkey, keyed_rows._hash == first._first])
+    chosen = chosen.drop("_fkey", "_first")
+    return chosen.union(distinct.filter(distinct._key.isnull()))
+
+
 @dataclass
 class SyncPlan:
     """What a run will do: counts by category and the warehouse table holding rows to send."""
@@ -115,9 +137,25 @@ class SyncState:
     pipeline: str
     node: str
     run_id: str = ""
-    CHUNK_ROWS: ClassVar[int] = 20_000
-    _buffer: list[Ack] = field(default_factory=list)
+    CHUNK_ROWS: ClassVar[int] = 5_000
+    DUCKDB_SETTINGS: ClassVar[dict[str, str]] = {"preserve_insertion_order": "false", "memory_limit": "64MB"}
+    """Set on an embedded DuckDB while a sync runs (``session``), restored after. No statement
+    here needs insertion order; the memory limit makes DuckDB evict cached blocks and spill
+    joins and aggregates to its temp folder instead of holding a 1M-row diff in memory
+    (bench/sync.py: peak RSS). A ``memory_limit:`` in the warehouse config wins."""
+    SENDING_MEMORY_LIMIT: ClassVar[str] = "32MB"
+    """The cap while rows are sent (``sending``): only small reads and log appends run then."""
+    RELEASE_EVERY_ROWS: ClassVar[int] = 50_000
+    _keys: list[str] = field(default_factory=list)
+    _hashes: list[str] = field(default_factory=list)
+    _statuses: list[str] = field(default_factory=list)
+    _message_ids: list[str | None] = field(default_factory=list)
+    _errors: list[str | None] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _sessions: int = 0
+    _cap: str | None = None
+    _uncapped: str = ""
+    _since_release: int = 0
 
     # -- table names ---------------------------------------------------------------------
 
@@ -137,6 +175,11 @@ class SyncState:
     def pending_table(self) -> str:
         return f"_segloop_pending__{self.pipeline}__{self.node}"
 
+    @property
+    def _embedded(self) -> bool:
+        """DuckDB in this process: results stream over a second cursor, settings apply."""
+        return self.warehouse.backend == "duckdb"
+
     def ensure(self) -> None:
         wh = self.warehouse
         for name in (self.state_table, self.log_table):
@@ -148,97 +191,263 @@ class SyncState:
         for name in (self.state_table, self.log_table, self.pending_table, self.merge_table):
             self.warehouse.drop_table(name)
 
+    # -- small helpers -------------------------------------------------------------------
+
+    def _rows(self, expr: ir.Table) -> list[tuple[Any, ...]]:
+        """A small result as tuples (on DuckDB straight from the connection: Ibis's result
+        path imports pandas, ~50 MB and half a second, for a handful of numbers)."""
+        wh = self.warehouse
+        if self._embedded:
+            return list(wh.con.con.execute(str(wh.con.compile(expr))).fetchall())  # type: ignore[attr-defined]
+        table = wh.to_arrow(expr)
+        return [tuple(row.values()) for row in table.to_pylist()]
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """Apply ``DUCKDB_SETTINGS`` on an embedded DuckDB for the block, then restore them.
+
+        The Segment node wraps a whole run (plan, send, compaction) in one session; ``plan``
+        and ``compact`` open their own when called alone.
+        """
+        if not self._embedded or self._sessions:
+            self._sessions += 1
+            try:
+                yield
+            finally:
+                self._sessions -= 1
+            return
+        raw = self.warehouse.con.con  # type: ignore[attr-defined]
+        wanted = dict(self.DUCKDB_SETTINGS)
+        cap = wanted.pop("memory_limit", None)
+        if getattr(self.warehouse.config, "memory_limit", None):
+            cap = None  # the user's limit stands
+        before = {name: raw.execute(f"SELECT current_setting('{name}')").fetchone()[0] for name in wanted}
+        for name, value in wanted.items():
+            raw.execute(f"SET {name} = '{value}'")
+        # Restored by value: DuckDB's RESET memory_limit leaves the buffer pool's limit as it was.
+        self._uncapped = raw.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+        if cap and self._set_memory_limit(cap):
+            self._cap = cap
+        self._sessions += 1
+        try:
+            yield
+        finally:
+            self._sessions -= 1
+            if self._cap:
+                self._set_memory_limit(self._uncapped)  # raising a limit always works
+                self._cap = None
+            for name, value in before.items():
+                raw.execute(f"SET {name} = '{value}'")
+
+    @contextmanager
+    def sending(self) -> Iterator[None]:
+        """Within a capped session, the lower ``SENDING_MEMORY_LIMIT`` while rows are sent."""
+        planned = self._cap
+        if not planned or not self._set_memory_limit(self.SENDING_MEMORY_LIMIT):
+            yield
+            return
+        self._cap = self.SENDING_MEMORY_LIMIT
+        try:
+            yield
+        finally:
+            self._cap = planned
+            self._set_memory_limit(planned)
+
+    def _set_memory_limit(self, value: str) -> bool:
+        """``SET memory_limit``; false when DuckDB cannot free enough memory to lower it."""
+        try:
+            self.warehouse.con.con.execute(f"SET memory_limit = '{value}'")  # type: ignore[attr-defined]
+        except Exception as exc:
+            if _out_of_memory(exc):
+                return False
+            raise
+        return True
+
+    def _roomy(self, statement: Callable[[], T]) -> T:
+        """Run ``statement`` under the session's memory limit; if DuckDB cannot fit it there
+        (a bigger input than the limit allows, even spilling), run it again with the limit
+        the warehouse had before. A big input costs memory, never a failed sync."""
+        try:
+            return statement()
+        except Exception as exc:
+            if self._cap is None or not _out_of_memory(exc):
+                raise
+        self._set_memory_limit(self._uncapped)
+        try:
+            return statement()
+        finally:
+            self._set_memory_limit(self._cap)
+
+    def release_memory(self) -> None:
+        """Give back memory an embedded DuckDB keeps after a large statement.
+
+        DuckDB holds freed buffers until its limit is set again (measured: a 1M-row diff
+        left ~90 MB resident after the statement ended); re-applying the current
+        ``memory_limit`` flushes them. Cheap, and a no-op elsewhere.
+        """
+        self._since_release = 0
+        if self._cap:
+            self._set_memory_limit(self._cap)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction on DuckDB (a kill between statements leaves the state whole);
+        other warehouses run the statements as they come."""
+        if not self._embedded:
+            yield
+            return
+        raw = self.warehouse.con.con  # type: ignore[attr-defined]
+        raw.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            raw.execute("ROLLBACK")
+            raise
+        raw.execute("COMMIT")
+
     # -- planning ------------------------------------------------------------------------
 
-    def classify(self, source: ir.Table, key_columns: Sequence[str], payload_columns: Sequence[str],
-                 fingerprint: str) -> ir.Table:
-        """``source`` plus ``_key``, ``_hash`` and ``_category`` (new/changed/retry/...)."""
+    def keyed(self, source: ir.Table, key_columns: Sequence[str], payload_columns: Sequence[str],
+              fingerprint: str) -> ir.Table:
+        """``source`` plus ``_key`` (the customer key) and ``_hash`` (of mapping + payload)."""
         import ibis
 
-        dialect = self.warehouse.dialect
         key = _key_expr(source, key_columns)
         text = ibis.literal(fingerprint)
         for column in payload_columns:
             text = text.concat(ibis.literal(SEPARATOR), source[column].cast("string").fill_null(NULL_MARK))
-        # Identical rows collapse into one (plan() counts them as duplicates).
-        keyed = source.mutate(_key=key, _hash=_md5(text, dialect)).distinct()
-        # Duplicate keys: the row with the smallest hash is sent, the others are flagged.
-        # A grouped aggregate and a join, not a window: no sort of the whole input.
-        per_key = keyed.group_by(_fkey=keyed._key).aggregate(_first=keyed._hash.min(), _n=keyed.count())
-        ranked = keyed.left_join(per_key, keyed._key == per_key._fkey)
+        return source.mutate(_key=key, _hash=_md5(text, self.warehouse.dialect))
+
+    def classify(self, source: ir.Table, key_columns: Sequence[str], payload_columns: Sequence[str],
+                 fingerprint: str, dedupe: bool = True) -> ir.Table:
+        """Input rows and state keys with ``_key``, ``_hash`` and ``_category``.
+
+        One outer join on the key: input rows are new/changed/retry/unchanged/no_key; keys
+        only in the state are ``gone_sent`` (sent before: ``on_removed`` applies) or
+        ``gone``. ``dedupe=False`` skips collapsing duplicate keys, for inputs known to have
+        one row per key (``plan`` counts first).
+        """
+        import ibis
+
+        keyed = self.keyed(source, key_columns, payload_columns, fingerprint)
+        rows = (_deduplicated(keyed) if dedupe else keyed).mutate(_in=ibis.literal(1))
         state = self.warehouse.table(self.state_table)
-        state = state.select(_s_key=state.key, _s_hash=state.payload_hash, _s_status=state.status,
-                             _s_attempts=state.attempts)
-        joined = ranked.left_join(state, ranked._key == state._s_key)
+        state = state.select(_s_key=state.key, _s_hash=state.payload_hash, _s_status=state.status)
+        joined = rows.outer_join(state, rows._key == state._s_key)
+        only_in_state = joined._in.isnull()
         category = ibis.cases(
+            (only_in_state & (joined._s_status == SENT), GONE_SENT),
+            (only_in_state, GONE),
             (joined._key.isnull(), NO_KEY),
-            ((joined._n > 1) & (joined._hash > joined._first), DUPLICATE),
             (joined._s_key.isnull() | (joined._s_status == REMOVED), NEW),
             (joined._s_hash != joined._hash, CHANGED),
             (joined._s_status == FAILED, RETRY),
             else_=UNCHANGED,
         )
         return joined.mutate(
+            _key=joined._key.fill_null(joined._s_key),
+            _hash=joined._hash.fill_null(joined._s_hash),
             _category=category,
-            _attempts=joined._s_attempts.fill_null(0),
-            # Chunks are ranges of this key hash prefix: uniform, and no sort needed.
-            _bucket=_md5(joined._key.fill_null(""), dialect).substr(0, BUCKET_CHARS),
-        ).drop("_s_key", "_s_hash", "_s_status", "_s_attempts", "_fkey", "_first", "_n")
+        ).drop("_in", "_s_key", "_s_hash", "_s_status")
 
     def plan(self, source: ir.Table, key_columns: Sequence[str], payload_columns: Sequence[str],
              fingerprint: str, mode: str = "diff") -> SyncPlan:
-        """Fold old checkpoints, classify rows and materialize the rows to send."""
+        """Fold old checkpoints, classify rows and materialize only the rows to send.
+
+        Three statements: a count of rows and distinct keys (when every row has its own
+        key, the diff needs no de-duplication), the outer join written as the pending table
+        (rows to send plus keys gone since the last sent run), and counts by category over
+        that (small) table. Unchanged and duplicate rows are counted, never written.
+        """
         self.ensure()
         self.compact()
-        classified = self.classify(source, key_columns, payload_columns, fingerprint)
-        categories = (*SEND_CATEGORIES, UNCHANGED) if mode == "full" else SEND_CATEGORIES
-        # Materialize the classification once; counts and the pending rows read it.
-        self.warehouse.create_table(self.pending_table, classified.filter(
-            classified._category.isin([*categories, DUPLICATE, UNCHANGED])
-        ))
-        pending_all = self.warehouse.table(self.pending_table)
-        counts_table = self.warehouse.to_arrow(
-            pending_all.group_by("_category").aggregate(n=pending_all.count())
-        )
-        counts = {row["_category"]: int(row["n"]) for row in counts_table.to_pylist()}
-        identical = self.warehouse.count(source) - sum(counts.values())
-        if identical:
-            counts[DUPLICATE] = counts.get(DUPLICATE, 0) + identical
-        self.warehouse.raw_sql(
-            f"DELETE FROM {self.warehouse.qualified(self.pending_table)} WHERE _category NOT IN "
-            f"({', '.join(repr(c) for c in categories)})"
-        )
-        pending_rows = sum(counts.get(c, 0) for c in categories)
-        return SyncPlan(counts=counts, pending_table=self.pending_table, pending_rows=pending_rows,
-                        removed_keys=self.count_removed(source, key_columns), mode=mode)
-
-    def removed_keys_expr(self, source: ir.Table, key_columns: Sequence[str]) -> ir.Table:
-        """Keys sent before that are no longer in the input."""
-
+        wh = self.warehouse
         key = _key_expr(source, key_columns)
-        present = source.select(_key=key).distinct()
-        state = self.warehouse.table(self.state_table)
-        sent = state.filter(state.status == SENT)
-        return sent.anti_join(present, sent.key == present._key).select("key", "payload_hash")
+        [(rows, keys)] = self._roomy(lambda: self._rows(source.aggregate(_rows=source.count(), _keys=key.nunique())))
+        rows, keys = int(rows), int(keys)
+        dedupe = rows != keys
+        classified = self.classify(source, key_columns, payload_columns, fingerprint, dedupe=dedupe)
+        kept = [*SEND_CATEGORIES, GONE_SENT, *([UNCHANGED] if mode == "full" else [])]
+        pending = classified.filter(classified._category.isin(kept))
+        if not self._embedded:  # remote warehouses read the pending rows in key-hash ranges
+            pending = pending.mutate(
+                _bucket=_md5(pending._key.fill_null(""), wh.dialect).substr(0, BUCKET_CHARS))
+        self._roomy(lambda: wh.create_table(self.pending_table, pending))
+        table = wh.table(self.pending_table)
+        found = self._rows(table.group_by("_category").aggregate(n=table.count()))
+        counts = {str(category): int(n) for category, n in found}
+        removed = counts.pop(GONE_SENT, 0)
+        if mode != "full":
+            counts[UNCHANGED] = keys - sum(counts.get(c, 0) for c in (NEW, CHANGED, RETRY))
+        counts[DUPLICATE] = rows - keys - counts.get(NO_KEY, 0)  # identical rows collapse too
+        counts = {c: n for c, n in counts.items() if n}
+        self.release_memory()
+        pending_rows = sum(counts.get(c, 0) for c in (*SEND_CATEGORIES, *([UNCHANGED] if mode == "full" else [])))
+        return SyncPlan(counts=counts, pending_table=self.pending_table, pending_rows=pending_rows,
+                        removed_keys=removed, mode=mode)
 
-    def count_removed(self, source: ir.Table, key_columns: Sequence[str]) -> int:
-        return self.warehouse.count(self.removed_keys_expr(source, key_columns))
+    # -- reading what to send ------------------------------------------------------------
 
     def pending_chunks(self, rows: int | None = None) -> Iterator[pa.Table]:
-        """Rows to send in bounded chunks; each chunk is its own query (a range of the key
-        hash), so checkpoints can be written to the same connection between chunks."""
+        """Rows to send in bounded chunks; each chunk is its own short query, so checkpoints
+        can be written on the same connection between chunks.
+
+        On DuckDB a chunk is a range of row ids of the pending table; elsewhere a range of
+        the key hash (``_bucket``).
+        """
+        return self._chunks(rows or self.CHUNK_ROWS, gone=False)
+
+    def removed_chunks(self, rows: int | None = None) -> Iterator[pa.Table]:
+        """Keys gone since they were sent (``key``, ``payload_hash``), in bounded chunks."""
+        for chunk in self._chunks(rows or self.CHUNK_ROWS, gone=True):
+            yield chunk.select(["_key", "_hash"]).rename_columns(["key", "payload_hash"])
+
+    def sample(self, rows: int) -> pa.Table:
+        """The first rows to send by key (for previews): a top-n, not a sort of everything."""
         wh = self.warehouse
-        size = rows or self.CHUNK_ROWS
         pending = wh.table(self.pending_table)
-        total = wh.count(pending)
+        wanted = pending.filter(pending._category != GONE_SENT).order_by("_key").limit(rows)
+        if self._embedded:
+            result = _duckdb_reader(wh.con.con.execute(str(wh.con.compile(wanted))), rows).read_all()  # type: ignore[attr-defined]
+            wh.rows_fetched += result.num_rows
+            return result
+        return wh.to_arrow(wanted.drop("_bucket"))
+
+    def _chunks(self, size: int, gone: bool) -> Iterator[pa.Table]:
+
+        wh = self.warehouse
+        pending = wh.table(self.pending_table)
+        wanted = pending._category == GONE_SENT if gone else pending._category != GONE_SENT
+        if self._embedded:
+            # Short queries over row-id ranges (DuckDB skips row groups outside the range),
+            # not one long streaming query: an open read transaction would stop DuckDB from
+            # checkpointing, and the log appended meanwhile would pile up in memory.
+            raw = wh.con.con  # type: ignore[attr-defined]
+            table = wh.qualified(self.pending_table)
+            [(low, high)] = raw.execute(f"SELECT min(rowid), max(rowid) FROM {table}").fetchall()
+            if low is None:
+                return
+            where = f"_category {'=' if gone else '<>'} '{GONE_SENT}'"
+
+            def read(start: int) -> pa.Table:
+                query = f"SELECT * FROM {table} WHERE rowid >= {start} AND rowid < {start + size} AND {where}"
+                return _duckdb_reader(raw.execute(query), size).read_all()
+
+            for start in range(int(low), int(high) + 1, size):
+                chunk = self._roomy(partial(read, start))
+                if chunk.num_rows:
+                    wh.rows_fetched += chunk.num_rows
+                    yield chunk
+            return
+        total = wh.count(pending.filter(wanted))
         space = 16**BUCKET_CHARS
         chunks = max(1, min(space, -(-total // size)))
         bounds = [f"{space * i // chunks:0{BUCKET_CHARS}x}" for i in range(chunks)]
         for i, low in enumerate(bounds):
-            condition = pending._bucket >= low
+            condition = wanted & (pending._bucket >= low)
             if i + 1 < chunks:
                 condition &= pending._bucket < bounds[i + 1]
-            chunk = wh.to_arrow(pending.filter(condition).order_by(["_bucket", "_key"]))
+            chunk = wh.to_arrow(pending.filter(condition).order_by(["_bucket", "_key"]).drop("_bucket"))
             if chunk.num_rows:
                 yield chunk
 
@@ -247,73 +456,138 @@ class SyncState:
     def record(self, acks: Sequence[Ack]) -> None:
         """Buffer acknowledgements (any thread); ``checkpoint`` writes them to the log table."""
         with self._lock:
-            self._buffer.extend(acks)
+            for a in acks:
+                self._keys.append(a.key)
+                self._hashes.append(a.payload_hash)
+                self._statuses.append(a.status)
+                self._message_ids.append(a.message_id)
+                self._errors.append(a.error)
+
+    def record_many(self, keys: Sequence[str], hashes: Sequence[str], statuses: Sequence[str],
+                    message_ids: Sequence[str | None], errors: Sequence[str | None]) -> None:
+        """``record`` for column lists (the sender's hot path: no object per message)."""
+        with self._lock:
+            self._keys.extend(keys)
+            self._hashes.extend(hashes)
+            self._statuses.extend(statuses)
+            self._message_ids.extend(message_ids)
+            self._errors.extend(errors)
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return len(self._keys)
 
     def checkpoint(self) -> int:
         """Append buffered acknowledgements to the log; returns how many were written."""
         import pyarrow as pa
 
         with self._lock:
-            acks, self._buffer = self._buffer, []
-        if not acks:
+            keys, hashes, statuses, ids, errors = (self._keys, self._hashes, self._statuses,
+                                                   self._message_ids, self._errors)
+            self._keys, self._hashes, self._statuses, self._message_ids, self._errors = [], [], [], [], []
+        if not keys:
             return 0
+        n = len(keys)
         now = datetime.now(UTC).replace(tzinfo=None)
         table = pa.table(
             {
-                "key": [a.key for a in acks],
-                "payload_hash": [a.payload_hash for a in acks],
-                "status": [a.status for a in acks],
-                "message_id": [a.message_id for a in acks],
-                "last_error": [a.error[:1000] if a.error else None for a in acks],
-                "attempts": pa.array([1] * len(acks), pa.int64()),
-                "run_id": [self.run_id] * len(acks),
-                "updated_at": pa.array([now] * len(acks), pa.timestamp("us")),
+                "key": pa.array(keys, pa.string()),
+                "payload_hash": pa.array(hashes, pa.string()),
+                "status": pa.array(statuses, pa.string()),
+                "message_id": pa.array(ids, pa.string()),
+                "last_error": pa.array([e[:1000] if e else None for e in errors] if any(errors) else errors,
+                                       pa.string()),
+                "attempts": pa.repeat(pa.scalar(1, pa.int64()), n),
+                "run_id": pa.repeat(pa.scalar(self.run_id, pa.string()), n),
+                "updated_at": pa.repeat(pa.scalar(now, pa.timestamp("us")), n),
             }
         )
-        self.warehouse.insert(self.log_table, table)
-        return len(acks)
+        self._roomy(lambda: self.warehouse.insert(self.log_table, table))
+        self._since_release += n
+        if self._since_release >= self.RELEASE_EVERY_ROWS:  # log inserts pile up buffers too
+            self.release_memory()
+        return n
 
     def compact(self) -> None:
         """Fold the log into the state table: the latest row per key wins, attempts add up.
 
-        Work is proportional to the log (what the last runs sent), not to the state: the
-        latest log row per key (a grouped arg-max, no sort) replaces the key's state row.
+        Work is proportional to the log (what the last runs sent), not to the state. A run
+        sends each key at most once, so the log of this run (or of any run, once checked)
+        has one row per key and is copied as it is; logs of several runs (a killed run, then this one) keep the latest
+        row per key (a grouped arg-max, no sort). Into an empty state (the first run) the
+        rows are appended; otherwise they replace the keys' state rows.
         """
         wh = self.warehouse
         log = wh.table(self.log_table)
         if wh.count(log) == 0:
             return
-        latest = log.group_by("key").aggregate(
-            payload_hash=log.payload_hash.argmax(log.updated_at),
-            status=log.status.argmax(log.updated_at),
-            message_id=log.message_id.argmax(log.updated_at),
-            last_error=log.last_error.argmax(log.updated_at),
-            log_attempts=log.attempts.sum(),
-            run_id=log.run_id.argmax(log.updated_at),
-            updated_at=log.updated_at.max(),
-        )
+        with self.session():
+            self._roomy(self._fold)
+            self.release_memory()
+
+    def _fold(self) -> None:
+        wh = self.warehouse
+        log = wh.table(self.log_table)
+        # One run sends each key at most once: a log written only by this run needs no
+        # check (min/max stream; counting distinct keys builds a hash table of them).
+        [(first_run, last_run)] = self._rows(log.aggregate(a=log.run_id.min(), b=log.run_id.max()))
+        if first_run == last_run == self.run_id:
+            rows = keys = 0
+        else:
+            [(rows, keys)] = self._rows(log.aggregate(n=log.count(), k=log.key.nunique()))
+        if rows == keys:
+            latest = log.mutate(log_attempts=log.attempts)
+        else:
+            latest = log.group_by("key").aggregate(
+                payload_hash=log.payload_hash.argmax(log.updated_at),
+                status=log.status.argmax(log.updated_at),
+                message_id=log.message_id.argmax(log.updated_at),
+                last_error=log.last_error.argmax(log.updated_at),
+                log_attempts=log.attempts.sum(),
+                run_id=log.run_id.argmax(log.updated_at),
+                updated_at=log.updated_at.max(),
+            )
+        target, log_q = wh.qualified(self.state_table), wh.qualified(self.log_table)
+        columns = ", ".join(STATE_COLUMNS)
         state = wh.table(self.state_table)
+        if wh.count(state) == 0:
+            first = latest.mutate(attempts=latest.log_attempts).select(*STATE_COLUMNS)
+            with self._transaction():
+                wh.raw_sql(f"INSERT INTO {target} ({columns}) {wh.con.compile(first)}")
+                wh.raw_sql(f"DELETE FROM {log_q}")
+            return
         old = state.select(_old_key=state.key, _old_attempts=state.attempts)
         merged = latest.left_join(old, latest.key == old._old_key).mutate(
             attempts=lambda t: t.log_attempts + t._old_attempts.fill_null(0)
-        ).select(*_state_schema().names)
+        ).select(*STATE_COLUMNS)
         merge_table = self.merge_table
         wh.create_table(merge_table, merged)
-        target, merge, log_q = (wh.qualified(self.state_table), wh.qualified(merge_table),
-                                wh.qualified(self.log_table))
-        columns = ", ".join(_state_schema().names)
-        wh.raw_sql(f"DELETE FROM {target} WHERE key IN (SELECT key FROM {merge})")
-        wh.raw_sql(f"INSERT INTO {target} ({columns}) SELECT {columns} FROM {merge}")
-        wh.raw_sql(f"DELETE FROM {log_q}")
+        merge = wh.qualified(merge_table)
+        with self._transaction():
+            wh.raw_sql(f"DELETE FROM {target} WHERE key IN (SELECT key FROM {merge})")
+            wh.raw_sql(f"INSERT INTO {target} ({columns}) SELECT {columns} FROM {merge}")
+            wh.raw_sql(f"DELETE FROM {log_q}")
         wh.drop_table(merge_table)
 
     def statuses(self) -> dict[str, int]:
         """Keys per status in the (compacted plus logged) state, for reports and tests."""
         self.compact()
         state = self.warehouse.table(self.state_table)
-        rows = self.warehouse.to_arrow(state.group_by("status").aggregate(n=state.count()))
-        return {row["status"]: int(row["n"]) for row in rows.to_pylist()}
+        return {str(status): int(n) for status, n in self._rows(state.group_by("status").aggregate(n=state.count()))}
+
+
+def _out_of_memory(exc: BaseException | None) -> bool:
+    """Whether DuckDB ran out of memory somewhere in ``exc``'s chain (WarehouseError wraps it)."""
+    while exc is not None:
+        if type(exc).__name__ == "OutOfMemoryException":
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _duckdb_reader(result: Any, batch_rows: int) -> pa.RecordBatchReader:
+    """A DuckDB result as Arrow record batches of ``batch_rows`` (duckdb >= 1.4 renamed it)."""
+    to_reader = getattr(result, "to_arrow_reader", None)
+    if to_reader is not None:
+        return to_reader(batch_rows)  # type: ignore[no-any-return]
+    return result.fetch_record_batch(batch_rows)  # type: ignore[no-any-return]
