@@ -29,6 +29,18 @@ log = logging.getLogger("segloop")
 
 SUCCESS, FAILED, SKIPPED = "success", "failed", "skipped"
 _STARTUP_FROZEN = threading.Event()
+_RUNNING = [0]  # pipeline runs in progress in this process (`segloop serve` runs them in threads)
+_RUNNING_LOCK = threading.Lock()
+
+
+def runs_in_progress() -> int:
+    """How many pipeline runs this process is executing now.
+
+    Process-wide warehouse settings (the Segment node's DuckDB memory cap) are only applied
+    when a run is alone, so they never constrain another pipeline's queries.
+    """
+    with _RUNNING_LOCK:
+        return _RUNNING[0]
 ON_BUSY = ("wait", "skip")  # what a trigger does while the same pipeline is running
 
 
@@ -163,10 +175,14 @@ class Pipeline:
             lock.acquire(run_id, wait=True)
         opened: list[Warehouse] = []  # the run's connection, kept open for the report
         store: RunStore | None = None  # the run's history connection, also the report's
+        with _RUNNING_LOCK:
+            _RUNNING[0] += 1
         try:
             store = self.store()
             result = self._run(node, dry_run, reporter, trigger, options or {}, run_id, opened, store)
         finally:
+            with _RUNNING_LOCK:
+                _RUNNING[0] -= 1
             # Released as soon as the history says "finished", so a trigger that sees the
             # run done is not turned away while the report is written.
             lock.release()

@@ -151,3 +151,26 @@ def test_a_memory_cap_too_small_for_the_input_costs_memory_not_the_sync(
     assert after[1] == before[1] and after[0] == pytest.approx(before[0], rel=0.02)  # printed rounded
     warehouse.raw_sql("CREATE TABLE big AS SELECT range::VARCHAR || repeat('x', 60) AS s FROM range(300000)")
     assert warehouse.con.con.execute("SELECT count(DISTINCT s) FROM big").fetchone()[0] == 300_000
+
+
+def test_the_memory_cap_is_left_off_while_another_run_shares_the_process(
+        warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DuckDB's memory_limit covers the whole database: with a second pipeline running in
+    the same process (`segloop serve`), the sync must not cap that run's queries."""
+    import segloop.pipeline
+
+    def setting(name: str) -> str:
+        return str(warehouse.con.con.execute(f"SELECT current_setting('{name}')").fetchone()[0])
+
+    before = (setting("memory_limit"), setting("preserve_insertion_order"))
+    state = SyncState(warehouse, "p", "n", "r1")
+    with state.session():
+        alone = (setting("memory_limit"), setting("preserve_insertion_order"))
+    before = (setting("memory_limit"), setting("preserve_insertion_order"))  # restored, as printed
+    monkeypatch.setattr(segloop.pipeline, "_RUNNING", [2])
+    with state.session():
+        shared = (setting("memory_limit"), setting("preserve_insertion_order"))
+        assert plan(state, warehouse, source(50)).counts == {"new": 50}
+        assert len(send_all(state)) == 50
+    assert alone[0] != before[0] and alone[1] == "False"  # the cap is real when the run is alone
+    assert shared == before

@@ -209,7 +209,7 @@ class SyncState:
         The Segment node wraps a whole run (plan, send, compaction) in one session; ``plan``
         and ``compact`` open their own when called alone.
         """
-        if not self._embedded or self._sessions:
+        if not self._embedded or self._sessions or _other_runs_in_progress():
             self._sessions += 1
             try:
                 yield
@@ -591,3 +591,12 @@ def _duckdb_reader(result: Any, batch_rows: int) -> pa.RecordBatchReader:
     if to_reader is not None:
         return to_reader(batch_rows)  # type: ignore[no-any-return]
     return result.fetch_record_batch(batch_rows)  # type: ignore[no-any-return]
+
+
+def _other_runs_in_progress() -> bool:
+    """True when another pipeline run shares this process (and so the DuckDB database):
+    DuckDB's memory_limit and preserve_insertion_order apply to the whole database, so the
+    sync leaves them alone rather than constrain the other run's queries."""
+    from segloop.pipeline import runs_in_progress
+
+    return runs_in_progress() > 1
