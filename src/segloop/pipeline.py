@@ -23,11 +23,12 @@ from segloop.errors import ConfigError, NodeError, SegloopError
 from segloop.operators import NODE_TYPES
 from segloop.operators.base import NodeOutput, RunContext
 from segloop.store import NodeRunRecord, RunStore, new_run_id
-from segloop.warehouse import Warehouse
+from segloop.warehouse import Warehouse, is_arrow_table
 
 log = logging.getLogger("segloop")
 
 SUCCESS, FAILED, SKIPPED = "success", "failed", "skipped"
+ON_BUSY = ("wait", "skip")  # what a trigger does while the same pipeline is running
 _STARTUP_FROZEN = threading.Event()
 _RUNNING = [0]  # pipeline runs in progress in this process (`segloop serve` runs them in threads)
 _RUNNING_LOCK = threading.Lock()
@@ -41,7 +42,6 @@ def runs_in_progress() -> int:
     """
     with _RUNNING_LOCK:
         return _RUNNING[0]
-ON_BUSY = ("wait", "skip")  # what a trigger does while the same pipeline is running
 
 
 @dataclass
@@ -378,7 +378,7 @@ class Pipeline:
         if output.table is not None:
             table_name = ctx.table_name()
             kind = self.config.materialization(ctx.node)
-            if kind == "view" and _is_arrow(output.table):
+            if kind == "view" and is_arrow_table(output.table):
                 if self.config.nodes[ctx.node].materialize == "view":
                     raise NodeError(
                         ctx.node,
@@ -413,10 +413,6 @@ def _freeze_startup_objects() -> None:
     if not _STARTUP_FROZEN.is_set():
         _STARTUP_FROZEN.set()
         gc.freeze()
-
-
-def _is_arrow(obj: object) -> bool:
-    return type(obj).__module__.startswith("pyarrow")
 
 
 def _record(result: NodeResult) -> NodeRunRecord:

@@ -204,29 +204,17 @@ class Warehouse:
             kinds[name] = kind
 
     def _relation_kind_of(self, name: str, target: str) -> str | None:
-        """The kind of one name, asked of the catalog (warehouses without a listing)."""
-        backend = self.backend
-        try:
-            if backend == "pyspark":
+        """The kind of one name where no listing exists: Spark's metastore lists views apart,
+        and a warehouse without the information_schema listing still finds names."""
+        if self.backend == "pyspark":
+            try:
                 rows = self.raw_sql(f"SHOW VIEWS IN {self.quote(target)} LIKE {_literal(name)}").collect()
-                # The metastore keeps names in lower case.
-                if any(row["viewName"].lower() == name.lower() and not row["isTemporary"] for row in rows):
-                    return "view"
-                return "table" if self.has_table(name, target) else None
-            if backend == "bigquery":
-                query = (f"SELECT table_type FROM {self.quote(target)}.INFORMATION_SCHEMA.TABLES "
-                         f"WHERE table_name = {_literal(name)}")
-            else:
-                query = ("SELECT table_type FROM information_schema.tables "
-                         f"WHERE table_schema = {_literal(target)} AND table_name = {_literal(name)}")
-                if backend == "duckdb":
-                    query += " AND table_catalog = current_database()"
-            rows = self._fetch(query)
-        except Exception:  # no information_schema: a view is still found by its name
-            return "table" if self.has_table(name, target) else None
-        if not rows:
-            return None
-        return "view" if "VIEW" in str(rows[0][0]).upper() else "table"
+            except Exception:
+                rows = []
+            # The metastore keeps names in lower case.
+            if any(row["viewName"].lower() == name.lower() and not row["isTemporary"] for row in rows):
+                return "view"
+        return "table" if self.has_table(name, target) else None
 
     def _fetch(self, query: str) -> list[tuple[Any, ...]]:
         """Rows of a small catalog query, without Ibis compiling (or pandas)."""
@@ -319,7 +307,7 @@ class Warehouse:
         target = schema or self.schema
         self._ensure_schema(target)
         try:
-            if self.backend == "postgres" and _is_arrow_table(obj):
+            if self.backend == "postgres" and is_arrow_table(obj):
                 from segloop.warehouses.postgres import copy_arrow
 
                 if copy_arrow(self.con, obj, name, target, overwrite):
@@ -365,7 +353,7 @@ class Warehouse:
             except Exception as exc:
                 raise WarehouseError(f"could not replace view {target}.{name} by a table: {_first_line(exc)}. "
                                      "Drop the views that read it, or keep this node `materialize: view`") from exc
-        expr = not _is_arrow_table(obj) and _is_ibis_table(obj)
+        expr = not is_arrow_table(obj) and _is_ibis_table(obj)
         if expr and self.backend == "duckdb":
             sql = self.compile(obj)
             try:
@@ -544,7 +532,7 @@ class Warehouse:
 
 
 
-def _is_arrow_table(obj: object) -> bool:
+def is_arrow_table(obj: object) -> bool:
     return type(obj).__module__.startswith("pyarrow") and type(obj).__name__ == "Table"
 
 

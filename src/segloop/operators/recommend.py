@@ -187,7 +187,6 @@ def interactions_expr(source: ir.Table, config: RecommendConfig, ctx: RunContext
     if config.holdout_days:
         latest = ctx.warehouse.scalar(t._ts.max())  # not .execute(): that imports pandas
         if latest is not None:
-            latest = latest.to_pydatetime() if hasattr(latest, "to_pydatetime") else latest
             cutoff = latest - timedelta(days=config.holdout_days)
     if cutoff is not None:
         train = t._ts < ibis.literal(cutoff).cast("timestamp")
