@@ -192,3 +192,188 @@ def test_runs_in_one_process_reuse_expressions_but_read_the_data_anew(
     assert again.ok, [n.error for n in again.nodes]
     assert _rfm_rows(root, config) == {"u1": (2, 15.0), "u2": (1, 20.0)}
     assert again.node("rfm").metrics["rejected_rows"] == 1
+
+
+# -- a fresh process skips building what an earlier one built --------------------------------
+
+
+def _fresh_process() -> None:
+    """Forget what this process compiled and built, as a new `segloop run` starts."""
+    from segloop import sql_cache
+
+    _COMPILED.clear()
+    sql_cache._BUILT.clear()
+
+
+def test_a_fresh_process_builds_no_rfm_expression_and_writes_the_same_table(make_workspace, monkeypatch) -> None:
+    root = make_workspace({"o": PIPELINE})
+    pipeline_file = root / "pipelines" / "o.yml"
+    _fresh_process()
+    assert Pipeline.load(pipeline_file).run().ok
+    with Warehouse.connect(DuckDBConfig(path=".segloop/warehouse.duckdb"), root) as wh:
+        first = wh.table("o__rfm").to_pyarrow()
+    assert list((root / ".segloop" / "cache" / "sql").glob("*/*.json"))
+
+    import segloop.operators.rfm as rfm
+
+    _fresh_process()
+    monkeypatch.setattr(rfm, "rfm_expr", lambda *a: pytest.fail("built the RFM expressions again"))
+    again = Pipeline.load(pipeline_file).run()
+    assert again.ok, [n.error for n in again.nodes]
+    assert again.node("rfm").metrics["rejected_rows"] == 1
+    with Warehouse.connect(DuckDBConfig(path=".segloop/warehouse.duckdb"), root) as wh:
+        assert wh.table("o__rfm").to_pyarrow().equals(first)  # same rows, order, columns and types
+        assert wh.table("o__rfm__rejects").count().execute() == 1
+
+
+@pytest.mark.parametrize("change", ["config", "input columns", "segloop's code", "a damaged file"])
+def test_the_expression_cache_builds_afresh_when_anything_it_depends_on_changes(
+    change: str, make_workspace, monkeypatch
+) -> None:
+    from segloop import sql_cache
+
+    root = make_workspace({"o": PIPELINE})
+    pipeline_file = root / "pipelines" / "o.yml"
+    _fresh_process()
+    assert Pipeline.load(pipeline_file).run().ok
+    if change == "config":
+        pipeline_file.write_text(PIPELINE + "    as_of: 2026-03-01\n")
+    elif change == "input columns":
+        pipeline_file.write_text(PIPELINE.replace("as t(user_id, \"timestamp\", revenue)",
+                                                  "as t(user_id, \"timestamp\", revenue) cross join (select 1 as extra)"))
+    elif change == "segloop's code":
+        sql_cache.code_version.cache_clear()
+        monkeypatch.setattr(sql_cache, "code_version", lambda: "another version of segloop")
+    else:
+        for file in (root / ".segloop" / "cache" / "sql").glob("*/*.json"):
+            file.write_text('[{"sql": "select 1 as nothing", "schema": {"nothing": ["NoSuchType", {}]}}]')
+    built = []
+    import segloop.operators.rfm as rfm
+
+    real = rfm.rfm_expr
+    monkeypatch.setattr(rfm, "rfm_expr", lambda *a: (built.append(1), real(*a))[1])
+    _fresh_process()
+    result = Pipeline.load(pipeline_file).run()
+    assert result.ok, [n.error for n in result.nodes]
+    assert built == [1]
+    with Warehouse.connect(DuckDBConfig(path=".segloop/warehouse.duckdb"), root) as wh:
+        recency = dict(wh.table("o__rfm").select("user_id", "recency_days").to_pyarrow().to_pylist()[i].values()
+                       for i in range(2))
+    assert recency == ({"u1": 28, "u2": 45} if change == "config" else {"u1": 0, "u2": 17})
+
+
+# -- DuckDB look-ups: the same schemas as Ibis's, fewer queries --------------------------------
+
+
+def test_plain_duckdb_type_names_map_to_what_ibis_parses() -> None:
+    from ibis.backends.sql.datatypes import DuckDBType
+
+    from segloop.warehouses.duckdb import PLAIN_TYPES, _dtype
+
+    for name in [*PLAIN_TYPES, "DECIMAL(38,6)", "DECIMAL(9,0)", "VARCHAR[]", "STRUCT(a INTEGER, b VARCHAR)"]:
+        for nullable in (True, False):
+            ours, ibis_own = _dtype(name, nullable), DuckDBType.from_string(name, nullable=nullable)
+            assert ours == ibis_own and repr(ours) == repr(ibis_own), name
+
+
+def test_tables_and_queries_look_as_ibis_makes_them(tmp_path: Path) -> None:
+    from segloop.demo import write_demo_data
+
+    with Warehouse.duckdb(tmp_path / "w.duckdb") as wh:
+        write_demo_data(wh, schema="shop", customers=30, days=30, seed=1)
+        for name in ("tracks", "order_completed", "users", "identifies"):
+            ours, theirs = wh.table(name, "shop"), wh.con.table(name, database="shop")
+            assert ours.op() == theirs.op() and ours.schema() == theirs.schema()
+        query = 'select user_id, "timestamp", revenue, products from shop.order_completed'
+        assert wh.sql(query).op() == wh.con.sql(query).op()
+        assert wh.compile(wh.sql(query)) == query  # a query is its own SQL
+
+
+def test_what_a_run_wrote_has_the_schema_duckdb_reports(make_workspace, monkeypatch) -> None:
+    """Later nodes and the report read a node's output with the schema of the expression
+    written there, without asking DuckDB: it must be what DuckDB would say."""
+    from segloop.demo import write_demo_data
+
+    monkeypatch.setenv("SEGMENT_WRITE_KEY", "wk-test")
+    monkeypatch.setenv("SEGLOOP_ENDPOINT", "http://127.0.0.1:9")  # a dry run sends nothing
+    root = make_workspace({})
+    with Warehouse.connect(DuckDBConfig(path=".segloop/warehouse.duckdb"), root) as wh:
+        write_demo_data(wh, schema="demo_shop", customers=400, days=200, seed=3)
+    demo = Path(__file__).resolve().parents[1] / "examples" / "demo" / "pipelines" / "demo.yml"
+    text = demo.read_text()
+    (root / "pipelines" / "demo.yml").write_text(text)
+    pipeline = Pipeline.load(root / "pipelines" / "demo.yml")
+    seen: dict[str, Any] = {}
+    real_close = Warehouse.close
+
+    def close(wh: Warehouse) -> None:  # the run's connection, just before it closes
+        seen.update(wh._written)
+        real_close(wh)
+
+    monkeypatch.setattr(Warehouse, "close", close)
+    result = pipeline.run(dry_run=True)
+    assert result.ok, [n.error for n in result.nodes]
+    known = {key: schema for key, schema in seen.items() if schema is not None}
+    assert len(known) >= 8, sorted(known)
+    with Warehouse.connect(DuckDBConfig(path=".segloop/warehouse.duckdb"), root) as wh:
+        for (schema, name), expected in known.items():
+            actual = wh.con.table(name, database=schema).schema()
+            assert {k: str(t.copy(nullable=True)) for k, t in expected.items()} == \
+                {k: str(t.copy(nullable=True)) for k, t in actual.items()}, name
+
+
+# -- the warehouse file is written while the report is -------------------------------------------
+
+
+def test_a_run_leaves_its_outputs_in_the_duckdb_file_not_in_its_log(make_workspace) -> None:
+    root = make_workspace({"o": PIPELINE})
+    result = Pipeline.load(root / "pipelines" / "o.yml").run()
+    assert result.ok and result.report is not None and "RFM grid" in result.report.read_text()
+    file = root / ".segloop" / "warehouse.duckdb"
+    assert not Path(f"{file}.wal").exists() or Path(f"{file}.wal").stat().st_size == 0
+    import duckdb
+
+    con = duckdb.connect(str(file), read_only=True)
+    try:
+        assert con.execute("select count(*) from main.o__rfm").fetchone() == (2,)
+    finally:
+        con.close()
+
+
+def test_a_run_that_cannot_open_its_history_leaves_the_warehouse_free(make_workspace, monkeypatch) -> None:
+    import duckdb
+
+    root = make_workspace({"o": PIPELINE})
+    monkeypatch.setattr(Pipeline, "store", lambda self: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        Pipeline.load(root / "pipelines" / "o.yml").run()
+    # The connection opened in the background was closed: another process may open the file.
+    proc = __import__("subprocess").run(
+        [__import__("sys").executable, "-c",
+         f"import duckdb; duckdb.connect({str(root / '.segloop' / 'warehouse.duckdb')!r}).close()"],
+        capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert duckdb  # imported for the subprocess's sake only
+
+
+def test_a_table_written_from_an_expression_is_known_as_duckdb_stores_it(tmp_path: Path) -> None:
+    import ibis.expr.datatypes as dt
+
+    types = {
+        "s": dt.string, "i8": dt.int8, "i16": dt.int16, "i32": dt.int32, "i64": dt.int64, "u32": dt.uint32,
+        "u64": dt.uint64, "f32": dt.float32, "f64": dt.float64, "b": dt.boolean, "d": dt.date, "t": dt.time,
+        "ts": dt.Timestamp(), "ts6": dt.Timestamp(scale=6), "tz": dt.Timestamp(timezone="UTC"),
+        "dec": dt.Decimal(38, 6), "dec2": dt.Decimal(9, 2), "bin": dt.binary, "uuid": dt.uuid,
+        "arr": dt.Array(dt.string), "ts3": dt.Timestamp(scale=3),
+    }
+    with Warehouse.duckdb(tmp_path / "w.duckdb") as wh:
+        expr = wh.sql("select 1 as one").select(**{k: ibis.null().cast(t) for k, t in types.items()})
+        wh.replace_table("typed", expr)
+        known = wh._written[("main", "typed")]
+        actual = wh.con.table("typed", database="main").schema()
+        plain = wh.sql("select 1 as one").select(**{k: ibis.null().cast(t) for k, t in types.items()
+                                                     if k not in ("arr", "ts3")})
+        wh.replace_table("plain", plain)
+        assert known is None  # an array or a millisecond timestamp: looked up when read
+        assert wh._written[("main", "plain")] == wh.con.table("plain", database="main").schema()
+        assert wh.table("typed").schema() == actual

@@ -176,12 +176,13 @@ class Section:
 class ReportBuilder:
     """Gathers one run's sections from the run history and the warehouse."""
 
-    def __init__(self, run: RunRecord, pipeline: Pipeline | None, warehouse: Warehouse | None, redactor: Redactor):
+    def __init__(self, run: RunRecord, pipeline: Pipeline | None, warehouse: Warehouse | None, redactor: Redactor,
+                 run_connection: bool = False):
         self.run = run
         self.pipeline = pipeline
         self.warehouse = warehouse
         self.redact = redactor
-        self._tables: set[str] | None = None
+        self.run_connection = run_connection  # ``warehouse`` is the one the run wrote with
 
     # -- warehouse helpers -----------------------------------------------------------------
 
@@ -189,9 +190,10 @@ class ReportBuilder:
         if self.warehouse is None:
             return None
         name = f"{self.run.pipeline}__{node}" + (f"__{suffix}" if suffix else "")
-        if self._tables is None:  # one catalog look-up for the whole report (often none: the run's)
-            self._tables = set(self.warehouse.relations())
-        return self.warehouse.table(name) if name in self._tables else None
+        if self.run_connection and self.warehouse.backend == "duckdb":
+            # Right after the run, on its connection: what it wrote, known without a look-up.
+            return self.warehouse.written_table(name)
+        return self.warehouse.table_if_exists(name)
 
     def _wh(self) -> Warehouse:
         if self.warehouse is None:
@@ -288,7 +290,7 @@ class ReportBuilder:
 
         # One GROUP BY gives both charts: the grid's cells, and the segment sizes (their sums).
         keys = ["r_score", "f_score"] + (["segment"] if "segment" in table.columns else [])
-        rows = self._wh().to_arrow(table.group_by(keys).aggregate(n=table.count())).to_pylist()
+        rows = self._wh().rows(table.group_by(keys).aggregate(n=table.count()))
         counts: dict[tuple[int, int], int] = {}
         for r in rows:
             if r["r_score"] is not None and r["f_score"] is not None:
@@ -302,7 +304,7 @@ class ReportBuilder:
             self._size_chart(section, sizes, "segment sizes")
 
     def _sizes(self, section: Section, table: Any, column: str, title: str) -> None:
-        rows = self._wh().to_arrow(table.group_by(column).aggregate(n=table.count())).to_pylist()
+        rows = self._wh().rows(table.group_by(column).aggregate(n=table.count()))
         self._size_chart(section, {str(r[column]): int(r["n"]) for r in rows}, title)
 
     @staticmethod
@@ -429,12 +431,13 @@ def _dag(run: RunRecord, pipeline: Pipeline | None) -> Markup:
 
 
 def render(run: RunRecord, pipeline: Pipeline | None = None, warehouse: Warehouse | None = None,
-           redactor: Redactor | None = None) -> str:
-    """The report HTML of ``run`` (tables read from ``warehouse`` when given)."""
+           redactor: Redactor | None = None, run_connection: bool = False) -> str:
+    """The report HTML of ``run`` (tables read from ``warehouse`` when given; ``run_connection``:
+    the connection the run wrote them with, still open)."""
     from segloop.report_html import render_report
 
     redactor = redactor or Redactor.for_pipeline(pipeline)
-    builder = ReportBuilder(run, pipeline, warehouse, redactor)
+    builder = ReportBuilder(run, pipeline, warehouse, redactor, run_connection)
     sections = builder.sections()
     html = render_report(
         run,
@@ -466,7 +469,7 @@ def write_report(
     path = report_path(pipeline.workspace, run.id)
     path.parent.mkdir(parents=True, exist_ok=True)
     if warehouse is not None:
-        html = render(run, pipeline, warehouse)
+        html = render(run, pipeline, warehouse, run_connection=True)
     else:
         html = _render_connected(run, pipeline)
     tmp = path.with_suffix(".tmp")

@@ -22,14 +22,14 @@ Rows with no customer id or no timestamp are not scored; they go to
 
 from __future__ import annotations
 
-import threading
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
 from segloop.operators.columns import money, require_columns
+from segloop.sql_cache import cached_expressions
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
@@ -48,12 +48,6 @@ SEGMENT_MAP: tuple[tuple[tuple[int, ...], tuple[int, ...], str], ...] = (
     ((1, 2), (1, 2), "hibernating"),
 )
 SEGMENTS: tuple[str, ...] = tuple(name for _, _, name in SEGMENT_MAP)
-
-# (config, input operation) -> the two expressions; see rfm_expr_cached.
-_EXPRS: dict[tuple[str, Any], tuple[ir.Table, ir.Table]] = {}
-_EXPRS_MAX = 32
-_EXPRS_LOCK = threading.Lock()
-
 
 def segment_of(r_score: int, f_score: int) -> str:
     """The segment of one (R, F) cell; the Python twin of the SQL used by the node."""
@@ -90,7 +84,8 @@ class RfmOperator(Operator):
             node=ctx.node,
             source=source_name,
         )
-        scored, rejects = rfm_expr_cached(source, config)
+        scored, rejects = cached_expressions(ctx.warehouse, "rfm", config.model_dump_json(), [source],
+                                             lambda: rfm_expr(source, config))
         output = NodeOutput(table=scored)
         rejected = ctx.warehouse.count(rejects)
         output.metrics["rejected_rows"] = rejected
@@ -101,26 +96,6 @@ class RfmOperator(Operator):
                 f"they were written to {ctx.table_name('rejects')}"
             )
         return output
-
-
-def rfm_expr_cached(source: ir.Table, config: RfmConfig) -> tuple[ir.Table, ir.Table]:
-    """``rfm_expr``, kept for the last few (config, input) pairs.
-
-    Building the expression takes ~10 ms of Ibis work, the same every run of a scheduler
-    or the web UI. Ibis operations compare by structure (table name, schema, database),
-    so the same config over an unchanged input finds the expressions of an earlier run.
-    Those may still name that run's (closed) connection as their backend: the warehouse
-    only ever runs them through its own connection (``Warehouse.compile``/``count``).
-    """
-    key = (config.model_dump_json(), source.op())
-    found = _EXPRS.get(key)
-    if found is None:
-        found = rfm_expr(source, config)
-        with _EXPRS_LOCK:
-            _EXPRS[key] = found
-            while len(_EXPRS) > _EXPRS_MAX:
-                del _EXPRS[next(iter(_EXPRS))]
-    return found
 
 
 def rfm_expr(source: ir.Table, config: RfmConfig) -> tuple[ir.Table, ir.Table]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -44,3 +46,99 @@ class DuckDBConfig(WarehouseConfig):
                 f"cannot open DuckDB file {target}: {exc}. Is another segloop process "
                 "using it? Stop it or point `path:` at another file."
             ) from exc
+
+
+# -- schemas without re-parsing type names --------------------------------------------------
+#
+# Ibis describes a DuckDB table or query with one DESCRIBE, then parses every column's type
+# name with its type parser (~0.1 ms a column: most of a look-up). A run asks for the same
+# few types again and again (the demo source has 19 columns; a run looks up its input,
+# each sql node's query, and the report's tables), so parsed types are kept by name.
+
+
+# DuckDB's names of the common types -> (Ibis type class, its arguments), as Ibis's parser
+# maps them (tests/test_warehouse_duckdb_types.py checks each against it). Other names go
+# through the parser, once per process: it builds a SQL parser, ~0.5 ms per new type.
+PLAIN_TYPES: dict[str, tuple[str, dict[str, Any]]] = {
+    "VARCHAR": ("String", {}),
+    "BIGINT": ("Int64", {}),
+    "INTEGER": ("Int32", {}),
+    "SMALLINT": ("Int16", {}),
+    "TINYINT": ("Int8", {}),
+    "UBIGINT": ("UInt64", {}),
+    "UINTEGER": ("UInt32", {}),
+    "DOUBLE": ("Float64", {}),
+    "FLOAT": ("Float32", {}),
+    "BOOLEAN": ("Boolean", {}),
+    "DATE": ("Date", {}),
+    "TIMESTAMP": ("Timestamp", {"scale": 6}),
+    "TIMESTAMP WITH TIME ZONE": ("Timestamp", {"timezone": "UTC", "scale": 6}),  # Ibis sets TimeZone = 'UTC'
+    "TIME": ("Time", {}),
+    "BLOB": ("Binary", {}),
+    "UUID": ("UUID", {}),
+    "JSON": ("JSON", {}),
+}
+_DECIMAL = re.compile(r"DECIMAL\((\d+),(\d+)\)")
+
+
+@lru_cache(maxsize=4096)
+def _dtype(type_name: str, nullable: bool) -> Any:
+    import ibis.expr.datatypes as dt
+
+    plain = PLAIN_TYPES.get(type_name)
+    if plain is not None:
+        return getattr(dt, plain[0])(nullable=nullable, **plain[1])
+    decimal = _DECIMAL.fullmatch(type_name)
+    if decimal is not None:
+        return dt.Decimal(precision=int(decimal[1]), scale=int(decimal[2]), nullable=nullable)
+    from ibis.backends.sql.datatypes import DuckDBType
+
+    return DuckDBType.from_string(type_name, nullable=nullable)
+
+
+def describe(raw: Any, target: str) -> ibis.Schema:
+    """The Ibis schema of ``target`` (a quoted table name, or a query) on the duckdb connection ``raw``.
+
+    The same schema Ibis builds (``Backend.get_schema`` / ``sql``), parsed types reused.
+    Raises duckdb's own errors (``CatalogException`` for a missing table).
+    """
+    import ibis
+
+    rows = raw.execute(f"DESCRIBE {target}").fetchall()
+    # DESCRIBE's columns: column_name, column_type, null ('YES'/'NO'), key, default, extra.
+    return ibis.schema({str(row[0]): _dtype(str(row[1]), row[2] == "YES") for row in rows})
+
+
+def stored_schema(schema: ibis.Schema) -> ibis.Schema | None:
+    """The schema DuckDB gives a table written from an expression of ``schema`` (as
+    ``describe`` would find it), or None when a column's stored type is not certain.
+
+    Ibis leaves some details open that DuckDB fixes: a timestamp's precision (DuckDB
+    keeps microseconds). Only the plain types are mapped; anything else is looked up.
+    """
+    import ibis
+
+    stored = {}
+    for name, dtype in schema.items():
+        found = _stored(dtype)
+        if found is None:
+            return None
+        stored[name] = found
+    return ibis.schema(stored)
+
+
+@lru_cache(maxsize=1024)
+def _stored(dtype: Any) -> Any:
+    import ibis.expr.datatypes as dt
+
+    if dtype.is_timestamp():
+        if dtype.timezone not in (None, "UTC") or dtype.scale not in (None, 6):
+            return None
+        return dt.Timestamp(timezone=dtype.timezone, scale=6, nullable=dtype.nullable)
+    if dtype.is_decimal():
+        return dtype if dtype.precision is not None and dtype.scale is not None else None
+    if dtype.is_string():
+        return dtype if dtype.length is None else None
+    plain = (dt.Int8, dt.Int16, dt.Int32, dt.Int64, dt.UInt32, dt.UInt64, dt.Float32, dt.Float64,
+             dt.Boolean, dt.Date, dt.Time, dt.Binary, dt.UUID)
+    return dtype if type(dtype) in plain else None
