@@ -24,6 +24,7 @@ from segloop.config import PipelineConfig, Workspace, load_pipeline
 from segloop.errors import ConfigError, NodeError, SegloopError
 from segloop.operators import NODE_TYPES
 from segloop.operators.base import NodeOutput, RunContext
+from segloop.sql_cache import code_version
 from segloop.store import NodeRunRecord, RunStore, new_run_id
 from segloop.warehouse import Warehouse, is_arrow_table
 
@@ -33,8 +34,6 @@ T = TypeVar("T")
 SUCCESS, FAILED, SKIPPED = "success", "failed", "skipped"
 ON_BUSY = ("wait", "skip")  # what a trigger does while the same pipeline is running
 _STARTUP_FROZEN = threading.Event()
-# What a run imports only when it writes its report: loaded ahead, see _prefetch.
-REPORT_MODULES = ("segloop.report", "segloop.web.charts", "segloop.report_html")
 _RUNNING = [0]  # pipeline runs in progress in this process (`segloop serve` runs them in threads)
 _RUNNING_LOCK = threading.Lock()
 
@@ -180,10 +179,8 @@ class Pipeline:
             lock.acquire(run_id, wait=True)
         opened: list[Warehouse] = []  # the run's connection, kept open for the report
         store: RunStore | None = None  # the run's history connection, also the report's
-        # Connecting (~20 ms for a DuckDB file) goes on while the run history is opened; then
-        # the same thread loads the report's code while the run waits for the warehouse.
-        report = (options or {}).get("report", True)
-        connecting = _InBackground(self.connect, "segloop-connect", then=partial(_prefetch, REPORT_MODULES) if report else None)
+        # Connecting (~20 ms for a DuckDB file) goes on while the run history is opened.
+        connecting = _InBackground(self.connect, "segloop-connect")
         with _RUNNING_LOCK:
             _RUNNING[0] += 1
         try:
@@ -204,10 +201,14 @@ class Pipeline:
                 if store is not None:
                     report = self._after_run(run_id, dry_run, options or {}, opened[0] if opened else None, store)
             finally:
-                if store is not None:  # first: its own checkpoint overlaps the warehouse's
-                    store.close()
+                # Both closes write their files (SQLite's and DuckDB's checkpoints): at once.
+                closing = threading.Thread(target=store.close, name="segloop-history") if store else None
+                if closing is not None:
+                    closing.start()
                 for warehouse in opened:
                     warehouse.close()
+                if closing is not None:
+                    closing.join()
         result.report = report
         return result
 
@@ -267,6 +268,11 @@ class Pipeline:
         results = {name: NodeResult(name, self.config.nodes[name].type) for name in plan}
         error: str | None = None
         try:
+            # While the warehouse connects: what the run needs later and can have now.
+            code_version()  # part of cached expressions' keys
+            if options.get("report", True):
+                import segloop.report  # noqa: F401 - the report's code (~5 ms to import), loaded now
+                import segloop.report_html  # noqa: F401
             warehouse = connecting.result()
             opened.append(warehouse)  # closed by run(), after the report
             for name in plan:
@@ -431,13 +437,9 @@ def _freeze_startup_objects() -> None:
 
 
 class _InBackground(Generic[T]):
-    """``fn()`` started in a thread; ``result()`` waits for it and returns or raises what it did.
+    """``fn()`` started in a thread; ``result()`` waits for it and returns or raises what it did."""
 
-    ``then`` runs in the same thread afterwards, without holding up ``result()``; its
-    errors are only logged.
-    """
-
-    def __init__(self, fn: Callable[[], T], name: str, then: Callable[[], None] | None = None):
+    def __init__(self, fn: Callable[[], T], name: str):
         self._value: T | None = None
         self._error: BaseException | None = None
         self._done = threading.Event()
@@ -449,11 +451,6 @@ class _InBackground(Generic[T]):
                 self._error = exc
             finally:
                 self._done.set()
-            if then is not None and self._error is None:
-                try:
-                    then()
-                except Exception:
-                    log.debug("background work after %s failed", name, exc_info=True)
 
         threading.Thread(target=call, name=name, daemon=True).start()
 
@@ -462,23 +459,6 @@ class _InBackground(Generic[T]):
         if self._error is not None:
             raise self._error
         return cast(T, self._value)
-
-
-def _prefetch(modules: tuple[str, ...]) -> None:
-    """Import those of ``modules`` not imported yet (in a background thread, see run()).
-
-    A one-shot `segloop run` imports the report's code at its end (~5 ms). Meanwhile the
-    run mostly waits for the warehouse, which does not hold Python's interpreter lock.
-    Only modules nothing else imports during a run: two threads importing the same
-    package at once can see it half-initialized (Python's import locks are per module).
-    A run that needs one before the thread is done waits for that import to finish.
-    """
-    import importlib
-    import sys
-
-    for name in modules:
-        if name not in sys.modules:
-            importlib.import_module(name)
 
 
 def _record(result: NodeResult) -> NodeRunRecord:
