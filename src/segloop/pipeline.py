@@ -270,9 +270,6 @@ class Pipeline:
         try:
             # While the warehouse connects: what the run needs later and can have now.
             code_version()  # part of cached expressions' keys
-            if options.get("report", True):
-                import segloop.report  # noqa: F401 - the report's code (~5 ms to import), loaded now
-                import segloop.report_html  # noqa: F401
             warehouse = connecting.result()
             opened.append(warehouse)  # closed by run(), after the report
             for name in plan:
