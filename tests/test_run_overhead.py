@@ -377,3 +377,14 @@ def test_a_table_written_from_an_expression_is_known_as_duckdb_stores_it(tmp_pat
         assert known is None  # an array or a millisecond timestamp: looked up when read
         assert wh._written[("main", "plain")] == wh.con.table("plain", database="main").schema()
         assert wh.table("typed").schema() == actual
+
+
+@pytest.mark.parametrize("query", ["select 1 as a union all select 2;", "select 1 as a union all select 2 -- two rows",
+                                   "select 1 as a union all select 2 ;\n"])
+def test_a_query_written_as_is_still_counts_and_materializes(query: str, tmp_path: Path) -> None:
+    with Warehouse.duckdb(tmp_path / "w.duckdb") as wh:
+        expr = wh.sql(query)
+        assert wh.count(expr) == 2
+        wh.replace_view("v", expr)
+        assert wh.replace_table("t", expr) == 2
+        assert wh.count_rows("v") == 2

@@ -331,7 +331,8 @@ class Warehouse:
         if self.backend == "duckdb":
             # Ibis's result path imports pandas (half a second per process) for one number;
             # and counting the query's SQL needs no new expression to build and compile.
-            row = self.con.con.execute(f"SELECT count(*) FROM ({self.compile(expr)}) AS t").fetchone()  # type: ignore[attr-defined]
+            sql = f"SELECT count(*) FROM (\n{self.compile(expr)}\n) AS t"  # own lines: a query may end in a -- comment
+            row = self.con.con.execute(sql).fetchone()  # type: ignore[attr-defined]
             return int(row[0]) if row else 0
         return int(self.con.to_pyarrow(expr.count()).as_py())  # this connection, always
 
@@ -557,7 +558,9 @@ class Warehouse:
         """
         op = expr.op()
         if type(op).__name__ == "SQLQueryResult" and getattr(op.source, "name", None) == self.backend:
-            return str(op.query)  # a query in this warehouse's SQL is its own SQL (Ibis would re-format it)
+            # A query in this warehouse's SQL is its own SQL (Ibis would re-format it); without
+            # a final `;`, so that it can be wrapped (CREATE ... AS, count).
+            return str(op.query).strip().rstrip(";").rstrip()
         hooks = getattr(self.con, "_run_pre_execute_hooks", None)
         if callable(hooks):  # registers in-memory tables the query reads
             hooks(expr)
