@@ -289,51 +289,30 @@ def test_tables_and_queries_look_as_ibis_makes_them(tmp_path: Path) -> None:
         assert wh.compile(wh.sql(query)) == query  # a query is its own SQL
 
 
-def test_what_a_run_wrote_has_the_schema_duckdb_reports(make_workspace, monkeypatch) -> None:
-    """Later nodes and the report read a node's output with the schema of the expression
-    written there, without asking DuckDB: it must be what DuckDB would say."""
-    from segloop.demo import write_demo_data
-
-    monkeypatch.setenv("SEGMENT_WRITE_KEY", "wk-test")
-    monkeypatch.setenv("SEGLOOP_ENDPOINT", "http://127.0.0.1:9")  # a dry run sends nothing
-    root = make_workspace({})
-    with Warehouse.connect(DuckDBConfig(path=".segloop/warehouse.duckdb"), root) as wh:
-        write_demo_data(wh, schema="demo_shop", customers=400, days=200, seed=3)
-    demo = Path(__file__).resolve().parents[1] / "examples" / "demo" / "pipelines" / "demo.yml"
-    text = demo.read_text()
-    (root / "pipelines" / "demo.yml").write_text(text)
-    pipeline = Pipeline.load(root / "pipelines" / "demo.yml")
-    seen: dict[str, Any] = {}
-    real_close = Warehouse.close
-
-    def close(wh: Warehouse) -> None:  # the run's connection, just before it closes
-        seen.update(wh._written)
-        real_close(wh)
-
-    monkeypatch.setattr(Warehouse, "close", close)
-    result = pipeline.run(dry_run=True)
-    assert result.ok, [n.error for n in result.nodes]
-    known = {key: schema for key, schema in seen.items() if schema is not None}
-    assert len(known) >= 8, sorted(known)
-    with Warehouse.connect(DuckDBConfig(path=".segloop/warehouse.duckdb"), root) as wh:
-        for (schema, name), expected in known.items():
-            actual = wh.con.table(name, database=schema).schema()
-            assert {k: str(t.copy(nullable=True)) for k, t in expected.items()} == \
-                {k: str(t.copy(nullable=True)) for k, t in actual.items()}, name
-
-
 # -- the warehouse file is written while the report is -------------------------------------------
 
 
-def test_a_run_leaves_its_outputs_in_the_duckdb_file_not_in_its_log(make_workspace) -> None:
+def test_the_outputs_are_in_the_duckdb_file_before_it_is_closed(make_workspace, monkeypatch) -> None:
+    """The background checkpoint wrote the run's outputs into the file by the time the run
+    closes its connection (closing no longer has that work to do)."""
     root = make_workspace({"o": PIPELINE})
+    wal = Path(f"{root / '.segloop' / 'warehouse.duckdb'}.wal")
+    at_close: list[int] = []
+    real_close = Warehouse.close
+
+    def close(wh: Warehouse) -> None:
+        if wh._checkpoint is not None:  # the checkpoint is done, the connection still open
+            wh._checkpoint.join()
+        at_close.append(wal.stat().st_size if wal.exists() else 0)
+        real_close(wh)
+
+    monkeypatch.setattr(Warehouse, "close", close)
     result = Pipeline.load(root / "pipelines" / "o.yml").run()
     assert result.ok and result.report is not None and "RFM grid" in result.report.read_text()
-    file = root / ".segloop" / "warehouse.duckdb"
-    assert not Path(f"{file}.wal").exists() or Path(f"{file}.wal").stat().st_size == 0
+    assert at_close == [0]
     import duckdb
 
-    con = duckdb.connect(str(file), read_only=True)
+    con = duckdb.connect(str(root / ".segloop" / "warehouse.duckdb"), read_only=True)
     try:
         assert con.execute("select count(*) from main.o__rfm").fetchone() == (2,)
     finally:
@@ -341,42 +320,27 @@ def test_a_run_leaves_its_outputs_in_the_duckdb_file_not_in_its_log(make_workspa
 
 
 def test_a_run_that_cannot_open_its_history_leaves_the_warehouse_free(make_workspace, monkeypatch) -> None:
-    import duckdb
+    import subprocess
+    import sys
+    import time
 
     root = make_workspace({"o": PIPELINE})
+    real_store = Pipeline.store
     monkeypatch.setattr(Pipeline, "store", lambda self: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError, match="disk full"):
         Pipeline.load(root / "pipelines" / "o.yml").run()
-    # The connection opened in the background was closed: another process may open the file.
-    proc = __import__("subprocess").run(
-        [__import__("sys").executable, "-c",
-         f"import duckdb; duckdb.connect({str(root / '.segloop' / 'warehouse.duckdb')!r}).close()"],
-        capture_output=True, text=True, check=False)
+    # The connection opened in the background is closed once it is open (the run does not
+    # wait for it): another process may open the file within moments.
+    opener = f"import duckdb; duckdb.connect({str(root / '.segloop' / 'warehouse.duckdb')!r}).close()"
+    deadline = time.monotonic() + 20
+    while True:
+        proc = subprocess.run([sys.executable, "-c", opener], capture_output=True, text=True, check=False)
+        if proc.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert proc.returncode == 0, proc.stderr
-    assert duckdb  # imported for the subprocess's sake only
-
-
-def test_a_table_written_from_an_expression_is_known_as_duckdb_stores_it(tmp_path: Path) -> None:
-    import ibis.expr.datatypes as dt
-
-    types = {
-        "s": dt.string, "i8": dt.int8, "i16": dt.int16, "i32": dt.int32, "i64": dt.int64, "u32": dt.uint32,
-        "u64": dt.uint64, "f32": dt.float32, "f64": dt.float64, "b": dt.boolean, "d": dt.date, "t": dt.time,
-        "ts": dt.Timestamp(), "ts6": dt.Timestamp(scale=6), "tz": dt.Timestamp(timezone="UTC"),
-        "dec": dt.Decimal(38, 6), "dec2": dt.Decimal(9, 2), "bin": dt.binary, "uuid": dt.uuid,
-        "arr": dt.Array(dt.string), "ts3": dt.Timestamp(scale=3),
-    }
-    with Warehouse.duckdb(tmp_path / "w.duckdb") as wh:
-        expr = wh.sql("select 1 as one").select(**{k: ibis.null().cast(t) for k, t in types.items()})
-        wh.replace_table("typed", expr)
-        known = wh._written[("main", "typed")]
-        actual = wh.con.table("typed", database="main").schema()
-        plain = wh.sql("select 1 as one").select(**{k: ibis.null().cast(t) for k, t in types.items()
-                                                     if k not in ("arr", "ts3")})
-        wh.replace_table("plain", plain)
-        assert known is None  # an array or a millisecond timestamp: looked up when read
-        assert wh._written[("main", "plain")] == wh.con.table("plain", database="main").schema()
-        assert wh.table("typed").schema() == actual
+    monkeypatch.setattr(Pipeline, "store", real_store)
+    assert Pipeline.load(root / "pipelines" / "o.yml").run().ok  # and the pipeline's lock was released
 
 
 @pytest.mark.parametrize("query", ["select 1 as a union all select 2;", "select 1 as a union all select 2 -- two rows",
@@ -388,3 +352,86 @@ def test_a_query_written_as_is_still_counts_and_materializes(query: str, tmp_pat
         wh.replace_view("v", expr)
         assert wh.replace_table("t", expr) == 2
         assert wh.count_rows("v") == 2
+
+
+# -- writing without a catalog listing (DuckDB) --------------------------------------------------
+
+
+def _counting_statements(wh: Warehouse) -> list[str]:
+    """Every statement ``wh`` sends to DuckDB from now on."""
+    calls: list[str] = []
+    raw = wh.con.con  # type: ignore[attr-defined]
+
+    class Counting:
+        def __getattr__(self, name: str) -> object:
+            return getattr(raw, name)
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            calls.append(sql)
+            return raw.execute(sql, *args)
+
+    wh.con.con = Counting()  # type: ignore[attr-defined]
+    return calls
+
+
+@pytest.mark.parametrize("write", ["table", "view"])
+def test_a_failing_write_without_a_listing_runs_once(write: str, tmp_path: Path) -> None:
+    with Warehouse.duckdb(tmp_path / "w.duckdb") as wh:
+        assert "main" not in wh._kinds  # nothing listed: the write is tried first
+        if write == "table":  # fails when it runs: 'x' is no number
+            bad = wh.sql("select 'x' as a").mutate(b=ibis.literal("x").cast("int64"))
+        else:  # fails when DuckDB binds it: no such column
+            bad = wh.query("select no_such_column from (select 1 as a)", ibis.schema({"no_such_column": "int64"}))
+        calls = _counting_statements(wh)
+        with pytest.raises(Exception, match=f"could not (write|create) {write}"):
+            (wh.replace_table if write == "table" else wh.replace_view)("x", bad)
+        assert sum(f"CREATE OR REPLACE {write.upper()}" in sql or f"CREATE {write.upper()}" in sql
+                   for sql in calls) == 1, calls
+
+
+def test_tables_and_views_trade_places_on_a_fresh_connection(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    file = tmp_path / "w.duckdb"
+    with Warehouse.duckdb(file) as wh:
+        wh.replace_view("n", wh.sql("select 1 as a"))
+    with Warehouse.duckdb(file) as wh:  # no listing yet: the view is found in the way, dropped
+        assert wh.replace_table("n", wh.sql("select 1 as a union all select 2")) == 2
+        assert kind_in_catalog(wh, "n") == "BASE TABLE"
+    with Warehouse.duckdb(file) as wh:
+        wh.replace_view("n", wh.sql("select 3 as a"))
+        assert kind_in_catalog(wh, "n") == "VIEW"
+    with Warehouse.duckdb(file) as wh:  # data from Python in place of a view: nothing left over
+        wh.replace_table("n", pa.table({"a": [1, 2, 3]}))
+        assert kind_in_catalog(wh, "n") == "BASE TABLE" and wh.count_rows("n") == 3
+        assert wh.list_tables() == ["n"]
+
+
+def test_what_a_run_wrote_is_read_with_the_types_duckdb_stored(tmp_path: Path) -> None:
+    """Ibis's idea of an expression's types is not always DuckDB's (a sum of integers,
+    epoch seconds): what a node wrote is read back as DuckDB has it."""
+    with Warehouse.duckdb(tmp_path / "w.duckdb") as wh:
+        source = wh.sql("select 1 as g, 2 as i, timestamp '2026-01-01 10:00:00' as ts union all "
+                        "select 1, 3, timestamp '2026-01-02 10:00:00'")
+        agg = source.group_by("g").aggregate(total=source.i.sum(), at=source.ts.max().epoch_seconds(),
+                                             one=ibis.literal(1))
+        wh.replace_table("agg", agg)
+        mine = wh.table("agg")
+        assert mine.schema() == wh.con.table("agg", database="main").schema()
+        assert wh.to_arrow(mine).to_pylist() == [{"g": 1, "total": 5, "at": 1767348000.0, "one": 1}]
+
+
+def test_the_code_version_changes_when_a_source_file_does(tmp_path: Path) -> None:
+    import os
+
+    from segloop.sql_cache import source_digest
+
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    module = tmp_path / "pkg" / "sub" / "m.py"
+    module.write_text("X = 1\n")
+    before = source_digest(str(tmp_path / "pkg"), "1.0")
+    assert source_digest(str(tmp_path / "pkg"), "1.0") == before
+    module.write_text("X = 2\n")
+    os.utime(module, ns=(1, 1))
+    assert source_digest(str(tmp_path / "pkg"), "1.0") != before
+    assert source_digest(str(tmp_path / "pkg"), "1.1") != source_digest(str(tmp_path / "pkg"), "1.0")

@@ -8,7 +8,6 @@ siblings.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import threading
@@ -189,12 +188,11 @@ class Pipeline:
         finally:
             with _RUNNING_LOCK:
                 _RUNNING[0] -= 1
-            if not opened:  # the run stopped before it took the connection: close it all the same
-                with contextlib.suppress(Exception):
-                    connecting.result().close()
             # Released as soon as the history says "finished", so a trigger that sees the
             # run done is not turned away while the report is written.
             lock.release()
+            if not opened:  # the run stopped before it took the connection: closed once it is open
+                connecting.discard(Warehouse.close)
             for warehouse in opened:  # the outputs go into the file while the report is written
                 warehouse.checkpoint_in_background()
             try:
@@ -202,13 +200,11 @@ class Pipeline:
                     report = self._after_run(run_id, dry_run, options or {}, opened[0] if opened else None, store)
             finally:
                 # Both closes write their files (SQLite's and DuckDB's checkpoints): at once.
-                closing = threading.Thread(target=store.close, name="segloop-history") if store else None
-                if closing is not None:
-                    closing.start()
+                closing = _InBackground(store.close, "segloop-history") if store else None
                 for warehouse in opened:
                     warehouse.close()
                 if closing is not None:
-                    closing.join()
+                    closing.result()
         result.report = report
         return result
 
@@ -434,20 +430,26 @@ def _freeze_startup_objects() -> None:
 
 
 class _InBackground(Generic[T]):
-    """``fn()`` started in a thread; ``result()`` waits for it and returns or raises what it did."""
+    """``fn()`` started in a thread; ``result()`` waits for it and returns or raises what it did;
+    ``discard(cleanup)`` gives up on the result: ``cleanup`` gets it when it comes."""
 
     def __init__(self, fn: Callable[[], T], name: str):
         self._value: T | None = None
         self._error: BaseException | None = None
         self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._cleanup: Callable[[T], object] | None = None
 
         def call() -> None:
             try:
                 self._value = fn()
             except BaseException as exc:  # handed to the caller of result()
                 self._error = exc
-            finally:
+            with self._lock:
                 self._done.set()
+                cleanup = self._cleanup
+            if cleanup is not None:
+                self._clean(cleanup)
 
         threading.Thread(target=call, name=name, daemon=True).start()
 
@@ -456,6 +458,22 @@ class _InBackground(Generic[T]):
         if self._error is not None:
             raise self._error
         return cast(T, self._value)
+
+    def discard(self, cleanup: Callable[[T], object]) -> None:
+        """No one will take the result: ``cleanup(result)`` now if it is there, else when it
+        comes (in the background thread), so the caller never waits for a slow ``fn``."""
+        with self._lock:
+            if not self._done.is_set():
+                self._cleanup = cleanup
+                return
+        self._clean(cleanup)
+
+    def _clean(self, cleanup: Callable[[T], object]) -> None:
+        if self._error is None:
+            try:
+                cleanup(cast(T, self._value))
+            except Exception:
+                log.debug("cleaning up after a run that did not start failed", exc_info=True)
 
 
 def _record(result: NodeResult) -> NodeRunRecord:

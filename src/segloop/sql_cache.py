@@ -126,9 +126,10 @@ class SqlCache:
         except Exception:
             log.debug("cannot fingerprint an input", exc_info=True)
             return None
-        if any(p is None for p in prints):
+        version = code_version()
+        if version is None or any(p is None for p in prints):
             return None
-        key = hashlib.sha256(json.dumps([code_version(), what, config, prints]).encode()).hexdigest()
+        key = hashlib.sha256(json.dumps([version, what, config, prints]).encode()).hexdigest()
         return self.folder / f"{key}.json"
 
     def put_expressions(self, file: Path, queries: list[tuple[str, ibis.Schema]]) -> None:
@@ -223,12 +224,22 @@ def _read_queries(warehouse: Warehouse, file: Path) -> tuple[ir.Table, ...] | No
 
 
 @lru_cache(maxsize=1)
-def code_version() -> str:
-    """A digest of segloop's version and its source files' names, sizes and modification times."""
+def code_version() -> str | None:
+    """A digest of segloop's version and its source files' names, sizes and modification
+    times; None when they cannot be read (segloop run from a zip archive): then built
+    expressions are only kept within a process."""
     import segloop
 
-    root = os.path.dirname(segloop.__file__)
-    digest = hashlib.sha256(segloop.__version__.encode())
+    try:
+        return source_digest(os.path.dirname(segloop.__file__), segloop.__version__)
+    except OSError:
+        log.debug("segloop's source files cannot be listed; built expressions are not kept on disk")
+        return None
+
+
+def source_digest(root: str, version: str) -> str:
+    """A digest of ``version`` and the ``.py`` files below ``root`` (names, sizes, modification times)."""
+    digest = hashlib.sha256(version.encode())
     stack = [root]
     while stack:
         folder = stack.pop()

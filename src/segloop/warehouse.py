@@ -66,11 +66,7 @@ class Warehouse:
         # schema -> {name: "table" | "view"}: one catalog query per schema, kept up to date by
         # this connection's own writes (see relation_kind).
         self._kinds: dict[str, dict[str, str]] = {}
-        # (schema, name) -> what this connection wrote there (DuckDB only: the file is this
-        # process's alone): the Ibis schema of the expression it wrote, or None (Arrow data,
-        # looked up when read); see table().
-        self._written: dict[tuple[str, str], ibis.Schema | None] = {}
-        self._wrote: set[tuple[str, str]] = set()  # what this connection wrote (kept through raw SQL)
+        self._wrote: set[tuple[str, str]] = set()  # (schema, name) this connection wrote; see written_table
         self.sql_cache: SqlCache | None = None  # compiled SQL on disk; the engine sets the workspace's
         self._checkpoint: threading.Thread | None = None  # see checkpoint_in_background
         if create_schema:
@@ -201,19 +197,12 @@ class Warehouse:
         self._kinds[target] = kinds
         return kinds
 
-    def _noted(self, name: str, schema: str, kind: str | None, written: Any = None) -> None:
-        """Keep the listing of ``schema`` current after this connection wrote ``name``
-        (``written``: the expression it wrote, whose schema the table then has)."""
+    def _noted(self, name: str, schema: str, kind: str | None) -> None:
+        """Keep the listing of ``schema`` current after this connection wrote ``name``."""
         if kind is None:
             self._wrote.discard((schema, name))
         else:
             self._wrote.add((schema, name))
-        if kind is not None and self.backend == "duckdb":
-            from segloop.warehouses.duckdb import stored_schema
-
-            self._written[(schema, name)] = stored_schema(written.schema()) if _is_ibis_table(written) else None
-        else:
-            self._written.pop((schema, name), None)
         kinds = self._kinds.get(schema)
         if kinds is None:
             return
@@ -271,7 +260,7 @@ class Warehouse:
     def table_if_exists(self, name: str, schema: str | None = None) -> ir.Table | None:
         """``table(name)``, or None when there is no table or view of that name."""
         target = schema or self.schema
-        if (target, name) in self._written:
+        if (target, name) in self._wrote:
             return self.table(name, target)
         if self.backend == "duckdb" and target not in self._kinds and "." not in target:
             from duckdb import CatalogException
@@ -283,15 +272,18 @@ class Warehouse:
         return self.table(name, target) if name in self.relations(target) else None
 
     def _duckdb_table(self, name: str, schema: str) -> ir.Table:
-        """``con.table`` on DuckDB without asking DuckDB again for what this connection wrote,
-        and with column types parsed once per process (see ``describe``)."""
+        """``con.table`` on DuckDB, with column types parsed once per process (see ``describe``).
+
+        Always DuckDB's own account of the columns, also for what this run just wrote: the
+        schema Ibis infers for an expression can differ from what DuckDB stores (a sum of
+        integers is int64 to Ibis, DECIMAL(38,0) in DuckDB).
+        """
         import ibis.expr.operations as ops
 
         from segloop.warehouses.duckdb import describe
 
-        found = self._written.get((schema, name))
-        if found is None:  # quoted for DuckDB itself (a test may give the connection another dialect)
-            found = describe(self.con.con, f"{_duck_ident(schema)}.{_duck_ident(name)}")  # type: ignore[attr-defined]
+        # Quoted for DuckDB itself (a test may give the connection another dialect).
+        found = describe(self.con.con, f"{_duck_ident(schema)}.{_duck_ident(name)}")  # type: ignore[attr-defined]
         if found.geospatial:  # Ibis loads DuckDB's spatial extension first
             return self.con.table(name, database=schema)
         return ops.DatabaseTable(name, schema=found, source=self.con,
@@ -314,7 +306,6 @@ class Warehouse:
     def raw_sql(self, query: str) -> Any:
         """Run any SQL; the cached catalog listings are dropped (it may create or drop anything)."""
         self._kinds.clear()
-        self._written.clear()
         return self._raw_sql(query)
 
     def _raw_sql(self, query: str) -> Any:
@@ -416,29 +407,31 @@ class Warehouse:
         """
         target = schema or self.schema
         self._ensure_schema(target)
-        listed, kind = self._kind_to_replace(name, target)
+        query = not is_arrow_table(obj) and _is_ibis_table(obj)
+        listed, kind = self._kind_to_replace(name, target, one_statement=query)
         try:
             rows = self._replace_table(name, obj, target, count, kind)
         except WarehouseError:
             # A listing from earlier in this connection's life may be out of date (another
             # process replaced the object since), or there was none (DuckDB, see
             # _kind_to_replace): when the catalog now says otherwise, once more.
-            if not listed or (actual := self.relation_kind(name, target, fresh=True)) == kind:
+            if not listed or not _retry(kind, actual := self.relation_kind(name, target, fresh=True), "table"):
                 raise
             rows = self._replace_table(name, obj, target, count, actual)
-        self._noted(name, target, "table", obj)
+        self._noted(name, target, "table")
         return rows
 
-    def _kind_to_replace(self, name: str, target: str) -> tuple[bool, str | None]:
+    def _kind_to_replace(self, name: str, target: str, one_statement: bool = True) -> tuple[bool, str | None]:
         """(whether a failed write should ask the catalog again, the kind of ``name`` now).
 
         DuckDB replaces a table by a table and a view by a view in one statement (``CREATE
         OR REPLACE``), and says so when the other kind is in the way; so there, without a
-        listing at hand, the write is tried first and the catalog only asked when it fails
-        (a catalog query costs a few ms of a small pipeline's run). Elsewhere the listing
-        says which DROP is needed first.
+        listing at hand, a write that is one such statement is tried first and the catalog
+        only asked when it fails (a catalog query costs a few ms of a small pipeline's run).
+        Elsewhere, and for Arrow data (Ibis writes it in several steps that could leave a
+        half-done table behind), the listing says which DROP is needed first.
         """
-        if self.backend == "duckdb" and target not in self._kinds:
+        if self.backend == "duckdb" and target not in self._kinds and one_statement:
             return True, UNLISTED
         return target in self._kinds, self.relation_kind(name, target)
 
@@ -496,10 +489,10 @@ class Warehouse:
         try:
             self._replace_view(name, sql, target, kind)
         except WarehouseError:  # as in replace_table: once more when the listing was out of date
-            if not listed or (actual := self.relation_kind(name, target, fresh=True)) == kind:
+            if not listed or not _retry(kind, actual := self.relation_kind(name, target, fresh=True), "view"):
                 raise
             self._replace_view(name, sql, target, actual)
-        self._noted(name, target, "view", expr)
+        self._noted(name, target, "view")
 
     def _replace_view(self, name: str, sql: str, target: str, kind: str | None) -> None:
         qualified = self.qualified(name, target)
@@ -695,6 +688,16 @@ def _has_memtable(expr: ir.Expr) -> bool:
     import ibis.expr.operations as ops
 
     return bool(expr.op().find(ops.InMemoryTable))
+
+
+def _retry(kind: str | None, actual: str | None, writing: str) -> bool:
+    """Whether a write that failed is worth a second try: the catalog now tells another
+    story than the one it was written for. Without a listing (UNLISTED: DuckDB's one
+    statement), only when the other kind of object was in the way; any other failure
+    (a bad query, an interrupted one) is not run twice."""
+    if kind == UNLISTED:
+        return actual is not None and actual != writing
+    return actual != kind
 
 
 def _duck_ident(name: str) -> str:

@@ -108,37 +108,3 @@ def describe(raw: Any, target: str) -> ibis.Schema:
     # DESCRIBE's columns: column_name, column_type, null ('YES'/'NO'), key, default, extra.
     return ibis.schema({str(row[0]): _dtype(str(row[1]), row[2] == "YES") for row in rows})
 
-
-def stored_schema(schema: ibis.Schema) -> ibis.Schema | None:
-    """The schema DuckDB gives a table written from an expression of ``schema`` (as
-    ``describe`` would find it), or None when a column's stored type is not certain.
-
-    Ibis leaves some details open that DuckDB fixes: a timestamp's precision (DuckDB
-    keeps microseconds). Only the plain types are mapped; anything else is looked up.
-    """
-    import ibis
-
-    stored = {}
-    for name, dtype in schema.items():
-        found = _stored(dtype)
-        if found is None:
-            return None
-        stored[name] = found
-    return ibis.schema(stored)
-
-
-@lru_cache(maxsize=1024)
-def _stored(dtype: Any) -> Any:
-    import ibis.expr.datatypes as dt
-
-    if dtype.is_timestamp():
-        if dtype.timezone not in (None, "UTC") or dtype.scale not in (None, 6):
-            return None
-        return dt.Timestamp(timezone=dtype.timezone, scale=6, nullable=dtype.nullable)
-    if dtype.is_decimal():
-        return dtype if dtype.precision is not None and dtype.scale is not None else None
-    if dtype.is_string():
-        return dtype if dtype.length is None else None
-    plain = (dt.Int8, dt.Int16, dt.Int32, dt.Int64, dt.UInt32, dt.UInt64, dt.Float32, dt.Float64,
-             dt.Boolean, dt.Date, dt.Time, dt.Binary, dt.UUID)
-    return dtype if type(dtype) in plain else None
