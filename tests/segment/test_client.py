@@ -243,6 +243,19 @@ def test_retries_exhausted_are_reported_as_failed_not_hidden() -> None:
     assert sum(len(b) for b in errors) == 5
 
 
+def test_a_failing_endpoint_is_said_once_not_left_to_look_like_a_hang(caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeSegment(fail_rate=lambda n: 503)
+    client = make(fake, max_retries=2, upload_size=2)
+    for i in range(6):  # three batches, each retried twice
+        client.track("u", "E", {"i": i})
+    with caplog.at_level("WARNING", logger="segloop"):
+        report = client.shutdown()
+    assert report.failed == 6
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert client.url in warnings[0] and "retrying" in warnings[0] and "up to 2 tries" in warnings[0]
+
+
 def test_total_retry_time_is_bounded() -> None:
     fake = FakeSegment(fail_rate=lambda n: (503, {"Retry-After": "0.2"}))
     client = make(fake, max_retries=1000, max_retry_time=0.5)

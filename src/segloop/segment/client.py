@@ -158,6 +158,7 @@ class Client:
         self._shut = False
         self._completed = 0
         self._report = DeliveryReport()
+        self._warned_retrying = False  # one warning per client when sending starts to fail
         self._refusals_in_a_row = 0
         self._ids = itertools.count()
         self._id_prefix = uuid.uuid4().hex[:24] + "-"
@@ -457,6 +458,11 @@ class Client:
                                               f"(max_retry_time={self.max_retry_time:g} s); last answer: "
                                               f"{answer.detail}", answer.status))
                 return
+            if not answer.rate_limited and not self._warned_retrying:
+                self._warned_retrying = True  # a run that seems to hang says why (once)
+                log.warning("Segment endpoint %s: %s; retrying with backoff, up to %d tries or %g s per "
+                            "batch, then the rows count as failed and the next run sends them",
+                            self.url, answer.detail, self.max_retries, self.max_retry_time)
             log.debug("Segment batch of %d: %s; retrying in %.2f s", len(batch), answer.detail, delay)
             if not answer.rate_limited and self._abort.wait(delay):
                 self._complete(batch, Outcome("failed", "shutdown",
