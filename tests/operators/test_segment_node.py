@@ -214,3 +214,20 @@ def test_a_wrong_column_names_the_key_that_names_it(make_workspace) -> None:
     error = result.node("to_segment").error or ""
     assert "`customer_id: userid`, `properties: apple_wach` not found in input `scores`" in error
     assert "user_id" in error  # the columns there are, to pick from
+
+
+def test_a_dry_run_says_what_it_would_send_and_is_marked_in_the_run_list(make_workspace, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from segloop.cli import app
+
+    root = setup(make_workspace, scores(7))
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("COLUMNS", "80")
+    runner = CliRunner()
+    out = runner.invoke(app, ["run", "shop", "--dry-run"])
+    assert out.exit_code == 0 and "dry run: would send 7" in out.output, out.output
+    listed = runner.invoke(app, ["runs"]).output
+    run_ids = [line.split()[1] for line in listed.splitlines() if line.startswith("│ 2")]
+    assert len(run_ids) == 1 and len(run_ids[0]) == 29  # the whole id on one line, at 80 columns
+    assert "dry run" in listed
