@@ -124,3 +124,25 @@ def test_the_warehouse_hints_reach_the_user(make_workspace, monkeypatch) -> None
     assert lines[query_line + 1].index("^") == lines[query_line].index("information_schema")  # under the typo
     described = CliRunner().invoke(app, ["query", "describe select 1 as a"])
     assert described.exit_code == 0 and "column_name" in described.output
+
+
+def test_a_pipeline_file_outside_any_workspace_runs_in_the_one_you_are_in(make_workspace, tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from segloop.cli import app
+    from segloop.pipeline import Pipeline
+
+    root = make_workspace({})
+    elsewhere = tmp_path / "scratch"
+    elsewhere.mkdir()
+    (elsewhere / "p.yml").write_text("name: p\nnodes:\n  one:\n    type: sql\n    sql: select 1 as a\n")
+    monkeypatch.chdir(root)
+    pipeline = Pipeline.load(elsewhere / "p.yml")
+    assert pipeline.workspace.root == root.resolve()
+    assert pipeline.run().ok
+    assert not (elsewhere / ".segloop").exists()  # nothing made next to the file
+
+    monkeypatch.chdir(elsewhere)  # not a workspace, nothing ran here: `runs` creates nothing
+    out = CliRunner().invoke(app, ["runs"])
+    assert out.exit_code == 0 and "No runs yet" in out.output
+    assert not (elsewhere / ".segloop").exists()

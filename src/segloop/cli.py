@@ -169,7 +169,11 @@ def runs(
     from segloop.progress import print_runs
     from segloop.store import RunStore
 
-    store = RunStore(Workspace.find().state_dir / "state.db")
+    workspace = Workspace.find()
+    if not (workspace.state_dir / "state.db").exists():  # nothing ran here: create nothing either
+        console.print(f"No runs yet in {workspace.root}. Start one with: segloop run PIPELINE")
+        return
+    store = RunStore(workspace.state_dir / "state.db")
     print_runs(console, store.list_runs(pipeline, limit))
 
 

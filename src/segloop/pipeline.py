@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
-from segloop.config import PipelineConfig, Workspace, load_pipeline
+from segloop.config import WORKSPACE_FILE, PipelineConfig, Workspace, load_pipeline
 from segloop.errors import ConfigError, NodeError, SegloopError, database_message
 from segloop.operators import NODE_TYPES
 from segloop.operators.base import NodeOutput, RunContext
@@ -110,6 +110,12 @@ class Pipeline:
         path = Path(name_or_path)
         if workspace is None:
             workspace = Workspace.find(path.parent if path.exists() else ".")
+            if path.exists() and not (workspace.root / WORKSPACE_FILE).exists():
+                # A file in no workspace, run from inside one: that workspace (as dbt would),
+                # not a new one next to the file.
+                here = Workspace.find(".")
+                if (here.root / WORKSPACE_FILE).exists():
+                    workspace = here
         file = workspace.resolve_pipeline(str(name_or_path))
         return cls(load_pipeline(file), workspace, file)
 

@@ -178,3 +178,12 @@ def test_wide_item_column_clash_is_refused(make_workspace) -> None:
     result = Pipeline.load(root / "pipelines" / "shop.yml").run()
     error = result.node("recs").error
     assert "`apple-watch`" in error and "`apple_watch`" in error and "already taken" in error
+
+
+def test_wide_items_that_are_not_item_ids_are_said_not_sent_empty_unnoticed(make_workspace) -> None:
+    recs, _, result = run(make_workspace, shop(), extra="    wide_items: [a1, iphone]")
+    warnings = result.node("recs").warnings
+    assert any("`wide_items` iphone: no such item id" in w and "a1" not in w.split("ids look like")[0]
+               for w in warnings), warnings
+    assert all(r["iphone"] is None for r in recs.values())  # the column exists, empty, as the warning says
+    assert any(r["a1"] is not None for r in recs.values())

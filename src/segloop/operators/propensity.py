@@ -200,6 +200,8 @@ class PropensityOperator(Operator):
                 f"node `{ctx.node}`: the {which} snapshot ({snapshot:%Y-%m-%d}) has "
                 f"{positives} positive and {negatives} negative customers; a model needs both. "
                 "Check `target_event`, or move `cutoff` / change `window_days`"
+                + (f" (the input's most frequent events: {', '.join(metrics['event_types'][:10])})"
+                   if positives == 0 and metrics.get("event_types") else "")
             )
         if min(positives, negatives) < self.MIN_CLASS_COUNT:
             ctx.warn(

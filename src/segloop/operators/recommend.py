@@ -136,6 +136,13 @@ class RecommendOperator(Operator):
         lap("fit_and_score")
         main, long = _output_tables(data, recs, config, wide_columns)
         lap("tables")
+        if config.wide_items:
+            known = set(data.item_ids.tolist())
+            unknown = [item for item in config.wide_items if item not in known]
+            if unknown:  # empty score columns would go on to Segment unnoticed
+                examples = ", ".join(str(i) for i in data.item_ids[:5].tolist())
+                ctx.warn(f"`wide_items` {', '.join(unknown)}: no such item id in the input (ids look like: "
+                         f"{examples}); their score columns are empty. Fix the ids in the pipeline file")
         metrics["popular_fallback_customers"] = int(recs.from_popular.sum())
         metrics["seconds"] = seconds
         return NodeOutput(table=main, extra={"long": long}, metrics=metrics)
