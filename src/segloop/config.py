@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -568,7 +569,7 @@ class FileCheck:
     summary: str | None = None
 
 
-def _check_file(file: Path, parse: Any) -> FileCheck:
+def _check_file(file: Path, parse: Callable[[YamlDoc], str]) -> FileCheck:
     check = FileCheck(file)
     if not file.is_file():
         what = "is a folder, not a pipeline file; give a .yml file" if file.exists() else "does not exist"
@@ -594,24 +595,26 @@ def check_files(files: list[Path]) -> list[FileCheck]:
     here = Path(".").resolve()
     root = next((folder for folder in (here, *here.parents) if (folder / WORKSPACE_FILE).exists()), here)
     checks: list[FileCheck] = []
-    workspace: list[Workspace] = []
+    # Where the pipelines are; set before the workspace file is checked, so that a broken
+    # workspace file still has its pipelines checked.
+    workspace = [Workspace(root, WorkspaceConfig())]
 
     def workspace_summary(doc: YamlDoc) -> str:
-        workspace.append(Workspace.from_doc(root, doc))
-        names = ", ".join(workspace[0].config.warehouses) or "none"
-        return f"workspace, warehouses: {names}"
+        folder = doc.data.get("pipelines") if isinstance(doc.data, dict) else None
+        if isinstance(folder, str):
+            workspace[0] = Workspace(root, WorkspaceConfig(pipelines=folder))
+        workspace[0] = Workspace.from_doc(root, doc)
+        return f"workspace, warehouses: {', '.join(workspace[0].config.warehouses) or 'none'}"
 
     if (root / WORKSPACE_FILE).exists():
         checks.append(_check_file(root / WORKSPACE_FILE, workspace_summary))
-    elif not files:
-        workspace.append(Workspace(root=root, config=WorkspaceConfig()))
 
     def pipeline_summary(doc: YamlDoc) -> str:
         pipeline = pipeline_from_doc(doc)
         return (f"pipeline `{pipeline.name}`, {len(pipeline.nodes)} nodes "
                 f"({' -> '.join(pipeline.topological_order())})")
 
-    targets = list(files) or (workspace[0].pipeline_files() if workspace else [])
+    targets = list(files) or workspace[0].pipeline_files()
     if not targets and not any(check.errors for check in checks):
         raise ConfigError("no pipeline files given and none found in pipelines/")
     checks.extend(_check_file(Path(file), pipeline_summary) for file in targets)
