@@ -213,3 +213,17 @@ def test_a_node_with_an_unknown_key_still_gets_its_missing_input_reported(tmp_pa
     assert any(e.startswith(f"error: {file}:11: node `rfm`: unknown key `amout`") for e in errors), errors
     assert any(e.startswith(f"error: {file}:8: node `rfm`: input `nosuch` is not a node") for e in errors), errors
 
+
+
+def test_an_unset_write_key_of_the_collector_is_a_warning_on_its_line(tmp_path: Path) -> None:
+    (tmp_path / "segloop.yml").write_text(
+        "collector:\n  keys:\n    ${SEGLOOP_T_WRITE_KEY}: web\n"
+    )
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / "demo.yml").write_text(PIPELINE)
+    code, errors, warnings, _ = validate()
+    assert code == 0 and not errors
+    assert warnings == [
+        f"warning: {tmp_path / 'segloop.yml'}:3: `collector.keys` names ${{SEGLOOP_T_WRITE_KEY}}, which is not set; "
+        "export SEGLOOP_T_WRITE_KEY=... before running"
+    ]
