@@ -154,13 +154,11 @@ nodes:
     schema: shop
     materialize: view
 """})
-    with duck(root) as wh:
-        wh.raw_sql("create schema shop")
-        wh.raw_sql("create table shop.tracks as select 'u1' as user_id, now() as received_at")
-    result = Pipeline.load(root / "pipelines" / "p.yml").run()
-    error = result.node("src").error or ""
-    assert result.node("src").status == "failed"
-    assert "node `src`" in error and "`materialize: table`" in error and "Python" in error
+    # Refused when the file is loaded, with its line, before any node runs.
+    with pytest.raises(ConfigError) as caught:
+        Pipeline.load(root / "pipelines" / "p.yml")
+    error = str(caught.value)
+    assert "p.yml:6: node `src`" in error and "`materialize: table`" in error and "Python" in error
 
 
 def test_unknown_materialize_value_is_a_config_error_with_its_line() -> None:

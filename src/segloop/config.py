@@ -8,7 +8,9 @@ per problem instead of a wall of union errors.
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from segloop.errors import ConfigError, ConfigErrors
 from segloop.operators import NODE_TYPES
 from segloop.operators.base import NodeConfig
 from segloop.schedule import ScheduleConfig
+from segloop.secrets import ENV_REF
 from segloop.warehouse import AnyWarehouseConfig, DuckDBConfig, WarehouseConfig
 
 WORKSPACE_FILE = "segloop.yml"
@@ -37,6 +40,9 @@ class YamlDoc:
     data: Any
     lines: dict[tuple[Any, ...], int] = field(default_factory=dict)
     file: str = "<string>"
+    # A key given twice in one mapping: YAML keeps the second silently, so the file does
+    # not say what its author meant; each is an error at the second occurrence.
+    duplicates: list[ConfigError] = field(default_factory=list)
 
     def line_of(self, loc: tuple[Any, ...]) -> int | None:
         """Line of the deepest known prefix of ``loc`` (pydantic locs may add union tags)."""
@@ -50,19 +56,56 @@ class YamlDoc:
         return best
 
 
-def _to_python(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> Any:
+def _to_python(
+    node: yaml.Node,
+    path: tuple[Any, ...],
+    lines: dict[tuple[Any, ...], int],
+    duplicates: list[tuple[tuple[Any, ...], Any, int, int]],
+) -> Any:
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
+        first_line: dict[Any, int] = {}
         for key_node, value_node in node.value:
             key = yaml.safe_load(yaml.serialize(key_node)) if key_node.tag != "tag:yaml.org,2002:str" else key_node.value
-            lines[(*path, key)] = key_node.start_mark.line + 1
-            out[key] = _to_python(value_node, (*path, key), lines)
-            lines[(*path, key)] = key_node.start_mark.line + 1
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                duplicates.append((path, key, first_line[key], line))
+            else:
+                first_line[key] = line
+            lines[(*path, key)] = line
+            out[key] = _to_python(value_node, (*path, key), lines, duplicates)
+            lines[(*path, key)] = line
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_to_python(item, (*path, i), lines) for i, item in enumerate(node.value)]
+        return [_to_python(item, (*path, i), lines, duplicates) for i, item in enumerate(node.value)]
     return yaml.safe_load(yaml.serialize(node))
+
+
+def _dotted(path: tuple[Any, ...]) -> str:
+    """``('alerts', 'channels', 0, 'url')`` -> ``alerts.channels[0].url``."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _owner(path: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
+    """Who a key path belongs to, for messages: (``node `rfm`: ``, rest of the path)."""
+    if len(path) >= 2 and path[0] in ("nodes", "warehouses"):
+        kind = "node" if path[0] == "nodes" else "warehouse"
+        return f"{kind} `{path[1]}`: ", path[2:]
+    return "", path
+
+
+def _duplicate_error(path: tuple[Any, ...], key: Any, first: int, line: int, file: str) -> ConfigError:
+    if path in (("nodes",), ("warehouses",)):
+        kind = "node" if path == ("nodes",) else "warehouse"
+        message = f"{kind} `{key}` is defined twice (first at line {first}); rename or remove one"
+    else:
+        owner, rest = _owner((*path, key))
+        message = f"{owner}key `{_dotted(rest)}` is given twice (first at line {first}); remove one"
+    return ConfigError(message, file, line)
 
 
 def load_yaml(text: str, file: str | Path = "<string>") -> YamlDoc:
@@ -82,8 +125,43 @@ def load_yaml(text: str, file: str | Path = "<string>") -> YamlDoc:
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", file) from None
     lines: dict[tuple[Any, ...], int] = {}
-    data = _to_python(root, (), lines) if root is not None else None
-    return YamlDoc(data=data, lines=lines, file=str(file))
+    found: list[tuple[tuple[Any, ...], Any, int, int]] = []
+    data = _to_python(root, (), lines, found) if root is not None else None
+    duplicates = [_duplicate_error(path, key, first, line, str(file)) for path, key, first, line in found]
+    return YamlDoc(data=data, lines=lines, file=str(file), duplicates=duplicates)
+
+
+def unset_env_refs(doc: YamlDoc) -> list[ConfigError]:
+    """Every ``${NAME}`` in the file whose variable is not set (or empty) here, with its line.
+
+    `segloop validate` reports these as warnings, all at once: the variables may well be
+    set where the pipeline runs, but a missing one would otherwise only show at run time.
+    """
+    found: list[ConfigError] = []
+
+    def report(ref: str, path: tuple[Any, ...], line_path: tuple[Any, ...]) -> None:
+        match = ENV_REF.match(ref)
+        if match is None or os.environ.get(match.group(1)):
+            return
+        name = match.group(1)
+        owner, rest = _owner(path)
+        message = f"{owner}`{_dotted(rest)}` names ${{{name}}}, which is not set; export {name}=... before running"
+        found.append(ConfigError(message, doc.file, doc.line_of(line_path)))
+
+    def walk(value: Any, path: tuple[Any, ...]) -> None:
+        if isinstance(value, str):
+            report(value, path, path)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str):
+                    report(key, path, (*path, key))  # e.g. collector keys: {${WRITE_KEY}: schema}
+                walk(item, (*path, key))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                walk(item, (*path, i))
+
+    walk(doc.data, ())
+    return found
 
 
 def _pydantic_errors(
@@ -144,15 +222,23 @@ class Workspace:
         file = root / WORKSPACE_FILE
         if not file.exists():
             return cls(root=root, config=WorkspaceConfig())
-        doc = load_yaml(file.read_text(), file)
+        return cls.from_doc(root, load_yaml(file.read_text(), file))
+
+    @classmethod
+    def from_doc(cls, root: Path, doc: YamlDoc) -> Workspace:
+        """The workspace of a parsed `segloop.yml`; raises ConfigErrors listing every problem."""
         if doc.data is None:
             return cls(root=root, config=WorkspaceConfig())
         if not isinstance(doc.data, dict):
-            raise ConfigError("the workspace file must be a mapping with `warehouses:`", file, 1)
+            raise ConfigError("the workspace file must be a mapping with `warehouses:`", doc.file, 1)
+        errors = list(doc.duplicates)
+        config = None
         try:
             config = WorkspaceConfig.model_validate(doc.data)
         except ValidationError as exc:
-            raise ConfigErrors(_pydantic_errors(exc, doc, (), "workspace")) from None
+            errors.extend(_pydantic_errors(exc, doc, (), "workspace"))
+        if errors or config is None:
+            raise ConfigErrors(errors) from None
         return cls(root=root, config=config)
 
     @classmethod
@@ -310,11 +396,38 @@ class PipelineConfig(BaseModel):
 
 def parse_pipeline(text: str, file: str | Path = "<string>") -> PipelineConfig:
     """Parse and check a pipeline file; raises ConfigErrors listing every problem found."""
-    doc = load_yaml(text, file)
+    return pipeline_from_doc(load_yaml(text, file))
+
+
+# Node types whose output is computed in Python (an Arrow table), so the engine can only
+# keep it as a table: `materialize: view` on them cannot work.
+PYTHON_OUTPUT_TYPES: frozenset[str] = frozenset({"clusters", "clv", "propensity", "recommend", "segment_source"})
+
+
+def _declared_inputs(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, upstream name) pairs a node's file text declares, read without its model.
+
+    Read from the raw mapping so a node whose other keys are wrong still has its inputs
+    checked: each problem is reported, not only the first of a node.
+    """
+    pairs: list[tuple[str, str]] = []
+    if isinstance(raw.get("input"), str):
+        pairs.append(("input", raw["input"]))
+    if isinstance(raw.get("inputs"), list):
+        pairs.extend(("inputs", name) for name in raw["inputs"] if isinstance(name, str))
+    unique: dict[str, str] = {}
+    for key, name in pairs:
+        unique.setdefault(name, key)
+    return [(key, name) for name, key in unique.items()]
+
+
+def pipeline_from_doc(doc: YamlDoc) -> PipelineConfig:
+    """Check a parsed pipeline file; raises ConfigErrors listing every problem found."""
+    file = doc.file
     data = doc.data
     if not isinstance(data, dict):
         raise ConfigError("a pipeline file must be a mapping with `name:` and `nodes:`", file, 1)
-    errors: list[ConfigError] = []
+    errors: list[ConfigError] = list(doc.duplicates)
 
     top_known = set(PipelineConfig.model_fields)
     for key in data:
@@ -332,6 +445,7 @@ def parse_pipeline(text: str, file: str | Path = "<string>") -> PipelineConfig:
         )
     raw_nodes = data.get("nodes")
     nodes: dict[str, NodeConfig] = {}
+    typed: dict[str, tuple[str, dict[str, Any]]] = {}  # nodes of a known type, valid or not
     if not isinstance(raw_nodes, dict) or not raw_nodes:
         errors.append(ConfigError("pipeline: `nodes:` must map node names to nodes", file, doc.line_of(("nodes",))))
         raw_nodes = {}
@@ -355,15 +469,16 @@ def parse_pipeline(text: str, file: str | Path = "<string>") -> PipelineConfig:
                 )
             )
             continue
+        typed[node_name] = (node_type, raw)
         try:
             nodes[node_name] = NODE_TYPES[node_type].config_model.model_validate(raw)
         except ValidationError as exc:
             errors.extend(_pydantic_errors(exc, doc, where, what))
 
-    for node_name, node in nodes.items():
-        for up in node.upstream():
+    for node_name, (node_type, raw) in typed.items():
+        declared = _declared_inputs(raw)
+        for key, up in declared:
             if up not in raw_nodes:
-                key = "input" if node.input == up else "inputs"
                 errors.append(
                     ConfigError(
                         f"node `{node_name}`: input `{up}` is not a node of this pipeline "
@@ -374,12 +489,12 @@ def parse_pipeline(text: str, file: str | Path = "<string>") -> PipelineConfig:
                 )
             elif up == node_name:
                 errors.append(ConfigError(f"node `{node_name}` names itself as input", file, doc.line_of(("nodes", node_name))))
-        op = NODE_TYPES[node.type]
-        count = len(node.upstream())
+        op = NODE_TYPES[node_type]
+        count = len(declared)
         if count < op.min_inputs:
             errors.append(
                 ConfigError(
-                    f"node `{node_name}`: a `{node.type}` node needs an upstream node; add `input: <node>`",
+                    f"node `{node_name}`: a `{node_type}` node needs an upstream node; add `input: <node>`",
                     file,
                     doc.line_of(("nodes", node_name)),
                 )
@@ -387,9 +502,19 @@ def parse_pipeline(text: str, file: str | Path = "<string>") -> PipelineConfig:
         elif op.max_inputs is not None and count > op.max_inputs:
             errors.append(
                 ConfigError(
-                    f"node `{node_name}`: a `{node.type}` node takes at most {op.max_inputs} input(s), got {count}",
+                    f"node `{node_name}`: a `{node_type}` node takes at most {op.max_inputs} input(s), got {count}",
                     file,
                     doc.line_of(("nodes", node_name)),
+                )
+            )
+        if raw.get("materialize") == "view" and node_type in PYTHON_OUTPUT_TYPES:
+            errors.append(
+                ConfigError(
+                    f"node `{node_name}`: `materialize: view` needs a query the warehouse runs, but a "
+                    f"`{node_type}` node computes its output in Python; use `materialize: table` "
+                    "or drop the key",
+                    file,
+                    doc.line_of(("nodes", node_name, "materialize")),
                 )
             )
 
@@ -429,3 +554,68 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     if not path.is_file():
         raise ConfigError(f"{path} is a folder, not a pipeline file; give a .yml file")
     return parse_pipeline(path.read_text(), path)
+
+
+# -- segloop validate ---------------------------------------------------------------------
+
+
+@dataclass
+class FileCheck:
+    """What `segloop validate` found in one file: errors, warnings, and a summary when it is valid."""
+
+    file: Path
+    errors: list[ConfigError] = field(default_factory=list)
+    warnings: list[ConfigError] = field(default_factory=list)
+    summary: str | None = None
+
+
+def _check_file(file: Path, parse: Callable[[YamlDoc], str]) -> FileCheck:
+    check = FileCheck(file)
+    if not file.is_file():
+        what = "is a folder, not a pipeline file; give a .yml file" if file.exists() else "does not exist"
+        check.errors = [ConfigError(f"{file} {what}")]
+        return check
+    try:
+        doc = load_yaml(file.read_text(), file)
+        check.warnings = unset_env_refs(doc)
+        check.summary = parse(doc)
+    except ConfigErrors as exc:
+        check.errors = list(exc.errors)
+    except ConfigError as exc:
+        check.errors = [exc]
+    return check
+
+
+def check_files(files: list[Path]) -> list[FileCheck]:
+    """Check the workspace file (when there is one) and the given pipeline files.
+
+    With no files given, every pipeline of the workspace is checked. Raises ConfigError
+    when there is nothing to check.
+    """
+    here = Path(".").resolve()
+    root = next((folder for folder in (here, *here.parents) if (folder / WORKSPACE_FILE).exists()), here)
+    checks: list[FileCheck] = []
+    # Where the pipelines are; set before the workspace file is checked, so that a broken
+    # workspace file still has its pipelines checked.
+    workspace = [Workspace(root, WorkspaceConfig())]
+
+    def workspace_summary(doc: YamlDoc) -> str:
+        folder = doc.data.get("pipelines") if isinstance(doc.data, dict) else None
+        if isinstance(folder, str):
+            workspace[0] = Workspace(root, WorkspaceConfig(pipelines=folder))
+        workspace[0] = Workspace.from_doc(root, doc)
+        return f"workspace, warehouses: {', '.join(workspace[0].config.warehouses) or 'none'}"
+
+    if (root / WORKSPACE_FILE).exists():
+        checks.append(_check_file(root / WORKSPACE_FILE, workspace_summary))
+
+    def pipeline_summary(doc: YamlDoc) -> str:
+        pipeline = pipeline_from_doc(doc)
+        return (f"pipeline `{pipeline.name}`, {len(pipeline.nodes)} nodes "
+                f"({' -> '.join(pipeline.topological_order())})")
+
+    targets = list(files) or workspace[0].pipeline_files()
+    if not targets and not any(check.errors for check in checks):
+        raise ConfigError("no pipeline files given and none found in pipelines/")
+    checks.extend(_check_file(Path(file), pipeline_summary) for file in targets)
+    return checks

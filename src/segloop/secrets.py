@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from typing import Annotated
 
 from pydantic import AfterValidator, SecretStr
@@ -38,13 +39,33 @@ def env_name(ref: str) -> str:
     return match.group(1)
 
 
-def resolve_secret(ref: str, where: str = "") -> SecretStr:
-    """Read the variable named by ``${NAME}``; a missing or empty variable is a clear error."""
+def missing_env(refs: Iterable[str | None]) -> list[str]:
+    """Names of the variables among ``${NAME}`` references that are not set (or empty), in order.
+
+    Values that are not references (e.g. an endpoint written as a plain URL) are skipped.
+    """
+    names: list[str] = []
+    for ref in refs:
+        match = ENV_REF.match(ref) if ref else None
+        if match and not os.environ.get(match.group(1)) and match.group(1) not in names:
+            names.append(match.group(1))
+    return names
+
+
+def resolve_secret(ref: str, where: str = "", also: Iterable[str | None] = ()) -> SecretStr:
+    """Read the variable named by ``${NAME}``; a missing or empty variable is a clear error.
+
+    ``also`` are the other references the same node or warehouse will need: when this one
+    is missing, the error names every missing one at once, not one per run.
+    """
     name = env_name(ref)
     value = os.environ.get(name)
     if not value:
+        names = [name, *(other for other in missing_env(also) if other != name)]
         place = f" (used by {where})" if where else ""
-        raise SecretError(
-            f"environment variable {name} is not set{place}; export {name}=... before running"
-        )
+        if len(names) == 1:
+            raise SecretError(f"environment variable {name} is not set{place}; export {name}=... before running")
+        listed = ", ".join(names[:-1]) + f" and {names[-1]}"
+        exports = " ".join(f"{n}=..." for n in names)
+        raise SecretError(f"environment variables {listed} are not set{place}; export {exports} before running")
     return SecretStr(value)

@@ -145,7 +145,7 @@ class SegmentOperator(Operator):
             samples = self.render_samples(state, ctx)
             metrics.update(dry_run=True, sent=0, sample_payloads=samples)
             return NodeOutput(rows=rows, metrics=metrics)
-        write_key = resolve_secret(self.cfg.write_key, f"node `{ctx.node}`") if self.cfg.write_key else None
+        write_key = resolve_secret(self.cfg.write_key, f"node `{ctx.node}`", also=[self.cfg.endpoint]) if self.cfg.write_key else None
         if write_key is None:
             raise ConfigError(f"node `{ctx.node}`: `write_key:` is missing; set it to ${{SEGMENT_WRITE_KEY}}")
         delivery = _Delivery(self, state, ctx)
