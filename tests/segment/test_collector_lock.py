@@ -133,3 +133,11 @@ def test_the_last_load_on_shutdown_is_skipped_not_raised_when_the_file_is_held(t
     loader(tmp_path / "data")  # the archive still holds them: a later load gets both
     with Warehouse.connect(DuckDBConfig(path=str(target)), tmp_path, create_schema=False) as wh:
         assert sorted(_track_ids(wh)) == ["c1", "c2"]
+
+
+def test_a_round_before_anything_arrived_loads_nothing_and_leaves_the_file_alone(tmp_path: Path):
+    target = tmp_path / "wh.duckdb"
+    loader = ArchiveLoader(DuckDBConfig(path=str(target), lock_timeout=0), tmp_path)
+    with held_by_another_process(target, 30.0):  # would raise if the round opened the file
+        result = loader(tmp_path / "data")
+    assert result.messages == 0 and result.files_loaded == 0

@@ -409,8 +409,11 @@ class ArchiveLoader:
     def __call__(self, data_dir: Path) -> LoadResult:
         from segloop.warehouse import Warehouse
 
+        archive = Path(data_dir) / "segment-logs"
+        if not archive.exists():  # nothing received yet: no need to open the warehouse
+            return LoadResult()
         with Warehouse.connect(self.config, self.root, self.name) as warehouse:
-            return load_archive(warehouse, Path(data_dir) / "segment-logs")
+            return load_archive(warehouse, archive)
 
 
 def _load_schema(
