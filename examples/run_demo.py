@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -21,14 +22,14 @@ SEGLOOP = [sys.executable, "-m", "segloop.cli"]
 
 
 def segloop(*args: str, cwd: Path) -> None:
-    print(f"\n$ segloop {' '.join(args)}", flush=True)
+    print(f"\n$ segloop {shlex.join(args)}", flush=True)  # quoted: copy and paste it
     subprocess.run([*SEGLOOP, *args], cwd=cwd, check=True)
 
 
 def start_collector(workspace: Path) -> subprocess.Popen[str]:
     """`segloop collector` on a free loopback port; its URL goes to SEGLOOP_ENDPOINT."""
     args = ["collector", "--port", "0", "--key", "${SEGMENT_WRITE_KEY}=demo_crm", "--data", ".segloop/collector"]
-    print(f"\n$ segloop {' '.join(args)} &", flush=True)
+    print(f"\n$ segloop {shlex.join(args)} &", flush=True)
     proc = subprocess.Popen([*SEGLOOP, *args], cwd=workspace, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     url = proc.stdout.readline().strip()
@@ -93,7 +94,16 @@ def main() -> int:
     finally:
         collector.terminate()
         collector.wait(10)
-    print(f"\nThe demo workspace is in {workspace}; try: cd {workspace} && segloop runs")
+    cli = Path(sys.executable).parent / "segloop"
+    print(f"""
+The demo workspace is in {workspace}. To look around (segloop is in {cli.parent}):
+  cd {workspace}
+  {cli} runs                      # the run history
+  {cli} report latest --open      # the report of the last run
+  {cli} ui                        # pipelines, runs and reports in a browser
+  {cli} run demo --dry-run        # run it again; Segment nodes show what they would send
+Sending for real needs SEGMENT_WRITE_KEY and SEGLOOP_ENDPOINT (a Segment endpoint or
+`segloop collector`); `make demo` starts a local collector and sets both.""")
     return 0
 
 

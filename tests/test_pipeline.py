@@ -100,3 +100,27 @@ def test_cli_unknown_pipeline_is_one_clear_line(make_workspace, monkeypatch) -> 
     result = CliRunner().invoke(app, ["run", "nope"])
     assert result.exit_code == 1
     assert result.output.count("error:") == 1 and "no pipeline file `nope`" in result.output
+
+
+def test_the_warehouse_hints_reach_the_user(make_workspace, monkeypatch) -> None:
+    """DuckDB says how to fix a typo after its first line; those hints are not cut off."""
+    from typer.testing import CliRunner
+
+    from segloop.cli import app
+    from segloop.pipeline import Pipeline
+
+    bad_column = "name: t\nnodes:\n  q:\n    type: sql\n    sql: select usr_id from (select 1 as user_id) as s\n"
+    root = make_workspace({"t": bad_column})
+    result = Pipeline.load(root / "pipelines" / "t.yml").run()
+    error = result.node("q").error or ""
+    assert "Referenced column \"usr_id\" not found" in error and "Candidate bindings: \"user_id\"" in error
+
+    monkeypatch.chdir(root)
+    out = CliRunner().invoke(app, ["query", "select * from information_schema.tabels"])
+    assert out.exit_code == 1
+    assert "Did you mean" in out.output and "LINE 1: select * from information_schema.tabels" in out.output
+    lines = out.output.splitlines()
+    query_line = next(i for i, line in enumerate(lines) if "LINE 1:" in line)
+    assert lines[query_line + 1].index("^") == lines[query_line].index("information_schema")  # under the typo
+    described = CliRunner().invoke(app, ["query", "describe select 1 as a"])
+    assert described.exit_code == 0 and "column_name" in described.output

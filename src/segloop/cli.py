@@ -214,7 +214,7 @@ def demo_data(
 @app.command()
 @handle_errors
 def query(
-    sql: str = typer.Argument(..., help="A SELECT in the warehouse's dialect."),
+    sql: str = typer.Argument(..., help="A SELECT in the warehouse's dialect (on DuckDB also DESCRIBE, SHOW, SUMMARIZE)."),
     warehouse: str = typer.Option(None, "--warehouse", "-w", help="Warehouse name from segloop.yml."),
     limit: int = typer.Option(50, "--limit", help="Rows to show at most."),
 ) -> None:
@@ -222,22 +222,36 @@ def query(
     from rich.table import Table
 
     from segloop.config import Workspace
+    from segloop.errors import database_message
     from segloop.warehouse import Warehouse
 
     workspace = Workspace.find()
     with Warehouse.connect(workspace.warehouse_config(warehouse), workspace.root) as wh:
         try:
-            result = wh.to_arrow(wh.sql(sql), limit=limit)
+            if wh.backend == "duckdb" and sql.split(None, 1)[0].lower() in DUCKDB_STATEMENTS:
+                result = wh.con.con.sql(sql).to_arrow_table().slice(0, limit)  # type: ignore[attr-defined]
+            else:
+                result = wh.to_arrow(wh.sql(sql), limit=limit)
         except SegloopError:
             raise
         except Exception as exc:
-            raise SegloopError(f"query failed in the {wh.dialect} warehouse: {str(exc).splitlines()[0]}") from None
+            raise SegloopError(f"query failed in the {wh.dialect} warehouse: "
+                               f"{database_message(exc, pointer=True)}") from None
     table = Table()
     for name in result.column_names:
-        table.add_column(name)
+        table.add_column(name, overflow="fold", min_width=min(len(name), 24))
     for row in result.to_pylist():
-        table.add_row(*("" if v is None else f"{v:,.2f}" if isinstance(v, float) else str(v) for v in row.values()))
+        table.add_row(*("" if v is None else _number(v) if isinstance(v, float) else str(v) for v in row.values()))
     console.print(table)
+
+
+# Statements `segloop query` runs as they are on DuckDB (they are not a SELECT to wrap).
+DUCKDB_STATEMENTS = frozenset({"describe", "show", "summarize", "pragma"})
+
+
+def _number(value: float) -> str:
+    """Money-sized numbers with thousands and cents; small ones (probabilities) to 6 digits."""
+    return f"{value:,.2f}" if abs(value) >= 100 else f"{value:.6g}"
 
 # -- warehouses -----------------------------------------------------------------------------
 

@@ -115,3 +115,27 @@ class TransientDeliveryError(DeliveryError):
 
 class TerminalDeliveryError(DeliveryError):
     """Not worth retrying as is: HTTP 4xx other than 429 (bad payload, bad key)."""
+
+
+HINT_PREFIXES = ("did you mean", "candidate bindings", "hint:", "detail:")
+
+
+def database_message(exc: BaseException, pointer: bool = False) -> str:
+    """A warehouse's error message, with the hints it gives after its first line.
+
+    DuckDB and PostgreSQL say what is wrong on the first line and how to fix it on later
+    ones ("Did you mean "order_completed"?", "Candidate bindings: ..."); those are kept.
+    ``pointer=True`` also keeps the query line and the ``^`` under the error (for output
+    printed line by line); otherwise lines are joined into one.
+    """
+    lines = [line.rstrip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    kept = [lines[0]]
+    for i, line in enumerate(lines[1:], start=1):
+        text = line.strip().lower()
+        if text.startswith(HINT_PREFIXES):
+            kept.append(line.strip())
+        elif pointer and text.startswith("line ") and i + 1 < len(lines) and lines[i + 1].strip() == "^":
+            kept += [line, lines[i + 1]]
+    return "\n".join(kept) if pointer else " ".join(kept)

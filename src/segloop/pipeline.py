@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
 from segloop.config import PipelineConfig, Workspace, load_pipeline
-from segloop.errors import ConfigError, NodeError, SegloopError
+from segloop.errors import ConfigError, NodeError, SegloopError, database_message
 from segloop.operators import NODE_TYPES
 from segloop.operators.base import NodeOutput, RunContext
 from segloop.sql_cache import code_version
@@ -355,7 +355,11 @@ class Pipeline:
             output = operator.run(inputs, ctx)
             self._materialize(output, ctx, result)
             result.status = SUCCESS
+            if output.error:
+                result.status, result.error = FAILED, f"node `{name}`: {output.error}"
         except SegloopError as exc:
+            if options.get("debug"):  # `--debug`: where it came from (the run goes on, as always)
+                log.error("node `%s` failed; the traceback:", name, exc_info=True)
             message = str(exc)
             prefix = f"node `{name}`: "
             result.status, result.error = FAILED, message if message.startswith(prefix) else prefix + message
@@ -496,7 +500,6 @@ def _first_error(run: RunResult) -> str | None:
 
 
 def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else ""
+    return database_message(exc)  # its first line, and the hints a warehouse adds after it
 
 

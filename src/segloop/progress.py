@@ -97,6 +97,9 @@ def print_summary(console: Console, result: RunResult) -> None:
 
 def _headline(metrics: dict[str, Any]) -> str:
     """A short line from a node's metrics for the summary table."""
+    if metrics.get("dry_run") and "to_send" in metrics:  # a Segment node in a dry run
+        unchanged = int(metrics.get("unchanged", 0) or 0)
+        return f"dry run: would send {int(metrics['to_send']):,}" + (f", {unchanged:,} unchanged" if unchanged else "")
     keys = ("sent", "rejected", "failed", "skipped", "auc", "ndcg_at_10", "silhouette", "log_likelihood")
     optional = ("rejected", "failed", "skipped")  # shown only when not zero
     parts = [f"{k}={metrics[k]:.3g}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
@@ -110,15 +113,22 @@ def print_runs(console: Console, runs: list[RunRecord]) -> None:
         console.print("No runs yet. Start one with: segloop run PIPELINE")
         return
     table = Table(title="recent runs", title_justify="left")
-    for column in ("run id", "pipeline", "status", "started (UTC)", "seconds", "nodes", "sent"):
-        # Run ids are what people copy into `segloop show`: wrap them, never cut them short.
-        table.add_column(column, overflow="fold" if column == "run id" else "ellipsis")
+    # Run ids are what people copy into `segloop show` and grep for: on one line, whole
+    # (they hold the start time, so a narrow terminal leaves that column out).
+    wide = console.width >= 110
+    longest = {"run id": max(len(r.id) for r in runs), "pipeline": min(max(len(r.pipeline) for r in runs), 24)}
+    for column in ("run id", "pipeline", "status", *(("started (UTC)",) if wide else ()), "sec", "nodes", "sent"):
+        table.add_column(column, no_wrap=column in longest, min_width=longest.get(column),
+                         overflow="fold" if column == "run id" else "ellipsis")
     for run in runs:
         ok = sum(1 for n in run.nodes if n.status == "success")
         sent = sum(int(n.metrics.get("sent", 0) or 0) for n in run.nodes)
+        failed = sum(int(n.metrics.get("failed", 0) or 0) for n in run.nodes if n.type == "segment")
         seconds = f"{run.seconds:.1f}" if run.seconds is not None else ""
-        table.add_row(run.id, run.pipeline, f"[{STATUS_STYLE.get(run.status, 'white')}]{run.status}[/]",
-                      run.started_at[:19], seconds, f"{ok}/{len(run.nodes)}", f"{sent:,}")
+        label = "dry run" if run.dry_run and run.status == "success" else run.status + (" (dry)" if run.dry_run else "")
+        status = f"[{STATUS_STYLE.get(run.status, 'white')}]{label}[/]"
+        table.add_row(run.id, run.pipeline, status, *((run.started_at[:19],) if wide else ()), seconds,
+                      f"{ok}/{len(run.nodes)}", f"{sent:,}" + (f" ({failed:,} failed)" if failed else ""))
     console.print(table)
 
 

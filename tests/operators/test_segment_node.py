@@ -106,6 +106,11 @@ def test_terminal_failures_are_sent_next_run(make_workspace) -> None:
     first = run(root, fake)
     m = first.node("to_segment").metrics
     assert m["failed"] > 0 and m["sent"] + m["failed"] == 250
+    # Nothing is lost, but the run did not do its job: the node (and the run) failed, saying so.
+    node = first.node("to_segment")
+    assert node.status == "failed" and not first.ok
+    assert f"{m['failed']:,} of 250 messages did not reach Segment" in node.error
+    assert "http_403" in node.error and "write_key" in node.error and "next run" in node.error
     with Warehouse.connect(DuckDBConfig(), root) as wh:
         rejects = wh.table("shop__to_segment__rejects").to_pyarrow().to_pylist()
     assert len(rejects) == m["failed"] and all(r["status"] == "failed" and r["http_status"] == 403 for r in rejects)
@@ -114,6 +119,7 @@ def test_terminal_failures_are_sent_next_run(make_workspace) -> None:
     second = run(root, fake)
     m2 = second.node("to_segment").metrics
     assert m2["retried"] == m["failed"] and m2["sent"] == m["failed"]
+    assert second.ok and second.node("to_segment").error is None
     assert set(fake.delivered_ids()) == {msg["messageId"] for msg in fake.delivered()}
     assert len(fake.delivered_ids()) == 250
 
@@ -183,3 +189,45 @@ def test_on_removed_sends_an_event_for_customers_gone(make_workspace) -> None:
     gone = [msg for msg in fake.delivered() if msg["event"] == "Left Prediction Audience"]
     assert sorted(msg["userId"] for msg in gone) == ["162514336", "162514337"]
     assert run(root, fake).node("to_segment").metrics["removed"] == 0
+
+
+def test_a_run_whose_messages_do_not_arrive_exits_non_zero(make_workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cron job or CI step must not stay green while nothing reaches Segment."""
+    from typer.testing import CliRunner
+
+    from segloop.cli import app
+
+    root = setup(make_workspace, scores(20))
+    text = PIPELINE + "    endpoint: http://127.0.0.1:9\n    max_retries: 1\n    max_retry_time: 2\n"
+    (root / "pipelines" / "shop.yml").write_text(text)  # nothing listens on port 9
+    monkeypatch.chdir(root)
+    result = CliRunner().invoke(app, ["run", "shop"])
+    assert result.exit_code == 1, result.output
+    assert "did not reach Segment" in result.output and "endpoint" in result.output
+
+
+def test_a_wrong_column_names_the_key_that_names_it(make_workspace) -> None:
+    text = PIPELINE.replace("customer_id: user_id", "customer_id: userid").replace(
+        "properties: [iphone, apple_watch]", "properties: [iphone, apple_wach]")
+    root = setup(make_workspace, scores(3), text)
+    result = run(root, FakeSegment())
+    error = result.node("to_segment").error or ""
+    assert "`customer_id: userid`, `properties: apple_wach` not found in input `scores`" in error
+    assert "user_id" in error  # the columns there are, to pick from
+
+
+def test_a_dry_run_says_what_it_would_send_and_is_marked_in_the_run_list(make_workspace, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from segloop.cli import app
+
+    root = setup(make_workspace, scores(7))
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("COLUMNS", "80")
+    runner = CliRunner()
+    out = runner.invoke(app, ["run", "shop", "--dry-run"])
+    assert out.exit_code == 0 and "dry run: would send 7" in out.output, out.output
+    listed = runner.invoke(app, ["runs"]).output
+    run_ids = [line.split()[1] for line in listed.splitlines() if line.startswith("│ 2")]
+    assert len(run_ids) == 1 and len(run_ids[0]) == 29  # the whole id on one line, at 80 columns
+    assert "dry run" in listed

@@ -98,6 +98,9 @@ class NodeOutput:
     extra: dict[str, ir.Table | pa.Table] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     rows: int | None = None  # for nodes without a main table (the Segment action)
+    # The node did its work but not its job (messages that did not reach Segment): the
+    # engine keeps its rows and metrics and marks it failed with this message.
+    error: str | None = None
 
 
 class Operator:

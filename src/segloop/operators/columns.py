@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from segloop.errors import DataError
@@ -10,10 +11,17 @@ if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
 
 
-def require_columns(table: ir.Table, keys: dict[str, str], node: str, source: str) -> None:
-    """Raise a DataError naming the node, key and column when a configured column is missing."""
+def require_columns(
+    table: ir.Table, keys: Mapping[str, str] | Sequence[tuple[str, str]], node: str, source: str
+) -> None:
+    """Raise a DataError naming the node, key and column when a configured column is missing.
+
+    ``keys``: the config key of each column (``{"customer_id": "user_id"}``), or (key, column)
+    pairs where a key names several columns (``[("properties", "iphone"), ...]``).
+    """
     present = set(table.columns)
-    missing = [(key, col) for key, col in keys.items() if col not in present]
+    pairs = keys.items() if isinstance(keys, Mapping) else keys
+    missing = [(key, col) for key, col in pairs if col not in present]
     if missing:
         wrong = ", ".join(f"`{key}: {col}`" for key, col in missing)
         raise DataError(

@@ -119,8 +119,9 @@ class SegmentOperator(Operator):
 
     def _plan(self, state: SyncState, inputs: dict[str, ir.Table], ctx: RunContext) -> tuple[SyncPlan, ir.Table, int]:
         source_name, source = next(iter(inputs.items()))
-        columns = self.mapping(ctx).columns()
-        require_columns(source, {f"column {c}": c for c in columns}, node=ctx.node, source=source_name)
+        mapping = self.mapping(ctx)
+        columns = mapping.columns()
+        require_columns(source, mapping.column_keys(), node=ctx.node, source=source_name)
         narrow = source.select(*columns)
         key_columns = [self.cfg.customer_id]
         payload_columns = [c for c in columns if c != self.cfg.customer_id]
@@ -163,10 +164,18 @@ class SegmentOperator(Operator):
             removed_sent=removed_sent, messages_per_second=round(summary.messages_per_second, 1),
             sample_payloads=delivery.samples,
         )
-        if delivery.rejected or delivery.failed:
-            ctx.warn(f"{delivery.rejected} rows rejected and {delivery.failed} failed; they are in "
-                     f"{ctx.table_name('rejects')} with the reason (failed rows are retried next run)")
-        return NodeOutput(rows=rows, metrics=metrics)
+        if delivery.rejected:
+            ctx.warn(f"{delivery.rejected} rows rejected (bad data, not sent); they are in "
+                     f"{ctx.table_name('rejects')} with the reason")
+        error = None
+        if delivery.failed:  # Segment refused them or never answered: the run did not do its job
+            reasons = sorted(delivery.reasons("failed").items(), key=lambda kv: -kv[1])
+            why = "; ".join(f"{n:,} {reason}" for reason, n in reasons[:3])
+            hint = (" Check `write_key:` (Segment does not know this key)." if any("401" in r or "403" in r for r, _ in reasons)
+                    else " Check `endpoint:` / the network.")
+            error = (f"{delivery.failed:,} of {plan.to_send + (plan.removed_keys if self.cfg.on_removed else 0):,} messages did not reach Segment ({why}; "
+                     f"details in {ctx.table_name('rejects')}); they are sent again on the next run.{hint}")
+        return NodeOutput(rows=rows, metrics=metrics, error=error)
 
     def _plan_metrics(self, plan: SyncPlan, rows: int) -> dict[str, Any]:
         c = plan.counts

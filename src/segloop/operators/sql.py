@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from segloop.errors import NodeError
+from segloop.errors import NodeError, database_message
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -229,5 +229,4 @@ def _extra_table_refs(
 
 
 def _short(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    return database_message(exc)

@@ -315,10 +315,15 @@ class RowMapping:
 
     def columns(self) -> list[str]:
         """Every input column the mapping reads (for checking them against a table)."""
-        cols = [c for c in (self.customer_id, self.anonymous_id, self.group_id, self.timestamp) if c]
-        for spec in (self.properties, self.traits):
-            cols.extend(_pairs(spec).keys())
-        return list(dict.fromkeys(cols))
+        return list(dict.fromkeys(column for _, column in self.column_keys()))
+
+    def column_keys(self) -> list[tuple[str, str]]:
+        """(config key, input column) of every column the mapping reads, for error messages."""
+        pairs = [(key, column) for key, column in (("customer_id", self.customer_id), ("anonymous_id", self.anonymous_id),
+                                                    ("group_id", self.group_id), ("timestamp", self.timestamp)) if column]
+        for key, spec in (("properties", self.properties), ("traits", self.traits)):
+            pairs.extend((key, column) for column in _pairs(spec))
+        return pairs
 
 
 def _pairs(spec: Sequence[str] | Mapping[str, str] | None) -> dict[str, str]:

@@ -132,7 +132,20 @@ def describe(raw: Any, target: str) -> ibis.Schema:
     """
     import ibis
 
-    rows = raw.execute(f"DESCRIBE {target}").fetchall()
+    try:
+        rows = raw.execute(f"DESCRIBE {target}").fetchall()
+    except Exception as exc:  # point at the user's query, not at the DESCRIBE around it
+        text = str(exc)
+        if "LINE 1: DESCRIBE " not in text:
+            raise
+        lines = text.replace("LINE 1: DESCRIBE ", "LINE 1: ", 1).splitlines()
+        lines = [line[len("DESCRIBE "):] if line.strip() == "^" and line.startswith(" " * 9) else line
+                 for line in lines]
+        try:
+            fixed = type(exc)("\n".join(lines))
+        except Exception:  # an exception type that takes other arguments: as it was
+            raise exc from None
+        raise fixed from exc
     # DESCRIBE's columns: column_name, column_type, null ('YES'/'NO'), key, default, extra.
     return ibis.schema({str(row[0]): _dtype(str(row[1]), row[2] == "YES") for row in rows})
 
