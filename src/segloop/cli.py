@@ -385,11 +385,15 @@ def collector(
     data_dir = data or workspace.root / (yml.data if yml else ".segloop/collector")
     loader = None
     every = parse_duration(load_every) if load_every else None
-    if every:
-        from segloop.segment.loader import load_archive
+    if every:  # opened for each load only, so runs and queries can use the file between loads
+        from segloop.segment.loader import ArchiveLoader
+        from segloop.warehouses.duckdb import DuckDBConfig
 
-        wh = _open_warehouse(warehouse, duckdb)
-        loader = lambda folder: load_archive(wh, folder / "segment-logs")  # noqa: E731
+        if duckdb is not None:
+            loader = ArchiveLoader(DuckDBConfig(path=str(duckdb.resolve())), Path.cwd(), "duckdb")
+        else:
+            loader = ArchiveLoader(workspace.warehouse_config(warehouse), workspace.root, warehouse or "default")
+        loader.check()
     settings = CollectorSettings(
         keys=keys,
         data_dir=Path(data_dir),

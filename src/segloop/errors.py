@@ -6,6 +6,7 @@ The tree::
     ├── ConfigError               a workspace or pipeline file is wrong (file, line)
     │   └── SecretError           a ${ENV_VAR} named in a file is not set
     ├── WarehouseError            connecting to or querying a warehouse failed
+    │   ├── WarehouseLockedError  another process holds the DuckDB file past lock_timeout
     │   └── MissingDriverError    the warehouse's optional extra is not installed
     ├── NodeError                 a node failed while running (names the node)
     ├── DataError                 input rows are unusable (names the column / row)
@@ -61,6 +62,10 @@ class SecretError(ConfigError):
 
 class WarehouseError(SegloopError):
     """Connecting to, reading from or writing to a warehouse failed."""
+
+
+class WarehouseLockedError(WarehouseError):
+    """Another process holds the warehouse file (DuckDB) and did not release it in time."""
 
 
 class MissingDriverError(WarehouseError):

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from segloop.errors import ConfigError
+from segloop.errors import ConfigError, WarehouseLockedError
 from segloop.segment.archive import ArchiveWriter, day_partition
 from segloop.segment.collector_requests import (
     CALL_TYPES,
@@ -239,6 +239,7 @@ class Stats:
     requests: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)
     loads: int = 0
+    loads_skipped: int = 0  # rounds that found the warehouse file held by another process
     last_load: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -249,6 +250,7 @@ class Stats:
             "sources": {name: s.as_dict() for name, s in sorted(self.sources.items())},
             "uptime_s": round(time.time() - self.started, 3),
             "loads": self.loads,
+            "loads_skipped": self.loads_skipped,
             "last_load": self.last_load,
         }
 
@@ -347,11 +349,25 @@ class Collector:
         self.stats.last_load = summary() if callable(summary) else None
         return result
 
+    def _load_or_skip(self, when: str) -> None:
+        """One continuous load; a warehouse file held by another process skips the round.
+
+        Nothing is lost by skipping: the archive keeps every message and the loader records
+        what it loaded, so the next round loads everything new since the last full load.
+        """
+        try:
+            self.load_now()
+        except WarehouseLockedError as exc:
+            self.stats.loads_skipped += 1
+            log.warning("load skipped (%s): %s The archive keeps the messages; %s.", when, exc,
+                        "they load at the next round" if when == "timer"
+                        else "run `segloop load-archive` or restart the collector to load them")
+
     def _load_loop(self) -> None:
         interval = self.settings.load_every_s or 60.0
         while not self._stop.wait(interval):
             try:
-                self.load_now()
+                self._load_or_skip("timer")
             except Exception as exc:  # keep collecting; report and try again next tick
                 log.error("continuous load failed: %s", exc)
 
@@ -361,7 +377,7 @@ class Collector:
             self._loader_thread.join()
         self.committer.close()
         if self.settings.loader is not None and self.settings.load_every_s:
-            self.load_now()  # the tail received since the last tick
+            self._load_or_skip("shutdown")  # the tail received since the last tick
 
     # -- request handling -----------------------------------------------------------------
 

@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
     from segloop.warehouse import Warehouse
+    from segloop.warehouses.base import WarehouseConfig
 
 log = logging.getLogger("segloop.loader")
 
@@ -379,6 +380,40 @@ def load_archive(
         result.schemas.append(target)
         _load_schema(warehouse, target, archives, result, chunk_messages)
     return result
+
+
+@dataclass(frozen=True)
+class ArchiveLoader:
+    """The collector's periodic loader: opens the warehouse for each load and closes it after.
+
+    A DuckDB file admits one process at a time, so a collector that kept it open between
+    loads would lock `segloop run` and `segloop query` out of the workspace. Opening it per
+    load holds it for the load only; a file another process holds past the warehouse's
+    ``lock_timeout`` raises ``WarehouseLockedError`` (the collector skips that round).
+    """
+
+    config: WarehouseConfig
+    root: Path
+    name: str = "default"
+
+    def check(self) -> None:
+        """Open and close the warehouse once, so a wrong setting fails at start, not later."""
+        from segloop.errors import WarehouseLockedError
+        from segloop.warehouse import Warehouse
+
+        try:
+            Warehouse.connect(self.config, self.root, self.name).close()
+        except WarehouseLockedError as exc:  # busy now; the timer retries
+            log.warning("%s The collector starts anyway and loads when it is free.", exc)
+
+    def __call__(self, data_dir: Path) -> LoadResult:
+        from segloop.warehouse import Warehouse
+
+        archive = Path(data_dir) / "segment-logs"
+        if not archive.exists():  # nothing received yet: no need to open the warehouse
+            return LoadResult()
+        with Warehouse.connect(self.config, self.root, self.name) as warehouse:
+            return load_archive(warehouse, archive)
 
 
 def _load_schema(

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+import time
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from segloop.errors import WarehouseError
+from pydantic import Field
+
+from segloop.errors import WarehouseError, WarehouseLockedError
 from segloop.warehouses.base import WarehouseConfig, workspace_path
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -15,12 +18,22 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class DuckDBConfig(WarehouseConfig):
-    """The embedded default: a DuckDB file in the workspace (or ``:memory:``)."""
+    """The embedded default: a DuckDB file in the workspace (or ``:memory:``).
+
+    DuckDB lets one process at a time open a file. ``lock_timeout`` is how long ``connect``
+    waits, retrying, for another process (a collector loading, another run) to let go of
+    it before failing; 0 fails at once.
+    """
 
     type: Literal["duckdb"] = "duckdb"
     path: str = ".segloop/warehouse.duckdb"
     threads: int | None = None
     memory_limit: str | None = None
+    lock_timeout: float = Field(default=30.0, ge=0.0)
+
+    LOCK_ERROR: ClassVar[str] = "Could not set lock"  # in duckdb's IOException for a held file
+    FIRST_RETRY_S: ClassVar[float] = 0.05  # doubles after each try, up to LAST_RETRY_S
+    LAST_RETRY_S: ClassVar[float] = 1.0
 
     def describe(self) -> str:
         return f"duckdb file {self.path}"
@@ -39,13 +52,28 @@ class DuckDBConfig(WarehouseConfig):
             kwargs["threads"] = self.threads
         if self.memory_limit:
             kwargs["memory_limit"] = self.memory_limit
-        try:
-            return ibis.duckdb.connect(target, **kwargs)
-        except Exception as exc:  # duckdb raises IOException for locked files
-            raise WarehouseError(
-                f"cannot open DuckDB file {target}: {exc}. Is another segloop process "
-                "using it? Stop it or point `path:` at another file."
-            ) from exc
+        deadline = time.monotonic() + self.lock_timeout
+        pause = self.FIRST_RETRY_S
+        while True:
+            try:
+                return ibis.duckdb.connect(target, **kwargs)
+            except Exception as exc:  # duckdb raises IOException for locked files
+                locked = self.LOCK_ERROR in str(exc)
+                left = deadline - time.monotonic()
+                if locked and left > 0:
+                    time.sleep(min(pause, left))
+                    pause = min(pause * 2, self.LAST_RETRY_S)
+                    continue
+                if not locked:
+                    raise WarehouseError(
+                        f"cannot open DuckDB file {target}: {exc}; check `path:` of this warehouse"
+                    ) from exc
+                waited = f" (waited {self.lock_timeout:g} s)" if self.lock_timeout else ""
+                raise WarehouseLockedError(
+                    f"cannot open DuckDB file {target}{waited}: {exc}. Is another segloop process "
+                    "using it (a run, or a collector loading)? Wait for it or stop it, raise "
+                    "`lock_timeout:` of this warehouse, or point `path:` at another file."
+                ) from exc
 
 
 # -- schemas without re-parsing type names --------------------------------------------------
