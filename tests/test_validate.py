@@ -227,3 +227,17 @@ def test_an_unset_write_key_of_the_collector_is_a_warning_on_its_line(tmp_path: 
         f"warning: {tmp_path / 'segloop.yml'}:3: `collector.keys` names ${{SEGLOOP_T_WRITE_KEY}}, which is not set; "
         "export SEGLOOP_T_WRITE_KEY=... before running"
     ]
+
+
+def test_a_check_of_ours_reads_as_ours_not_as_pydantic(tmp_path) -> None:
+    from segloop.config import load_pipeline
+    from segloop.errors import ConfigError
+
+    file = tmp_path / "p.yml"
+    file.write_text("name: v\nnodes:\n  s:\n    type: sql\n    sql: select 1 as user_id\n  out:\n    type: segment\n"
+                    "    input: s\n    write_key: abc123secret\n    call: identify\n    customer_id: user_id\n")
+    with pytest.raises(ConfigError) as error:
+        load_pipeline(file)
+    text = str(error.value)
+    assert "p.yml:9: node `out`: `write_key`: secrets are not written in files" in text
+    assert "Value error" not in text and "abc123secret" not in text

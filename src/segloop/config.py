@@ -176,7 +176,8 @@ def _pydantic_errors(
         elif err["type"] == "missing":
             message = f"{what}: missing required key `{key}`"
         else:
-            message = f"{what}: `{key}`: {err['msg']}"
+            # pydantic prefixes the message of a check of ours with "Value error, "
+            message = f"{what}: `{key}`: {err['msg'].removeprefix('Value error, ')}"
         errors.append(ConfigError(message, doc.file, doc.line_of(loc)))
     return errors
 
