@@ -21,15 +21,25 @@ HERE = Path(__file__).resolve().parent
 SEGLOOP = [sys.executable, "-m", "segloop.cli"]
 
 
+def _shell(args: tuple[str, ...] | list[str]) -> str:
+    """``args`` as a shell would take them: SQL with 'literals' in double quotes (readable)."""
+    def one(arg: str) -> str:
+        if shlex.quote(arg) == arg or any(c in arg for c in '"$`\\!'):
+            return shlex.quote(arg)
+        return f'"{arg}"'
+
+    return " ".join(one(arg) for arg in args)
+
+
 def segloop(*args: str, cwd: Path) -> None:
-    print(f"\n$ segloop {shlex.join(args)}", flush=True)  # quoted: copy and paste it
+    print(f"\n$ segloop {_shell(args)}", flush=True)  # quoted: copy and paste it
     subprocess.run([*SEGLOOP, *args], cwd=cwd, check=True)
 
 
 def start_collector(workspace: Path) -> subprocess.Popen[str]:
     """`segloop collector` on a free loopback port; its URL goes to SEGLOOP_ENDPOINT."""
     args = ["collector", "--port", "0", "--key", "${SEGMENT_WRITE_KEY}=demo_crm", "--data", ".segloop/collector"]
-    print(f"\n$ segloop {shlex.join(args)} &", flush=True)
+    print(f"\n$ segloop {_shell(args)} &", flush=True)
     proc = subprocess.Popen([*SEGLOOP, *args], cwd=workspace, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     url = proc.stdout.readline().strip()
@@ -59,11 +69,12 @@ def show_what_arrived(workspace: Path) -> None:
     for message in [messages[0], first_track] if first_track else messages[:2]:
         print(json.dumps(message, indent=2, default=str))
     segloop("load-archive", ".segloop/collector", "--schema", "demo_crm", cwd=workspace)
-    segloop("query", "select rfm_segment, count(*) as users from demo_crm.users group by rfm_segment "
+    # Customers who never ordered get prediction traits but no RFM segment or cluster.
+    segloop("query", "select coalesce(rfm_segment, '(no orders yet)') as rfm_segment, count(*) as users "
+            "from demo_crm.users group by 1 order by users desc", cwd=workspace)
+    segloop("query", "select coalesce(customer_cluster, '(no orders yet)') as customer_cluster, count(*) as users, "
+            "round(avg(likelihood_to_churn), 2) as avg_churn_probability from demo_crm.users group by 1 "
             "order by users desc", cwd=workspace)
-    segloop("query", "select customer_cluster, count(*) as users, round(avg(likelihood_to_churn), 2) "
-            "as avg_churn_pct from demo_crm.users group by customer_cluster order by users desc",
-            cwd=workspace)
 
 
 def main() -> int:

@@ -108,7 +108,7 @@ def validate(
 
     Unset ${VAR} references are warnings (they may be set where the pipeline runs).
     """
-    from segloop.config import check_files
+    from segloop.validate import check_files
 
     checks = check_files(list(files or []))
     for check in checks:

@@ -8,14 +8,11 @@ per problem instead of a wall of union errors.
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from segloop.alerts import AlertsConfig
@@ -23,164 +20,12 @@ from segloop.errors import ConfigError, ConfigErrors
 from segloop.operators import NODE_TYPES
 from segloop.operators.base import NodeConfig
 from segloop.schedule import ScheduleConfig
-from segloop.secrets import ENV_REF
 from segloop.warehouse import AnyWarehouseConfig, DuckDBConfig, WarehouseConfig
+from segloop.yaml_doc import YamlDoc, load_yaml, pydantic_errors
 
 WORKSPACE_FILE = "segloop.yml"
 STATE_DIR = ".segloop"
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-# -- YAML with line numbers ---------------------------------------------------------------
-
-
-@dataclass
-class YamlDoc:
-    """Parsed YAML plus the line (1-based) of every key path, e.g. ('nodes', 'rfm', 'amount')."""
-
-    data: Any
-    lines: dict[tuple[Any, ...], int] = field(default_factory=dict)
-    file: str = "<string>"
-    # A key given twice in one mapping: YAML keeps the second silently, so the file does
-    # not say what its author meant; each is an error at the second occurrence.
-    duplicates: list[ConfigError] = field(default_factory=list)
-
-    def line_of(self, loc: tuple[Any, ...]) -> int | None:
-        """Line of the deepest known prefix of ``loc`` (pydantic locs may add union tags)."""
-        best: int | None = self.lines.get(())
-        path: tuple[Any, ...] = ()
-        for part in loc:
-            candidate = (*path, part)
-            if candidate in self.lines:
-                path = candidate
-                best = self.lines[candidate]
-        return best
-
-
-def _to_python(
-    node: yaml.Node,
-    path: tuple[Any, ...],
-    lines: dict[tuple[Any, ...], int],
-    duplicates: list[tuple[tuple[Any, ...], Any, int, int]],
-) -> Any:
-    lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
-        first_line: dict[Any, int] = {}
-        for key_node, value_node in node.value:
-            key = yaml.safe_load(yaml.serialize(key_node)) if key_node.tag != "tag:yaml.org,2002:str" else key_node.value
-            line = key_node.start_mark.line + 1
-            if key in first_line:
-                duplicates.append((path, key, first_line[key], line))
-            else:
-                first_line[key] = line
-            lines[(*path, key)] = line
-            out[key] = _to_python(value_node, (*path, key), lines, duplicates)
-            lines[(*path, key)] = line
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_to_python(item, (*path, i), lines, duplicates) for i, item in enumerate(node.value)]
-    return yaml.safe_load(yaml.serialize(node))
-
-
-def _dotted(path: tuple[Any, ...]) -> str:
-    """``('alerts', 'channels', 0, 'url')`` -> ``alerts.channels[0].url``."""
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def _owner(path: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
-    """Who a key path belongs to, for messages: (``node `rfm`: ``, rest of the path)."""
-    if len(path) >= 2 and path[0] in ("nodes", "warehouses"):
-        kind = "node" if path[0] == "nodes" else "warehouse"
-        return f"{kind} `{path[1]}`: ", path[2:]
-    return "", path
-
-
-def _duplicate_error(path: tuple[Any, ...], key: Any, first: int, line: int, file: str) -> ConfigError:
-    if path in (("nodes",), ("warehouses",)):
-        kind = "node" if path == ("nodes",) else "warehouse"
-        message = f"{kind} `{key}` is defined twice (first at line {first}); rename or remove one"
-    else:
-        owner, rest = _owner((*path, key))
-        message = f"{owner}key `{_dotted(rest)}` is given twice (first at line {first}); remove one"
-    return ConfigError(message, file, line)
-
-
-def load_yaml(text: str, file: str | Path = "<string>") -> YamlDoc:
-    """Parse YAML keeping line numbers; bad YAML is a ConfigError naming the line."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or str(exc)
-        if exc.context_mark is not None and "<stream end>" in problem:
-            # An unclosed bracket or quote is reported at the end of the file; the line
-            # that opened it is the one to fix.
-            problem = f"{problem} ({exc.context} on line {exc.context_mark.line + 1} is never closed)"
-            mark = exc.context_mark
-        line = mark.line + 1 if mark else None
-        raise ConfigError(f"invalid YAML: {problem}", file, line) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}", file) from None
-    lines: dict[tuple[Any, ...], int] = {}
-    found: list[tuple[tuple[Any, ...], Any, int, int]] = []
-    data = _to_python(root, (), lines, found) if root is not None else None
-    duplicates = [_duplicate_error(path, key, first, line, str(file)) for path, key, first, line in found]
-    return YamlDoc(data=data, lines=lines, file=str(file), duplicates=duplicates)
-
-
-def unset_env_refs(doc: YamlDoc) -> list[ConfigError]:
-    """Every ``${NAME}`` in the file whose variable is not set (or empty) here, with its line.
-
-    `segloop validate` reports these as warnings, all at once: the variables may well be
-    set where the pipeline runs, but a missing one would otherwise only show at run time.
-    """
-    found: list[ConfigError] = []
-
-    def report(ref: str, path: tuple[Any, ...], line_path: tuple[Any, ...]) -> None:
-        match = ENV_REF.match(ref)
-        if match is None or os.environ.get(match.group(1)):
-            return
-        name = match.group(1)
-        owner, rest = _owner(path)
-        message = f"{owner}`{_dotted(rest)}` names ${{{name}}}, which is not set; export {name}=... before running"
-        found.append(ConfigError(message, doc.file, doc.line_of(line_path)))
-
-    def walk(value: Any, path: tuple[Any, ...]) -> None:
-        if isinstance(value, str):
-            report(value, path, path)
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                if isinstance(key, str):
-                    report(key, path, (*path, key))  # e.g. collector keys: {${WRITE_KEY}: schema}
-                walk(item, (*path, key))
-        elif isinstance(value, list):
-            for i, item in enumerate(value):
-                walk(item, (*path, i))
-
-    walk(doc.data, ())
-    return found
-
-
-def _pydantic_errors(
-    exc: ValidationError, doc: YamlDoc, prefix: tuple[Any, ...], what: str
-) -> list[ConfigError]:
-    errors = []
-    for err in exc.errors():
-        loc = (*prefix, *err["loc"])
-        key = ".".join(str(p) for p in err["loc"]) or what
-        if err["type"] == "extra_forbidden":
-            message = f"{what}: unknown key `{err['loc'][-1]}`"
-        elif err["type"] == "missing":
-            message = f"{what}: missing required key `{key}`"
-        else:
-            # pydantic prefixes the message of a check of ours with "Value error, "
-            message = f"{what}: `{key}`: {err['msg'].removeprefix('Value error, ')}"
-        errors.append(ConfigError(message, doc.file, doc.line_of(loc)))
-    return errors
-
 
 # -- workspace ----------------------------------------------------------------------------
 
@@ -237,7 +82,7 @@ class Workspace:
         try:
             config = WorkspaceConfig.model_validate(doc.data)
         except ValidationError as exc:
-            errors.extend(_pydantic_errors(exc, doc, (), "workspace"))
+            errors.extend(pydantic_errors(exc, doc, (), "workspace"))
         if errors or config is None:
             raise ConfigErrors(errors) from None
         return cls(root=root, config=config)
@@ -474,7 +319,7 @@ def pipeline_from_doc(doc: YamlDoc) -> PipelineConfig:
         try:
             nodes[node_name] = NODE_TYPES[node_type].config_model.model_validate(raw)
         except ValidationError as exc:
-            errors.extend(_pydantic_errors(exc, doc, where, what))
+            errors.extend(pydantic_errors(exc, doc, where, what))
 
     for node_name, (node_type, raw) in typed.items():
         declared = _declared_inputs(raw)
@@ -544,7 +389,7 @@ def _parse_options(data: dict[str, Any], doc: YamlDoc, errors: list[ConfigError]
         try:
             options[key] = model.model_validate(data[key])
         except ValidationError as exc:
-            errors.extend(_pydantic_errors(exc, doc, (key,), f"`{key}`"))
+            errors.extend(pydantic_errors(exc, doc, (key,), f"`{key}`"))
     return options
 
 
@@ -555,68 +400,3 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     if not path.is_file():
         raise ConfigError(f"{path} is a folder, not a pipeline file; give a .yml file")
     return parse_pipeline(path.read_text(), path)
-
-
-# -- segloop validate ---------------------------------------------------------------------
-
-
-@dataclass
-class FileCheck:
-    """What `segloop validate` found in one file: errors, warnings, and a summary when it is valid."""
-
-    file: Path
-    errors: list[ConfigError] = field(default_factory=list)
-    warnings: list[ConfigError] = field(default_factory=list)
-    summary: str | None = None
-
-
-def _check_file(file: Path, parse: Callable[[YamlDoc], str]) -> FileCheck:
-    check = FileCheck(file)
-    if not file.is_file():
-        what = "is a folder, not a pipeline file; give a .yml file" if file.exists() else "does not exist"
-        check.errors = [ConfigError(f"{file} {what}")]
-        return check
-    try:
-        doc = load_yaml(file.read_text(), file)
-        check.warnings = unset_env_refs(doc)
-        check.summary = parse(doc)
-    except ConfigErrors as exc:
-        check.errors = list(exc.errors)
-    except ConfigError as exc:
-        check.errors = [exc]
-    return check
-
-
-def check_files(files: list[Path]) -> list[FileCheck]:
-    """Check the workspace file (when there is one) and the given pipeline files.
-
-    With no files given, every pipeline of the workspace is checked. Raises ConfigError
-    when there is nothing to check.
-    """
-    here = Path(".").resolve()
-    root = next((folder for folder in (here, *here.parents) if (folder / WORKSPACE_FILE).exists()), here)
-    checks: list[FileCheck] = []
-    # Where the pipelines are; set before the workspace file is checked, so that a broken
-    # workspace file still has its pipelines checked.
-    workspace = [Workspace(root, WorkspaceConfig())]
-
-    def workspace_summary(doc: YamlDoc) -> str:
-        folder = doc.data.get("pipelines") if isinstance(doc.data, dict) else None
-        if isinstance(folder, str):
-            workspace[0] = Workspace(root, WorkspaceConfig(pipelines=folder))
-        workspace[0] = Workspace.from_doc(root, doc)
-        return f"workspace, warehouses: {', '.join(workspace[0].config.warehouses) or 'none'}"
-
-    if (root / WORKSPACE_FILE).exists():
-        checks.append(_check_file(root / WORKSPACE_FILE, workspace_summary))
-
-    def pipeline_summary(doc: YamlDoc) -> str:
-        pipeline = pipeline_from_doc(doc)
-        return (f"pipeline `{pipeline.name}`, {len(pipeline.nodes)} nodes "
-                f"({' -> '.join(pipeline.topological_order())})")
-
-    targets = list(files) or workspace[0].pipeline_files()
-    if not targets and not any(check.errors for check in checks):
-        raise ConfigError("no pipeline files given and none found in pipelines/")
-    checks.extend(_check_file(Path(file), pipeline_summary) for file in targets)
-    return checks
