@@ -271,3 +271,17 @@ def test_unreachable_server_is_a_clear_error_without_the_password(
     message = str(info.value)
     assert "cannot connect to PostgreSQL at 127.0.0.1" in message and "no_such_db" in message
     assert "hunter2" not in message and os.environ["SEGLOOP_TEST_PGPASSWORD"] not in repr(config)
+
+
+def test_a_server_that_is_not_there_is_one_error_line_with_what_to_check() -> None:
+    import socket
+
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = PostgresConfig(host="127.0.0.1", port=port, user="u", database="d", connect_timeout=3)
+    with pytest.raises(WarehouseError) as info:
+        Warehouse.connect(config, ".")
+    message = str(info.value)
+    assert "\n" not in message and "?." not in message, message  # psycopg's hint joined, not a second line
+    assert "cannot connect to PostgreSQL at 127.0.0.1" in message and "Check host, port" in message

@@ -53,10 +53,12 @@ class PostgresConfig(WarehouseConfig):
                 **extra,
             )
         except Exception as exc:
+            detail = " ".join(str(exc).split())  # psycopg's hint is on a line of its own: one line
+            detail += "" if detail.endswith((".", "?", "!")) else "."
             raise WarehouseError(
                 redact(
                     f"cannot connect to {self.describe()} as {self.user or 'the current user'}: "
-                    f"{str(exc).strip()}. Check host, port, user and that the server accepts "
+                    f"{detail} Check host, port, user and that the server accepts "
                     "connections from this machine.",
                     password,
                 )
