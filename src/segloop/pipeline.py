@@ -372,7 +372,7 @@ class Pipeline:
         except Exception as exc:  # an operator bug or a warehouse error we did not anticipate
             log.debug("node %s failed:\n%s", name, traceback.format_exc())
             result.status = FAILED
-            result.error = str(NodeError(name, f"{type(exc).__name__}: {_first_line(exc)} (run with --debug for the traceback)"))
+            result.error = str(NodeError(name, f"{type(exc).__name__}: {database_message(exc)} (run with --debug for the traceback)"))
             if options.get("debug"):
                 raise
         result.seconds = time.perf_counter() - started
@@ -503,9 +503,3 @@ def _first_error(run: RunResult) -> str | None:
         if node.status == FAILED:
             return node.error
     return None
-
-
-def _first_line(exc: BaseException) -> str:
-    return database_message(exc)  # its first line, and the hints a warehouse adds after it
-
-

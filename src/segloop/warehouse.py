@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from segloop.errors import WarehouseError
+from segloop.errors import WarehouseError, database_message
 from segloop.warehouses import (
     SQL_DIALECTS,
     WAREHOUSE_TYPES,
@@ -280,10 +280,11 @@ class Warehouse:
         """
         import ibis.expr.operations as ops
 
+        from segloop.warehouses.base import quote_ident
         from segloop.warehouses.duckdb import describe
 
         # Quoted for DuckDB itself (a test may give the connection another dialect).
-        found = describe(self.con.con, f"{_duck_ident(schema)}.{_duck_ident(name)}")  # type: ignore[attr-defined]
+        found = describe(self.con.con, f"{quote_ident(schema)}.{quote_ident(name)}")  # type: ignore[attr-defined]
         if found.geospatial:  # Ibis loads DuckDB's spatial extension first
             return self.con.table(name, database=schema)
         return ops.DatabaseTable(name, schema=found, source=self.con,
@@ -440,7 +441,7 @@ class Warehouse:
             try:
                 self._drop(name, target, "view")
             except Exception as exc:
-                raise WarehouseError(f"could not replace view {target}.{name} by a table: {_first_line(exc)}. "
+                raise WarehouseError(f"could not replace view {target}.{name} by a table: {database_message(exc)}. "
                                      "Drop the views that read it, or keep this node `materialize: view`") from exc
         expr = not is_arrow_table(obj) and _is_ibis_table(obj)
         if expr and self.backend == "duckdb":
@@ -449,7 +450,7 @@ class Warehouse:
                 row = self.con.con.execute(  # type: ignore[attr-defined]
                     f"CREATE OR REPLACE TABLE {self.qualified(name, target)} AS {sql}").fetchone()
             except Exception as exc:
-                raise WarehouseError(f"could not write table {target}.{name}: {_first_line(exc)}") from exc
+                raise WarehouseError(f"could not write table {target}.{name}: {database_message(exc)}") from exc
             return int(row[0]) if row else (self.count_rows(name, target) if count else None)
         if expr and self.backend == "postgres":
             from segloop.warehouses.postgres import (
@@ -465,7 +466,7 @@ class Warehouse:
                     return self.count_rows(name, target) if count else None
                 return replace_table_as(self.con, self.compile(obj), name, target)
             except Exception as exc:
-                raise WarehouseError(f"could not write table {target}.{name}: {_first_line(exc)}") from exc
+                raise WarehouseError(f"could not write table {target}.{name}: {database_message(exc)}") from exc
         self.create_table(name, obj, target)
         return self.count_rows(name, target) if count else None
 
@@ -512,7 +513,7 @@ class Warehouse:
             raise
         except Exception as exc:
             raise WarehouseError(
-                f"could not create view {target}.{name}: {_first_line(exc)}. segloop's user needs "
+                f"could not create view {target}.{name}: {database_message(exc)}. segloop's user needs "
                 "CREATE on the output schema; if other views depend on it, drop them or make this "
                 "node `materialize: table`"
             ) from exc
@@ -700,18 +701,10 @@ def _retry(kind: str | None, actual: str | None, writing: str) -> bool:
     return actual != kind
 
 
-def _duck_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _literal(text: str) -> str:
     """A SQL string literal (names segloop builds; quotes doubled all the same)."""
     return "'" + text.replace("'", "''") + "'"
 
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 __all__ = [

@@ -183,7 +183,7 @@ class SqlOperator(Operator):
         try:
             table = wh.sql(query)
         except Exception as exc:
-            raise NodeError(ctx.node, f"the query failed in the {dialect} warehouse: {_short(exc)}") from exc
+            raise NodeError(ctx.node, f"the query failed in the {dialect} warehouse: {database_message(exc)}") from exc
         return NodeOutput(table=table, metrics={"query": query})
 
 
@@ -226,7 +226,3 @@ def _extra_table_refs(
         if owners:
             mapping[name] = (wh.schema, ctx.table_name(name, node=owners[0]))
     return qualified
-
-
-def _short(exc: Exception) -> str:
-    return database_message(exc)

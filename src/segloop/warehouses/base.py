@@ -67,6 +67,11 @@ def secret_value(ref: str | None, where: str) -> str | None:
     return resolve_secret(ref, where).get_secret_value() if ref else None
 
 
+def quote_ident(name: str) -> str:
+    """An identifier in standard SQL double quotes (PostgreSQL, DuckDB, Snowflake)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def redact(text: str, *secrets: str | None) -> str:
     """Replace every secret value in ``text`` by ``[secure]`` before it reaches a message."""
     for secret in secrets:

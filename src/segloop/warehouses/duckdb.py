@@ -85,7 +85,7 @@ class DuckDBConfig(WarehouseConfig):
 
 
 # DuckDB's names of the common types -> (Ibis type class, its arguments), as Ibis's parser
-# maps them (tests/test_warehouse_duckdb_types.py checks each against it). Other names go
+# maps them (tests/test_run_overhead.py checks each against it). Other names go
 # through the parser, once per process: it builds a SQL parser, ~0.5 ms per new type.
 PLAIN_TYPES: dict[str, tuple[str, dict[str, Any]]] = {
     "VARCHAR": ("String", {}),

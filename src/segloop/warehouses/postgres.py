@@ -9,7 +9,7 @@ from pydantic import Field
 
 from segloop.errors import WarehouseError
 from segloop.secrets import SecretRef
-from segloop.warehouses.base import WarehouseConfig, redact, secret_value
+from segloop.warehouses.base import WarehouseConfig, quote_ident, redact, secret_value
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis
@@ -85,7 +85,7 @@ def copy_arrow(backend: Any, table: pa.Table, name: str, schema: str, overwrite:
         # Same columns: empty the table in place. Dropping it would fail when views depend
         # on it (segment_source views over a source schema that is reloaded).
         with backend.con.cursor() as cursor:
-            cursor.execute(f"TRUNCATE TABLE {_quote(schema)}.{_quote(name)}")
+            cursor.execute(f"TRUNCATE TABLE {quote_ident(schema)}.{quote_ident(name)}")
         backend.con.commit()
     else:
         backend.create_table(name, schema=ibis_schema, database=schema, overwrite=overwrite)
@@ -131,8 +131,8 @@ def _copy_rows(backend: Any, table: pa.Table, name: str, schema: str) -> None:
 
     if table.num_rows == 0:
         return
-    columns = ", ".join(_quote(c) for c in table.column_names)
-    target = f"{_quote(schema)}.{_quote(name)}"
+    columns = ", ".join(quote_ident(c) for c in table.column_names)
+    target = f"{quote_ident(schema)}.{quote_ident(name)}"
     options = pacsv.WriteOptions(include_header=False)
     statement = f"COPY {target} ({columns}) FROM STDIN WITH (FORMAT csv)"
     with backend.con.cursor() as cursor, cursor.copy(statement) as copy:
@@ -151,10 +151,6 @@ def _same_columns(backend: Any, name: str, schema: str, wanted: Any) -> bool:
         return bool(backend.get_schema(name, database=schema) == wanted)
     except Exception:
         return False
-
-
-def _quote(ident: str) -> str:
-    return '"' + ident.replace('"', '""') + '"'
 
 
 def dependent_views(backend: Any, name: str, schema: str) -> list[str]:
@@ -185,9 +181,9 @@ def replace_under_views(backend: Any, sql: str, wanted: Any, name: str, schema: 
     """
     import logging
 
-    target = f"{_quote(schema)}.{_quote(name)}"
+    target = f"{quote_ident(schema)}.{quote_ident(name)}"
     if _same_columns(backend, name, schema, wanted):
-        columns = ", ".join(_quote(c) for c in wanted.names)
+        columns = ", ".join(quote_ident(c) for c in wanted.names)
         with backend.con.transaction(), backend.con.cursor() as cursor:
             cursor.execute(f"TRUNCATE TABLE {target}")
             cursor.execute(f"INSERT INTO {target} ({columns}) {sql}")
@@ -210,11 +206,11 @@ def replace_table_as(backend: Any, sql: str, name: str, schema: str) -> int:
     """
     import secrets
 
-    target = f"{_quote(schema)}.{_quote(name)}"
+    target = f"{quote_ident(schema)}.{quote_ident(name)}"
     temp = f"_segloop_new_{secrets.token_hex(4)}"
     with backend.con.transaction(), backend.con.cursor() as cursor:
-        cursor.execute(f"CREATE TABLE {_quote(schema)}.{_quote(temp)} AS {sql}")
+        cursor.execute(f"CREATE TABLE {quote_ident(schema)}.{quote_ident(temp)} AS {sql}")
         rows = cursor.rowcount
         cursor.execute(f"DROP TABLE IF EXISTS {target}")
-        cursor.execute(f"ALTER TABLE {_quote(schema)}.{_quote(temp)} RENAME TO {_quote(name)}")
+        cursor.execute(f"ALTER TABLE {quote_ident(schema)}.{quote_ident(temp)} RENAME TO {quote_ident(name)}")
     return int(rows)
