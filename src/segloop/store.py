@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -123,11 +124,28 @@ class RunStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._set_wal(timeout=30)
         # With WAL, NORMAL syncs at checkpoints instead of at every commit: the history stays
         # consistent after a crash, and a power cut can lose only the last few writes.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self.migrate()
+
+    def _set_wal(self, timeout: float) -> None:
+        """``PRAGMA journal_mode=WAL``, waiting while another connection is setting up the file.
+
+        Switching a new file to WAL answers "database is locked" at once when another
+        process does the same (SQLite's busy timeout does not apply to it), so it is tried
+        again for up to ``timeout`` seconds, as every other statement waits.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
 
     def _version(self) -> int:
         try:
