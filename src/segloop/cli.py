@@ -377,7 +377,7 @@ def collector(
 ) -> None:
     """Run a Segment-compatible HTTP Tracking API that archives what it accepts (200 = on disk)."""
     from segloop.config import Workspace
-    from segloop.segment.collector import CollectorSettings, parse_duration, run_forever
+    from segloop.segment.collector import CollectorSettings, parse_duration, run_forever, summary
 
     workspace = Workspace.find()
     yml = workspace.config.collector
@@ -412,12 +412,7 @@ def collector(
         err_console.print(f"collector listening on {url} for {sources}; archive in {data_dir}")
 
     stats = run_forever(settings, host, port if port is not None else (yml.port if yml else 8088), announce)
-    dropped = sum(stats["dropped"].values())
-    err_console.print(
-        f"collector stopped: {stats['accepted']:,} messages accepted, {stats['deduped']:,} "
-        f"duplicates and {dropped:,} invalid messages dropped, "
-        f"{sum(stats['rejected_requests'].values()):,} requests refused"
-    )
+    err_console.print(summary(stats))
 
 
 @app.command("load-archive")

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from segloop.segment.archive import read_all_messages
-from segloop.segment.collector import RunningCollector, serve_in_thread
+from segloop.segment.collector import RunningCollector, serve_in_thread, summary
 
 KEY = "wk_test"
 OTHER_KEY = "wk_other"
@@ -240,7 +240,14 @@ def test_batch_over_2500_messages_gets_200_and_is_dropped_like_segment(client, c
     assert res.status_code == 200
     assert res.headers["X-Segloop-Dropped"] == "2501"
     assert archived(data_dir) == []
-    assert collector.stats["dropped"] == {"batch_over_2500_messages": 2501}
+    # Counted as refused for being over the limit, not as invalid messages (issue #23).
+    assert collector.stats["dropped"] == {}
+    assert collector.stats["over_limit"] == {"batches": 1, "messages": 2501}
+    invalid = [{"type": "track", "userId": "u"}, {"type": "track", "event": "E"}]
+    assert post_json(client, "/v1/batch", {"batch": invalid}).status_code == 200
+    line = summary(collector.stats)
+    assert "2 invalid messages dropped (1 missing event, 1 missing user id and anonymous id)" in line
+    assert "2,501 messages refused in 1 batch over Segment's 2,500-message limit" in line
 
 
 def test_batch_of_exactly_2500_messages_is_accepted(client, data_dir):
