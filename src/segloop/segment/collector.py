@@ -410,15 +410,16 @@ class Collector:
                                      f"{server[0]}:{server[1]}")
         return self._answer(JSONResponse(body))
 
-    async def not_found(self, request: Request) -> Response:
-        """Any unknown path or method: 404, counted in /stats, logged once per path."""
+    async def not_found(self, request: Request, status: int = 404) -> Response:
+        """An unknown path (404) or method (405): counted in /stats, logged once per path."""
         from starlette.responses import PlainTextResponse
 
         if self.stats.count_not_found(request.method, request.url.path):
-            log.warning("%s %s: no such endpoint (404); /stats counts these under `not_found`. "
+            log.warning("%s %s: no such endpoint (%d); /stats counts these under `not_found`. "
                         "Senders post to /v1/batch, /v1/<call> or analytics.js's /v1/<letter>.",
-                        request.method, request.url.path[:200])
-        return self._answer(PlainTextResponse("Not Found", 404))
+                        request.method, request.url.path[:200], status)
+        text = "Not Found" if status == 404 else "Method Not Allowed"
+        return self._answer(PlainTextResponse(text, status))
 
     def _count(self, source: str, prepared: Prepared, result: CommitResult) -> None:
         for stats in (self.stats.total, self.stats.sources.setdefault(source, SourceStats())):
@@ -457,8 +458,8 @@ class Collector:
 
         def endpoint(call: str | None) -> ASGIApp:
             async def handler(request: Request) -> Response:
-                if request.method != "POST":
-                    return await self.not_found(request)
+                if request.method != "POST":  # an OPTIONS that is no CORS preflight
+                    return await self.not_found(request, 405)
                 return await self.handle(request, call)
 
             return cors(handler)
@@ -489,7 +490,7 @@ class Collector:
         app = Starlette(routes=routes)
 
         async def not_found(request: Request, exc: Exception) -> Response:
-            return await self.not_found(request)
+            return await self.not_found(request, getattr(exc, "status_code", 404))
 
         app.add_exception_handler(404, not_found)
         app.add_exception_handler(405, not_found)

@@ -155,6 +155,10 @@ class ConnectionGuard:
     def loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """asyncio's handler, but out-of-descriptor accept errors are one line per interval."""
         exc = context.get("exception")
+        if isinstance(exc, ValueError) and "_start_serving" in str(context.get("message")):
+            # asyncio retries accept() 1 s after each failure, up to one retry per backlog
+            # slot; retries due after shutdown closed the socket find no descriptor. Harmless.
+            return
         if not (isinstance(exc, OSError) and exc.errno in _OUT_OF_FDS):
             loop.default_exception_handler(context)
             return
