@@ -415,9 +415,10 @@ class Collector:
         from starlette.responses import PlainTextResponse
 
         if self.stats.count_not_found(request.method, request.url.path):
-            log.warning("%s %s: no such endpoint (%d); /stats counts these under `not_found`. "
-                        "Senders post to /v1/batch, /v1/<call> or analytics.js's /v1/<letter>.",
-                        request.method, request.url.path[:200], status)
+            text = "no such endpoint" if status == 404 else "method not allowed"
+            log.warning("%s %s: %s (%d); /stats counts these under `not_found`. Senders post "
+                        "to /v1/batch, /v1/<call> or analytics.js's /v1/<letter>.",
+                        request.method, request.url.path[:200], text, status)
         text = "Not Found" if status == 404 else "Method Not Allowed"
         return self._answer(PlainTextResponse(text, status))
 
