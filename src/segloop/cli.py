@@ -374,6 +374,8 @@ def collector(
     latency_ms: int = typer.Option(0, "--latency-ms", help="Dev fault: wait this long before answering."),
     fail_rate: float = typer.Option(0.0, "--fail-rate", help="Dev fault: answer this fraction of requests with 500."),
     rate_limit: int = typer.Option(None, "--rate-limit", help="Dev fault: 429 + Retry-After above N requests/s."),
+    read_timeout: str = typer.Option("30s", "--read-timeout", help="Close a client that takes longer to send its request head, or its body (408)."),
+    max_connections: int = typer.Option(1000, "--max-connections", help="Open connections at most (also kept below ulimit -n)."),
 ) -> None:
     """Run a Segment-compatible HTTP Tracking API that archives what it accepts (200 = on disk)."""
     from segloop.config import Workspace
@@ -403,6 +405,9 @@ def collector(
         rate_limit=rate_limit,
         load_every_s=every,
         loader=loader,
+        header_timeout_s=parse_duration(read_timeout),
+        body_timeout_s=parse_duration(read_timeout),
+        max_connections=max_connections,
     )
     sources = ", ".join(sorted(set(keys.values())))
 

@@ -126,5 +126,6 @@ def test_rudder_sdk_python_with_gzip_lands_every_message_once(tmp_path: Path):
         identifies = wh.to_arrow(wh.table("identifies", "app")).to_pylist()
         assert all(r["context_traits_email"] == f"{r['user_id']}@example.com" for r in identifies)
         assert "email" not in wh.table("identifies", "app").columns
-        users_columns = set(wh.table("users", "app").columns) if "users" in wh.list_tables("app") else set()
-        assert "email" not in users_columns and "context_traits_email" not in users_columns
+        users = wh.to_arrow(wh.table("users", "app")).to_pylist()
+        assert {u["id"] for u in users} == {r["user_id"] for r in identifies}
+        assert not {"email", "plan", "context_traits_email"} & set(wh.table("users", "app").columns)
