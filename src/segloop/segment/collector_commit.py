@@ -104,6 +104,7 @@ class Committer:
     """One thread that dedupes, appends and fsyncs everything queued since its last fsync."""
 
     def __init__(self, writer: ArchiveWriter, dedupe: DedupeStore):
+        self.clock = time.time  # seconds; the dedupe window is measured on it (tests replace it)
         self.writer = writer
         self.dedupe = dedupe
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
@@ -138,7 +139,7 @@ class Committer:
                 return
 
     def _commit(self, group: list[_Pending]) -> None:
-        now_ms = int(time.time() * 1000)
+        now_ms = int(self.clock() * 1000)
         try:
             with self._lock:
                 already = self.dedupe.seen([mid for p in group for mid, _ in p.lines], now_ms)
