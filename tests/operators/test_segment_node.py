@@ -191,6 +191,46 @@ def test_on_removed_sends_an_event_for_customers_gone(make_workspace) -> None:
     assert run(root, fake).node("to_segment").metrics["removed"] == 0
 
 
+def test_a_failed_change_is_retried_with_the_id_of_the_failed_send(make_workspace) -> None:
+    """Segment may have kept a batch whose answer was an error: the retry must dedupe with it."""
+    root = setup(make_workspace, scores(300))
+    fake = FakeSegment()
+    run(root, fake)
+    first_ids = set(fake.delivered_ids())
+    write_source(root, scores(300, bump=frozenset(range(0, 300, 2))))
+    fake.script[:] = [403] * 10  # Segment refuses this run's batches
+    failing = run(root, fake)
+    assert failing.node("to_segment").metrics["failed"] == 150
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        failed_ids = {r["message_id"] for r in wh.table("shop__to_segment__rejects").to_pyarrow().to_pylist()}
+    assert len(failed_ids) == 150 and failed_ids.isdisjoint(first_ids)  # a change is a new message
+    fake.script.clear()
+    retry = run(root, fake)
+    m = retry.node("to_segment").metrics
+    assert (m["retried"], m["sent"]) == (150, 150)
+    retried = {msg["messageId"]: msg for msg in fake.delivered() if msg["messageId"] not in first_ids}
+    assert set(retried) == failed_ids
+    assert {msg["properties"]["iphone"] for msg in retried.values()} == {0.834}
+
+
+def test_a_removal_that_failed_is_sent_next_run(make_workspace) -> None:
+    pipeline = PIPELINE + "    on_removed: Left Prediction Audience\n"
+    root = setup(make_workspace, scores(3), pipeline)
+    fake = FakeSegment()
+    run(root, fake)
+    write_source(root, scores(3).slice(0, 2))
+    fake.script[:] = [403]
+    failing = run(root, fake)
+    assert failing.node("to_segment").metrics["failed"] == 1
+    fake.script.clear()
+    again = run(root, fake).node("to_segment").metrics
+    assert (again["removed"], again["removed_sent"]) == (1, 1)
+    gone = [msg for msg in fake.delivered() if msg["event"] == "Left Prediction Audience"]
+    assert [msg["userId"] for msg in gone] == ["162514335"]
+    assert gone[0]["messageId"] == fake.requests[-2].body["batch"][0]["messageId"]  # the failed try's id
+    assert run(root, fake).node("to_segment").metrics["removed"] == 0
+
+
 def test_a_run_whose_messages_do_not_arrive_exits_non_zero(make_workspace, monkeypatch: pytest.MonkeyPatch) -> None:
     """A cron job or CI step must not stay green while nothing reaches Segment."""
     from typer.testing import CliRunner

@@ -193,10 +193,11 @@ class SegmentOperator(Operator):
         mapping = self.mapping(ctx)
         for chunk in state.pending_chunks():
             for i, row in enumerate(chunk.to_pylist()):
-                message = render_row(row, mapping)
+                previous = row["_prev_id"]
+                message = render_row(row, mapping, previous)
                 # A queued message carries its payload; only a local rejection needs the row
                 # (for the rejects table), so queued refs do not keep 10,000 rows alive.
-                yield (row["_key"], row["_hash"], row if type(message) is Rejection else None), message
+                yield (row["_key"], row["_hash"], previous, row if type(message) is Rejection else None), message
                 if i % 512 == 511:
                     delivery.maybe_checkpoint()
             delivery.maybe_checkpoint()
@@ -212,8 +213,12 @@ class SegmentOperator(Operator):
                     msg = build("identify", user_id=row["key"], traits=dict.fromkeys(names), context=self.cfg.context)
                 else:
                     msg = build("track", user_id=row["key"], event=self.cfg.on_removed, context=self.cfg.context)
-                msg["messageId"] = message_id(ctx.pipeline, ctx.node, "removed", row["key"], payload_hash(msg))
-                yield (row["key"], row["payload_hash"], {"_removed": True}), msg
+                # The key's last acknowledged id is part of the id, as for rows: a customer who
+                # leaves, comes back and leaves again gets a second removal message.
+                previous = row["previous_id"]
+                msg["messageId"] = message_id(ctx.pipeline, ctx.node, "removed", row["key"], payload_hash(msg),
+                                              *([previous] if previous else []))
+                yield (row["key"], row["payload_hash"], previous, {"_removed": True}), msg
 
     def render_samples(self, state: SyncState, ctx: RunContext, limit: int | None = None) -> list[dict[str, Any]]:
         """The first payloads the next run would send (for --dry-run and `segloop preview`)."""
@@ -303,12 +308,14 @@ class _Delivery:
         rejects: list[dict[str, Any]] = []
         error = None if status == SENT else f"{outcome.reason}: {outcome.detail}"
         for item in items:
-            key, payload_hash, row = item.ref
+            key, payload_hash, previous, row = item.ref
             if key is not None:
                 keys.append(key)
                 hashes.append(payload_hash)
                 statuses.append(REMOVED if status == SENT and type(row) is dict and row.get("_removed") else status)
-                ids.append(item.message_id or None)
+                # The state keeps the key's last *acknowledged* id: a retry of this message
+                # derives the same id from it (the failed id is in the rejects table).
+                ids.append((item.message_id or None) if status == SENT else previous)
             if status != SENT:
                 rejects.append({
                     "key": key, "status": status, "reason": outcome.reason or status,
