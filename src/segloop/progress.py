@@ -22,7 +22,8 @@ from segloop.pipeline import NodeResult, Reporter, RunResult
 if TYPE_CHECKING:  # pragma: no cover
     from segloop.store import RunRecord
 
-STATUS_STYLE = {"success": "green", "failed": "red", "skipped": "yellow", "running": "cyan"}
+STATUS_STYLE = {"success": "green", "failed": "red", "skipped": "yellow", "running": "cyan",
+                "interrupted": "magenta"}
 
 
 class RichReporter(Reporter):
