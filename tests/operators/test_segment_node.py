@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -83,8 +84,33 @@ def test_every_row_once_then_nothing_on_rerun(make_workspace, n: int) -> None:
     assert all(len(r.body["batch"]) <= 100 for r in fake.requests)
     second = run(root, fake)
     m = second.node("to_segment").metrics
-    assert m["sent"] == 0 and m["unchanged"] == n and m["skipped"] == n
+    assert m["sent"] == 0 and m["unchanged"] == n and "skipped" not in m  # one word for one count
     assert len(fake.delivered()) == n
+
+
+def test_a_rerun_says_unchanged_once_in_the_cli_show_and_report(make_workspace, tmp_path: Path, monkeypatch) -> None:
+    """One word per count: a re-run's rows are `unchanged` everywhere, never also `skipped`."""
+    from typer.testing import CliRunner
+
+    from segloop.cli import app
+    from segloop.segment.collector import serve_in_thread
+
+    with serve_in_thread({"wk-test-123": "crm"}, tmp_path / "collector") as collector:
+        root = setup(make_workspace, scores(300), PIPELINE + f"    endpoint: {collector.url}\n")
+        monkeypatch.chdir(root)
+        monkeypatch.setenv("COLUMNS", "200")
+        runner = CliRunner()
+        first = runner.invoke(app, ["run", "shop"])
+        assert first.exit_code == 0 and "sent=300" in first.output, first.output
+        again = runner.invoke(app, ["run", "shop"])
+    assert again.exit_code == 0 and "sent=0, unchanged=300" in again.output, again.output
+    shown = runner.invoke(app, ["show", "latest"]).output
+    assert "unchanged" in shown
+    [report] = sorted((root / ".segloop" / "runs").glob("*/report.html"))[-1:]
+    html = re.sub(r"<style.*?</style>", "", report.read_text(), flags=re.S)  # not its CSS classes
+    assert "unchanged" in html
+    for text in (again.output, shown, html):
+        assert "skipped" not in text
 
 
 def test_changed_rows_only_with_new_message_ids(make_workspace) -> None:

@@ -182,7 +182,6 @@ class SegmentOperator(Operator):
         return {
             "mode": plan.mode, "rows": rows, "new": c.get("new", 0), "changed": c.get("changed", 0),
             "retried": c.get("retry", 0), "unchanged": c.get("unchanged", 0),
-            "skipped": c.get("unchanged", 0) if plan.mode == "diff" else 0,
             "duplicate_keys": c.get("duplicate", 0), "missing_key": c.get("no_key", 0),
             "removed": plan.removed_keys, "to_send": plan.to_send,
         }
