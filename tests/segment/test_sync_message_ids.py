@@ -108,3 +108,31 @@ def test_reset_sends_every_row_again_as_new_messages(make_workspace, tmp_path: P
         assert run(root)["sent"] == 0
         stats = collector.stats
     assert stats["accepted"] == 2 * USERS and stats["deduped"] == 0
+
+
+@pytest.mark.postgres
+def test_ids_of_values_that_change_back_are_the_same_on_postgres_and_duckdb(
+        tmp_path: Path, pg_cluster: Any, pg_database: str) -> None:
+    """Ids depend on the data and the state only: the warehouse is not part of them."""
+    from tests.segment.fake_segment import FakeSegment
+
+    users = [f"u{i}" for i in range(USERS)]
+    ids: dict[str, list[list[str]]] = {}
+    for label, yml in (("postgres", pg_cluster.workspace_yml(pg_database, "default")),
+                       ("duckdb", "warehouses:\n  default:\n    type: duckdb\n")):
+        root = tmp_path / label
+        (root / "pipelines").mkdir(parents=True)
+        (root / "segloop.yml").write_text(yml)
+        (root / "pipelines" / "crm.yml").write_text(PIPELINE.format(url="http://127.0.0.1:9", extra=""))
+        pipeline = Pipeline.load(root / "pipelines" / "crm.yml")
+        fake = FakeSegment()
+        ids[label] = []
+        for tier in (1, 2, 1, 1):
+            with pipeline.connect() as wh:
+                wh.create_table("tiers", pa.table({"user_id": users, "tier": [tier] * USERS}), schema="src")
+            before = len(fake.delivered())
+            assert pipeline.run(options={"segment_transport": fake}).ok
+            ids[label].append(sorted(m["messageId"] for m in fake.delivered()[before:]))
+    assert [len(run) for run in ids["duckdb"]] == [50, 50, 50, 0]
+    assert len({i for run in ids["duckdb"] for i in run}) == 150
+    assert ids["postgres"] == ids["duckdb"]

@@ -8,7 +8,9 @@ name, the properties (columns) and the customer id column. A row
 
 Only new, changed and unacknowledged rows are sent (``mode: diff``, see segment/sync.py);
 each acknowledged batch is checkpointed, so a killed run resumes where it stopped, and
-message ids are deterministic, so whatever is sent twice is dropped by Segment's dedupe.
+message ids are deterministic: a retry of an unacknowledged send keeps its id, so Segment's
+dedupe drops what is sent twice, while a new send (a value that changes back too) gets a new
+id, derived from the key's last acknowledged one (docs/sync.md, "Message ids").
 Rejected and failed rows go to ``<pipeline>__<node>__rejects`` with the reason and payload.
 """
 

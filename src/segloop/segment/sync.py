@@ -10,6 +10,10 @@ For each Segment node, two tables live in the warehouse beside the data:
   run killed with ``kill -9`` loses at most the acknowledgements not yet written, and
   those rows are re-sent with the same message ids (Segment drops them as duplicates).
 
+A message id hashes the key, the payload and the key's last *acknowledged* message id
+(``message_id`` in the state, which a failed or rejected send leaves as it was): a retry
+has the same three and so the same id, any send after an acknowledged one a new id.
+
 The diff is one outer join of the input with the state on the customer key, computed by SQL
 inside the warehouse; only the rows to send (and the keys gone since the last run) are
 materialized, and only they are read into Python, in bounded chunks. Work per run is one
