@@ -65,7 +65,10 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
     (
         3,
-        "ALTER TABLE runs ADD COLUMN owner TEXT",
+        """
+        ALTER TABLE runs ADD COLUMN owner TEXT;
+        CREATE INDEX runs_status ON runs (status);
+        """,
     ),
 ]
 RUNNING, INTERRUPTED = "running", "interrupted"
