@@ -339,8 +339,8 @@ class SyncState:
         One outer join on the key: input rows are new/changed/retry/unchanged/no_key; keys
         only in the state are ``gone_sent`` (delivered before: ``on_removed`` applies) or
         ``gone``. ``_prev_id`` is the key's last acknowledged messageId (part of the next
-        message's id, see ``messages.render_row``). ``dedupe=False`` skips collapsing duplicate keys, for inputs known to have
-        one row per key (``plan`` counts first).
+        message's id, see ``messages.render_row``). ``dedupe=False`` skips collapsing
+        duplicate keys, for inputs known to have one row per key (``plan`` counts first).
         """
         import ibis
 
