@@ -229,7 +229,7 @@ class SegmentOperator(Operator):
         wanted = limit or self.SAMPLE_PAYLOADS
         samples: list[dict[str, Any]] = []
         for row in state.sample(wanted).to_pylist():
-            message = render_row(row, mapping)
+            message = render_row(row, mapping, row.get("_prev_id"))  # the id the run would send
             if isinstance(message, Rejection):
                 samples.append({"rejected": message.reason, "detail": message.detail, "key": row["_key"]})
             else:
