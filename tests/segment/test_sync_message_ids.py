@@ -67,8 +67,11 @@ def test_a_value_that_changes_back_is_delivered_and_an_unchanged_run_sends_nothi
     with serve_in_thread({KEY: "crm"}, tmp_path / "collector") as collector:
         root = make_workspace({"crm": PIPELINE.format(url=collector.url, extra="")})
         sent = []
+        previewed: set[str] = set()
         for tier in (1, 2, 1, 1):
             write_tiers(root, dict.fromkeys(users, tier))
+            dry = Pipeline.load(root / "pipelines" / "crm.yml").run(dry_run=True).node("to_segment").metrics
+            previewed |= {m["messageId"] for m in dry["sample_payloads"]}
             metrics = run(root)
             sent.append((metrics["sent"], metrics["changed"], metrics["unchanged"]))
         stats = collector.stats
@@ -79,6 +82,7 @@ def test_a_value_that_changes_back_is_delivered_and_an_unchanged_run_sends_nothi
     assert {u: [m["traits"]["tier"] for m in msgs] for u, msgs in per_user.items()} == dict.fromkeys(users, [1, 2, 1])
     ids = [m["messageId"] for msgs in per_user.values() for m in msgs]
     assert len(set(ids)) == 150
+    assert len(previewed) == 9 and previewed <= set(ids)  # a dry run shows the ids the run sends
 
 
 def test_a_customer_who_leaves_comes_back_and_leaves_again_gets_every_message(
