@@ -264,7 +264,9 @@ class Pipeline:
         reporter = reporter or Reporter()
         plan = self.plan(node)
         # This run holds the pipeline's lock: a run of it still marked `running` was killed.
-        store.interrupt_runs(self.name, except_run=run_id)
+        for stale in store.interrupt_runs(self.name, except_run=run_id):
+            log.warning("run %s of `%s` ended without finishing (its process was killed?); "
+                        "marked `interrupted` in the run history", stale, self.name)
         store.start_run(self.name, str(self.file) if self.file else None,
                         self.config.warehouse, dry_run, trigger, run_id=run_id)
         started = time.perf_counter()
