@@ -158,7 +158,7 @@ def _query_batches(wh: Warehouse, sql: str, limit: int | None) -> tuple[pa.Schem
     """The result's Arrow schema and its record batches, streamed (exports of any size)."""
     if _duckdb_statement(wh, sql):
         relation = wh.con.con.sql(sql)
-        reader = (relation.limit(limit) if limit is not None else relation).fetch_arrow_reader()
+        reader = (relation.limit(limit) if limit is not None else relation).to_arrow_reader()
     else:
         expr = wh.sql(sql)
         reader = (expr.limit(limit) if limit is not None else expr).to_pyarrow_batches()
