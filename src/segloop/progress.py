@@ -22,8 +22,6 @@ from rich.progress import (
     Task,
     TaskID,
     TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.table import Table
 from rich.text import Text
@@ -67,6 +65,31 @@ class RateColumn(ProgressColumn):
         return Text(f"{speed:,.0f} {unit}/s" if unit else f"{speed:,.0f}/s", style="progress.data.speed")
 
 
+class EtaColumn(ProgressColumn):
+    """`eta 0:01:05` while the total is known and not reached; nothing otherwise."""
+
+    max_refresh = 0.5  # rich's own TimeRemainingColumn steadies the figure the same way
+
+    def render(self, task: Task) -> Text:
+        if task.total is None or task.finished or task.time_remaining is None:
+            return Text("")
+        return Text(f"eta {_clock(task.time_remaining)}", style="progress.remaining")
+
+
+class ElapsedColumn(ProgressColumn):
+    """`0:00:42 elapsed`."""
+
+    def render(self, task: Task) -> Text:
+        elapsed = task.finished_time if task.finished else task.elapsed
+        return Text(f"{_clock(elapsed or 0)} elapsed", style="progress.elapsed")
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds + 0.5), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
 def _progress(console: Console, label: str, get_time: Callable[[], float] | None) -> Progress:
     return Progress(
         SpinnerColumn(),
@@ -74,9 +97,8 @@ def _progress(console: Console, label: str, get_time: Callable[[], float] | None
         BarColumn(),
         CountColumn(),
         RateColumn(),
-        TextColumn("[dim]eta[/dim]"),
-        TimeRemainingColumn(),
-        TimeElapsedColumn(),
+        EtaColumn(),
+        ElapsedColumn(),
         console=console,
         transient=False,
         disable=not console.is_terminal,  # pipes and logs get summaries, not redraws
