@@ -179,3 +179,36 @@ def test_demo_data_on_a_terminal_shows_a_bar_with_rate_and_eta(make_workspace) -
     assert "generating events of 60 customers" in shown
     assert re.search(r"writing schema demo_shop .*━.* ([\d,]+)/\1 rows .*[\d,]+ rows/s .*elapsed", shown), shown
     assert "Wrote schema demo_shop" in shown
+
+
+def test_a_node_that_cannot_count_gets_an_eta_from_its_last_run() -> None:
+    console, out = terminal()
+    clock = Clock()
+    with RichReporter(console, get_time=clock, expected={"likely_buyers": 8.0}) as reporter:
+        reporter.progress.live.auto_refresh = False
+        reporter.node_started("likely_buyers", "propensity")
+        reporter.node_started("fresh", "sql")  # never ran: no guess
+        clock.now += 2
+        reporter.progress.refresh()
+        frame = plain(out).rsplit("\r", 1)[-1]
+        buyers = next(line for line in frame.splitlines() if "likely_buyers" in line)
+        fresh = next(line for line in frame.splitlines() if "fresh" in line)
+        assert "eta ~0:00:06" in buyers and "eta" not in fresh
+        clock.now += 10  # slower than last time: say so, do not count below zero
+        reporter.progress.refresh()
+        frame = plain(out).rsplit("\r", 1)[-1]
+        assert "last run took 0:00:08" in frame and "eta ~" not in frame
+
+
+def test_the_cli_reads_each_nodes_last_duration(make_workspace) -> None:
+    from segloop.cli import _last_seconds
+    from segloop.pipeline import Pipeline
+
+    root = make_workspace({"p": "name: p\nnodes:\n  a:\n    type: sql\n    sql: select 1 as x\n"
+                                "  b:\n    type: sql\n    sql: select * from nosuch.t\n"})
+    pipeline = Pipeline.load(root / "pipelines" / "p.yml")
+    assert _last_seconds(pipeline) == {}
+    result = pipeline.run()
+    expected = _last_seconds(pipeline)
+    assert set(expected) == {"a"}  # b failed: its time says nothing about a good run
+    assert expected["a"] == pytest.approx(result.node("a").seconds, abs=0.01)  # stored rounded

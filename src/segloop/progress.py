@@ -23,6 +23,7 @@ from rich.progress import (
     TaskID,
     TextColumn,
 )
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
@@ -53,10 +54,12 @@ class CountColumn(ProgressColumn):
 
 
 class RateColumn(ProgressColumn):
-    """Items per second over the last seconds (rich's moving average), e.g. `8,120 rows/s`."""
+    """Items per second, e.g. `8,120 rows/s`: rich's moving average; the overall one when done."""
 
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
+        speed = task.speed
+        if task.finished and task.finished_time:  # the whole node's average, shown when done
+            speed = task.completed / task.finished_time
         if speed is None:
             return Text("")
         unit = task.fields.get("unit", "")
@@ -66,14 +69,42 @@ class RateColumn(ProgressColumn):
 
 
 class EtaColumn(ProgressColumn):
-    """`eta 0:01:05` while the total is known and not reached; nothing otherwise."""
+    """`eta 0:01:05` while the total is known and not reached.
+
+    A node that cannot count its work (one SQL statement, a model fit) has no total; if it
+    ran before, its last run's duration gives `eta ~0:00:04` (the `~` says it is a guess).
+    """
 
     max_refresh = 0.5  # rich's own TimeRemainingColumn steadies the figure the same way
 
     def render(self, task: Task) -> Text:
-        if task.total is None or task.finished or task.time_remaining is None:
+        if task.finished:
+            return Text("")
+        if task.total is None:
+            expected = task.fields.get("expected")
+            if not expected or task.elapsed is None:
+                return Text("")
+            left = expected - task.elapsed
+            if left < 0:
+                return Text(f"last run took {_clock(expected)}", style="progress.remaining")
+            return Text(f"eta ~{_clock(left)}", style="progress.remaining")
+        if task.time_remaining is None:
             return Text("")
         return Text(f"eta {_clock(task.time_remaining)}", style="progress.remaining")
+
+
+class NodeBarColumn(BarColumn):
+    """A bar of the count when there is a total; else of the time the last run took, if known."""
+
+    def render(self, task: Task) -> ProgressBar:
+        expected = task.fields.get("expected")
+        if task.total is not None or not expected or task.finished:
+            return super().render(task)
+        elapsed = task.elapsed or 0.0
+        return ProgressBar(total=expected, completed=min(elapsed, expected * 0.99), width=self.bar_width,
+                           pulse=elapsed > expected, animation_time=task.get_time(), style=self.style,
+                           complete_style=self.complete_style, finished_style=self.finished_style,
+                           pulse_style=self.pulse_style)
 
 
 class ElapsedColumn(ProgressColumn):
@@ -94,7 +125,7 @@ def _progress(console: Console, label: str, get_time: Callable[[], float] | None
     return Progress(
         SpinnerColumn(),
         TextColumn(label),
-        BarColumn(),
+        NodeBarColumn(),
         CountColumn(),
         RateColumn(),
         EtaColumn(),
@@ -109,8 +140,11 @@ def _progress(console: Console, label: str, get_time: Callable[[], float] | None
 class RichReporter(Reporter):
     """One progress bar per node, with its count, rate and time left."""
 
-    def __init__(self, console: Console, get_time: Callable[[], float] | None = None):
+    def __init__(self, console: Console, get_time: Callable[[], float] | None = None,
+                 expected: dict[str, float] | None = None):
+        """``expected``: seconds each node took last time, for an eta of nodes that cannot count."""
         self.console = console
+        self.expected = expected or {}
         self.progress = _progress(console, "[bold]{task.fields[node]}[/bold] [dim]{task.fields[kind]}[/dim]", get_time)
         self.tasks: dict[str, TaskID] = {}
 
@@ -123,7 +157,8 @@ class RichReporter(Reporter):
 
     def node_started(self, name: str, node_type: str) -> None:
         self.tasks[name] = self.progress.add_task("", total=None, node=name, kind=node_type,
-                                                  unit=NODE_UNITS.get(node_type, "rows"))
+                                                  unit=NODE_UNITS.get(node_type, "rows"),
+                                                  expected=self.expected.get(name))
 
     def node_progress(self, name: str, advance: int, total: int | None) -> None:
         task = self.tasks.get(name)
