@@ -63,6 +63,8 @@ def test_table_shows_50_rows_and_says_there_are_more(workspace: Path) -> None:
     shown = [line for line in out.splitlines() if line.startswith("│")]
     assert len(shown) == 50
     assert "showed the first 50 rows" in err and "--limit" in err
+    code, out, err = query("select id from src.visits where false")
+    assert code == 0 and "id" in out and "(no rows)" in err
     code, out, err = query("select id from src.visits order by id", "--limit", "200")
     assert len([line for line in out.splitlines() if line.startswith("│")]) == 120 and "first" not in err
 

@@ -313,6 +313,8 @@ def query(
         except BrokenPipeError:  # `segloop query ... | head`: the reader has all it wants
             _quiet_stdout()
             return
+    if rows == 0 and kind == "table":
+        err_console.print("[dim](no rows)[/dim]", highlight=False)
     if more:
         err_console.print(f"[dim]showed the first {rows:,} rows; --limit N shows more, --format csv or "
                           "--output FILE writes every row[/dim]", highlight=False, soft_wrap=True)
@@ -482,7 +484,7 @@ def collector(
     err_console.print(
         f"collector stopped: {stats['accepted']:,} messages accepted, {stats['deduped']:,} "
         f"duplicates and {dropped:,} invalid messages dropped, "
-        f"{sum(stats['rejected_requests'].values()):,} requests refused", highlight=False, soft_wrap=True,
+        f"{sum(stats['rejected_requests'].values()):,} requests refused"
     )
 
 
