@@ -201,14 +201,14 @@ def test_a_node_that_cannot_count_gets_an_eta_from_its_last_run() -> None:
 
 
 def test_the_cli_reads_each_nodes_last_duration(make_workspace) -> None:
-    from segloop.cli import _last_seconds
     from segloop.pipeline import Pipeline
+    from segloop.progress import last_durations
 
     root = make_workspace({"p": "name: p\nnodes:\n  a:\n    type: sql\n    sql: select 1 as x\n"
                                 "  b:\n    type: sql\n    sql: select * from nosuch.t\n"})
     pipeline = Pipeline.load(root / "pipelines" / "p.yml")
-    assert _last_seconds(pipeline) == {}
+    assert last_durations(pipeline) == {}
     result = pipeline.run()
-    expected = _last_seconds(pipeline)
+    expected = last_durations(pipeline)
     assert set(expected) == {"a"}  # b failed: its time says nothing about a good run
     assert expected["a"] == pytest.approx(result.node("a").seconds, abs=0.01)  # stored rounded

@@ -195,10 +195,10 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Send nothing to Segment; show what would be sent."),
 ) -> None:
     """Run a pipeline: each node inside the warehouse, in dependency order."""
-    from segloop.progress import RichReporter, print_summary
+    from segloop.progress import RichReporter, last_durations, print_summary
 
     loaded = _pipeline(pipeline)
-    with RichReporter(console, expected=_last_seconds(loaded)) as reporter:
+    with RichReporter(console, expected=last_durations(loaded)) as reporter:
         result = loaded.run(node=node, dry_run=dry_run, reporter=reporter,
                             options={"debug": _state["debug"]})
     print_summary(console, result)
@@ -210,21 +210,6 @@ def run(
             if failed.status == "failed":
                 err_console.print(f"[red]error:[/red] {failed.error}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
-
-
-def _last_seconds(pipeline: Pipeline) -> dict[str, float]:
-    """How long each node took in its last successful run (an eta for nodes that cannot count)."""
-    from segloop.store import RunStore
-
-    db = pipeline.workspace.state_dir / "state.db"
-    if not db.exists():
-        return {}
-    store = RunStore(db)
-    try:
-        last = {name: store.last_node_run(pipeline.name, name) for name in pipeline.config.nodes}
-    finally:
-        store.close()
-    return {name: record.seconds for name, record in last.items() if record and record.seconds}
 
 
 @app.command()

@@ -27,7 +27,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from segloop.pipeline import NodeResult, Reporter, RunResult
+from segloop.pipeline import NodeResult, Pipeline, Reporter, RunResult
 
 if TYPE_CHECKING:  # pragma: no cover
     from segloop.store import RunRecord
@@ -181,6 +181,21 @@ class RichReporter(Reporter):
         if not self.console.is_terminal:
             rows = "" if result.rows is None else f"{result.rows:,} rows, "
             self.console.print(f"{result.name}: {result.status} ({rows}{result.seconds:.2f}s)", highlight=False)
+
+
+def last_durations(pipeline: Pipeline) -> dict[str, float]:
+    """How long each node took in its last successful run (an eta for nodes that cannot count)."""
+    from segloop.store import RunStore
+
+    db = pipeline.workspace.state_dir / "state.db"
+    if not db.exists():
+        return {}
+    store = RunStore(db)
+    try:
+        last = {name: store.last_node_run(pipeline.name, name) for name in pipeline.config.nodes}
+    finally:
+        store.close()
+    return {name: record.seconds for name, record in last.items() if record and record.seconds}
 
 
 class StepProgress:
