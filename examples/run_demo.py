@@ -37,7 +37,11 @@ def segloop(*args: str, cwd: Path) -> None:
 
 
 def start_collector(workspace: Path) -> subprocess.Popen[str]:
-    """`segloop collector` on a free loopback port; its URL goes to SEGLOOP_ENDPOINT."""
+    """`segloop collector` on a free loopback port; its URL goes to SEGLOOP_ENDPOINT.
+
+    The collector says where it listens (on stderr, shared with us) before it prints the
+    URL we wait for, so that line is on screen before the next command's.
+    """
     args = ["collector", "--port", "0", "--key", "${SEGMENT_WRITE_KEY}=demo_crm", "--data", ".segloop/collector"]
     print(f"\n$ segloop {_shell(args)} &", flush=True)
     proc = subprocess.Popen([*SEGLOOP, *args], cwd=workspace, stdout=subprocess.PIPE, text=True)
@@ -46,7 +50,6 @@ def start_collector(workspace: Path) -> subprocess.Popen[str]:
     if not url.startswith("http://"):
         proc.kill()
         raise SystemExit(f"the collector did not start: {url!r}")
-    print(f"collector listening on {url}")
     os.environ["SEGLOOP_ENDPOINT"] = url
     return proc
 

@@ -142,7 +142,8 @@ def test_a_pipeline_file_outside_any_workspace_runs_in_the_one_you_are_in(make_w
     assert pipeline.run().ok
     assert not (elsewhere / ".segloop").exists()  # nothing made next to the file
 
-    monkeypatch.chdir(elsewhere)  # not a workspace, nothing ran here: `runs` creates nothing
+    monkeypatch.chdir(elsewhere)  # not a workspace: `runs` says so, and creates nothing
     out = CliRunner().invoke(app, ["runs"])
-    assert out.exit_code == 0 and "No runs yet" in out.output
+    assert out.exit_code == 1 and f"no segloop.yml in {elsewhere.resolve()}" in out.output
+    assert "segloop init DIR" in out.output
     assert not (elsewhere / ".segloop").exists()

@@ -5,12 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
 
 from segloop.errors import SegloopError
+from segloop.query_output import TABLE_ROWS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from segloop.config import Workspace
+    from segloop.pipeline import Pipeline
+    from segloop.warehouse import Warehouse
 
 app = typer.Typer(
     name="segloop",
@@ -48,6 +54,56 @@ def _root(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
 ) -> None:
     _state["debug"] = debug
+
+
+def _workspace() -> Workspace:
+    """The workspace around the current folder; outside any, an error that says how to make one.
+
+    Commands that read or write a workspace's state never create `.segloop/` in a folder
+    that is not one.
+    """
+    from segloop.config import Workspace
+
+    workspace = Workspace.find()
+    _require_workspace(workspace)
+    return workspace
+
+
+def _require_workspace(workspace: Workspace) -> None:
+    from segloop.config import WORKSPACE_FILE
+
+    if not (workspace.root / WORKSPACE_FILE).exists():
+        raise SegloopError(
+            f"no {WORKSPACE_FILE} in {workspace.root} or a folder above it, so this is not a segloop "
+            f"workspace; create one with `segloop init DIR` and `cd DIR`, or cd into an existing one"
+        )
+
+
+def _pipeline(name_or_path: str) -> Pipeline:
+    """A pipeline by file or name, in the workspace around it (or around the current folder)."""
+    from segloop.pipeline import Pipeline
+
+    if not Path(name_or_path).exists():
+        _workspace()  # a name: only a workspace has pipelines/ to look in
+    loaded = Pipeline.load(name_or_path)
+    _require_workspace(loaded.workspace)
+    return loaded
+
+
+def _warehouse(workspace: Workspace, name: str | None) -> Warehouse:
+    from segloop.warehouse import Warehouse
+
+    return Warehouse.connect(workspace.warehouse_config(name), workspace.root)
+
+
+def _quiet_stdout() -> None:
+    """After the reader of a pipe left: stdout to /dev/null, so Python's exit flush is silent."""
+    import contextlib
+    import os
+    import sys
+
+    with contextlib.suppress(OSError, ValueError):  # not a real file (tests): nothing to silence
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 
@@ -95,8 +151,14 @@ def init(directory: Path = typer.Argument(Path("."), help="Folder for the new wo
     gitignore = directory / ".gitignore"
     if not gitignore.exists():
         gitignore.write_text(".segloop/\n")
-    console.print(f"Created workspace in [bold]{directory}[/bold]: segloop.yml, pipelines/example.yml")
-    console.print("Next: [bold]segloop demo-data[/bold] then [bold]segloop run example[/bold]")
+    console.print(f"Created workspace in [bold]{directory}[/bold]: segloop.yml, pipelines/example.yml",
+                  highlight=False, soft_wrap=True)
+    steps = ["segloop demo-data", "segloop run example"]
+    if directory.resolve() != Path.cwd().resolve():  # commands run in the workspace: go there first
+        import shlex
+
+        steps.insert(0, f"cd {shlex.quote(str(directory))}")
+    console.print("Next: " + " && ".join(f"[bold]{step}[/bold]" for step in steps), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -133,11 +195,10 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Send nothing to Segment; show what would be sent."),
 ) -> None:
     """Run a pipeline: each node inside the warehouse, in dependency order."""
-    from segloop.pipeline import Pipeline
-    from segloop.progress import RichReporter, print_summary
+    from segloop.progress import RichReporter, last_durations, print_summary
 
-    loaded = Pipeline.load(pipeline)
-    with RichReporter(console) as reporter:
+    loaded = _pipeline(pipeline)
+    with RichReporter(console, expected=last_durations(loaded)) as reporter:
         result = loaded.run(node=node, dry_run=dry_run, reporter=reporter,
                             options={"debug": _state["debug"]})
     print_summary(console, result)
@@ -158,11 +219,10 @@ def runs(
     limit: int = typer.Option(20, "--limit", help="How many runs to list."),
 ) -> None:
     """List recent runs from the run history."""
-    from segloop.config import Workspace
     from segloop.progress import print_runs
     from segloop.store import RunStore
 
-    workspace = Workspace.find()
+    workspace = _workspace()
     if not (workspace.state_dir / "state.db").exists():  # nothing ran here: create nothing either
         console.print(f"No runs yet in {workspace.root}. Start one with: segloop run PIPELINE")
         return
@@ -174,12 +234,13 @@ def runs(
 @handle_errors
 def show(run_id: str = typer.Argument("latest", help="Run id (or a unique prefix, or `latest`).")) -> None:
     """Show one run: each node's status, rows, seconds, error and metrics."""
-    from segloop.config import Workspace
     from segloop.progress import print_run
     from segloop.store import RunStore
 
-    store = RunStore(Workspace.find().state_dir / "state.db")
-    print_run(console, store.get_run(run_id))
+    workspace = _workspace()
+    if not (workspace.state_dir / "state.db").exists():  # nothing ran here: create nothing either
+        raise SegloopError(f"no runs yet in {workspace.root}; start one with: segloop run PIPELINE")
+    print_run(console, RunStore(workspace.state_dir / "state.db").get_run(run_id))
 
 
 @app.command("demo-data")
@@ -192,20 +253,25 @@ def demo_data(
     warehouse: str = typer.Option(None, "--warehouse", "-w", help="Warehouse name from segloop.yml."),
 ) -> None:
     """Write a Segment-shaped e-commerce source (tracks, identifies, users, event tables)."""
-    from segloop.config import Workspace
     from segloop.demo import write_demo_data
-    from segloop.warehouse import Warehouse
+    from segloop.progress import StepProgress
 
-    workspace = Workspace.find()
-    config = workspace.warehouse_config(warehouse)
-    with console.status("Generating Segment demo data..."), Warehouse.connect(config, workspace.root) as wh:
-        stats = write_demo_data(wh, schema=schema, customers=customers, days=days, seed=seed)
+    workspace = _workspace()
+    with StepProgress(console, f"generating events of {customers:,} customers") as bar, \
+            _warehouse(workspace, warehouse) as wh:
+
+        def progress(stage: str, advance: int, total: int | None) -> None:
+            if stage == "write" and advance == 0:
+                bar.stage(f"writing schema {schema}", total=total)
+            else:
+                bar.update(advance, total)
+
+        stats = write_demo_data(wh, schema=schema, customers=customers, days=days, seed=seed, progress=progress)
     console.print(
         f"Wrote schema [bold]{stats.schema}[/bold]: {stats.events:,} events from "
         f"{stats.customers:,} customers and {stats.anonymous_visitors:,} anonymous visitors, "
-        f"{stats.orders:,} orders, in {stats.seconds:.1f}s"
+        f"{stats.orders:,} orders, in {stats.seconds:.1f}s", highlight=False, soft_wrap=True,
     )
-
 
 
 @app.command()
@@ -213,42 +279,33 @@ def demo_data(
 def query(
     sql: str = typer.Argument(..., help="A SELECT in the warehouse's dialect (on DuckDB also DESCRIBE, SHOW, SUMMARIZE)."),
     warehouse: str = typer.Option(None, "--warehouse", "-w", help="Warehouse name from segloop.yml."),
-    limit: int = typer.Option(50, "--limit", help="Rows to show at most."),
+    limit: int = typer.Option(None, "--limit", min=0,
+                              help=f"Rows at most (default: {TABLE_ROWS} for a table, every row for the other formats)."),
+    fmt: str = typer.Option(None, "--format", "-f", help="table, csv, json or markdown (default: from --output's suffix, else table)."),
+    output: Path = typer.Option(None, "--output", "-o", help="Write the result to this file instead of the terminal."),
 ) -> None:
-    """Run a query in the workspace's warehouse and print the first rows."""
-    from rich.table import Table
+    """Run a query in the workspace's warehouse; print the rows or export them (csv, json, markdown)."""
+    from segloop.query_output import choose_format, export_query, write_query
 
-    from segloop.config import Workspace
-    from segloop.errors import database_message
-    from segloop.warehouse import Warehouse
-
-    workspace = Workspace.find()
-    with Warehouse.connect(workspace.warehouse_config(warehouse), workspace.root) as wh:
+    kind = choose_format(fmt, output)
+    if limit is None and kind == "table":
+        limit = TABLE_ROWS
+    workspace = _workspace()
+    with _warehouse(workspace, warehouse) as wh:
         try:
-            if wh.backend == "duckdb" and sql.split(None, 1)[0].lower() in DUCKDB_STATEMENTS:
-                result = wh.con.con.sql(sql).to_arrow_table().slice(0, limit)  # type: ignore[attr-defined]
-            else:
-                result = wh.to_arrow(wh.sql(sql), limit=limit)
-        except SegloopError:
-            raise
-        except Exception as exc:
-            raise SegloopError(f"query failed in the {wh.dialect} warehouse: "
-                               f"{database_message(exc, pointer=True)}") from None
-    table = Table()
-    for name in result.column_names:
-        table.add_column(name, overflow="fold", min_width=min(len(name), 24))
-    for row in result.to_pylist():
-        table.add_row(*("" if v is None else _number(v) if isinstance(v, float) else str(v) for v in row.values()))
-    console.print(table)
+            rows, more = (write_query(wh, sql, kind, limit, console) if output is None
+                          else export_query(wh, sql, kind, limit, output))
+        except BrokenPipeError:  # `segloop query ... | head`: the reader has all it wants
+            _quiet_stdout()
+            return
+    if rows == 0 and kind == "table":
+        err_console.print("[dim](no rows)[/dim]", highlight=False)
+    if more:
+        err_console.print(f"[dim]showed the first {rows:,} rows; --limit N shows more, --format csv or "
+                          "--output FILE writes every row[/dim]", highlight=False, soft_wrap=True)
+    if output is not None:
+        err_console.print(f"wrote {rows:,} rows to {output} ({kind})", highlight=False, soft_wrap=True)
 
-
-# Statements `segloop query` runs as they are on DuckDB (they are not a SELECT to wrap).
-DUCKDB_STATEMENTS = frozenset({"describe", "show", "summarize", "pragma"})
-
-
-def _number(value: float) -> str:
-    """Money-sized numbers with thousands and cents; small ones (probabilities) to 6 digits."""
-    return f"{value:,.2f}" if abs(value) >= 100 else f"{value:.6g}"
 
 # -- warehouses -----------------------------------------------------------------------------
 
@@ -261,11 +318,10 @@ def check_warehouse(
     """Connect to a warehouse and list its Segment sources (schemas with tracks/identifies)."""
     from rich.table import Table
 
-    from segloop.config import Workspace
     from segloop.warehouse import Warehouse
     from segloop.warehouses.discovery import segment_sources
 
-    workspace = Workspace.find()
+    workspace = _workspace()
     config = workspace.warehouse_config(name)
     label = name or "default"
     with console.status(f"Connecting to {config.describe()}..."), \
@@ -297,9 +353,7 @@ def preview(
     """Show what the next run of a Segment node would send, sending nothing."""
     import orjson
 
-    from segloop.pipeline import Pipeline
-
-    result = Pipeline.load(pipeline).preview(node, rows)
+    result = _pipeline(pipeline).preview(node, rows)
     payloads = result.pop("payloads")
     counts = ", ".join(f"{k}={v:,}" for k, v in result.items() if isinstance(v, int))
     console.print(f"[bold]{node}[/bold] next run: {counts}", highlight=False)
@@ -312,13 +366,11 @@ def preview(
 
 def _open_warehouse(warehouse: str | None, duckdb: Path | None) -> Any:
     """The warehouse named in segloop.yml, or a DuckDB file given with --duckdb."""
-    from segloop.config import Workspace
     from segloop.warehouse import Warehouse
 
     if duckdb is not None:
         return Warehouse.duckdb(duckdb)
-    workspace = Workspace.find()
-    return Warehouse.connect(workspace.warehouse_config(warehouse), workspace.root)
+    return _warehouse(_workspace(), warehouse)
 
 
 def _collector_keys(cli_keys: list[str], yml_keys: dict[str, str]) -> dict[str, str]:
@@ -351,9 +403,8 @@ def reset(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     """Forget a Segment node's sync state: its next run sends every row again."""
-    from segloop.pipeline import Pipeline
-
-    loaded = Pipeline.load(pipeline)
+    loaded = _pipeline(pipeline)
+    loaded.check_segment_node(node)  # a wrong name is an error before the question, not after
     if not yes and not typer.confirm(f"Forget what `{node}` sent? Its next run re-sends every row."):
         raise typer.Exit(1)
     loaded.reset(node)
@@ -412,9 +463,11 @@ def collector(
     sources = ", ".join(sorted(set(keys.values())))
 
     def announce(url: str) -> None:
-        # First stdout line is the URL, so scripts starting it with --port 0 can read it.
+        # First stdout line is the URL, so scripts starting it with --port 0 can read it; the
+        # sentence for people comes first, so a script that waits for the URL has it on screen.
+        err_console.print(f"collector listening on {url} for {sources}; archive in {data_dir}",
+                          highlight=False, soft_wrap=True)
         print(url, flush=True)
-        err_console.print(f"collector listening on {url} for {sources}; archive in {data_dir}")
 
     stats = run_forever(settings, host, port if port is not None else (yml.port if yml else 8088), announce)
     err_console.print(summary(stats))
@@ -429,14 +482,15 @@ def load_archive_command(
     duckdb: Path = typer.Option(None, "--duckdb", help="Load into this DuckDB file instead of a named warehouse."),
 ) -> None:
     """Load Segment raw archives into the warehouse in Segment's schema (new bytes only)."""
+    from segloop.progress import StepProgress
     from segloop.segment.loader import load_archive
 
-    with _open_warehouse(warehouse, duckdb) as wh:
-        result = load_archive(wh, path, schema=schema)
+    with StepProgress(console, f"loading {path}", unit="bytes") as bar, _open_warehouse(warehouse, duckdb) as wh:
+        result = load_archive(wh, path, schema=schema, progress=bar.update)
     console.print(
         f"Loaded {result.messages:,} messages from {result.files_loaded} files "
         f"({result.files_skipped} already loaded) into {', '.join(result.schemas) or 'nothing'}; "
-        f"{result.duplicates:,} duplicates skipped"
+        f"{result.duplicates:,} duplicates skipped", highlight=False, soft_wrap=True,
     )
     for table, rows in sorted(result.rows_inserted.items()):
         console.print(f"  {table}: +{rows:,} rows")
@@ -457,10 +511,9 @@ def report(
     """Write (if missing) and show the path of a run's HTML report."""
     import webbrowser
 
-    from segloop.config import Workspace
     from segloop.report import ensure_report
 
-    path = ensure_report(Workspace.find(), run_id, rebuild=rebuild)
+    path = ensure_report(_workspace(), run_id, rebuild=rebuild)
     console.print(str(path), highlight=False, soft_wrap=True)
     if open_ and not webbrowser.open(path.resolve().as_uri()):
         err_console.print("could not start a web browser; open the file above yourself")

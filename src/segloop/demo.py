@@ -19,6 +19,7 @@ Everything is vectorized with numpy and written as Arrow tables: 1M events take 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -62,6 +63,13 @@ EVENT_TABLES = {
     "Order Completed": "order_completed",
     "Order Refunded": "order_refunded",
 }
+
+
+DemoProgress = Callable[[str, int, "int | None"], None]
+"""``progress(stage, advance, total)``: what `write_demo_data` is doing (see there)."""
+
+
+def _no_progress(stage: str, advance: int, total: int | None) -> None: ...
 
 
 @dataclass
@@ -358,15 +366,26 @@ def write_demo_data(
     days: int = 365,
     seed: int = 7,
     end: datetime = DEFAULT_END,
+    progress: DemoProgress | None = None,
 ) -> DemoStats:
-    """Generate demo data and write it to ``schema`` (and the truth to ``<schema>_truth``)."""
+    """Generate demo data and write it to ``schema`` (and the truth to ``<schema>_truth``).
+
+    ``progress(stage, advance, total)`` hears `generate` once (no count: one vectorized
+    step), then `write` with the rows of each table written out of all of them.
+    """
     import time
 
+    report = progress or _no_progress
     started = time.perf_counter()
+    report("generate", 0, None)
     tables, truth = generate(customers, days, seed, end)
+    total = sum(table.num_rows for table in tables.values()) + truth.num_rows
+    report("write", 0, total)
     for name, table in tables.items():
         warehouse.create_table(name, table, schema=schema)
+        report("write", table.num_rows, total)
     warehouse.create_table("customers", truth, schema=f"{schema}_truth")
+    report("write", truth.num_rows, total)
     counts = {name: table.num_rows for name, table in tables.items()}
     return DemoStats(
         schema=schema,

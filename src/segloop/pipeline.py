@@ -302,6 +302,10 @@ class Pipeline:
             )
         return NODE_TYPES[config.type](config)
 
+    def check_segment_node(self, node: str) -> None:
+        """A ConfigError naming the pipeline's Segment nodes unless ``node`` is one of them."""
+        self._segment_node(node)
+
     def preview(self, node: str, rows: int = 5) -> dict[str, Any]:
         """What the next run of a Segment node would send: counts by category and payloads.
 

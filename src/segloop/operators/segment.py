@@ -147,7 +147,8 @@ class SegmentOperator(Operator):
             samples = self.render_samples(state, ctx)
             metrics.update(dry_run=True, sent=0, sample_payloads=samples)
             return NodeOutput(rows=rows, metrics=metrics)
-        write_key = resolve_secret(self.cfg.write_key, f"node `{ctx.node}`", also=[self.cfg.endpoint]) if self.cfg.write_key else None
+        # No `where`: the run starts every node error with "node `name`: " already.
+        write_key = resolve_secret(self.cfg.write_key, also=[self.cfg.endpoint]) if self.cfg.write_key else None
         if write_key is None:
             raise ConfigError(f"node `{ctx.node}`: `write_key:` is missing; set it to ${{SEGMENT_WRITE_KEY}}")
         delivery = _Delivery(self, state, ctx)
@@ -270,7 +271,7 @@ class _Delivery:
         transport = self.ctx.options.get("segment_transport")
         endpoint = cfg.endpoint
         if endpoint and ENV_REF.match(endpoint):
-            endpoint = resolve_secret(endpoint, f"node `{self.ctx.node}` endpoint").get_secret_value()
+            endpoint = resolve_secret(endpoint, "`endpoint:`").get_secret_value()
         client = Client(
             write_key, host=endpoint, region=cfg.region, upload_size=cfg.upload_size,
             upload_interval=cfg.upload_interval, on_full="block", gzip=cfg.gzip,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -361,12 +362,14 @@ def load_archive(
     path: str | Path,
     schema: str | None = None,
     chunk_messages: int = 50_000,
+    progress: Callable[[int, int], None] | None = None,
 ) -> LoadResult:
     """Load every new byte of the archives under ``path`` into Segment's warehouse schema.
 
     Each source folder (`segment-logs/<source>/...`) loads into the schema of that name
     unless ``schema`` is given; a lone file outside that layout loads into ``schema`` or
-    the warehouse's output schema. Returns counts per table.
+    the warehouse's output schema. Returns counts per table. ``progress(advance, total)``
+    hears the archive bytes dealt with (read, or found loaded already) out of all of them.
     """
     root = Path(path)
     if not root.exists():
@@ -376,9 +379,12 @@ def load_archive(
     by_schema: dict[str, list[ArchiveFile]] = {}
     for archive in files:
         by_schema.setdefault(_target_schema(archive, schema, warehouse.schema), []).append(archive)
+    total = sum(archive.path.stat().st_size for archive in files)
+    report = (lambda size: progress(size, total)) if progress else (lambda size: None)
+    report(0)
     for target, archives in by_schema.items():
         result.schemas.append(target)
-        _load_schema(warehouse, target, archives, result, chunk_messages)
+        _load_schema(warehouse, target, archives, result, chunk_messages, report)
     return result
 
 
@@ -422,6 +428,7 @@ def _load_schema(
     archives: list[ArchiveFile],
     result: LoadResult,
     chunk_messages: int,
+    report: Callable[[int], None] = lambda size: None,
 ) -> None:
     writer = _SchemaWriter(warehouse, schema, result)
     offsets = writer.loaded_offsets()
@@ -437,8 +444,10 @@ def _load_schema(
 
     for archive in archives:
         offset, previous = offsets.get(archive.key, (0, 0))
-        if archive.path.stat().st_size <= offset:
+        size = archive.path.stat().st_size
+        if size <= offset:
             result.files_skipped += 1
+            report(size)
             continue
         read = read_archive_file(archive.path, offset)
         if read.problem:
@@ -448,6 +457,7 @@ def _load_schema(
                 archive.path, read.end_offset, read.problem,
             )
         if read.end_offset <= offset:
+            report(size)
             continue
         loaded_at = datetime.now(UTC)
         for message in read.messages:
@@ -462,4 +472,5 @@ def _load_schema(
         done.append((archive.key, read.end_offset, previous + len(read.messages)))
         if pending_messages >= chunk_messages:
             flush()
+        report(size)
     flush()
