@@ -89,7 +89,7 @@ def render_report(
     w("</tbody>\n</table>\n</div>\n\n")
     for section in sections:
         _section(w, section)
-    w(f'<p class="muted">Generated {e(generated)} by segloop. Tables were read from the warehouse '
+    w(f'<p class="muted">Generated {e(when(generated, seconds=True))} by segloop. Tables were read from the warehouse '
       "when the report was written.</p>\n</main>\n</body>\n</html>")
     return "".join(out)
 
