@@ -212,8 +212,9 @@ async def node_table(request: Request) -> Response:
             data = warehouse.to_arrow(warehouse.table(table_name), limit=TABLE_PREVIEW_ROWS)
             qualified = f"{warehouse.schema}.{table_name}"
         rows = [[_cell(redact, v) for v in record.values()] for record in data.to_pylist()]
+        numeric = [charts.is_numeric_type(field.type) for field in data.schema]
         return {"pipeline": pipeline, "node": node, "table": qualified, "columns": data.column_names,
-                "rows": rows, "total": total}
+                "rows": rows, "total": total, "numeric": numeric}
 
     try:
         context = await run_in_threadpool(gather)

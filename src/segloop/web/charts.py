@@ -161,6 +161,13 @@ def bars(
     return _svg(label_w + bar_w + 90, height, kind, "".join(parts), title)
 
 
+def is_numeric_type(arrow_type: object) -> bool:
+    """Whether a column of this Arrow type holds numbers (right-aligned in tables)."""
+    import pyarrow as pa
+
+    return bool(pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type))
+
+
 def compact(value: float) -> str:
     """Short labels for crowded charts: 171.6k, 2.3M, 0.27."""
     size = abs(value)
