@@ -226,3 +226,12 @@ def test_every_editor_post_goes_through_the_guard(workspace: Workspace) -> None:
     with_token = remote.post("/pipelines/shop/edit/check", data={"text": SHOP},
                              headers={"Origin": "http://10.0.0.5:8765", "Authorization": "Bearer s3cret-token"})
     assert with_token.status_code == 200 and with_token.json()["errors"] == []
+
+
+def test_a_node_that_writes_when_it_runs_is_not_previewed(client: TestClient, workspace: Workspace) -> None:
+    text = SHOP + "\n  source:\n    type: segment_source\n    schema: demo_shop\n    tables: [tracks]\n"
+    answer = client.post("/pipelines/shop/edit/preview", data={"text": text, "node": "source"}, headers=ORIGIN)
+    assert answer.status_code == 422
+    assert "a `segment_source` node writes to the warehouse when it runs" in answer.json()["error"]
+    with Pipeline.load("shop", workspace).connect() as warehouse:
+        assert not any(name.startswith("shop__source") for name in warehouse.list_tables())

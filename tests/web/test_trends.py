@@ -120,6 +120,8 @@ def test_overview_says_at_a_glance_whether_everything_is_healthy(workspace: Work
     health = dict(re.findall(r'<tr data-pipeline="(\w+)" data-health="([^"]+)"', page))
     assert health["segments"] == "healthy"
     assert health["broken"] == "file error" and health["fresh"] == "never run"
+    assert 'href="/pipelines/broken/edit">fix it in the editor' in page
+    assert "unknown node type `nope`" in client.get("/pipelines/broken/edit").text
     assert health["shop"] in ("healthy", "needs attention")
     banner = visible_text(re.search(r'<p class="health-banner.*?</p>', page, re.S).group(0)).strip()  # type: ignore[union-attr]
     assert banner.startswith("4 pipelines: 1 failing") and "1 never run" in banner
