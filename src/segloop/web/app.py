@@ -142,7 +142,7 @@ async def pipeline_page(request: Request) -> Response:
         if config.schedule is not None:
             next_run = config.schedule.next_after(datetime.now(UTC)).isoformat(timespec="minutes")
         return {"pipeline": pipeline, "runs": runs, "dag": charts.dag(nodes, edges), "nodes": nodes,
-                "next_run": next_run, "trends": trends.pipeline_charts(runs),
+                "next_run": next_run, "trends": trends.pipeline_charts(runs), "trend_runs": trends.TREND_RUNS,
                 "running": any(r.status == "running" for r in runs) or pipeline.name in state.runs.active()}
 
     try:
