@@ -18,6 +18,7 @@ from markupsafe import Markup
 from segloop.report import Section
 from segloop.report_html import render_report
 from segloop.store import NodeRunRecord, RunRecord
+from segloop.web import display
 from segloop.web.charts import STATUS_COLORS, fmt
 
 REFERENCE = Path(__file__).parent / "data" / "report_reference.html"
@@ -33,6 +34,10 @@ def reference_template() -> jinja2.Template:
         autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined,
     )
     env.filters["fmt"] = fmt
+    env.filters["when"] = display.when
+    env.filters["duration"] = display.duration
+    env.globals["run_label"] = display.run_label
+    env.globals["run_css"] = display.run_css
     env.globals["status_color"] = lambda status: STATUS_COLORS.get(status, STATUS_COLORS["pending"])
     return env.get_template("report.html")
 

@@ -319,6 +319,41 @@ class Pipeline:
             result: dict[str, Any] = operator.preview(inputs, ctx, rows)
             return result
 
+    def sample(self, node: str, rows: int = 20) -> dict[str, Any]:
+        """A dry run of one node on the upstream outputs of the last run: its first rows.
+
+        The node's output is read, never materialized, and nothing is recorded, so a
+        pipeline being edited can be tried before it is saved. Returns ``table`` (the first
+        ``rows`` rows, Arrow), ``total`` (its row count), ``metrics`` and ``warnings``.
+        """
+        self.plan(node)
+        config = self.config.nodes[node]
+        operator = NODE_TYPES[config.type](config)
+        if operator.WRITES_WHEN_RUN:
+            raise ConfigError(
+                f"node `{node}`: a `{config.type}` node writes to the warehouse when it runs, so it "
+                "is not previewed here; run the pipeline to see its output"
+                + (" (or preview what it would send)" if config.type == "segment" else ""),
+                self.file,
+            )
+        upstream = self.config.upstream_of(node)
+        with self.connect() as warehouse:
+            ctx = RunContext(warehouse=warehouse, pipeline=self.name, node=node, run_id="preview", dry_run=True,
+                             workspace=self.workspace,
+                             options={"pipeline_nodes": set(upstream), "pipeline_file": self.file})
+            inputs = {up: self._input_table(warehouse, up) for up in upstream}
+            output = operator.run(inputs, ctx)
+            if output.error:
+                raise NodeError(node, output.error)
+            table = output.table
+            if table is None:
+                first, total = None, output.rows
+            elif is_arrow_table(table):
+                first, total = table.slice(0, rows), table.num_rows
+            else:
+                first, total = warehouse.to_arrow(table, limit=rows), warehouse.count(table)
+            return {"table": first, "total": total, "metrics": dict(output.metrics), "warnings": list(ctx.warnings)}
+
     def reset(self, node: str) -> None:
         """Forget a Segment node's sync state: its next run sends every row."""
         from segloop.segment.sync import SyncState

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from markupsafe import escape
 
 from segloop.web.charts import fmt
+from segloop.web.display import duration, run_css, run_label, when
 
 if TYPE_CHECKING:  # pragma: no cover
     from markupsafe import Markup
@@ -58,11 +59,11 @@ def render_report(
     w(f"<h1>Run report: pipeline <code>{e(run.pipeline)}</code></h1>\n")
     w('<p class="muted">\n')
     w(f"  run <code>{e(run.id)}</code> ·\n")
-    w(f'  <span class="status status-{e(run.status)}" id="run-status">{e(run.status)}</span> ·\n')
-    dry = " · <strong>dry run</strong> (nothing sent)" if run.dry_run else ""
+    w(f'  <span class="status status-{e(run_css(run))}" id="run-status">{e(run_label(run))}</span> ·\n')
+    dry = " (nothing sent)" if run.dry_run else ""
     w(f"  trigger {e(run.trigger)}{dry} ·\n")
-    seconds = f" · {run.seconds:.1f} s" if run.seconds is not None else ""
-    w(f"  started {e(run.started_at)}{seconds}")
+    seconds = f" · took {e(duration(run.seconds))}" if run.seconds is not None else ""
+    w(f'  started <time datetime="{e(run.started_at)}">{e(when(run.started_at, seconds=True))}</time>{seconds}')
     if schedule:
         w(f" · schedule {e(schedule.describe())}")
     w("</p>\n")
@@ -88,7 +89,7 @@ def render_report(
     w("</tbody>\n</table>\n</div>\n\n")
     for section in sections:
         _section(w, section)
-    w(f'<p class="muted">Generated {e(generated)} by segloop. Tables were read from the warehouse '
+    w(f'<p class="muted">Generated {e(when(generated, seconds=True))} by segloop. Tables were read from the warehouse '
       "when the report was written.</p>\n</main>\n</body>\n</html>")
     return "".join(out)
 

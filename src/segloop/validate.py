@@ -27,8 +27,13 @@ def _check_file(file: Path, parse: Callable[[YamlDoc], str]) -> FileCheck:
         what = "is a folder, not a pipeline file; give a .yml file" if file.exists() else "does not exist"
         check.errors = [ConfigError(f"{file} {what}")]
         return check
+    return _check_text(file.read_text(), file, parse)
+
+
+def _check_text(text: str, file: Path, parse: Callable[[YamlDoc], str]) -> FileCheck:
+    check = FileCheck(file)
     try:
-        doc = load_yaml(file.read_text(), file)
+        doc = load_yaml(text, file)
         check.warnings = unset_env_refs(doc)
         check.summary = parse(doc)
     except ConfigErrors as exc:
@@ -36,6 +41,17 @@ def _check_file(file: Path, parse: Callable[[YamlDoc], str]) -> FileCheck:
     except ConfigError as exc:
         check.errors = [exc]
     return check
+
+
+def _pipeline_summary(doc: YamlDoc) -> str:
+    pipeline = pipeline_from_doc(doc)
+    return (f"pipeline `{pipeline.name}`, {len(pipeline.nodes)} nodes "
+            f"({' -> '.join(pipeline.topological_order())})")
+
+
+def check_pipeline_text(text: str, file: str | Path) -> FileCheck:
+    """What `segloop validate` says of a pipeline file's text before it is saved (the UI's editor)."""
+    return _check_text(text, Path(file), _pipeline_summary)
 
 
 def check_files(files: list[Path]) -> list[FileCheck]:
@@ -61,13 +77,8 @@ def check_files(files: list[Path]) -> list[FileCheck]:
     if (root / WORKSPACE_FILE).exists():
         checks.append(_check_file(root / WORKSPACE_FILE, workspace_summary))
 
-    def pipeline_summary(doc: YamlDoc) -> str:
-        pipeline = pipeline_from_doc(doc)
-        return (f"pipeline `{pipeline.name}`, {len(pipeline.nodes)} nodes "
-                f"({' -> '.join(pipeline.topological_order())})")
-
     targets = list(files) or workspace[0].pipeline_files()
     if not targets and not any(check.errors for check in checks):
         raise ConfigError("no pipeline files given and none found in pipelines/")
-    checks.extend(_check_file(Path(file), pipeline_summary) for file in targets)
+    checks.extend(_check_file(Path(file), _pipeline_summary) for file in targets)
     return checks

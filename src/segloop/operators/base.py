@@ -110,6 +110,9 @@ class Operator:
     config_model: ClassVar[type[NodeConfig]]
     min_inputs: ClassVar[int] = 1
     max_inputs: ClassVar[int | None] = 1
+    # The node writes to the warehouse itself while it runs (views, sync state), besides
+    # the outputs the engine keeps: the UI's preview of its first rows cannot run it.
+    WRITES_WHEN_RUN: ClassVar[bool] = False
 
     def __init__(self, config: NodeConfig):
         self.config = config

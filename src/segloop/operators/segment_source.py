@@ -120,6 +120,7 @@ class SegmentSourceOperator(Operator):
     config_model: ClassVar[type[NodeConfig]] = SegmentSourceConfig
     min_inputs: ClassVar[int] = 0
     max_inputs: ClassVar[int | None] = 0
+    WRITES_WHEN_RUN: ClassVar[bool] = True  # its views
 
     def run(self, inputs: dict[str, ir.Table], ctx: RunContext) -> NodeOutput:
         import ibis

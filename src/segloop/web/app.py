@@ -37,7 +37,7 @@ from segloop.pipeline import Pipeline
 from segloop.report import Redactor, ensure_report
 from segloop.schedule import BackgroundRuns, Scheduler
 from segloop.store import RunStore
-from segloop.web import charts
+from segloop.web import charts, trends
 from segloop.web.templating import render_template
 
 log = logging.getLogger("segloop")
@@ -98,7 +98,7 @@ async def index(request: Request) -> Response:
         try:
             for file in state.workspace.pipeline_files():
                 row: dict[str, Any] = {"file": file.name, "name": file.stem, "error": None, "last": None,
-                                       "nodes": 0, "schedule": None}
+                                       "nodes": 0, "schedule": None, "health": trends.Health(trends.INVALID)}
                 try:
                     pipeline = Pipeline.load(file, state.workspace)
                 except SegloopError as exc:
@@ -107,16 +107,20 @@ async def index(request: Request) -> Response:
                     row.update(name=pipeline.name, nodes=len(pipeline.config.nodes),
                                schedule=pipeline.config.schedule,
                                description=pipeline.config.description)
-                    last = store.list_runs(pipeline.name, 1)
-                    row["last"] = last[0] if last else None
+                    recent = store.list_runs(pipeline.name, trends.TREND_RUNS)
+                    row["last"] = recent[0] if recent else None
+                    row["health"] = trends.pipeline_health(recent, pipeline.config.schedule)
                 rows.append(row)
         finally:
             store.close()
         return rows
 
     pipelines = await run_in_threadpool(gather)
+    pipelines.sort(key=lambda row: (trends.SEVERITY[row["health"].state], row["name"]))  # problems first
+    headline, headline_css = trends.summary([row["health"].state for row in pipelines])
     return _page("index.html", title="Pipelines", pipelines=pipelines, workspace=state.workspace,
-                 active=state.runs.active())
+                 active=state.runs.active(), headline=headline, headline_css=headline_css,
+                 quality_drop=trends.QUALITY_DROP)
 
 
 async def pipeline_page(request: Request) -> Response:
@@ -138,7 +142,7 @@ async def pipeline_page(request: Request) -> Response:
         if config.schedule is not None:
             next_run = config.schedule.next_after(datetime.now(UTC)).isoformat(timespec="minutes")
         return {"pipeline": pipeline, "runs": runs, "dag": charts.dag(nodes, edges), "nodes": nodes,
-                "next_run": next_run,
+                "next_run": next_run, "trends": trends.pipeline_charts(runs), "trend_runs": trends.TREND_RUNS,
                 "running": any(r.status == "running" for r in runs) or pipeline.name in state.runs.active()}
 
     try:
@@ -208,8 +212,9 @@ async def node_table(request: Request) -> Response:
             data = warehouse.to_arrow(warehouse.table(table_name), limit=TABLE_PREVIEW_ROWS)
             qualified = f"{warehouse.schema}.{table_name}"
         rows = [[_cell(redact, v) for v in record.values()] for record in data.to_pylist()]
+        numeric = [charts.is_numeric_type(field.type) for field in data.schema]
         return {"pipeline": pipeline, "node": node, "table": qualified, "columns": data.column_names,
-                "rows": rows, "total": total}
+                "rows": rows, "total": total, "numeric": numeric}
 
     try:
         context = await run_in_threadpool(gather)
@@ -328,7 +333,9 @@ def create_app(
         Route("/runs/{run_id}", run_page),
         Route("/runs/{run_id}/report", report),
     ]
-    app = Starlette(routes=routes)
+    from segloop.web import editor  # it uses this module's page helpers
+
+    app = Starlette(routes=[*routes, *editor.routes()])
     app.state.ui = UiState(workspace, runs or BackgroundRuns(workspace), scheduler)
     # Migrate the run history once, before threads race to create it.
     app.state.ui.store().close()

@@ -20,7 +20,7 @@ STATUS_COLORS = {
     "failed": "#c62828",
     "skipped": "#b28704",
     "running": "#1565c0",
-    "interrupted": "#6a1b9a",
+    "interrupted": "#c2185b",
     "pending": "#78909c",
 }
 SERIES_COLORS = ("#3949ab", "#9e9e9e", "#00897b", "#f4511e", "#8e24aa", "#6d4c41")
@@ -162,6 +162,13 @@ def bars(
     return _svg(label_w + bar_w + 90, height, kind, "".join(parts), title)
 
 
+def is_numeric_type(arrow_type: object) -> bool:
+    """Whether a column of this Arrow type holds numbers (right-aligned in tables)."""
+    import pyarrow as pa
+
+    return bool(pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type))
+
+
 def compact(value: float) -> str:
     """Short labels for crowded charts: 171.6k, 2.3M, 0.27."""
     size = abs(value)
@@ -258,13 +265,179 @@ def rfm_grid(counts: dict[tuple[int, int], int], segment_of: Callable[[int, int]
                 f'<g class="cell" data-r="{r}" data-f="{f}" data-count="{n}" data-segment="{escape(segment)}">'
                 f'<rect x="{x}" y="{y}" width="{cell - 2}" height="{cell - 2}" fill="{SEGMENT_COLORS.get(segment, "#90a4ae")}" '
                 f'fill-opacity="{opacity:.2f}"><title>R{r} F{f}: {n:,} customers ({escape(segment)})</title></rect>'
-                f'<text x="{x + cell / 2 - 1}" y="{y + cell / 2}" text-anchor="middle" font-weight="600" stroke="#fff" stroke-width="3" paint-order="stroke">{n:,}</text>'
-                f'<text x="{x + cell / 2 - 1}" y="{y + cell / 2 + 15}" text-anchor="middle" font-size="9" stroke="#fff" stroke-width="2.5" paint-order="stroke">{escape(_clip(segment.replace("_", " "), 14))}</text></g>'
+                f'<text x="{x + cell / 2 - 1}" y="{y + cell / 2 - 6}" text-anchor="middle" font-weight="600" stroke="#fff" stroke-width="3" paint-order="stroke">{n:,}</text>'
+                + _label_lines(segment.replace("_", " "), x + cell / 2 - 1, y + cell / 2 + 9, 12)
+                + "</g>"
             )
     for col, f in enumerate(range(1, 6)):
         parts.append(f'<text x="{left + col * cell + cell / 2}" y="{top + 5 * cell + 14}" text-anchor="middle">F{f}</text>')
     return _svg(left + 5 * cell + 10, top + 5 * cell + 24, "rfm-grid", "".join(parts), "RFM grid (R by F)")
 
 
+def _wrap(text: str, width: int, lines: int = 2) -> list[str]:
+    """Words on up to ``lines`` lines of ``width`` characters; only an over-long word is clipped."""
+    out: list[str] = []
+    for word in text.split():
+        if out and len(out[-1]) + 1 + len(word) <= width:
+            out[-1] += " " + word
+        else:
+            out.append(word)
+    if len(out) > lines:
+        out = [*out[: lines - 1], " ".join(out[lines - 1:])]
+    return [_clip(line, width) for line in out]
+
+
+def _label_lines(text: str, x: float, y: float, width: int) -> str:
+    """A small label under a cell's count, wrapped on words (``potential`` / ``loyalists``)."""
+    spans = "".join(
+        f'<tspan x="{x:.0f}" dy="{0 if i == 0 else 11}">{escape(line)}</tspan>'
+        for i, line in enumerate(_wrap(text, width))
+    )
+    return (f'<text class="label" x="{x:.0f}" y="{y:.0f}" text-anchor="middle" font-size="9.5" stroke="#fff" '
+            f'stroke-width="2.5" paint-order="stroke">{spans}</text>')
+
+
 def segment_color(name: str) -> str:
     return SEGMENT_COLORS.get(name, SERIES_COLORS[0])
+
+
+# -- trends over runs ---------------------------------------------------------------------
+
+
+class Series:
+    """One line of a trend chart: a value per run (None where the run has none)."""
+
+    def __init__(self, name: str, values: Sequence[float | None], color: str | None = None, dashed: bool = False):
+        self.name, self.values, self.color, self.dashed = name, list(values), color, dashed
+
+
+def trend(
+    series: Sequence[Series],
+    runs: Sequence[tuple[str, str]],
+    kind: str,
+    title: str,
+    from_zero: bool = False,
+    hollow: Sequence[bool] = (),
+) -> Markup:
+    """Lines over the runs (oldest left): ``runs`` are (run id, short label) pairs.
+
+    A point per run with a value (hollow for ``hollow[i]``, e.g. dry runs), a legend, the
+    axis range and the first and last run's labels. Each point carries ``data-series``,
+    ``data-run`` and ``data-value``; its tooltip says the run and the value.
+    """
+    left, right, top, plot_h, legend_h = 54, 14, 8, 120, 20
+    plot_w = 380
+    n = len(runs)
+    values = [v for s in series for v in s.values if v is not None]
+    low = min(values, default=0.0)
+    high = max(values, default=1.0)
+    if from_zero:
+        low = min(low, 0.0)
+    if high == low:
+        pad = abs(high) * 0.1 or 1.0
+        high, low = high + pad, (low - pad if not from_zero or low - pad >= 0 else 0.0)
+    elif not from_zero:  # room above and below, so no point sits on the frame
+        pad = (high - low) * 0.12
+        high, low = high + pad, low - pad
+    y0 = top + legend_h
+
+    def x_at(i: int) -> float:
+        return left + (plot_w * (i + 0.5) / n if n else plot_w / 2)
+
+    def y_at(value: float) -> float:
+        return y0 + plot_h - plot_h * (value - low) / (high - low)
+
+    parts: list[str] = []
+    lx: float = left
+    for j, s in enumerate(series):
+        color = s.color or SERIES_COLORS[j % len(SERIES_COLORS)]
+        dash = ' stroke-dasharray="4 3"' if s.dashed else ""
+        parts.append(f'<line x1="{lx}" y1="{top + 6}" x2="{lx + 16}" y2="{top + 6}" stroke="{color}" stroke-width="2"{dash}/>'
+                     f'<text x="{lx + 20}" y="{top + 10}">{escape(s.name)}</text>')
+        lx += 40 + 7.5 * len(s.name)
+    base = y0 + plot_h
+    parts.append(
+        f'<line x1="{left}" y1="{base}" x2="{left + plot_w}" y2="{base}" stroke="#bbb"/>'
+        f'<line x1="{left}" y1="{y0}" x2="{left}" y2="{base}" stroke="#bbb"/>'
+        f'<text x="{left - 4}" y="{y0 + 9}" text-anchor="end" class="y-max">{escape(compact(high))}</text>'
+        f'<text x="{left - 4}" y="{base}" text-anchor="end" class="y-min">{escape(compact(low))}</text>'
+    )
+    if n:
+        parts.append(f'<text x="{left}" y="{base + 15}" fill="#555">{escape(runs[0][1])}</text>')
+        if n > 1:
+            parts.append(f'<text x="{left + plot_w}" y="{base + 15}" text-anchor="end" fill="#555">{escape(runs[-1][1])}</text>')
+    for j, s in enumerate(series):
+        color = s.color or SERIES_COLORS[j % len(SERIES_COLORS)]
+        dash = ' stroke-dasharray="4 3"' if s.dashed else ""
+        path: list[str] = []
+        for i, value in enumerate(s.values[:n]):
+            if value is None:
+                if len(path) > 1:
+                    parts.append(f'<polyline points="{" ".join(path)}" fill="none" stroke="{color}" stroke-width="2"{dash}/>')
+                path = []
+                continue
+            path.append(f"{x_at(i):.1f},{y_at(value):.1f}")
+        if len(path) > 1:
+            parts.append(f'<polyline points="{" ".join(path)}" fill="none" stroke="{color}" stroke-width="2"{dash}/>')
+        for i, value in enumerate(s.values[:n]):
+            if value is None:
+                continue
+            empty = i < len(hollow) and hollow[i]
+            fill = "#fff" if empty else color
+            parts.append(
+                f'<circle class="point" data-series="{escape(s.name)}" data-run="{escape(runs[i][0])}" '
+                f'data-value="{_num(value)}" cx="{x_at(i):.1f}" cy="{y_at(value):.1f}" r="3.2" fill="{fill}" '
+                f'stroke="{color}" stroke-width="1.5"><title>{escape(runs[i][1])}{" (dry run)" if empty else ""}: '
+                f'{escape(s.name)} {escape(fmt(value))}</title></circle>'
+            )
+    if not n:
+        parts.append(f'<text x="{left + plot_w / 2}" y="{y0 + plot_h / 2}" text-anchor="middle" fill="#777">no runs yet</text>')
+    return _svg(left + plot_w + right, base + 22, kind, "".join(parts), title)
+
+
+def run_bars(runs: Sequence[tuple[str, str, float, str]], kind: str, title: str) -> Markup:
+    """Vertical bars, one per run (oldest left): (run id, label, seconds, status colour key)."""
+    left, plot_w, plot_h, top = 54, 380, 120, 10
+    n = len(runs)
+    high = max((s for _, _, s, _ in runs), default=0) or 1
+    step = plot_w / max(n, 1)
+    width = max(min(step - 2, 28), 1)
+    parts: list[str] = []
+    base = top + plot_h
+    for i, (run_id, label, seconds, status) in enumerate(runs):
+        h = max(plot_h * seconds / high, 1)
+        color = STATUS_COLORS.get(status, "#6a1b9a" if status == "dry" else STATUS_COLORS["pending"])
+        x = left + i * step + (step - width) / 2
+        parts.append(
+            f'<rect class="run-bar" data-run="{escape(run_id)}" data-seconds="{_num(round(seconds, 3))}" '
+            f'data-status="{escape(status)}" x="{x:.1f}" y="{base - h:.1f}" width="{width:.1f}" height="{h:.1f}" '
+            f'fill="{color}" rx="2"><title>{escape(label)}: {seconds:,.1f} s ({escape(status)})</title></rect>'
+        )
+    parts.append(
+        f'<line x1="{left}" y1="{base}" x2="{left + plot_w}" y2="{base}" stroke="#bbb"/>'
+        f'<text x="{left - 4}" y="{top + 9}" text-anchor="end" class="y-max">{escape(_seconds(high))}</text>'
+        f'<text x="{left - 4}" y="{base}" text-anchor="end">0</text>'
+    )
+    if n:
+        parts.append(f'<text x="{left}" y="{base + 15}" fill="#555">{escape(runs[0][1])}</text>')
+        if n > 1:
+            parts.append(f'<text x="{left + plot_w}" y="{base + 15}" text-anchor="end" fill="#555">{escape(runs[-1][1])}</text>')
+    return _svg(left + plot_w + 14, base + 22, kind, "".join(parts), title)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:,.1f} s" if value < 120 else f"{value / 60:,.1f} min"
+
+
+def status_strip(runs: Sequence[tuple[str, str, str]], kind: str = "recent-runs") -> Markup:
+    """A row of small squares, one per run (oldest left), coloured by status: (run id, label, status)."""
+    size, gap = 12, 3
+    parts = []
+    for i, (run_id, label, status) in enumerate(runs):
+        color = STATUS_COLORS.get(status, "#6a1b9a" if status == "dry" else STATUS_COLORS["pending"])
+        parts.append(
+            f'<rect class="run" data-run="{escape(run_id)}" data-status="{escape(status)}" x="{i * (size + gap)}" y="1" '
+            f'width="{size}" height="{size}" rx="2" fill="{color}"><title>{escape(label)}: {escape(status)}</title></rect>'
+        )
+    width = max(len(runs) * (size + gap) - gap, size)
+    return _svg(width, size + 2, kind, "".join(parts), "recent runs, oldest first")

@@ -7,6 +7,7 @@ from typing import Any
 
 import jinja2
 
+from segloop.web import display
 from segloop.web.charts import STATUS_COLORS, fmt
 
 
@@ -20,6 +21,11 @@ def environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
     )
     env.filters["fmt"] = fmt
+    env.filters["when"] = display.when
+    env.filters["ago"] = display.ago
+    env.filters["duration"] = display.duration
+    env.globals["run_label"] = display.run_label
+    env.globals["run_css"] = display.run_css
     env.globals["status_color"] = lambda status: STATUS_COLORS.get(status, STATUS_COLORS["pending"])
     return env
 
