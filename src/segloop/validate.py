@@ -6,9 +6,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from segloop.config import WORKSPACE_FILE, Workspace, WorkspaceConfig, pipeline_from_doc
+from segloop.config import (
+    WORKSPACE_FILE,
+    Workspace,
+    WorkspaceConfig,
+    pipeline_from_doc,
+)
 from segloop.errors import ConfigError, ConfigErrors
-from segloop.yaml_doc import YamlDoc, load_yaml, unset_env_refs
+from segloop.yaml_doc import YamlDoc, read_yaml, unset_env_refs
 
 
 @dataclass
@@ -19,18 +24,21 @@ class FileCheck:
     errors: list[ConfigError] = field(default_factory=list)
     warnings: list[ConfigError] = field(default_factory=list)
     summary: str | None = None
+    # A valid pipeline's `name:` and its line, to find names used by two files.
+    name: str | None = None
+    name_line: int | None = None
 
 
-def _check_file(file: Path, parse: Callable[[YamlDoc], str]) -> FileCheck:
+def _check_file(file: Path, parse: Callable[[YamlDoc, FileCheck], str]) -> FileCheck:
     check = FileCheck(file)
     if not file.is_file():
         what = "is a folder, not a pipeline file; give a .yml file" if file.exists() else "does not exist"
         check.errors = [ConfigError(f"{file} {what}")]
         return check
     try:
-        doc = load_yaml(file.read_text(), file)
+        doc = read_yaml(file)
         check.warnings = unset_env_refs(doc)
-        check.summary = parse(doc)
+        check.summary = parse(doc, check)
     except ConfigErrors as exc:
         check.errors = list(exc.errors)
     except ConfigError as exc:
@@ -51,7 +59,7 @@ def check_files(files: list[Path]) -> list[FileCheck]:
     # workspace file still has its pipelines checked.
     workspace = [Workspace(root, WorkspaceConfig())]
 
-    def workspace_summary(doc: YamlDoc) -> str:
+    def workspace_summary(doc: YamlDoc, check: FileCheck) -> str:
         folder = doc.data.get("pipelines") if isinstance(doc.data, dict) else None
         if isinstance(folder, str):
             workspace[0] = Workspace(root, WorkspaceConfig(pipelines=folder))
@@ -61,13 +69,43 @@ def check_files(files: list[Path]) -> list[FileCheck]:
     if (root / WORKSPACE_FILE).exists():
         checks.append(_check_file(root / WORKSPACE_FILE, workspace_summary))
 
-    def pipeline_summary(doc: YamlDoc) -> str:
+    def pipeline_summary(doc: YamlDoc, check: FileCheck) -> str:
         pipeline = pipeline_from_doc(doc)
+        check.name, check.name_line = pipeline.name, doc.line_of(("name",))
         return (f"pipeline `{pipeline.name}`, {len(pipeline.nodes)} nodes "
                 f"({' -> '.join(pipeline.topological_order())})")
 
     targets = list(files) or workspace[0].pipeline_files()
     if not targets and not any(check.errors for check in checks):
         raise ConfigError("no pipeline files given and none found in pipelines/")
-    checks.extend(_check_file(Path(file), pipeline_summary) for file in targets)
+    pipelines = [_check_file(Path(file), pipeline_summary) for file in targets]
+    _report_shared_names(pipelines, workspace[0] if files else None)
+    checks.extend(pipelines)
     return checks
+
+
+def _report_shared_names(checks: list[FileCheck], workspace: Workspace | None) -> None:
+    """An error on each file whose pipeline `name:` another file uses too, naming both.
+
+    ``workspace`` is given when only some files were checked: its other pipeline files
+    count too, since `segloop run NAME` would find them.
+    """
+    users: dict[str, list[Path]] = {}
+    seen: set[Path] = set()
+    for check in checks:
+        if check.name is not None:
+            users.setdefault(check.name, []).append(check.file)
+            seen.add(check.file.resolve())
+    if workspace is not None:
+        for entry in workspace.scan_pipelines():
+            if entry.name in users and entry.file.resolve() not in seen:
+                users[entry.name].append(entry.file)
+    for check in checks:
+        if check.name is not None and len(users[check.name]) > 1:
+            others = [file for file in users[check.name] if file != check.file]
+            check.errors.append(ConfigError(
+                f"pipeline name `{check.name}` is also used by {', '.join(map(str, others))}; "
+                "give each file its own `name:` (pipelines with one name share their tables, "
+                "sync state and run lock, so `segloop run` refuses the name)",
+                check.file, check.name_line))
+            check.summary = None
