@@ -163,7 +163,7 @@ def _check_limits(text: str, file: str | Path) -> None:
         if frames:
             frames[-1][0] += size
         if total > MAX_VALUES:
-            line = event.start_mark.line + 1
+            line = _line(event)
             if isinstance(event, yaml.AliasEvent):
                 raise ConfigError(
                     f"the alias *{event.anchor} here makes the file hold more than {MAX_VALUES:,} values "
@@ -181,7 +181,7 @@ def _check_limits(text: str, file: str | Path) -> None:
         if isinstance(event, yaml.CollectionStartEvent):
             if len(frames) >= MAX_DEPTH:
                 raise ConfigError(f"values are nested more than {MAX_DEPTH} levels deep; flatten them",
-                                  file, event.start_mark.line + 1)
+                                  file, _line(event))
             frames.append([0, define(event.anchor)])
             add(1, event)  # counted in its parent below, once closed
             frames[-1][0] = 1
@@ -198,7 +198,7 @@ def _check_limits(text: str, file: str | Path) -> None:
             add(1, event)
         elif isinstance(event, yaml.AliasEvent):
             anchor_id = current.get(event.anchor or "")
-            line = event.start_mark.line + 1
+            line = _line(event)
             if anchor_id is None:
                 raise ConfigError(f"the alias *{event.anchor} names no anchor; define &{event.anchor} "
                                   "before it, in the same document", file, line)
@@ -208,6 +208,10 @@ def _check_limits(text: str, file: str | Path) -> None:
             add(sizes[anchor_id], event)
         elif isinstance(event, yaml.DocumentStartEvent):
             current.clear()  # anchors belong to their document
+
+
+def _line(event: yaml.Event) -> int | None:
+    return event.start_mark.line + 1 if event.start_mark is not None else None
 
 
 def _short_tag(tag: str) -> str:
