@@ -121,16 +121,7 @@ def load_yaml(text: str, file: str | Path = "<string>") -> YamlDoc:
         _check_limits(text, file)
         root = yaml.compose(text, Loader=Loader)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or str(exc)
-        at_end = exc.problem_mark is not None and exc.problem_mark.index >= len(text.rstrip())
-        if exc.context_mark is not None and ("<stream end>" in problem or at_end):
-            # An unclosed bracket or quote is reported at the end of the file; the line
-            # that opened it is the one to fix.
-            opened = (exc.context or "a value").removeprefix("while parsing ").removeprefix("while scanning ")
-            problem = f"{problem}: {opened} opened on line {exc.context_mark.line + 1} is never closed"
-            mark = exc.context_mark
-        line = mark.line + 1 if mark else None
+        problem, line = _syntax_problem(exc, text)
         raise ConfigError(f"invalid YAML: {problem}", file, line) from None
     except yaml.reader.ReaderError as exc:
         line = text[: exc.position].count("\n") + 1
@@ -142,6 +133,30 @@ def load_yaml(text: str, file: str | Path = "<string>") -> YamlDoc:
     data = builder.value(root, ()) if root is not None else None
     duplicates = [_duplicate_error(path, key, first, line, str(file)) for path, key, first, line in builder.duplicates]
     return YamlDoc(data=data, lines=builder.lines, file=str(file), duplicates=duplicates)
+
+
+def _syntax_problem(exc: yaml.MarkedYAMLError, text: str) -> tuple[str, int | None]:
+    """The parser's complaint as one sentence, and the line to fix."""
+    problem = exc.problem or str(exc)
+    mark = exc.problem_mark or exc.context_mark
+    context, opened = exc.context, exc.context_mark
+    if context and opened is not None:
+        where = opened.line + 1
+        at_end = exc.problem_mark is not None and exc.problem_mark.index >= len(text.rstrip())
+        if context.startswith(("while parsing ", "while scanning ")):
+            what = context.removeprefix("while parsing ").removeprefix("while scanning ")
+            if "<stream end>" in problem or at_end:
+                # An unclosed bracket or quote is reported at the end of the file; the
+                # line that opened it is the one to fix.
+                return f"{problem}: {what} opened on line {where} is never closed", where
+            problem = f"{problem} (in {what} started on line {where})"
+        elif problem.startswith("but "):  # "expected a single document ..., but found another document"
+            problem = f"{context}, {problem}"
+        elif "first occurrence" in context:  # "found duplicate anchor; first occurrence" / "second occurrence"
+            problem = f"{context.split(';')[0]} (first on line {where})"
+        else:
+            problem = f"{problem} ({context})"
+    return problem, (mark.line + 1 if mark is not None else None)
 
 
 def _check_limits(text: str, file: str | Path) -> None:
