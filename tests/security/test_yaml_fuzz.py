@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from segloop import yaml_doc
-from segloop.config import Workspace, pipeline_from_doc
+from segloop.config import Workspace, load_pipeline, pipeline_from_doc
 from segloop.errors import ConfigError, ConfigErrors
-from segloop.yaml_doc import load_yaml, read_yaml
+from segloop.yaml_doc import load_yaml
 
 pytestmark = pytest.mark.timeout(600)  # a hang fails the test; the limits keep each example to milliseconds
 
@@ -87,14 +87,9 @@ def test_any_bytes_in_a_file(tmp_path_factory: pytest.TempPathFactory, data: byt
     file = tmp_path_factory.mktemp("fuzz") / "p.yml"
     file.write_bytes(data)
     try:
-        doc = read_yaml(file)
+        load_pipeline(file)
     except ConfigError as exc:
         assert_clear(exc, str(file))
-    else:
-        try:
-            pipeline_from_doc(doc)
-        except ConfigError as exc:
-            assert_clear(exc, str(file))
 
 
 @st.composite
@@ -142,7 +137,7 @@ def alias_graphs(draw: st.DrawFn) -> tuple[str, list[int]]:
 def test_random_alias_graphs_are_accepted_exactly_within_the_limit(graph: tuple[str, list[int]], limit: int) -> None:
     text, sizes = graph
     total = 1 + sum(1 + size for size in sizes)  # the root mapping, then a key and a value per line
-    original, yaml_doc.MAX_VALUES = yaml_doc.MAX_VALUES, limit
+    original, yaml_doc.MAX_VALUES = getattr(yaml_doc, "MAX_VALUES", None), limit
     try:
         if total <= limit:
             doc = load_yaml(text, "g.yml")
