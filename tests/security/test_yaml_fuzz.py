@@ -92,13 +92,27 @@ def test_any_bytes_in_a_file(tmp_path_factory: pytest.TempPathFactory, data: byt
         assert_clear(exc, str(file))
 
 
+WHOLE_LINES = [
+    "x: &a [*a]\n", "x: !foo bar\n", "x: !!int abc\n", "x: !!binary abc\n", "? [x, y]\n: 1\n",
+    "? {k: v}\n: 1\n", "x: &d {type: sql}\n", "<<: *d\n", "<<: [*d, {input: orders}]\n", "x: *nowhere\n",
+    "x: &l [1, 2]\ny: [*l, *l, *l]\n", "x: " + "[" * 120 + "]" * 120 + "\n", "name: [shop]\n",
+    "nodes: &n {}\n", "x: 2026-02-30\n", "x: !!timestamp nope\n", "x: !!set {a, b}\n", "x: !!omap [a: 1]\n",
+]
+
+
 @st.composite
 def mutated_pipelines(draw: st.DrawFn) -> str:
-    """The valid pipeline with a few sharp edges spliced in at random places."""
+    """The valid pipeline with a few sharp edges spliced in: anywhere, at line starts or after a key."""
     text = PIPELINE
     for _ in range(draw(st.integers(1, 6))):
-        at = draw(st.integers(0, len(text)))
-        piece = draw(st.sampled_from(SHARP_EDGES) | st.text(max_size=8))
+        starts = [0] + [i + 1 for i, c in enumerate(text) if c == "\n"]
+        after_keys = [i + 2 for i in range(len(text) - 1) if text[i:i + 2] == ": "]
+        at = draw(st.sampled_from(starts) | st.sampled_from(after_keys or [0]) | st.integers(0, len(text)))
+        if at in starts and draw(st.booleans()):
+            indent = " " * draw(st.sampled_from([0, 2, 4]))
+            piece = "".join(indent + line for line in draw(st.sampled_from(WHOLE_LINES)).splitlines(keepends=True))
+        else:
+            piece = draw(st.sampled_from(SHARP_EDGES) | st.text(max_size=8))
         text = text[:at] + piece + text[at:]
     return text
 
