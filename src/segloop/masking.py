@@ -46,8 +46,9 @@ SENSITIVE_PARAM = re.compile(r"pass|pwd|secret|token|key|auth|sig|credential|ses
 # hold an unescaped "@"); it never holds "/", "?", "#" or whitespace.
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^\s/?#@'\"<>]*(?:@[^\s/?#@'\"<>]*)*@")
 # ?name=value, &name=value, ;name=value, and a DSN's leading or space-separated name=value
-# (libpq's "host=db password=..."); the value stops at the next separator or quote.
-_PARAM = re.compile(r"(?i)(^|[?&;\s])([a-z0-9_.\-]+)=([^&;#\s'\"<>]*)")
+# (libpq's "host=db password=..."); the value stops at the next separator or quote, and
+# punctuation that ends a sentence ("...;token=abc: refused") stays outside it.
+_PARAM = re.compile(r"(?i)(^|[?&;\s])([a-z0-9_.\-]+)=([^&;#\s'\"<>]*?)(?=[:,.)\]]*(?:$|[&;#\s'\"<>]))")
 
 
 def mask_text(text: str) -> str:
