@@ -275,3 +275,14 @@ def test_a_pipeline_name_used_by_two_files_is_shown_and_not_served(client: TestC
     page = client.get("/pipelines/shop")
     assert page.status_code == 404 and "shop.yml and " in page.text and "shop2.yml" in page.text
     assert client.post("/pipelines/shop/run").status_code == 404
+
+
+def test_values_from_the_warehouse_are_escaped_in_the_ui(client: TestClient, workspace: Workspace) -> None:
+    (workspace.root / "pipelines" / "xss.yml").write_text(
+        "name: xss\nnodes:\n  rows:\n    type: sql\n    materialize: table\n"
+        "    sql: select '<script>alert(1)</script>' as user_id, '<img src=x onerror=alert(2)>' as trait\n")
+    client.post("/pipelines/xss/run")
+    wait_for_run(workspace, "xss")
+    page = client.get("/pipelines/xss/nodes/rows/table").text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>" not in page
+    assert "<img src=x" not in page
