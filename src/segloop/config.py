@@ -217,13 +217,16 @@ class PipelineConfig(BaseModel):
     # The model is frozen, so a node's upstream never changes; a `sql` node's is found by
     # parsing its query, which planning and each node run would otherwise repeat.
     _upstream: dict[str, list[str]] = PrivateAttr(default_factory=dict)
+    _names: set[str] | None = PrivateAttr(default=None)
 
     def upstream_of(self, node: str) -> list[str]:
         if node not in self._upstream:
             config = self.nodes[node]
             names = config.upstream()
-            for extra in config.implicit_upstream(set(self.nodes) - {node}):
-                if extra not in names:
+            if self._names is None:  # one set for all nodes: a set per node made 10,000 nodes quadratic
+                self._names = set(self.nodes)  # read only: node types look names up in it
+            for extra in config.implicit_upstream(self._names):
+                if extra != node and extra not in names:
                     names.append(extra)
             self._upstream[node] = names
         return list(self._upstream[node])
