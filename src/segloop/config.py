@@ -445,6 +445,6 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"pipeline file {path} does not exist")
-    if not path.is_file():
+    if path.is_dir():
         raise ConfigError(f"{path} is a folder, not a pipeline file; give a .yml file")
-    return pipeline_from_doc(read_yaml(path))
+    return pipeline_from_doc(read_yaml(path))  # refuses pipes and devices, files over the limits

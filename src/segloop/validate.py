@@ -31,7 +31,7 @@ class FileCheck:
 
 def _check_file(file: Path, parse: Callable[[YamlDoc, FileCheck], str]) -> FileCheck:
     check = FileCheck(file)
-    if not file.is_file():
+    if file.is_dir() or not file.exists():
         what = "is a folder, not a pipeline file; give a .yml file" if file.exists() else "does not exist"
         check.errors = [ConfigError(f"{file} {what}")]
         return check

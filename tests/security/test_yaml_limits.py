@@ -162,3 +162,17 @@ def test_a_hostile_file_does_not_hide_the_good_ones(make_workspace) -> None:
     assert {stem: entries[stem].error is not None for stem in ("bomb", "deep", "binary")} == {
         "bomb": True, "deep": True, "binary": True}
     assert workspace.find_pipeline("shop") == root / "pipelines" / "shop.yml"
+
+
+def test_validate_names_a_pipe_in_pipelines_for_what_it_is(make_workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from segloop.cli import app
+
+    root = make_workspace({"shop": GOOD})
+    os.mkfifo(root / "pipelines" / "pipe.yml")
+    monkeypatch.chdir(root)
+    result = CliRunner().invoke(app, ["validate"])
+    assert result.exit_code == 1
+    assert "pipe.yml is not a regular file; give a .yml file" in result.output
+    assert "ok " in result.output and "pipeline `shop`" in result.output
