@@ -176,3 +176,21 @@ def test_validate_names_a_pipe_in_pipelines_for_what_it_is(make_workspace, monke
     assert result.exit_code == 1
     assert "pipe.yml is not a regular file; give a .yml file" in result.output
     assert "ok " in result.output and "pipeline `shop`" in result.output
+
+
+def test_a_hostile_segloop_yml_is_a_clear_error_and_the_pipelines_are_still_checked(
+        make_workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from segloop.cli import app
+
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(12))
+    root = make_workspace({"shop": GOOD}, workspace_yml="warehouses:\n  default:\n    type: duckdb\n" + bomb)
+    with pytest.raises(ConfigError) as caught:
+        Workspace.load(root)
+    assert caught.value.line == 9 and "the alias *e here makes the file hold more than 250,000 values" in str(caught.value)
+    monkeypatch.chdir(root)
+    result = CliRunner().invoke(app, ["validate"])
+    assert result.exit_code == 1
+    assert "segloop.yml:9: the alias *e" in result.output and "pipeline `shop`" in result.output
