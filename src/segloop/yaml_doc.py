@@ -153,7 +153,7 @@ def _syntax_problem(exc: yaml.MarkedYAMLError, text: str) -> tuple[str, int | No
         elif problem.startswith("but "):  # "expected a single document ..., but found another document"
             problem = f"{context}, {problem}"
         elif "first occurrence" in context:  # "found duplicate anchor; first occurrence" / "second occurrence"
-            problem = f"{context.split(';')[0]} (first on line {where})"
+            problem = f"{context.split(';')[0]} (first on line {where}); rename one"
         else:
             problem = f"{problem} ({context})"
     return problem, (mark.line + 1 if mark is not None else None)
@@ -269,7 +269,8 @@ class _Builder:
         except Exception as exc:  # ConstructorError, or int()/base64/date errors from a tagged value
             problem = getattr(exc, "problem", None) or str(exc)
             shown = str(node.value)[:60]
-            raise ConfigError(f"invalid YAML: cannot read {shown!r} as {_short_tag(node.tag)}: {problem}",
+            raise ConfigError(f"invalid YAML: cannot read {shown!r} as {_short_tag(node.tag)}: {problem}; "
+                              "fix the value or remove the tag",
                               self.file, node.start_mark.line + 1) from None
 
     def mapping(self, node: yaml.MappingNode, path: tuple[Any, ...]) -> dict[Any, Any]:
