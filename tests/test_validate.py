@@ -241,3 +241,34 @@ def test_a_check_of_ours_reads_as_ours_not_as_pydantic(tmp_path) -> None:
     text = str(error.value)
     assert "p.yml:9: node `out`: `write_key`: secrets are not written in files" in text
     assert "Value error" not in text and "abc123secret" not in text
+
+
+# -- one pipeline name, two files -------------------------------------------------------------
+
+
+def test_a_pipeline_name_used_by_two_files_is_an_error_on_both(tmp_path: Path) -> None:
+    (tmp_path / "segloop.yml").write_text("warehouses:\n  default:\n    type: duckdb\n")
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    (folder / "demo.yml").write_text(PIPELINE)
+    (folder / "demo_v2.yml").write_text("# a copy\n" + PIPELINE)
+    (folder / "other.yml").write_text(PIPELINE.replace("name: demo", "name: other"))
+    code, errors, _, ok = validate()
+    assert code == 1
+    root = str(tmp_path) + "/"
+    assert [e.replace(root, "") for e in errors] == [
+        "error: pipelines/demo.yml:1: pipeline name `demo` is also used by pipelines/demo_v2.yml; give each file "
+        "its own `name:` (pipelines with one name share their tables, sync state and run lock, so `segloop run` "
+        "refuses the name)",
+        "error: pipelines/demo_v2.yml:2: pipeline name `demo` is also used by pipelines/demo.yml; give each file "
+        "its own `name:` (pipelines with one name share their tables, sync state and run lock, so `segloop run` "
+        "refuses the name)",
+    ]
+    assert [line.split(":")[0].replace(root, "") for line in ok] == ["ok segloop.yml", "ok pipelines/other.yml"]
+    # Checking one file still finds the other file of the workspace that uses its name.
+    code, errors, _, _ = validate(folder / "demo_v2.yml")
+    assert code == 1 and len(errors) == 1 and "is also used by " + str(folder / "demo.yml") in errors[0]
+    with pytest.raises(ConfigError, match="pipeline name `demo` is used by .*demo.yml and .*demo_v2.yml"):
+        Pipeline.load("demo", Workspace.load(tmp_path))
+    assert Pipeline.load("other", Workspace.load(tmp_path)).name == "other"
+    assert Pipeline.load(folder / "demo_v2.yml", Workspace.load(tmp_path)).name == "demo"  # a path is not ambiguous

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from segloop.masking import mask_text
 from segloop.secrets import SecretRef, resolve_secret
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -125,7 +126,7 @@ def evaluate(
 
 def payload(alerts: list[Alert], report: str | None = None) -> dict[str, Any]:
     """The Slack-compatible body: one ``text`` with a line per alert."""
-    lines = [f":rotating_light: segloop: {alert.message}" for alert in alerts]
+    lines = [f":rotating_light: segloop: {mask_text(alert.message)}" for alert in alerts]
     if report:
         lines.append(f"Report: {report}")
     return {"text": "\n".join(lines)}

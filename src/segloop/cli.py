@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from segloop.errors import SegloopError
+from segloop.masking import mask_log_records, mask_text
 from segloop.query_output import TABLE_ROWS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,7 +43,7 @@ def handle_errors(func: F) -> F:
         except SegloopError as exc:
             if _state["debug"]:
                 raise
-            for line in str(exc).splitlines() or [type(exc).__name__]:
+            for line in mask_text(str(exc)).splitlines() or [type(exc).__name__]:
                 err_console.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
@@ -54,6 +55,7 @@ def _root(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
 ) -> None:
     _state["debug"] = debug
+    mask_log_records()  # log lines of every segloop module: no credentials of URLs
 
 
 def _workspace() -> Workspace:

@@ -21,7 +21,7 @@ from segloop.operators import NODE_TYPES
 from segloop.operators.base import NodeConfig
 from segloop.schedule import ScheduleConfig
 from segloop.warehouse import AnyWarehouseConfig, DuckDBConfig, WarehouseConfig
-from segloop.yaml_doc import YamlDoc, load_yaml, pydantic_errors
+from segloop.yaml_doc import YamlDoc, load_yaml, pydantic_errors, read_yaml
 
 WORKSPACE_FILE = "segloop.yml"
 STATE_DIR = ".segloop"
@@ -68,7 +68,7 @@ class Workspace:
         file = root / WORKSPACE_FILE
         if not file.exists():
             return cls(root=root, config=WorkspaceConfig())
-        return cls.from_doc(root, load_yaml(file.read_text(), file))
+        return cls.from_doc(root, read_yaml(file))
 
     @classmethod
     def from_doc(cls, root: Path, doc: YamlDoc) -> Workspace:
@@ -125,7 +125,7 @@ class Workspace:
         return sorted([*folder.glob("*.yml"), *folder.glob("*.yaml")])
 
     def resolve_pipeline(self, name_or_path: str) -> Path:
-        """A pipeline file given as a path, or by name from `pipelines/`."""
+        """A pipeline file given as a path, or by name from `pipelines/` (see `find_pipeline`)."""
         path = Path(name_or_path)
         if path.is_file():
             return path
@@ -136,18 +136,63 @@ class Workspace:
                 + (f" (this folder has: {files})" if files else "")
                 + f" or the name of a pipeline in {self.pipelines_dir}"
             )
+        return self.find_pipeline(name_or_path)
+
+    def scan_pipelines(self) -> list[PipelineFile]:
+        """Every file of `pipelines/` as `segloop validate` sees it: its pipeline, or its error.
+
+        Each file is read within the YAML limits, so one hostile or broken file costs
+        milliseconds and never stops the others from being found.
+        """
+        entries = []
         for file in self.pipeline_files():
-            if file.stem == name_or_path:
-                return file
             try:
-                if load_yaml(file.read_text(), file).data.get("name") == name_or_path:
-                    return file
-            except Exception:
-                continue
+                entries.append(PipelineFile(file, load_pipeline(file)))
+            except ConfigError as exc:
+                entries.append(PipelineFile(file, None, exc))
+        return entries
+
+    def find_pipeline(self, name: str) -> Path:
+        """The file of the pipeline called ``name`` (its `name:`), else the file ``name``.yml.
+
+        Two files with the same `name:` would share tables, sync state and the run lock,
+        so such a name is refused, naming both files. A file found by its file name that
+        has errors raises them.
+        """
+        entries = self.scan_pipelines()
+        named = [entry.file for entry in entries if entry.name == name]
+        if len(named) > 1:
+            raise ConfigError(duplicate_name_message(name, named))
+        if named:
+            return named[0]
+        for entry in entries:
+            if entry.file.stem == name:
+                if entry.error is not None:
+                    raise entry.error
+                return entry.file
         raise ConfigError(
-            f"no pipeline file `{name_or_path}`; give a path or the name of a file in "
-            f"{self.pipelines_dir}"
+            f"no pipeline file `{name}`; give a path or the name of a pipeline in {self.pipelines_dir}"
+            + (f" (pipelines: {', '.join(sorted({e.name for e in entries if e.name}))})" if any(e.name for e in entries) else "")
         )
+
+
+def duplicate_name_message(name: str, files: list[Path]) -> str:
+    listed = ", ".join(str(file) for file in files[:-1]) + f" and {files[-1]}"
+    return (f"pipeline name `{name}` is used by {listed}; give each file its own `name:` "
+            "(pipelines with one name share their tables, sync state and run lock)")
+
+
+@dataclass(frozen=True)
+class PipelineFile:
+    """One file of `pipelines/`: its checked pipeline, or the error that stops it."""
+
+    file: Path
+    config: PipelineConfig | None
+    error: ConfigError | None = None
+
+    @property
+    def name(self) -> str | None:
+        return self.config.name if self.config is not None else None
 
 
 # -- pipelines ----------------------------------------------------------------------------
@@ -172,13 +217,16 @@ class PipelineConfig(BaseModel):
     # The model is frozen, so a node's upstream never changes; a `sql` node's is found by
     # parsing its query, which planning and each node run would otherwise repeat.
     _upstream: dict[str, list[str]] = PrivateAttr(default_factory=dict)
+    _names: set[str] | None = PrivateAttr(default=None)
 
     def upstream_of(self, node: str) -> list[str]:
         if node not in self._upstream:
             config = self.nodes[node]
             names = config.upstream()
-            for extra in config.implicit_upstream(set(self.nodes) - {node}):
-                if extra not in names:
+            if self._names is None:  # one set for all nodes: a set per node made 10,000 nodes quadratic
+                self._names = set(self.nodes)  # read only: node types look names up in it
+            for extra in config.implicit_upstream(self._names):
+                if extra != node and extra not in names:
                     names.append(extra)
             self._upstream[node] = names
         return list(self._upstream[node])
@@ -397,6 +445,6 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"pipeline file {path} does not exist")
-    if not path.is_file():
+    if path.is_dir():
         raise ConfigError(f"{path} is a folder, not a pipeline file; give a .yml file")
-    return parse_pipeline(path.read_text(), path)
+    return pipeline_from_doc(read_yaml(path))  # refuses pipes and devices, files over the limits

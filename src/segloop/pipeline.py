@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar, cast
 
 from segloop.config import WORKSPACE_FILE, PipelineConfig, Workspace, load_pipeline
 from segloop.errors import ConfigError, NodeError, SegloopError, database_message
+from segloop.masking import Redactor, mask_text
 from segloop.operators import NODE_TYPES
 from segloop.operators.base import NodeOutput, RunContext
 from segloop.sql_cache import code_version
@@ -280,7 +281,7 @@ class Pipeline:
             for name in plan:
                 self._run_node(name, results, warehouse, run_id, dry_run, reporter, store, options)
         except SegloopError as exc:
-            error = str(exc)
+            error = mask_text(str(exc))
             for result in results.values():
                 if result.status == "pending":
                     result.status, result.error = SKIPPED, error
@@ -317,7 +318,8 @@ class Pipeline:
                              dry_run=True, workspace=self.workspace)
             inputs = {up: self._input_table(warehouse, up) for up in self.config.upstream_of(node)}
             result: dict[str, Any] = operator.preview(inputs, ctx, rows)
-            return result
+        masked: dict[str, Any] = Redactor.for_pipeline(self).value(result)  # shown as is by the CLI
+        return masked
 
     def sample(self, node: str, rows: int = 20) -> dict[str, Any]:
         """A dry run of one node on the upstream outputs of the last run: its first rows.
@@ -418,7 +420,9 @@ class Pipeline:
             if options.get("debug"):
                 raise
         result.seconds = time.perf_counter() - started
-        result.warnings = list(ctx.warnings)
+        if result.error:  # a library's message may quote a URL with its credentials
+            result.error = mask_text(result.error)
+        result.warnings = [mask_text(warning) for warning in ctx.warnings]
         if result.warnings:
             result.metrics.setdefault("warnings", result.warnings)
         store.record_node(run_id, _record(result))

@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-from base64 import b64encode
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from segloop.secrets import ENV_REF
+from segloop.masking import REDACTED, SENSITIVE_KEY, Redactor  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:  # pragma: no cover
     from markupsafe import Markup
@@ -39,8 +37,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("segloop")
 
-REDACTED = "[secure]"
-SENSITIVE_KEY = re.compile(r"write_?key|password|passwd|secret|token|authorization|api_?key|webhook", re.I)
 HISTOGRAM_BINS = 20
 TABLE_ROWS = 50
 SAMPLE_PAYLOADS = 5
@@ -49,73 +45,6 @@ PROPENSITY_COLUMNS = ("probability", "likelihood", "propensity", "churn", "score
 # precision_at_10, ndcg@10, baseline_recall_10, map: the measure ends the metric's name.
 RECOMMEND_MEASURE = re.compile(r"(?:^|_)(precision|recall|ndcg|map|hit_rate|mrr)(?:_at_|@|_)?(\d+)?$", re.I)
 BASELINE_WORDS = ("baseline", "popular", "popularity")
-
-
-# -- secrets ------------------------------------------------------------------------------
-
-
-def _env_refs(value: Any) -> Iterable[str]:
-    if isinstance(value, str):
-        match = ENV_REF.match(value.strip())
-        if match:
-            yield match.group(1)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _env_refs(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _env_refs(item)
-
-
-class Redactor:
-    """Replaces secret values (and credential-named keys) with ``[secure]``."""
-
-    MIN_SECRET_LENGTH = 4  # shorter values would redact ordinary words
-
-    def __init__(self, secrets: Iterable[str] = ()):
-        values: set[str] = set()
-        for secret in secrets:
-            if secret and len(secret) >= self.MIN_SECRET_LENGTH:
-                values.add(secret)
-                values.add(b64encode(f"{secret}:".encode()).decode())  # HTTP Basic form
-                values.add(json.dumps(secret)[1:-1])  # as escaped inside JSON
-        self.secrets = sorted(values, key=len, reverse=True)
-
-    @classmethod
-    def for_pipeline(cls, pipeline: Pipeline | None) -> Redactor:
-        """Every secret the pipeline and its workspace reference, resolved from the environment."""
-        if pipeline is None:
-            return cls()
-        names: set[str] = set()
-        for node in pipeline.config.nodes.values():
-            names.update(_env_refs(node.model_dump()))
-        for option in ("alerts", "schedule"):
-            section = getattr(pipeline.config, option, None)
-            if section is not None:
-                names.update(_env_refs(section.model_dump()))
-        for warehouse in pipeline.workspace.config.warehouses.values():
-            names.update(_env_refs(warehouse.model_dump()))
-        collector = pipeline.workspace.config.collector
-        if collector is not None:
-            names.update(_env_refs(list(collector.keys)))
-        return cls(os.environ[name] for name in names if os.environ.get(name))
-
-    def text(self, value: str) -> str:
-        for secret in self.secrets:
-            if secret in value:
-                value = value.replace(secret, REDACTED)
-        return value
-
-    def value(self, value: Any, key: str = "") -> Any:
-        if key and SENSITIVE_KEY.search(key) and isinstance(value, str | bytes) and value:
-            return REDACTED
-        if isinstance(value, str):
-            return self.text(value)
-        if isinstance(value, dict):
-            return {k: self.value(v, str(k)) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [self.value(v) for v in value]
-        return value
 
 
 # -- paths --------------------------------------------------------------------------------

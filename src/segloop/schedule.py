@@ -420,7 +420,9 @@ class BackgroundRuns:
         from segloop.pipeline import Pipeline
 
         try:
-            result = Pipeline.load(name, self.workspace).run(trigger=trigger, on_busy="skip")
+            # By name only (never a path relative to the server's folder).
+            file = self.workspace.find_pipeline(name)
+            result = Pipeline.load(file, self.workspace).run(trigger=trigger, on_busy="skip")
         except SegloopError as exc:  # recorded in history when the run started; logged anyway
             self.errors[name] = str(exc)
             log.error("%s run of pipeline `%s` failed: %s", trigger, name, exc)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from segloop.errors import SegloopError
+from segloop.masking import mask_text
 
 log = logging.getLogger("segloop")
 
@@ -320,8 +321,8 @@ class RunStore:
                     record.status,
                     record.rows,
                     record.seconds,
-                    record.error,
-                    json.dumps(record.metrics, default=str),
+                    mask_text(record.error) if record.error else record.error,  # history keeps no credentials
+                    mask_text(json.dumps(record.metrics, default=str)),
                     _now(),
                 ),
             )
@@ -330,7 +331,7 @@ class RunStore:
         with self._db:
             self._db.execute(
                 "UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE id = ?",
-                (status, error, _now(), run_id),
+                (status, mask_text(error) if error else error, _now(), run_id),
             )
 
     # -- reading -------------------------------------------------------------------------

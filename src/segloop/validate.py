@@ -6,9 +6,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from segloop.config import WORKSPACE_FILE, Workspace, WorkspaceConfig, pipeline_from_doc
+from segloop.config import (
+    WORKSPACE_FILE,
+    Workspace,
+    WorkspaceConfig,
+    pipeline_from_doc,
+)
 from segloop.errors import ConfigError, ConfigErrors
-from segloop.yaml_doc import YamlDoc, load_yaml, unset_env_refs
+from segloop.yaml_doc import YamlDoc, load_yaml, read_yaml, unset_env_refs
 
 
 @dataclass
@@ -19,23 +24,24 @@ class FileCheck:
     errors: list[ConfigError] = field(default_factory=list)
     warnings: list[ConfigError] = field(default_factory=list)
     summary: str | None = None
+    # A valid pipeline's `name:` and its line, to find names used by two files.
+    name: str | None = None
+    name_line: int | None = None
 
 
-def _check_file(file: Path, parse: Callable[[YamlDoc], str]) -> FileCheck:
-    check = FileCheck(file)
-    if not file.is_file():
+def _check_file(file: Path, parse: Callable[[YamlDoc, FileCheck], str]) -> FileCheck:
+    if file.is_dir() or not file.exists():
         what = "is a folder, not a pipeline file; give a .yml file" if file.exists() else "does not exist"
-        check.errors = [ConfigError(f"{file} {what}")]
-        return check
-    return _check_text(file.read_text(), file, parse)
+        return FileCheck(file, errors=[ConfigError(f"{file} {what}")])
+    return _check(file, lambda: read_yaml(file), parse)
 
 
-def _check_text(text: str, file: Path, parse: Callable[[YamlDoc], str]) -> FileCheck:
+def _check(file: Path, read: Callable[[], YamlDoc], parse: Callable[[YamlDoc, FileCheck], str]) -> FileCheck:
     check = FileCheck(file)
     try:
-        doc = load_yaml(text, file)
+        doc = read()
         check.warnings = unset_env_refs(doc)
-        check.summary = parse(doc)
+        check.summary = parse(doc, check)
     except ConfigErrors as exc:
         check.errors = list(exc.errors)
     except ConfigError as exc:
@@ -43,15 +49,20 @@ def _check_text(text: str, file: Path, parse: Callable[[YamlDoc], str]) -> FileC
     return check
 
 
-def _pipeline_summary(doc: YamlDoc) -> str:
+def _pipeline_summary(doc: YamlDoc, check: FileCheck) -> str:
     pipeline = pipeline_from_doc(doc)
+    check.name, check.name_line = pipeline.name, doc.line_of(("name",))
     return (f"pipeline `{pipeline.name}`, {len(pipeline.nodes)} nodes "
             f"({' -> '.join(pipeline.topological_order())})")
 
 
 def check_pipeline_text(text: str, file: str | Path) -> FileCheck:
-    """What `segloop validate` says of a pipeline file's text before it is saved (the UI's editor)."""
-    return _check_text(text, Path(file), _pipeline_summary)
+    """What `segloop validate` says of a pipeline file's text before it is saved (the UI's editor).
+
+    The text is held to the same limits as a file (size, depth, aliases).
+    """
+    path = Path(file)
+    return _check(path, lambda: load_yaml(text, path), _pipeline_summary)
 
 
 def check_files(files: list[Path]) -> list[FileCheck]:
@@ -67,7 +78,7 @@ def check_files(files: list[Path]) -> list[FileCheck]:
     # workspace file still has its pipelines checked.
     workspace = [Workspace(root, WorkspaceConfig())]
 
-    def workspace_summary(doc: YamlDoc) -> str:
+    def workspace_summary(doc: YamlDoc, check: FileCheck) -> str:
         folder = doc.data.get("pipelines") if isinstance(doc.data, dict) else None
         if isinstance(folder, str):
             workspace[0] = Workspace(root, WorkspaceConfig(pipelines=folder))
@@ -80,5 +91,34 @@ def check_files(files: list[Path]) -> list[FileCheck]:
     targets = list(files) or workspace[0].pipeline_files()
     if not targets and not any(check.errors for check in checks):
         raise ConfigError("no pipeline files given and none found in pipelines/")
-    checks.extend(_check_file(Path(file), _pipeline_summary) for file in targets)
+    pipelines = [_check_file(Path(file), _pipeline_summary) for file in targets]
+    _report_shared_names(pipelines, workspace[0] if files else None)
+    checks.extend(pipelines)
     return checks
+
+
+def _report_shared_names(checks: list[FileCheck], workspace: Workspace | None) -> None:
+    """An error on each file whose pipeline `name:` another file uses too, naming both.
+
+    ``workspace`` is given when only some files were checked: its other pipeline files
+    count too, since `segloop run NAME` would find them.
+    """
+    users: dict[str, list[Path]] = {}
+    seen: set[Path] = set()
+    for check in checks:
+        if check.name is not None:
+            users.setdefault(check.name, []).append(check.file)
+            seen.add(check.file.resolve())
+    if workspace is not None:
+        for entry in workspace.scan_pipelines():
+            if entry.name in users and entry.file.resolve() not in seen:
+                users[entry.name].append(entry.file)
+    for check in checks:
+        if check.name is not None and len(users[check.name]) > 1:
+            others = [file for file in users[check.name] if file != check.file]
+            check.errors.append(ConfigError(
+                f"pipeline name `{check.name}` is also used by {', '.join(map(str, others))}; "
+                "give each file its own `name:` (pipelines with one name share their tables, "
+                "sync state and run lock, so `segloop run` refuses the name)",
+                check.file, check.name_line))
+            check.summary = None

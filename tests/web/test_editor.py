@@ -30,7 +30,12 @@ def workspace(history: Path, tmp_path: Path) -> Workspace:  # noqa: F811
 
 @pytest.fixture
 def client(workspace: Workspace) -> TestClient:
-    return TestClient(create_app(workspace, runs=BackgroundRuns(workspace)), base_url=LOCAL)
+    """A client that posts as the editor page's script does: with the page's CSRF token."""
+    client = TestClient(create_app(workspace, runs=BackgroundRuns(workspace)), base_url=LOCAL)
+    token = re.search(r'<meta name="csrf-token" content="([^"]+)"', client.get("/pipelines/shop/edit").text)
+    assert token is not None
+    client.headers["X-CSRF-Token"] = token.group(1)
+    return client
 
 
 def shop_file(workspace: Workspace) -> Path:

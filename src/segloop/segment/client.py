@@ -33,6 +33,7 @@ from typing import Any, Literal
 import orjson
 
 from segloop.errors import DataError
+from segloop.masking import mask_url
 from segloop.segment import messages as m
 from segloop.segment.batching import MessageQueue
 from segloop.segment.results import (
@@ -141,7 +142,7 @@ class Client:
         atexit.register(self._atexit)
 
     def __repr__(self) -> str:
-        return f"Client(write_key=[secure], url={self.url!r}, max_in_flight={self.max_in_flight})"
+        return f"Client(write_key=[secure], url={mask_url(self.url)!r}, max_in_flight={self.max_in_flight})"
 
     # --- state -------------------------------------------------------------------------
 
@@ -462,7 +463,7 @@ class Client:
                 self._warned_retrying = True  # a run that seems to hang says why (once)
                 log.warning("Segment endpoint %s: %s; retrying with backoff, up to %d tries or %g s per "
                             "batch, then the rows count as failed and the next run sends them",
-                            self.url, answer.detail, self.max_retries, self.max_retry_time)
+                            mask_url(self.url), answer.detail, self.max_retries, self.max_retry_time)
             log.debug("Segment batch of %d: %s; retrying in %.2f s", len(batch), answer.detail, delay)
             if not answer.rate_limited and self._abort.wait(delay):
                 self._complete(batch, Outcome("failed", "shutdown",

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from segloop.errors import MissingDriverError
+from segloop.masking import REDACTED, mask_text
 from segloop.secrets import resolve_secret
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,11 +74,11 @@ def quote_ident(name: str) -> str:
 
 
 def redact(text: str, *secrets: str | None) -> str:
-    """Replace every secret value in ``text`` by ``[secure]`` before it reaches a message."""
+    """Replace every secret value in ``text``, and URL credentials (segloop.masking), by ``[secure]``."""
     for secret in secrets:
         if secret:
-            text = text.replace(secret, "[secure]")
-    return text
+            text = text.replace(secret, REDACTED)
+    return mask_text(text)
 
 
 def workspace_path(path: str, root: Path) -> Path:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from segloop.errors import WarehouseError
+from segloop.masking import mask_url
 from segloop.secrets import SecretRef
 from segloop.warehouses.base import WarehouseConfig, redact, secret_value, workspace_path
 
@@ -48,7 +49,7 @@ class PySparkConfig(WarehouseConfig):
         return value
 
     def describe(self) -> str:
-        return f"Spark Connect at {self.connect_url}" if self.connect_url else f"Spark {self.master}"
+        return f"Spark Connect at {mask_url(self.connect_url)}" if self.connect_url else f"Spark {self.master}"
 
     def session_builder(self, root: Path) -> Any:
         """A configured ``SparkSession.builder`` (not yet started)."""

@@ -5,57 +5,44 @@ run history, run reports, the first rows of a node's output table, a preview of 
 Segment node would send, and a "Run now" button that starts a run in a background thread.
 The pages only call ``Pipeline`` and ``RunStore``; what a run does is decided there.
 
-Safety: bound to loopback, only loopback Host headers are accepted (no DNS rebinding);
-bound to any other address, every request needs the token (``?token=`` once, then a
-cookie, or ``Authorization: Bearer``). POSTs from another origin are refused, so a web
-page cannot press "Run now" for you.
+Safety (docs/security.md): every request goes through the one guard in `web/guard.py`
+(Host check, token off loopback, CSRF for every state-changing request); pages rendered
+with ``_page`` carry the CSRF token in every POST form. Pipelines are served by name
+only, as `segloop validate` lists them; any other name is a 404.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import secrets
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.cookies import SimpleCookie
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
-from segloop.config import Workspace
-from segloop.errors import SegloopError
+from segloop.config import NAME_PATTERN, Workspace, duplicate_name_message
+from segloop.errors import ConfigError, SegloopError
 from segloop.pipeline import Pipeline
 from segloop.report import Redactor, ensure_report
 from segloop.schedule import BackgroundRuns, Scheduler
 from segloop.store import RunStore
 from segloop.web import charts, trends
+from segloop.web.guard import CSRF_TOKEN, Guard, is_loopback, with_csrf
 from segloop.web.templating import render_template
 
 log = logging.getLogger("segloop")
 
 TOKEN_ENV = "SEGLOOP_UI_TOKEN"
-TOKEN_COOKIE = "segloop_token"
 TABLE_PREVIEW_ROWS = 100
 PREVIEW_ROWS = 5
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
-
-
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass
@@ -70,14 +57,26 @@ class UiState:
         return RunStore(self.workspace.state_dir / "state.db")
 
     def pipeline(self, name: str) -> Pipeline:
-        return Pipeline.load(name, self.workspace)
+        """The pipeline whose `name:` is ``name``, as `segloop validate` lists it; else a ConfigError (404).
+
+        Only names are looked up, never paths: ``segloop.yml``, ``.env`` or ``.`` are not
+        pipeline names, so nothing outside `pipelines/` is read.
+        """
+        if not NAME_PATTERN.match(name):
+            raise ConfigError(f"no pipeline file `{name}`: pipeline names are letters, digits and underscores")
+        file = self.workspace.find_pipeline(name)
+        pipeline = Pipeline.load(file, self.workspace)
+        if pipeline.name != name:
+            raise ConfigError(f"no pipeline file `{name}` ({file.name} holds pipeline `{pipeline.name}`)")
+        return pipeline
 
 
 # -- pages --------------------------------------------------------------------------------
 
 
 def _page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-    return HTMLResponse(render_template(name, **context), status_code=status_code)
+    """Every UI page is rendered here, which gives each POST form the request's CSRF token."""
+    return HTMLResponse(with_csrf(render_template(name, **context), CSRF_TOKEN.get()), status_code=status_code)
 
 
 def _error(message: str, status_code: int = 404) -> HTMLResponse:
@@ -96,20 +95,22 @@ async def index(request: Request) -> Response:
         store = state.store()
         rows = []
         try:
-            for file in state.workspace.pipeline_files():
+            entries = state.workspace.scan_pipelines()
+            for entry in entries:
+                file, config = entry.file, entry.config
                 row: dict[str, Any] = {"file": file.name, "name": file.stem, "error": None, "last": None,
                                        "nodes": 0, "schedule": None, "health": trends.Health(trends.INVALID)}
-                try:
-                    pipeline = Pipeline.load(file, state.workspace)
-                except SegloopError as exc:
-                    row["error"] = str(exc)
+                shared = [e.file for e in entries if config is not None and e.name == config.name]
+                if config is None:
+                    row["error"] = str(entry.error)
+                elif len(shared) > 1:  # `segloop run` refuses the name; so does the UI
+                    row["error"] = duplicate_name_message(config.name, shared)
                 else:
-                    row.update(name=pipeline.name, nodes=len(pipeline.config.nodes),
-                               schedule=pipeline.config.schedule,
-                               description=pipeline.config.description)
-                    recent = store.list_runs(pipeline.name, trends.TREND_RUNS)
+                    row.update(name=config.name, nodes=len(config.nodes), schedule=config.schedule,
+                               description=config.description)
+                    recent = store.list_runs(config.name, trends.TREND_RUNS)
                     row["last"] = recent[0] if recent else None
-                    row["health"] = trends.pipeline_health(recent, pipeline.config.schedule)
+                    row["health"] = trends.pipeline_health(recent, config.schedule)
                 rows.append(row)
         finally:
             store.close()
@@ -256,63 +257,6 @@ async def preview(request: Request) -> Response:
                  node_type=pipeline.config.nodes[node].type, result=result)
 
 
-# -- security -----------------------------------------------------------------------------
-
-
-class Guard:
-    """ASGI middleware: Host check on loopback, token everywhere else, same-origin POSTs."""
-
-    def __init__(self, app: ASGIApp, token: str | None, loopback: bool):
-        self.app = app
-        self.token = token
-        self.loopback = loopback
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        host = headers.get("host", "")
-        hostname = urlsplit(f"//{host}").hostname or ""
-        if self.loopback and not is_loopback(hostname):
-            await _plain(403, "segloop ui: unexpected Host header; open it as http://127.0.0.1:PORT/")(scope, receive, send)
-            return
-        if scope["method"] not in ("GET", "HEAD"):
-            origin = headers.get("origin")
-            if origin and origin != "null" and urlsplit(origin).netloc != host:
-                await _plain(403, "segloop ui: cross-origin request refused")(scope, receive, send)
-                return
-        if self.token is not None:
-            query = dict(parse_qsl(scope.get("query_string", b"").decode()))
-            given = query.get("token")
-            if given is not None and secrets.compare_digest(given, self.token):
-                rest = urlencode({k: v for k, v in query.items() if k != "token"})
-                target = scope["path"] + (f"?{rest}" if rest else "")
-                response = RedirectResponse(target, status_code=303)
-                response.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="strict")
-                await response(scope, receive, send)
-                return
-            if not self._authorized(headers):
-                await _plain(401, "segloop ui: this server needs its token; open the URL with ?token=... "
-                                  "printed at start (or set in SEGLOOP_UI_TOKEN)")(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-    def _authorized(self, headers: dict[str, str]) -> bool:
-        token = self.token or ""
-        auth = headers.get("authorization", "")
-        if auth.lower().startswith("bearer ") and secrets.compare_digest(auth[7:].strip(), token):
-            return True
-        cookie = SimpleCookie()
-        cookie.load(headers.get("cookie", ""))
-        morsel = cookie.get(TOKEN_COOKIE)
-        return morsel is not None and secrets.compare_digest(morsel.value, token)
-
-
-def _plain(status: int, text: str) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    return Response(text + "\n", status_code=status, media_type="text/plain")
-
-
 # -- app and server -----------------------------------------------------------------------
 
 
@@ -356,19 +300,28 @@ _warned: set[str] = set()
 
 
 def workspace_schedules(workspace: Workspace) -> dict[str, Any]:
-    """Pipeline name -> schedule, for every pipeline file that has one (bad files are logged)."""
+    """Pipeline name -> schedule, for every pipeline file that has one (bad files are logged).
+
+    A name used by two files is skipped (a run of it would be refused as ambiguous).
+    """
     out: dict[str, Any] = {}
-    for file in workspace.pipeline_files():
-        try:
-            pipeline = Pipeline.load(file, workspace)
-        except SegloopError as exc:
-            problem = f"{file.name}: {exc}"
+    entries = workspace.scan_pipelines()
+    for entry in entries:
+        problem = None
+        if entry.config is None:
+            problem = f"{entry.file.name}: {entry.error}"
+        else:
+            shared = [e.file for e in entries if e.name == entry.config.name]
+            if len(shared) > 1:
+                problem = duplicate_name_message(entry.config.name, shared)
+        if problem is not None:
             if problem not in _warned:  # the loop re-reads files every few seconds: say it once
                 _warned.add(problem)
                 log.warning("scheduler: skipping %s", problem)
             continue
-        if pipeline.config.schedule is not None:
-            out[pipeline.name] = pipeline.config.schedule
+        assert entry.config is not None
+        if entry.config.schedule is not None:
+            out[entry.config.name] = entry.config.schedule
     return out
 
 

@@ -6,9 +6,18 @@ from functools import cache
 from typing import Any
 
 import jinja2
+from markupsafe import Markup
 
+from segloop.masking import mask_text
 from segloop.web import display
 from segloop.web.charts import STATUS_COLORS, fmt
+
+
+def _masked(value: Any) -> Any:
+    """Every ``{{ value }}`` printed by a template, with credentials in URLs masked (segloop.masking)."""
+    if isinstance(value, Markup):
+        return Markup(mask_text(str(value)))
+    return mask_text(value) if isinstance(value, str) else value
 
 
 @cache
@@ -19,6 +28,7 @@ def environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         undefined=jinja2.StrictUndefined,
+        finalize=_masked,
     )
     env.filters["fmt"] = fmt
     env.filters["when"] = display.when
