@@ -10,7 +10,9 @@ where that is, so a file that is still growing can be loaded incrementally by by
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import secrets
 import time
 import zlib
@@ -170,22 +172,50 @@ def iter_members(data: bytes, start: int = 0, chunk: int = 1 << 16) -> Iterator[
         pos = end
 
 
+# orjson turns integers beyond 64 bits into floats (digits lost); a line with a run of 19+
+# digits is parsed again by the standard library, which keeps them exactly.
+_LONG_DIGITS = re.compile(rb"\d{19}")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _exact_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is beyond a double")
+    return value
+
+
+def parse_line(line: bytes, exact: bool = False) -> Any:
+    """One NDJSON line; ``exact`` keeps integers of any size (slower, for lines that need it)."""
+    if exact and _LONG_DIGITS.search(line):
+        try:
+            return json.loads(line, parse_constant=_no_constant, parse_float=_exact_float)
+        except (ValueError, RecursionError) as exc:
+            raise orjson.JSONDecodeError(str(exc), line.decode("utf-8", "replace"), 0) from None
+    return orjson.loads(line)
+
+
 def read_archive_file(path: str | Path, offset: int = 0) -> ArchiveRead:
     """Read the complete gzip members of an archive file from a byte offset.
 
     A torn or corrupt tail is not an error: reading stops there and ``problem`` says why.
-    Lines that are not JSON objects are counted in ``bad_lines`` and skipped.
+    Lines that are not JSON objects are counted in ``bad_lines`` and skipped. Integers
+    beyond 64 bits are read exactly.
     """
     file = Path(path)
     data = file.read_bytes()
     result = ArchiveRead(path=file, start_offset=offset, end_offset=offset, size=len(data))
     try:
         for payload, end in iter_members(data, offset):
+            exact = _LONG_DIGITS.search(payload) is not None
             for line in payload.split(b"\n"):
                 if not line.strip():
                     continue
                 try:
-                    message = orjson.loads(line)
+                    message = parse_line(line, exact)
                 except orjson.JSONDecodeError:
                     result.bad_lines += 1
                     continue

@@ -30,6 +30,11 @@ class PostgresConfig(WarehouseConfig):
 
     DEFAULT_SCHEMA: ClassVar[str] = "public"
     EXTRA: ClassVar[str] = "postgres"
+    MAX_TABLE_COLUMNS: ClassVar[int] = 1600  # MaxHeapAttributeNumber (dropped columns count too)
+    # A row must fit in one 8 KB page; long text moves out of it (TOAST), numbers cannot.
+    # 8,160 bytes less the header and the null bitmap of 1,600 columns, with a margin.
+    MAX_ROW_BYTES: ClassVar[int | None] = 7_000
+    TEXT_HOLDS_NUL: ClassVar[bool] = False
     DRIVER_MODULES: ClassVar[tuple[str, ...]] = ("psycopg", "ibis.backends.postgres")
 
     def describe(self) -> str:

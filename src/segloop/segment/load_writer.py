@@ -1,0 +1,572 @@
+"""Write Segment rows into one source schema: create, widen and fill tables, losing nothing.
+
+The loader (``segloop.segment.loader``) turns archive messages into rows; this module puts
+them into tables that may already exist, with the rules of ``column_types``:
+
+- a new column's type comes from every value in the load; a number column widens in place
+  (``ALTER COLUMN ... TYPE``) when new numbers need it;
+- a value that does not fit its column goes, whole, to ``_segloop_load_rejects`` (table,
+  column, message id, the value as JSON, reason); the row keeps NULL there;
+- a table never gets more columns than its warehouse allows (``MAX_TABLE_COLUMNS`` less
+  room for Segment's own columns), and on PostgreSQL a row never more inline bytes than
+  a page holds (``MAX_ROW_BYTES``): what is past the limit goes, as JSON, into the row's
+  ``_segloop_overflow`` column.
+
+Rows are staged as Arrow, then ``INSERT ... SELECT ... WHERE NOT EXISTS`` on ``id``, so a
+row loaded twice is added once. Plain SQL that runs on DuckDB and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from segloop.segment.column_types import (
+    EXACT_IN_DOUBLE,
+    Kind,
+    NumberTypes,
+    ValueStats,
+    column_kind,
+    fit,
+    json_text,
+    widened_kind,
+)
+from segloop.segment.schema import (
+    COMMON_COLUMNS,
+    LOAD_REJECTS_TABLE,
+    LOADED_FILES_TABLE,
+    OVERFLOW_COLUMN,
+    UPSERT_TABLES,
+    is_segloop_table,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
+
+    from segloop.warehouse import Warehouse
+
+STAGE_PREFIX = "_segloop_stage_"
+TIME_COLUMNS = frozenset(["received_at", "sent_at", "timestamp", "original_timestamp", "uuid_ts"])
+ID_COLUMNS = frozenset(["id", "user_id", "anonymous_id"])
+# Columns a table may need later that segloop adds itself (event, event_text, name, category,
+# group_id, previous_id, the overflow column, ...): data columns stop this far below the limit.
+OWN_COLUMNS_ROOM = 16
+
+SQL_TYPES: dict[str, str] = {
+    "timestamp": "TIMESTAMPTZ",
+    "integer": "BIGINT",
+    "float": "DOUBLE PRECISION",
+    "boolean": "BOOLEAN",
+    "varchar": "VARCHAR",
+}
+
+
+@dataclass
+class PendingRow:
+    """One row for one table, with the message and file it came from (for rejects)."""
+
+    values: dict[str, Any]
+    message_id: str | None
+    file: str
+
+
+@dataclass
+class WriteStats:
+    """What writing did to values and columns; the loader adds it to its result."""
+
+    rows_inserted: Counter[str] = field(default_factory=Counter)  # "schema.table" -> rows
+    duplicates: int = 0
+    converted: Counter[str] = field(default_factory=Counter)  # "schema.table.column" -> values
+    rejected: Counter[str] = field(default_factory=Counter)
+    cut: Counter[str] = field(default_factory=Counter)  # strings cut at 512 characters
+    overflowed: Counter[str] = field(default_factory=Counter)  # "schema.table" -> properties
+    widened: list[str] = field(default_factory=list)  # "schema.table.column: integer -> float"
+
+
+def _arrow_type(kind: str) -> pa.DataType:
+    import pyarrow as pa
+
+    return {
+        "timestamp": pa.timestamp("us", tz="UTC"),
+        "integer": pa.int64(),
+        "float": pa.float64(),
+        "boolean": pa.bool_(),
+        "varchar": pa.string(),
+        "decimal": pa.string(),  # staged as text, cast by the warehouse: no digit lost
+    }[kind]
+
+
+def _kind_of(dtype: Any) -> Kind:
+    if dtype.is_timestamp():
+        return "timestamp"
+    if dtype.is_boolean():
+        return "boolean"
+    if dtype.is_integer():
+        return "integer"
+    if dtype.is_decimal():
+        return "decimal"
+    if dtype.is_floating():
+        return "float"
+    return "varchar"
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _row_bytes(values: dict[str, Any]) -> int:
+    """A PostgreSQL row's inline size, pessimistic: fixed-width values with alignment, text
+    as stored inline or as an 18-byte TOAST pointer (values over ~24 bytes may move out)."""
+    size = 0
+    for value in values.values():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            size += 1
+        elif isinstance(value, str):
+            size += min(len(value.encode("utf-8")) + 4, 28)
+        else:
+            size += 16
+    return size
+
+
+class SchemaWriter:
+    """Writes rows into one target schema, creating and widening tables as needed."""
+
+    def __init__(self, warehouse: Warehouse, schema: str, stats: WriteStats):
+        self.wh = warehouse
+        self.schema = schema
+        self.stats = stats
+        config = warehouse.config
+        self.numbers = NumberTypes(
+            decimal_sql=config.EXACT_NUMBER_SQL,
+            max_digits=config.EXACT_NUMBER_DIGITS,
+            fractions=config.EXACT_NUMBER_FRACTIONS,
+        )
+        self.max_columns = config.MAX_TABLE_COLUMNS - OWN_COLUMNS_ROOM
+        self.max_row_bytes = config.MAX_ROW_BYTES
+        self.text_holds_nul = config.TEXT_HOLDS_NUL
+        warehouse.ensure_schema(schema)
+        self.columns: dict[str, dict[str, Kind]] = {}
+        for table in warehouse.list_tables(schema):
+            if table.startswith(STAGE_PREFIX):
+                warehouse.drop_table(table, schema)  # left by an interrupted load
+                continue
+            self.columns[table] = {
+                name: _kind_of(dtype) for name, dtype in warehouse.table(table, schema).schema().items()
+            }
+
+    def q(self, table: str) -> str:
+        return self.wh.qualified(table, self.schema)
+
+    def sql_type(self, kind: str) -> str:
+        return self.numbers.decimal_sql if kind == "decimal" else SQL_TYPES[kind]
+
+    # -- bookkeeping tables ----------------------------------------------------------------
+
+    def loaded_files(self) -> dict[str, tuple[int, int, str | None, int | None]]:
+        """file key -> (bytes loaded, messages loaded, problem, size when set aside)."""
+        known = self.columns.get(LOADED_FILES_TABLE)
+        if known is None:
+            self.wh.raw_sql(
+                f"CREATE TABLE IF NOT EXISTS {self.q(LOADED_FILES_TABLE)} (file VARCHAR, "
+                "bytes_loaded BIGINT, messages BIGINT, loaded_at TIMESTAMPTZ, problem VARCHAR, "
+                "size_at_problem BIGINT)"
+            )
+            self.columns[LOADED_FILES_TABLE] = {}
+            return {}
+        for col, kind in (("problem", "varchar"), ("size_at_problem", "integer")):
+            if col not in known:  # a table from before files could be set aside
+                self.wh.raw_sql(f"ALTER TABLE {self.q(LOADED_FILES_TABLE)} ADD COLUMN {col} {SQL_TYPES[kind]}")
+                known[col] = kind  # type: ignore[assignment]
+        table = self.wh.table(LOADED_FILES_TABLE, self.schema)
+        rows = self.wh.to_arrow(table.select("file", "bytes_loaded", "messages", "problem", "size_at_problem"))
+        return {
+            row["file"]: (int(row["bytes_loaded"]), int(row["messages"] or 0), row["problem"], row["size_at_problem"])
+            for row in rows.to_pylist()
+        }
+
+    def mark_files(self, done: list[tuple[str, int, int, str | None, int | None]]) -> None:
+        """Record (file, bytes loaded, messages, problem, size) for each file handled."""
+        import pyarrow as pa
+
+        if not done:
+            return
+        keys = ", ".join(_literal(key) for key, *_ in done)
+        now = datetime.now(UTC)
+        rows = pa.table(
+            {
+                "file": pa.array([d[0] for d in done], pa.string()),
+                "bytes_loaded": pa.array([d[1] for d in done], pa.int64()),
+                "messages": pa.array([d[2] for d in done], pa.int64()),
+                "loaded_at": pa.array([now] * len(done), pa.timestamp("us", tz="UTC")),
+                "problem": pa.array([d[3] for d in done], pa.string()),
+                "size_at_problem": pa.array([d[4] for d in done], pa.int64()),
+            }
+        )
+        stage = self._stage(rows)
+        names = ", ".join(rows.column_names)
+        try:
+            self._atomic([
+                f"DELETE FROM {self.q(LOADED_FILES_TABLE)} WHERE file IN ({keys})",
+                f"INSERT INTO {self.q(LOADED_FILES_TABLE)} ({names}) SELECT {names} FROM {self.q(stage)}",
+            ])
+        finally:
+            self.wh.drop_table(stage, self.schema)
+
+    def _write_rejects(self, rejects: list[tuple[str, str | None, str | None, str, str, str]],
+                       target: str | None) -> None:
+        """Add rejected values (table, column, message id, JSON, reason, file) once each.
+
+        For an appended table only values of rows not loaded yet are added (``target`` is
+        that table, whose ``id`` is the message id), so a load run twice adds them once.
+        """
+        import pyarrow as pa
+
+        if not rejects:
+            return
+        if LOAD_REJECTS_TABLE not in self.columns:
+            self.wh.raw_sql(
+                f"CREATE TABLE IF NOT EXISTS {self.q(LOAD_REJECTS_TABLE)} (table_name VARCHAR, "
+                "column_name VARCHAR, message_id VARCHAR, raw_value VARCHAR, reason VARCHAR, "
+                "file VARCHAR, rejected_at TIMESTAMPTZ)"
+            )
+            self.columns[LOAD_REJECTS_TABLE] = {}
+        now = datetime.now(UTC)
+        data = pa.table({
+            "table_name": pa.array([r[0] for r in rejects], pa.string()),
+            "column_name": pa.array([r[1] for r in rejects], pa.string()),
+            "message_id": pa.array([r[2] for r in rejects], pa.string()),
+            "raw_value": pa.array([r[3] for r in rejects], pa.string()),
+            "reason": pa.array([r[4] for r in rejects], pa.string()),
+            "file": pa.array([r[5] for r in rejects], pa.string()),
+            "rejected_at": pa.array([now] * len(rejects), pa.timestamp("us", tz="UTC")),
+        })
+        stage = self._stage(data)
+        names = ", ".join(data.column_names)
+        fresh = ""
+        if target is not None:
+            fresh = f" AND NOT EXISTS (SELECT 1 FROM {self.q(target)} t WHERE t.id = r.message_id)"
+        try:
+            self.wh.raw_sql(
+                f"INSERT INTO {self.q(LOAD_REJECTS_TABLE)} ({names}) SELECT {names} FROM {self.q(stage)} r "
+                f"WHERE NOT EXISTS (SELECT 1 FROM {self.q(LOAD_REJECTS_TABLE)} x WHERE x.table_name = r.table_name "
+                "AND x.message_id = r.message_id AND x.column_name IS NOT DISTINCT FROM r.column_name)" + fresh
+            )
+        finally:
+            self.wh.drop_table(stage, self.schema)
+
+    # -- rows ------------------------------------------------------------------------------
+
+    def write(self, rows_by_table: dict[str, list[PendingRow]]) -> None:
+        for table, rows in rows_by_table.items():
+            if is_segloop_table(table):  # never written from messages (event names are prefixed)
+                continue
+            if table in UPSERT_TABLES:
+                self._upsert(table, rows)
+            else:
+                self._append(table, rows)
+
+    def _plan_columns(self, table: str, rows: list[PendingRow]) -> dict[str, Kind]:
+        """Create the table, add new columns (as room allows) and widen number columns."""
+        known = self.columns.get(table)
+        current: dict[str, Kind] = dict(known) if known is not None else {}
+        stats: dict[str, ValueStats] = {}
+        for pending in rows:
+            for col, value in pending.values.items():
+                if value is None:
+                    continue
+                kind = current.get(col)
+                if kind is None or kind in ("integer", "float", "decimal"):
+                    seen = stats.get(col)
+                    if seen is None:
+                        seen = stats[col] = ValueStats.empty()
+                    seen.add(value)
+        new: dict[str, Kind] = {}
+        for col, seen in stats.items():
+            if col in current:
+                continue
+            if col in TIME_COLUMNS:
+                new[col] = "timestamp"
+            elif col in ID_COLUMNS:
+                new[col] = "varchar"
+            else:
+                new[col] = column_kind(seen, self.numbers)
+        if known is None:
+            base = _base_columns(table, rows)
+            ordered = {**base, **{c: k for c, k in new.items() if c not in base}}
+            columns = self._room(ordered, 0, base)
+            defs = ", ".join(f"{self.wh.quote(c)} {self.sql_type(k)}" for c, k in columns.items())
+            self.wh.raw_sql(f"CREATE TABLE IF NOT EXISTS {self.q(table)} ({defs})")
+            self.columns[table] = dict(columns)
+            return self.columns[table]
+        assert known is not None  # noqa: S101 - narrowing
+        added = self._room(new, len(known), {})
+        if added:
+            adds = [f"ADD COLUMN {self.wh.quote(c)} {self.sql_type(k)}" for c, k in added.items()]
+            if self.wh.dialect == "duckdb":  # one column per ALTER there; one transaction is ~3x faster
+                self._atomic([f"ALTER TABLE {self.q(table)} {add}" for add in adds])
+            else:
+                self.wh.raw_sql(f"ALTER TABLE {self.q(table)} {', '.join(adds)}")
+            known.update(added)
+        for col, seen in stats.items():
+            kind = current.get(col)
+            if kind is None:
+                continue
+            existing_max = 0
+            if kind == "integer" and "float" in seen.kinds:
+                existing_max = self._beyond_double(table, col)
+            wanted = widened_kind(kind, seen, existing_max, self.numbers)
+            if wanted != kind:
+                self._widen(table, col, kind, wanted)
+                known[col] = wanted
+        return known
+
+    def _room(self, wanted: dict[str, Kind], present: int, keep: dict[str, Kind]) -> dict[str, Kind]:
+        """The first of ``wanted`` that fit under the column limit (``keep`` always fits)."""
+        room = self.max_columns - present
+        out: dict[str, Kind] = {}
+        for col, kind in wanted.items():
+            if col in keep or len(out) < room:
+                out[col] = kind
+        return out
+
+    def _beyond_double(self, table: str, col: str) -> int:
+        """A magnitude over 2**53 when the integer column holds one (a double would change it)."""
+        c = self.wh.quote(col)
+        count = self._scalar(
+            f"SELECT COUNT(*) FROM {self.q(table)} WHERE {c} > {EXACT_IN_DOUBLE} OR {c} < -{EXACT_IN_DOUBLE}"
+        )
+        return EXACT_IN_DOUBLE + 1 if count else 0
+
+    def _widen(self, table: str, col: str, old: Kind, new: Kind) -> None:
+        """Change a column's type in place, keeping every stored value exactly."""
+        c = self.wh.quote(col)
+        if self.wh.dialect == "duckdb":
+            self.wh.raw_sql(f"ALTER TABLE {self.q(table)} ALTER COLUMN {c} SET DATA TYPE {self.sql_type(new)}")
+        else:
+            # A double goes through its shortest text: PostgreSQL's float8 -> numeric keeps 15 digits.
+            using = f"CAST({c} AS TEXT)" if old == "float" or new == "varchar" else c
+            self._alter_under_views(
+                table, f"ALTER TABLE {self.q(table)} ALTER COLUMN {c} TYPE {self.sql_type(new)} "
+                f"USING CAST({using} AS {self.sql_type(new)})"
+            )
+        self.stats.widened.append(f"{self.schema}.{table}.{col}: {old} -> {new}")
+
+    def _alter_under_views(self, table: str, alter: str) -> None:
+        """PostgreSQL will not change a column that views read: drop them, alter, re-create them.
+
+        One transaction, so readers see the old table and views or the new ones. Views on
+        views are handled in dependency order.
+        """
+        query = (
+            "WITH RECURSIVE deps(oid, depth) AS ("
+            " SELECT DISTINCT r.ev_class, 1 FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid"
+            f" WHERE d.refobjid = {_literal(self.q(table))}::regclass AND r.ev_class <> d.refobjid"
+            " UNION SELECT r.ev_class, deps.depth + 1 FROM deps JOIN pg_depend d ON d.refobjid = deps.oid"
+            " JOIN pg_rewrite r ON r.oid = d.objid WHERE r.ev_class <> deps.oid AND deps.depth < 50)"
+            " SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), pg_get_viewdef(c.oid),"
+            " max(deps.depth) FROM deps JOIN pg_class c ON c.oid = deps.oid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'v'"
+            " GROUP BY 1, 2 ORDER BY 3"
+        )
+        con = self.wh.con.con  # type: ignore[attr-defined]
+        with con.transaction(), con.cursor() as cursor:
+            cursor.execute(query)
+            views = cursor.fetchall()
+            for name, _, _ in reversed(views):
+                cursor.execute(f"DROP VIEW IF EXISTS {name}")
+            cursor.execute(alter)
+            for name, definition, _ in views:
+                cursor.execute(f"CREATE VIEW {name} AS {definition}")
+
+    def _fit_rows(
+        self, table: str, rows: list[PendingRow], kinds: dict[str, Kind]
+    ) -> tuple[list[dict[str, Any]], list[tuple[str, str | None, str | None, str, str, str]]]:
+        """Each row's values as its columns store them; rejects and overflow counted."""
+        prefix = f"{self.schema}.{table}"
+        rejects: list[tuple[str, str | None, str | None, str, str, str]] = []
+        out: list[dict[str, Any]] = []
+        holds_nul = self.text_holds_nul
+        for pending in rows:
+            stored: dict[str, Any] = {}
+            extra: dict[str, Any] = {}
+            for col, value in pending.values.items():
+                if value is None:
+                    continue
+                kind = kinds.get(col)
+                if kind is None:
+                    extra[col] = value
+                    continue
+                fitted = fit(value, kind, holds_nul)
+                if fitted.outcome != "ok":
+                    key = f"{prefix}.{col}"
+                    if fitted.outcome == "converted":
+                        self.stats.converted[key] += 1
+                    else:
+                        (self.stats.cut if fitted.outcome == "cut" else self.stats.rejected)[key] += 1
+                        rejects.append((table, col, pending.message_id, json_text(value), fitted.reason, pending.file))
+                stored[col] = fitted.value
+            if self.max_row_bytes is not None and _row_bytes(stored) > self.max_row_bytes:
+                self._spill(stored, extra)
+            if extra:
+                self.stats.overflowed[prefix] += len(extra)
+                stored[OVERFLOW_COLUMN] = orjson.dumps(extra, default=json_text).decode()
+            out.append(stored)
+        if any(OVERFLOW_COLUMN in row for row in out) and OVERFLOW_COLUMN not in kinds:
+            self.wh.raw_sql(f"ALTER TABLE {self.q(table)} ADD COLUMN {self.wh.quote(OVERFLOW_COLUMN)} VARCHAR")
+            kinds[OVERFLOW_COLUMN] = "varchar"
+        return out, rejects
+
+    def _spill(self, stored: dict[str, Any], extra: dict[str, Any]) -> None:
+        """Move a too-wide row's last data values into the overflow until it fits a page."""
+        assert self.max_row_bytes is not None  # noqa: S101
+        keep = self.max_row_bytes - 28  # room for the overflow column's own pointer
+        size = _row_bytes(stored)
+        for col in reversed(list(stored)):
+            if size <= keep:
+                break
+            if col in COMMON_COLUMNS or col in ("event", "event_text"):
+                continue
+            value = stored.pop(col)
+            size -= _row_bytes({col: value})
+            extra[col] = value
+
+    def _arrow(self, rows: list[dict[str, Any]], kinds: dict[str, Kind]) -> tuple[pa.Table, list[str]]:
+        import pyarrow as pa
+
+        present: set[str] = {"id"}
+        for row in rows:
+            present.update(row)
+        cols = [c for c in kinds if c in present]
+        arrays = {col: pa.array([row.get(col) for row in rows], _arrow_type(kinds[col])) for col in cols}
+        return pa.table(arrays), cols
+
+    def _staged(self, col: str, kinds: dict[str, Kind], alias: str = "s") -> str:
+        """A staged column as its target type (decimals travel as text)."""
+        ref = f"{alias}.{self.wh.quote(col)}"
+        return f"CAST({ref} AS {self.numbers.decimal_sql})" if kinds[col] == "decimal" else ref
+
+    def _stage(self, table: pa.Table) -> str:
+        name = f"{STAGE_PREFIX}{secrets.token_hex(4)}"
+        self.wh.create_table(name, table, schema=self.schema, overwrite=True)
+        return name
+
+    def _unique(self, rows: list[PendingRow]) -> list[PendingRow]:
+        unique: dict[str, PendingRow] = {}
+        for pending in rows:
+            row_id = pending.values.get("id")
+            if row_id is None or row_id in unique:
+                self.stats.duplicates += 1
+                continue
+            unique[row_id] = pending
+        return list(unique.values())
+
+    def _append(self, table: str, rows: list[PendingRow]) -> None:
+        unique = self._unique(rows)
+        if not unique:
+            return
+        kinds = self._plan_columns(table, unique)
+        fitted, rejects = self._fit_rows(table, unique, kinds)
+        data, cols = self._arrow(fitted, kinds)
+        stage = self._stage(data)
+        try:
+            names = ", ".join(self.wh.quote(c) for c in cols)
+            target, staged = self.q(table), self.q(stage)
+            fresh = f"FROM {staged} s WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE t.id = s.id)"
+            count = self._scalar(f"SELECT COUNT(*) {fresh}")
+            self._write_rejects(rejects, table)
+            values = ", ".join(self._staged(c, kinds) for c in cols)
+            self.wh.raw_sql(f"INSERT INTO {target} ({names}) SELECT {values} {fresh}")
+        finally:
+            self.wh.drop_table(stage, self.schema)
+        self.stats.rows_inserted[f"{self.schema}.{table}"] += count
+        self.stats.duplicates += len(unique) - count
+
+    def _upsert(self, table: str, rows: list[PendingRow]) -> None:
+        """Merge rows into `users`/`accounts` on id: newer non-null values win over older ones."""
+        far_past = datetime.min.replace(tzinfo=UTC)
+
+        def received(pending: PendingRow) -> datetime:
+            value = pending.values.get("received_at")
+            return value if isinstance(value, datetime) else far_past
+
+        ordered = sorted(rows, key=received)
+        kinds = self._plan_columns(table, ordered)
+        fitted, rejects = self._fit_rows(table, ordered, kinds)
+        merged: dict[str, dict[str, Any]] = {}
+        for row in fitted:
+            current = merged.setdefault(row["id"], {})
+            current.update({k: v for k, v in row.items() if v is not None})
+        data, cols = self._arrow(list(merged.values()), kinds)
+        stage = self._stage(data)
+        combined = f"{STAGE_PREFIX}{secrets.token_hex(4)}"
+        target, staged = self.q(table), self.q(stage)
+        newer = "(u.id IS NULL OR u.received_at IS NULL OR s.received_at >= u.received_at)"
+        selects = []
+        for col in kinds:
+            c = self.wh.quote(col)
+            if col == "id":
+                selects.append(f"s.{c} AS {c}")
+            elif col in cols:
+                s = self._staged(col, kinds)
+                selects.append(f"CASE WHEN {newer} THEN COALESCE({s}, u.{c}) ELSE COALESCE(u.{c}, {s}) END AS {c}")
+            else:
+                selects.append(f"u.{c} AS {c}")
+        try:
+            existing = self._scalar(
+                f"SELECT COUNT(*) FROM {staged} s WHERE EXISTS (SELECT 1 FROM {target} t WHERE t.id = s.id)"
+            )
+            self._write_rejects(rejects, None)
+            self.wh.raw_sql(
+                f"CREATE TABLE {self.q(combined)} AS SELECT {', '.join(selects)} "
+                f"FROM {staged} s LEFT JOIN {target} u ON u.id = s.id"
+            )
+            names = ", ".join(self.wh.quote(c) for c in kinds)
+            self._atomic([
+                f"DELETE FROM {target} WHERE id IN (SELECT id FROM {staged})",
+                f"INSERT INTO {target} ({names}) SELECT {names} FROM {self.q(combined)}",
+            ])
+        finally:
+            self.wh.drop_table(stage, self.schema)
+            self.wh.drop_table(combined, self.schema)
+        self.stats.rows_inserted[f"{self.schema}.{table}"] += len(merged) - existing
+
+    def _atomic(self, statements: list[str]) -> None:
+        """Run statements as one transaction, so a crash cannot leave a table half-replaced.
+
+        PostgreSQL runs several statements sent at once in one implicit transaction; DuckDB
+        needs an explicit one (rolled back if any statement fails).
+        """
+        if self.wh.dialect != "duckdb":
+            self.wh.raw_sql("; ".join(statements))
+            return
+        self.wh.raw_sql("BEGIN TRANSACTION")
+        try:
+            for statement in statements:
+                self.wh.raw_sql(statement)
+        except Exception:
+            self.wh.raw_sql("ROLLBACK")
+            raise
+        self.wh.raw_sql("COMMIT")
+
+    def _scalar(self, query: str) -> int:
+        table = self.wh.sql(query)
+        value = table.to_pyarrow().column(0)[0].as_py()
+        return int(value or 0)
+
+
+def _base_columns(table: str, rows: list[PendingRow]) -> dict[str, Kind]:
+    """Columns a new table always gets, so queries on them work before a value arrives."""
+    if table in UPSERT_TABLES:
+        return {"id": "varchar", "received_at": "timestamp", "uuid_ts": "timestamp"}
+    base: dict[str, Kind] = {col: ("timestamp" if col in TIME_COLUMNS else "varchar") for col in COMMON_COLUMNS}
+    if any("event_text" in row.values for row in rows[:1]):
+        base["event"] = "varchar"
+        base["event_text"] = "varchar"
+    return base
