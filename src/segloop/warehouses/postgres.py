@@ -35,6 +35,11 @@ class PostgresConfig(WarehouseConfig):
     # 8,160 bytes less the header and the null bitmap of 1,600 columns, with a margin.
     MAX_ROW_BYTES: ClassVar[int | None] = 7_000
     TEXT_HOLDS_NUL: ClassVar[bool] = False
+    # Whole numbers up to 76 digits: Arrow's widest decimal, so Ibis can read them back
+    # (an unconstrained NUMERIC column fails to read when its values differ in precision).
+    EXACT_NUMBER_SQL: ClassVar[str] = "NUMERIC(76,0)"
+    EXACT_NUMBER_DIGITS: ClassVar[int | None] = 76
+    EXACT_NUMBER_FRACTIONS: ClassVar[bool] = False
     DRIVER_MODULES: ClassVar[tuple[str, ...]] = ("psycopg", "ibis.backends.postgres")
 
     def describe(self) -> str:
