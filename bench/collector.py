@@ -9,6 +9,7 @@ row; the "no fsync" row shows what durability costs. A second table times the lo
 
     .venv/bin/python bench/collector.py            # 50,000 events per row, best of 3
     .venv/bin/python bench/collector.py --events 20000 --repeat 1
+    .venv/bin/python bench/collector.py --loader-only --repeat 3   # the loader table only
 """
 
 from __future__ import annotations
@@ -152,9 +153,13 @@ def main() -> None:
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--no-fsync", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="Print rows as JSON too.")
+    parser.add_argument("--loader-only", action="store_true", help="Time only the loader (median of --repeat).")
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, fsync=not args.no_fsync)
+        return
+    if args.loader_only:
+        print_loads(args.events, [load_rows(args.events) for _ in range(args.repeat)], args.json)
         return
     plan = [
         ("durable, 1 thread", True, 1),
@@ -181,15 +186,26 @@ def main() -> None:
             f"{r['row']:<22}{r['events_per_s']:>12,.0f}{ratio:>8.2f}"
             f"{r['requests_per_commit']:>12.1f}{r['ms_per_request']:>12.1f}"
         )
-    loads = load_rows(args.events)
+    if args.json:
+        print(json.dumps({"collector": rows}))
     print()
-    print(f"loader into DuckDB ({args.events:,}-message archive, tracks/identifies/users/event tables)")
+    print_loads(args.events, [load_rows(args.events)], args.json)
+
+
+def print_loads(events: int, runs: list[list[tuple[str, int, float]]], as_json: bool) -> None:
+    """The loader table: per row, the median seconds of the runs."""
+    print(f"loader into DuckDB ({events:,}-message archive, tracks/identifies/users/event tables), "
+          f"median of {len(runs)}")
     print(f"{'row':<22}{'messages':>12}{'seconds':>10}{'msgs/s':>12}")
-    for label, messages, seconds in loads:
+    medians = []
+    for i, (label, messages, _) in enumerate(runs[0]):
+        times = sorted(run[i][2] for run in runs)
+        seconds = times[len(times) // 2]
+        medians.append((label, messages, seconds))
         rate = f"{messages / seconds:>12,.0f}" if messages else f"{'-':>12}"
         print(f"{label:<22}{messages:>12,}{seconds:>10.2f}{rate}")
-    if args.json:
-        print(json.dumps({"collector": rows, "loader": loads}))
+    if as_json:
+        print(json.dumps({"loader": medians, "runs": runs}))
 
 
 if __name__ == "__main__":

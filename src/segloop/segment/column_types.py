@@ -55,19 +55,29 @@ class ValueStats:
     kinds: set[str]
     max_abs_int: int = 0
     max_digits: int = 0
+    text_dates: bool = True  # every string so far was a date-time (checked until one is not)
 
     @classmethod
     def empty(cls) -> ValueStats:
         return cls(kinds=set())
 
     def add(self, value: Any) -> None:
-        kind = natural_kind(value)
-        self.kinds.add(kind)
-        if kind in ("integer", "decimal"):
-            magnitude = abs(int(value))
+        """Note one value (called for every value of a new column: kept cheap)."""
+        kind = type(value)
+        if kind is str:
+            if self.text_dates and parse_timestamp(value) is None:
+                self.text_dates = False
+            self.kinds.add("timestamp" if self.text_dates else "varchar")
+        elif kind is int:
+            magnitude = value if value >= 0 else -value
+            self.kinds.add("integer" if magnitude <= INT64_MAX or value == INT64_MIN else "decimal")
             if magnitude > self.max_abs_int:
                 self.max_abs_int = magnitude
                 self.max_digits = len(str(magnitude))
+        elif kind is float:
+            self.kinds.add("float")
+        else:
+            self.kinds.add(natural_kind(value))
 
 
 def natural_kind(value: Any) -> str:
@@ -166,19 +176,21 @@ def fit(value: Any, kind: Kind, text_holds_nul: bool = True) -> Fit:
     """Put one value into a column of ``kind``: stored as it is, converted exactly, or rejected."""
     if value is None:
         return OK_NONE
-    natural = natural_kind(value)
-    if kind == "varchar":
-        text = _text(value)
+    if kind == "varchar":  # the common case first: text into a text column
+        is_text = isinstance(value, str)
+        text = value if is_text else _text(value)
         if not text_holds_nul and "\x00" in text:
             return Fit(None, "rejected", "text with a NUL character, which this warehouse cannot store")
         if len(text) > MAX_STRING_CHARS:
             return Fit(text[:MAX_STRING_CHARS], "cut",
                        f"longer than {MAX_STRING_CHARS} characters; the column keeps the first {MAX_STRING_CHARS}")
-        converted = natural in ("integer", "float", "decimal", "boolean")
-        return Fit(text, "converted" if converted else "ok")
+        if is_text or isinstance(value, datetime):
+            return Fit(text)
+        return Fit(text, "converted")  # a number or a boolean, as its JSON text
+    if kind == "timestamp" and isinstance(value, datetime):
+        return Fit(value)
+    natural = natural_kind(value)
     if kind == "timestamp":
-        if isinstance(value, datetime):
-            return Fit(value)
         parsed = parse_timestamp(value) if isinstance(value, str) else None
         if parsed is None:
             return Fit(None, "rejected", f"{_described(natural, value)} in a timestamp column")

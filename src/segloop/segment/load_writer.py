@@ -38,6 +38,7 @@ from segloop.segment.column_types import (
 )
 from segloop.segment.schema import (
     COMMON_COLUMNS,
+    MAX_STRING_CHARS,
     LOAD_REJECTS_TABLE,
     LOADED_FILES_TABLE,
     OVERFLOW_COLUMN,
@@ -53,9 +54,13 @@ if TYPE_CHECKING:  # pragma: no cover
 STAGE_PREFIX = "_segloop_stage_"
 TIME_COLUMNS = frozenset(["received_at", "sent_at", "timestamp", "original_timestamp", "uuid_ts"])
 ID_COLUMNS = frozenset(["id", "user_id", "anonymous_id"])
+FIXED_COLUMNS = TIME_COLUMNS | ID_COLUMNS  # their type never comes from the values
 # Columns a table may need later that segloop adds itself (event, event_text, name, category,
 # group_id, previous_id, the overflow column, ...): data columns stop this far below the limit.
 OWN_COLUMNS_ROOM = 16
+
+# The Python type a value of each column type arrives as when it needs no conversion.
+_PLAIN: dict[str, type] = {"varchar": str, "integer": int, "float": float, "boolean": bool, "timestamp": datetime}
 
 SQL_TYPES: dict[str, str] = {
     "timestamp": "TIMESTAMPTZ",
@@ -279,7 +284,7 @@ class SchemaWriter:
         stats: dict[str, ValueStats] = {}
         for pending in rows:
             for col, value in pending.values.items():
-                if value is None:
+                if value is None or col in FIXED_COLUMNS:
                     continue
                 kind = current.get(col)
                 if kind is None or kind in ("integer", "float", "decimal"):
@@ -287,16 +292,11 @@ class SchemaWriter:
                     if seen is None:
                         seen = stats[col] = ValueStats.empty()
                     seen.add(value)
-        new: dict[str, Kind] = {}
-        for col, seen in stats.items():
-            if col in current:
-                continue
-            if col in TIME_COLUMNS:
-                new[col] = "timestamp"
-            elif col in ID_COLUMNS:
-                new[col] = "varchar"
-            else:
-                new[col] = column_kind(seen, self.numbers)
+        new: dict[str, Kind] = {col: column_kind(seen, self.numbers) for col, seen in stats.items() if col not in current}
+        for pending in rows[:1]:  # fixed-type columns (time, ids) a table created earlier lacks
+            for col in pending.values:
+                if col in FIXED_COLUMNS and col not in current:
+                    new[col] = "timestamp" if col in TIME_COLUMNS else "varchar"
         if known is None:
             base = _base_columns(table, rows)
             ordered = {**base, **{c: k for c, k in new.items() if c not in base}}
@@ -402,6 +402,11 @@ class SchemaWriter:
                 kind = kinds.get(col)
                 if kind is None:
                     extra[col] = value
+                    continue
+                expected = _PLAIN.get(kind)
+                if type(value) is expected and (expected is not str or (
+                        len(value) <= MAX_STRING_CHARS and (holds_nul or "\x00" not in value))):
+                    stored[col] = value  # already what the column stores (most values)
                     continue
                 fitted = fit(value, kind, holds_nul)
                 if fitted.outcome != "ok":
