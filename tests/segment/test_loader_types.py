@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - `wh` is a fixture imported from test_loader; tests take it by name
 """Loading keeps every value: types from all values, widening in place, rejects, wide events.
 
 Each test runs on DuckDB and on a throwaway PostgreSQL database (the `wh` fixture of
@@ -20,7 +21,12 @@ from segloop.segment.archive import find_archive_files
 from segloop.segment.loader import ArchiveLoader, load_archive
 from segloop.warehouse import DuckDBConfig, Warehouse
 
-from .test_loader import msg, rows, wh, write  # noqa: F401 - wh is the fixture
+from .test_loader import (
+    msg,
+    rows,
+    wh,  # noqa: F401 - the DuckDB / PostgreSQL fixture, used by name
+    write,
+)
 
 REJECTS = "_segloop_load_rejects"
 

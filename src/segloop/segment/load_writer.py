@@ -38,9 +38,9 @@ from segloop.segment.column_types import (
 )
 from segloop.segment.schema import (
     COMMON_COLUMNS,
-    MAX_STRING_CHARS,
     LOAD_REJECTS_TABLE,
     LOADED_FILES_TABLE,
+    MAX_STRING_CHARS,
     OVERFLOW_COLUMN,
     UPSERT_TABLES,
     is_segloop_table,
@@ -403,9 +403,8 @@ class SchemaWriter:
                 if kind is None:
                     extra[col] = value
                     continue
-                expected = _PLAIN.get(kind)
-                if type(value) is expected and (expected is not str or (
-                        len(value) <= MAX_STRING_CHARS and (holds_nul or "\x00" not in value))):
+                if type(value) is _PLAIN.get(kind) and not (isinstance(value, str) and (
+                        len(value) > MAX_STRING_CHARS or (not holds_nul and "\x00" in value))):
                     stored[col] = value  # already what the column stores (most values)
                     continue
                 fitted = fit(value, kind, holds_nul)
