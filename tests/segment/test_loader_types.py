@@ -265,18 +265,37 @@ def test_load_archive_prints_what_it_widened_overflowed_and_rejected(tmp_path: P
     assert "overflowed" in out and "shop.wide_event" in out
 
 
-def test_the_collectors_loader_reports_the_same_counts(tmp_path: Path, caplog):
-    data = tmp_path / "collector"
-    write(data, [msg(1, properties={"qty": 1})])
+def test_the_collectors_loader_reports_what_it_widened_and_rejected(tmp_path: Path, caplog):
+    import time
+
+    import httpx
+
+    from segloop.segment.collector import serve_in_thread
+
     loader = ArchiveLoader(DuckDBConfig(path=str(tmp_path / "wh.duckdb")), tmp_path)
-    loader(data)
-    write(data, [msg(2, properties={"qty": 1.5, "n": "x"}), msg(3, properties={"n": 2})])
-    with caplog.at_level(logging.WARNING, logger="segloop.loader"):
-        result = loader(data)
-    summary = result.summary()
-    assert summary["widened"] == ["shop.order_completed.qty: integer -> float"]
-    assert summary["converted"] == 1 and summary["rejected"] == 0
+
+    def event(n: int, qty: Any) -> dict[str, Any]:
+        return {"type": "track", "event": "Order Completed", "userId": "u", "messageId": f"m{n}",
+                "properties": {"qty": qty}}
+
+    def wait_for(running: Any, done: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + 30
+        while not done(running.stats["last_load"] or {}):
+            assert time.monotonic() < deadline, running.stats
+            time.sleep(0.05)
+        return dict(running.stats["last_load"])
+
+    with caplog.at_level(logging.WARNING, logger="segloop.loader"), \
+            serve_in_thread({"key": "shop"}, tmp_path / "collector", load_every_s=0.1, loader=loader) as running, \
+            httpx.Client(base_url=running.url, auth=("key", "")) as http:
+        assert http.post("/v1/batch", json={"batch": [event(1, 1)]}).status_code == 200
+        wait_for(running, lambda last: last.get("messages", 0) >= 1)
+        assert http.post("/v1/batch", json={"batch": [event(2, 1.5), event(3, "many")]}).status_code == 200
+        last = wait_for(running, lambda last: last.get("widened"))
+    assert last["widened"] == ["shop.order_completed.qty: integer -> float"]
+    assert last["rejected"] == 1 and last["converted"] == 0 and last["overflowed"] == 0
     assert "widened shop.order_completed.qty: integer -> float" in caplog.text
+    assert "rejected 1 values" in caplog.text
 
 
 def test_widening_works_under_views_that_read_the_table(tmp_path: Path, wh: Warehouse):
