@@ -310,3 +310,18 @@ def test_widening_works_under_views_that_read_the_table(tmp_path: Path, wh: Ware
     assert result.widened == ["shop.order_completed.price: integer -> float"]
     assert [r["price"] for r in wh.to_arrow(wh.table("prices", "shop").order_by("id")).to_pylist()] == [5.0, 2.25]
     assert wh.to_arrow(wh.table("prices_sum", "shop")).to_pylist() == [{"total": 7.25}]
+
+
+def test_lines_that_are_not_json_are_kept_in_the_rejects_table(tmp_path: Path, wh: Warehouse):
+    import gzip
+
+    folder = tmp_path / "segment-logs" / "shop" / "1763942400000"
+    folder.mkdir(parents=True)
+    good = orjson.dumps(msg(1)).decode()
+    (folder / "part.gz").write_bytes(gzip.compress(f'{good}\nnot json {{\n[1, 2]\n'.encode()))
+    result = load_archive(wh, tmp_path)
+    assert result.bad_lines == 2 and [r["id"] for r in rows(wh, "tracks")] == ["m1"]
+    kept = [(r["table_name"], r["raw_value"], r["file"]) for r in rejects(wh)]
+    assert sorted(kept) == [(None, "[1, 2]", "segment-logs/shop/1763942400000/part.gz"),
+                            (None, "not json {", "segment-logs/shop/1763942400000/part.gz")]
+    assert any("not JSON objects" in line for line in result.describe())

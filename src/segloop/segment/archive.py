@@ -142,6 +142,7 @@ class ArchiveRead:
     end_offset: int = 0  # byte offset after the last complete gzip member read
     size: int = 0
     bad_lines: int = 0
+    bad: list[str] = field(default_factory=list)  # those lines as text, for the rejects table
     problem: str | None = None  # "torn" (incomplete last member) or "corrupt"
 
     @property
@@ -202,7 +203,8 @@ def read_archive_file(path: str | Path, offset: int = 0) -> ArchiveRead:
     """Read the complete gzip members of an archive file from a byte offset.
 
     A torn or corrupt tail is not an error: reading stops there and ``problem`` says why.
-    Lines that are not JSON objects are counted in ``bad_lines`` and skipped. Integers
+    Lines that are not JSON objects are counted in ``bad_lines``, kept as text in ``bad``
+    and skipped. Integers
     beyond 64 bits are read exactly.
     """
     file = Path(path)
@@ -217,12 +219,12 @@ def read_archive_file(path: str | Path, offset: int = 0) -> ArchiveRead:
                 try:
                     message = parse_line(line, exact)
                 except orjson.JSONDecodeError:
-                    result.bad_lines += 1
-                    continue
+                    message = None
                 if isinstance(message, dict):
                     result.messages.append(message)
                 else:
                     result.bad_lines += 1
+                    result.bad.append(line.decode("utf-8", "backslashreplace"))
             result.end_offset = end
     except EOFError:
         result.problem = "torn"

@@ -52,6 +52,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from segloop.warehouse import Warehouse
 
 STAGE_PREFIX = "_segloop_stage_"
+# A rejected value: table, column, message id, the value as JSON (or a bad line), reason, file.
+Reject = tuple[str | None, str | None, str | None, str, str, str]
 TIME_COLUMNS = frozenset(["received_at", "sent_at", "timestamp", "original_timestamp", "uuid_ts"])
 ID_COLUMNS = frozenset(["id", "user_id", "anonymous_id"])
 FIXED_COLUMNS = TIME_COLUMNS | ID_COLUMNS  # their type never comes from the values
@@ -224,7 +226,7 @@ class SchemaWriter:
         finally:
             self.wh.drop_table(stage, self.schema)
 
-    def _write_rejects(self, rejects: list[tuple[str, str | None, str | None, str, str, str]],
+    def write_rejects(self, rejects: list[Reject],
                        target: str | None) -> None:
         """Add rejected values (table, column, message id, JSON, reason, file) once each.
 
@@ -260,8 +262,10 @@ class SchemaWriter:
         try:
             self.wh.raw_sql(
                 f"INSERT INTO {self.q(LOAD_REJECTS_TABLE)} ({names}) SELECT {names} FROM {self.q(stage)} r "
-                f"WHERE NOT EXISTS (SELECT 1 FROM {self.q(LOAD_REJECTS_TABLE)} x WHERE x.table_name = r.table_name "
-                "AND x.message_id = r.message_id AND x.column_name IS NOT DISTINCT FROM r.column_name)" + fresh
+                f"WHERE NOT EXISTS (SELECT 1 FROM {self.q(LOAD_REJECTS_TABLE)} x WHERE "
+                "x.table_name IS NOT DISTINCT FROM r.table_name AND x.column_name IS NOT DISTINCT FROM r.column_name "
+                "AND x.message_id IS NOT DISTINCT FROM r.message_id "
+                "AND (r.message_id IS NOT NULL OR (x.file = r.file AND x.raw_value = r.raw_value)))" + fresh
             )
         finally:
             self.wh.drop_table(stage, self.schema)
@@ -387,10 +391,10 @@ class SchemaWriter:
 
     def _fit_rows(
         self, table: str, rows: list[PendingRow], kinds: dict[str, Kind]
-    ) -> tuple[list[dict[str, Any]], list[tuple[str, str | None, str | None, str, str, str]]]:
+    ) -> tuple[list[dict[str, Any]], list[Reject]]:
         """Each row's values as its columns store them; rejects and overflow counted."""
         prefix = f"{self.schema}.{table}"
-        rejects: list[tuple[str, str | None, str | None, str, str, str]] = []
+        rejects: list[Reject] = []
         out: list[dict[str, Any]] = []
         holds_nul = self.text_holds_nul
         for pending in rows:
@@ -484,7 +488,7 @@ class SchemaWriter:
             target, staged = self.q(table), self.q(stage)
             fresh = f"FROM {staged} s WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE t.id = s.id)"
             count = self._scalar(f"SELECT COUNT(*) {fresh}")
-            self._write_rejects(rejects, table)
+            self.write_rejects(rejects, table)
             values = ", ".join(self._staged(c, kinds) for c in cols)
             self.wh.raw_sql(f"INSERT INTO {target} ({names}) SELECT {values} {fresh}")
         finally:
@@ -526,7 +530,7 @@ class SchemaWriter:
             existing = self._scalar(
                 f"SELECT COUNT(*) FROM {staged} s WHERE EXISTS (SELECT 1 FROM {target} t WHERE t.id = s.id)"
             )
-            self._write_rejects(rejects, None)
+            self.write_rejects(rejects, None)
             self.wh.raw_sql(
                 f"CREATE TABLE {self.q(combined)} AS SELECT {', '.join(selects)} "
                 f"FROM {staged} s LEFT JOIN {target} u ON u.id = s.id"

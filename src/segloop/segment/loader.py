@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from segloop.errors import DataError, database_message
 from segloop.segment.archive import ArchiveFile, find_archive_files, read_archive_file
-from segloop.segment.load_writer import PendingRow, SchemaWriter, WriteStats
+from segloop.segment.load_writer import PendingRow, Reject, SchemaWriter, WriteStats
 from segloop.segment.schema import LOAD_REJECTS_TABLE, LOADED_FILES_TABLE, message_rows, snake_case
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -85,6 +85,9 @@ class LoadResult(WriteStats):
         if self.cut:
             lines.append(f"cut {sum(self.cut.values()):,} strings at 512 characters; the whole values are in "
                          f"`{LOAD_REJECTS_TABLE}` ({_top(self.cut)})")
+        if self.bad_lines:
+            lines.append(f"skipped {self.bad_lines:,} lines that are not JSON objects; each is in "
+                         f"`{LOAD_REJECTS_TABLE}` as it was read")
         for file, reason in self.set_aside.items():
             lines.append(f"set aside {file}: {reason}")
         if self.set_aside_before:
@@ -200,6 +203,7 @@ class _FileRows:
     rows: dict[str, list[PendingRow]]
     problem: str | None = None  # set when the rest of the file cannot be read
     size: int = 0
+    bad: list[str] = field(default_factory=list)  # lines that are not JSON objects
 
 
 def _load_schema(
@@ -261,7 +265,7 @@ def _load_schema(
         result.files_loaded += 1
         result.messages += len(read.messages)
         pending.append(_FileRows(archive.key, offset, previous, read.end_offset, len(read.messages),
-                                 rows, file_problem, size))
+                                 rows, file_problem, size, read.bad))
         pending_messages += len(read.messages)
         if pending_messages >= chunk_messages:
             flush()
@@ -303,6 +307,8 @@ def _write_files(writer: SchemaWriter, files: list[_FileRows], result: LoadResul
     _mark(writer, files, result)
 
 
+BAD_LINE = "not a JSON object; the line is kept here as it was read"
+
 # Errors caused by the rows themselves, which writing the same rows again would repeat:
 # PostgreSQL's SQLSTATE classes 22 (data exception), 23 (integrity), 54 (program limit:
 # too many columns, row too big); DuckDB's exception classes of the same kinds. Anything
@@ -328,6 +334,8 @@ def is_data_error(exc: BaseException) -> bool:
 
 
 def _mark(writer: SchemaWriter, files: list[_FileRows], result: LoadResult) -> None:
+    bad: list[Reject] = [(None, None, None, line, BAD_LINE, f.key) for f in files for line in f.bad]
+    writer.write_rejects(bad, None)  # before the progress: a crash between them re-reads the file
     writer.mark_files([
         (f.key, f.end_offset, f.start_messages + f.messages, f.problem, f.size if f.problem else None)
         for f in files
