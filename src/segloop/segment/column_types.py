@@ -61,6 +61,37 @@ class ValueStats:
     def empty(cls) -> ValueStats:
         return cls(kinds=set())
 
+    @classmethod
+    def of(cls, values: list[Any]) -> ValueStats:
+        """The stats of a column's values (None skipped); mostly C loops over the list."""
+        stats = cls.empty()
+        types = set(map(type, values))
+        types.discard(type(None))
+        for kind in types:
+            if kind is float:
+                stats.kinds.add("float")
+            elif kind is bool:
+                stats.kinds.add("boolean")
+            elif kind is datetime:
+                stats.kinds.add("timestamp")
+            elif kind is int:
+                ints = [v for v in values if type(v) is int]
+                stats.max_abs_int = max(map(abs, ints))
+                stats.max_digits = len(str(stats.max_abs_int))
+                too_big = stats.max_abs_int > INT64_MAX and (max(ints) > INT64_MAX or min(ints) < INT64_MIN)
+                stats.kinds.add("integer")
+                if too_big:
+                    stats.kinds.add("decimal")
+            elif kind is str:
+                for value in values:  # stops at the first string that is no date-time
+                    if type(value) is str and parse_timestamp(value) is None:
+                        stats.text_dates = False
+                        break
+                stats.kinds.add("timestamp" if stats.text_dates else "varchar")
+            else:
+                stats.kinds.update(natural_kind(v) for v in values if type(v) is kind)
+        return stats
+
     def add(self, value: Any) -> None:
         """Note one value (called for every value of a new column: kept cheap)."""
         kind = type(value)

@@ -22,6 +22,7 @@ import secrets
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -281,26 +282,24 @@ class SchemaWriter:
             else:
                 self._append(table, rows)
 
-    def _plan_columns(self, table: str, rows: list[PendingRow]) -> dict[str, Kind]:
-        """Create the table, add new columns (as room allows) and widen number columns."""
+    def _plan_columns(self, table: str, cols: dict[str, list[Any]], rows: list[PendingRow]) -> dict[str, Kind]:
+        """Create the table, add new columns (as room allows) and widen number columns.
+
+        ``cols`` holds each column's values, one per row, in order of first appearance.
+        """
         known = self.columns.get(table)
         current: dict[str, Kind] = dict(known) if known is not None else {}
         stats: dict[str, ValueStats] = {}
-        for pending in rows:
-            for col, value in pending.values.items():
-                if value is None or col in FIXED_COLUMNS:
-                    continue
-                kind = current.get(col)
-                if kind is None or kind in ("integer", "float", "decimal"):
-                    seen = stats.get(col)
-                    if seen is None:
-                        seen = stats[col] = ValueStats.empty()
-                    seen.add(value)
-        new: dict[str, Kind] = {col: column_kind(seen, self.numbers) for col, seen in stats.items() if col not in current}
-        for pending in rows[:1]:  # fixed-type columns (time, ids) a table created earlier lacks
-            for col in pending.values:
-                if col in FIXED_COLUMNS and col not in current:
+        new: dict[str, Kind] = {}
+        for col, values in cols.items():
+            kind = current.get(col)
+            if col in FIXED_COLUMNS:
+                if kind is None:
                     new[col] = "timestamp" if col in TIME_COLUMNS else "varchar"
+            elif kind is None or kind in ("integer", "float", "decimal"):
+                stats[col] = seen = ValueStats.of(values)
+                if kind is None and seen.kinds:
+                    new[col] = column_kind(seen, self.numbers)
         if known is None:
             base = _base_columns(table, rows)
             ordered = {**base, **{c: k for c, k in new.items() if c not in base}}
@@ -309,7 +308,6 @@ class SchemaWriter:
             self.wh.raw_sql(f"CREATE TABLE IF NOT EXISTS {self.q(table)} ({defs})")
             self.columns[table] = dict(columns)
             return self.columns[table]
-        assert known is not None  # noqa: S101 - narrowing
         added = self._room(new, len(known), {})
         if added:
             adds = [f"ADD COLUMN {self.wh.quote(c)} {self.sql_type(k)}" for c, k in added.items()]
@@ -389,70 +387,99 @@ class SchemaWriter:
             for name, definition, _ in views:
                 cursor.execute(f"CREATE VIEW {name} AS {definition}")
 
-    def _fit_rows(
-        self, table: str, rows: list[PendingRow], kinds: dict[str, Kind]
-    ) -> tuple[list[dict[str, Any]], list[Reject]]:
-        """Each row's values as its columns store them; rejects and overflow counted."""
-        prefix = f"{self.schema}.{table}"
-        rejects: list[Reject] = []
-        out: list[dict[str, Any]] = []
-        holds_nul = self.text_holds_nul
-        for pending in rows:
-            stored: dict[str, Any] = {}
-            extra: dict[str, Any] = {}
-            for col, value in pending.values.items():
-                if value is None:
-                    continue
-                kind = kinds.get(col)
-                if kind is None:
-                    extra[col] = value
-                    continue
-                if type(value) is _PLAIN.get(kind) and not (isinstance(value, str) and (
-                        len(value) > MAX_STRING_CHARS or (not holds_nul and "\x00" in value))):
-                    stored[col] = value  # already what the column stores (most values)
-                    continue
-                fitted = fit(value, kind, holds_nul)
-                if fitted.outcome != "ok":
-                    key = f"{prefix}.{col}"
-                    if fitted.outcome == "converted":
-                        self.stats.converted[key] += 1
-                    else:
-                        (self.stats.cut if fitted.outcome == "cut" else self.stats.rejected)[key] += 1
-                        rejects.append((table, col, pending.message_id, json_text(value), fitted.reason, pending.file))
-                stored[col] = fitted.value
-            if self.max_row_bytes is not None and _row_bytes(stored) > self.max_row_bytes:
-                self._spill(stored, extra)
+    def _overflow(self, rows: list[PendingRow], cols: dict[str, list[Any]], kinds: dict[str, Kind]) -> list[Any]:
+        """Move what a row cannot hold into its overflow JSON: values of columns the table has
+        no room for and, on PostgreSQL, the last values of a row too wide for a page."""
+        homeless = [c for c in cols if c not in kinds]
+        wide_at = self.max_row_bytes // 28 if self.max_row_bytes is not None else None  # fewer values always fit
+        overflow: list[Any] = [None] * len(rows)
+        if not homeless and (wide_at is None or not any(len(p.values) > wide_at for p in rows)):
+            return overflow
+        for i, pending in enumerate(rows):
+            extra = {c: cols[c][i] for c in homeless if cols[c][i] is not None}
+            if wide_at is not None and len(pending.values) > wide_at:
+                stored = {c: cols[c][i] for c in cols if c in kinds and cols[c][i] is not None}
+                if _row_bytes(stored) > (self.max_row_bytes or 0):
+                    for col in self._spill(stored):
+                        extra[col] = cols[col][i]
+                        cols[col][i] = None
             if extra:
-                self.stats.overflowed[prefix] += len(extra)
-                stored[OVERFLOW_COLUMN] = orjson.dumps(extra, default=json_text).decode()
-            out.append(stored)
-        if any(OVERFLOW_COLUMN in row for row in out) and OVERFLOW_COLUMN not in kinds:
-            self.wh.raw_sql(f"ALTER TABLE {self.q(table)} ADD COLUMN {self.wh.quote(OVERFLOW_COLUMN)} VARCHAR")
-            kinds[OVERFLOW_COLUMN] = "varchar"
+                overflow[i] = orjson.dumps(extra, default=json_text).decode()
+        return overflow
+
+    def _fit_columns(
+        self, table: str, rows: list[PendingRow], cols: dict[str, list[Any]], kinds: dict[str, Kind]
+    ) -> tuple[dict[str, list[Any]], list[Reject]]:
+        """Each column's values as the table stores them; rejects, conversions and overflow counted."""
+        prefix = f"{self.schema}.{table}"
+        overflow = self._overflow(rows, cols, kinds)
+        out: dict[str, list[Any]] = {}
+        rejects: list[Reject] = []
+        for col, values in cols.items():
+            kind = kinds.get(col)
+            if kind is None:
+                continue
+            if self._as_they_are(values, kind):
+                out[col] = values  # what the column stores already (most columns)
+                continue
+            fitted_values: list[Any] = []
+            key = f"{prefix}.{col}"
+            for i, value in enumerate(values):
+                fitted = fit(value, kind, self.text_holds_nul)
+                fitted_values.append(fitted.value)
+                if fitted.outcome == "ok":
+                    continue
+                if fitted.outcome == "converted":
+                    self.stats.converted[key] += 1
+                    continue
+                (self.stats.cut if fitted.outcome == "cut" else self.stats.rejected)[key] += 1
+                rejects.append((table, col, rows[i].message_id, json_text(value), fitted.reason, rows[i].file))
+            out[col] = fitted_values
+        spilled = [o for o in overflow if o is not None]
+        if spilled:
+            self.stats.overflowed[prefix] += sum(len(orjson.loads(o)) for o in spilled)
+            if OVERFLOW_COLUMN not in kinds:
+                self.wh.raw_sql(f"ALTER TABLE {self.q(table)} ADD COLUMN {self.wh.quote(OVERFLOW_COLUMN)} VARCHAR")
+                kinds[OVERFLOW_COLUMN] = "varchar"
+            out[OVERFLOW_COLUMN] = overflow
         return out, rejects
 
-    def _spill(self, stored: dict[str, Any], extra: dict[str, Any]) -> None:
-        """Move a too-wide row's last data values into the overflow until it fits a page."""
+    def _as_they_are(self, values: list[Any], kind: Kind) -> bool:
+        """Whether a column's values need no conversion and no check (C loops over the list)."""
+        types = set(map(type, values))
+        types.discard(type(None))
+        if not types:
+            return True  # all NULL
+        plain = _PLAIN.get(kind)
+        if plain is None or not types <= {plain}:
+            return False
+        if plain is not str:
+            return True
+        texts = [v for v in values if v is not None]
+        if max(map(len, texts)) > MAX_STRING_CHARS:
+            return False
+        return self.text_holds_nul or "\x00" not in "".join(texts)
+
+    def _spill(self, stored: dict[str, Any]) -> list[str]:
+        """The last data columns to move out of a too-wide row until it fits a page."""
         assert self.max_row_bytes is not None  # noqa: S101
         keep = self.max_row_bytes - 28  # room for the overflow column's own pointer
         size = _row_bytes(stored)
+        moved: list[str] = []
         for col in reversed(list(stored)):
             if size <= keep:
                 break
             if col in COMMON_COLUMNS or col in ("event", "event_text"):
                 continue
-            value = stored.pop(col)
-            size -= _row_bytes({col: value})
-            extra[col] = value
+            size -= _row_bytes({col: stored[col]})
+            moved.append(col)
+        return moved
 
-    def _arrow(self, rows: list[dict[str, Any]], kinds: dict[str, Kind]) -> tuple[pa.Table, list[str]]:
+    def _arrow(self, columns: dict[str, list[Any]], kinds: dict[str, Kind]) -> tuple[pa.Table, list[str]]:
         import pyarrow as pa
 
-        present: set[str] = {"id"}
-        for row in rows:
-            present.update(row)
-        cols = [c for c in kinds if c in present]
-        arrays = {col: pa.array([row.get(col) for row in rows], _arrow_type(kinds[col])) for col in cols}
+        cols = [c for c in kinds if c in columns]
+        arrays = {col: pa.array(columns[col], _arrow_type(kinds[col])) for col in cols}
         return pa.table(arrays), cols
 
     def _staged(self, col: str, kinds: dict[str, Kind], alias: str = "s") -> str:
@@ -479,17 +506,18 @@ class SchemaWriter:
         unique = self._unique(rows)
         if not unique:
             return
-        kinds = self._plan_columns(table, unique)
-        fitted, rejects = self._fit_rows(table, unique, kinds)
-        data, cols = self._arrow(fitted, kinds)
+        cols = _columns_of(unique)
+        kinds = self._plan_columns(table, cols, unique)
+        fitted, rejects = self._fit_columns(table, unique, cols, kinds)
+        data, cols_written = self._arrow(fitted, kinds)
         stage = self._stage(data)
         try:
-            names = ", ".join(self.wh.quote(c) for c in cols)
+            names = ", ".join(self.wh.quote(c) for c in cols_written)
             target, staged = self.q(table), self.q(stage)
             fresh = f"FROM {staged} s WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE t.id = s.id)"
             count = self._scalar(f"SELECT COUNT(*) {fresh}")
             self.write_rejects(rejects, table)
-            values = ", ".join(self._staged(c, kinds) for c in cols)
+            values = ", ".join(self._staged(c, kinds) for c in cols_written)
             self.wh.raw_sql(f"INSERT INTO {target} ({names}) SELECT {values} {fresh}")
         finally:
             self.wh.drop_table(stage, self.schema)
@@ -505,13 +533,20 @@ class SchemaWriter:
             return value if isinstance(value, datetime) else far_past
 
         ordered = sorted(rows, key=received)
-        kinds = self._plan_columns(table, ordered)
-        fitted, rejects = self._fit_rows(table, ordered, kinds)
-        merged: dict[str, dict[str, Any]] = {}
-        for row in fitted:
-            current = merged.setdefault(row["id"], {})
-            current.update({k: v for k, v in row.items() if v is not None})
-        data, cols = self._arrow(list(merged.values()), kinds)
+        by_row = _columns_of(ordered)
+        kinds = self._plan_columns(table, by_row, ordered)
+        fitted, rejects = self._fit_columns(table, ordered, by_row, kinds)
+        ids: dict[str, int] = {}  # id -> its row in the merged columns
+        slots = [ids.setdefault(p.values["id"], len(ids)) for p in ordered]
+        merged_cols: dict[str, list[Any]] = {}
+        for col, values in fitted.items():
+            merged_col: list[Any] = [None] * len(ids)
+            for slot, value in zip(slots, values, strict=True):
+                if value is not None:  # later (newer) rows win
+                    merged_col[slot] = value
+            merged_cols[col] = merged_col
+        merged_cols["id"] = list(ids)
+        data, cols = self._arrow(merged_cols, kinds)
         stage = self._stage(data)
         combined = f"{STAGE_PREFIX}{secrets.token_hex(4)}"
         target, staged = self.q(table), self.q(stage)
@@ -543,7 +578,7 @@ class SchemaWriter:
         finally:
             self.wh.drop_table(stage, self.schema)
             self.wh.drop_table(combined, self.schema)
-        self.stats.rows_inserted[f"{self.schema}.{table}"] += len(merged) - existing
+        self.stats.rows_inserted[f"{self.schema}.{table}"] += len(ids) - existing
 
     def _atomic(self, statements: list[str]) -> None:
         """Run statements as one transaction, so a crash cannot leave a table half-replaced.
@@ -567,6 +602,12 @@ class SchemaWriter:
         table = self.wh.sql(query)
         value = table.to_pyarrow().column(0)[0].as_py()
         return int(value or 0)
+
+
+def _columns_of(rows: list[PendingRow]) -> dict[str, list[Any]]:
+    """Each column's values, one per row (None where a row has none), in order of first appearance."""
+    order = dict.fromkeys(chain.from_iterable(p.values for p in rows))
+    return {col: [p.values.get(col) for p in rows] for col in order}
 
 
 def _base_columns(table: str, rows: list[PendingRow]) -> dict[str, Kind]:
