@@ -22,7 +22,7 @@ import secrets
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from itertools import chain
+from itertools import chain, repeat
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -455,10 +455,9 @@ class SchemaWriter:
             return False
         if plain is not str:
             return True
-        texts = [v for v in values if v is not None]
-        if max(map(len, texts)) > MAX_STRING_CHARS:
+        if max(map(len, filter(None, values)), default=0) > MAX_STRING_CHARS:
             return False
-        return self.text_holds_nul or "\x00" not in "".join(texts)
+        return self.text_holds_nul or "\x00" not in "".join(filter(None, values))
 
     def _spill(self, stored: dict[str, Any]) -> list[str]:
         """The last data columns to move out of a too-wide row until it fits a page."""
@@ -606,8 +605,9 @@ class SchemaWriter:
 
 def _columns_of(rows: list[PendingRow]) -> dict[str, list[Any]]:
     """Each column's values, one per row (None where a row has none), in order of first appearance."""
-    order = dict.fromkeys(chain.from_iterable(p.values for p in rows))
-    return {col: [p.values.get(col) for p in rows] for col in order}
+    dicts = [p.values for p in rows]
+    order = dict.fromkeys(chain.from_iterable(dicts))
+    return {col: list(map(dict.get, dicts, repeat(col))) for col in order}  # C loops, no bytecode per cell
 
 
 def _base_columns(table: str, rows: list[PendingRow]) -> dict[str, Kind]:
