@@ -325,3 +325,12 @@ def test_lines_that_are_not_json_are_kept_in_the_rejects_table(tmp_path: Path, w
     assert sorted(kept) == [(None, "[1, 2]", "segment-logs/shop/1763942400000/part.gz"),
                             (None, "not json {", "segment-logs/shop/1763942400000/part.gz")]
     assert any("not JSON objects" in line for line in result.describe())
+
+
+def test_identifies_without_received_at_still_upsert_users(tmp_path: Path, wh: Warehouse):
+    plain = [{k: v for k, v in msg(n, "identify", userId="ann", traits={"plan": p}).items() if k != "receivedAt"}
+             for n, p in ((1, "free"), (2, "pro"))]
+    write(tmp_path, plain)
+    load_archive(wh, tmp_path)
+    (user,) = rows(wh, "users")
+    assert user["id"] == "ann" and user["plan"] == "pro" and user["received_at"] is None

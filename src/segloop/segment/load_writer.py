@@ -417,8 +417,8 @@ class SchemaWriter:
         rejects: list[Reject] = []
         for col, values in cols.items():
             kind = kinds.get(col)
-            if kind is None:
-                continue
+            if kind is None or values.count(None) == len(values):
+                continue  # no room for it (in the overflow), or NULL in every row (not staged)
             if self._as_they_are(values, kind):
                 out[col] = values  # what the column stores already (most columns)
                 continue
@@ -535,6 +535,7 @@ class SchemaWriter:
         by_row = _columns_of(ordered)
         kinds = self._plan_columns(table, by_row, ordered)
         fitted, rejects = self._fit_columns(table, ordered, by_row, kinds)
+        fitted.setdefault("received_at", [None] * len(ordered))  # the merge below compares it
         ids: dict[str, int] = {}  # id -> its row in the merged columns
         slots = [ids.setdefault(p.values["id"], len(ids)) for p in ordered]
         merged_cols: dict[str, list[Any]] = {}
