@@ -75,12 +75,30 @@ SQL_TYPES: dict[str, str] = {
 
 
 @dataclass
-class PendingRow:
-    """One row for one table, with the message and file it came from (for rejects)."""
+class TableRows:
+    """Rows for one table, with the message and file each came from (for rejects).
 
-    values: dict[str, Any]
-    message_id: str | None
-    file: str
+    Parallel lists rather than an object per row: a load holds hundreds of thousands of
+    rows, and every extra object per row is more work for Python's garbage collector.
+    """
+
+    values: list[dict[str, Any]] = field(default_factory=list)
+    message_ids: list[str | None] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+    def add(self, values: dict[str, Any], message_id: str | None, file: str) -> None:
+        self.values.append(values)
+        self.message_ids.append(message_id)
+        self.files.append(file)
+
+    def extend(self, other: TableRows) -> None:
+        self.values.extend(other.values)
+        self.message_ids.extend(other.message_ids)
+        self.files.extend(other.files)
+
+    def pick(self, indexes: list[int]) -> TableRows:
+        return TableRows([self.values[i] for i in indexes], [self.message_ids[i] for i in indexes],
+                         [self.files[i] for i in indexes])
 
 
 @dataclass
@@ -273,7 +291,7 @@ class SchemaWriter:
 
     # -- rows ------------------------------------------------------------------------------
 
-    def write(self, rows_by_table: dict[str, list[PendingRow]]) -> None:
+    def write(self, rows_by_table: dict[str, TableRows]) -> None:
         for table, rows in rows_by_table.items():
             if is_segloop_table(table):  # never written from messages (event names are prefixed)
                 continue
@@ -282,7 +300,7 @@ class SchemaWriter:
             else:
                 self._append(table, rows)
 
-    def _plan_columns(self, table: str, cols: dict[str, list[Any]], rows: list[PendingRow]) -> dict[str, Kind]:
+    def _plan_columns(self, table: str, cols: dict[str, list[Any]], rows: TableRows) -> dict[str, Kind]:
         """Create the table, add new columns (as room allows) and widen number columns.
 
         ``cols`` holds each column's values, one per row, in order of first appearance.
@@ -387,17 +405,17 @@ class SchemaWriter:
             for name, definition, _ in views:
                 cursor.execute(f"CREATE VIEW {name} AS {definition}")
 
-    def _overflow(self, rows: list[PendingRow], cols: dict[str, list[Any]], kinds: dict[str, Kind]) -> list[Any]:
+    def _overflow(self, rows: TableRows, cols: dict[str, list[Any]], kinds: dict[str, Kind]) -> list[Any]:
         """Move what a row cannot hold into its overflow JSON: values of columns the table has
         no room for and, on PostgreSQL, the last values of a row too wide for a page."""
         homeless = [c for c in cols if c not in kinds]
         wide_at = self.max_row_bytes // 28 if self.max_row_bytes is not None else None  # fewer values always fit
-        overflow: list[Any] = [None] * len(rows)
-        if not homeless and (wide_at is None or not any(len(p.values) > wide_at for p in rows)):
+        overflow: list[Any] = [None] * len(rows.values)
+        if not homeless and (wide_at is None or not any(len(v) > wide_at for v in rows.values)):
             return overflow
-        for i, pending in enumerate(rows):
+        for i, row in enumerate(rows.values):
             extra = {c: cols[c][i] for c in homeless if cols[c][i] is not None}
-            if wide_at is not None and len(pending.values) > wide_at:
+            if wide_at is not None and len(row) > wide_at:
                 stored = {c: cols[c][i] for c in cols if c in kinds and cols[c][i] is not None}
                 if _row_bytes(stored) > (self.max_row_bytes or 0):
                     for col in self._spill(stored):
@@ -408,7 +426,7 @@ class SchemaWriter:
         return overflow
 
     def _fit_columns(
-        self, table: str, rows: list[PendingRow], cols: dict[str, list[Any]], kinds: dict[str, Kind]
+        self, table: str, rows: TableRows, cols: dict[str, list[Any]], kinds: dict[str, Kind]
     ) -> tuple[dict[str, list[Any]], list[Reject]]:
         """Each column's values as the table stores them; rejects, conversions and overflow counted."""
         prefix = f"{self.schema}.{table}"
@@ -433,7 +451,7 @@ class SchemaWriter:
                     self.stats.converted[key] += 1
                     continue
                 (self.stats.cut if fitted.outcome == "cut" else self.stats.rejected)[key] += 1
-                rejects.append((table, col, rows[i].message_id, json_text(value), fitted.reason, rows[i].file))
+                rejects.append((table, col, rows.message_ids[i], json_text(value), fitted.reason, rows.files[i]))
             out[col] = fitted_values
         spilled = [o for o in overflow if o is not None]
         if spilled:
@@ -491,19 +509,19 @@ class SchemaWriter:
         self.wh.create_table(name, table, schema=self.schema, overwrite=True)
         return name
 
-    def _unique(self, rows: list[PendingRow]) -> list[PendingRow]:
-        unique: dict[str, PendingRow] = {}
-        for pending in rows:
-            row_id = pending.values.get("id")
-            if row_id is None or row_id in unique:
+    def _unique(self, rows: TableRows) -> TableRows:
+        seen: dict[str, int] = {}
+        for i, values in enumerate(rows.values):
+            row_id = values.get("id")
+            if row_id is None or row_id in seen:
                 self.stats.duplicates += 1
                 continue
-            unique[row_id] = pending
-        return list(unique.values())
+            seen[row_id] = i
+        return rows if len(seen) == len(rows.values) else rows.pick(list(seen.values()))
 
-    def _append(self, table: str, rows: list[PendingRow]) -> None:
+    def _append(self, table: str, rows: TableRows) -> None:
         unique = self._unique(rows)
-        if not unique:
+        if not unique.values:
             return
         cols = _columns_of(unique)
         kinds = self._plan_columns(table, cols, unique)
@@ -521,23 +539,23 @@ class SchemaWriter:
         finally:
             self.wh.drop_table(stage, self.schema)
         self.stats.rows_inserted[f"{self.schema}.{table}"] += count
-        self.stats.duplicates += len(unique) - count
+        self.stats.duplicates += len(unique.values) - count
 
-    def _upsert(self, table: str, rows: list[PendingRow]) -> None:
+    def _upsert(self, table: str, rows: TableRows) -> None:
         """Merge rows into `users`/`accounts` on id: newer non-null values win over older ones."""
         far_past = datetime.min.replace(tzinfo=UTC)
 
-        def received(pending: PendingRow) -> datetime:
-            value = pending.values.get("received_at")
+        def received(i: int) -> datetime:
+            value = rows.values[i].get("received_at")
             return value if isinstance(value, datetime) else far_past
 
-        ordered = sorted(rows, key=received)
+        ordered = rows.pick(sorted(range(len(rows.values)), key=received))
         by_row = _columns_of(ordered)
         kinds = self._plan_columns(table, by_row, ordered)
         fitted, rejects = self._fit_columns(table, ordered, by_row, kinds)
-        fitted.setdefault("received_at", [None] * len(ordered))  # the merge below compares it
+        fitted.setdefault("received_at", [None] * len(ordered.values))  # the merge below compares it
         ids: dict[str, int] = {}  # id -> its row in the merged columns
-        slots = [ids.setdefault(p.values["id"], len(ids)) for p in ordered]
+        slots = [ids.setdefault(values["id"], len(ids)) for values in ordered.values]
         merged_cols: dict[str, list[Any]] = {}
         for col, values in fitted.items():
             merged_col: list[Any] = [None] * len(ids)
@@ -604,19 +622,19 @@ class SchemaWriter:
         return int(value or 0)
 
 
-def _columns_of(rows: list[PendingRow]) -> dict[str, list[Any]]:
+def _columns_of(rows: TableRows) -> dict[str, list[Any]]:
     """Each column's values, one per row (None where a row has none), in order of first appearance."""
-    dicts = [p.values for p in rows]
+    dicts = rows.values
     order = dict.fromkeys(chain.from_iterable(dicts))
     return {col: list(map(dict.get, dicts, repeat(col))) for col in order}  # C loops, no bytecode per cell
 
 
-def _base_columns(table: str, rows: list[PendingRow]) -> dict[str, Kind]:
+def _base_columns(table: str, rows: TableRows) -> dict[str, Kind]:
     """Columns a new table always gets, so queries on them work before a value arrives."""
     if table in UPSERT_TABLES:
         return {"id": "varchar", "received_at": "timestamp", "uuid_ts": "timestamp"}
     base: dict[str, Kind] = {col: ("timestamp" if col in TIME_COLUMNS else "varchar") for col in COMMON_COLUMNS}
-    if any("event_text" in row.values for row in rows[:1]):
+    if any("event_text" in row for row in rows.values[:1]):
         base["event"] = "varchar"
         base["event_text"] = "varchar"
     return base

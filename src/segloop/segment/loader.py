@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from segloop.errors import DataError, database_message
 from segloop.segment.archive import ArchiveFile, find_archive_files, read_archive_file
-from segloop.segment.load_writer import PendingRow, Reject, SchemaWriter, WriteStats
+from segloop.segment.load_writer import Reject, SchemaWriter, TableRows, WriteStats
 from segloop.segment.schema import LOAD_REJECTS_TABLE, LOADED_FILES_TABLE, message_rows, snake_case
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -200,7 +200,7 @@ class _FileRows:
     start_messages: int
     end_offset: int
     messages: int  # messages read in this load
-    rows: dict[str, list[PendingRow]]
+    rows: dict[str, TableRows]
     problem: str | None = None  # set when the rest of the file cannot be read
     size: int = 0
     bad: list[str] = field(default_factory=list)  # lines that are not JSON objects
@@ -254,14 +254,17 @@ def _load_schema(
                 _set_aside(writer, archive.key, offset, previous, file_problem, size, result)
             continue
         loaded_at = datetime.now(UTC)
-        rows: dict[str, list[PendingRow]] = {}
+        rows: dict[str, TableRows] = {}
         for message in read.messages:
             if not message.get("messageId"):
                 message["messageId"] = _content_id(message)
             message_id = message["messageId"]
             message_id = message_id if isinstance(message_id, str) else str(message_id)
             for table, row in message_rows(message, loaded_at):
-                rows.setdefault(table, []).append(PendingRow(row, message_id, archive.key))
+                batch = rows.get(table)
+                if batch is None:
+                    batch = rows[table] = TableRows()
+                batch.add(row, message_id, archive.key)
         result.files_loaded += 1
         result.messages += len(read.messages)
         pending.append(_FileRows(archive.key, offset, previous, read.end_offset, len(read.messages),
@@ -280,10 +283,10 @@ def _write_files(writer: SchemaWriter, files: list[_FileRows], result: LoadResul
     """
     if not files:
         return
-    merged: dict[str, list[PendingRow]] = {}
+    merged: dict[str, TableRows] = {}
     for file in files:
         for table, rows in file.rows.items():
-            merged.setdefault(table, []).extend(rows)
+            merged.setdefault(table, TableRows()).extend(rows)
     try:
         writer.write(merged)
     except Exception as exc:
