@@ -46,6 +46,7 @@ from segloop.segment.schema import (
     UPSERT_TABLES,
     is_segloop_table,
 )
+from segloop.warehouses.postgres import row_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -143,22 +144,6 @@ def _kind_of(dtype: Any) -> Kind:
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
-
-
-def _row_bytes(values: dict[str, Any]) -> int:
-    """A PostgreSQL row's inline size, pessimistic: fixed-width values with alignment, text
-    as stored inline or as an 18-byte TOAST pointer (values over ~24 bytes may move out)."""
-    size = 0
-    for value in values.values():
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            size += 1
-        elif isinstance(value, str):
-            size += min(len(value.encode("utf-8")) + 4, 28)
-        else:
-            size += 16
-    return size
 
 
 class SchemaWriter:
@@ -372,38 +357,13 @@ class SchemaWriter:
         else:
             # A double goes through its shortest text: PostgreSQL's float8 -> numeric keeps 15 digits.
             using = f"CAST({c} AS TEXT)" if old == "float" or new == "varchar" else c
-            self._alter_under_views(
-                table, f"ALTER TABLE {self.q(table)} ALTER COLUMN {c} TYPE {self.sql_type(new)} "
-                f"USING CAST({using} AS {self.sql_type(new)})"
+            from segloop.warehouses.postgres import alter_under_views
+
+            alter_under_views(
+                self.wh.con, self.q(table), f"ALTER TABLE {self.q(table)} ALTER COLUMN {c} TYPE "
+                f"{self.sql_type(new)} USING CAST({using} AS {self.sql_type(new)})"
             )
         self.stats.widened.append(f"{self.schema}.{table}.{col}: {old} -> {new}")
-
-    def _alter_under_views(self, table: str, alter: str) -> None:
-        """PostgreSQL will not change a column that views read: drop them, alter, re-create them.
-
-        One transaction, so readers see the old table and views or the new ones. Views on
-        views are handled in dependency order.
-        """
-        query = (
-            "WITH RECURSIVE deps(oid, depth) AS ("
-            " SELECT DISTINCT r.ev_class, 1 FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid"
-            f" WHERE d.refobjid = {_literal(self.q(table))}::regclass AND r.ev_class <> d.refobjid"
-            " UNION SELECT r.ev_class, deps.depth + 1 FROM deps JOIN pg_depend d ON d.refobjid = deps.oid"
-            " JOIN pg_rewrite r ON r.oid = d.objid WHERE r.ev_class <> deps.oid AND deps.depth < 50)"
-            " SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), pg_get_viewdef(c.oid),"
-            " max(deps.depth) FROM deps JOIN pg_class c ON c.oid = deps.oid"
-            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'v'"
-            " GROUP BY 1, 2 ORDER BY 3"
-        )
-        con = self.wh.con.con  # type: ignore[attr-defined]
-        with con.transaction(), con.cursor() as cursor:
-            cursor.execute(query)
-            views = cursor.fetchall()
-            for name, _, _ in reversed(views):
-                cursor.execute(f"DROP VIEW IF EXISTS {name}")
-            cursor.execute(alter)
-            for name, definition, _ in views:
-                cursor.execute(f"CREATE VIEW {name} AS {definition}")
 
     def _overflow(self, rows: TableRows, cols: dict[str, list[Any]], kinds: dict[str, Kind]) -> list[Any]:
         """Move what a row cannot hold into its overflow JSON: values of columns the table has
@@ -417,7 +377,7 @@ class SchemaWriter:
             extra = {c: cols[c][i] for c in homeless if cols[c][i] is not None}
             if wide_at is not None and len(row) > wide_at:
                 stored = {c: cols[c][i] for c in cols if c in kinds and cols[c][i] is not None}
-                if _row_bytes(stored) > (self.max_row_bytes or 0):
+                if row_bytes(stored) > (self.max_row_bytes or 0):
                     for col in self._spill(stored):
                         extra[col] = cols[col][i]
                         cols[col][i] = None
@@ -481,14 +441,14 @@ class SchemaWriter:
         """The last data columns to move out of a too-wide row until it fits a page."""
         assert self.max_row_bytes is not None  # noqa: S101
         keep = self.max_row_bytes - 28  # room for the overflow column's own pointer
-        size = _row_bytes(stored)
+        size = row_bytes(stored)
         moved: list[str] = []
         for col in reversed(list(stored)):
             if size <= keep:
                 break
             if col in COMMON_COLUMNS or col in ("event", "event_text"):
                 continue
-            size -= _row_bytes({col: stored[col]})
+            size -= row_bytes({col: stored[col]})
             moved.append(col)
         return moved
 
