@@ -55,7 +55,7 @@ class ValueStats:
     kinds: set[str]
     max_abs_int: int = 0
     max_digits: int = 0
-    text_dates: bool = True  # every string so far was a date-time (checked until one is not)
+    text_dates: bool = True  # every string is a date-time (checked until one is not)
 
     @classmethod
     def empty(cls) -> ValueStats:
@@ -91,24 +91,6 @@ class ValueStats:
             else:
                 stats.kinds.update(natural_kind(v) for v in values if type(v) is kind)
         return stats
-
-    def add(self, value: Any) -> None:
-        """Note one value (called for every value of a new column: kept cheap)."""
-        kind = type(value)
-        if kind is str:
-            if self.text_dates and parse_timestamp(value) is None:
-                self.text_dates = False
-            self.kinds.add("timestamp" if self.text_dates else "varchar")
-        elif kind is int:
-            magnitude = value if value >= 0 else -value
-            self.kinds.add("integer" if magnitude <= INT64_MAX or value == INT64_MIN else "decimal")
-            if magnitude > self.max_abs_int:
-                self.max_abs_int = magnitude
-                self.max_digits = len(str(magnitude))
-        elif kind is float:
-            self.kinds.add("float")
-        else:
-            self.kinds.add(natural_kind(value))
 
 
 def natural_kind(value: Any) -> str:
