@@ -11,6 +11,7 @@ while the senders run. A second table times the loader
 
     .venv/bin/python bench/collector.py            # 50,000 events per row, best of 3
     .venv/bin/python bench/collector.py --events 20000 --repeat 1
+    .venv/bin/python bench/collector.py --loader-only --repeat 3   # the loader table only
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def run_row(label: str, fsync: bool, threads: int, events: int, half_open: int =
     }
 
 
-def load_rows(events: int) -> list[tuple[str, int, float]]:
+def load_rows(events: int) -> list[tuple[str, int, float, float]]:
     """Loader: a full load into DuckDB, a 10% append, and a re-load with nothing new."""
     import orjson
 
@@ -151,9 +152,9 @@ def load_rows(events: int) -> list[tuple[str, int, float]]:
             for label, n in (("full load", events), ("append 10%", events // 10), ("nothing new", 0)):
                 if n and label != "full load":
                     archive(root, label, n)
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 result = load_archive(wh, root / "segment-logs")
-                out.append((label, result.messages, time.perf_counter() - start))
+                out.append((label, result.messages, time.perf_counter() - start, time.process_time() - cpu))
     return out
 
 
@@ -164,9 +165,13 @@ def main() -> None:
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--no-fsync", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="Print rows as JSON too.")
+    parser.add_argument("--loader-only", action="store_true", help="Time only the loader (median of --repeat).")
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, fsync=not args.no_fsync)
+        return
+    if args.loader_only:
+        print_loads(args.events, [load_rows(args.events) for _ in range(args.repeat)], args.json)
         return
     plan = [
         ("durable, 1 thread", True, 1, 0),
@@ -194,15 +199,27 @@ def main() -> None:
             f"{r['row']:<28}{r['events_per_s']:>12,.0f}{ratio:>8.2f}"
             f"{r['requests_per_commit']:>12.1f}{r['ms_per_request']:>12.1f}"
         )
-    loads = load_rows(args.events)
-    print()
-    print(f"loader into DuckDB ({args.events:,}-message archive, tracks/identifies/users/event tables)")
-    print(f"{'row':<22}{'messages':>12}{'seconds':>10}{'msgs/s':>12}")
-    for label, messages, seconds in loads:
-        rate = f"{messages / seconds:>12,.0f}" if messages else f"{'-':>12}"
-        print(f"{label:<22}{messages:>12,}{seconds:>10.2f}{rate}")
     if args.json:
-        print(json.dumps({"collector": rows, "loader": loads}))
+        print(json.dumps({"collector": rows}))
+    print()
+    print_loads(args.events, [load_rows(args.events)], args.json)
+
+
+def print_loads(events: int, runs: list[list[tuple[str, int, float, float]]], as_json: bool) -> None:
+    """The loader table: per row, the median seconds (wall clock and CPU, all threads) of the runs."""
+    print(f"loader into DuckDB ({events:,}-message archive, tracks/identifies/users/event tables), "
+          f"median of {len(runs)}")
+    print(f"{'row':<22}{'messages':>12}{'seconds':>10}{'msgs/s':>12}{'CPU s':>10}")
+    medians = []
+    for i, (label, messages, _, _) in enumerate(runs[0]):
+        times = sorted(run[i][2] for run in runs)
+        cpus = sorted(run[i][3] for run in runs)
+        seconds, cpu = times[len(times) // 2], cpus[len(cpus) // 2]
+        medians.append((label, messages, seconds, cpu))
+        rate = f"{messages / seconds:>12,.0f}" if messages else f"{'-':>12}"
+        print(f"{label:<22}{messages:>12,}{seconds:>10.2f}{rate}{cpu:>10.2f}")
+    if as_json:
+        print(json.dumps({"loader": medians, "runs": runs}))
 
 
 if __name__ == "__main__":

@@ -336,3 +336,53 @@ def test_warehouse_without_the_products_view_warns_and_runs_on(
     assert result.ok, [n.error for n in result.nodes]
     assert result.node("src").metrics["tables"] == ["order_completed"]
     assert any("DuckDB and PostgreSQL only, not on duckdb" in w for w in result.node("src").warnings)
+
+
+def _loaded_source(root: Path) -> None:
+    """A source schema `web` loaded from an archive: segloop's own tables sit beside Segment's."""
+    import orjson
+
+    from segloop.segment.archive import ArchiveWriter
+    from segloop.segment.loader import load_archive
+
+    messages = [
+        {"type": "track", "messageId": "m1", "userId": "u1", "event": "Order Completed",
+         "receivedAt": "2025-11-24T10:00:00Z", "properties": {"qty": 1}},
+        {"type": "track", "messageId": "m2", "userId": "u1", "event": "Order Completed",
+         "receivedAt": "2025-11-24T10:00:01Z", "properties": {"qty": "many"}},
+        {"type": "group", "messageId": "m3", "userId": "u1", "groupId": "acme",
+         "receivedAt": "2025-11-24T10:00:02Z", "traits": {"plan": "pro"}},
+    ]
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        for batch in (messages[:1], messages[1:]):  # the second load widens nothing: "many" is rejected
+            writer = ArchiveWriter(root / "archive")
+            writer.append({("web", 1763942400000): [orjson.dumps(m) for m in batch]})
+            writer.close()
+            load_archive(wh, root / "archive")
+        assert {"_segloop_loaded_files", "_segloop_load_rejects"} <= set(wh.list_tables("web"))
+
+
+def test_segloops_own_tables_are_never_shown_as_segment_data(make_workspace, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from segloop.cli import app
+    from segloop.warehouses.discovery import segment_sources
+
+    root = make_workspace({"web": "name: web\nnodes:\n  src:\n    type: segment_source\n    schema: web\n"})
+    _loaded_source(root)
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        (source,) = segment_sources(wh)
+    assert source.event_tables == ["order_completed"]
+    assert not [t for t in source.tables if t.startswith("_segloop")]
+    monkeypatch.chdir(root)
+    listed = CliRunner().invoke(app, ["check-warehouse"], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0, listed.output
+    row = next(line for line in listed.output.splitlines() if "web " in line)
+    # tracks, groups, accounts, order_completed: 4 tables, 1 of them an event table
+    cells = [cell.strip() for cell in row.split("│") if cell.strip()]
+    assert cells[:3] == ["web", "4", "1"], row
+    result = run(root, "web")
+    assert result.ok, [n.error for n in result.nodes]
+    catalog = [r["table"] for r in rows(root, "select * from web__src")]
+    assert sorted(catalog) == ["accounts", "groups", "order_completed", "tracks"]
+    assert rows(root, "select id, plan from web__src__accounts") == [{"id": "acme", "plan": "pro"}]

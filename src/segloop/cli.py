@@ -496,6 +496,8 @@ def load_archive_command(
     )
     for table, rows in sorted(result.rows_inserted.items()):
         console.print(f"  {table}: +{rows:,} rows")
+    for line in result.describe():  # converted, widened, overflowed, rejected, set aside
+        console.print(f"  {line}", highlight=False, soft_wrap=True)
     if result.torn_files:
         console.print(f"[yellow]{len(result.torn_files)} files end in an incomplete gzip member; their tail loads once complete[/yellow]")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,9 +38,17 @@ def msg(n: int, call: str = "track", **fields: Any) -> dict[str, Any]:
     return base
 
 
+def dumps(message: dict[str, Any]) -> bytes:
+    """A message as a JSON line; integers beyond 64 bits as digits (orjson refuses them)."""
+    try:
+        return orjson.dumps(message)
+    except TypeError:
+        return json.dumps(message).encode()
+
+
 def write(root: Path, messages: list[dict[str, Any]], source: str = "shop") -> None:
     writer = ArchiveWriter(root)
-    writer.append({(source, DAY): [orjson.dumps(m) for m in messages]})
+    writer.append({(source, DAY): [dumps(m) for m in messages]})
     writer.close()
 
 
@@ -138,7 +147,7 @@ def test_load_creates_segment_tables_in_the_source_schema(tmp_path: Path, wh: Wa
     assert result.schemas == ["shop"]
     assert set(wh.list_tables("shop")) == {
         "tracks", "order_completed", "identifies", "users", "pages", "screens", "groups",
-        "aliases", "_segloop_loaded_files",
+        "accounts", "aliases", "_segloop_loaded_files",
     }
     (track,) = rows(wh, "tracks")
     assert track["received_at"] == datetime(2025, 11, 24, 10, 0, 1, tzinfo=UTC)
@@ -146,22 +155,24 @@ def test_load_creates_segment_tables_in_the_source_schema(tmp_path: Path, wh: Wa
     assert track["context_library_version"] == "2.4.0"
 
 
-def test_column_type_is_fixed_by_the_first_value(tmp_path: Path, wh: Warehouse):
+def test_column_type_comes_from_every_value_of_the_load(tmp_path: Path, wh: Warehouse):
     write(tmp_path, [
-        msg(1, properties={"qty": 2, "price": 1.5, "ok": True, "at": "2025-01-02T03:04:05Z", "note": "n"}),
-        msg(2, properties={"qty": "many", "price": 3, "ok": "false", "at": "soon", "note": 7}),
-        msg(3, properties={"qty": 2.9}),
+        msg(1, properties={"qty": 2, "price": 5, "ok": True, "at": "2025-01-02T03:04:05Z", "note": "n"}),
+        msg(2, properties={"qty": "many", "price": 2.25, "ok": "false", "at": "soon", "note": 7}),
+        msg(3, properties={"qty": 2.9, "price": 0.5}),
     ])
-    load_archive(wh, tmp_path)
+    result = load_archive(wh, tmp_path)
     schema = wh.table("order_completed", "shop").schema()
-    assert schema["qty"].is_integer() and schema["price"].is_floating()
-    assert schema["ok"].is_boolean() and schema["at"].is_timestamp() and schema["note"].is_string()
+    # A word among numbers: only text holds them all. 5 then 2.25 then 0.5: a double.
+    assert schema["qty"].is_string() and schema["price"].is_floating()
+    assert schema["at"].is_string() and schema["note"].is_string()
+    assert schema["ok"].is_string()  # a boolean and the text "false"
     first, second, third = rows(wh, "order_completed")
-    assert second["qty"] is None  # a value that does not fit becomes null
-    assert third["qty"] == 2  # a float in an integer column loses its fraction, as in Segment
-    assert second["price"] == 3.0 and second["ok"] is False and second["at"] is None
-    assert second["note"] == "7"
-    assert first["at"] == datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert [first["price"], second["price"], third["price"]] == [5.0, 2.25, 0.5]
+    assert [first["qty"], second["qty"], third["qty"]] == ["2", "many", "2.9"]
+    assert (first["at"], second["at"]) == ("2025-01-02T03:04:05Z", "soon")
+    assert second["note"] == "7" and first["ok"] == "true" and second["ok"] == "false"
+    assert result.rejected == {} and result.summary()["rejected"] == 0
 
 
 def test_strings_are_cut_at_512_characters(tmp_path: Path, wh: Warehouse):

@@ -198,8 +198,10 @@ class SegmentSourceOperator(Operator):
                 "no schema in this warehouse holds `tracks` or `identifies`"
             raise NodeError(ctx.node, f"schema `{config.schema_}` does not exist in warehouse "
                             f"`{wh.name}` ({hint}); fix `schema:`")
+        from segloop.warehouses.discovery import segment_tables
+
         schema = config.schema_ if config.schema_ in schemas else by_lower[config.schema_.lower()]
-        return schema, {name.lower(): name for name in wh.list_tables(schema)}
+        return schema, {name.lower(): name for name in segment_tables(wh.list_tables(schema))}
 
     def _chosen_tables(self, present: dict[str, str], ctx: RunContext) -> list[str]:
         config = self.config

@@ -10,7 +10,9 @@ where that is, so a file that is still growing can be loaded incrementally by by
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import secrets
 import time
 import zlib
@@ -140,6 +142,7 @@ class ArchiveRead:
     end_offset: int = 0  # byte offset after the last complete gzip member read
     size: int = 0
     bad_lines: int = 0
+    bad: list[str] = field(default_factory=list)  # those lines as text, for the rejects table
     problem: str | None = None  # "torn" (incomplete last member) or "corrupt"
 
     @property
@@ -170,29 +173,65 @@ def iter_members(data: bytes, start: int = 0, chunk: int = 1 << 16) -> Iterator[
         pos = end
 
 
+# orjson turns integers beyond 64 bits into floats (digits lost); a line with a run of 19+
+# digits is parsed again by the standard library, which keeps them exactly.
+_LONG_DIGITS = re.compile(rb"\d{19}")
+_DIGITS_ONLY = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))  # digit -> b"0", else b" "
+_RUN_OF_19 = b"0" * 19
+
+
+def has_long_number(data: bytes) -> bool:
+    """Whether ``data`` holds a run of 19+ digits (10x faster than the regex on a member)."""
+    return _RUN_OF_19 in data.translate(_DIGITS_ONLY)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _exact_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is beyond a double")
+    return value
+
+
+def parse_line(line: bytes, exact: bool = False) -> Any:
+    """One NDJSON line; ``exact`` keeps integers of any size (slower, for lines that need it)."""
+    if exact and _LONG_DIGITS.search(line):
+        try:
+            return json.loads(line, parse_constant=_no_constant, parse_float=_exact_float)
+        except (ValueError, RecursionError) as exc:
+            raise orjson.JSONDecodeError(str(exc), line.decode("utf-8", "replace"), 0) from None
+    return orjson.loads(line)
+
+
 def read_archive_file(path: str | Path, offset: int = 0) -> ArchiveRead:
     """Read the complete gzip members of an archive file from a byte offset.
 
     A torn or corrupt tail is not an error: reading stops there and ``problem`` says why.
-    Lines that are not JSON objects are counted in ``bad_lines`` and skipped.
+    Lines that are not JSON objects are counted in ``bad_lines``, kept as text in ``bad``
+    and skipped. Integers
+    beyond 64 bits are read exactly.
     """
     file = Path(path)
     data = file.read_bytes()
     result = ArchiveRead(path=file, start_offset=offset, end_offset=offset, size=len(data))
     try:
         for payload, end in iter_members(data, offset):
+            exact = has_long_number(payload)
             for line in payload.split(b"\n"):
                 if not line.strip():
                     continue
                 try:
-                    message = orjson.loads(line)
+                    message = parse_line(line, exact)
                 except orjson.JSONDecodeError:
-                    result.bad_lines += 1
-                    continue
+                    message = None
                 if isinstance(message, dict):
                     result.messages.append(message)
                 else:
                     result.bad_lines += 1
+                    result.bad.append(line.decode("utf-8", "backslashreplace"))
             result.end_offset = end
     except EOFError:
         result.problem = "torn"

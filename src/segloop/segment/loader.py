@@ -2,20 +2,22 @@
 
 `load_archive(warehouse, path)` reads `segment-logs/<source>/<day>/<file>.gz` files (written
 by `segloop collector`, or downloaded from Segment's S3 destination) and writes `tracks`,
-`identifies`, `users`, `pages`, `screens`, `groups`, `aliases` and one table per track
-event, named and typed as Segment does (see ``segloop.segment.schema``).
+`identifies`, `users`, `pages`, `screens`, `groups`, `accounts`, `aliases` and one table per
+track event, named as Segment does (see ``segloop.segment.schema``) and typed from every
+value (``segloop.segment.column_types``, written by ``segloop.segment.load_writer``).
 
 Incremental: `_segloop_loaded_files` in each target schema records how many bytes of each
 file were loaded, so a file is read once and a growing file only from where the last load
 stopped. Rows dedupe on `id` (the messageId), so loading the same data twice adds nothing.
-The SQL is plain (CREATE TABLE, ALTER TABLE ADD COLUMN, INSERT ... SELECT ... WHERE NOT
-EXISTS, DELETE) so it runs on DuckDB and PostgreSQL alike.
+Progress is recorded per file: when a batch fails, its files are written one by one, and a
+file that still cannot load (or cannot be read) is set aside with its reason in
+`_segloop_loaded_files.problem`; the load goes on with the other files. A set-aside file is
+tried again once it changes (or when its row is deleted).
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,47 +25,29 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from segloop.errors import DataError
+from segloop.errors import DataError, database_message
 from segloop.segment.archive import ArchiveFile, find_archive_files, read_archive_file
-from segloop.segment.schema import (
-    COMMON_COLUMNS,
-    LOADED_FILES_TABLE,
-    USERS_TABLE,
-    Kind,
-    cast_value,
-    infer_kind,
-    message_rows,
-    snake_case,
-)
+from segloop.segment.load_writer import Reject, SchemaWriter, TableRows, WriteStats
+from segloop.segment.schema import LOAD_REJECTS_TABLE, LOADED_FILES_TABLE, message_rows, snake_case
 
 if TYPE_CHECKING:  # pragma: no cover
-    import pyarrow as pa
-
     from segloop.warehouse import Warehouse
     from segloop.warehouses.base import WarehouseConfig
 
 log = logging.getLogger("segloop.loader")
 
-SQL_TYPES: dict[Kind, str] = {
-    "timestamp": "TIMESTAMPTZ",
-    "integer": "BIGINT",
-    "float": "DOUBLE PRECISION",
-    "boolean": "BOOLEAN",
-    "varchar": "VARCHAR",
-}
-
 
 @dataclass
-class LoadResult:
-    """What one load did, per schema and table."""
+class LoadResult(WriteStats):
+    """What one load did, per schema and table (counts of rows, values and files)."""
 
     files_loaded: int = 0
     files_skipped: int = 0  # already fully loaded
     messages: int = 0
-    rows_inserted: Counter[str] = field(default_factory=Counter)  # "schema.table" -> rows
-    duplicates: int = 0  # rows whose id was already in the table (or earlier in the load)
     bad_lines: int = 0
     torn_files: list[str] = field(default_factory=list)
+    set_aside: dict[str, str] = field(default_factory=dict)  # file -> why it did not load
+    set_aside_before: int = 0  # files set aside by an earlier load and unchanged since
     schemas: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -75,258 +59,47 @@ class LoadResult:
             "duplicates": self.duplicates,
             "bad_lines": self.bad_lines,
             "torn_files": list(self.torn_files),
+            "converted": sum(self.converted.values()),
+            "widened": list(self.widened),
+            "overflowed": sum(self.overflowed.values()),
+            "rejected": sum(self.rejected.values()),
+            "cut": sum(self.cut.values()),
+            "set_aside": dict(self.set_aside),
+            "set_aside_before": self.set_aside_before,
             "schemas": list(self.schemas),
         }
 
-
-def _arrow_type(kind: Kind) -> pa.DataType:
-    import pyarrow as pa
-
-    return {
-        "timestamp": pa.timestamp("us", tz="UTC"),
-        "integer": pa.int64(),
-        "float": pa.float64(),
-        "boolean": pa.bool_(),
-        "varchar": pa.string(),
-    }[kind]
-
-
-def _kind_of(dtype: Any) -> Kind:
-    if dtype.is_timestamp():
-        return "timestamp"
-    if dtype.is_boolean():
-        return "boolean"
-    if dtype.is_integer():
-        return "integer"
-    if dtype.is_floating() or dtype.is_decimal():
-        return "float"
-    return "varchar"
-
-
-class _SchemaWriter:
-    """Writes rows into one target schema, creating and widening tables as needed."""
-
-    def __init__(self, warehouse: Warehouse, schema: str, result: LoadResult):
-        self.wh = warehouse
-        self.schema = schema
-        self.result = result
-        warehouse.ensure_schema(schema)
-        self.columns: dict[str, dict[str, Kind]] = {}
-        for table in warehouse.list_tables(schema):
-            if table.startswith("_segloop_stage_"):
-                warehouse.drop_table(table, schema)  # left by an interrupted load
-                continue
-            self.columns[table] = {
-                name: _kind_of(dtype)
-                for name, dtype in warehouse.table(table, schema).schema().items()
-            }
-
-    def q(self, table: str) -> str:
-        return self.wh.qualified(table, self.schema)
-
-    # -- loaded-files bookkeeping ----------------------------------------------------------
-
-    def loaded_offsets(self) -> dict[str, tuple[int, int]]:
-        """file key -> (bytes loaded, messages loaded) from earlier loads."""
-        if LOADED_FILES_TABLE not in self.columns:
-            self.wh.raw_sql(
-                f"CREATE TABLE IF NOT EXISTS {self.q(LOADED_FILES_TABLE)} (file VARCHAR, "
-                "bytes_loaded BIGINT, messages BIGINT, loaded_at TIMESTAMPTZ)"
-            )
-            self.columns[LOADED_FILES_TABLE] = {}
-            return {}
-        table = self.wh.table(LOADED_FILES_TABLE, self.schema)
-        rows = self.wh.to_arrow(table.select("file", "bytes_loaded", "messages")).to_pylist()
-        return {row["file"]: (int(row["bytes_loaded"]), int(row["messages"] or 0)) for row in rows}
-
-    def mark_loaded(self, done: list[tuple[str, int, int]]) -> None:
-        import pyarrow as pa
-
-        if not done:
-            return
-        keys = ", ".join(_literal(key) for key, _, _ in done)
-        self.wh.raw_sql(f"DELETE FROM {self.q(LOADED_FILES_TABLE)} WHERE file IN ({keys})")
-        now = datetime.now(UTC)
-        rows = pa.table(
-            {
-                "file": pa.array([k for k, _, _ in done], pa.string()),
-                "bytes_loaded": pa.array([b for _, b, _ in done], pa.int64()),
-                "messages": pa.array([m for _, _, m in done], pa.int64()),
-                "loaded_at": pa.array([now] * len(done), pa.timestamp("us", tz="UTC")),
-            }
-        )
-        self._insert_arrow(LOADED_FILES_TABLE, rows, ["file", "bytes_loaded", "messages", "loaded_at"])
-
-    # -- rows ------------------------------------------------------------------------------
-
-    def write(self, rows_by_table: dict[str, list[dict[str, Any]]]) -> None:
-        for table, rows in rows_by_table.items():
-            if table == USERS_TABLE:
-                self._upsert_users(rows)
-            else:
-                self._append(table, rows)
-
-    def _prepare_columns(self, table: str, rows: list[dict[str, Any]]) -> dict[str, Kind]:
-        """Create the table or add the new columns; a column's type is fixed by its first value."""
-        known = self.columns.get(table)
-        new: dict[str, Kind] = {}
-        for row in rows:
-            for col, value in row.items():
-                if value is None or col in new or (known is not None and col in known):
-                    continue
-                new[col] = "timestamp" if col in _TIME_COLUMNS else infer_kind(value)
-                if col in ("id", "user_id", "anonymous_id"):
-                    new[col] = "varchar"
-        if known is None:
-            base = _base_columns(table, rows)
-            new = {**base, **{c: k for c, k in new.items() if c not in base}}
-            defs = ", ".join(f"{self.wh.quote(c)} {SQL_TYPES[k]}" for c, k in new.items())
-            self.wh.raw_sql(f"CREATE TABLE IF NOT EXISTS {self.q(table)} ({defs})")
-            self.columns[table] = dict(new)
-        else:
-            for col, kind in new.items():
-                self.wh.raw_sql(
-                    f"ALTER TABLE {self.q(table)} ADD COLUMN {self.wh.quote(col)} {SQL_TYPES[kind]}"
-                )
-                known[col] = kind
-        return self.columns[table]
-
-    def _arrow(self, rows: list[dict[str, Any]], kinds: dict[str, Kind]) -> tuple[pa.Table, list[str]]:
-        import pyarrow as pa
-
-        non_null: set[str] = {"id"}
-        for row in rows:
-            non_null.update(col for col, value in row.items() if value is not None)
-        present = [c for c in kinds if c in non_null]
-        arrays = {
-            col: pa.array([cast_value(row.get(col), kinds[col]) for row in rows], _arrow_type(kinds[col]))
-            for col in present
-        }
-        return pa.table(arrays), present
-
-    def _stage(self, table: pa.Table) -> str:
-        name = f"_segloop_stage_{secrets.token_hex(4)}"
-        self.wh.create_table(name, table, schema=self.schema, overwrite=True)
-        return name
-
-    def _insert_arrow(self, table: str, data: pa.Table, cols: list[str]) -> None:
-        stage = self._stage(data)
-        try:
-            names = ", ".join(self.wh.quote(c) for c in cols)
-            self.wh.raw_sql(
-                f"INSERT INTO {self.q(table)} ({names}) SELECT {names} FROM {self.q(stage)}"
-            )
-        finally:
-            self.wh.drop_table(stage, self.schema)
-
-    def _append(self, table: str, rows: list[dict[str, Any]]) -> None:
-        unique: dict[str, dict[str, Any]] = {}
-        for row in rows:
-            if row.get("id") is None or row["id"] in unique:
-                self.result.duplicates += 1
-                continue
-            unique[row["id"]] = row
-        if not unique:
-            return
-        kinds = self._prepare_columns(table, list(unique.values()))
-        data, cols = self._arrow(list(unique.values()), kinds)
-        stage = self._stage(data)
-        try:
-            names = ", ".join(self.wh.quote(c) for c in cols)
-            target, staged = self.q(table), self.q(stage)
-            fresh = (
-                f"FROM {staged} s WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE t.id = s.id)"
-            )
-            count = self._scalar(f"SELECT COUNT(*) {fresh}")
-            prefixed = ", ".join(f"s.{self.wh.quote(c)}" for c in cols)
-            self.wh.raw_sql(f"INSERT INTO {target} ({names}) SELECT {prefixed} {fresh}")
-        finally:
-            self.wh.drop_table(stage, self.schema)
-        self.result.rows_inserted[f"{self.schema}.{table}"] += count
-        self.result.duplicates += len(unique) - count
-
-    def _upsert_users(self, rows: list[dict[str, Any]]) -> None:
-        """Merge identifies into `users` on id: newer non-null traits win over older ones."""
-        merged: dict[str, dict[str, Any]] = {}
-        far_past = datetime.min.replace(tzinfo=UTC)
-        for row in sorted(rows, key=lambda r: r.get("received_at") or far_past):
-            current = merged.setdefault(row["id"], {})
-            current.update({k: v for k, v in row.items() if v is not None})
-        kinds = self._prepare_columns(USERS_TABLE, list(merged.values()))
-        data, cols = self._arrow(list(merged.values()), kinds)
-        stage = self._stage(data)
-        combined = f"_segloop_stage_{secrets.token_hex(4)}"
-        target, staged = self.q(USERS_TABLE), self.q(stage)
-        newer = "(u.id IS NULL OR u.received_at IS NULL OR s.received_at >= u.received_at)"
-        selects = []
-        for col in kinds:
-            c = self.wh.quote(col)
-            if col == "id":
-                selects.append(f"s.{c} AS {c}")
-            elif col in cols:
-                selects.append(
-                    f"CASE WHEN {newer} THEN COALESCE(s.{c}, u.{c}) ELSE COALESCE(u.{c}, s.{c}) END AS {c}"
-                )
-            else:
-                selects.append(f"u.{c} AS {c}")
-        try:
-            existing = self._scalar(
-                f"SELECT COUNT(*) FROM {staged} s WHERE EXISTS (SELECT 1 FROM {target} t WHERE t.id = s.id)"
-            )
-            self.wh.raw_sql(
-                f"CREATE TABLE {self.q(combined)} AS SELECT {', '.join(selects)} "
-                f"FROM {staged} s LEFT JOIN {target} u ON u.id = s.id"
-            )
-            names = ", ".join(self.wh.quote(c) for c in kinds)
-            self._atomic(
-                [
-                    f"DELETE FROM {target} WHERE id IN (SELECT id FROM {staged})",
-                    f"INSERT INTO {target} ({names}) SELECT {names} FROM {self.q(combined)}",
-                ]
-            )
-        finally:
-            self.wh.drop_table(stage, self.schema)
-            self.wh.drop_table(combined, self.schema)
-        self.result.rows_inserted[f"{self.schema}.{USERS_TABLE}"] += len(merged) - existing
-
-    def _atomic(self, statements: list[str]) -> None:
-        """Run statements as one transaction, so a crash cannot leave users half-replaced.
-
-        PostgreSQL runs several statements sent at once in one implicit transaction; DuckDB
-        needs an explicit one (rolled back if any statement fails).
-        """
-        if self.wh.dialect != "duckdb":
-            self.wh.raw_sql("; ".join(statements))
-            return
-        self.wh.raw_sql("BEGIN TRANSACTION")
-        try:
-            for statement in statements:
-                self.wh.raw_sql(statement)
-        except Exception:
-            self.wh.raw_sql("ROLLBACK")
-            raise
-        self.wh.raw_sql("COMMIT")
-
-    def _scalar(self, query: str) -> int:
-        table = self.wh.sql(query)
-        value = table.to_pyarrow().column(0)[0].as_py()
-        return int(value or 0)
+    def describe(self) -> list[str]:
+        """What changed besides plain rows, one sentence each (for the CLI and the collector's log)."""
+        lines = []
+        if self.converted:
+            lines.append(f"converted {sum(self.converted.values()):,} values exactly into their column's type "
+                         f"({_top(self.converted)})")
+        for widened in self.widened:
+            lines.append(f"widened {widened}")
+        if self.overflowed:
+            lines.append(f"overflowed {sum(self.overflowed.values()):,} properties past the column limit into "
+                         f"`_segloop_overflow` as JSON ({_top(self.overflowed)})")
+        if self.rejected:
+            lines.append(f"rejected {sum(self.rejected.values()):,} values that do not fit their column; each is "
+                         f"in `{LOAD_REJECTS_TABLE}` with its reason ({_top(self.rejected)})")
+        if self.cut:
+            lines.append(f"cut {sum(self.cut.values()):,} strings at 512 characters; the whole values are in "
+                         f"`{LOAD_REJECTS_TABLE}` ({_top(self.cut)})")
+        if self.bad_lines:
+            lines.append(f"skipped {self.bad_lines:,} lines that are not JSON objects; each is in "
+                         f"`{LOAD_REJECTS_TABLE}` as it was read")
+        for file, reason in self.set_aside.items():
+            lines.append(f"set aside {file}: {reason}")
+        if self.set_aside_before:
+            lines.append(f"{self.set_aside_before} files set aside by an earlier load are unchanged and were not "
+                         f"retried; see `{LOADED_FILES_TABLE}.problem` (delete a file's row to retry it)")
+        return lines
 
 
-_TIME_COLUMNS = frozenset(["received_at", "sent_at", "timestamp", "original_timestamp", "uuid_ts"])
-
-
-def _base_columns(table: str, rows: list[dict[str, Any]]) -> dict[str, Kind]:
-    """Columns a new table always gets, so queries on them work before a value arrives."""
-    if table == USERS_TABLE:
-        return {"id": "varchar", "received_at": "timestamp", "uuid_ts": "timestamp"}
-    base: dict[str, Kind] = {
-        col: ("timestamp" if col in _TIME_COLUMNS else "varchar") for col in COMMON_COLUMNS
-    }
-    if any("event_text" in row for row in rows[:1]):
-        base["event"] = "varchar"
-        base["event_text"] = "varchar"
-    return base
+def _top(counts: Counter[str], n: int = 3) -> str:
+    shown = ", ".join(f"{key}: {count:,}" for key, count in counts.most_common(n))
+    return shown + (", ..." if len(counts) > n else "")
 
 
 def _content_id(message: dict[str, Any]) -> str:
@@ -337,10 +110,6 @@ def _content_id(message: dict[str, Any]) -> str:
 
     digest = hashlib.sha1(orjson.dumps(message, option=orjson.OPT_SORT_KEYS)).hexdigest()
     return f"sha1-{digest}"
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _target_schema(archive: ArchiveFile, schema: str | None, default: str) -> str:
@@ -419,7 +188,28 @@ class ArchiveLoader:
         if not archive.exists():  # nothing received yet: no need to open the warehouse
             return LoadResult()
         with Warehouse.connect(self.config, self.root, self.name) as warehouse:
-            return load_archive(warehouse, archive)
+            result = load_archive(warehouse, archive)
+        if result.messages:
+            log.info("loaded %d messages: %s", result.messages,
+                     ", ".join(f"{t} +{n}" for t, n in sorted(result.rows_inserted.items())) or "no new rows")
+        for line in result.describe():
+            log.warning("load: %s", line)
+        return result
+
+
+@dataclass
+class _FileRows:
+    """The rows read from one file, waiting to be written, and how far they go in it."""
+
+    key: str
+    start_offset: int  # bytes loaded before this load
+    start_messages: int
+    end_offset: int
+    messages: int  # messages read in this load
+    rows: dict[str, TableRows]
+    problem: str | None = None  # set when the rest of the file cannot be read
+    size: int = 0
+    bad: list[str] = field(default_factory=list)  # lines that are not JSON objects
 
 
 def _load_schema(
@@ -430,47 +220,156 @@ def _load_schema(
     chunk_messages: int,
     report: Callable[[int], None] = lambda size: None,
 ) -> None:
-    writer = _SchemaWriter(warehouse, schema, result)
-    offsets = writer.loaded_offsets()
-    pending: dict[str, list[dict[str, Any]]] = {}
+    writer = SchemaWriter(warehouse, schema, result)
+    known = writer.loaded_files()
+    pending: list[_FileRows] = []
     pending_messages = 0
-    done: list[tuple[str, int, int]] = []
 
     def flush() -> None:
-        nonlocal pending, pending_messages, done
-        writer.write(pending)
-        writer.mark_loaded(done)
-        pending, pending_messages, done = {}, 0, []
+        nonlocal pending, pending_messages
+        _write_files(writer, pending, result)
+        pending, pending_messages = [], 0
 
     for archive in archives:
-        offset, previous = offsets.get(archive.key, (0, 0))
-        size = archive.path.stat().st_size
-        if size <= offset:
-            result.files_skipped += 1
-            report(size)
+        offset, previous, problem, size_at_problem = known.get(archive.key, (0, 0, None, None))
+        try:
+            size = archive.path.stat().st_size
+            if problem is not None and size == size_at_problem:
+                result.set_aside_before += 1
+                report(size)
+                continue
+            if size <= offset:
+                result.files_skipped += 1
+                report(size)
+                continue
+            read = read_archive_file(archive.path, offset)
+        except OSError as exc:
+            # -1: no size to compare, so the next load tries again
+            _set_aside(writer, archive.key, offset, previous, f"cannot be read: {exc}", -1, result)
             continue
-        read = read_archive_file(archive.path, offset)
-        if read.problem:
+        file_problem = None
+        if read.problem == "corrupt":
+            file_problem = (f"corrupt gzip data at byte {read.end_offset}; the messages before it are "
+                            "loaded, the rest cannot be read")
+        elif read.problem:
             result.torn_files.append(str(archive.path))
             log.warning(
                 "%s: stopped at byte %d (%s tail); the rest loads when it is complete",
                 archive.path, read.end_offset, read.problem,
             )
+        result.bad_lines += read.bad_lines
         if read.end_offset <= offset:
+            if file_problem:
+                _set_aside(writer, archive.key, offset, previous, file_problem, size, result)
             report(size)
             continue
         loaded_at = datetime.now(UTC)
+        rows: dict[str, TableRows] = {}
         for message in read.messages:
             if not message.get("messageId"):
                 message["messageId"] = _content_id(message)
+            message_id = message["messageId"]
+            message_id = message_id if isinstance(message_id, str) else str(message_id)
             for table, row in message_rows(message, loaded_at):
-                pending.setdefault(table, []).append(row)
+                batch = rows.get(table)
+                if batch is None:
+                    batch = rows[table] = TableRows()
+                batch.add(row, message_id, archive.key)
         result.files_loaded += 1
         result.messages += len(read.messages)
-        result.bad_lines += read.bad_lines
+        pending.append(_FileRows(archive.key, offset, previous, read.end_offset, len(read.messages),
+                                 rows, file_problem, size, read.bad))
         pending_messages += len(read.messages)
-        done.append((archive.key, read.end_offset, previous + len(read.messages)))
         if pending_messages >= chunk_messages:
             flush()
         report(size)
     flush()
+
+
+def _write_files(writer: SchemaWriter, files: list[_FileRows], result: LoadResult) -> None:
+    """Write a batch of files' rows and record each file's progress.
+
+    When the batch fails, each file is written on its own (rows written before the failure
+    dedupe on `id`), and a file that fails alone is set aside with the warehouse's error.
+    """
+    if not files:
+        return
+    merged: dict[str, TableRows] = {}
+    for file in files:
+        for table, rows in file.rows.items():
+            merged.setdefault(table, TableRows()).extend(rows)
+    try:
+        writer.write(merged)
+    except Exception as exc:
+        if not is_data_error(exc):
+            raise  # the warehouse is down, full or busy: stop; the files written so far are recorded
+        if len(files) == 1:
+            _give_up(writer, files[0], exc, result)
+            return
+        log.warning("writing %d files at once failed (%s); writing them one by one",
+                    len(files), database_message(exc))
+        for file in files:
+            try:
+                writer.write(file.rows)
+            except Exception as one:
+                if not is_data_error(one):
+                    raise
+                _give_up(writer, file, one, result)
+                continue
+            _mark(writer, [file], result)
+        return
+    _mark(writer, files, result)
+
+
+BAD_LINE = "not a JSON object; the line is kept here as it was read"
+
+# Errors caused by the rows themselves, which writing the same rows again would repeat:
+# PostgreSQL's SQLSTATE classes 22 (data exception), 23 (integrity), 54 (program limit:
+# too many columns, row too big); DuckDB's exception classes of the same kinds. Anything
+# else (connection lost, disk full, lock) stops the load instead, to be run again.
+DATA_SQLSTATE_CLASSES = ("22", "23", "54")
+DATA_DUCKDB_ERRORS = ("ConversionException", "OutOfRangeException", "InvalidInputException",
+                      "ConstraintException")
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """Whether a write failed because of the data (the file is set aside) rather than the warehouse."""
+    seen: BaseException | None = exc
+    for _ in range(5):  # the error itself and what it wraps
+        if seen is None:
+            return False
+        sqlstate = getattr(seen, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate[:2] in DATA_SQLSTATE_CLASSES:
+            return True
+        if type(seen).__name__ in DATA_DUCKDB_ERRORS and type(seen).__module__.startswith("_duckdb"):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _mark(writer: SchemaWriter, files: list[_FileRows], result: LoadResult) -> None:
+    bad: list[Reject] = [(None, None, None, line, BAD_LINE, f.key) for f in files for line in f.bad]
+    writer.write_rejects(bad, None)  # before the progress: a crash between them re-reads the file
+    writer.mark_files([
+        (f.key, f.end_offset, f.start_messages + f.messages, f.problem, f.size if f.problem else None)
+        for f in files
+    ])
+    for file in files:
+        if file.problem:
+            log.warning("archive file %s is set aside: %s", file.key, file.problem)
+            result.set_aside[file.key] = file.problem
+
+
+def _give_up(writer: SchemaWriter, file: _FileRows, exc: Exception, result: LoadResult) -> None:
+    """Set aside a file whose rows the warehouse refuses; its earlier progress stays as it was."""
+    result.files_loaded -= 1
+    result.messages -= file.messages
+    reason = f"the warehouse refused its rows: {database_message(exc)}"
+    _set_aside(writer, file.key, file.start_offset, file.start_messages, reason, file.size, result)
+
+
+def _set_aside(writer: SchemaWriter, key: str, offset: int, messages: int, reason: str,
+               size: int, result: LoadResult) -> None:
+    log.warning("archive file %s is set aside: %s; the load goes on with the other files", key, reason)
+    result.set_aside[key] = reason
+    writer.mark_files([(key, offset, messages, reason, size)])

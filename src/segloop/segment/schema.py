@@ -10,10 +10,15 @@ Segment's "Warehouse Schemas" page:
   `context_library_name`); arrays are stored as JSON strings; null values make no column;
 - properties and traits become un-prefixed columns; one whose name collides with a reserved
   column (`id`, `user_id`, `context_*`, ...) is dropped;
-- column types are `timestamp`, `integer`, `float`, `boolean`, `varchar`, fixed by the
-  first value seen; strings are cut at 512 characters.
+- `group` calls are upserted on `group_id` into `accounts` (the latest traits of each group,
+  `id` = group id), as `identify` calls are into `users`;
+- column types are `timestamp`, `integer`, `float`, `boolean`, `varchar` (Segment fixes
+  them by the first value; segloop by every value, see ``segloop.segment.column_types``);
+  strings are cut at 512 characters.
 
-This module is pure (no I/O) so the loader and its tests share one definition.
+segloop's own tables in a source schema start with `_segloop_` (``is_segloop_table``) and
+are never Segment data. This module is pure (no I/O) so the loader and its tests share one
+definition.
 """
 
 from __future__ import annotations
@@ -21,11 +26,9 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any
 
 import orjson
-
-Kind = Literal["timestamp", "integer", "float", "boolean", "varchar"]
 
 MAX_STRING_CHARS = 512
 # PostgreSQL silently truncates identifiers to 63 bytes; cut them here so two long names
@@ -41,8 +44,15 @@ CALL_TABLES = {
     "alias": "aliases",
 }
 USERS_TABLE = "users"
+ACCOUNTS_TABLE = "accounts"
+# Tables upserted on `id` (the user id, the group id) rather than appended.
+UPSERT_TABLES = frozenset([USERS_TABLE, ACCOUNTS_TABLE])
+SEGLOOP_PREFIX = "_segloop_"
 LOADED_FILES_TABLE = "_segloop_loaded_files"
-STANDARD_TABLES = frozenset([*CALL_TABLES.values(), USERS_TABLE, LOADED_FILES_TABLE])
+LOAD_REJECTS_TABLE = "_segloop_load_rejects"
+# Properties a table has no room for (its warehouse's column limit) are kept here, as JSON.
+OVERFLOW_COLUMN = "_segloop_overflow"
+STANDARD_TABLES = frozenset([*CALL_TABLES.values(), USERS_TABLE, ACCOUNTS_TABLE])
 
 COMMON_COLUMNS = (
     "id",
@@ -56,7 +66,7 @@ COMMON_COLUMNS = (
 )
 # Column names a property or trait may never take (Segment discards such properties).
 RESERVED_COLUMNS = frozenset(
-    [*COMMON_COLUMNS, "event", "event_text", "uuid", "loaded_at", "context"]
+    [*COMMON_COLUMNS, "event", "event_text", "uuid", "loaded_at", "context", OVERFLOW_COLUMN]
 )
 # Top-level message fields that become columns of their call's table.
 TOP_LEVEL_COLUMNS: dict[str, dict[str, str]] = {
@@ -83,7 +93,11 @@ TIMESTAMP_FIELDS = {
 }
 
 _ISO_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def is_segloop_table(name: str) -> bool:
+    """Whether a table in a source schema is segloop's own bookkeeping, not Segment data."""
+    return name.lower().startswith(SEGLOOP_PREFIX)
 
 
 # -- names --------------------------------------------------------------------------------
@@ -156,7 +170,7 @@ def event_table_name(event: str) -> str | None:
         return None
     if name[0].isdigit():
         name = "_" + name
-    if name in STANDARD_TABLES:
+    if name in STANDARD_TABLES or is_segloop_table(name):
         name = "event_" + name
     return column_name(name)
 
@@ -200,60 +214,12 @@ def parse_timestamp(value: Any) -> datetime | None:
         return None
 
 
-def infer_kind(value: Any) -> Kind:
-    """The warehouse type a first value fixes for its column."""
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer" if _INT64_MIN <= value <= _INT64_MAX else "float"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str) and parse_timestamp(value) is not None:
-        return "timestamp"
-    return "varchar"
-
-
 def _to_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
         return value
-    if isinstance(value, datetime):
-        return value.isoformat()
     return orjson.dumps(value).decode() if isinstance(value, dict | list) else str(value)
-
-
-def cast_value(value: Any, kind: Kind) -> Any:
-    """Coerce a value into its column's type; a value that does not fit becomes null."""
-    if value is None:
-        return None
-    try:
-        if kind == "varchar":
-            return _to_text(value)[:MAX_STRING_CHARS]
-        if kind == "timestamp":
-            return value if isinstance(value, datetime) else parse_timestamp(value)
-        if kind == "boolean":
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "false"):
-                return value.lower() == "true"
-            return None
-        if kind == "integer":
-            if isinstance(value, bool):
-                return None
-            if isinstance(value, str):
-                value = float(value) if any(c in value for c in ".eE") else int(value)
-            # Segment's docs: a float in an integer column loses its fraction, it is not dropped.
-            number = int(value)
-            return number if _INT64_MIN <= number <= _INT64_MAX else None
-        if kind == "float":
-            if isinstance(value, bool):
-                return None
-            real = float(value)
-            return real if real == real and abs(real) != float("inf") else None
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return None
 
 
 # -- messages -> rows ---------------------------------------------------------------------
@@ -279,7 +245,11 @@ def message_rows(message: dict[str, Any], loaded_at: datetime) -> list[tuple[str
         "user_id": _id_text(message.get("userId")),
     }
     for field, col in TIMESTAMP_FIELDS.items():
-        row[col] = parse_timestamp(message.get(field))
+        raw = message.get(field)
+        # A value that is no date-time stays as sent: the loader rejects it with a reason.
+        row[col] = parse_timestamp(raw) if raw is not None else None
+        if row[col] is None and raw is not None:
+            row[col] = raw
     row["uuid_ts"] = loaded_at
     context = message.get("context")
     if isinstance(context, dict):
@@ -305,14 +275,13 @@ def message_rows(message: dict[str, Any], loaded_at: datetime) -> list[tuple[str
     payload = message.get(payload_field) if payload_field else None
     full = _with_payload(row, payload)
     rows.append((CALL_TABLES[call], full))
-    if call == "identify" and row["user_id"] is not None:
-        user: dict[str, Any] = {
-            "id": row["user_id"],
-            "received_at": row["received_at"],
-            "uuid_ts": loaded_at,
-        }
-        user.update(_payload_columns(payload, user))
-        rows.append((USERS_TABLE, user))
+    upsert_key = {"identify": ("user_id", USERS_TABLE), "group": ("group_id", ACCOUNTS_TABLE)}.get(call)
+    if upsert_key is not None:
+        key = _id_text(row.get(upsert_key[0]))
+        if key is not None:
+            latest: dict[str, Any] = {"id": key, "received_at": row["received_at"], "uuid_ts": loaded_at}
+            latest.update(_payload_columns(payload, latest))
+            rows.append((upsert_key[1], latest))
     return rows
 
 

@@ -37,6 +37,13 @@ class WarehouseConfig(BaseModel):
     DEFAULT_SCHEMA: ClassVar[str] = "main"
     EXTRA: ClassVar[str] = ""
     DRIVER_MODULES: ClassVar[tuple[str, ...]] = ()
+    # What the archive loader may ask of a table (segloop.segment.load_writer):
+    MAX_TABLE_COLUMNS: ClassVar[int] = 1600  # columns a table may have (unknown: Redshift's)
+    MAX_ROW_BYTES: ClassVar[int | None] = None  # bytes of a row's values held in the row itself
+    EXACT_NUMBER_SQL: ClassVar[str] = "NUMERIC"  # integers beyond 64 bits, exactly
+    EXACT_NUMBER_DIGITS: ClassVar[int | None] = None  # digits it holds (None: any)
+    EXACT_NUMBER_FRACTIONS: ClassVar[bool] = True  # whether it holds fractions exactly too
+    TEXT_HOLDS_NUL: ClassVar[bool] = True  # whether text may contain the NUL character
 
     @property
     def output_schema(self) -> str:

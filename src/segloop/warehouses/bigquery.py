@@ -30,6 +30,7 @@ class BigQueryConfig(WarehouseConfig):
     location: str | None = Field(default=None, description="Dataset location, e.g. US or EU.")
 
     EXTRA: ClassVar[str] = "bigquery"
+    MAX_TABLE_COLUMNS: ClassVar[int] = 10_000
     DRIVER_MODULES: ClassVar[tuple[str, ...]] = ("google.cloud.bigquery", "ibis.backends.bigquery")
 
     @property

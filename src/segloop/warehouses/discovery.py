@@ -1,7 +1,9 @@
 """Find the Segment sources in a warehouse: schemas holding `tracks` or `identifies`.
 
 Segment writes one schema per source. ``segloop check-warehouse`` and the segment_source
-node's error messages use this to show what is there.
+node's error messages use this to show what is there. segloop's own tables in a source
+schema (``_segloop_loaded_files``, ``_segloop_load_rejects``, ...) are not Segment data and
+are never listed.
 """
 
 from __future__ import annotations
@@ -9,10 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from segloop.segment.schema import is_segloop_table
+
 if TYPE_CHECKING:  # pragma: no cover
     from segloop.warehouse import Warehouse
 
 MARKER_TABLES = ("tracks", "identifies")
+CORE_TABLES = frozenset({"tracks", "identifies", "users", "pages", "screens", "groups", "accounts", "aliases"})
 COUNTED_TABLES = ("tracks", "identifies", "users")
 SYSTEM_SCHEMAS = frozenset({"information_schema", "pg_catalog", "pg_toast"})
 
@@ -27,8 +32,12 @@ class SegmentSource:
 
     @property
     def event_tables(self) -> list[str]:
-        core = {"tracks", "identifies", "users", "pages", "screens", "groups", "aliases"}
-        return [t for t in self.tables if t.lower() not in core]
+        return [t for t in self.tables if t.lower() not in CORE_TABLES]
+
+
+def segment_tables(tables: list[str]) -> list[str]:
+    """The tables of a source schema that are Segment data (segloop's own left out)."""
+    return [t for t in tables if not is_segloop_table(t)]
 
 
 def segment_sources(wh: Warehouse, count_rows: bool = False) -> list[SegmentSource]:
@@ -38,7 +47,7 @@ def segment_sources(wh: Warehouse, count_rows: bool = False) -> list[SegmentSour
         if schema.lower() in SYSTEM_SCHEMAS or schema.lower().startswith("pg_temp"):
             continue
         try:
-            tables = sorted(wh.list_tables(schema))
+            tables = sorted(segment_tables(wh.list_tables(schema)))
         except Exception:  # a schema we may not read: not ours to report on
             continue
         lower = {t.lower(): t for t in tables}

@@ -30,6 +30,16 @@ class PostgresConfig(WarehouseConfig):
 
     DEFAULT_SCHEMA: ClassVar[str] = "public"
     EXTRA: ClassVar[str] = "postgres"
+    MAX_TABLE_COLUMNS: ClassVar[int] = 1600  # MaxHeapAttributeNumber (dropped columns count too)
+    # A row must fit in one 8 KB page; long text moves out of it (TOAST), numbers cannot.
+    # 8,160 bytes less the header and the null bitmap of 1,600 columns, with a margin.
+    MAX_ROW_BYTES: ClassVar[int | None] = 7_000
+    TEXT_HOLDS_NUL: ClassVar[bool] = False
+    # Whole numbers up to 76 digits: Arrow's widest decimal, so Ibis can read them back
+    # (an unconstrained NUMERIC column fails to read when its values differ in precision).
+    EXACT_NUMBER_SQL: ClassVar[str] = "NUMERIC(76,0)"
+    EXACT_NUMBER_DIGITS: ClassVar[int | None] = 76
+    EXACT_NUMBER_FRACTIONS: ClassVar[bool] = False
     DRIVER_MODULES: ClassVar[tuple[str, ...]] = ("psycopg", "ibis.backends.postgres")
 
     def describe(self) -> str:
@@ -214,3 +224,45 @@ def replace_table_as(backend: Any, sql: str, name: str, schema: str) -> int:
         cursor.execute(f"DROP TABLE IF EXISTS {target}")
         cursor.execute(f"ALTER TABLE {quote_ident(schema)}.{quote_ident(temp)} RENAME TO {quote_ident(name)}")
     return int(rows)
+
+
+def alter_under_views(backend: Any, table: str, alter: str) -> None:
+    """Run ``alter`` (an ALTER TABLE changing a column's type) on ``table`` (quoted
+    ``schema.name``) although views read it: PostgreSQL refuses, so the views (and views on
+    them, in dependency order) are dropped and re-created around it, in one transaction, so
+    readers see the old table and views or the new ones."""
+    query = (
+        "WITH RECURSIVE deps(oid, depth) AS ("
+        " SELECT DISTINCT r.ev_class, 1 FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid"
+        " WHERE d.refobjid = %s::regclass AND r.ev_class <> d.refobjid"
+        " UNION SELECT r.ev_class, deps.depth + 1 FROM deps JOIN pg_depend d ON d.refobjid = deps.oid"
+        " JOIN pg_rewrite r ON r.oid = d.objid WHERE r.ev_class <> deps.oid AND deps.depth < 50)"
+        " SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), pg_get_viewdef(c.oid),"
+        " max(deps.depth) FROM deps JOIN pg_class c ON c.oid = deps.oid"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'v'"
+        " GROUP BY 1, 2 ORDER BY 3"
+    )
+    with backend.con.transaction(), backend.con.cursor() as cursor:
+        cursor.execute(query, (table,))
+        views = cursor.fetchall()
+        for name, _, _ in reversed(views):
+            cursor.execute(f"DROP VIEW IF EXISTS {name}")
+        cursor.execute(alter)
+        for name, definition, _ in views:
+            cursor.execute(f"CREATE VIEW {name} AS {definition}")
+
+
+def row_bytes(values: dict[str, Any]) -> int:
+    """A row's inline size in a PostgreSQL page, pessimistic: fixed-width values with their
+    alignment, text inline or as an 18-byte TOAST pointer (values over ~24 bytes may move out)."""
+    size = 0
+    for value in values.values():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            size += 1
+        elif isinstance(value, str):
+            size += min(len(value.encode("utf-8")) + 4, 28)
+        else:
+            size += 16
+    return size
