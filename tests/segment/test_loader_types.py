@@ -7,17 +7,20 @@ test_loader.py), because each warehouse has its own types and limits.
 
 from __future__ import annotations
 
+import gzip
 import logging
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from typer.testing import CliRunner
 
 from segloop.cli import app
 from segloop.segment.archive import find_archive_files
+from segloop.segment.collector import serve_in_thread
 from segloop.segment.loader import ArchiveLoader, load_archive
 from segloop.warehouse import DuckDBConfig, Warehouse
 
@@ -334,3 +337,19 @@ def test_identifies_without_received_at_still_upsert_users(tmp_path: Path, wh: W
     load_archive(wh, tmp_path)
     (user,) = rows(wh, "users")
     assert user["id"] == "ann" and user["plan"] == "pro" and user["received_at"] is None
+
+
+def test_integers_beyond_64_bits_sent_to_the_collector_are_kept_exactly(tmp_path: Path, wh: Warehouse):
+    """The collector's own parsing and archive lines keep them too (orjson makes them floats)."""
+    big, neg = 2**64 + 1, -(2**63) - 1
+    body = ('{"batch": [{"type": "track", "userId": "u1", "event": "Order Completed", "messageId": "m-1", '
+            f'"timestamp": "2026-01-01T00:00:00Z", "properties": {{"a": {big}, "b": {neg}, "c": 1}}}}]}}')
+    data = tmp_path / "collector"
+    with serve_in_thread({"wk": "shop"}, data) as running, httpx.Client(base_url=running.url, auth=("wk", "")) as http:
+        answer = http.post("/v1/batch", content=body.encode(), headers={"Content-Type": "application/json"})
+        assert answer.status_code == 200, answer.text
+    (archive,) = find_archive_files(data / "segment-logs")
+    assert f'"a":{big}' in gzip.decompress(archive.path.read_bytes()).decode()  # exact in the archive
+    load_archive(wh, data / "segment-logs")
+    (row,) = rows(wh, "order_completed")
+    assert as_int(row["a"]) == big and as_int(row["b"]) == neg and as_int(row["c"]) == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 import uuid
 import zlib
@@ -19,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from segloop.segment.archive import has_long_number, parse_line
 from segloop.segment.schema import parse_timestamp
 
 CALL_TYPES = ("identify", "track", "page", "screen", "group", "alias")
@@ -72,12 +74,23 @@ def parse_json(body: bytes) -> dict[str, Any]:
     if not body.strip():
         raise BadRequest("empty_body", "the body is empty; send a JSON object")
     try:
-        data = orjson.loads(body)
+        # Integers beyond 64 bits are kept exactly (orjson would make them floats).
+        data = parse_line(body, exact=has_long_number(body))
     except orjson.JSONDecodeError as exc:
         raise BadRequest("invalid_json", f"the body is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise BadRequest("invalid_json", "the body must be a JSON object")
     return data
+
+
+def dump_json(value: Any) -> bytes:
+    """Compact JSON; integers beyond 64 bits (which orjson refuses) are written exactly too."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        if "64-bit" not in str(exc):
+            raise  # nested too deeply: the caller drops the message
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def write_key_from(authorization: str | None, body: dict[str, Any]) -> str | None:
@@ -190,7 +203,7 @@ def prepare(
     check_sizes = body_bytes is None or body_bytes > Limits.MAX_MESSAGE_BYTES
     for position, item in enumerate(items if check_sizes else ()):
         try:
-            size = len(orjson.dumps(item))
+            size = len(dump_json(item))
         except orjson.JSONEncodeError:
             continue  # nested too deeply to serialize; dropped below
         if size > Limits.MAX_MESSAGE_BYTES:
@@ -213,7 +226,7 @@ def prepare(
             continue
         stamped = _stamp(item, received_at, batch_sent_at, batch_context)
         try:
-            line = orjson.dumps(stamped)
+            line = dump_json(stamped)
         except orjson.JSONEncodeError:  # over 254 levels of nesting
             prepared.dropped["nested_too_deeply"] += 1
             continue
