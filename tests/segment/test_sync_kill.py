@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -58,13 +58,28 @@ def test_kill_9_mid_run_then_rerun_delivers_every_row_once(make_workspace, tmp_p
                 "segment": [f"s{i % 5}" for i in range(ROWS)],
             }), schema="src")
 
+        # Once a quarter of the rows are archived, the collector holds the next write until
+        # the kill: the run cannot finish first however fast or slow the machine is.
+        writer = collector.collector.committer.writer
+        append, written = writer.append, [0]
+        reached, release = threading.Event(), threading.Event()
+
+        def held_append(groups: dict[tuple[str, int], list[bytes]]) -> None:
+            if written[0] >= ROWS // 4:
+                reached.set()
+                release.wait(120)
+            append(groups)
+            written[0] += sum(len(lines) for lines in groups.values())
+
+        writer.append = held_append  # type: ignore[method-assign]
         first = segloop_run(root)
-        deadline = time.monotonic() + 60
-        while collector.stats["accepted"] < ROWS // 4 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
-        accepted_at_kill = collector.stats["accepted"]
+        try:
+            assert reached.wait(120), "the first run never got a quarter of its rows archived"
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+            accepted_at_kill = collector.stats["accepted"]
+        finally:
+            release.set()
         assert 0 < accepted_at_kill < ROWS, "the kill must land mid-run"
 
         second = segloop_run(root)

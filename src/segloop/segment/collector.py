@@ -134,6 +134,7 @@ class Committer:
     def __init__(self, writer: ArchiveWriter, dedupe: DedupeStore):
         self.writer = writer
         self.dedupe = dedupe
+        self.clock: Callable[[], float] = time.time  # the dedupe window's clock; tests move it
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._lock = threading.Lock()  # held while writing; rotate() takes it too
         self.commits = 0
@@ -166,7 +167,7 @@ class Committer:
                 return
 
     def _commit(self, group: list[_Pending]) -> None:
-        now_ms = int(time.time() * 1000)
+        now_ms = int(self.clock() * 1000)
         try:
             with self._lock:
                 already = self.dedupe.seen([mid for p in group for mid, _ in p.lines], now_ms)
