@@ -17,7 +17,6 @@ from tests.web.helpers import (
     DEMO_PIPELINE,
     RFM_PIPELINE,
     WRITE_KEY,
-    WRITE_KEY_ENV,
     copy_workspace,
     demo_template,  # noqa: F401 - fixture
     fakes,  # noqa: F401 - fixture
