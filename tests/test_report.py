@@ -97,7 +97,8 @@ def test_report_sections_show_each_node_types_numbers(demo_run: tuple[Pipeline, 
     assert f"validation AUC: model {auc:.3f}" in propensity and f"the baseline {baseline:.3f}" in propensity
     clv = section("clv")
     assert "bgnbd_log_likelihood" in clv and 'data-chart="clv-distribution"' in clv
-    assert "distribution of `p_alive`" in clv or "distribution of `predicted_clv`" in clv
+    drawn = re.findall(r"distribution of `(\w+)`", clv)
+    assert drawn == ["predicted_clv", "expected_spend", "p_alive"]  # docs/ui.md's CLV histograms
     assert "holdout Spearman correlation with actual spend" in clv
     to_segment = section("to_segment")
     rejected = nodes["to_segment"]["rejected_by_reason"]
