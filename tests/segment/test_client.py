@@ -390,13 +390,16 @@ def test_queue_smaller_than_a_batch_does_not_wait_for_the_interval_each_time() -
     client = make(fake, max_queue_size=10, upload_size=100, on_full="block", upload_interval=3600)
     queued: list[bool] = []
     producer = threading.Thread(
-        target=lambda: queued.extend(client.track("u", "E", {"i": i})[0] for i in range(200)))
+        target=lambda: queued.extend(bool(client.track("u", "E", {"i": i})) for i in range(200)),
+        daemon=True)
     producer.start()
-    producer.join(120)
-    assert not producer.is_alive(), "a full queue smaller than a batch waited for upload_interval"
-    assert queued == [True] * 200
-    report = client.flush(timeout=120)
-    client.shutdown(timeout=0)
+    try:
+        producer.join(120)
+        assert not producer.is_alive(), "a full queue smaller than a batch waited for upload_interval"
+        assert queued == [True] * 200
+        report = client.flush(timeout=120)
+    finally:
+        client.shutdown(timeout=0)  # also releases a producer still blocked
     assert report.sent == 200
 
 
