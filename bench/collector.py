@@ -3,7 +3,9 @@
 Starts the collector in its own process (as `segloop collector` runs) and posts batches of
 100 track events from several client threads over keep-alive connections, each with
 unique messageIds. Prints one table, side by side, with ratios to the durable 8-thread
-row; the "no fsync" row shows what durability costs. A second table times the loader
+row; the "no fsync" row shows what durability costs, and the "300 half-open" row holds
+300 connections that never finish their request head (within the 30 s header timeout)
+while the senders run. A second table times the loader
 (archive -> Segment's warehouse schema in DuckDB): a full load, an incremental append of
 10% more, and a re-load with nothing new.
 
@@ -56,7 +58,9 @@ def bodies(run: str, events: int) -> list[bytes]:
     return out
 
 
-def run_row(label: str, fsync: bool, threads: int, events: int) -> dict[str, float | str | int]:
+def run_row(label: str, fsync: bool, threads: int, events: int, half_open: int = 0) -> dict[str, float | str | int]:
+    import socket
+
     import requests
 
     with tempfile.TemporaryDirectory() as data:
@@ -75,7 +79,11 @@ def run_row(label: str, fsync: bool, threads: int, events: int) -> dict[str, flo
                     break
                 except requests.ConnectionError:
                     time.sleep(0.05)
-            payloads = bodies(label.replace(" ", "_"), events)
+            port = int(url.rsplit(":", 1)[1])
+            idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(half_open)]
+            for sock in idle:
+                sock.sendall(b"POST /v1/batch HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            payloads = bodies(label.replace(" ", "_").replace(",", ""), events)
             chunks = [payloads[i::threads] for i in range(threads)]
             failures: list[int] = []
 
@@ -95,6 +103,10 @@ def run_row(label: str, fsync: bool, threads: int, events: int) -> dict[str, flo
                 w.join()
             seconds = time.perf_counter() - start
             stats = session.get(f"{url}/stats").json()
+            if half_open and stats.get("connections", {}).get("open", 0) < half_open:
+                raise SystemExit(f"{label}: the half-open connections were closed during the run")
+            for sock in idle:
+                sock.close()
         finally:
             proc.kill()
             proc.wait()
@@ -157,15 +169,16 @@ def main() -> None:
         serve(args.serve, fsync=not args.no_fsync)
         return
     plan = [
-        ("durable, 1 thread", True, 1),
-        ("durable, 4 threads", True, 4),
-        ("durable, 8 threads", True, 8),
-        ("no fsync, 8 threads", False, 8),
+        ("durable, 1 thread", True, 1, 0),
+        ("durable, 4 threads", True, 4, 0),
+        ("durable, 8 threads", True, 8, 0),
+        ("no fsync, 8 threads", False, 8, 0),
+        ("durable, 8 + 300 half-open", True, 8, 300),
     ]
     rows = []
-    for label, fsync, threads in plan:
+    for label, fsync, threads, half_open in plan:
         runs = sorted(
-            (run_row(label, fsync, threads, args.events) for _ in range(args.repeat)),
+            (run_row(label, fsync, threads, args.events, half_open) for _ in range(args.repeat)),
             key=lambda r: float(r["events_per_s"]),
         )
         rows.append(runs[len(runs) // 2])
@@ -174,11 +187,11 @@ def main() -> None:
         f"collector: {args.events:,} track events per run, batches of {BATCH}, keep-alive, "
         f"median of {args.repeat} runs"
     )
-    print(f"{'row':<22}{'events/s':>12}{'ratio':>8}{'req/commit':>12}{'ms/request':>12}")
+    print(f"{'row':<28}{'events/s':>12}{'ratio':>8}{'req/commit':>12}{'ms/request':>12}")
     for r in rows:
         ratio = float(r["events_per_s"]) / float(base)
         print(
-            f"{r['row']:<22}{r['events_per_s']:>12,.0f}{ratio:>8.2f}"
+            f"{r['row']:<28}{r['events_per_s']:>12,.0f}{ratio:>8.2f}"
             f"{r['requests_per_commit']:>12.1f}{r['ms_per_request']:>12.1f}"
         )
     loads = load_rows(args.events)

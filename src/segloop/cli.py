@@ -374,10 +374,12 @@ def collector(
     latency_ms: int = typer.Option(0, "--latency-ms", help="Dev fault: wait this long before answering."),
     fail_rate: float = typer.Option(0.0, "--fail-rate", help="Dev fault: answer this fraction of requests with 500."),
     rate_limit: int = typer.Option(None, "--rate-limit", help="Dev fault: 429 + Retry-After above N requests/s."),
+    read_timeout: str = typer.Option("30s", "--read-timeout", help="Close a client that takes longer to send its request head, or its body (408)."),
+    max_connections: int = typer.Option(1000, "--max-connections", help="Open connections at most (also kept below ulimit -n)."),
 ) -> None:
     """Run a Segment-compatible HTTP Tracking API that archives what it accepts (200 = on disk)."""
     from segloop.config import Workspace
-    from segloop.segment.collector import CollectorSettings, parse_duration, run_forever
+    from segloop.segment.collector import CollectorSettings, parse_duration, run_forever, summary
 
     workspace = Workspace.find()
     yml = workspace.config.collector
@@ -403,6 +405,9 @@ def collector(
         rate_limit=rate_limit,
         load_every_s=every,
         loader=loader,
+        header_timeout_s=parse_duration(read_timeout),
+        body_timeout_s=parse_duration(read_timeout),
+        max_connections=max_connections,
     )
     sources = ", ".join(sorted(set(keys.values())))
 
@@ -412,12 +417,7 @@ def collector(
         err_console.print(f"collector listening on {url} for {sources}; archive in {data_dir}")
 
     stats = run_forever(settings, host, port if port is not None else (yml.port if yml else 8088), announce)
-    dropped = sum(stats["dropped"].values())
-    err_console.print(
-        f"collector stopped: {stats['accepted']:,} messages accepted, {stats['deduped']:,} "
-        f"duplicates and {dropped:,} invalid messages dropped, "
-        f"{sum(stats['rejected_requests'].values()):,} requests refused"
-    )
+    err_console.print(summary(stats))
 
 
 @app.command("load-archive")

@@ -220,9 +220,8 @@ class Pipeline:
         log.warning(message)
         store = self.store()
         try:
-            store.start_run(self.name, str(self.file) if self.file else None, self.config.warehouse,
-                            dry_run, trigger, run_id=run_id)
-            store.finish_run(run_id, SKIPPED, message)
+            store.record_skipped(self.name, str(self.file) if self.file else None, self.config.warehouse,
+                                 dry_run, trigger, run_id, message)
         finally:
             store.close()
         return RunResult(run_id, self.name, [], skipped=message)
@@ -264,6 +263,10 @@ class Pipeline:
     ) -> RunResult:
         reporter = reporter or Reporter()
         plan = self.plan(node)
+        # This run holds the pipeline's lock: a run of it still marked `running` was killed.
+        for stale in store.interrupt_runs(self.name, except_run=run_id):
+            log.warning("run %s of `%s` ended without finishing (its process was killed?); "
+                        "marked `interrupted` in the run history", stale, self.name)
         store.start_run(self.name, str(self.file) if self.file else None,
                         self.config.warehouse, dry_run, trigger, run_id=run_id)
         started = time.perf_counter()

@@ -4,7 +4,7 @@ People would rather look at an RFM grid than read a table. The report shows the 
 DAG, each node's rows / seconds / status / error, and a section per node type found in the
 run: the RFM grid and segment sizes, cluster profiles, CLV and propensity distributions
 with their quality metrics, recommendation metrics next to the baseline, and for each
-Segment node what was sent, rejected, failed and skipped, with sample payloads.
+Segment node what was sent, rejected, failed and left unchanged, with sample payloads.
 
 Numbers come from the run history (``NodeRunRecord.metrics``) and from the nodes' output
 tables in the warehouse, aggregated there (a histogram is one GROUP BY, never the rows).
@@ -390,13 +390,13 @@ class ReportBuilder:
 
     SEGMENT_COUNTS: tuple[str, ...] = (
         "rows", "new", "changed", "retried", "unchanged", "removed", "to_send",
-        "sent", "rejected", "failed", "skipped",
+        "sent", "rejected", "failed",
     )
     SEGMENT_COLORS: dict[str, str] = {"sent": "#2e7d32", "rejected": "#e53935", "failed": "#b71c1c",
-                                      "skipped": "#9e9e9e", "unchanged": "#9e9e9e"}
+                                      "unchanged": "#9e9e9e"}
 
     def _segment(self, section: Section, metrics: dict[str, Any]) -> None:
-        """Sent / rejected / failed / skipped (and the sync's new / changed ...), reasons, payloads."""
+        """Sent / rejected / failed (and the sync's new / changed / unchanged ...), reasons, payloads."""
         from segloop.web import charts
 
         items = [(k, v) for k in self.SEGMENT_COUNTS if (v := _numeric(metrics.get(k))) is not None]

@@ -3,12 +3,20 @@
 Tables: ``runs`` (one row per pipeline run) and ``node_runs`` (status, rows, seconds, error
 and metrics JSON per node). Secrets are never written here: configs are not stored, only
 the pipeline name and file path, and operators keep secrets out of their metrics.
+
+A run killed with ``kill -9`` (or cut off with its machine) cannot say so itself, so each
+run records its owner (host, process id and the process's start time). A reader that finds
+a ``running`` run whose owner process is gone marks it ``interrupted``; so does the next
+run of the pipeline, which holds the pipeline's lock and so knows no other run is going.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import secrets
+import socket
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -17,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from segloop.errors import SegloopError
+
+log = logging.getLogger("segloop")
 
 # Each migration runs once, in order; never edit a released one, append a new one.
 MIGRATIONS: list[tuple[int, str]] = [
@@ -53,7 +63,64 @@ MIGRATIONS: list[tuple[int, str]] = [
         2,
         "ALTER TABLE runs ADD COLUMN trigger TEXT NOT NULL DEFAULT 'cli'",
     ),
+    (
+        3,
+        """
+        ALTER TABLE runs ADD COLUMN owner TEXT;
+        CREATE INDEX runs_status ON runs (status);
+        """,
+    ),
 ]
+RUNNING, INTERRUPTED = "running", "interrupted"
+
+
+def _process_start(pid: int) -> str | None:
+    """When a process started (clock ticks since boot, from /proc), to tell a reused pid
+    from the process that recorded it; None where /proc is not available."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()  # the command name may hold spaces and ')'
+    return fields[19] if len(fields) > 19 else None
+
+
+def _process_state(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2:][:1] or None
+
+
+def current_owner() -> str:
+    """This process as a run's owner: ``host:pid:start``."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_process_start(pid) or ''}"
+
+
+def owner_gone(owner: str | None) -> bool:
+    """True only when the owner certainly ended: same host, and no such process (or a
+    zombie, or another process that reuses its pid). Unknown owners count as alive."""
+    if not owner or os.name != "posix":  # os.kill(pid, 0) would terminate it on Windows
+        return False
+    parts = owner.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return False
+    host, pid_text, started = parts
+    if host != socket.gethostname():
+        return False  # another machine's process: the next run of the pipeline decides
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # exists, another user's
+    if _process_state(pid) == "Z":
+        return True
+    now_started = _process_start(pid)
+    return bool(started and now_started and now_started != started)
 
 
 def _now() -> str:
@@ -199,11 +266,46 @@ class RunStore:
         run_id = run_id or new_run_id()
         with self._db:
             self._db.execute(
-                "INSERT INTO runs (id, pipeline, file, warehouse, status, dry_run, started_at, trigger)"
-                " VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
-                (run_id, pipeline, file, warehouse, int(dry_run), _now(), trigger),
+                "INSERT INTO runs (id, pipeline, file, warehouse, status, dry_run, started_at, trigger, owner)"
+                " VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+                (run_id, pipeline, file, warehouse, int(dry_run), _now(), trigger, current_owner()),
             )
         return run_id
+
+    def record_skipped(self, pipeline: str, file: str | None, warehouse: str | None, dry_run: bool,
+                       trigger: str, run_id: str, reason: str) -> None:
+        """A trigger that did not run (the pipeline was busy), in one statement: never `running`."""
+        now = _now()
+        with self._db:
+            self._db.execute(
+                "INSERT INTO runs (id, pipeline, file, warehouse, status, dry_run, started_at, finished_at,"
+                " error, trigger) VALUES (?, ?, ?, ?, 'skipped', ?, ?, ?, ?, ?)",
+                (run_id, pipeline, file, warehouse, int(dry_run), now, now, reason, trigger),
+            )
+
+    def interrupt_runs(self, pipeline: str | None = None, except_run: str | None = None) -> list[str]:
+        """Mark ``running`` runs whose process is gone as ``interrupted``; returns their ids.
+
+        With ``pipeline``, every other ``running`` run of it is marked, whatever its owner:
+        the caller holds the pipeline's lock, so none of them can still be going.
+        """
+        rows = self._db.execute("SELECT id, pipeline, owner FROM runs WHERE status = ?", (RUNNING,)).fetchall()
+        gone = [row for row in rows if row["id"] != except_run
+                and ((pipeline is not None and row["pipeline"] == pipeline) or owner_gone(row["owner"]))]
+        if not gone:
+            return []
+        with self._db:
+            for row in gone:
+                owner = row["owner"] or ""
+                pid = owner.rsplit(":", 2)[1] if owner.count(":") >= 2 else "?"
+                self._db.execute(
+                    "UPDATE runs SET status = ?, error = ? WHERE id = ? AND status = ?",
+                    (INTERRUPTED, f"interrupted: the process running it (pid {pid}) ended before the run "
+                     "finished (killed, or its machine stopped); nodes without a result did not finish. "
+                     "Run the pipeline again (a Segment node resumes from its last checkpoint).",
+                     row["id"], RUNNING),
+                )
+        return [row["id"] for row in gone]
 
     def record_node(self, run_id: str, record: NodeRunRecord) -> None:
         with self._db:
@@ -233,6 +335,13 @@ class RunStore:
 
     # -- reading -------------------------------------------------------------------------
 
+    def _interrupt_dead_runs(self) -> None:
+        """Readers mark runs whose process is gone; a history they cannot write is still read."""
+        try:
+            self.interrupt_runs()
+        except sqlite3.OperationalError as exc:  # read-only file, or locked for 30 s
+            log.warning("could not mark interrupted runs in %s: %s", self.path, exc)
+
     def _run(self, row: sqlite3.Row) -> RunRecord:
         return RunRecord(
             id=row["id"],
@@ -254,6 +363,7 @@ class RunStore:
             query += " WHERE pipeline = ?"
             args = (pipeline,)
         query += " ORDER BY started_at DESC, rowid DESC LIMIT ?"
+        self._interrupt_dead_runs()
         runs = [self._run(row) for row in self._db.execute(query, (*args, limit))]
         for run in runs:
             run.nodes = self.node_runs(run.id)
@@ -278,6 +388,7 @@ class RunStore:
 
     def get_run(self, run_id: str) -> RunRecord:
         """A run by id, or by a unique prefix of its id, or `latest`."""
+        self._interrupt_dead_runs()
         if run_id == "latest":
             rows = self._db.execute("SELECT * FROM runs ORDER BY started_at DESC, rowid DESC LIMIT 1").fetchall()
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -83,8 +84,33 @@ def test_every_row_once_then_nothing_on_rerun(make_workspace, n: int) -> None:
     assert all(len(r.body["batch"]) <= 100 for r in fake.requests)
     second = run(root, fake)
     m = second.node("to_segment").metrics
-    assert m["sent"] == 0 and m["unchanged"] == n and m["skipped"] == n
+    assert m["sent"] == 0 and m["unchanged"] == n and "skipped" not in m  # one word for one count
     assert len(fake.delivered()) == n
+
+
+def test_a_rerun_says_unchanged_once_in_the_cli_show_and_report(make_workspace, tmp_path: Path, monkeypatch) -> None:
+    """One word per count: a re-run's rows are `unchanged` everywhere, never also `skipped`."""
+    from typer.testing import CliRunner
+
+    from segloop.cli import app
+    from segloop.segment.collector import serve_in_thread
+
+    with serve_in_thread({"wk-test-123": "crm"}, tmp_path / "collector") as collector:
+        root = setup(make_workspace, scores(300), PIPELINE + f"    endpoint: {collector.url}\n")
+        monkeypatch.chdir(root)
+        monkeypatch.setenv("COLUMNS", "200")
+        runner = CliRunner()
+        first = runner.invoke(app, ["run", "shop"])
+        assert first.exit_code == 0 and "sent=300" in first.output, first.output
+        again = runner.invoke(app, ["run", "shop"])
+    assert again.exit_code == 0 and "sent=0, unchanged=300" in again.output, again.output
+    shown = runner.invoke(app, ["show", "latest"]).output
+    assert "unchanged" in shown
+    [report] = sorted((root / ".segloop" / "runs").glob("*/report.html"))[-1:]
+    html = re.sub(r"<style.*?</style>", "", report.read_text(), flags=re.S)  # not its CSS classes
+    assert "unchanged" in html
+    for text in (again.output, shown, html):
+        assert "skipped" not in text
 
 
 def test_changed_rows_only_with_new_message_ids(make_workspace) -> None:
@@ -188,6 +214,46 @@ def test_on_removed_sends_an_event_for_customers_gone(make_workspace) -> None:
     assert m["removed"] == 2 and m["removed_sent"] == 2 and m["unchanged"] == 3
     gone = [msg for msg in fake.delivered() if msg["event"] == "Left Prediction Audience"]
     assert sorted(msg["userId"] for msg in gone) == ["162514336", "162514337"]
+    assert run(root, fake).node("to_segment").metrics["removed"] == 0
+
+
+def test_a_failed_change_is_retried_with_the_id_of_the_failed_send(make_workspace) -> None:
+    """Segment may have kept a batch whose answer was an error: the retry must dedupe with it."""
+    root = setup(make_workspace, scores(300))
+    fake = FakeSegment()
+    run(root, fake)
+    first_ids = set(fake.delivered_ids())
+    write_source(root, scores(300, bump=frozenset(range(0, 300, 2))))
+    fake.script[:] = [403] * 10  # Segment refuses this run's batches
+    failing = run(root, fake)
+    assert failing.node("to_segment").metrics["failed"] == 150
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        failed_ids = {r["message_id"] for r in wh.table("shop__to_segment__rejects").to_pyarrow().to_pylist()}
+    assert len(failed_ids) == 150 and failed_ids.isdisjoint(first_ids)  # a change is a new message
+    fake.script.clear()
+    retry = run(root, fake)
+    m = retry.node("to_segment").metrics
+    assert (m["retried"], m["sent"]) == (150, 150)
+    retried = {msg["messageId"]: msg for msg in fake.delivered() if msg["messageId"] not in first_ids}
+    assert set(retried) == failed_ids
+    assert {msg["properties"]["iphone"] for msg in retried.values()} == {0.834}
+
+
+def test_a_removal_that_failed_is_sent_next_run(make_workspace) -> None:
+    pipeline = PIPELINE + "    on_removed: Left Prediction Audience\n"
+    root = setup(make_workspace, scores(3), pipeline)
+    fake = FakeSegment()
+    run(root, fake)
+    write_source(root, scores(3).slice(0, 2))
+    fake.script[:] = [403]
+    failing = run(root, fake)
+    assert failing.node("to_segment").metrics["failed"] == 1
+    fake.script.clear()
+    again = run(root, fake).node("to_segment").metrics
+    assert (again["removed"], again["removed_sent"]) == (1, 1)
+    gone = [msg for msg in fake.delivered() if msg["event"] == "Left Prediction Audience"]
+    assert [msg["userId"] for msg in gone] == ["162514335"]
+    assert gone[0]["messageId"] == fake.requests[-2].body["batch"][0]["messageId"]  # the failed try's id
     assert run(root, fake).node("to_segment").metrics["removed"] == 0
 
 

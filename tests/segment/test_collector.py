@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from segloop.segment.archive import read_all_messages
-from segloop.segment.collector import RunningCollector, serve_in_thread
+from segloop.segment.collector import RunningCollector, serve_in_thread, summary
 
 KEY = "wk_test"
 OTHER_KEY = "wk_other"
@@ -240,7 +240,14 @@ def test_batch_over_2500_messages_gets_200_and_is_dropped_like_segment(client, c
     assert res.status_code == 200
     assert res.headers["X-Segloop-Dropped"] == "2501"
     assert archived(data_dir) == []
-    assert collector.stats["dropped"] == {"batch_over_2500_messages": 2501}
+    # Counted as refused for being over the limit, not as invalid messages (issue #23).
+    assert collector.stats["dropped"] == {}
+    assert collector.stats["over_limit"] == {"batches": 1, "messages": 2501}
+    invalid = [{"type": "track", "userId": "u"}, {"type": "track", "event": "E"}]
+    assert post_json(client, "/v1/batch", {"batch": invalid}).status_code == 200
+    line = summary(collector.stats)
+    assert "2 invalid messages dropped (1 missing event, 1 missing user id and anonymous id)" in line
+    assert "2,501 messages refused in 1 batch over Segment's 2,500-message limit" in line
 
 
 def test_batch_of_exactly_2500_messages_is_accepted(client, data_dir):
@@ -404,16 +411,17 @@ def test_archive_write_failure_is_a_500_and_the_next_request_succeeds(client, co
 
 
 def test_a_message_id_older_than_the_window_is_accepted_again(data_dir):
-    now = [1_800_000_000.0]  # a fake clock: the test moves time, not the machine's speed
-    with serve_in_thread({KEY: "web"}, data_dir, dedupe_window_s=60) as running, httpx.Client(
+    # A fake clock: on a loaded machine two requests can be further apart than a short window.
+    now = [1_000_000.0]
+    with serve_in_thread({KEY: "web"}, data_dir, dedupe_window_s=300) as running, httpx.Client(
         base_url=running.url, auth=(KEY, "")
     ) as http:
         running.collector.committer.clock = lambda: now[0]
         post_json(http, "/v1/batch", {"batch": [track(1)]})
-        now[0] += 59.9
+        now[0] += 299
         post_json(http, "/v1/batch", {"batch": [track(1)]})
         assert running.stats["deduped"] == 1
-        now[0] += 0.2  # 60.1 s after the first
+        now[0] += 2  # 301 s after the first acceptance
         post_json(http, "/v1/batch", {"batch": [track(1)]})
         assert running.stats["accepted"] == 2
     assert len(archived(data_dir)) == 2

@@ -71,3 +71,33 @@ def test_collector_command_without_keys_is_a_clear_error(tmp_path: Path):
     )
     assert proc.returncode == 1
     assert "--key WRITE_KEY=SOURCE_SCHEMA" in proc.stderr
+
+
+def test_collector_command_read_timeout_and_a_summary_that_says_why(tmp_path: Path):
+    import socket
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "segloop.cli", "collector", "--port", "0", "--key", "k1=web",
+         "--data", str(tmp_path / "data"), "--read-timeout", "1s", "--max-connections", "100"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as idle:
+            idle.sendall(b"POST /v1/batch HTTP/1.1\r\nHost: x\r\n")
+            assert idle.recv(100) == b""  # closed by the collector after --read-timeout
+        over = {"batch": [{"type": "track", "userId": "u", "event": "E"} for _ in range(2501)]}
+        invalid = {"batch": [{"type": "track", "userId": "u"}, {"type": "track", "event": "E"}]}
+        for body in (over, invalid):
+            res = httpx.post(f"{url}/v1/batch", content=orjson.dumps(body), auth=("k1", ""),
+                             headers={"Content-Type": "application/json"}, timeout=30)
+            assert res.status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+    text = " ".join(stderr.split())
+    assert "2 invalid messages dropped (1 missing event, 1 missing user id and anonymous id)" in text
+    assert "2,501 messages refused in 1 batch over Segment's 2,500-message limit" in text
+    assert "2,503" not in text

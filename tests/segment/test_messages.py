@@ -217,6 +217,17 @@ def test_rendered_message_id_is_reproducible_by_the_sync_layer() -> None:
     assert msg["messageId"] == m.message_id("p", "n", "162514333", m.payload_hash(msg))
 
 
+def test_the_same_row_after_an_acknowledged_send_is_a_new_message() -> None:
+    mapping = m.RowMapping(call="identify", traits=["iphone"], namespace=("p", "n"))
+    first = m.render_row(ROW, mapping)
+    later = m.render_row(ROW, mapping, previous_id="sl-earlier")
+    retry = m.render_row(ROW, mapping, previous_id="sl-earlier")
+    assert isinstance(first, dict) and isinstance(later, dict) and isinstance(retry, dict)
+    assert later["messageId"] != first["messageId"] and retry["messageId"] == later["messageId"]
+    assert later["messageId"] == m.message_id("p", "n", "162514333", m.payload_hash(later), "sl-earlier")
+    assert {k: v for k, v in later.items() if k != "messageId"} == {k: v for k, v in first.items() if k != "messageId"}
+
+
 @pytest.mark.parametrize(("options", "problem"), [
     ({"call": "track"}, "event"),
     ({"call": "group", "event": None}, "group_id"),

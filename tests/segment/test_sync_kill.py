@@ -101,3 +101,60 @@ def test_kill_9_mid_run_then_rerun_delivers_every_row_once(make_workspace, tmp_p
         third = segloop_run(root)
         output, _ = third.communicate(timeout=60)
         assert third.returncode == 0 and collector.stats["received"] == stats["received"], output
+
+
+FLIP_ROWS = 10_000
+
+
+def write_scores(root: Path, score: float) -> None:
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        wh.create_table("scores", pa.table({
+            "user_id": [f"u{i}" for i in range(FLIP_ROWS)],
+            "score": [score] * FLIP_ROWS,
+            "segment": ["s"] * FLIP_ROWS,
+        }), schema="src")
+
+
+@pytest.mark.slow
+def test_kill_9_while_values_change_back_then_rerun_delivers_every_change_once(
+        make_workspace, tmp_path: Path) -> None:
+    """1 -> 2 -> 1 (killed mid-send, run again): the third value arrives once for every user.
+
+    The third run's messages have the first run's payloads, so only the previous acknowledged
+    id tells them apart from the first run's; the re-run after the kill must derive the same
+    ids again, so the collector drops what the killed run had already delivered.
+    """
+    with serve_in_thread({KEY: "crm"}, tmp_path / "collector", latency_ms=15) as collector:
+        root = make_workspace({"shop": PIPELINE.format(url=collector.url)})
+        for score in (1.0, 2.0):
+            write_scores(root, score)
+            done = segloop_run(root)
+            output, _ = done.communicate(timeout=120)
+            assert done.returncode == 0, output
+        assert collector.stats["accepted"] == 2 * FLIP_ROWS
+
+        write_scores(root, 1.0)
+        killed = segloop_run(root)
+        deadline = time.monotonic() + 60
+        while collector.stats["accepted"] < 2 * FLIP_ROWS + FLIP_ROWS // 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(10)
+        at_kill = collector.stats["accepted"] - 2 * FLIP_ROWS
+        assert 0 < at_kill < FLIP_ROWS, "the kill must land mid-run"
+
+        rerun = segloop_run(root)
+        output, _ = rerun.communicate(timeout=120)
+        assert rerun.returncode == 0, output
+        stats = collector.stats
+
+    archived = sorted((m for m in read_all_messages(tmp_path / "collector") if m.get("type") == "identify"),
+                      key=lambda m: m["receivedAt"])
+    assert len(archived) == 3 * FLIP_ROWS == stats["accepted"]
+    per_user: dict[str, list[float]] = {}
+    for m in archived:
+        per_user.setdefault(m["userId"], []).append(m["traits"]["score"])
+    assert per_user == {f"u{i}": [1.0, 2.0, 1.0] for i in range(FLIP_ROWS)}  # every change, once
+    assert len({m["messageId"] for m in archived}) == 3 * FLIP_ROWS
+    resent = stats["received"] - 3 * FLIP_ROWS
+    assert resent == stats["deduped"] and resent < at_kill

@@ -8,7 +8,9 @@ name, the properties (columns) and the customer id column. A row
 
 Only new, changed and unacknowledged rows are sent (``mode: diff``, see segment/sync.py);
 each acknowledged batch is checkpointed, so a killed run resumes where it stopped, and
-message ids are deterministic, so whatever is sent twice is dropped by Segment's dedupe.
+message ids are deterministic: a retry of an unacknowledged send keeps its id, so Segment's
+dedupe drops what is sent twice, while a new send (a value that changes back too) gets a new
+id, derived from the key's last acknowledged one (docs/sync.md, "Message ids").
 Rejected and failed rows go to ``<pipeline>__<node>__rejects`` with the reason and payload.
 """
 
@@ -182,7 +184,6 @@ class SegmentOperator(Operator):
         return {
             "mode": plan.mode, "rows": rows, "new": c.get("new", 0), "changed": c.get("changed", 0),
             "retried": c.get("retry", 0), "unchanged": c.get("unchanged", 0),
-            "skipped": c.get("unchanged", 0) if plan.mode == "diff" else 0,
             "duplicate_keys": c.get("duplicate", 0), "missing_key": c.get("no_key", 0),
             "removed": plan.removed_keys, "to_send": plan.to_send,
         }
@@ -193,10 +194,11 @@ class SegmentOperator(Operator):
         mapping = self.mapping(ctx)
         for chunk in state.pending_chunks():
             for i, row in enumerate(chunk.to_pylist()):
-                message = render_row(row, mapping)
+                previous = row["_prev_id"]
+                message = render_row(row, mapping, previous)
                 # A queued message carries its payload; only a local rejection needs the row
                 # (for the rejects table), so queued refs do not keep 10,000 rows alive.
-                yield (row["_key"], row["_hash"], row if type(message) is Rejection else None), message
+                yield (row["_key"], row["_hash"], previous, row if type(message) is Rejection else None), message
                 if i % 512 == 511:
                     delivery.maybe_checkpoint()
             delivery.maybe_checkpoint()
@@ -212,8 +214,12 @@ class SegmentOperator(Operator):
                     msg = build("identify", user_id=row["key"], traits=dict.fromkeys(names), context=self.cfg.context)
                 else:
                     msg = build("track", user_id=row["key"], event=self.cfg.on_removed, context=self.cfg.context)
-                msg["messageId"] = message_id(ctx.pipeline, ctx.node, "removed", row["key"], payload_hash(msg))
-                yield (row["key"], row["payload_hash"], {"_removed": True}), msg
+                # The key's last acknowledged id is part of the id, as for rows: a customer who
+                # leaves, comes back and leaves again gets a second removal message.
+                previous = row["previous_id"]
+                msg["messageId"] = message_id(ctx.pipeline, ctx.node, "removed", row["key"], payload_hash(msg),
+                                              *([previous] if previous else []))
+                yield (row["key"], row["payload_hash"], previous, {"_removed": True}), msg
 
     def render_samples(self, state: SyncState, ctx: RunContext, limit: int | None = None) -> list[dict[str, Any]]:
         """The first payloads the next run would send (for --dry-run and `segloop preview`)."""
@@ -223,7 +229,7 @@ class SegmentOperator(Operator):
         wanted = limit or self.SAMPLE_PAYLOADS
         samples: list[dict[str, Any]] = []
         for row in state.sample(wanted).to_pylist():
-            message = render_row(row, mapping)
+            message = render_row(row, mapping, row.get("_prev_id"))  # the id the run would send
             if isinstance(message, Rejection):
                 samples.append({"rejected": message.reason, "detail": message.detail, "key": row["_key"]})
             else:
@@ -303,12 +309,14 @@ class _Delivery:
         rejects: list[dict[str, Any]] = []
         error = None if status == SENT else f"{outcome.reason}: {outcome.detail}"
         for item in items:
-            key, payload_hash, row = item.ref
+            key, payload_hash, previous, row = item.ref
             if key is not None:
                 keys.append(key)
                 hashes.append(payload_hash)
                 statuses.append(REMOVED if status == SENT and type(row) is dict and row.get("_removed") else status)
-                ids.append(item.message_id or None)
+                # The state keeps the key's last *acknowledged* id: a retry of this message
+                # derives the same id from it (the failed id is in the rejects table).
+                ids.append((item.message_id or None) if status == SENT else previous)
             if status != SENT:
                 rejects.append({
                     "key": key, "status": status, "reason": outcome.reason or status,

@@ -6,9 +6,14 @@ It answers as Segment does (see docs/collector.md for the few places it is stric
 (`<data>/segment-logs/<source>/<day>/<file>.gz`) and fsynced first. Concurrent requests
 are group-committed by one commit thread, so one fsync covers many requests.
 
-Request checks live in ``collector_requests`` (pure functions); this module holds the
-dedupe store, the commit thread, stats, the Starlette app, and ways to run it (the CLI's
-``run_forever`` and ``serve_in_thread`` for tests and the demo).
+analytics.js (``@segment/analytics-next``) works against it too: its short paths
+(``/v1/t``, ``/v1/b``...), its settings fetch (``/v1/projects/<writeKey>/settings``, which
+points the page back here) and its metrics posts (``/v1/m``, counted apart).
+
+Request checks live in ``collector_requests`` (pure functions), the dedupe store and the
+commit thread in ``collector_commit``, timeouts and connection limits in
+``collector_server``; this module holds the stats, the Starlette app, and ways to run it
+(the CLI's ``run_forever`` and ``serve_in_thread`` for tests and the demo).
 """
 
 from __future__ import annotations
@@ -16,15 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
 import random
-import socket
-import sqlite3
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,15 +33,24 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from segloop.errors import ConfigError, WarehouseLockedError
 from segloop.segment.archive import ArchiveWriter, day_partition
+from segloop.segment.collector_commit import CommitResult, Committer, DedupeStore
 from segloop.segment.collector_requests import (
     CALL_TYPES,
+    SHORT_PATHS,
     BadRequest,
     Limits,
     Prepared,
+    analytics_js_settings,
     decode_body,
     parse_json,
     prepare,
     write_key_from,
+)
+from segloop.segment.collector_server import (
+    ConnectionGuard,
+    ServerLimits,
+    bind_socket,
+    uvicorn_server,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -53,164 +63,6 @@ log = logging.getLogger("segloop.collector")
 __all__ = ["Collector", "CollectorSettings", "Limits", "RunningCollector", "serve_in_thread"]
 
 
-# -- dedupe -------------------------------------------------------------------------------
-
-
-class DedupeStore:
-    """messageIds seen in the last window, in SQLite under the data folder (survives restarts).
-
-    Used only from the commit thread. Written after the archive is fsynced: a crash in
-    between can let a retried message into the archive twice, which the loader dedupes on
-    `id`; the opposite order could lose a message.
-    """
-
-    PRUNE_EVERY_S = 300.0
-    _CHUNK = 500
-
-    def __init__(self, path: Path, window_s: float):
-        self.window_ms = int(window_s * 1000)
-        self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS seen (message_id TEXT PRIMARY KEY, seen_ms INTEGER NOT NULL)"
-        )
-        self.db.execute("CREATE INDEX IF NOT EXISTS seen_by_time ON seen (seen_ms)")
-        self._last_prune = 0.0
-
-    def seen(self, ids: list[str], now_ms: int) -> set[str]:
-        if self.window_ms <= 0:
-            return set()
-        cutoff = now_ms - self.window_ms
-        found: set[str] = set()
-        unique = list(dict.fromkeys(ids))
-        for start in range(0, len(unique), self._CHUNK):
-            chunk = unique[start : start + self._CHUNK]
-            marks = ",".join("?" * len(chunk))
-            rows = self.db.execute(
-                f"SELECT message_id FROM seen WHERE seen_ms >= ? AND message_id IN ({marks})",
-                [cutoff, *chunk],
-            )
-            found.update(row[0] for row in rows)
-        return found
-
-    def add(self, ids: list[str], now_ms: int) -> None:
-        if self.window_ms <= 0 or not ids:
-            return
-        self.db.execute("BEGIN")
-        self.db.executemany(
-            "INSERT OR REPLACE INTO seen (message_id, seen_ms) VALUES (?, ?)",
-            [(i, now_ms) for i in ids],
-        )
-        self.db.execute("COMMIT")
-        if time.monotonic() - self._last_prune > self.PRUNE_EVERY_S:
-            self._last_prune = time.monotonic()
-            self.db.execute("DELETE FROM seen WHERE seen_ms < ?", [now_ms - self.window_ms])
-
-    def close(self) -> None:
-        self.db.close()
-
-
-# -- commit thread ------------------------------------------------------------------------
-
-
-@dataclass
-class CommitResult:
-    accepted: int
-    deduped: int
-
-
-@dataclass
-class _Pending:
-    source: str
-    day_ms: int
-    lines: list[tuple[str, bytes]]
-    future: Future[CommitResult]
-
-
-class Committer:
-    """One thread that dedupes, appends and fsyncs everything queued since its last fsync."""
-
-    def __init__(self, writer: ArchiveWriter, dedupe: DedupeStore):
-        self.writer = writer
-        self.dedupe = dedupe
-        self.clock: Callable[[], float] = time.time  # the dedupe window's clock; tests move it
-        self._queue: queue.Queue[_Pending | None] = queue.Queue()
-        self._lock = threading.Lock()  # held while writing; rotate() takes it too
-        self.commits = 0
-        self._thread = threading.Thread(target=self._run, name="segloop-commit", daemon=True)
-        self._thread.start()
-
-    def submit(self, source: str, day_ms: int, lines: list[tuple[str, bytes]]) -> Future[CommitResult]:
-        future: Future[CommitResult] = Future()
-        self._queue.put(_Pending(source, day_ms, lines, future))
-        return future
-
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            group = [first]
-            stop = False
-            while True:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                group.append(more)
-            self._commit(group)
-            if stop:
-                return
-
-    def _commit(self, group: list[_Pending]) -> None:
-        now_ms = int(self.clock() * 1000)
-        try:
-            with self._lock:
-                already = self.dedupe.seen([mid for p in group for mid, _ in p.lines], now_ms)
-                fresh: set[str] = set()
-                dedupe_on = self.dedupe.window_ms > 0
-                files: dict[tuple[str, int], list[bytes]] = {}
-                results: list[CommitResult] = []
-                for pending in group:
-                    accepted = deduped = 0
-                    for message_id, line in pending.lines:
-                        if message_id in already or message_id in fresh:
-                            deduped += 1
-                            continue
-                        if dedupe_on:
-                            fresh.add(message_id)
-                        files.setdefault((pending.source, pending.day_ms), []).append(line)
-                        accepted += 1
-                    results.append(CommitResult(accepted, deduped))
-                self.writer.append(files)
-                self.dedupe.add(list(fresh), now_ms)
-                self.commits += 1
-        except Exception as exc:  # disk full, permissions: every waiter gets a 500
-            log.error("could not write the archive: %s", exc)
-            # Later writes go to fresh files, never after a member that may be half written.
-            with contextlib.suppress(OSError):
-                self.writer.rotate()
-            for pending in group:
-                pending.future.set_exception(exc)
-            return
-        for pending, result in zip(group, results, strict=True):
-            pending.future.set_result(result)
-
-    def rotate(self) -> None:
-        with self._lock:
-            self.writer.rotate()
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        self.writer.close()
-        self.dedupe.close()
-
-
 # -- stats --------------------------------------------------------------------------------
 
 
@@ -219,7 +71,8 @@ class SourceStats:
     received: int = 0
     accepted: int = 0
     deduped: int = 0
-    dropped: Counter[str] = field(default_factory=Counter)
+    dropped: Counter[str] = field(default_factory=Counter)  # invalid messages, by reason
+    over_limit: Counter[str] = field(default_factory=Counter)  # batches over 2,500 messages
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -227,6 +80,8 @@ class SourceStats:
             "accepted": self.accepted,
             "deduped": self.deduped,
             "dropped": dict(self.dropped),
+            "over_limit": {"batches": self.over_limit["batches"],
+                           "messages": self.over_limit["messages"]},
         }
 
 
@@ -234,26 +89,61 @@ class SourceStats:
 class Stats:
     """Counters since the collector started (messages and requests)."""
 
+    MAX_PATHS: ClassVar[int] = 100  # distinct unknown paths remembered; the rest count as "other"
+
     started: float = field(default_factory=time.time)
     total: SourceStats = field(default_factory=SourceStats)
     sources: dict[str, SourceStats] = field(default_factory=dict)
     requests: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)
+    not_found: Counter[str] = field(default_factory=Counter)  # "METHOD /path" -> count
+    metrics_posts: int = 0  # analytics.js's own telemetry (/v1/m), never archived
     loads: int = 0
     loads_skipped: int = 0  # rounds that found the warehouse file held by another process
     last_load: dict[str, Any] | None = None
+
+    def count_not_found(self, method: str, path: str) -> bool:
+        """Count a request for an unknown path; True the first time this path is seen."""
+        key = f"{method} {path[:200]}"
+        if key not in self.not_found and len(self.not_found) >= self.MAX_PATHS:
+            key = "other"
+        first = key not in self.not_found
+        self.not_found[key] += 1
+        return first and key != "other"
 
     def as_dict(self) -> dict[str, Any]:
         return {
             **self.total.as_dict(),
             "requests": dict(self.requests),
             "rejected_requests": dict(self.rejected),
+            "not_found": dict(self.not_found),
+            "metrics_posts": self.metrics_posts,
             "sources": {name: s.as_dict() for name, s in sorted(self.sources.items())},
             "uptime_s": round(time.time() - self.started, 3),
             "loads": self.loads,
             "loads_skipped": self.loads_skipped,
             "last_load": self.last_load,
         }
+
+
+def summary(stats: dict[str, Any]) -> str:
+    """One line for the end of `segloop collector`: what was kept, dropped and refused, and why."""
+    dropped = stats["dropped"]
+    parts = [f"{stats['accepted']:,} messages accepted", f"{stats['deduped']:,} duplicates dropped"]
+    invalid = sum(dropped.values())
+    reasons = ", ".join(f"{n:,} {why.replace('_', ' ')}" for why, n in sorted(dropped.items()))
+    parts.append(f"{invalid:,} invalid messages dropped" + (f" ({reasons})" if reasons else ""))
+    over = stats["over_limit"]
+    if over["batches"]:
+        parts.append(
+            f"{over['messages']:,} messages refused in {over['batches']:,} "
+            f"batch{'es' if over['batches'] != 1 else ''} over Segment's 2,500-message limit "
+            "(send at most 2,500 per batch)"
+        )
+    parts.append(f"{sum(stats['rejected_requests'].values()):,} requests refused")
+    if stats["not_found"]:
+        parts.append(f"{sum(stats['not_found'].values()):,} requests to unknown paths")
+    return "collector stopped: " + ", ".join(parts)
 
 
 # -- settings and app ---------------------------------------------------------------------
@@ -292,6 +182,9 @@ class CollectorSettings:
     load_every_s: float | None = None
     loader: Callable[[Path], Any] | None = None  # called with the data dir on each load
     fsync: bool = True
+    header_timeout_s: float = 30.0  # a client must finish its request head within this
+    body_timeout_s: float = 30.0  # ... and send its whole body within this (else 408)
+    max_connections: int = 1000  # never more than `ulimit -n` leaves room for
 
     SOURCE_NAME: ClassVar[str] = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -310,6 +203,13 @@ class CollectorSettings:
                 )
         if not 0.0 <= self.fail_rate <= 1.0:
             raise ConfigError(f"--fail-rate must be between 0 and 1, not {self.fail_rate}")
+        if self.header_timeout_s <= 0 or self.body_timeout_s <= 0 or self.max_connections < 1:
+            raise ConfigError("the collector's read timeouts and --max-connections must be positive")
+
+    def limits(self) -> ServerLimits:
+        return ServerLimits(header_timeout_s=self.header_timeout_s,
+                            body_timeout_s=self.body_timeout_s,
+                            max_connections=self.max_connections)
 
 
 class Collector:
@@ -326,6 +226,7 @@ class Collector:
         writer = ArchiveWriter(self.data_dir, fsync=settings.fsync)
         dedupe = DedupeStore(self.data_dir / "dedupe.sqlite", settings.dedupe_window_s)
         self.committer = Committer(writer, dedupe)
+        self.guard = ConnectionGuard(settings.limits())
         self._rate_window = (0, 0)
         self._stop = threading.Event()
         self._load_lock = threading.Lock()
@@ -412,6 +313,11 @@ class Collector:
         except BadRequest as exc:
             self.stats.rejected[exc.reason] += 1
             return self._answer(PlainTextResponse(f"Bad Request: {exc}", 400))
+        except TimeoutError:
+            self.stats.rejected["body_timeout"] += 1
+            return self._answer(PlainTextResponse(
+                f"Request Timeout: the body did not arrive within {settings.body_timeout_s:g} s",
+                408, headers={"Connection": "close"}))
         write_key = write_key_from(request.headers.get("authorization"), body)
         source = settings.keys.get(write_key) if write_key else None
         if source is None:
@@ -440,10 +346,13 @@ class Collector:
                 )
         self._count(source, prepared, result)
         headers = {}
-        if prepared.dropped:
-            headers["X-Segloop-Dropped"] = str(sum(prepared.dropped.values()))
-            if "batch_over_2500_messages" in prepared.dropped:
-                log.warning("a batch of %d messages was dropped (over 2,500)", prepared.received)
+        if prepared.dropped or prepared.over_limit:
+            headers["X-Segloop-Dropped"] = str(sum(prepared.dropped.values()) + prepared.over_limit)
+        if prepared.over_limit:
+            log.warning(
+                "a batch of %d messages to source `%s` was refused whole: Segment's limit is "
+                "2,500 messages per batch (Segment answers 200 and drops it too); the sender "
+                "should send smaller batches", prepared.over_limit, source)
         return self._answer(JSONResponse({"success": True}, headers=headers))
 
     async def _read_json(self, request: Request) -> tuple[dict[str, Any], int]:
@@ -453,18 +362,65 @@ class Collector:
                 "wrong_content_type",
                 f"Content-Type must be application/json, not `{content_type or 'missing'}`",
             )
+        raw = await self._read_body(request)
+        return parse_json(raw), len(raw)
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The decoded body, at most 500 KB, all of it within the body timeout."""
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > Limits.MAX_REQUEST_BYTES:
             raise BadRequest("request_too_large", "the request is over 500 KB")
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > Limits.MAX_REQUEST_BYTES:
-                raise BadRequest("request_too_large", "the request is over 500 KB")
-            chunks.append(chunk)
-        raw = decode_body(b"".join(chunks), request.headers.get("content-encoding"))
-        return parse_json(raw), len(raw)
+        async with asyncio.timeout(self.settings.body_timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > Limits.MAX_REQUEST_BYTES:
+                    raise BadRequest("request_too_large", "the request is over 500 KB")
+                chunks.append(chunk)
+        return decode_body(b"".join(chunks), request.headers.get("content-encoding"))
+
+    async def metrics(self, request: Request) -> Response:
+        """analytics.js's own telemetry (`/v1/m`): read (bounded), counted, never archived."""
+        from starlette.responses import JSONResponse, PlainTextResponse
+
+        try:
+            await self._read_body(request)
+        except BadRequest as exc:
+            self.stats.rejected[exc.reason] += 1
+            return self._answer(PlainTextResponse(f"Bad Request: {exc}", 400))
+        except TimeoutError:
+            self.stats.rejected["body_timeout"] += 1
+            return self._answer(PlainTextResponse("Request Timeout", 408, headers={"Connection": "close"}))
+        self.stats.metrics_posts += 1
+        return self._answer(JSONResponse({"success": True}))
+
+    async def project_settings(self, request: Request) -> Response:
+        """`/v1/projects/<writeKey>/settings`: analytics.js's start-up settings, pointing here."""
+        from starlette.responses import JSONResponse, PlainTextResponse
+
+        write_key = request.path_params["write_key"]
+        if write_key not in self.settings.keys:
+            self.stats.rejected["unknown_write_key"] += 1
+            return self._answer(PlainTextResponse(
+                "Not Found: no source has this write key; start the collector with "
+                "--key WRITE_KEY=SOURCE_SCHEMA", 404))
+        server = request.scope.get("server") or ("127.0.0.1", 0)
+        body = analytics_js_settings(write_key, request.headers.get("host"), request.url.scheme,
+                                     f"{server[0]}:{server[1]}")
+        return self._answer(JSONResponse(body))
+
+    async def not_found(self, request: Request, status: int = 404) -> Response:
+        """An unknown path (404) or method (405): counted in /stats, logged once per path."""
+        from starlette.responses import PlainTextResponse
+
+        if self.stats.count_not_found(request.method, request.url.path):
+            text = "no such endpoint" if status == 404 else "method not allowed"
+            log.warning("%s %s: %s (%d); /stats counts these under `not_found`. Senders post "
+                        "to /v1/batch, /v1/<call> or analytics.js's /v1/<letter>.",
+                        request.method, request.url.path[:200], text, status)
+        text = "Not Found" if status == 404 else "Method Not Allowed"
+        return self._answer(PlainTextResponse(text, status))
 
     def _count(self, source: str, prepared: Prepared, result: CommitResult) -> None:
         for stats in (self.stats.total, self.stats.sources.setdefault(source, SourceStats())):
@@ -472,29 +428,42 @@ class Collector:
             stats.accepted += result.accepted
             stats.deduped += result.deduped
             stats.dropped.update(prepared.dropped)
+            if prepared.over_limit:
+                stats.over_limit["batches"] += 1
+                stats.over_limit["messages"] += prepared.over_limit
 
     def stats_dict(self) -> dict[str, Any]:
-        """/stats: message and request counters, plus fsynced commits (group commit at work)."""
-        return {**self.stats.as_dict(), "commits": self.committer.commits}
+        """/stats: message and request counters, fsynced commits (group commit at work), connections."""
+        return {**self.stats.as_dict(), "commits": self.committer.commits,
+                "connections": self.guard.as_dict()}
 
     def _answer(self, response: Response) -> Response:
         self.stats.requests[str(response.status_code)] += 1
         return response
 
     def app(self) -> Starlette:
+        """The Starlette app: ingestion paths (with CORS) and /health, /stats, /openapi.json (without)."""
         from starlette.applications import Starlette
-        from starlette.middleware import Middleware
         from starlette.middleware.cors import CORSMiddleware
         from starlette.responses import JSONResponse
-        from starlette.routing import Route
+        from starlette.routing import Route, request_response
+        from starlette.types import ASGIApp
 
         from segloop.segment.collector_openapi import openapi_spec
 
-        def endpoint(call: str | None) -> Callable[[Request], Any]:
+        def cors(handler: Callable[[Request], Any]) -> ASGIApp:
+            # Browsers (analytics.js) post cross-origin, as they do to api.segment.io. Only
+            # these paths answer other origins: /stats and the rest are not theirs to read.
+            return CORSMiddleware(request_response(handler), allow_origins=["*"],
+                                  allow_methods=["GET", "POST"], allow_headers=["*"], max_age=3600)
+
+        def endpoint(call: str | None) -> ASGIApp:
             async def handler(request: Request) -> Response:
+                if request.method != "POST":  # an OPTIONS that is no CORS preflight
+                    return await self.not_found(request, 405)
                 return await self.handle(request, call)
 
-            return handler
+            return cors(handler)
 
         async def health(request: Request) -> Response:
             return JSONResponse({"status": "ok"})
@@ -505,19 +474,28 @@ class Collector:
         async def spec(request: Request) -> Response:
             return JSONResponse(openapi_spec())
 
+        post = ["POST", "OPTIONS"]
         routes = [
-            Route("/v1/batch", endpoint(None), methods=["POST"]),
-            Route("/v1/import", endpoint(None), methods=["POST"]),
-            *[Route(f"/v1/{call}", endpoint(call), methods=["POST"]) for call in CALL_TYPES],
+            Route("/v1/batch", endpoint(None), methods=post),
+            Route("/v1/import", endpoint(None), methods=post),
+            Route("/v1/b", endpoint(None), methods=post),
+            *[Route(f"/v1/{call}", endpoint(call), methods=post) for call in CALL_TYPES],
+            *[Route(f"/v1/{letter}", endpoint(call), methods=post) for letter, call in SHORT_PATHS.items()],
+            Route("/v1/m", cors(self.metrics), methods=post),
+            Route("/v1/projects/{write_key}/settings", cors(self.project_settings),
+                  methods=["GET", "OPTIONS"]),
             Route("/health", health, methods=["GET"]),
             Route("/stats", stats, methods=["GET"]),
             Route("/openapi.json", spec, methods=["GET"]),
         ]
-        # Browsers (analytics.js) post cross-origin, as they do to api.segment.io.
-        cors = Middleware(
-            CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST"], allow_headers=["*"]
-        )
-        return Starlette(routes=routes, middleware=[cors])
+        app = Starlette(routes=routes)
+
+        async def not_found(request: Request, exc: Exception) -> Response:
+            return await self.not_found(request, getattr(exc, "status_code", 404))
+
+        app.add_exception_handler(404, not_found)
+        app.add_exception_handler(405, not_found)
+        return app
 
 
 # -- running ------------------------------------------------------------------------------
@@ -536,37 +514,6 @@ class RunningCollector:
         return self.collector.stats_dict()
 
 
-def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Accepted sockets inherit this; without it small responses wait ~40 ms for a delayed ACK.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
-def _uvicorn_server(app: Any, sock: socket.socket) -> Any:
-    import uvicorn
-
-    host, port = sock.getsockname()[:2]
-    config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
-        timeout_keep_alive=30,
-    )
-    class _Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            super().handle_exit(sig, frame)
-            # uvicorn re-raises the signal once shut down, which would kill the process
-            # before the archive is closed and the last load runs; return normally instead.
-            captured = getattr(self, "_captured_signals", None)
-            if isinstance(captured, list):
-                captured.clear()
-
-    return _Server(config)
-
-
 @contextlib.contextmanager
 def serve_in_thread(
     keys: dict[str, str], data_dir: str | Path, **options: Any
@@ -574,13 +521,14 @@ def serve_in_thread(
     """Run a collector on a free 127.0.0.1 port in a background thread; yields its URL.
 
     ``options`` are CollectorSettings fields (dedupe_window_s, latency_ms, fail_rate,
-    rate_limit, load_every_s, loader, fsync). Leaving the block stops the server and
+    rate_limit, load_every_s, loader, fsync, header_timeout_s, body_timeout_s,
+    max_connections). Leaving the block stops the server and
     flushes the archive.
     """
     collector = Collector(CollectorSettings(keys=dict(keys), data_dir=Path(data_dir), **options))
     sock = bind_socket()
     port = sock.getsockname()[1]
-    server = _uvicorn_server(collector.app(), sock)
+    server = uvicorn_server(collector.app(), sock, collector.guard)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="segloop-collector", daemon=True
     )
@@ -610,7 +558,7 @@ def run_forever(
     collector = Collector(settings)
     sock = bind_socket(host, port)
     bound = sock.getsockname()[1]
-    server = _uvicorn_server(collector.app(), sock)
+    server = uvicorn_server(collector.app(), sock, collector.guard)
     announce(f"http://{host}:{bound}")
     try:
         server.run(sockets=[sock])

@@ -55,6 +55,7 @@ def _responses() -> dict[str, Any]:
             "content": text,
         },
         "401": {"description": "Missing or unknown write key.", "content": text},
+        "408": {"description": "The body did not arrive within the read timeout.", "content": text},
         "429": {
             "description": "Over --rate-limit requests per second; see Retry-After.",
             "content": text,
@@ -91,9 +92,32 @@ def openapi_spec() -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/v1/batch": _post("Send a batch of messages", batch),
         "/v1/import": _post("Old name of /v1/batch", batch),
+        "/v1/b": _post("analytics.js's batch path (same as /v1/batch)", batch),
     }
     for call in _CALLS:
         paths[f"/v1/{call}"] = _post(f"Send one {call} call", _message_schema(call))
+        paths[f"/v1/{call[0]}"] = _post(f"analytics.js's path for one {call} call", _message_schema(call))
+    paths["/v1/m"] = {
+        "post": {
+            "summary": "analytics.js's own metrics: answered, counted in /stats, never archived",
+            "requestBody": {"required": True, "content": {"text/plain": {"schema": {"type": "string"}}}},
+            "responses": {
+                "200": {"description": "Counted", "content": {"application/json": {"schema": {"type": "object"}}}},
+                "400": {"description": "Over 500 KB", "content": {"text/plain": {"schema": {"type": "string"}}}},
+            },
+        }
+    }
+    paths["/v1/projects/{writeKey}/settings"] = {
+        "get": {
+            "summary": "analytics.js's settings (cdnURL), with Segment.io's apiHost pointing here",
+            "parameters": [{"name": "writeKey", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {
+                "200": {"description": "Settings", "content": {"application/json": {"schema": {"type": "object"}}}},
+                "404": {"description": "No source has this write key",
+                        "content": {"text/plain": {"schema": {"type": "string"}}}},
+            },
+        }
+    }
     paths["/health"] = {
         "get": {
             "summary": "Liveness",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import uuid
 import zlib
 from collections import Counter
@@ -21,6 +22,9 @@ import orjson
 from segloop.segment.schema import parse_timestamp
 
 CALL_TYPES = ("identify", "track", "page", "screen", "group", "alias")
+# analytics.js posts each call to `<apiHost>/<first letter of its type>`; `/b` is a batch.
+SHORT_PATHS = {call[0]: call for call in CALL_TYPES}
+_HOST = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
 
 
 class Limits:
@@ -101,6 +105,7 @@ class Prepared:
     lines: list[tuple[str, bytes]] = field(default_factory=list)  # (messageId, NDJSON line)
     dropped: Counter[str] = field(default_factory=Counter)
     received: int = 0
+    over_limit: int = 0  # messages of a batch refused whole for being over 2,500 messages
 
 
 def _has_id(value: Any) -> bool:
@@ -196,7 +201,7 @@ def prepare(
     if len(items) > Limits.MAX_BATCH_MESSAGES:
         # Segment answers 200 and silently rejects the whole batch; we do the same so
         # senders see what they would see in production, but count it and log it.
-        prepared.dropped["batch_over_2500_messages"] = len(items)
+        prepared.over_limit = len(items)
         return prepared
     for item in items:
         if not isinstance(item, dict):
@@ -214,3 +219,41 @@ def prepare(
             continue
         prepared.lines.append((stamped["messageId"], line))
     return prepared
+
+
+def analytics_js_settings(write_key: str, host: str | None, scheme: str, fallback_host: str) -> dict[str, Any]:
+    """What analytics.js fetches from `<cdnURL>/v1/projects/<writeKey>/settings`.
+
+    Segment's CDN answers with the source's destinations; here the only destination is
+    Segment.io itself, with ``apiHost`` pointing back at this collector (the host the
+    browser reached it by), so a page given the collector as ``cdnURL`` also sends its
+    events here. ``metrics.sampleRate`` 0: analytics.js's own telemetry is of no use to
+    the collector's users (posts to ``/v1/m`` are still answered, see the collector).
+    """
+    if not host or not _HOST.match(host):
+        host = fallback_host
+    api_host = f"{host}/v1"
+    return {
+        "integrations": {
+            "Segment.io": {
+                "apiKey": write_key,
+                "apiHost": api_host,
+                "protocol": "https" if scheme == "https" else "http",
+                "unbundledIntegrations": [],
+                "addBundledMetadata": True,
+                "maybeBundledConfigIds": {},
+            }
+        },
+        "plan": {
+            "track": {"__default": {"enabled": True, "integrations": {}}},
+            "identify": {"__default": {"enabled": True}},
+            "group": {"__default": {"enabled": True}},
+        },
+        "edgeFunction": {},
+        "analyticsNextEnabled": True,
+        "middlewareSettings": {},
+        "enabledMiddleware": {},
+        "metrics": {"sampleRate": 0, "host": api_host},
+        "legacyVideoPluginsEnabled": False,
+        "remotePlugins": [],
+    }

@@ -116,9 +116,11 @@ def payload_hash(message: Mapping[str, Any]) -> str:
 def message_id(*parts: object) -> str:
     """A deterministic messageId (35 characters) from namespace parts and a payload hash.
 
-    Typical use: ``message_id(pipeline, node, customer_key, payload_hash(message))``, so a
-    row re-sent unchanged gets the same id and Segment drops the duplicate.
-    Parts are length-prefixed, so ``("a", "bc")`` and ``("ab", "c")`` differ.
+    Typical use: ``message_id(pipeline, node, customer_key, payload_hash(message))`` for a
+    key's first send, plus the key's previous acknowledged messageId for every later one
+    (``render_row``'s ``previous_id``): a retry of an unacknowledged send gets the same id
+    and Segment drops the duplicate, while a new send (a value that changes back, say) gets
+    a new id. Parts are length-prefixed, so ``("a", "bc")`` and ``("ab", "c")`` differ.
     """
     h = hashlib.blake2b(digest_size=16)
     for part in parts:
@@ -342,13 +344,16 @@ def _is_missing(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
-def render_row(row: Mapping[str, Any], mapping: RowMapping) -> Message | Rejection:
+def render_row(row: Mapping[str, Any], mapping: RowMapping, previous_id: str | None = None) -> Message | Rejection:
     """Turn one row into a Segment message (with a deterministic messageId) or a Rejection.
 
     ``{user_id: '162514333', iphone: 0.734}`` with ``call=track, event='Sales Prediction',
     properties=['iphone']`` -> ``{'type': 'track', 'userId': '162514333', 'event':
     'Sales Prediction', 'properties': {'iphone': 0.734}, ...}``. The messageId equals
-    ``message_id(*mapping.namespace, userId or anonymousId, payload_hash(message))``.
+    ``message_id(*mapping.namespace, userId or anonymousId, payload_hash(message))``, with
+    ``previous_id`` (the key's last acknowledged messageId, if any) as one more part: the
+    same row sent again after an acknowledged send is a new message with a new id, while a
+    retry of an unacknowledged send (same payload, same previous id) keeps its id.
     """
     call = mapping.call
     user = row.get(mapping.customer_id) if mapping.customer_id else None
@@ -395,6 +400,8 @@ def render_row(row: Mapping[str, Any], mapping: RowMapping) -> Message | Rejecti
     h.update(f"{len(key)}:{key}\x1f".encode())  # type: ignore[arg-type]
     digest = hashlib.blake2b(content, digest_size=16).hexdigest()
     h.update(f"{len(digest)}:{digest}\x1f".encode())
+    if previous_id:
+        h.update(f"{len(previous_id)}:{previous_id}\x1f".encode())
     context["library"] = {"name": "segloop", "version": __version__}
     msg["messageId"] = "sl-" + h.hexdigest()
     return msg

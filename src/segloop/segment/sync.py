@@ -10,6 +10,10 @@ For each Segment node, two tables live in the warehouse beside the data:
   run killed with ``kill -9`` loses at most the acknowledgements not yet written, and
   those rows are re-sent with the same message ids (Segment drops them as duplicates).
 
+A message id hashes the key, the payload and the key's last *acknowledged* message id
+(``message_id`` in the state, which a failed or rejected send leaves as it was): a retry
+has the same three and so the same id, any send after an acknowledged one a new id.
+
 The diff is one outer join of the input with the state on the customer key, computed by SQL
 inside the warehouse; only the rows to send (and the keys gone since the last run) are
 materialized, and only they are read into Python, in bounded chunks. Work per run is one
@@ -187,9 +191,19 @@ class SyncState:
                 wh.con.create_table(name, schema=_state_schema(), database=wh.schema)
 
     def reset(self) -> None:
-        """Forget everything: the next run sends every row."""
-        for name in (self.state_table, self.log_table, self.pending_table, self.merge_table):
-            self.warehouse.drop_table(name)
+        """Forget what was sent: the next run sends every row, as new messages.
+
+        The keys' last acknowledged message ids are kept (every key is marked ``removed``),
+        because they are part of the next ids: were the state dropped, the next run would
+        repeat the first sync's ids, and Segment would drop those it still remembers.
+        """
+        wh = self.warehouse
+        if wh.has_table(self.state_table):
+            self.ensure()
+            self.compact()
+            wh.raw_sql(f"UPDATE {wh.qualified(self.state_table)} SET status = '{REMOVED}' WHERE status <> '{REMOVED}'")
+        for name in (self.log_table, self.pending_table, self.merge_table):
+            wh.drop_table(name)
 
     # -- small helpers -------------------------------------------------------------------
 
@@ -320,23 +334,27 @@ class SyncState:
 
     def classify(self, source: ir.Table, key_columns: Sequence[str], payload_columns: Sequence[str],
                  fingerprint: str, dedupe: bool = True) -> ir.Table:
-        """Input rows and state keys with ``_key``, ``_hash`` and ``_category``.
+        """Input rows and state keys with ``_key``, ``_hash``, ``_category`` and ``_prev_id``.
 
         One outer join on the key: input rows are new/changed/retry/unchanged/no_key; keys
-        only in the state are ``gone_sent`` (sent before: ``on_removed`` applies) or
-        ``gone``. ``dedupe=False`` skips collapsing duplicate keys, for inputs known to have
-        one row per key (``plan`` counts first).
+        only in the state are ``gone_sent`` (delivered before: ``on_removed`` applies) or
+        ``gone``. ``_prev_id`` is the key's last acknowledged messageId (part of the next
+        message's id, see ``messages.render_row``). ``dedupe=False`` skips collapsing
+        duplicate keys, for inputs known to have one row per key (``plan`` counts first).
         """
         import ibis
 
         keyed = self.keyed(source, key_columns, payload_columns, fingerprint)
         rows = (_deduplicated(keyed) if dedupe else keyed).mutate(_in=ibis.literal(1))
         state = self.warehouse.table(self.state_table)
-        state = state.select(_s_key=state.key, _s_hash=state.payload_hash, _s_status=state.status)
+        state = state.select(_s_key=state.key, _s_hash=state.payload_hash, _s_status=state.status,
+                             _prev_id=state.message_id)
         joined = rows.outer_join(state, rows._key == state._s_key)
         only_in_state = joined._in.isnull()
+        # Acknowledged at some time and not removed since: Segment has (a version of) this key.
+        delivered = (joined._s_status == SENT) | (joined._prev_id.notnull() & (joined._s_status != REMOVED))
         category = ibis.cases(
-            (only_in_state & (joined._s_status == SENT), GONE_SENT),
+            (only_in_state & delivered, GONE_SENT),
             (only_in_state, GONE),
             (joined._key.isnull(), NO_KEY),
             (joined._s_key.isnull() | (joined._s_status == REMOVED), NEW),
@@ -398,9 +416,9 @@ class SyncState:
         return self._chunks(rows or self.CHUNK_ROWS, gone=False)
 
     def removed_chunks(self, rows: int | None = None) -> Iterator[pa.Table]:
-        """Keys gone since they were sent (``key``, ``payload_hash``), in bounded chunks."""
+        """Keys gone since they were sent (``key``, ``payload_hash``, ``previous_id``), in bounded chunks."""
         for chunk in self._chunks(rows or self.CHUNK_ROWS, gone=True):
-            yield chunk.select(["_key", "_hash"]).rename_columns(["key", "payload_hash"])
+            yield chunk.select(["_key", "_hash", "_prev_id"]).rename_columns(["key", "payload_hash", "previous_id"])
 
     def sample(self, rows: int) -> pa.Table:
         """The first rows to send by key (for previews): a top-n, not a sort of everything."""

@@ -20,6 +20,7 @@ STATUS_COLORS = {
     "failed": "#c62828",
     "skipped": "#b28704",
     "running": "#1565c0",
+    "interrupted": "#6a1b9a",
     "pending": "#78909c",
 }
 SERIES_COLORS = ("#3949ab", "#9e9e9e", "#00897b", "#f4511e", "#8e24aa", "#6d4c41")
