@@ -12,13 +12,12 @@ import pytest
 
 from segloop.config import Workspace, parse_pipeline
 from segloop.errors import ConfigErrors
+from segloop.locks import PipelineBusy, PipelineLock
 from segloop.pipeline import Pipeline
 from segloop.schedule import (
     BackgroundRuns,
     Cron,
     CronError,
-    PipelineBusy,
-    PipelineLock,
     ScheduleConfig,
     Scheduler,
 )

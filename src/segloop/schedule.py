@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -306,87 +305,6 @@ class Scheduler:
                 self.sleep(wait)
             else:
                 stop.wait(max(wait, 0.2))
-
-
-# -- one run of a pipeline at a time -------------------------------------------------------
-
-
-class PipelineBusy(Exception):
-    """The pipeline is already running (raised by ``PipelineLock.acquire(wait=False)``)."""
-
-    def __init__(self, holder: str):
-        self.holder = holder
-        super().__init__(holder)
-
-
-class PipelineLock:
-    """An exclusive lock per pipeline: a file under `.segloop/locks/`, held with flock.
-
-    flock locks belong to an open file, so two runs conflict whether they come from two
-    threads of `segloop serve` or from `segloop run` in another terminal; the operating
-    system drops the lock when a process dies, so a killed run never leaves it stuck. The
-    file holds the holder's run id, for the message the second trigger gets.
-    """
-
-    POLL_SECONDS = 0.2
-
-    def __init__(self, state_dir: Path, pipeline: str):
-        self.path = Path(state_dir) / "locks" / f"{pipeline}.lock"
-        self._file: Any = None
-
-    def acquire(self, holder: str, wait: bool = True, timeout: float | None = None) -> None:
-        """Take the lock; with ``wait=False`` raise PipelineBusy naming who holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")  # noqa: SIM115 - held open for as long as the lock
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if _try_lock(handle):
-                handle.seek(0)
-                handle.truncate()
-                handle.write(holder)
-                handle.flush()
-                self._file = handle
-                return
-            if not wait or (deadline is not None and time.monotonic() >= deadline):
-                handle.seek(0)
-                current = handle.read().strip() or "another run"
-                handle.close()
-                raise PipelineBusy(current)
-            time.sleep(self.POLL_SECONDS)
-
-    def release(self) -> None:
-        if self._file is None:
-            return
-        handle, self._file = self._file, None
-        handle.seek(0)
-        handle.truncate()
-        _unlock(handle)
-        handle.close()
-
-
-_thread_locks: dict[str, threading.Lock] = {}
-
-
-def _try_lock(handle: Any) -> bool:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: one process at a time, threads only
-        lock = _thread_locks.setdefault(handle.name, threading.Lock())
-        return lock.acquire(blocking=False)
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
-def _unlock(handle: Any) -> None:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover
-        _thread_locks[handle.name].release()
-        return
-    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 # -- runs in background threads (the UI's "Run now" and the scheduler) ---------------------
