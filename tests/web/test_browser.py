@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from segloop.config import Workspace
-from segloop.schedule import BackgroundRuns
+from segloop.scheduler import BackgroundRuns
 from segloop.web.app import create_app
 from tests.web.helpers import (
     DEMO_PIPELINE,

@@ -32,7 +32,7 @@ from segloop.config import NAME_PATTERN, Workspace, duplicate_name_message
 from segloop.errors import ConfigError, SegloopError
 from segloop.pipeline import Pipeline
 from segloop.report import Redactor, ensure_report
-from segloop.schedule import BackgroundRuns, Scheduler
+from segloop.scheduler import BackgroundRuns, Scheduler, start_scheduler
 from segloop.store import RunStore
 from segloop.web import charts, trends
 from segloop.web.guard import CSRF_TOKEN, Guard, is_loopback, with_csrf
@@ -296,35 +296,6 @@ def ui_token(host: str, env: dict[str, str]) -> str | None:
     return env.get(TOKEN_ENV) or secrets.token_urlsafe(24)
 
 
-_warned: set[str] = set()
-
-
-def workspace_schedules(workspace: Workspace) -> dict[str, Any]:
-    """Pipeline name -> schedule, for every pipeline file that has one (bad files are logged).
-
-    A name used by two files is skipped (a run of it would be refused as ambiguous).
-    """
-    out: dict[str, Any] = {}
-    entries = workspace.scan_pipelines()
-    for entry in entries:
-        problem = None
-        if entry.config is None:
-            problem = f"{entry.file.name}: {entry.error}"
-        else:
-            shared = [e.file for e in entries if e.name == entry.config.name]
-            if len(shared) > 1:
-                problem = duplicate_name_message(entry.config.name, shared)
-        if problem is not None:
-            if problem not in _warned:  # the loop re-reads files every few seconds: say it once
-                _warned.add(problem)
-                log.warning("scheduler: skipping %s", problem)
-            continue
-        assert entry.config is not None
-        if entry.config.schedule is not None:
-            out[entry.config.name] = entry.config.schedule
-    return out
-
-
 def serve(
     workspace: Workspace,
     host: str = "127.0.0.1",
@@ -340,10 +311,7 @@ def serve(
     scheduler = None
     stop = threading.Event()
     if with_scheduler:
-        scheduler = Scheduler(trigger=lambda name: runs.start(name, trigger="schedule"))
-        scheduler.set_schedules(workspace_schedules(workspace))
-        threading.Thread(target=_scheduler_loop, args=(scheduler, workspace, stop),
-                         name="segloop-scheduler", daemon=True).start()
+        scheduler = start_scheduler(workspace, runs, stop)
     app = create_app(workspace, host, token, runs, scheduler)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
@@ -356,14 +324,3 @@ def serve(
     finally:
         stop.set()
         runs.join(timeout=5)
-
-
-def _scheduler_loop(scheduler: Scheduler, workspace: Workspace, stop: threading.Event) -> None:
-    """Fire due runs; re-read pipeline files every loop so edited schedules apply without a restart."""
-    while not stop.is_set():
-        try:
-            scheduler.set_schedules(workspace_schedules(workspace))
-            scheduler.run_pending()
-        except Exception:  # the scheduler thread must outlive one bad iteration
-            log.exception("scheduler iteration failed")
-        stop.wait(max(scheduler.seconds_until_next(), 0.5))
