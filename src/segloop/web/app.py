@@ -31,12 +31,13 @@ from starlette.types import ASGIApp
 from segloop.config import NAME_PATTERN, Workspace, duplicate_name_message
 from segloop.errors import ConfigError, SegloopError
 from segloop.pipeline import Pipeline
-from segloop.report import Redactor, ensure_report
+from segloop.report import Redactor
 from segloop.scheduler import BackgroundRuns, Scheduler, start_scheduler
 from segloop.store import RunStore
 from segloop.web import charts, trends
 from segloop.web.guard import CSRF_TOKEN, Guard, is_loopback, with_csrf
 from segloop.web.templating import render_template
+from segloop.workspace import ensure_report
 
 log = logging.getLogger("segloop")
 
