@@ -84,7 +84,10 @@ def test_learns_who_will_buy_and_scores_every_known_customer(shop: Warehouse) ->
     pct = table["percentile"].to_numpy()
     assert np.all((p > 0) & (p < 1))
     assert pct.max() == 1.0 and pct.min() == 0.0
-    assert pct[np.argmax(p)] == 1.0
+    # Calibration can merge neighbouring scores into one probability step; the percentile
+    # keeps the model's full order, which never contradicts the probabilities.
+    assert pct[p == p.max()].max() == 1.0
+    assert np.all(np.diff(p[np.argsort(pct, kind="stable")]) >= 0)
     # Only per-customer rows came to Python: three snapshots plus the event-type list.
     assert shop.rows_fetched - fetched <= 3 * 3000 + m["features"]
     assert not any("fewer than" in w for w in ctx.warnings)

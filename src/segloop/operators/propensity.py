@@ -10,8 +10,14 @@ What Segment sells as "Likelihood to Purchase" / "Likelihood to Churn", done in 
   the snapshot (``mode: churn`` flips it: the customer does *not* do it).
 - Time-based validation: train on the snapshot ``cutoff - window``, validate on ``cutoff``
   (default: latest timestamp minus the window, the last fully observed window); report
-  AUC, log loss, lift in the top decile and a recency-only baseline. The final model is
-  refitted on both snapshots and scores every customer as of the latest timestamp.
+  AUC, lift in the top decile, log loss, Brier score, calibration error, a grade and a
+  recency-only baseline.
+- Calibration (default ``isotonic``): the validation window is the most recent labelled
+  one, so the map from the trained model's score to the rate actually observed there is
+  fitted on it and applied when the same model scores every customer as of the latest
+  timestamp; a drifting base rate is absorbed (segloop.models.calibration). With
+  ``calibration: none`` the model is refitted on both snapshots and its scores are sent as
+  they are.
 - Output per customer: ``probability`` and ``percentile`` (0..1; 0.85 = top 15%, as
   Segment's percentile cohorts).
 
@@ -29,9 +35,17 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field
 
 from segloop.errors import DataError, NodeError
+from segloop.models.calibration import (
+    Calibrator,
+    brier,
+    cross_fitted,
+    expected_calibration_error,
+    reliability,
+)
 from segloop.models.scoring import deciles, log_loss, percentile_rank, roc_auc, top_lift
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
 from segloop.operators.columns import require_columns
+from segloop.operators.gates import ModelNodeConfig, check_requirements
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
@@ -40,7 +54,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DAY_SECONDS = 86400.0
 SESSION_GAP_SECONDS = 30 * 60
-QUALITY = ((0.8, "excellent"), (0.7, "good"), (0.6, "fair"), (0.0, "poor"))
+QUALITY = ((0.8, "excellent"), (0.7, "good"), (0.6, "fair"), (0.0, "poor"))  # by validation AUC
+GATE_METRICS = frozenset(
+    {"auc", "lift_top_decile", "log_loss", "brier", "ece", "baseline_auc", "base_rate",
+     "validation_positives", "validation_negatives", "scored_customers"}
+)
 
 
 def snake(name: str) -> str:
@@ -48,7 +66,9 @@ def snake(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
 
 
-class PropensityConfig(NodeConfig):
+class PropensityConfig(ModelNodeConfig):
+    GATE_METRICS: ClassVar[frozenset[str]] = GATE_METRICS
+
     type: Literal["propensity"] = "propensity"
     customer_id: str = Field(default="user_id", description="Column identifying the customer.")
     timestamp: str = Field(default="timestamp", description="Column with the event time.")
@@ -81,6 +101,13 @@ class PropensityConfig(NodeConfig):
     max_event_types: int = Field(default=15, ge=0, le=200)
     lookback_days: int | None = Field(
         default=None, ge=1, description="Only use events this many days before a snapshot."
+    )
+    calibration: Literal["isotonic", "platt", "none"] = Field(
+        default="isotonic",
+        description="Map scores to the rate observed in the most recent labelled window "
+        "(isotonic: any monotone shape; platt: a logistic curve) so probabilities mean what "
+        "they say when the base rate drifts; none: the raw scores of a model refitted on both "
+        "windows.",
     )
     max_iter: int = Field(default=200, ge=10, le=5000, description="Boosting iterations.")
     learning_rate: float = Field(default=0.1, gt=0.0, le=1.0)
@@ -166,15 +193,27 @@ class PropensityOperator(Operator):
                 f"the model (AUC {metrics['auc']:.3f}) is no better than ranking by recency "
                 f"alone (AUC {metrics['baseline_auc']:.3f}); more history or events may help"
             )
-
-        final = _fit(np.concatenate([x_train, x_valid]), np.concatenate([y_train, y_valid]), config)
-        probability = _predict(final, _matrix(current, names), config)
+        x_current = _matrix(current, names)
+        if config.calibration == "none":
+            final = _fit(
+                np.concatenate([x_train, x_valid]), np.concatenate([y_train, y_valid]), config
+            )
+            score = _predict(final, x_current, config)
+            probability, p_card = score, p_valid
+        else:
+            score = _predict(model, x_current, config)
+            probability = Calibrator.fit(p_valid, y_valid, config.calibration).apply(score)
+            p_card = cross_fitted(p_valid, y_valid, config.calibration)
+        metrics.update(_calibration_metrics(y_valid, p_valid, p_card, probability, config))
         metrics["scored_customers"] = current.num_rows
         metrics["seconds"] = time.perf_counter() - started
-        out = _output(current, probability, config)
-        validation = pa.table(deciles(p_valid, y_valid))
-        return NodeOutput(
-            table=out, extra={"validation": validation}, metrics=metrics, rows=out.num_rows
+        out = _output(current, probability, score, config)
+        extra = {
+            "validation": pa.table(deciles(p_card, y_valid)),
+            "reliability": pa.table(reliability(y_valid, p_card)),
+        }
+        return check_requirements(
+            NodeOutput(table=out, extra=extra, metrics=metrics, rows=out.num_rows), config
         )
 
     def _check_classes(
@@ -537,23 +576,54 @@ def _validation_metrics(
         days = np.where(np.isnan(days), np.nanmax(np.r_[days, 0.0]) + 1.0, days)
         baselines.append(roc_auc(y, sign * days))
     auc = roc_auc(y, p)
+    quality = next(label for bound, label in QUALITY if auc >= bound)
     return {
         "auc": auc,
-        "log_loss": log_loss(y, p),
         "lift_top_decile": top_lift(y, p, 0.1),
         "baseline_auc": max(baselines),
         "base_rate": float(np.mean(y)),
-        "quality": next(label for bound, label in QUALITY if auc >= bound),
+        "quality": quality,
+        "grade": quality.capitalize(),  # Segment's labels: Poor / Fair / Good / Excellent
     }
 
 
-def _output(current: pa.Table, probability: np.ndarray, config: PropensityConfig) -> pa.Table:
+def _calibration_metrics(
+    y: np.ndarray,
+    raw: np.ndarray,
+    calibrated: np.ndarray,
+    scored: np.ndarray,
+    config: PropensityConfig,
+) -> dict[str, Any]:
+    """How far the validation window's probabilities are from what happened.
+
+    ``calibrated`` are the probabilities as sent (cross-fitted on the validation window,
+    so the calibrator is not graded on its own rows); the ``*_uncalibrated`` figures are the
+    model's raw scores, to show what calibration changed.
+    """
+    import numpy as np
+
+    return {
+        "calibration": config.calibration,
+        "log_loss": log_loss(y, calibrated),
+        "brier": brier(y, calibrated),
+        "ece": expected_calibration_error(y, calibrated),
+        "log_loss_uncalibrated": log_loss(y, raw),
+        "ece_uncalibrated": expected_calibration_error(y, raw),
+        "mean_probability": float(np.mean(scored)) if len(scored) else float("nan"),
+    }
+
+
+def _output(
+    current: pa.Table, probability: np.ndarray, score: np.ndarray, config: PropensityConfig
+) -> pa.Table:
+    """Probability as calibrated; percentile from the model's score (calibration keeps the
+    order but can merge neighbouring scores into one step, which would tie percentiles)."""
     import pyarrow as pa
 
     return pa.table(
         {
             config.customer_id: current["_cid"],
             "probability": pa.array(probability, pa.float64()),
-            "percentile": pa.array(percentile_rank(probability), pa.float64()),
+            "percentile": pa.array(percentile_rank(score), pa.float64()),
         }
     )
