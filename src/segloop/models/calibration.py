@@ -115,19 +115,20 @@ def brier(labels: ArrayLike, probabilities: ArrayLike) -> float:
 def reliability(labels: ArrayLike, probabilities: ArrayLike, bins: int = ECE_BINS) -> dict[str, list[float]]:
     """Customers in equal-width probability bins (0-0.1, ..., 0.9-1): predicted vs actual rate.
 
-    The table behind a reliability diagram; empty bins are left out.
+    The table behind a reliability diagram (``band`` 1 = 0-0.1); empty bins are left out.
     """
     import numpy as np
 
     y = np.asarray(labels, dtype=np.float64)
     p = np.asarray(probabilities, dtype=np.float64)
     index = np.clip((p * bins).astype(np.int64), 0, bins - 1)
-    table: dict[str, list[float]] = {"bin_from": [], "bin_to": [], "customers": [],
+    table: dict[str, list[float]] = {"band": [], "bin_from": [], "bin_to": [], "customers": [],
                                      "mean_probability": [], "actual_rate": []}
     for b in range(bins):
         hit = index == b
         if not hit.any():
             continue
+        table["band"].append(b + 1)  # 1 = the lowest probabilities
         table["bin_from"].append(b / bins)
         table["bin_to"].append((b + 1) / bins)
         table["customers"].append(int(hit.sum()))
