@@ -104,3 +104,24 @@ def test_each_miss_names_metric_value_and_bound(require: dict[str, float], messa
                                                             require={"auc": 0.7, "ece": 0.06})
     )
     assert passed.error is None and passed.metrics["gate"] == "passed"
+
+
+def test_a_bound_must_be_a_finite_number() -> None:
+    with pytest.raises(ConfigErrors, match="the bound of `silhouette` must be a finite number"):
+        parse_pipeline(gated_pipeline("{silhouette: .nan}"), "p.yml")
+
+
+@pytest.mark.parametrize(
+    ("node", "metric"),
+    [
+        ("type: propensity\n    input: orders", "auc"),
+        ("type: clv\n    input: orders", "holdout_spearman"),
+        ("type: clusters\n    input: rfm", "silhouette"),
+        ("type: recommend\n    input: orders\n    item_id: sku", "ndcg_at_10"),
+    ],
+)
+def test_every_model_node_takes_a_gate_on_its_own_metrics(node: str, metric: str) -> None:
+    text = "name: shop\nwarehouse: default\nnodes:\n" + SQL_RFM + f"  model:\n    {node}\n"
+    parse_pipeline(text + f"    require: {{{metric}: 0.1}}\n", "p.yml")
+    with pytest.raises(ConfigErrors, match="`bogus` is not a metric of this node type"):
+        parse_pipeline(text + "    require: {bogus: 0.1}\n", "p.yml")

@@ -45,12 +45,12 @@ class ModelNodeConfig(NodeConfig):
         unknown = sorted(set(value) - cls.GATE_METRICS)
         if unknown:
             raise ValueError(
-                f"`require` names {', '.join(f'`{m}`' for m in unknown)}, not a metric of this "
-                f"node; use one of: {', '.join(sorted(cls.GATE_METRICS))}"
+                f"{', '.join(f'`{m}`' for m in unknown)} {'is not a metric' if len(unknown) == 1 else 'are not metrics'} "
+                f"of this node type; a gate can use: {', '.join(sorted(cls.GATE_METRICS))}"
             )
         bad = sorted(m for m, bound in value.items() if not math.isfinite(bound))
         if bad:
-            raise ValueError(f"`require`: the bound of {', '.join(bad)} must be a finite number")
+            raise ValueError(f"the bound of {', '.join(f'`{m}`' for m in bad)} must be a finite number")
         return value
 
 
