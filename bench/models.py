@@ -1,7 +1,9 @@
-"""Benchmark the prediction nodes: CLV fitting vs `lifetimes`, propensity at 100k customers.
+"""Benchmark the prediction nodes: CLV fitting vs `lifetimes`, propensity at 100k customers,
+and how well the propensity node's probabilities are calibrated on CDNOW.
 
 Run:  .venv/bin/python bench/models.py            (full: 1M synthetic, 100k demo customers)
       .venv/bin/python bench/models.py --quick    (100k synthetic, 10k demo customers)
+      .venv/bin/python bench/models.py --calibration-only   (the CDNOW calibration rows)
 
 Prints a Markdown table; copy it into bench/README.md. Side-by-side in one run, so the
 ratios hold even when the machine is slower or faster than the one in the README.
@@ -110,6 +112,54 @@ def clv_fits(label: str, data: tuple[np.ndarray, ...], repeat: int, rows: list[l
     )
 
 
+def cdnow_calibration(rows: list[list[str]]) -> None:
+    """CDNOW's 23,570 customers: purchases up to 1997-12-31, "buys in the next 90 days",
+    graded on who bought from 1998-01-01 to 1998-03-31; each calibration setting."""
+    import pyarrow as pa
+
+    from segloop.models.calibration import expected_calibration_error
+    from segloop.models.scoring import roc_auc
+    from segloop.operators.base import RunContext
+    from segloop.operators.propensity import PropensityConfig, PropensityOperator
+    from segloop.warehouse import Warehouse
+
+    spec = importlib.util.find_spec("lifetimes")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("bench/models.py needs the dev extra (lifetimes): pip install -e '.[dev]'")
+    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "CDNOW_master.txt"
+    raw = np.loadtxt(path, dtype=str, skiprows=1)
+    ids = raw[:, 0].astype(np.int64)
+    days = np.array([f"{d[:4]}-{d[4:6]}-{d[6:]}" for d in raw[:, 1]], dtype="datetime64[us]")
+    seen = days < np.datetime64("1998-01-01")
+    future = ~seen & (days < np.datetime64("1998-04-01"))
+    wh = Warehouse.duckdb()
+    wh.create_table("purchases", pa.table({
+        "user_id": ids[seen], "timestamp": days[seen],
+        "event": pa.array(["Order Completed"] * int(seen.sum())),
+        "revenue": raw[:, 3].astype(float)[seen],
+    }))
+    buyers = np.unique(ids[future])
+    for method in ("none", "isotonic", "platt"):
+        config = PropensityConfig(type="propensity", input="ev", window_days=90,
+                                  calibration=method)  # type: ignore[arg-type]
+        ctx = RunContext(warehouse=wh, pipeline="bench", node="n", run_id="b")
+        seconds, out = best_of(
+            lambda config=config, ctx=ctx: PropensityOperator(config).run(
+                {"ev": wh.table("purchases")}, ctx), 1)
+        p = out.table["probability"].to_numpy()
+        y = np.isin(out.table["user_id"].to_numpy(), buyers).astype(float)
+        label = {"none": "before: refit on both windows, raw scores", "isotonic": "the default",
+                 "platt": "logistic curve"}[method]
+        rows.append([
+            f"propensity on CDNOW ({len(y):,} customers), `calibration: {method}` ({label})",
+            f"{seconds:.2f} s",
+            "",
+            f"mean {p.mean():.3f} vs actual {y.mean():.3f}, ECE {expected_calibration_error(y, p):.3f}, "
+            f"AUC {roc_auc(y, p):.3f}",
+        ])
+    wh.close()
+
+
 def demo_nodes(customers: int, rows: list[list[str]], demo_db: str | None = None) -> None:
     from segloop.demo import write_demo_data
     from segloop.operators.base import RunContext
@@ -162,6 +212,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     parser.add_argument("--synthetic", type=int, default=None, help="synthetic customers")
     parser.add_argument("--demo", type=int, default=None, help="demo customers")
+    parser.add_argument("--calibration-only", action="store_true",
+                        help="only the CDNOW calibration rows")
     parser.add_argument(
         "--demo-db", default=None, help="DuckDB file to keep demo data in (made if missing)"
     )
@@ -170,9 +222,12 @@ def main() -> None:
     demo = args.demo or (10_000 if args.quick else 100_000)
 
     rows: list[list[str]] = []
-    clv_fits("CDNOW", cdnow(), 5, rows)
-    clv_fits("synthetic", simulate(synthetic), 1, rows)
-    demo_nodes(demo, rows, args.demo_db)
+    if not args.calibration_only:
+        clv_fits("CDNOW", cdnow(), 5, rows)
+        clv_fits("synthetic", simulate(synthetic), 1, rows)
+    cdnow_calibration(rows)
+    if not args.calibration_only:
+        demo_nodes(demo, rows, args.demo_db)
     load = os.getloadavg()[0]
     print(f"\nPython {sys.version.split()[0]}, {os.cpu_count()} cores, load average {load:.1f}\n")
     print("| what | segloop | lifetimes | ratio / quality |")

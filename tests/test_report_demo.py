@@ -92,7 +92,7 @@ def test_demo_run_report_has_grid_and_send_results_and_no_write_key(
     types = {n.type for n in result.nodes}
     assert {"rfm", "clv", "propensity", "clusters", "recommend", "segment"} <= types
     for kind in ("dag", "rfm-grid", "segment-sizes", "segment-send", "clv-distribution", "clv-holdout",
-                 "propensity-distribution", "propensity-deciles", "cluster-sizes", "recommend-metrics"):
+                 "propensity-distribution", "propensity-deciles", "propensity-reliability", "cluster-sizes", "recommend-metrics"):
         assert f'data-chart="{kind}"' in html, kind
 
     def section(node: str) -> str:

@@ -208,6 +208,9 @@ class ReportBuilder:
                 self._bands(section, node.node, "validation", ("mean_score", "mean_outcome"), "propensity-deciles",
                             "validation: predicted vs actual rate by score decile (1 = top)")
                 self._versus(section, metrics, "auc", "baseline_auc", "validation AUC")
+                self._bands(section, node.node, "reliability", ("mean_probability", "actual_rate"),
+                            "propensity-reliability", "calibration: mean probability vs actual rate by "
+                            "probability bin (band 1 = 0-0.1, ..., band 10 = 0.9-1)")
         profiles = self._table(node.node, "profiles") if ok else None
         if profiles is not None:
             self._profiles(section, profiles)

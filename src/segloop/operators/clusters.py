@@ -25,6 +25,7 @@ from pydantic import Field, field_validator, model_validator
 from segloop.errors import DataError
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
 from segloop.operators.columns import require_columns
+from segloop.operators.gates import ModelNodeConfig, check_requirements
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
@@ -43,7 +44,9 @@ WORDS: dict[str, tuple[str, str]] = {
 }
 
 
-class ClustersConfig(NodeConfig):
+class ClustersConfig(ModelNodeConfig):
+    GATE_METRICS: ClassVar[frozenset[str]] = frozenset({"silhouette", "k"})
+
     type: Literal["clusters"] = "clusters"
     customer_id: str = Field(default="user_id", description="Column identifying the customer.")
     columns: list[str] | None = Field(
@@ -106,7 +109,7 @@ class ClustersOperator(Operator):
         names = cluster_names(z, columns, self.NAME_TERMS, self.NAME_THRESHOLD)
         table = _assignments(config.customer_id, ids, fit.labels, names, values, columns)
         profiles = _profiles(fit.labels, fit.k, names, values, columns)
-        return NodeOutput(
+        return check_requirements(NodeOutput(
             table=table,
             extra={"profiles": profiles},
             metrics={
@@ -118,7 +121,7 @@ class ClustersOperator(Operator):
                 "algorithm": fit.algorithm,
                 "cluster_names": names,
             },
-        )
+        ), config)
 
 
 def feature_columns(source: ir.Table, config: ClustersConfig, node: str, source_name: str) -> list[str]:

@@ -36,6 +36,7 @@ from segloop.models.scoring import (
 )
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
 from segloop.operators.columns import MONEY_TYPE, money, require_columns
+from segloop.operators.gates import ModelNodeConfig, check_requirements
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
@@ -45,7 +46,12 @@ if TYPE_CHECKING:  # pragma: no cover
 SECONDS_PER_DAY = 86400
 
 
-class ClvConfig(NodeConfig):
+class ClvConfig(ModelNodeConfig):
+    GATE_METRICS: ClassVar[frozenset[str]] = frozenset(
+        {"holdout_spearman", "holdout_baseline_spearman", "customers", "repeat_customers",
+         "bgnbd_log_likelihood"}
+    )
+
     type: Literal["clv"] = "clv"
     customer_id: str = Field(default="user_id", description="Column identifying the customer.")
     timestamp: str = Field(default="timestamp", description="Column with the purchase time.")
@@ -139,7 +145,9 @@ class ClvOperator(Operator):
             metrics.update(holdout_metrics)
             if holdout is not None:
                 extra["holdout"] = holdout
-        return NodeOutput(table=scored, extra=extra, metrics=metrics, rows=scored.num_rows)
+        return check_requirements(
+            NodeOutput(table=scored, extra=extra, metrics=metrics, rows=scored.num_rows), config
+        )
 
     def _validate(
         self, source: ir.Table, config: ClvConfig, as_of: date, ctx: RunContext

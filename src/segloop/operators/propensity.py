@@ -10,8 +10,14 @@ What Segment sells as "Likelihood to Purchase" / "Likelihood to Churn", done in 
   the snapshot (``mode: churn`` flips it: the customer does *not* do it).
 - Time-based validation: train on the snapshot ``cutoff - window``, validate on ``cutoff``
   (default: latest timestamp minus the window, the last fully observed window); report
-  AUC, log loss, lift in the top decile and a recency-only baseline. The final model is
-  refitted on both snapshots and scores every customer as of the latest timestamp.
+  AUC, lift in the top decile, log loss, Brier score, calibration error, a grade and a
+  recency-only baseline.
+- Calibration (default ``isotonic``): the validation window is the most recent labelled
+  one, so the map from the trained model's score to the rate actually observed there is
+  fitted on it and applied when the same model scores every customer as of the latest
+  timestamp; a drifting base rate is absorbed (segloop.models.calibration). With
+  ``calibration: none`` the model is refitted on both snapshots and its scores are sent as
+  they are.
 - Output per customer: ``probability`` and ``percentile`` (0..1; 0.85 = top 15%, as
   Segment's percentile cohorts).
 
@@ -21,7 +27,6 @@ HistGradientBoostingClassifier (handles missing values, e.g. "never did this").
 
 from __future__ import annotations
 
-import re
 import time
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -29,26 +34,34 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field
 
 from segloop.errors import DataError, NodeError
+from segloop.models.calibration import (
+    Calibrator,
+    brier,
+    cross_fitted,
+    expected_calibration_error,
+    reliability,
+)
 from segloop.models.scoring import deciles, log_loss, percentile_rank, roc_auc, top_lift
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
 from segloop.operators.columns import require_columns
+from segloop.operators.gates import ModelNodeConfig, check_requirements
+from segloop.operators.propensity_features import FeatureBuilder, snake
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
     import numpy as np
     import pyarrow as pa
 
-DAY_SECONDS = 86400.0
-SESSION_GAP_SECONDS = 30 * 60
-QUALITY = ((0.8, "excellent"), (0.7, "good"), (0.6, "fair"), (0.0, "poor"))
+QUALITY = ((0.8, "excellent"), (0.7, "good"), (0.6, "fair"), (0.0, "poor"))  # by validation AUC
+GATE_METRICS = frozenset(
+    {"auc", "lift_top_decile", "log_loss", "brier", "ece", "baseline_auc", "base_rate",
+     "validation_positives", "validation_negatives", "scored_customers"}
+)
 
 
-def snake(name: str) -> str:
-    """Segment's table/column form of an event name: ``Order Completed`` -> ``order_completed``."""
-    return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
+class PropensityConfig(ModelNodeConfig):
+    GATE_METRICS: ClassVar[frozenset[str]] = GATE_METRICS
 
-
-class PropensityConfig(NodeConfig):
     type: Literal["propensity"] = "propensity"
     customer_id: str = Field(default="user_id", description="Column identifying the customer.")
     timestamp: str = Field(default="timestamp", description="Column with the event time.")
@@ -81,6 +94,13 @@ class PropensityConfig(NodeConfig):
     max_event_types: int = Field(default=15, ge=0, le=200)
     lookback_days: int | None = Field(
         default=None, ge=1, description="Only use events this many days before a snapshot."
+    )
+    calibration: Literal["isotonic", "platt", "none"] = Field(
+        default="isotonic",
+        description="Map scores to the rate observed in the most recent labelled window "
+        "(isotonic: any monotone shape; platt: a logistic curve) so probabilities mean what "
+        "they say when the base rate drifts; none: the raw scores of a model refitted on both "
+        "windows.",
     )
     max_iter: int = Field(default=200, ge=10, le=5000, description="Boosting iterations.")
     learning_rate: float = Field(default=0.1, gt=0.0, le=1.0)
@@ -166,15 +186,27 @@ class PropensityOperator(Operator):
                 f"the model (AUC {metrics['auc']:.3f}) is no better than ranking by recency "
                 f"alone (AUC {metrics['baseline_auc']:.3f}); more history or events may help"
             )
-
-        final = _fit(np.concatenate([x_train, x_valid]), np.concatenate([y_train, y_valid]), config)
-        probability = _predict(final, _matrix(current, names), config)
+        x_current = _matrix(current, names)
+        if config.calibration == "none":
+            final = _fit(
+                np.concatenate([x_train, x_valid]), np.concatenate([y_train, y_valid]), config
+            )
+            score = _predict(final, x_current, config)
+            probability, p_card = score, p_valid
+        else:
+            score = _predict(model, x_current, config)
+            probability = Calibrator.fit(p_valid, y_valid, config.calibration).apply(score)
+            p_card = cross_fitted(p_valid, y_valid, config.calibration)
+        metrics.update(_calibration_metrics(y_valid, p_valid, p_card, probability, config))
         metrics["scored_customers"] = current.num_rows
         metrics["seconds"] = time.perf_counter() - started
-        out = _output(current, probability, config)
-        validation = pa.table(deciles(p_valid, y_valid))
-        return NodeOutput(
-            table=out, extra={"validation": validation}, metrics=metrics, rows=out.num_rows
+        out = _output(current, probability, score, config)
+        extra = {
+            "validation": pa.table(deciles(p_card, y_valid)),
+            "reliability": pa.table(reliability(y_valid, p_card)),
+        }
+        return check_requirements(
+            NodeOutput(table=out, extra=extra, metrics=metrics, rows=out.num_rows), config
         )
 
     def _check_classes(
@@ -209,231 +241,6 @@ class PropensityOperator(Operator):
                 f"{negatives} negative customers (fewer than {self.MIN_CLASS_COUNT}); "
                 "predictions and metrics are unreliable"
             )
-
-
-class FeatureBuilder:
-    """Ibis expressions for per-customer features and labels at a snapshot time."""
-
-    MAX_EVENT_NAMES: ClassVar[int] = 10_000
-
-    def __init__(
-        self,
-        warehouse: Any,
-        events: ir.Table,
-        orders: ir.Table | None,
-        config: PropensityConfig,
-        event_types: list[str] | None = None,
-    ):
-        c = config
-        ev = events.select(
-            _cid=events[c.customer_id],
-            _ts=events[c.timestamp].cast("timestamp"),
-            _ev=events[c.event].cast("string"),
-        )
-        ev = ev.filter(ev._cid.notnull() & ev._ts.notnull())
-        # A session starts after 30 minutes without events. The gap to the previous event
-        # does not depend on the snapshot, so it is computed once for all snapshots.
-        previous = ev._ts.lag().over(group_by=ev._cid, order_by=ev._ts)
-        gap = ev._ts.epoch_seconds() - previous.epoch_seconds()
-        self.events: ir.Table = ev.mutate(
-            _new_session=_flag(gap.isnull() | (gap > SESSION_GAP_SECONDS)),
-            # first event of a calendar day: summing it counts active days without DISTINCT
-            _new_day=_flag(previous.isnull() | (previous.truncate("D") != ev._ts.truncate("D"))),
-        )
-        self.orders: ir.Table | None = None
-        if orders is not None:
-            o = orders.select(
-                _cid=orders[c.customer_id],
-                _ts=orders[c.timestamp].cast("timestamp"),
-                _amount=orders[c.amount].cast("float64").fill_null(0.0),
-            )
-            self.orders = o.filter(o._cid.notnull() & o._ts.notnull())
-        self.config = config
-        self.event_types = event_types or []
-        self.target = snake(config.target_event)
-        self._cached: list[Any] = []
-        self._warehouse = warehouse
-        self._names: tuple[dict[str, list[str]], dict[str, int]] | None = None
-
-    def _event_names(self) -> tuple[dict[str, list[str]], dict[str, int]]:
-        if self._names is None:  # read once, after `cache()` when the node runs
-            self._names = self._scan_event_names(self._warehouse)
-        return self._names
-
-    @property
-    def raw_names(self) -> dict[str, list[str]]:
-        """snake_case event name -> the spellings found in the data."""
-        return self._event_names()[0]
-
-    @property
-    def counts(self) -> dict[str, int]:
-        """snake_case event name -> number of events."""
-        return self._event_names()[1]
-
-    def _scan_event_names(self, warehouse: Any) -> tuple[dict[str, list[str]], dict[str, int]]:
-        """Distinct event names, grouped by their snake_case form, with event counts.
-
-        Matching names on this short list (``event IN (...)``) instead of normalising every
-        row's text in SQL keeps the per-row work of the feature queries to comparisons.
-        """
-        e = self.events
-        counts = e.group_by("_ev").aggregate(_n=e.count())
-        counts = counts.filter(counts._ev.notnull()).order_by(counts._n.desc())
-        rows = warehouse.to_arrow(counts.limit(self.MAX_EVENT_NAMES + 1))
-        if rows.num_rows > self.MAX_EVENT_NAMES:
-            raise DataError(
-                f"column `{self.config.event}` has more than {self.MAX_EVENT_NAMES:,} distinct "
-                "values; it does not look like an event name. Set `event:` to the column with "
-                "event names (Segment: `event` or `event_text`)"
-            )
-        raw: dict[str, list[str]] = {}
-        total: dict[str, int] = {}
-        for name, n in zip(rows["_ev"].to_pylist(), rows["_n"].to_pylist(), strict=True):
-            key = snake(str(name))
-            raw.setdefault(key, []).append(str(name))
-            total[key] = total.get(key, 0) + int(n)
-        return raw, total
-
-    def is_event(self, table: ir.Table, name: str) -> ir.BooleanValue:
-        """Rows whose event is ``name`` in any spelling (``Order Completed``, ``order_completed``)."""
-        values = self.raw_names.get(snake(name))
-        if values:
-            return table._ev.isin(values)
-        return table._ts.isnull() & table._ts.notnull()  # never seen: a false column, not a scalar
-
-    def cache(self) -> None:
-        """Materialize the prepared events (and orders) once for the several snapshots."""
-        self.events = self.events.cache()
-        self._cached.append(self.events)
-        if self.orders is not None:
-            self.orders = self.orders.cache()
-            self._cached.append(self.orders)
-
-    def release(self) -> None:
-        while self._cached:
-            self._cached.pop().release()
-
-    def top_event_types(self, limit: int) -> list[str]:
-        """The ``limit`` most frequent event types (snake_case), most frequent first."""
-        ranked = sorted(self.counts.items(), key=lambda item: (-item[1], item[0]))
-        return [name for name, _ in ranked[:limit]]
-
-    @property
-    def has_orders(self) -> bool:
-        return self.orders is not None
-
-    def feature_names(self) -> list[str]:
-        names = [
-            "events",
-            "events_7d",
-            "events_30d",
-            "active_days",
-            "active_days_30d",
-            "sessions",
-            "sessions_30d",
-            "days_since_last_event",
-            "days_since_first_event",
-            "target_count",
-            "target_30d",
-            "days_since_last_target",
-        ]
-        for i, _ in enumerate(self.event_types):
-            names += [f"ev{i}_count", f"ev{i}_30d", f"ev{i}_days_since"]
-        if self.orders is not None:
-            names += ["orders", "orders_30d", "spend", "spend_30d", "avg_order_value"]
-            names += ["days_since_last_order", "days_between_orders"]
-        return names
-
-    def features(self, snapshot: datetime) -> ir.Table:
-        """One row per customer with any event before ``snapshot`` (within the lookback)."""
-        import ibis
-
-        at = ibis.literal(snapshot).cast("timestamp")
-        at_s = at.epoch_seconds()
-        e = self.events.filter(self.events._ts < at)
-        if self.config.lookback_days:
-            e = e.filter(
-                e._ts >= ibis.literal(snapshot - timedelta(days=self.config.lookback_days))
-            )
-        e = e.mutate(
-            _recent7=e._ts >= ibis.literal(snapshot - timedelta(days=7)),
-            _recent30=e._ts >= ibis.literal(snapshot - timedelta(days=30)),
-        )
-
-        def since(last: ir.TimestampValue) -> ir.FloatingValue:
-            return (at_s - last.epoch_seconds()) / DAY_SECONDS
-
-        is_target = self.is_event(e, self.target)
-        aggs: dict[str, Any] = {
-            "events": e.count(),
-            "events_7d": _flag(e._recent7).sum(),
-            "events_30d": _flag(e._recent30).sum(),
-            "active_days": e._new_day.sum(),
-            "active_days_30d": e._new_day.sum(where=e._recent30),
-            "sessions": e._new_session.sum(),
-            "sessions_30d": e._new_session.sum(where=e._recent30),
-            "days_since_last_event": since(e._ts.max()),
-            "days_since_first_event": since(e._ts.min()),
-            "target_count": _flag(is_target).sum(),
-            "target_30d": _flag(is_target & e._recent30).sum(),
-            "days_since_last_target": since(e._ts.max(where=is_target)),
-        }
-        for i, name in enumerate(self.event_types):
-            hit = self.is_event(e, name)
-            aggs[f"ev{i}_count"] = _flag(hit).sum()
-            aggs[f"ev{i}_30d"] = _flag(hit & e._recent30).sum()
-            aggs[f"ev{i}_days_since"] = since(e._ts.max(where=hit))
-        feats = e.group_by("_cid").aggregate(**aggs)
-        if self.orders is None:
-            return feats
-        o = self.orders.filter(self.orders._ts < at)
-        recent = o._ts >= ibis.literal(snapshot - timedelta(days=30))
-        per = o.group_by(o._cid.name("_ocid")).aggregate(
-            orders=o.count(),
-            orders_30d=_flag(recent).sum(),
-            spend=o._amount.sum(),
-            spend_30d=o._amount.sum(where=recent),
-            _first=o._ts.min(),
-            _last=o._ts.max(),
-        )
-        joined = feats.left_join(per, feats._cid == per._ocid)
-        n = joined.orders.fill_null(0)
-        return joined.select(
-            *feats.columns,
-            orders=n,
-            orders_30d=joined.orders_30d.fill_null(0),
-            spend=joined.spend.fill_null(0.0),
-            spend_30d=joined.spend_30d.fill_null(0.0),
-            avg_order_value=ibis.ifelse(n > 0, joined.spend / n, ibis.null("float64")),
-            days_since_last_order=since(joined._last),
-            days_between_orders=ibis.ifelse(
-                n > 1,
-                (joined._last.epoch_seconds() - joined._first.epoch_seconds())
-                / DAY_SECONDS
-                / (n - 1),
-                ibis.null("float64"),
-            ),
-        )
-
-    def labelled(self, snapshot: datetime, window: timedelta) -> ir.Table:
-        """Features at ``snapshot`` plus ``_label``: did the target event occur in the window."""
-        import ibis
-
-        feats = self.features(snapshot)
-        start = ibis.literal(snapshot).cast("timestamp")
-        stop = ibis.literal(snapshot + window).cast("timestamp")
-        e = self.events
-        hits = e.filter(self.is_event(e, self.target) & (e._ts >= start) & (e._ts < stop))
-        hit_ids = hits.select(_lcid=hits._cid).distinct()
-        joined = feats.left_join(hit_ids, feats._cid == hit_ids._lcid)
-        return joined.select(*feats.columns, _label=_flag(joined._lcid.notnull()))
-
-
-def _flag(condition: ir.BooleanValue) -> ir.IntegerValue:
-    """1/0 for a condition; PostgreSQL cannot cast booleans to bigint."""
-    import ibis
-
-    return ibis.ifelse(condition, 1, 0).cast("int64")
 
 
 def _split_inputs(
@@ -537,23 +344,54 @@ def _validation_metrics(
         days = np.where(np.isnan(days), np.nanmax(np.r_[days, 0.0]) + 1.0, days)
         baselines.append(roc_auc(y, sign * days))
     auc = roc_auc(y, p)
+    quality = next(label for bound, label in QUALITY if auc >= bound)
     return {
         "auc": auc,
-        "log_loss": log_loss(y, p),
         "lift_top_decile": top_lift(y, p, 0.1),
         "baseline_auc": max(baselines),
         "base_rate": float(np.mean(y)),
-        "quality": next(label for bound, label in QUALITY if auc >= bound),
+        "quality": quality,
+        "grade": quality.capitalize(),  # Segment's labels: Poor / Fair / Good / Excellent
     }
 
 
-def _output(current: pa.Table, probability: np.ndarray, config: PropensityConfig) -> pa.Table:
+def _calibration_metrics(
+    y: np.ndarray,
+    raw: np.ndarray,
+    calibrated: np.ndarray,
+    scored: np.ndarray,
+    config: PropensityConfig,
+) -> dict[str, Any]:
+    """How far the validation window's probabilities are from what happened.
+
+    ``calibrated`` are the probabilities as sent (cross-fitted on the validation window,
+    so the calibrator is not graded on its own rows); the ``*_uncalibrated`` figures are the
+    model's raw scores, to show what calibration changed.
+    """
+    import numpy as np
+
+    return {
+        "calibration": config.calibration,
+        "log_loss": log_loss(y, calibrated),
+        "brier": brier(y, calibrated),
+        "ece": expected_calibration_error(y, calibrated),
+        "log_loss_uncalibrated": log_loss(y, raw),
+        "ece_uncalibrated": expected_calibration_error(y, raw),
+        "mean_probability": float(np.mean(scored)) if len(scored) else float("nan"),
+    }
+
+
+def _output(
+    current: pa.Table, probability: np.ndarray, score: np.ndarray, config: PropensityConfig
+) -> pa.Table:
+    """Probability as calibrated; percentile from the model's score (calibration keeps the
+    order but can merge neighbouring scores into one step, which would tie percentiles)."""
     import pyarrow as pa
 
     return pa.table(
         {
             config.customer_id: current["_cid"],
             "probability": pa.array(probability, pa.float64()),
-            "percentile": pa.array(percentile_rank(probability), pa.float64()),
+            "percentile": pa.array(percentile_rank(score), pa.float64()),
         }
     )

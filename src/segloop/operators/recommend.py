@@ -35,6 +35,7 @@ from pydantic import Field, model_validator
 from segloop.errors import DataError
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
 from segloop.operators.columns import require_columns
+from segloop.operators.gates import ModelNodeConfig, check_requirements
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
@@ -47,7 +48,11 @@ RESERVED = {"recommended", "scores", "source"}
 WEIGHT_TYPE = "decimal(18, 6)"
 
 
-class RecommendConfig(NodeConfig):
+class RecommendConfig(ModelNodeConfig):
+    GATE_METRICS: ClassVar[frozenset[str]] = frozenset(
+        {f"{m}_at_10" for m in ("precision", "recall", "ndcg")} | {"ndcg_at_10_lift", "evaluated_customers"}
+    )
+
     type: Literal["recommend"] = "recommend"
     customer_id: str = Field(default="user_id", description="Column identifying the customer.")
     item_id: str = Field(default="product_id", description="Column identifying the item.")
@@ -145,7 +150,7 @@ class RecommendOperator(Operator):
                          f"{examples}); their score columns are empty. Fix the ids in the pipeline file")
         metrics["popular_fallback_customers"] = int(recs.from_popular.sum())
         metrics["seconds"] = seconds
-        return NodeOutput(table=main, extra={"long": long}, metrics=metrics)
+        return check_requirements(NodeOutput(table=main, extra={"long": long}, metrics=metrics), config)
 
 
 def _wide_columns(config: RecommendConfig, node: str) -> dict[str, str]:
