@@ -32,7 +32,7 @@ from segloop.segment.schema import LOAD_REJECTS_TABLE, LOADED_FILES_TABLE, messa
 
 if TYPE_CHECKING:  # pragma: no cover
     from segloop.warehouse import Warehouse
-    from segloop.warehouses.base import WarehouseConfig
+    from segloop.warehouses.config import WarehouseConfig
 
 log = logging.getLogger("segloop.loader")
 

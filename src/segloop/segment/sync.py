@@ -65,26 +65,6 @@ def _state_schema() -> Any:
     )
 
 
-def _md5(value: ir.StringValue, dialect: str) -> ir.StringValue:
-    import ibis
-
-    @ibis.udf.scalar.builtin(name="md5")
-    def md5(x: str) -> str:  # type: ignore[empty-body]
-        ...
-
-    @ibis.udf.scalar.builtin(name="md5")
-    def md5_bytes(x: str) -> bytes:  # type: ignore[empty-body]
-        ...
-
-    @ibis.udf.scalar.builtin(name="to_hex")
-    def to_hex(x: bytes) -> str:  # type: ignore[empty-body]
-        ...
-
-    if dialect == "bigquery":  # BigQuery's MD5 returns BYTES
-        return to_hex(md5_bytes(value))
-    return md5(value)
-
-
 def _key_expr(source: ir.Table, key_columns: Sequence[str]) -> ir.StringValue:
     """The customer key as one string: the key column, or key columns joined with `|`."""
     import ibis
@@ -182,13 +162,13 @@ class SyncState:
     @property
     def _embedded(self) -> bool:
         """DuckDB in this process: results stream over a second cursor, settings apply."""
-        return self.warehouse.backend == "duckdb"
+        return self.warehouse.EMBEDDED
 
     def ensure(self) -> None:
         wh = self.warehouse
         for name in (self.state_table, self.log_table):
             if not wh.has_table(name):
-                wh.con.create_table(name, schema=_state_schema(), database=wh.schema)
+                wh.create_empty(name, _state_schema())
 
     def reset(self) -> None:
         """Forget what was sent: the next run sends every row, as new messages.
@@ -306,18 +286,9 @@ class SyncState:
     @contextmanager
     def _transaction(self) -> Iterator[None]:
         """One transaction on DuckDB (a kill between statements leaves the state whole);
-        other warehouses run the statements as they come."""
-        if not self._embedded:
+        other warehouses run the statements as they come (``Warehouse.transaction``)."""
+        with self.warehouse.transaction():
             yield
-            return
-        raw = self.warehouse.con.con  # type: ignore[attr-defined]
-        raw.execute("BEGIN TRANSACTION")
-        try:
-            yield
-        except BaseException:
-            raw.execute("ROLLBACK")
-            raise
-        raw.execute("COMMIT")
 
     # -- planning ------------------------------------------------------------------------
 
@@ -330,7 +301,7 @@ class SyncState:
         text = ibis.literal(fingerprint)
         for column in payload_columns:
             text = text.concat(ibis.literal(SEPARATOR), source[column].cast("string").fill_null(NULL_MARK))
-        return source.mutate(_key=key, _hash=_md5(text, self.warehouse.dialect))
+        return source.mutate(_key=key, _hash=self.warehouse.md5_hex(text))
 
     def classify(self, source: ir.Table, key_columns: Sequence[str], payload_columns: Sequence[str],
                  fingerprint: str, dedupe: bool = True) -> ir.Table:
@@ -389,7 +360,7 @@ class SyncState:
         pending = classified.filter(classified._category.isin(kept))
         if not self._embedded:  # remote warehouses read the pending rows in key-hash ranges
             pending = pending.mutate(
-                _bucket=_md5(pending._key.fill_null(""), wh.dialect).substr(0, BUCKET_CHARS))
+                _bucket=wh.md5_hex(pending._key.fill_null("")).substr(0, BUCKET_CHARS))
         self._roomy(lambda: wh.create_table(self.pending_table, pending))
         table = wh.table(self.pending_table)
         found = self._rows(table.group_by("_category").aggregate(n=table.count()))
@@ -571,7 +542,7 @@ class SyncState:
         if wh.count(state) == 0:
             first = latest.mutate(attempts=latest.log_attempts).select(*STATE_COLUMNS)
             with self._transaction():
-                wh.raw_sql(f"INSERT INTO {target} ({columns}) {wh.con.compile(first)}")
+                wh.raw_sql(f"INSERT INTO {target} ({columns}) {wh.compile(first)}")
                 wh.raw_sql(f"DELETE FROM {log_q}")
             return
         old = state.select(_old_key=state.key, _old_attempts=state.attempts)
