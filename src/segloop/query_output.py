@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
     from rich.console import Console
 
-    from segloop.warehouse import Warehouse
+    from segloop.warehouses import Warehouse
 
 FORMATS = ("table", "csv", "json", "markdown")
 SUFFIX_FORMATS = {".csv": "csv", ".json": "json", ".md": "markdown", ".markdown": "markdown", ".txt": "table"}

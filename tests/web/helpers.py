@@ -19,7 +19,7 @@ from segloop.demo import write_demo_data
 from segloop.operators import NODE_TYPES
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
 from segloop.secrets import SecretRef, resolve_secret
-from segloop.warehouse import DuckDBConfig, Warehouse
+from segloop.warehouses import DuckDBConfig, Warehouse
 
 WRITE_KEY_ENV = "SEGLOOP_TEST_WRITE_KEY"
 WRITE_KEY = "wk_live_9f3ZqT7xPq2LmN8vR4sY"  # a made-up key the report must never show

@@ -35,7 +35,7 @@ from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
 if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
 
-    from segloop.warehouse import Warehouse
+    from segloop.warehouses import Warehouse
 
 CORE_TABLES = ("tracks", "identifies", "users")
 WINDOW_COLUMN = "received_at"

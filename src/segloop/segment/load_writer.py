@@ -51,7 +51,7 @@ from segloop.warehouses.postgres import row_bytes
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
-    from segloop.warehouse import Warehouse
+    from segloop.warehouses import Warehouse
 
 STAGE_PREFIX = "_segloop_stage_"
 # A rejected value: table, column, message id, the value as JSON (or a bad line), reason, file.

@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
     import pyarrow as pa
 
-    from segloop.warehouse import Warehouse
+    from segloop.warehouses import Warehouse
 
 T = TypeVar("T")
 NEW, CHANGED, RETRY, UNCHANGED, NO_KEY, DUPLICATE = "new", "changed", "retry", "unchanged", "no_key", "duplicate"

@@ -12,7 +12,7 @@ from segloop.config import parse_pipeline
 from segloop.demo import write_demo_data
 from segloop.errors import ConfigErrors
 from segloop.pipeline import Pipeline
-from segloop.warehouse import DuckDBConfig, Warehouse
+from segloop.warehouses import DuckDBConfig, Warehouse
 
 SOURCE_PIPELINE = """\
 name: shop

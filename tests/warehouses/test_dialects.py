@@ -21,8 +21,7 @@ import sqlglot
 from segloop.demo import write_demo_data
 from segloop.operators.rfm import RfmConfig, rfm_expr
 from segloop.operators.sql import rewrite_node_refs
-from segloop.warehouse import Warehouse
-from segloop.warehouses import SQL_DIALECTS, WAREHOUSE_TYPES
+from segloop.warehouses import SQL_DIALECTS, WAREHOUSE_TYPES, Warehouse
 
 # Ibis backend name of each warehouse type; pyspark needs its backend registered.
 DIALECTS = ["snowflake", "bigquery", "postgres", "duckdb", "pyspark"]
