@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from segloop.warehouses import PostgresConfig, Warehouse
+from tests.requirements import missing
 
 REQUIRE_ENV = "SEGLOOP_REQUIRE_PG"
 SUPERUSER = "postgres"
@@ -32,7 +33,7 @@ def _unavailable(reason: str) -> None:
     """Skip the test, or fail it when CI demands PostgreSQL (SEGLOOP_REQUIRE_PG=1)."""
     if os.environ.get(REQUIRE_ENV) == "1":
         pytest.fail(f"PostgreSQL tests cannot run: {reason} ({REQUIRE_ENV}=1 makes this an error)")
-    pytest.skip(f"PostgreSQL not available: {reason}; set {REQUIRE_ENV}=1 to make this an error")
+    missing(f"PostgreSQL not available: {reason}; set {REQUIRE_ENV}=1 (or CI=true) to make this an error")
 
 
 def find_pg_bin() -> Path | None:

@@ -21,6 +21,7 @@ from segloop.pipeline import Pipeline
 from segloop.store import MIGRATIONS, RunStore
 from segloop.warehouses import DuckDBConfig, Warehouse
 from tests.fixtures_pg import PgCluster
+from tests.requirements import require_java, require_module
 
 # Plain SQL that DuckDB and PostgreSQL both read.
 CHAIN = """\
@@ -252,11 +253,8 @@ def test_postgres_tables_under_views_and_switches_across_runs(
 
 @pytest.mark.slow
 def test_spark_views_and_tables_switch_across_runs(tmp_path: Path) -> None:
-    pytest.importorskip("pyspark", reason="needs the [pyspark] extra: pip install 'segloop[pyspark]'")
-    import shutil
-
-    if shutil.which("java") is None:
-        pytest.skip("local Spark needs Java 17+ on PATH")
+    require_module("pyspark", "pip install 'segloop[pyspark]'")
+    require_java(17)
     root = tmp_path / "spark"
     (root / "pipelines").mkdir(parents=True)
     (root / "segloop.yml").write_text(

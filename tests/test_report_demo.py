@@ -69,9 +69,8 @@ def segment(monkeypatch: pytest.MonkeyPatch) -> Iterator[SegmentStandIn]:
     stand_in.close()
 
 
-@pytest.mark.skipif(not (DEMO / "pipelines" / "demo.yml").exists(), reason="examples/demo not present")
 def test_demo_run_report_has_grid_and_send_results_and_no_write_key(
-    demo_template: Path, tmp_path: Path, segment: SegmentStandIn,  # noqa: F811
+    demo_template: Path, tmp_path: Path, segment: SegmentStandIn, artifacts: Path,  # noqa: F811
 ) -> None:
     root = tmp_path / "ws"
     shutil.copytree(demo_template, root)
@@ -88,18 +87,26 @@ def test_demo_run_report_has_grid_and_send_results_and_no_write_key(
 
     assert result.report is not None
     html = result.report.read_text()
-    artifacts = Path(__file__).resolve().parents[1] / "test-artifacts"
-    artifacts.mkdir(exist_ok=True)
     (artifacts / "demo-report.html").write_text(html)  # for people to look at
     assert WRITE_KEY not in html and basic not in html  # ... and is not in the report
-    kinds = ["dag", "rfm-grid", "segment-sizes", "segment-send"]
     types = {n.type for n in result.nodes}
-    if "clv" in types:
-        kinds += ["clv-distribution", "clv-holdout"]
-    if "propensity" in types:
-        kinds += ["propensity-distribution", "propensity-deciles"]
-    for kind in kinds:
+    assert {"rfm", "clv", "propensity", "clusters", "recommend", "segment"} <= types
+    for kind in ("dag", "rfm-grid", "segment-sizes", "segment-send", "clv-distribution", "clv-holdout",
+                 "propensity-distribution", "propensity-deciles", "cluster-sizes", "recommend-metrics"):
         assert f'data-chart="{kind}"' in html, kind
+
+    def section(node: str) -> str:
+        return html.split(f'id="node-{node}"', 1)[1].split('id="node-', 1)[0]
+
+    clusters = result.node("clusters")
+    names = clusters.metrics["cluster_names"]
+    assert len(names) == 4 and all(name in section("clusters") for name in names)
+    assert "cluster profiles" in section("clusters") and 'data-chart="cluster-sizes"' in section("clusters")
+    recommend = result.node("recommend").metrics
+    for measure in ("precision@10", "recall@10", "ndcg@10"):
+        model, popular = (recommend[f"{measure.replace('@', '_at_')}"],
+                          recommend[f"popular_{measure.replace('@', '_at_')}"])
+        assert f"{measure}: model / baseline = {model / popular:.2f}x" in section("recommend"), measure
     for node in segment_nodes:
         sent = node.metrics["sent"]
         assert re.search(rf'data-label="sent" data-value="{sent}"', html)

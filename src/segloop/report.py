@@ -40,7 +40,9 @@ log = logging.getLogger("segloop")
 HISTOGRAM_BINS = 20
 TABLE_ROWS = 50
 SAMPLE_PAYLOADS = 5
-CLV_COLUMNS = ("clv", "ltv", "expected_spend", "expected_purchases", "prob_alive", "probability_alive", "p_alive")
+# In the order they are drawn (up to 3): the clv node's predicted_clv, expected_spend and
+# p_alive (docs/ui.md); expected_purchases only when one of those is missing.
+CLV_COLUMNS = ("clv", "ltv", "expected_spend", "p_alive", "prob_alive", "probability_alive", "expected_purchases")
 PROPENSITY_COLUMNS = ("probability", "likelihood", "propensity", "churn", "score")
 # precision_at_10, ndcg@10, baseline_recall_10, map: the measure ends the metric's name.
 RECOMMEND_MEASURE = re.compile(r"(?:^|_)(precision|recall|ndcg|map|hit_rate|mrr)(?:_at_|@|_)?(\d+)?$", re.I)

@@ -16,12 +16,13 @@ from segloop.errors import DataError
 from segloop.operators.base import NodeOutput, RunContext
 from segloop.operators.clv import ClvConfig, ClvOperator
 from segloop.warehouses import Warehouse
+from tests.requirements import missing
 
 
 def lifetimes_datasets() -> Path:
     spec = importlib.util.find_spec("lifetimes")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("lifetimes (dev extra) is not installed")
+        missing("lifetimes (dev extra) is not installed: pip install -e '.[dev]'")
     return Path(list(spec.submodule_search_locations)[0]) / "datasets"
 
 

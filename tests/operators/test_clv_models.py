@@ -18,13 +18,14 @@ from segloop.models.btyd import (
     fit_gamma_gamma,
     unique_rows,
 )
+from tests.requirements import missing, require_module
 
 
 def lifetimes_datasets() -> Path:
     """The CDNOW files shipped in the lifetimes wheel (not importable as a module)."""
     spec = importlib.util.find_spec("lifetimes")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("lifetimes (dev extra) is not installed")
+        missing("lifetimes (dev extra) is not installed: pip install -e '.[dev]'")
     return Path(list(spec.submodule_search_locations)[0]) / "datasets"
 
 
@@ -71,7 +72,7 @@ def test_gamma_gamma_reproduces_fader_hardie_on_cdnow(cdnow: dict[str, np.ndarra
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning:lifetimes.*")
 def test_predictions_match_lifetimes_formulas_including_heavy_buyers() -> None:
-    lifetimes = pytest.importorskip("lifetimes")
+    lifetimes = require_module("lifetimes", "pip install -e '.[dev]'")
     rng = np.random.default_rng(7)
     n = 2000
     x = rng.integers(0, 400, n).astype(float)

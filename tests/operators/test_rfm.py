@@ -113,6 +113,44 @@ def test_explicit_as_of_shifts_recency_not_scores(make_workspace) -> None:
     wh.close()
 
 
+# A second hand-worked table, 15 customers, that reaches all ten segments (the first never
+# reaches need_attention or cant_lose). n = 15: score = 1 + floor(5 * worse / 15) =
+# 1 + floor(worse / 3). Recency 300, 280, ..., 20 days: customer i (1-based) has i - 1
+# customers strictly worse, so c01-c03 score R 1, c04-c06 R 2, ... c13-c15 R 5. Frequencies
+# are 1..15, all distinct, so 1-3 purchases score F 1, 4-6 F 2, ..., 13-15 F 5.
+ALL_SEGMENTS = {  # customer: (purchases, r, f, segment)
+    "c01": (13, 1, 5, "cant_lose"), "c02": (1, 1, 1, "hibernating"),
+    "c03": (7, 1, 3, "at_risk"), "c04": (4, 2, 2, "hibernating"),
+    "c05": (10, 2, 4, "at_risk"), "c06": (11, 2, 4, "at_risk"),
+    "c07": (8, 3, 3, "need_attention"), "c08": (5, 3, 2, "about_to_sleep"),
+    "c09": (12, 3, 4, "loyal_customers"), "c10": (2, 4, 1, "promising"),
+    "c11": (14, 4, 5, "loyal_customers"), "c12": (9, 4, 3, "potential_loyalists"),
+    "c13": (15, 5, 5, "champions"), "c14": (3, 5, 1, "new_customers"),
+    "c15": (6, 5, 2, "potential_loyalists"),
+}
+
+
+def test_a_hand_worked_table_reaches_all_ten_segments(make_workspace) -> None:
+    users, stamps, amounts = [], [], []
+    for i, (user, (purchases, _r, _f, _segment)) in enumerate(sorted(ALL_SEGMENTS.items())):
+        last = AS_OF.replace(hour=14) - timedelta(days=300 - 20 * i)
+        for k in range(purchases):
+            users.append(user)
+            stamps.append(last - timedelta(days=k))
+            amounts.append(10.0 + i)
+    root: Path = make_workspace({"shop": PIPELINE.format(as_of="    as_of: 2024-03-31")})
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        wh.create_table("orders", pa.table({"user_id": users, "ts": pa.array(stamps, pa.timestamp("us")),
+                                            "revenue": amounts}), schema="shop_src")
+    result = Pipeline.load(root / "pipelines" / "shop.yml").run()
+    assert result.ok, result.node("rfm").error
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        rows = {r["user_id"]: r for r in wh.table("shop__rfm").to_pyarrow().to_pylist()}
+    got = {u: (r["frequency"], r["r_score"], r["f_score"], r["segment"]) for u, r in rows.items()}
+    assert got == ALL_SEGMENTS
+    assert {segment for *_, segment in ALL_SEGMENTS.values()} == {name for _, _, name in SEGMENT_MAP}
+
+
 def test_segment_map_covers_every_cell_once() -> None:
     for r in range(1, 6):
         for f in range(1, 6):

@@ -164,6 +164,19 @@ def test_rows_without_customer_id_are_rejected_not_sent(make_workspace) -> None:
     assert "shop__to_segment__rejects" in result.node("to_segment").warnings[0]
 
 
+def test_identical_rows_without_customer_id_are_each_rejected(make_workspace) -> None:
+    """Five rows without an id, four of them identical: five rejects, none counted as duplicates."""
+    table = pa.table({"user_id": ["1", None, None, None, None, None],
+                      "iphone": [0.1, 0.2, 0.2, 0.2, 0.2, 0.9], "apple_watch": [1.0] * 6})
+    root = setup(make_workspace, table)
+    result = run(root, FakeSegment())
+    m = result.node("to_segment").metrics
+    assert (m["sent"], m["missing_key"], m["duplicate_keys"], m["rejected"]) == (1, 5, 0, 5)
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        rejects = wh.table("shop__to_segment__rejects").to_pyarrow().to_pylist()
+    assert len(rejects) == 5 and {r["reason"] for r in rejects} == {"missing_customer_id"}
+
+
 def test_dry_run_sends_nothing_and_shows_payloads(make_workspace) -> None:
     root = setup(make_workspace, scores(10))
     fake = FakeSegment()

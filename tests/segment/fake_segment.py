@@ -44,6 +44,7 @@ class FakeSegment:
     fail_rate: Callable[[int], Any] | None = None
     requests: list[Request] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    first_request: threading.Event = field(default_factory=threading.Event)  # set on arrival
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if self.gate is not None:
@@ -55,6 +56,7 @@ class FakeSegment:
         with self.lock:
             self.requests.append(rec)
             number = len(self.requests)
+            self.first_request.set()
             action = self.script.pop(0) if self.script else None
         if action is None and self.fail_rate is not None:
             action = self.fail_rate(number)

@@ -19,6 +19,7 @@ from segloop.segment.archive import read_all_messages
 from segloop.segment.collector import serve_in_thread
 from segloop.segment.loader import load_archive
 from segloop.warehouses import Warehouse
+from tests.requirements import missing
 from tests.segment.npm_packages import npm_package
 
 KEY = "wk_clients"
@@ -57,7 +58,7 @@ analytics.closeAndFlush({ timeout: 60000 }).then(() => {
 def test_segment_analytics_node_lands_every_message_once(tmp_path: Path):
     node = shutil.which("node")
     if node is None:
-        pytest.skip("needs Node.js")
+        missing("Node.js (`node`) is not on PATH; the client tests run Segment's JS libraries with it")
     package = npm_package("@segment/analytics-node")
     with serve_in_thread({KEY: "backend"}, tmp_path / "collector") as running:
         done = subprocess.run([node, "-e", NODE_SENDER, str(package), KEY, running.url, str(EVENTS), str(USERS)],

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-schemathesis = pytest.importorskip("schemathesis")
+from tests.requirements import require_module
+
+schemathesis = require_module("schemathesis", "pip install -e '.[dev]'")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
 from segloop.segment.archive import read_all_messages  # noqa: E402

@@ -15,8 +15,9 @@ import orjson
 import pytest
 
 from segloop.segment import Client
+from tests.requirements import require_module
 
-analytics = pytest.importorskip("segment.analytics")
+analytics = require_module("segment.analytics", "pip install -e '.[dev]' (segment-analytics-python)")
 
 ROWS = [
     {"user_id": "162514333", "iphone": 0.734, "apple_watch": 0.812},

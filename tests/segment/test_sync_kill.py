@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 
 from segloop.segment.archive import read_all_messages
-from segloop.segment.collector import serve_in_thread
+from segloop.segment.collector import RunningCollector, serve_in_thread
 from segloop.warehouses import DuckDBConfig, Warehouse
 
 ROWS = 20_000
@@ -41,6 +41,27 @@ nodes:
 """
 
 
+def hold_archive_after(collector: RunningCollector, messages: int) -> tuple[threading.Event, threading.Event]:
+    """Once ``messages`` more are archived, hold the collector's next write until released.
+
+    Sets the first event when a write is held. A kill that waits for it lands mid-run however
+    fast or slow the machine is (polling the counters let a fast run finish first).
+    """
+    writer = collector.collector.committer.writer
+    append, written = writer.append, [0]
+    reached, release = threading.Event(), threading.Event()
+
+    def held_append(groups: dict[tuple[str, int], list[bytes]]) -> None:
+        if written[0] >= messages:
+            reached.set()
+            release.wait(120)
+        append(groups)
+        written[0] += sum(len(lines) for lines in groups.values())
+
+    writer.append = held_append  # type: ignore[method-assign]
+    return reached, release
+
+
 def segloop_run(root: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "SEGLOOP_KILL_KEY": KEY}
     return subprocess.Popen([sys.executable, "-m", "segloop.cli", "run", "shop"], cwd=root, env=env,
@@ -58,13 +79,15 @@ def test_kill_9_mid_run_then_rerun_delivers_every_row_once(make_workspace, tmp_p
                 "segment": [f"s{i % 5}" for i in range(ROWS)],
             }), schema="src")
 
+        reached, release = hold_archive_after(collector, ROWS // 4)
         first = segloop_run(root)
-        deadline = time.monotonic() + 60
-        while collector.stats["accepted"] < ROWS // 4 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
-        accepted_at_kill = collector.stats["accepted"]
+        try:
+            assert reached.wait(120), "the first run never got a quarter of its rows archived"
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+            accepted_at_kill = collector.stats["accepted"]
+        finally:
+            release.set()
         assert 0 < accepted_at_kill < ROWS, "the kill must land mid-run"
 
         second = segloop_run(root)
@@ -119,13 +142,17 @@ def test_kill_9_while_values_change_back_then_rerun_delivers_every_change_once(
         assert collector.stats["accepted"] == 2 * FLIP_ROWS
 
         write_scores(root, 1.0)
+        # Half the rows: at 15 ms a request and two in flight that takes >= 0.375 s on any
+        # machine, so a checkpoint (every 0.25 s) has been written before the kill.
+        reached, release = hold_archive_after(collector, FLIP_ROWS // 2)
         killed = segloop_run(root)
-        deadline = time.monotonic() + 60
-        while collector.stats["accepted"] < 2 * FLIP_ROWS + FLIP_ROWS // 4 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        killed.send_signal(signal.SIGKILL)
-        killed.wait(10)
-        at_kill = collector.stats["accepted"] - 2 * FLIP_ROWS
+        try:
+            assert reached.wait(120), "the third run never got half of its rows archived"
+            killed.send_signal(signal.SIGKILL)
+            killed.wait(10)
+            at_kill = collector.stats["accepted"] - 2 * FLIP_ROWS
+        finally:
+            release.set()
         assert 0 < at_kill < FLIP_ROWS, "the kill must land mid-run"
 
         rerun = segloop_run(root)

@@ -22,6 +22,7 @@ from segloop.demo import write_demo_data
 from segloop.operators.rfm import RfmConfig, rfm_expr
 from segloop.operators.sql import rewrite_node_refs
 from segloop.warehouses import SQL_DIALECTS, WAREHOUSE_TYPES, Warehouse
+from tests.requirements import require_module
 
 # Ibis backend name of each warehouse type; pyspark needs its backend registered.
 DIALECTS = ["snowflake", "bigquery", "postgres", "duckdb", "pyspark"]
@@ -37,7 +38,7 @@ def sqlglot_dialect(backend: str) -> str:
 
 def compile_to(expr: Any, backend: str) -> str:
     if backend == "pyspark":
-        pytest.importorskip("pyspark", reason="compiling to Spark SQL needs the [pyspark] extra")
+        require_module("pyspark", "compiling to Spark SQL needs the [pyspark] extra: pip install 'segloop[pyspark]'")
         ibis.pyspark  # noqa: B018 - loading the backend registers its compiler options
     sql = ibis.to_sql(expr, dialect=backend)
     sqlglot.parse_one(sql, read=sqlglot_dialect(backend))  # raises on SQL the dialect rejects

@@ -6,7 +6,6 @@ Java 17+; without them the test is skipped and says why.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import yaml
 
 from segloop.demo import generate
 from segloop.pipeline import Pipeline
+from tests.requirements import require_java, require_module
 
 pytestmark = pytest.mark.slow
 
@@ -66,9 +66,8 @@ def rfm_rows(pipeline: Pipeline) -> list[dict[str, Any]]:
 
 
 def test_demo_sql_and_rfm_give_the_same_segments_on_spark_and_duckdb(tmp_path: Path) -> None:
-    pytest.importorskip("pyspark", reason="needs the [pyspark] extra: pip install 'segloop[pyspark]'")
-    if shutil.which("java") is None:
-        pytest.skip("local Spark needs Java 17+ on PATH")
+    require_module("pyspark", "pip install 'segloop[pyspark]'")
+    require_java(17)
     spark_yml = (f"    type: pyspark\n    master: local[2]\n    metastore: in-memory\n"
                  f"    warehouse_dir: {tmp_path / 'spark-warehouse'}\n"
                  "    conf:\n      spark.sql.shuffle.partitions: '2'\n")

@@ -1,27 +1,26 @@
-"""Shared by the report, UI, schedule and alert tests: demo workspaces and stand-in node types.
+"""Shared by the report, UI, schedule and alert tests: demo workspaces with the real node types.
 
-The clv, propensity, clusters, recommend and segment node types are written in other
-issues; the report must show them as soon as they land. These stand-ins produce the
-tables and metrics those issues specify (``<pipeline>__<node>__profiles``, AUC, NDCG@10
-next to a baseline, sent / rejected / sample payloads ...), so the report and UI are
-tested against the contract now. They are registered only inside a test (monkeypatch).
+DEMO_PIPELINE runs every node type (rfm, clv, propensity, clusters, recommend, segment) on
+the demo data, so the report, the UI and alerts are tested against the metrics and tables
+the real nodes write (p_alive, popular_* baselines, cluster profiles, the sync's new /
+changed ...). Its Segment node sends to a real collector on a loopback port; customers
+with R score 1 reach it over 32 KB, so it really rejects some rows.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Literal
 
 import pytest
 
 from segloop.demo import write_demo_data
-from segloop.operators import NODE_TYPES
-from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
-from segloop.secrets import SecretRef, resolve_secret
+from segloop.segment.collector import RunningCollector, serve_in_thread
 from segloop.warehouses import DuckDBConfig, Warehouse
 
 WRITE_KEY_ENV = "SEGLOOP_TEST_WRITE_KEY"
+ENDPOINT_ENV = "SEGLOOP_TEST_ENDPOINT"  # a real `segloop collector` on a loopback port
 WRITE_KEY = "wk_live_9f3ZqT7xPq2LmN8vR4sY"  # a made-up key the report must never show
 
 WORKSPACE_YML = "warehouses:\n  default:\n    type: duckdb\n    path: .segloop/warehouse.duckdb\n"
@@ -43,23 +42,64 @@ name: demo
 warehouse: default
 nodes:
 {SQL_RFM}\
+  events:
+    type: sql
+    sql: select user_id, "timestamp", event from demo_shop.tracks where user_id is not null
   clv:
     type: clv
-    input: rfm
+    input: orders
+    horizon: 120 days
   propensity:
     type: propensity
-    input: rfm
+    input: events
+    orders: orders
+    target_event: Order Completed
+    window_days: 30
   clusters:
     type: clusters
     input: rfm
+    customer_id: user_id
+    columns: [recency_days, frequency, monetary]
+    k: 3
+  shop:
+    type: segment_source
+    schema: demo_shop
+    tables: [product_viewed, product_added, order_completed]
+  product_events:
+    type: sql
+    input: shop
+    sql: |
+      select user_id, product_id, "timestamp", event_text from product_viewed
+      where user_id is not null
+      union all
+      select user_id, product_id, "timestamp", event_text from product_added
+      where user_id is not null
+      union all
+      select user_id, product_id, "timestamp", event_text from order_completed_products
+      where user_id is not null
   recommend:
     type: recommend
-    input: orders
+    input: product_events
+    customer_id: user_id
+    item_id: product_id
+    timestamp: timestamp
+    event: event_text
+    weights: {{Product Viewed: 1, Product Added: 3, Order Completed: 5}}
+    top_n: 5
+    holdout_days: 30
+  audience:                # R score 1: a segment name over Segment's 32 KB message limit, rejected
+    type: sql
+    input: rfm
+    sql: select user_id, case when r_score = 1 then repeat('x', 40000) else segment end as segment, r_score from rfm
   to_segment:
     type: segment
-    input: rfm
+    input: audience
     write_key: ${{{WRITE_KEY_ENV}}}
+    endpoint: ${{{ENDPOINT_ENV}}}
+    call: track
     event: RFM Segment
+    customer_id: user_id
+    properties: [segment, r_score]
 """
 
 RFM_PIPELINE = f"name: shop\nwarehouse: default\nnodes:\n{SQL_RFM}"
@@ -81,131 +121,20 @@ def copy_workspace(template: Path, target: Path, pipelines: dict[str, str]) -> P
     return target
 
 
-# -- stand-in node types --------------------------------------------------------------------
+# -- the Segment end: a real collector on a loopback port ----------------------------------
 
 
-class _Config(NodeConfig):
-    pass
-
-
-class FakeClvConfig(_Config):
-    type: Literal["clv"] = "clv"
-
-
-class FakeClv(Operator):
-    type_name: ClassVar[str] = "clv"
-    config_model: ClassVar[type[NodeConfig]] = FakeClvConfig
-
-    def run(self, inputs: dict[str, Any], ctx: RunContext) -> NodeOutput:
-        t = self.only_input(inputs)
-        out = t.select("user_id", predicted_clv=t.monetary * 1.3, prob_alive=1.0 / (1.0 + t.recency_days / 60.0))
-        return NodeOutput(table=out, metrics={"log_likelihood": -1234.5, "converged": True,
-                                              "bgnbd": {"r": 0.243, "alpha": 4.414}})
-
-
-class FakePropensityConfig(_Config):
-    type: Literal["propensity"] = "propensity"
-
-
-class FakePropensity(Operator):
-    type_name: ClassVar[str] = "propensity"
-    config_model: ClassVar[type[NodeConfig]] = FakePropensityConfig
-
-    def run(self, inputs: dict[str, Any], ctx: RunContext) -> NodeOutput:
-        t = self.only_input(inputs)
-        out = t.select("user_id", probability=(t.f_score * 0.18 + t.r_score * 0.01), percentile=t.f_score / 5.0)
-        return NodeOutput(table=out, metrics={"auc": 0.81, "log_loss": 0.42, "lift_top_decile": 3.1,
-                                              "quality": "good"})
-
-
-class FakeClustersConfig(_Config):
-    type: Literal["clusters"] = "clusters"
-
-
-class FakeClusters(Operator):
-    type_name: ClassVar[str] = "clusters"
-    config_model: ClassVar[type[NodeConfig]] = FakeClustersConfig
-
-    def run(self, inputs: dict[str, Any], ctx: RunContext) -> NodeOutput:
-        import ibis
-
-        t = self.only_input(inputs)
-        labelled = t.select("user_id", "monetary", cluster=(t.r_score % 3).cast("int64"))
-        labelled = labelled.mutate(cluster_name=ibis.cases(
-            (labelled.cluster == 0, "recent big spenders"), (labelled.cluster == 1, "steady"), else_="fading"))
-        profiles = labelled.group_by(["cluster", "cluster_name"]).aggregate(
-            size=labelled.count(), monetary=labelled.monetary.mean())
-        return NodeOutput(table=labelled, extra={"profiles": profiles}, metrics={"k": 3, "silhouette": 0.41})
-
-
-class FakeRecommendConfig(_Config):
-    type: Literal["recommend"] = "recommend"
-
-
-class FakeRecommend(Operator):
-    type_name: ClassVar[str] = "recommend"
-    config_model: ClassVar[type[NodeConfig]] = FakeRecommendConfig
-
-    def run(self, inputs: dict[str, Any], ctx: RunContext) -> NodeOutput:
-        t = self.only_input(inputs)
-        out = t.select("user_id").distinct()
-        return NodeOutput(table=out, metrics={
-            "precision_at_10": 0.12, "recall_at_10": 0.31, "ndcg_at_10": 0.27,
-            "baseline": {"precision_at_10": 0.05, "recall_at_10": 0.11, "ndcg_at_10": 0.09},
-        })
-
-
-class FakeSegmentConfig(_Config):
-    type: Literal["segment"] = "segment"
-    write_key: SecretRef
-    event: str = "RFM Segment"
-
-
-class FakeSegment(Operator):
-    """Behaves like the Segment action's metrics contract, and leaks the key on purpose."""
-
-    type_name: ClassVar[str] = "segment"
-    config_model: ClassVar[type[NodeConfig]] = FakeSegmentConfig
-    REJECT_R_SCORE: ClassVar[int] = 1
-
-    def run(self, inputs: dict[str, Any], ctx: RunContext) -> NodeOutput:
-        config = self.config
-        assert isinstance(config, FakeSegmentConfig)
-        key = resolve_secret(config.write_key, f"node `{ctx.node}`").get_secret_value()
-        t = self.only_input(inputs)
-        rows = ctx.warehouse.count(t)
-        rejected = ctx.warehouse.count(t.filter(t.r_score == self.REJECT_R_SCORE))
-        sample = ctx.warehouse.to_arrow(t.filter(t.r_score != self.REJECT_R_SCORE).order_by("user_id"), limit=2).to_pylist()
-        payloads = [
-            {"type": "track", "userId": r["user_id"], "event": config.event,
-             "properties": {"segment": r["segment"], "r_score": r["r_score"]},
-             "writeKey": key, "context": {"debug": f"sent with key {key}"}}
-            for r in sample
-        ]
-        sent = 0 if ctx.dry_run else rows - rejected
-        return NodeOutput(rows=rows, metrics={
-            "rows": rows, "sent": sent, "rejected": rejected, "failed": 0, "skipped": 0,
-            "would_send": rows - rejected,
-            "rejected_by_reason": {f"r_score is {self.REJECT_R_SCORE} (test rule)": rejected},
-            "sample_payloads": payloads,
-        })
-
-
-    def preview(self, inputs: dict[str, Any], ctx: RunContext, rows: int = 5) -> dict[str, Any]:
-        """Like the Segment node's: counts of the next run and a few payloads, sending nothing."""
-        output = self.run(inputs, ctx)
-        metrics = dict(output.metrics)
-        return {"rows": metrics["rows"], "to_send": metrics["would_send"],
-                "payloads": metrics["sample_payloads"][:rows]}
-
-
-FAKE_TYPES: tuple[type[Operator], ...] = (FakeClv, FakePropensity, FakeClusters, FakeRecommend, FakeSegment)
-
-
-def register_fakes(monkeypatch: pytest.MonkeyPatch) -> None:
+def _segment_collector(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[RunningCollector]:
+    """`segloop collector` on 127.0.0.1 as the pipelines' Segment endpoint, with the test key."""
     monkeypatch.setenv(WRITE_KEY_ENV, WRITE_KEY)
-    for op in FAKE_TYPES:
-        monkeypatch.setitem(NODE_TYPES, op.type_name, op)
+    with serve_in_thread({WRITE_KEY: "crm"}, tmp_path / "collector") as running:
+        monkeypatch.setenv(ENDPOINT_ENV, running.url)
+        yield running
+
+
+segment_collector = pytest.fixture(_segment_collector, name="segment_collector")
+# The name the report/UI tests used while the node types were stand-ins; same real collector.
+fakes = pytest.fixture(_segment_collector, name="fakes")
 
 
 _TEMPLATE: list[Path] = []
@@ -222,7 +151,3 @@ def demo_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         _TEMPLATE.append(build_demo_workspace(tmp_path_factory.mktemp("demo") / "template"))
     return _TEMPLATE[0]
 
-
-@pytest.fixture
-def fakes(monkeypatch: pytest.MonkeyPatch) -> None:
-    register_fakes(monkeypatch)

@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 from segloop.config import Workspace
 from segloop.errors import SegloopError
 from segloop.schedule import BackgroundRuns
+from segloop.segment.collector import RunningCollector
 from segloop.store import RunStore
 from segloop.web.app import create_app, ui_token
 from tests.web.helpers import (
@@ -101,20 +102,32 @@ def test_node_table_shows_the_first_100_rows(client: TestClient, workspace: Work
     assert missing.status_code == 404 and "no pipeline file `nope`" in missing.text
 
 
-def test_segment_preview_sends_nothing_and_shows_redacted_payloads(client: TestClient, workspace: Workspace) -> None:
+def test_segment_preview_sends_nothing_and_shows_redacted_payloads(
+    client: TestClient, workspace: Workspace, fakes: RunningCollector,  # noqa: F811
+) -> None:
     client.post("/pipelines/demo/run")
     first = wait_for_run(workspace, "demo")
+    received = fakes.stats["received"]
+    store = RunStore(workspace.state_dir / "state.db")
+    metrics = store.get_run(first).nodes[-1].metrics
+    sent, rows = metrics["sent"], metrics["rows"]
+    store.close()
+    assert received == sent > 0
+    # A new event name changes every row's payload: the next run would send them all again.
+    pipeline_file = workspace.root / "pipelines" / "demo.yml"
+    pipeline_file.write_text(pipeline_file.read_text().replace("event: RFM Segment", "event: RFM Segment v2"))
     page = client.post("/pipelines/demo/nodes/to_segment/preview")
     assert page.status_code == 200
-    assert page.text.count('<pre class="payload">') == 2
-    assert "RFM Segment" in page.text
-    assert WRITE_KEY not in page.text and "[secure]" in page.text
+    assert page.text.count('<pre class="payload">') >= 2
+    assert "RFM Segment v2" in page.text
+    assert WRITE_KEY not in page.text
+    counts = {k: int(v.replace(",", "")) for k, v in
+              re.findall(r'<th>(new|changed)</th><td class="num">([\d,]+)</td>', page.text)}
+    assert counts == {"new": 0, "changed": rows}  # the real node's counts of the next run
+    assert fakes.stats["received"] == received  # the preview sent nothing
     store = RunStore(workspace.state_dir / "state.db")
-    run = store.get_run(first)
     runs = store.list_runs("demo", 5)
     store.close()
-    to_send = run.nodes[-1].metrics["would_send"]
-    assert re.search(rf'<th>to_send</th><td class="num">{to_send:,}</td>', page.text)
     assert [r.id for r in runs] == [first]  # a preview is not a run
     not_segment = client.post("/pipelines/demo/nodes/rfm/preview")
     assert "`rfm` is not a Segment node of pipeline `demo` (Segment nodes: to_segment)" in not_segment.text

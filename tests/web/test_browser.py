@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -14,6 +13,7 @@ import pytest
 from segloop.config import Workspace
 from segloop.schedule import BackgroundRuns
 from segloop.web.app import create_app
+from tests.requirements import missing, require_module
 from tests.web.helpers import (
     DEMO_PIPELINE,
     WRITE_KEY,
@@ -25,14 +25,16 @@ from tests.web.helpers import (
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
-pytestmark = [
-    pytest.mark.slow,
-    # CI installs chromium (.ci/run), so there a missing browser fails instead of skipping.
-    pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("CI"),
-                       reason="needs Debian's chromium: apt-get install -y chromium"),
-]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def browser_tools() -> None:
+    """Debian's chromium and Playwright; CI installs both (.ci/run), so there a missing one fails."""
+    if not CHROMIUM.exists():
+        missing(f"the UI test needs Debian's chromium at {CHROMIUM}: apt-get install -y chromium")
+    require_module("playwright.sync_api", "pip install -e '.[dev]'")
 
 
 def free_port() -> int:
@@ -64,11 +66,10 @@ def server(demo_template: Path, tmp_path: Path, fakes: None) -> Iterator[tuple[s
     runs.join(60)
 
 
-def test_run_from_the_ui_and_open_its_report(server: tuple[str, Workspace]) -> None:
+def test_run_from_the_ui_and_open_its_report(server: tuple[str, Workspace], artifacts: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     base, _ = server
-    ARTIFACTS.mkdir(exist_ok=True)
     outside: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
@@ -93,7 +94,7 @@ def test_run_from_the_ui_and_open_its_report(server: tuple[str, Workspace]) -> N
             finished = page.locator('#runs tr[data-status="success"]')
             expect(finished).to_have_count(1, timeout=60_000)  # the page refreshes itself while running
             expect(finished.locator("td").nth(1)).to_have_text("ui")
-            page.screenshot(path=str(ARTIFACTS / "ui-pipeline.png"), full_page=True)
+            page.screenshot(path=str(artifacts / "ui-pipeline.png"), full_page=True)
             finished.locator("a.report-link").click()
             grid = page.locator('svg[data-chart="rfm-grid"]')
             expect(grid).to_be_visible()
@@ -103,11 +104,11 @@ def test_run_from_the_ui_and_open_its_report(server: tuple[str, Workspace]) -> N
                 expect(page.locator(f'svg[data-chart="{kind}"]').first).to_be_visible()
             assert grid.bounding_box()["width"] > 300  # type: ignore[index] # drawn, not collapsed
             assert WRITE_KEY not in page.content()
-            page.screenshot(path=str(ARTIFACTS / "ui-report.png"), full_page=True)
+            page.screenshot(path=str(artifacts / "ui-report.png"), full_page=True)
         finally:
             browser.close()
     assert outside == []  # nothing left the machine
-    assert (ARTIFACTS / "ui-report.png").stat().st_size > 10_000
+    assert (artifacts / "ui-report.png").stat().st_size > 10_000
 
 
 def test_report_file_renders_offline(server: tuple[str, Workspace]) -> None:

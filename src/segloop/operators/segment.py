@@ -282,11 +282,18 @@ class _Delivery:
         self.ctx.progress(0, total)
         try:
             summary = send_messages(self._sampled(messages), client, on_result=self.on_result,
-                                    progress=lambda n: self.ctx.progress(n, None))
+                                    progress=self._progress)
         finally:
             client.shutdown()
         self.maybe_checkpoint(force=True)
         return summary
+
+    def _progress(self, finished: int) -> None:
+        """Main thread, while rendering and while waiting for the last batches: report, and
+        checkpoint what was acknowledged (a run that fits in the client's queue spends most
+        of its send waiting here; a kill then must not re-send what already arrived)."""
+        self.ctx.progress(finished, None)
+        self.maybe_checkpoint()
 
     def _sampled(self, messages: Iterator[tuple[Any, Any]]) -> Iterator[tuple[Any, Any]]:
         for ref, message in messages:

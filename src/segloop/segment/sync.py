@@ -74,17 +74,17 @@ def _key_expr(source: ir.Table, key_columns: Sequence[str]) -> ir.StringValue:
 
 
 def _deduplicated(keyed: ir.Table) -> ir.Table:
-    """One row per key (the one with the smallest hash); identical rows collapse into one.
+    """One row per key (the one with the smallest hash); rows without a key all kept.
 
     Only used when the input has duplicate or missing keys (``plan`` checks first): a
-    distinct and a grouped aggregate over the whole input, no sort.
+    distinct and a grouped aggregate over the keyed rows, no sort. Rows without a key are
+    never collapsed, even when identical: each one is rejected, and counted, on its own.
     """
-    distinct = keyed.distinct()
-    keyed_rows = distinct.filter(distinct._key.notnull())
+    keyed_rows = keyed.filter(keyed._key.notnull()).distinct()
     first = keyed_rows.group_by(_fkey=keyed_rows._key).aggregate(_first=keyed_rows._hash.min())
     chosen = keyed_rows.join(first, [keyed_rows._key == first._fkey, keyed_rows._hash == first._first])
     chosen = chosen.drop("_fkey", "_first")
-    return chosen.union(distinct.filter(distinct._key.isnull()))
+    return chosen.union(keyed.filter(keyed._key.isnull()), distinct=False)
 
 
 @dataclass
