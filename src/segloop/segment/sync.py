@@ -192,7 +192,7 @@ class SyncState:
         path imports pandas, ~50 MB and half a second, for a handful of numbers)."""
         wh = self.warehouse
         if self._embedded:
-            return list(wh.con.con.execute(str(wh.con.compile(expr))).fetchall())  # type: ignore[attr-defined]
+            return list(wh.raw.execute(str(wh.con.compile(expr))).fetchall())
         table = wh.to_arrow(expr)
         return [tuple(row.values()) for row in table.to_pylist()]
 
@@ -210,7 +210,7 @@ class SyncState:
             finally:
                 self._sessions -= 1
             return
-        raw = self.warehouse.con.con  # type: ignore[attr-defined]
+        raw = self.warehouse.raw
         wanted = dict(self.DUCKDB_SETTINGS)
         cap = wanted.pop("memory_limit", None)
         if getattr(self.warehouse.config, "memory_limit", None):
@@ -250,7 +250,7 @@ class SyncState:
     def _set_memory_limit(self, value: str) -> bool:
         """``SET memory_limit``; false when DuckDB cannot free enough memory to lower it."""
         try:
-            self.warehouse.con.con.execute(f"SET memory_limit = '{value}'")  # type: ignore[attr-defined]
+            self.warehouse.raw.execute(f"SET memory_limit = '{value}'")
         except Exception as exc:
             if _out_of_memory(exc):
                 return False
@@ -397,7 +397,7 @@ class SyncState:
         pending = wh.table(self.pending_table)
         wanted = pending.filter(pending._category != GONE_SENT).order_by("_key").limit(rows)
         if self._embedded:
-            result = _duckdb_reader(wh.con.con.execute(str(wh.con.compile(wanted))), rows).read_all()  # type: ignore[attr-defined]
+            result = _duckdb_reader(wh.raw.execute(str(wh.con.compile(wanted))), rows).read_all()
             wh.rows_fetched += result.num_rows
             return result
         return wh.to_arrow(wanted.drop("_bucket"))
@@ -411,7 +411,7 @@ class SyncState:
             # Short queries over row-id ranges (DuckDB skips row groups outside the range),
             # not one long streaming query: an open read transaction would stop DuckDB from
             # checkpointing, and the log appended meanwhile would pile up in memory.
-            raw = wh.con.con  # type: ignore[attr-defined]
+            raw = wh.raw
             table = wh.qualified(self.pending_table)
             [(low, high)] = raw.execute(f"SELECT min(rowid), max(rowid) FROM {table}").fetchall()
             if low is None:

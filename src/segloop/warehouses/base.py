@@ -107,6 +107,12 @@ class Warehouse:
         return str(self.con.name)
 
     @property
+    def raw(self) -> Any:
+        """The driver's own connection under Ibis (duckdb's, psycopg's), for what Ibis
+        cannot do; callers use it only where a capability says how it behaves (``EMBEDDED``)."""
+        return self.con.con  # type: ignore[attr-defined]
+
+    @property
     def dialect(self) -> str:
         """The sqlglot dialect of the warehouse's SQL (``spark`` for the pyspark backend)."""
         return self.DIALECT or self.backend
@@ -565,7 +571,6 @@ class Warehouse:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
 
 
 def _retry(kind: str | None, actual: str | None, writing: str) -> bool:

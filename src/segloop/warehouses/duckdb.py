@@ -191,11 +191,6 @@ class DuckDBWarehouse(Warehouse):
     # DuckDB's own statements that are not queries (`query` shows their result as it is).
     RAW_STATEMENTS: ClassVar[frozenset[str]] = frozenset({"describe", "show", "summarize", "pragma"})
 
-    @property
-    def raw(self) -> Any:
-        """The duckdb connection under Ibis."""
-        return self.con.con  # type: ignore[attr-defined]
-
     def list_tables(self, schema: str | None = None) -> list[str]:
         # What Ibis asks, without its three catalog queries (~3-100 ms; this ~1 ms).
         rows = self._fetch("SELECT DISTINCT table_name FROM information_schema.tables "

@@ -97,11 +97,6 @@ class PostgresWarehouse(Warehouse):
     UNNESTS_JSON: ClassVar[bool] = True
     COPY_BATCH_ROWS: ClassVar[int] = 100_000
 
-    @property
-    def raw(self) -> Any:
-        """The psycopg connection under Ibis."""
-        return self.con.con  # type: ignore[attr-defined]
-
     def _create_from_arrow(self, name: str, table: pa.Table, target: str, overwrite: bool) -> bool:
         return self._copy_arrow(table, name, target, overwrite)
 
