@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
     import pyarrow as pa
 
-    from segloop.sql_cache import SqlCache
+    from segloop.warehouses.exprs import SqlStore
 
 
 class Warehouse:
@@ -73,7 +73,7 @@ class Warehouse:
         # this connection's own writes (see relation_kind).
         self._kinds: dict[str, dict[str, str]] = {}
         self._wrote: set[tuple[str, str]] = set()  # (schema, name) this connection wrote; see written_table
-        self.sql_cache: SqlCache | None = None  # compiled SQL on disk; the engine sets the workspace's
+        self.sql_cache: SqlStore | None = None  # compiled SQL on disk; the engine sets the workspace's
         self._checkpoint: threading.Thread | None = None  # see checkpoint_in_background
         if create_schema:
             self._ensure_schema(self.schema)

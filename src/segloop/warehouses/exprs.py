@@ -1,15 +1,30 @@
 """Small helpers about data and SQL shared by the warehouse classes.
 
-Checks that tell Arrow tables from Ibis expressions without importing either, and the
-bits of SQL text (literals, ``md5``) the generic warehouse writes.
+Checks that tell Arrow tables from Ibis expressions without importing either, the
+bits of SQL text (literals, ``md5``) the generic warehouse writes, and what it asks of a
+store of compiled SQL.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
+    import ibis
     import ibis.expr.types as ir
+
+
+class SqlStore(Protocol):
+    """Where compiled SQL is kept between processes (``segloop.sql_cache.SqlCache``); a
+    protocol, so the warehouses need not import the engine's cache."""
+
+    def compile(self, op: Any, compile_fn: Callable[[], str]) -> str: ...
+
+    def expressions_file(self, what: str, config: str, inputs: Sequence[ir.Table]) -> Path | None: ...
+
+    def put_expressions(self, file: Path, queries: list[tuple[str, ibis.Schema]]) -> None: ...
 
 
 def is_arrow_table(obj: object) -> bool:
