@@ -25,8 +25,9 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not postgres"
 
 check: setup
-	$(BIN)/ruff check src tests bench
-	$(BIN)/mypy src
+	$(BIN)/ruff check src tests bench tools
+	$(BIN)/mypy src tools
+	$(BIN)/python tools/import_cycles.py src/segloop
 
 bench: setup
 	$(BIN)/python bench/pipeline.py

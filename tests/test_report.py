@@ -11,8 +11,9 @@ import pytest
 
 from segloop.config import Workspace
 from segloop.pipeline import Pipeline
-from segloop.report import Redactor, ensure_report, render
+from segloop.report import Redactor, render
 from segloop.store import RunStore
+from segloop.workspace import ensure_report
 from tests.web.helpers import (
     DEMO_PIPELINE,
     RFM_PIPELINE,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -12,16 +14,10 @@ import pytest
 
 from segloop.config import Workspace, parse_pipeline
 from segloop.errors import ConfigErrors
+from segloop.locks import PipelineBusy, PipelineLock
 from segloop.pipeline import Pipeline
-from segloop.schedule import (
-    BackgroundRuns,
-    Cron,
-    CronError,
-    PipelineBusy,
-    PipelineLock,
-    ScheduleConfig,
-    Scheduler,
-)
+from segloop.schedule import Cron, CronError, ScheduleConfig
+from segloop.scheduler import BackgroundRuns, Scheduler
 from segloop.store import RunStore
 from tests.web.helpers import RFM_PIPELINE, copy_workspace, demo_template  # noqa: F401
 
@@ -215,7 +211,7 @@ def test_second_trigger_is_skipped_and_recorded_or_waits(demo_template: Path, tm
 
 
 def test_serve_scheduler_loop_rereads_files_and_starts_due_runs(demo_template: Path, tmp_path: Path) -> None:  # noqa: F811
-    from segloop.web.app import _scheduler_loop
+    from segloop.scheduler import scheduler_loop
 
     root = copy_workspace(demo_template, tmp_path / "ws", {"shop": RFM_PIPELINE})
     workspace = Workspace.load(root)
@@ -223,7 +219,7 @@ def test_serve_scheduler_loop_rereads_files_and_starts_due_runs(demo_template: P
     clock = FakeClock(utc(2026, 1, 10, 1, 59, 30))
     scheduler = Scheduler(trigger=lambda name: runs.start(name, "schedule"), clock=clock, max_sleep=0.1)
     stop = threading.Event()
-    loop = threading.Thread(target=_scheduler_loop, args=(scheduler, workspace, stop), daemon=True)
+    loop = threading.Thread(target=scheduler_loop, args=(scheduler, workspace, stop), daemon=True)
     loop.start()
     try:
         time.sleep(0.3)
@@ -246,3 +242,14 @@ def test_serve_scheduler_loop_rereads_files_and_starts_due_runs(demo_template: P
     triggers = [run.trigger for run in store.list_runs("shop")]
     store.close()
     assert triggers == ["schedule"]
+
+
+def test_the_scheduler_runs_without_the_web_ui() -> None:
+    """Schedules need no UI: importing the scheduler loads neither segloop.web nor Starlette."""
+    code = (
+        "import sys, segloop.scheduler\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('segloop.web', 'starlette', 'uvicorn')))\n"
+        "print(','.join(loaded))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == ""

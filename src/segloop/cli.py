@@ -515,7 +515,7 @@ def report(
     """Write (if missing) and show the path of a run's HTML report."""
     import webbrowser
 
-    from segloop.report import ensure_report
+    from segloop.workspace import ensure_report
 
     path = ensure_report(_workspace(), run_id, rebuild=rebuild)
     console.print(str(path), highlight=False, soft_wrap=True)

@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar, cast
 
 from segloop.config import WORKSPACE_FILE, PipelineConfig, Workspace, load_pipeline
 from segloop.errors import ConfigError, NodeError, SegloopError, database_message
+from segloop.locks import PipelineBusy, PipelineLock, run_finished, run_started
 from segloop.masking import Redactor, mask_text
 from segloop.operators import NODE_TYPES
 from segloop.operators.base import NodeOutput, RunContext
@@ -34,20 +35,6 @@ T = TypeVar("T")
 SUCCESS, FAILED, SKIPPED = "success", "failed", "skipped"
 ON_BUSY = ("wait", "skip")  # what a trigger does while the same pipeline is running
 _STARTUP_FROZEN = threading.Event()
-_RUNNING = [0]  # pipeline runs in progress in this process (`segloop serve` runs them in threads)
-_RUNNING_LOCK = threading.Lock()
-
-
-def runs_in_progress() -> int:
-    """How many pipeline runs this process is executing now.
-
-    Process-wide warehouse settings (the Segment node's DuckDB memory cap) are only applied
-    when a run is alone, so they never constrain another pipeline's queries.
-    """
-    with _RUNNING_LOCK:
-        return _RUNNING[0]
-
-
 @dataclass
 class NodeResult:
     name: str
@@ -168,8 +155,6 @@ class Pipeline:
         the scheduler and the UI use). Afterwards the run report is written to
         `.segloop/runs/<run_id>/report.html` and alerts are checked; neither can fail the run.
         """
-        from segloop.schedule import PipelineBusy, PipelineLock
-
         _freeze_startup_objects()
         if on_busy not in ON_BUSY:
             raise ValueError(f"on_busy must be one of {ON_BUSY}, got {on_busy!r}")
@@ -187,14 +172,12 @@ class Pipeline:
         store: RunStore | None = None  # the run's history connection, also the report's
         # Connecting (~20 ms for a DuckDB file) goes on while the run history is opened.
         connecting = _InBackground(self.connect, "segloop-connect")
-        with _RUNNING_LOCK:
-            _RUNNING[0] += 1
+        run_started()
         try:
             store = self.store()
             result = self._run(node, dry_run, reporter, trigger, options or {}, run_id, connecting, opened, store)
         finally:
-            with _RUNNING_LOCK:
-                _RUNNING[0] -= 1
+            run_finished()
             # Released as soon as the history says "finished", so a trigger that sees the
             # run done is not turned away while the report is written.
             lock.release()

@@ -419,32 +419,3 @@ def _render_connected(run: RunRecord, pipeline: Pipeline) -> str:
         with warehouse_cm as warehouse:
             html = render(run, pipeline, warehouse)
     return html
-
-
-def ensure_report(workspace: Workspace, run_id: str, rebuild: bool = False) -> Path:
-    """The report file of a run (by id, prefix or `latest`), building it when missing."""
-    from segloop.pipeline import Pipeline
-    from segloop.store import RunStore
-
-    store = RunStore(workspace.state_dir / "state.db")
-    try:
-        run = store.get_run(run_id)
-    finally:
-        store.close()
-    path = report_path(workspace, run.id)
-    if path.exists() and not rebuild:
-        return path
-    pipeline = None
-    for candidate in (run.file, run.pipeline):
-        if not candidate:
-            continue
-        try:
-            pipeline = Pipeline.load(candidate, workspace)
-            break
-        except Exception:  # the file may have moved or changed since the run
-            continue
-    if pipeline is not None and pipeline.name == run.pipeline:
-        return write_report(pipeline, run.id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(run), encoding="utf-8")
-    return path

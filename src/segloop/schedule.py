@@ -1,4 +1,4 @@
-"""Cron schedules with a timezone, and the scheduler loop `segloop serve` runs.
+"""Cron schedules with a timezone: the parser and the ``schedule:`` setting of a pipeline file.
 
 A pipeline file says when it runs::
 
@@ -16,25 +16,18 @@ does not exist that day (02:30 when clocks jump from 02:00 to 03:00) is skipped,
 time that happens twice (clocks going back) runs once, at its first occurrence. A small
 parser of our own keeps the dependency list short; it is the only cron dialect we need.
 
-The scheduler takes its clock and its sleep as arguments, so a test drives it with a fake
-clock instead of waiting for 03:00.
+A pure module (no I/O, no threads), so the config can import it; what fires the runs is
+scheduler.py.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
-
-log = logging.getLogger("segloop")
 
 MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
@@ -221,231 +214,3 @@ class ScheduleConfig(BaseModel):
 
     def describe(self) -> str:
         return f"{self.cron} ({self.timezone})"
-
-
-# -- the scheduler --------------------------------------------------------------------------
-
-
-@dataclass
-class ScheduledJob:
-    """One scheduled pipeline: its schedule and when it next runs."""
-
-    name: str
-    schedule: ScheduleConfig
-    next_run: datetime
-    last_fired: datetime | None = None
-
-
-Clock = Callable[[], datetime]
-
-
-def system_clock() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass
-class Scheduler:
-    """Fires ``trigger(pipeline_name)`` when a pipeline's next cron time has come.
-
-    Missed times (the process was down, or a run took longer than the interval) are not
-    replayed: a job fires once and its next time is computed from *now*, as cron does.
-    ``trigger`` decides what happens when the pipeline is still running (the Pipeline
-    facade skips and records it).
-    """
-
-    trigger: Callable[[str], Any]
-    clock: Clock = system_clock
-    sleep: Callable[[float], Any] | None = None
-    max_sleep: float = 30.0
-    jobs: dict[str, ScheduledJob] = field(default_factory=dict)
-
-    def set_schedules(self, schedules: dict[str, ScheduleConfig]) -> None:
-        """Replace the schedules (pipeline name -> schedule), keeping unchanged jobs' next times."""
-        now = self.clock()
-        jobs: dict[str, ScheduledJob] = {}
-        for name, schedule in schedules.items():
-            old = self.jobs.get(name)
-            if old is not None and old.schedule == schedule:
-                jobs[name] = old
-            else:
-                jobs[name] = ScheduledJob(name, schedule, schedule.next_after(now))
-        self.jobs = jobs
-
-    def due(self, now: datetime | None = None) -> list[str]:
-        now = now or self.clock()
-        return sorted(name for name, job in self.jobs.items() if job.next_run <= now)
-
-    def run_pending(self) -> list[str]:
-        """Fire every due job once; returns the names fired."""
-        now = self.clock()
-        fired = []
-        for name in self.due(now):
-            job = self.jobs[name]
-            job.last_fired = now
-            job.next_run = job.schedule.next_after(now)
-            fired.append(name)
-            try:
-                self.trigger(name)
-            except Exception:  # a failing trigger must not stop the other schedules
-                log.exception("scheduled run of pipeline `%s` could not start", name)
-        return fired
-
-    def seconds_until_next(self) -> float:
-        if not self.jobs:
-            return self.max_sleep
-        soonest = min(job.next_run for job in self.jobs.values())
-        wait = (soonest - self.clock()).total_seconds()
-        return max(0.0, min(self.max_sleep, wait))
-
-    def serve(self, stop: threading.Event) -> None:
-        """Loop until ``stop`` is set: fire due jobs, then sleep until the next one."""
-        while not stop.is_set():
-            self.run_pending()
-            wait = self.seconds_until_next()
-            if self.sleep is not None:
-                self.sleep(wait)
-            else:
-                stop.wait(max(wait, 0.2))
-
-
-# -- one run of a pipeline at a time -------------------------------------------------------
-
-
-class PipelineBusy(Exception):
-    """The pipeline is already running (raised by ``PipelineLock.acquire(wait=False)``)."""
-
-    def __init__(self, holder: str):
-        self.holder = holder
-        super().__init__(holder)
-
-
-class PipelineLock:
-    """An exclusive lock per pipeline: a file under `.segloop/locks/`, held with flock.
-
-    flock locks belong to an open file, so two runs conflict whether they come from two
-    threads of `segloop serve` or from `segloop run` in another terminal; the operating
-    system drops the lock when a process dies, so a killed run never leaves it stuck. The
-    file holds the holder's run id, for the message the second trigger gets.
-    """
-
-    POLL_SECONDS = 0.2
-
-    def __init__(self, state_dir: Path, pipeline: str):
-        self.path = Path(state_dir) / "locks" / f"{pipeline}.lock"
-        self._file: Any = None
-
-    def acquire(self, holder: str, wait: bool = True, timeout: float | None = None) -> None:
-        """Take the lock; with ``wait=False`` raise PipelineBusy naming who holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")  # noqa: SIM115 - held open for as long as the lock
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if _try_lock(handle):
-                handle.seek(0)
-                handle.truncate()
-                handle.write(holder)
-                handle.flush()
-                self._file = handle
-                return
-            if not wait or (deadline is not None and time.monotonic() >= deadline):
-                handle.seek(0)
-                current = handle.read().strip() or "another run"
-                handle.close()
-                raise PipelineBusy(current)
-            time.sleep(self.POLL_SECONDS)
-
-    def release(self) -> None:
-        if self._file is None:
-            return
-        handle, self._file = self._file, None
-        handle.seek(0)
-        handle.truncate()
-        _unlock(handle)
-        handle.close()
-
-
-_thread_locks: dict[str, threading.Lock] = {}
-
-
-def _try_lock(handle: Any) -> bool:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: one process at a time, threads only
-        lock = _thread_locks.setdefault(handle.name, threading.Lock())
-        return lock.acquire(blocking=False)
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
-def _unlock(handle: Any) -> None:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover
-        _thread_locks[handle.name].release()
-        return
-    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-# -- runs in background threads (the UI's "Run now" and the scheduler) ---------------------
-
-
-class BackgroundRuns:
-    """Starts pipeline runs in threads through the Pipeline facade.
-
-    A second trigger of a pipeline that is still running is not refused here: the run
-    itself finds the pipeline's lock taken, records itself as skipped (with its trigger)
-    and returns, so the history shows every trigger.
-    """
-
-    def __init__(self, workspace: Any):
-        self.workspace = workspace
-        self._threads: dict[str, list[threading.Thread]] = {}
-        self._lock = threading.Lock()
-        self.errors: dict[str, str] = {}
-        self.results: dict[str, Any] = {}  # pipeline -> last RunResult
-
-    def start(self, pipeline: str, trigger: str = "ui") -> threading.Thread:
-        thread = threading.Thread(target=self._run, args=(pipeline, trigger),
-                                  name=f"segloop-run-{pipeline}", daemon=True)
-        with self._lock:
-            self._threads.setdefault(pipeline, []).append(thread)
-        thread.start()
-        return thread
-
-    def _run(self, name: str, trigger: str) -> None:
-        from segloop.errors import SegloopError
-        from segloop.pipeline import Pipeline
-
-        try:
-            # By name only (never a path relative to the server's folder).
-            file = self.workspace.find_pipeline(name)
-            result = Pipeline.load(file, self.workspace).run(trigger=trigger, on_busy="skip")
-        except SegloopError as exc:  # recorded in history when the run started; logged anyway
-            self.errors[name] = str(exc)
-            log.error("%s run of pipeline `%s` failed: %s", trigger, name, exc)
-        except Exception:
-            self.errors[name] = "unexpected error; see the server log"
-            log.exception("%s run of pipeline `%s` crashed", trigger, name)
-        else:
-            self.results[name] = result
-            self.errors.pop(name, None)
-        finally:
-            with self._lock:
-                threads = self._threads.get(name, [])
-                current = threading.current_thread()
-                self._threads[name] = [t for t in threads if t is not current]
-
-    def active(self) -> list[str]:
-        with self._lock:
-            return sorted(name for name, threads in self._threads.items() if threads)
-
-    def join(self, timeout: float | None = None) -> None:
-        with self._lock:
-            threads = [t for group in self._threads.values() for t in group]
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in threads:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            thread.join(left)

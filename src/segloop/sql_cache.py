@@ -228,10 +228,10 @@ def code_version() -> str | None:
     """A digest of segloop's version and its source files' names, sizes and modification
     times; None when they cannot be read (segloop run from a zip archive): then built
     expressions are only kept within a process."""
-    import segloop
+    from segloop import version
 
     try:
-        return source_digest(os.path.dirname(segloop.__file__), segloop.__version__)
+        return source_digest(os.path.dirname(version.__file__), version.__version__)
     except OSError:
         log.debug("segloop's source files cannot be listed; built expressions are not kept on disk")
         return None

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from segloop.config import Workspace
-from segloop.schedule import BackgroundRuns
+from segloop.scheduler import BackgroundRuns
 from segloop.store import RunStore
 from segloop.web.app import create_app
 from tests.web.helpers import RFM_PIPELINE, copy_workspace, demo_template  # noqa: F401 - fixture

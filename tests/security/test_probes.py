@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 
 from segloop.cli import app as cli
 from segloop.config import Workspace
-from segloop.schedule import BackgroundRuns
+from segloop.scheduler import BackgroundRuns
 from segloop.store import RunStore
 from segloop.web.app import create_app
 from tests.web.helpers import RFM_PIPELINE, copy_workspace, demo_template  # noqa: F401 - fixture

@@ -157,7 +157,7 @@ def test_the_memory_cap_is_left_off_while_another_run_shares_the_process(
         warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch) -> None:
     """DuckDB's memory_limit covers the whole database: with a second pipeline running in
     the same process (`segloop serve`), the sync must not cap that run's queries."""
-    import segloop.pipeline
+    import segloop.locks
 
     def setting(name: str) -> str:
         return str(warehouse.con.con.execute(f"SELECT current_setting('{name}')").fetchone()[0])
@@ -167,7 +167,7 @@ def test_the_memory_cap_is_left_off_while_another_run_shares_the_process(
     with state.session():
         alone = (setting("memory_limit"), setting("preserve_insertion_order"))
     before = (setting("memory_limit"), setting("preserve_insertion_order"))  # restored, as printed
-    monkeypatch.setattr(segloop.pipeline, "_RUNNING", [2])
+    monkeypatch.setattr(segloop.locks, "_RUNNING", [2])
     with state.session():
         shared = (setting("memory_limit"), setting("preserve_insertion_order"))
         assert plan(state, warehouse, source(50)).counts == {"new": 50}

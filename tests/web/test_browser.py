@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from segloop.config import Workspace
-from segloop.schedule import BackgroundRuns
+from segloop.scheduler import BackgroundRuns
 from segloop.web.app import create_app
 from tests.requirements import missing, require_module
 from tests.web.helpers import (

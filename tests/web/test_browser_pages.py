@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from segloop.config import Workspace
-from segloop.schedule import BackgroundRuns
+from segloop.scheduler import BackgroundRuns
 from segloop.store import RunRecord, RunStore
 from segloop.web.app import create_app
 from tests.web.real import KEY, collector, copy_history, history  # noqa: F401 - fixture

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from segloop.cli import app as cli
 from segloop.config import Workspace
 from segloop.pipeline import Pipeline
-from segloop.schedule import BackgroundRuns
+from segloop.scheduler import BackgroundRuns
 from segloop.web import editor
 from segloop.web.app import create_app
 from tests.web.real import SHOP, copy_history, history  # noqa: F401 - fixture

@@ -11,7 +11,7 @@ from starlette.testclient import TestClient
 
 from segloop.config import Workspace
 from segloop.pipeline import Pipeline
-from segloop.schedule import BackgroundRuns
+from segloop.scheduler import BackgroundRuns
 from segloop.store import RunRecord, RunStore
 from segloop.web.app import create_app
 from segloop.web.display import when

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from segloop.segment.transport import Answer, classify
+from segloop.segment.answers import Answer, classify
 
 # Errors that mean "the server closed the idle kept-alive connection": the request never
 # arrived, so it is sent again at once on a new connection (as urllib3 and httpcore do).

@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from segloop import __version__
+from segloop.version import __version__
 
 Message = dict[str, Any]
 

@@ -586,6 +586,6 @@ def _other_runs_in_progress() -> bool:
     """True when another pipeline run shares this process (and so the DuckDB database):
     DuckDB's memory_limit and preserve_insertion_order apply to the whole database, so the
     sync leaves them alone rather than constrain the other run's queries."""
-    from segloop.pipeline import runs_in_progress
+    from segloop.locks import runs_in_progress
 
     return runs_in_progress() > 1

@@ -1,4 +1,4 @@
-"""HTTP side of the sender: endpoints, request bodies, answers sorted into retry / final.
+"""HTTP side of the sender: endpoints, request bodies, pacing (answers: segment/answers.py).
 
 Kept apart from the queueing so the policy (what is retried, how long to wait, how many
 requests may be in flight) can be read and tested on its own. By default requests go out
@@ -15,15 +15,17 @@ import gzip as gzip_module
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
-from typing import Protocol
+from collections.abc import Callable, Sequence
 
 import httpx
 import orjson
 
-from segloop import __version__
+# The answer types live in segment/answers.py (shared with segment/direct.py); they stay
+# importable from here.
+from segloop.segment.answers import MAX_RETRY_AFTER as MAX_RETRY_AFTER
+from segloop.segment.answers import Answer, Sender, classify
+from segloop.segment.answers import parse_retry_after as parse_retry_after
+from segloop.version import __version__
 
 HOSTS = {
     "us": "https://api.segment.io",
@@ -33,8 +35,6 @@ MAX_BATCH_BYTES = 500_000
 """Segment refuses a request over 500 KB; segloop counts the whole body, envelope included."""
 MAX_BATCH_MESSAGES = 2500
 """Segment silently drops messages past 2,500 in one batch (with a 200)."""
-MAX_RETRY_AFTER = 300.0
-"""Cap on a server's Retry-After, a guard against an absurd header."""
 _SENT_AT_LEN = len("2024-01-01T00:00:00.000+00:00")
 
 TransportLike = httpx.BaseTransport | Callable[[httpx.Request], httpx.Response]
@@ -99,30 +99,6 @@ class Envelope:
         return self.overhead + sum(len(p) for p in payloads) + max(len(payloads) - 1, 0)
 
 
-@dataclass(frozen=True)
-class Answer:
-    """What one POST came back with, sorted: ``ok``, ``retry`` or ``final``."""
-
-    kind: str  # "ok" | "retry" | "final"
-    status: int | None
-    detail: str
-    retry_after: float | None = None
-    rate_limited: bool = False
-
-    @property
-    def splittable(self) -> bool:
-        """A final answer that may be caused by one bad message (worth bisecting)."""
-        return self.kind == "final" and self.status in (400, 413, 422)
-
-
-class Sender(Protocol):
-    """Posts one request body; answers are already sorted (network errors are ``retry``)."""
-
-    def post(self, body: bytes, headers: dict[str, str]) -> Answer: ...
-
-    def close(self) -> None: ...
-
-
 class HttpxSender:
     """Through an ``httpx.Client``: any httpx transport (tests, proxies from the environment)."""
 
@@ -180,56 +156,6 @@ def post_batch(
         body = gzip_module.compress(body, compresslevel=5)
         headers["Content-Encoding"] = "gzip"
     return sender.post(body, headers)
-
-
-def classify(status: int, headers: Mapping[str, str], text: str) -> Answer:
-    """Sort an HTTP answer: 2xx ok; 408, 429, 460 and 5xx (not 501/505) retry; the rest final."""
-    if 200 <= status < 300:
-        return Answer("ok", status, "")
-    detail = f"HTTP {status}: {_short(text)}"
-    if status == 429 or status in (408, 460) or (500 <= status < 600 and status not in (501, 505)):
-        return Answer(
-            "retry",
-            status,
-            detail,
-            retry_after=parse_retry_after(headers),
-            rate_limited=status == 429,
-        )
-    if 300 <= status < 400:
-        detail += " (a redirect: check that the host points at Segment or a collector)"
-    return Answer("final", status, detail)
-
-
-def _short(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from ``Retry-After`` (seconds or HTTP date) or ``X-RateLimit-Reset``."""
-    value = headers.get("Retry-After")
-    if value:
-        try:
-            return min(max(float(value), 0.0), MAX_RETRY_AFTER)
-        except ValueError:
-            pass
-        try:
-            when = parsedate_to_datetime(value)
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=dt.UTC)
-            return min(max(when.timestamp() - time.time(), 0.0), MAX_RETRY_AFTER)
-        except (TypeError, ValueError, OverflowError):
-            return None
-    reset = headers.get("X-RateLimit-Reset")
-    if reset:
-        try:
-            seconds = float(reset)
-        except ValueError:
-            return None
-        if seconds > 1e9:  # an epoch time, not a delay
-            seconds -= time.time()
-        return min(max(seconds, 0.0), MAX_RETRY_AFTER)
-    return None
 
 
 def backoff_delay(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:

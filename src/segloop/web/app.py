@@ -7,8 +7,9 @@ The pages only call ``Pipeline`` and ``RunStore``; what a run does is decided th
 
 Safety (docs/security.md): every request goes through the one guard in `web/guard.py`
 (Host check, token off loopback, CSRF for every state-changing request); pages rendered
-with ``_page`` carry the CSRF token in every POST form. Pipelines are served by name
-only, as `segloop validate` lists them; any other name is a 404.
+with ``render_page`` (web/pages.py, shared with the editor) carry the CSRF token in every
+POST form. Pipelines are served by name only, as `segloop validate` lists them; any other
+name is a 404.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,15 +28,15 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from segloop.config import NAME_PATTERN, Workspace, duplicate_name_message
-from segloop.errors import ConfigError, SegloopError
+from segloop.config import Workspace, duplicate_name_message
+from segloop.errors import SegloopError
 from segloop.pipeline import Pipeline
-from segloop.report import Redactor, ensure_report
-from segloop.schedule import BackgroundRuns, Scheduler
-from segloop.store import RunStore
-from segloop.web import charts, trends
-from segloop.web.guard import CSRF_TOKEN, Guard, is_loopback, with_csrf
-from segloop.web.templating import render_template
+from segloop.report import Redactor
+from segloop.scheduler import BackgroundRuns, Scheduler, start_scheduler
+from segloop.web import charts, editor, trends
+from segloop.web.guard import Guard, is_loopback
+from segloop.web.pages import UiState, cell_text, error_page, render_page, ui_state
+from segloop.workspace import ensure_report
 
 log = logging.getLogger("segloop")
 
@@ -45,51 +45,8 @@ TABLE_PREVIEW_ROWS = 100
 PREVIEW_ROWS = 5
 
 
-@dataclass
-class UiState:
-    """What the pages share: the workspace and the runs started from the UI or the scheduler."""
-
-    workspace: Workspace
-    runs: BackgroundRuns
-    scheduler: Scheduler | None = None
-
-    def store(self) -> RunStore:
-        return RunStore(self.workspace.state_dir / "state.db")
-
-    def pipeline(self, name: str) -> Pipeline:
-        """The pipeline whose `name:` is ``name``, as `segloop validate` lists it; else a ConfigError (404).
-
-        Only names are looked up, never paths: ``segloop.yml``, ``.env`` or ``.`` are not
-        pipeline names, so nothing outside `pipelines/` is read.
-        """
-        if not NAME_PATTERN.match(name):
-            raise ConfigError(f"no pipeline file `{name}`: pipeline names are letters, digits and underscores")
-        file = self.workspace.find_pipeline(name)
-        pipeline = Pipeline.load(file, self.workspace)
-        if pipeline.name != name:
-            raise ConfigError(f"no pipeline file `{name}` ({file.name} holds pipeline `{pipeline.name}`)")
-        return pipeline
-
-
-# -- pages --------------------------------------------------------------------------------
-
-
-def _page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-    """Every UI page is rendered here, which gives each POST form the request's CSRF token."""
-    return HTMLResponse(with_csrf(render_template(name, **context), CSRF_TOKEN.get()), status_code=status_code)
-
-
-def _error(message: str, status_code: int = 404) -> HTMLResponse:
-    return _page("error.html", status_code=status_code, title="Problem", message=message)
-
-
-def _state(request: Request) -> UiState:
-    state: UiState = request.app.state.ui
-    return state
-
-
 async def index(request: Request) -> Response:
-    state = _state(request)
+    state = ui_state(request)
 
     def gather() -> list[dict[str, Any]]:
         store = state.store()
@@ -119,13 +76,13 @@ async def index(request: Request) -> Response:
     pipelines = await run_in_threadpool(gather)
     pipelines.sort(key=lambda row: (trends.SEVERITY[row["health"].state], row["name"]))  # problems first
     headline, headline_css = trends.summary([row["health"].state for row in pipelines])
-    return _page("index.html", title="Pipelines", pipelines=pipelines, workspace=state.workspace,
+    return render_page("index.html", title="Pipelines", pipelines=pipelines, workspace=state.workspace,
                  active=state.runs.active(), headline=headline, headline_css=headline_css,
                  quality_drop=trends.QUALITY_DROP)
 
 
 async def pipeline_page(request: Request) -> Response:
-    state = _state(request)
+    state = ui_state(request)
     name = request.path_params["name"]
 
     def gather() -> dict[str, Any]:
@@ -149,25 +106,25 @@ async def pipeline_page(request: Request) -> Response:
     try:
         context = await run_in_threadpool(gather)
     except SegloopError as exc:
-        return _error(str(exc))
+        return error_page(str(exc))
     message = state.runs.errors.pop(name, None)  # a run that could not even start
-    return _page("pipeline.html", title=f"Pipeline {name}", message=message,
+    return render_page("pipeline.html", title=f"Pipeline {name}", message=message,
                  started=request.query_params.get("started"), **context)
 
 
 async def run_now(request: Request) -> Response:
-    state = _state(request)
+    state = ui_state(request)
     name = request.path_params["name"]
     try:
         pipeline = await run_in_threadpool(state.pipeline, name)
     except SegloopError as exc:
-        return _error(str(exc))
+        return error_page(str(exc))
     state.runs.start(pipeline.name, trigger="ui")
     return RedirectResponse(f"/pipelines/{pipeline.name}?started=1", status_code=303)
 
 
 async def run_page(request: Request) -> Response:
-    state = _state(request)
+    state = ui_state(request)
 
     def gather() -> Any:
         store = state.store()
@@ -179,27 +136,27 @@ async def run_page(request: Request) -> Response:
     try:
         run = await run_in_threadpool(gather)
     except SegloopError as exc:
-        return _error(str(exc))
-    return _page("run.html", title=f"Run {run.id}", run=run)
+        return error_page(str(exc))
+    return render_page("run.html", title=f"Run {run.id}", run=run)
 
 
 async def report(request: Request) -> Response:
-    state = _state(request)
+    state = ui_state(request)
     run_id = request.path_params["run_id"]
     rebuild = request.query_params.get("rebuild") == "1"
     try:
         path = await run_in_threadpool(ensure_report, state.workspace, run_id, rebuild)
     except SegloopError as exc:
-        return _error(str(exc))
+        return error_page(str(exc))
     return HTMLResponse(path.read_text(encoding="utf-8"))
 
 
 async def node_table(request: Request) -> Response:
-    state = _state(request)
+    state = ui_state(request)
     name, node = request.path_params["name"], request.path_params["node"]
     suffix = request.query_params.get("suffix") or None
     if suffix is not None and not suffix.isidentifier():
-        return _error(f"`{suffix}` is not a table suffix (letters, digits and underscores)")
+        return error_page(f"`{suffix}` is not a table suffix (letters, digits and underscores)")
 
     def gather() -> dict[str, Any]:
         pipeline = state.pipeline(name)
@@ -212,7 +169,7 @@ async def node_table(request: Request) -> Response:
             total = warehouse.count(warehouse.table(table_name))
             data = warehouse.to_arrow(warehouse.table(table_name), limit=TABLE_PREVIEW_ROWS)
             qualified = f"{warehouse.schema}.{table_name}"
-        rows = [[_cell(redact, v) for v in record.values()] for record in data.to_pylist()]
+        rows = [[cell_text(redact, v) for v in record.values()] for record in data.to_pylist()]
         numeric = [charts.is_numeric_type(field.type) for field in data.schema]
         return {"pipeline": pipeline, "node": node, "table": qualified, "columns": data.column_names,
                 "rows": rows, "total": total, "numeric": numeric}
@@ -220,14 +177,8 @@ async def node_table(request: Request) -> Response:
     try:
         context = await run_in_threadpool(gather)
     except SegloopError as exc:
-        return _error(str(exc))
-    return _page("table.html", title=f"{name}.{node}", **context)
-
-
-def _cell(redact: Redactor, value: Any) -> str:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return charts.fmt(value)
-    return redact.text(str(redact.value(value)) if value is not None else "")
+        return error_page(str(exc))
+    return render_page("table.html", title=f"{name}.{node}", **context)
 
 
 def preview_node(pipeline: Pipeline, node: str, rows: int = PREVIEW_ROWS) -> dict[str, Any]:
@@ -240,20 +191,20 @@ def preview_node(pipeline: Pipeline, node: str, rows: int = PREVIEW_ROWS) -> dic
 
 
 async def preview(request: Request) -> Response:
-    state = _state(request)
+    state = ui_state(request)
     name, node = request.path_params["name"], request.path_params["node"]
     try:
         pipeline = await run_in_threadpool(state.pipeline, name)
         pipeline.plan(node)
     except SegloopError as exc:
-        return _error(str(exc))
+        return error_page(str(exc))
     result = None
     if request.method == "POST":
         try:
             result = await run_in_threadpool(preview_node, pipeline, node)
         except SegloopError as exc:
             result = {"error": str(exc), "metrics": {}, "payloads": []}
-    return _page("preview.html", title=f"Preview {name}.{node}", pipeline=pipeline, node=node,
+    return render_page("preview.html", title=f"Preview {name}.{node}", pipeline=pipeline, node=node,
                  node_type=pipeline.config.nodes[node].type, result=result)
 
 
@@ -277,8 +228,6 @@ def create_app(
         Route("/runs/{run_id}", run_page),
         Route("/runs/{run_id}/report", report),
     ]
-    from segloop.web import editor  # it uses this module's page helpers
-
     app = Starlette(routes=[*routes, *editor.routes()])
     app.state.ui = UiState(workspace, runs or BackgroundRuns(workspace), scheduler)
     # Migrate the run history once, before threads race to create it.
@@ -296,35 +245,6 @@ def ui_token(host: str, env: dict[str, str]) -> str | None:
     return env.get(TOKEN_ENV) or secrets.token_urlsafe(24)
 
 
-_warned: set[str] = set()
-
-
-def workspace_schedules(workspace: Workspace) -> dict[str, Any]:
-    """Pipeline name -> schedule, for every pipeline file that has one (bad files are logged).
-
-    A name used by two files is skipped (a run of it would be refused as ambiguous).
-    """
-    out: dict[str, Any] = {}
-    entries = workspace.scan_pipelines()
-    for entry in entries:
-        problem = None
-        if entry.config is None:
-            problem = f"{entry.file.name}: {entry.error}"
-        else:
-            shared = [e.file for e in entries if e.name == entry.config.name]
-            if len(shared) > 1:
-                problem = duplicate_name_message(entry.config.name, shared)
-        if problem is not None:
-            if problem not in _warned:  # the loop re-reads files every few seconds: say it once
-                _warned.add(problem)
-                log.warning("scheduler: skipping %s", problem)
-            continue
-        assert entry.config is not None
-        if entry.config.schedule is not None:
-            out[entry.config.name] = entry.config.schedule
-    return out
-
-
 def serve(
     workspace: Workspace,
     host: str = "127.0.0.1",
@@ -340,10 +260,7 @@ def serve(
     scheduler = None
     stop = threading.Event()
     if with_scheduler:
-        scheduler = Scheduler(trigger=lambda name: runs.start(name, trigger="schedule"))
-        scheduler.set_schedules(workspace_schedules(workspace))
-        threading.Thread(target=_scheduler_loop, args=(scheduler, workspace, stop),
-                         name="segloop-scheduler", daemon=True).start()
+        scheduler = start_scheduler(workspace, runs, stop)
     app = create_app(workspace, host, token, runs, scheduler)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
@@ -356,14 +273,3 @@ def serve(
     finally:
         stop.set()
         runs.join(timeout=5)
-
-
-def _scheduler_loop(scheduler: Scheduler, workspace: Workspace, stop: threading.Event) -> None:
-    """Fire due runs; re-read pipeline files every loop so edited schedules apply without a restart."""
-    while not stop.is_set():
-        try:
-            scheduler.set_schedules(workspace_schedules(workspace))
-            scheduler.run_pending()
-        except Exception:  # the scheduler thread must outlive one bad iteration
-            log.exception("scheduler iteration failed")
-        stop.wait(max(scheduler.seconds_until_next(), 0.5))

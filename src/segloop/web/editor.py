@@ -37,7 +37,7 @@ from segloop.report import Redactor
 from segloop.store import RunStore
 from segloop.validate import check_pipeline_text
 from segloop.web import charts
-from segloop.web.app import _cell, _error, _page, _state
+from segloop.web.pages import cell_text, error_page, render_page, ui_state
 from segloop.yaml_doc import load_yaml
 
 MAX_BODY = 2_000_000  # bytes of a check, preview or save request (a pipeline file is a few KB)
@@ -195,7 +195,7 @@ def preview_text(workspace: Workspace, file: Path, text: str, node: str) -> dict
     table = sample["table"]
     if table is not None:
         out["columns"] = list(table.column_names)
-        out["rows"] = [[_cell(redact, v) for v in record.values()] for record in table.to_pylist()]
+        out["rows"] = [[cell_text(redact, v) for v in record.values()] for record in table.to_pylist()]
     out["total"] = sample["total"]
     out["metrics"] = _metrics(redact.value(sample["metrics"]))
     out["warnings"] = [redact.text(w) for w in sample["warnings"]]
@@ -248,14 +248,14 @@ def _text(fields: dict[str, str], original: str) -> str:
 
 
 async def edit_page(request: Request) -> Response:
-    state = _state(request)
+    state = ui_state(request)
     name = request.path_params["name"]
     try:
         file = await run_in_threadpool(pipeline_file, state.workspace, name)
         text = await run_in_threadpool(file.read_text, "utf-8")
         found = await run_in_threadpool(check_text, state.workspace, file, text)
     except (SegloopError, OSError, UnicodeDecodeError) as exc:
-        return _error(str(exc))
+        return error_page(str(exc))
     saved = request.query_params.get("saved")
     errors = request.query_params.get("errors", "0")
     return _editor(name, state.workspace, file, text, found, saved=saved is not None,
@@ -265,14 +265,14 @@ async def edit_page(request: Request) -> Response:
 def _editor(name: str, workspace: Workspace, file: Path, text: str, found: dict[str, Any], status_code: int = 200,
             message: str | None = None, base: str | None = None, saved: bool = False, saved_errors: int = 0,
             allow_errors: bool = False) -> Response:
-    return _page("edit.html", status_code=status_code, title=f"Edit {name}", pipeline_name=name,
+    return render_page("edit.html", status_code=status_code, title=f"Edit {name}", pipeline_name=name,
                  shown=shown_path(workspace, file), text=text, found=found, base=base or digest(text),
                  message=message, saved=saved, saved_errors=saved_errors, allow_errors=allow_errors,
                  check_url=f"/pipelines/{name}/edit/check", preview_url=f"/pipelines/{name}/edit/preview")
 
 
 async def check(request: Request) -> Response:
-    state = _state(request)
+    state = ui_state(request)
     try:
         fields = await _form(request)
         file = await run_in_threadpool(pipeline_file, state.workspace, request.path_params["name"])
@@ -286,7 +286,7 @@ async def check(request: Request) -> Response:
 
 
 async def preview(request: Request) -> Response:
-    state = _state(request)
+    state = ui_state(request)
     try:
         fields = await _form(request)
         file = await run_in_threadpool(pipeline_file, state.workspace, request.path_params["name"])
@@ -304,16 +304,16 @@ async def preview(request: Request) -> Response:
 
 
 async def save(request: Request) -> Response:
-    state = _state(request)
+    state = ui_state(request)
     name = request.path_params["name"]
     try:
         fields = await _form(request)
         file = await run_in_threadpool(pipeline_file, state.workspace, name)
         original = await run_in_threadpool(file.read_text, "utf-8")
     except TooLarge as exc:
-        return _error(str(exc), 413)
+        return error_page(str(exc), 413)
     except (SegloopError, OSError, UnicodeDecodeError) as exc:
-        return _error(str(exc))
+        return error_page(str(exc))
     text = _text(fields, original)
     allow_errors = fields.get("allow_errors") == "1"
     base = fields.get("base", "")
