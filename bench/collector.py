@@ -129,7 +129,7 @@ def load_rows(events: int) -> list[tuple[str, int, float, float]]:
 
     from segloop.segment.archive import ArchiveWriter
     from segloop.segment.loader import load_archive
-    from segloop.warehouse import Warehouse
+    from segloop.warehouses import Warehouse
 
     def archive(root: Path, run: str, n: int) -> None:
         writer = ArchiveWriter(root)

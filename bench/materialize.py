@@ -49,7 +49,7 @@ def main() -> int:
 
     from segloop.demo import write_demo_data
     from segloop.pipeline import Pipeline
-    from segloop.warehouse import Warehouse
+    from segloop.warehouses import Warehouse
 
     work = Path(tempfile.mkdtemp(prefix="segloop-bench-materialize-"))
     try:

@@ -165,7 +165,7 @@ def demo_nodes(customers: int, rows: list[list[str]], demo_db: str | None = None
     from segloop.operators.base import RunContext
     from segloop.operators.clv import ClvConfig, ClvOperator
     from segloop.operators.propensity import PropensityConfig, PropensityOperator
-    from segloop.warehouse import Warehouse
+    from segloop.warehouses import Warehouse
 
     with tempfile.TemporaryDirectory() as tmp:
         wh = Warehouse.duckdb(demo_db or Path(tmp) / "bench.duckdb")

@@ -31,7 +31,7 @@ def make_events(path: Path, customers: int, products: int, events: int, seed: in
     import numpy as np
     import pyarrow as pa
 
-    from segloop.warehouse import Warehouse
+    from segloop.warehouses import Warehouse
 
     started = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -63,7 +63,7 @@ def make_customers(path: Path, customers: int, seed: int = 0) -> float:
     import numpy as np
     import pyarrow as pa
 
-    from segloop.warehouse import Warehouse
+    from segloop.warehouses import Warehouse
 
     started = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -85,7 +85,7 @@ def run_case(case: str, path: Path) -> dict[str, Any]:
     from segloop.operators.base import RunContext
     from segloop.operators.clusters import ClustersConfig, ClustersOperator
     from segloop.operators.recommend import RecommendConfig, RecommendOperator
-    from segloop.warehouse import Warehouse
+    from segloop.warehouses import Warehouse
 
     with Warehouse.duckdb(path) as wh:
         ctx = RunContext(warehouse=wh, pipeline="bench", node=case, run_id="bench")

@@ -113,7 +113,7 @@ def peak_mb() -> float:
 
 def child_generate(args: argparse.Namespace) -> dict[str, Any]:
     from segloop.demo import write_demo_data
-    from segloop.warehouse import Warehouse
+    from segloop.warehouses import Warehouse
 
     started = time.perf_counter()
     with Warehouse.duckdb(args.duckdb) as wh:
@@ -174,7 +174,7 @@ def child_hand(args: argparse.Namespace) -> dict[str, Any]:
 def child_load_pg(args: argparse.Namespace) -> dict[str, Any]:
     """Copy the DuckDB demo source into PostgreSQL (COPY through segloop's loader)."""
     from segloop.config import Workspace
-    from segloop.warehouse import Warehouse
+    from segloop.warehouses import Warehouse
 
     workspace = Workspace.load(args.workspace)
     started = time.perf_counter()
@@ -312,7 +312,7 @@ def bench_spark(work: Path, duckdb_file: Path) -> dict[str, Any]:
     # Register the source as a Parquet table in the Hive metastore, then run the pipeline.
     setup = (
         "from pathlib import Path; from segloop.config import Workspace; "
-        "from segloop.warehouse import Warehouse; "
+        "from segloop.warehouses import Warehouse; "
         f"ws = Workspace.load({str(spark_ws)!r}); wh = Warehouse.connect(ws.warehouse_config('default'), ws.root); "
         f"wh.ensure_schema({SOURCE!r}); "
         f"wh.raw_sql('create table if not exists {SOURCE}.order_completed using parquet "

@@ -126,7 +126,7 @@ def timed_run(root: Path) -> tuple[float, float, str]:
 
 
 def write_table(root: Path, rows: int) -> None:
-    from segloop.warehouse import DuckDBConfig, Warehouse
+    from segloop.warehouses import DuckDBConfig, Warehouse
 
     with Warehouse.connect(DuckDBConfig(), root) as wh:
         wh.raw_sql("CREATE SCHEMA IF NOT EXISTS src")
@@ -138,7 +138,7 @@ def write_table(root: Path, rows: int) -> None:
 
 
 def change_rows(root: Path, share: float) -> int:
-    from segloop.warehouse import DuckDBConfig, Warehouse
+    from segloop.warehouses import DuckDBConfig, Warehouse
 
     every = round(1 / share)
     with Warehouse.connect(DuckDBConfig(), root) as wh:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from segloop.warehouse import Warehouse
+from segloop.warehouses import Warehouse
 from tests.requirements import ci_enforced, is_missing_requirement
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit's advice; keeps tests on 2 cores sane

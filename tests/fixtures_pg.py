@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from segloop.warehouse import PostgresConfig, Warehouse
+from segloop.warehouses import PostgresConfig, Warehouse
 from tests.requirements import missing
 
 REQUIRE_ENV = "SEGLOOP_REQUIRE_PG"

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from segloop.cli import app
 from segloop.pipeline import Pipeline
-from segloop.warehouse import DuckDBConfig, Warehouse
+from segloop.warehouses import DuckDBConfig, Warehouse
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ from segloop.config import parse_pipeline
 from segloop.errors import ConfigError
 from segloop.pipeline import Pipeline
 from segloop.store import MIGRATIONS, RunStore
-from segloop.warehouse import DuckDBConfig, Warehouse
+from segloop.warehouses import DuckDBConfig, Warehouse
 from tests.fixtures_pg import PgCluster
 from tests.requirements import require_java, require_module
 

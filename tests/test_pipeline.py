@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from segloop.cli import app
 from segloop.pipeline import Pipeline
 from segloop.store import MIGRATIONS, RunStore
-from segloop.warehouse import DuckDBConfig, Warehouse
+from segloop.warehouses import DuckDBConfig, Warehouse
 
 DAG = """\
 name: dag

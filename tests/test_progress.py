@@ -129,7 +129,7 @@ def test_off_a_terminal_a_step_prints_nothing() -> None:
 
 def test_load_archive_reports_every_byte(tmp_path: Path) -> None:
     from segloop.segment.loader import load_archive
-    from segloop.warehouse import Warehouse
+    from segloop.warehouses import Warehouse
     from tests.segment.test_loader import msg, write
 
     write(tmp_path, [msg(i) for i in range(50)], source="web")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from segloop.segment.archive import read_all_messages
-from segloop.warehouse import DuckDBConfig, Warehouse
+from segloop.warehouses import DuckDBConfig, Warehouse
 
 ROOT = Path(__file__).resolve().parents[1]
 CUSTOMERS = 600

@@ -21,7 +21,7 @@ from segloop.config import Workspace
 from segloop.pipeline import Pipeline
 from segloop.segment.collector import serve_in_thread
 from segloop.store import RunStore, current_owner
-from segloop.warehouse import DuckDBConfig, Warehouse
+from segloop.warehouses import DuckDBConfig, Warehouse
 
 KEY = "wk-interrupt-test"
 ROWS = 5_000

@@ -17,7 +17,8 @@ import pytest
 from segloop.operators.rfm import RfmConfig, rfm_expr
 from segloop.pipeline import Pipeline
 from segloop.sql_cache import SqlCache, fingerprint
-from segloop.warehouse import _COMPILED, DuckDBConfig, Warehouse
+from segloop.warehouses import DuckDBConfig, Warehouse
+from segloop.warehouses.base import _COMPILED
 
 PIPELINE = """\
 name: o

@@ -17,7 +17,7 @@ from segloop.query_output import TABLE_ROWS
 if TYPE_CHECKING:  # pragma: no cover
     from segloop.config import Workspace
     from segloop.pipeline import Pipeline
-    from segloop.warehouse import Warehouse
+    from segloop.warehouses import Warehouse
 
 app = typer.Typer(
     name="segloop",
@@ -93,7 +93,7 @@ def _pipeline(name_or_path: str) -> Pipeline:
 
 
 def _warehouse(workspace: Workspace, name: str | None) -> Warehouse:
-    from segloop.warehouse import Warehouse
+    from segloop.warehouses import Warehouse
 
     return Warehouse.connect(workspace.warehouse_config(name), workspace.root)
 
@@ -320,7 +320,7 @@ def check_warehouse(
     """Connect to a warehouse and list its Segment sources (schemas with tracks/identifies)."""
     from rich.table import Table
 
-    from segloop.warehouse import Warehouse
+    from segloop.warehouses import Warehouse
     from segloop.warehouses.discovery import segment_sources
 
     workspace = _workspace()
@@ -368,7 +368,7 @@ def preview(
 
 def _open_warehouse(warehouse: str | None, duckdb: Path | None) -> Any:
     """The warehouse named in segloop.yml, or a DuckDB file given with --duckdb."""
-    from segloop.warehouse import Warehouse
+    from segloop.warehouses import Warehouse
 
     if duckdb is not None:
         return Warehouse.duckdb(duckdb)

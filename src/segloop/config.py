@@ -20,7 +20,7 @@ from segloop.errors import ConfigError, ConfigErrors
 from segloop.operators import NODE_TYPES
 from segloop.operators.base import NodeConfig
 from segloop.schedule import ScheduleConfig
-from segloop.warehouse import AnyWarehouseConfig, DuckDBConfig, WarehouseConfig
+from segloop.warehouses import AnyWarehouseConfig, DuckDBConfig, WarehouseConfig
 from segloop.yaml_doc import YamlDoc, load_yaml, pydantic_errors, read_yaml
 
 WORKSPACE_FILE = "segloop.yml"

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pyarrow as pa
 
-    from segloop.warehouse import Warehouse
+    from segloop.warehouses import Warehouse
 
 CATEGORIES = ("phones", "laptops", "audio", "wearables", "home", "gaming", "books", "fashion")
 PRODUCTS_PER_CATEGORY = 25

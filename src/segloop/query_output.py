@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
     from rich.console import Console
 
-    from segloop.warehouse import Warehouse
+    from segloop.warehouses import Warehouse
 
 FORMATS = ("table", "csv", "json", "markdown")
 SUFFIX_FORMATS = {".csv": "csv", ".json": "json", ".md": "markdown", ".markdown": "markdown", ".txt": "table"}
@@ -96,10 +96,6 @@ def _json_default(value: Any) -> Any:
 
 # -- running ----------------------------------------------------------------------------------
 
-# Statements `segloop query` runs as they are on DuckDB (they are not a SELECT to wrap).
-DUCKDB_STATEMENTS = frozenset({"describe", "show", "summarize", "pragma"})
-
-
 def export_query(wh: Warehouse, sql: str, kind: str, limit: int | None, output: Path) -> tuple[int, bool]:
     """`--output FILE`: write beside ``output`` and rename, so a failed query leaves no half file."""
     partial = output.with_name(f".{output.name}.partial")
@@ -142,26 +138,13 @@ def write_query(wh: Warehouse, sql: str, kind: str, limit: int | None, console: 
                            f"{database_message(exc, pointer=True)}") from None
 
 
-def _duckdb_statement(wh: Warehouse, sql: str) -> bool:
-    words = sql.split(None, 1)
-    return wh.backend == "duckdb" and bool(words) and words[0].lower() in DUCKDB_STATEMENTS
-
-
 def _query_table(wh: Warehouse, sql: str, limit: int | None) -> pa.Table:
-    if _duckdb_statement(wh, sql):
-        relation = wh.con.con.sql(sql)
-        return (relation.limit(limit) if limit is not None else relation).to_arrow_table()
-    return wh.to_arrow(wh.sql(sql), limit=limit)
+    return wh.preview_query(sql, limit)
 
 
 def _query_batches(wh: Warehouse, sql: str, limit: int | None) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     """The result's Arrow schema and its record batches, streamed (exports of any size)."""
-    if _duckdb_statement(wh, sql):
-        relation = wh.con.con.sql(sql)
-        reader = (relation.limit(limit) if limit is not None else relation).to_arrow_reader()
-    else:
-        expr = wh.sql(sql)
-        reader = (expr.limit(limit) if limit is not None else expr).to_pyarrow_batches()
+    reader = wh.stream_query(sql, limit)
     return reader.schema, iter(reader)
 
 

@@ -121,9 +121,8 @@ class ReportBuilder:
         if self.warehouse is None:
             return None
         name = f"{self.run.pipeline}__{node}" + (f"__{suffix}" if suffix else "")
-        if self.run_connection and self.warehouse.backend == "duckdb":
-            # Right after the run, on its connection: what it wrote, known without a look-up.
-            return self.warehouse.written_table(name)
+        if self.run_connection:  # right after the run, on its connection
+            return self.warehouse.output_of_run(name)
         return self.warehouse.table_if_exists(name)
 
     def _wh(self) -> Warehouse:

@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import ibis
     import ibis.expr.types as ir
 
-    from segloop.warehouse import Warehouse
+    from segloop.warehouses import Warehouse
 
 log = logging.getLogger("segloop")
 

@@ -11,7 +11,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from segloop.operators.clusters import cluster_names, describe
 from segloop.pipeline import Pipeline
-from segloop.warehouse import DuckDBConfig, Warehouse
+from segloop.warehouses import DuckDBConfig, Warehouse
 
 PIPELINE = """\
 name: shop

@@ -9,7 +9,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from segloop.demo import write_demo_data
 from segloop.pipeline import Pipeline
-from segloop.warehouse import DuckDBConfig, Warehouse
+from segloop.warehouses import DuckDBConfig, Warehouse
 
 # RFM from orders, plus event counts per customer: the features a user would start from.
 PIPELINE = """\

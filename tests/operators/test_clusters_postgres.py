@@ -6,7 +6,7 @@ import pytest
 
 from segloop.operators.base import RunContext
 from segloop.operators.clusters import ClustersConfig, ClustersOperator
-from segloop.warehouse import Warehouse
+from segloop.warehouses import Warehouse
 from tests.operators.test_clusters import blobs
 from tests.operators.test_recommend_postgres import pg_or_skip
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from segloop.errors import DataError
 from segloop.operators.base import NodeOutput, RunContext
 from segloop.operators.clv import ClvConfig, ClvOperator
-from segloop.warehouse import Warehouse
+from segloop.warehouses import Warehouse
 from tests.requirements import missing
 
 

@@ -13,7 +13,7 @@ from segloop.errors import DataError
 from segloop.models.scoring import deciles, percentile_rank, roc_auc, spearman, top_lift
 from segloop.operators.base import NodeOutput, RunContext
 from segloop.operators.propensity import FeatureBuilder, PropensityConfig, PropensityOperator, snake
-from segloop.warehouse import Warehouse
+from segloop.warehouses import Warehouse
 
 END = datetime(2026, 3, 1)
 

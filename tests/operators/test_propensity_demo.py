@@ -19,7 +19,7 @@ from segloop.operators.clv import ClvConfig, ClvOperator
 from segloop.operators.propensity import PropensityConfig, PropensityOperator
 from segloop.pipeline import Pipeline
 from segloop.store import RunStore
-from segloop.warehouse import DuckDBConfig, Warehouse
+from segloop.warehouses import DuckDBConfig, Warehouse
 from tests.segment.fake_segment import FakeSegment
 
 CUSTOMERS = 4000

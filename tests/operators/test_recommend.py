@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from segloop.operators.recommend import _metrics_at_k
 from segloop.pipeline import Pipeline
-from segloop.warehouse import DuckDBConfig, Warehouse
+from segloop.warehouses import DuckDBConfig, Warehouse
 
 START = datetime(2025, 1, 1)
 PIPELINE = """\

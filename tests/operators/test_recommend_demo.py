@@ -6,7 +6,7 @@ import pytest
 
 from segloop.demo import write_demo_data
 from segloop.pipeline import Pipeline
-from segloop.warehouse import DuckDBConfig, Warehouse
+from segloop.warehouses import DuckDBConfig, Warehouse
 
 # Views, adds and the products inside each order (Segment stores products[] as a JSON string).
 EVENTS_SQL = """\

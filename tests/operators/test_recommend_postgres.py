@@ -10,7 +10,7 @@ import pytest
 
 from segloop.operators.base import RunContext
 from segloop.operators.recommend import RecommendConfig, RecommendOperator
-from segloop.warehouse import Warehouse
+from segloop.warehouses import Warehouse
 from tests.operators.test_recommend import shop
 
 CONFIG = RecommendConfig(customer_id="customer", item_id="sku", timestamp="ts", event="event",

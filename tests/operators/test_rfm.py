@@ -10,7 +10,7 @@ import pytest
 
 from segloop.operators.rfm import SEGMENT_MAP, segment_of
 from segloop.pipeline import Pipeline
-from segloop.warehouse import DuckDBConfig, Warehouse
+from segloop.warehouses import DuckDBConfig, Warehouse
 
 AS_OF = datetime(2024, 3, 31, 18, 0)
 # customer: (recency days, frequency, amount per order)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from segloop.pipeline import Pipeline
-from segloop.warehouse import DuckDBConfig, Warehouse
+from segloop.warehouses import DuckDBConfig, Warehouse
 from tests.segment.fake_segment import FakeSegment
 
 PIPELINE = """\

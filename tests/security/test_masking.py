@@ -16,7 +16,7 @@ from segloop.alerts import Alert, payload
 from segloop.masking import Redactor, mask_log_records, mask_text
 from segloop.segment.client import Client
 from segloop.store import NodeRunRecord, RunStore
-from segloop.warehouses.base import redact
+from segloop.warehouses.config import redact
 from segloop.warehouses.pyspark import PySparkConfig
 from segloop.web.templating import environment
 

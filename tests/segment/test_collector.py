@@ -340,7 +340,7 @@ def test_continuous_loading_into_a_warehouse(data_dir, tmp_path):
     import time
 
     from segloop.segment.loader import load_archive
-    from segloop.warehouse import Warehouse
+    from segloop.warehouses import Warehouse
 
     with Warehouse.duckdb(tmp_path / "live.duckdb") as wh:
         options = {"load_every_s": 0.1, "loader": lambda folder: load_archive(wh, folder / "segment-logs")}

@@ -14,7 +14,7 @@ import pytest
 
 from segloop.cli import _collector_keys
 from segloop.errors import ConfigError, SecretError
-from segloop.warehouse import Warehouse
+from segloop.warehouses import Warehouse
 
 
 def test_keys_from_cli_and_workspace_file(monkeypatch):

@@ -18,7 +18,7 @@ import pytest
 from segloop.segment.archive import read_all_messages
 from segloop.segment.collector import serve_in_thread
 from segloop.segment.loader import load_archive
-from segloop.warehouse import Warehouse
+from segloop.warehouses import Warehouse
 from tests.requirements import missing
 from tests.segment.npm_packages import npm_package
 

@@ -15,7 +15,7 @@ import orjson
 
 from segloop.segment.archive import read_all_messages
 from segloop.segment.loader import load_archive
-from segloop.warehouse import Warehouse
+from segloop.warehouses import Warehouse
 
 KEY = "wk_kill"
 

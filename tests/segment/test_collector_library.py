@@ -6,7 +6,7 @@ from pathlib import Path
 
 from segloop.segment.collector import serve_in_thread
 from segloop.segment.loader import load_archive
-from segloop.warehouse import Warehouse
+from segloop.warehouses import Warehouse
 
 KEY = "wk_library"
 USERS = 250

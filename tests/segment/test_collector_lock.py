@@ -21,9 +21,9 @@ import pytest
 from segloop.errors import WarehouseLockedError
 from segloop.segment.collector import serve_in_thread
 from segloop.segment.loader import ArchiveLoader, LoadResult
-from segloop.warehouse import Warehouse
+from segloop.warehouses import Warehouse
 from segloop.warehouses.duckdb import DuckDBConfig
-from tests.test_warehouse_duckdb_lock import held_by_another_process
+from tests.warehouses.test_duckdb_lock import held_by_another_process
 
 
 def _batch(url: str, key: str, ids: list[str]) -> None:

@@ -17,7 +17,7 @@ from segloop.cli import app
 from segloop.segment.archive import ArchiveWriter, day_partition, find_archive_files
 from segloop.segment.loader import load_archive
 from segloop.segment.schema import event_table_name, flatten, message_rows, snake_case
-from segloop.warehouse import Warehouse
+from segloop.warehouses import Warehouse
 
 DAY = day_partition(1_764_000_000_000)
 NOW = datetime(2025, 11, 24, 12, 0, tzinfo=UTC)

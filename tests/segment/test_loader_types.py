@@ -22,7 +22,7 @@ from segloop.cli import app
 from segloop.segment.archive import find_archive_files
 from segloop.segment.collector import serve_in_thread
 from segloop.segment.loader import ArchiveLoader, load_archive
-from segloop.warehouse import DuckDBConfig, Warehouse
+from segloop.warehouses import DuckDBConfig, Warehouse
 
 from .test_loader import (
     msg,

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from segloop.segment.sync import FAILED, REJECTED, SENT, Ack, SyncState
-from segloop.warehouse import Warehouse
+from segloop.warehouses import Warehouse
 
 FINGERPRINT = "track|Score"
 

@@ -19,7 +19,7 @@ import pytest
 
 from segloop.segment.archive import read_all_messages
 from segloop.segment.collector import RunningCollector, serve_in_thread
-from segloop.warehouse import DuckDBConfig, Warehouse
+from segloop.warehouses import DuckDBConfig, Warehouse
 
 ROWS = 20_000
 KEY = "wk-kill-test"

@@ -16,7 +16,7 @@ import pytest
 from segloop.pipeline import Pipeline
 from segloop.segment.archive import read_all_messages
 from segloop.segment.collector import serve_in_thread
-from segloop.warehouse import DuckDBConfig, Warehouse
+from segloop.warehouses import DuckDBConfig, Warehouse
 
 KEY = "wk-flip-test"
 USERS = 50

@@ -17,7 +17,7 @@ import pytest
 
 from segloop.demo import write_demo_data
 from segloop.segment.collector import RunningCollector, serve_in_thread
-from segloop.warehouse import DuckDBConfig, Warehouse
+from segloop.warehouses import DuckDBConfig, Warehouse
 
 WRITE_KEY_ENV = "SEGLOOP_TEST_WRITE_KEY"
 ENDPOINT_ENV = "SEGLOOP_TEST_ENDPOINT"  # a real `segloop collector` on a loopback port

@@ -35,7 +35,7 @@ from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
 if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
 
-    from segloop.warehouse import Warehouse
+    from segloop.warehouses import Warehouse
 
 CORE_TABLES = ("tracks", "identifies", "users")
 WINDOW_COLUMN = "received_at"
@@ -43,9 +43,9 @@ DURATION = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$")
 UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 PRODUCTS_COLUMN = "products"
 PRODUCTS_SUFFIX = "_products"
-# Warehouses whose JSON unnesting Ibis compiles correctly (checked by the tests); elsewhere
-# (BigQuery, Spark: no compile rule; Snowflake: untested) the view is skipped with a warning.
-PRODUCTS_BACKENDS = frozenset({"duckdb", "postgres"})
+# The products view needs JSON unnesting that Ibis compiles correctly (``Warehouse.UNNESTS_JSON``,
+# checked by the tests); elsewhere (BigQuery, Spark: no compile rule; Snowflake: untested)
+# the view is skipped with a warning.
 # Segment's e-commerce spec: product fields and their column types in `<table>_products`.
 # Numbers are float64 (a quantity sent as 1.5 must not fail the query on any warehouse).
 PRODUCT_FIELDS: dict[str, str] = {
@@ -162,7 +162,7 @@ class SegmentSourceOperator(Operator):
             items = _column(table, PRODUCTS_COLUMN) if config.products else None
             if items is not None and (table[items].type().is_string() or table[items].type().is_json()):
                 name = short + PRODUCTS_SUFFIX
-                if wh.backend not in PRODUCTS_BACKENDS:
+                if not wh.UNNESTS_JSON:
                     ctx.warn(f"`{name}` (one row per product of `{short}`) is built on DuckDB and "
                              f"PostgreSQL only, not on {wh.backend}; unnest `{items}` in a sql node, "
                              "or set `products: false` to silence this")

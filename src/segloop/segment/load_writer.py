@@ -51,7 +51,7 @@ from segloop.warehouses.postgres import row_bytes
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
-    from segloop.warehouse import Warehouse
+    from segloop.warehouses import Warehouse
 
 STAGE_PREFIX = "_segloop_stage_"
 # A rejected value: table, column, message id, the value as JSON (or a bad line), reason, file.
@@ -314,10 +314,7 @@ class SchemaWriter:
         added = self._room(new, len(known), {})
         if added:
             adds = [f"ADD COLUMN {self.wh.quote(c)} {self.sql_type(k)}" for c, k in added.items()]
-            if self.wh.dialect == "duckdb":  # one column per ALTER there; one transaction is ~3x faster
-                self._atomic([f"ALTER TABLE {self.q(table)} {add}" for add in adds])
-            else:
-                self.wh.raw_sql(f"ALTER TABLE {self.q(table)} {', '.join(adds)}")
+            self.wh.add_columns(self.q(table), adds)
             known.update(added)
         for col, seen in stats.items():
             kind = current.get(col)
@@ -352,17 +349,9 @@ class SchemaWriter:
     def _widen(self, table: str, col: str, old: Kind, new: Kind) -> None:
         """Change a column's type in place, keeping every stored value exactly."""
         c = self.wh.quote(col)
-        if self.wh.dialect == "duckdb":
-            self.wh.raw_sql(f"ALTER TABLE {self.q(table)} ALTER COLUMN {c} SET DATA TYPE {self.sql_type(new)}")
-        else:
-            # A double goes through its shortest text: PostgreSQL's float8 -> numeric keeps 15 digits.
-            using = f"CAST({c} AS TEXT)" if old == "float" or new == "varchar" else c
-            from segloop.warehouses.postgres import alter_under_views
-
-            alter_under_views(
-                self.wh.con, self.q(table), f"ALTER TABLE {self.q(table)} ALTER COLUMN {c} TYPE "
-                f"{self.sql_type(new)} USING CAST({using} AS {self.sql_type(new)})"
-            )
+        # A double goes through its shortest text: PostgreSQL's float8 -> numeric keeps 15 digits.
+        using = f"CAST({c} AS TEXT)" if old == "float" or new == "varchar" else c
+        self.wh.alter_column_type(self.q(table), c, self.sql_type(new), using)
         self.stats.widened.append(f"{self.schema}.{table}.{col}: {old} -> {new}")
 
     def _overflow(self, rows: TableRows, cols: dict[str, list[Any]], kinds: dict[str, Kind]) -> list[Any]:
@@ -561,20 +550,9 @@ class SchemaWriter:
     def _atomic(self, statements: list[str]) -> None:
         """Run statements as one transaction, so a crash cannot leave a table half-replaced.
 
-        PostgreSQL runs several statements sent at once in one implicit transaction; DuckDB
-        needs an explicit one (rolled back if any statement fails).
+        (``Warehouse.execute_atomically``: an explicit transaction on DuckDB).
         """
-        if self.wh.dialect != "duckdb":
-            self.wh.raw_sql("; ".join(statements))
-            return
-        self.wh.raw_sql("BEGIN TRANSACTION")
-        try:
-            for statement in statements:
-                self.wh.raw_sql(statement)
-        except Exception:
-            self.wh.raw_sql("ROLLBACK")
-            raise
-        self.wh.raw_sql("COMMIT")
+        self.wh.execute_atomically(statements)
 
     def _scalar(self, query: str) -> int:
         table = self.wh.sql(query)

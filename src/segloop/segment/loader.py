@@ -31,8 +31,8 @@ from segloop.segment.load_writer import Reject, SchemaWriter, TableRows, WriteSt
 from segloop.segment.schema import LOAD_REJECTS_TABLE, LOADED_FILES_TABLE, message_rows, snake_case
 
 if TYPE_CHECKING:  # pragma: no cover
-    from segloop.warehouse import Warehouse
-    from segloop.warehouses.base import WarehouseConfig
+    from segloop.warehouses import Warehouse
+    from segloop.warehouses.config import WarehouseConfig
 
 log = logging.getLogger("segloop.loader")
 
@@ -174,7 +174,7 @@ class ArchiveLoader:
     def check(self) -> None:
         """Open and close the warehouse once, so a wrong setting fails at start, not later."""
         from segloop.errors import WarehouseLockedError
-        from segloop.warehouse import Warehouse
+        from segloop.warehouses import Warehouse
 
         try:
             Warehouse.connect(self.config, self.root, self.name).close()
@@ -182,7 +182,7 @@ class ArchiveLoader:
             log.warning("%s The collector starts anyway and loads when it is free.", exc)
 
     def __call__(self, data_dir: Path) -> LoadResult:
-        from segloop.warehouse import Warehouse
+        from segloop.warehouses import Warehouse
 
         archive = Path(data_dir) / "segment-logs"
         if not archive.exists():  # nothing received yet: no need to open the warehouse

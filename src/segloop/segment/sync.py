@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
     import pyarrow as pa
 
-    from segloop.warehouse import Warehouse
+    from segloop.warehouses import Warehouse
 
 T = TypeVar("T")
 NEW, CHANGED, RETRY, UNCHANGED, NO_KEY, DUPLICATE = "new", "changed", "retry", "unchanged", "no_key", "duplicate"
@@ -63,26 +63,6 @@ def _state_schema() -> Any:
             "updated_at": "timestamp",
         }
     )
-
-
-def _md5(value: ir.StringValue, dialect: str) -> ir.StringValue:
-    import ibis
-
-    @ibis.udf.scalar.builtin(name="md5")
-    def md5(x: str) -> str:  # type: ignore[empty-body]
-        ...
-
-    @ibis.udf.scalar.builtin(name="md5")
-    def md5_bytes(x: str) -> bytes:  # type: ignore[empty-body]
-        ...
-
-    @ibis.udf.scalar.builtin(name="to_hex")
-    def to_hex(x: bytes) -> str:  # type: ignore[empty-body]
-        ...
-
-    if dialect == "bigquery":  # BigQuery's MD5 returns BYTES
-        return to_hex(md5_bytes(value))
-    return md5(value)
 
 
 def _key_expr(source: ir.Table, key_columns: Sequence[str]) -> ir.StringValue:
@@ -182,13 +162,13 @@ class SyncState:
     @property
     def _embedded(self) -> bool:
         """DuckDB in this process: results stream over a second cursor, settings apply."""
-        return self.warehouse.backend == "duckdb"
+        return self.warehouse.EMBEDDED
 
     def ensure(self) -> None:
         wh = self.warehouse
         for name in (self.state_table, self.log_table):
             if not wh.has_table(name):
-                wh.con.create_table(name, schema=_state_schema(), database=wh.schema)
+                wh.create_empty(name, _state_schema())
 
     def reset(self) -> None:
         """Forget what was sent: the next run sends every row, as new messages.
@@ -212,7 +192,7 @@ class SyncState:
         path imports pandas, ~50 MB and half a second, for a handful of numbers)."""
         wh = self.warehouse
         if self._embedded:
-            return list(wh.con.con.execute(str(wh.con.compile(expr))).fetchall())  # type: ignore[attr-defined]
+            return list(wh.raw.execute(str(wh.con.compile(expr))).fetchall())
         table = wh.to_arrow(expr)
         return [tuple(row.values()) for row in table.to_pylist()]
 
@@ -230,7 +210,7 @@ class SyncState:
             finally:
                 self._sessions -= 1
             return
-        raw = self.warehouse.con.con  # type: ignore[attr-defined]
+        raw = self.warehouse.raw
         wanted = dict(self.DUCKDB_SETTINGS)
         cap = wanted.pop("memory_limit", None)
         if getattr(self.warehouse.config, "memory_limit", None):
@@ -270,7 +250,7 @@ class SyncState:
     def _set_memory_limit(self, value: str) -> bool:
         """``SET memory_limit``; false when DuckDB cannot free enough memory to lower it."""
         try:
-            self.warehouse.con.con.execute(f"SET memory_limit = '{value}'")  # type: ignore[attr-defined]
+            self.warehouse.raw.execute(f"SET memory_limit = '{value}'")
         except Exception as exc:
             if _out_of_memory(exc):
                 return False
@@ -306,18 +286,9 @@ class SyncState:
     @contextmanager
     def _transaction(self) -> Iterator[None]:
         """One transaction on DuckDB (a kill between statements leaves the state whole);
-        other warehouses run the statements as they come."""
-        if not self._embedded:
+        other warehouses run the statements as they come (``Warehouse.transaction``)."""
+        with self.warehouse.transaction():
             yield
-            return
-        raw = self.warehouse.con.con  # type: ignore[attr-defined]
-        raw.execute("BEGIN TRANSACTION")
-        try:
-            yield
-        except BaseException:
-            raw.execute("ROLLBACK")
-            raise
-        raw.execute("COMMIT")
 
     # -- planning ------------------------------------------------------------------------
 
@@ -330,7 +301,7 @@ class SyncState:
         text = ibis.literal(fingerprint)
         for column in payload_columns:
             text = text.concat(ibis.literal(SEPARATOR), source[column].cast("string").fill_null(NULL_MARK))
-        return source.mutate(_key=key, _hash=_md5(text, self.warehouse.dialect))
+        return source.mutate(_key=key, _hash=self.warehouse.md5_hex(text))
 
     def classify(self, source: ir.Table, key_columns: Sequence[str], payload_columns: Sequence[str],
                  fingerprint: str, dedupe: bool = True) -> ir.Table:
@@ -389,7 +360,7 @@ class SyncState:
         pending = classified.filter(classified._category.isin(kept))
         if not self._embedded:  # remote warehouses read the pending rows in key-hash ranges
             pending = pending.mutate(
-                _bucket=_md5(pending._key.fill_null(""), wh.dialect).substr(0, BUCKET_CHARS))
+                _bucket=wh.md5_hex(pending._key.fill_null("")).substr(0, BUCKET_CHARS))
         self._roomy(lambda: wh.create_table(self.pending_table, pending))
         table = wh.table(self.pending_table)
         found = self._rows(table.group_by("_category").aggregate(n=table.count()))
@@ -426,7 +397,7 @@ class SyncState:
         pending = wh.table(self.pending_table)
         wanted = pending.filter(pending._category != GONE_SENT).order_by("_key").limit(rows)
         if self._embedded:
-            result = _duckdb_reader(wh.con.con.execute(str(wh.con.compile(wanted))), rows).read_all()  # type: ignore[attr-defined]
+            result = _duckdb_reader(wh.raw.execute(str(wh.con.compile(wanted))), rows).read_all()
             wh.rows_fetched += result.num_rows
             return result
         return wh.to_arrow(wanted.drop("_bucket"))
@@ -440,7 +411,7 @@ class SyncState:
             # Short queries over row-id ranges (DuckDB skips row groups outside the range),
             # not one long streaming query: an open read transaction would stop DuckDB from
             # checkpointing, and the log appended meanwhile would pile up in memory.
-            raw = wh.con.con  # type: ignore[attr-defined]
+            raw = wh.raw
             table = wh.qualified(self.pending_table)
             [(low, high)] = raw.execute(f"SELECT min(rowid), max(rowid) FROM {table}").fetchall()
             if low is None:
@@ -571,7 +542,7 @@ class SyncState:
         if wh.count(state) == 0:
             first = latest.mutate(attempts=latest.log_attempts).select(*STATE_COLUMNS)
             with self._transaction():
-                wh.raw_sql(f"INSERT INTO {target} ({columns}) {wh.con.compile(first)}")
+                wh.raw_sql(f"INSERT INTO {target} ({columns}) {wh.compile(first)}")
                 wh.raw_sql(f"DELETE FROM {log_q}")
             return
         old = state.select(_old_key=state.key, _old_attempts=state.attempts)

@@ -1,94 +1,601 @@
-"""The base of every warehouse config: a frozen pydantic model with a ``type`` and a ``schema``.
+"""The generic warehouse connection through Ibis; each backend's module subclasses it.
 
-Each backend module adds its settings and a ``connect(root)`` that returns an Ibis backend.
-Drivers are optional extras, imported inside ``connect`` so that a workspace using DuckDB
-never needs them; a missing driver is a ``MissingDriverError`` naming the extra to install.
+A ``Warehouse`` wraps one Ibis backend and gives the engine and operators what they need:
+read tables, run SQL, materialize node outputs in the output schema, and stream results
+to Python as bounded Arrow batches (counting rows fetched, so pushdown can be checked).
+What differs between backends is declared by each backend's subclass (``DuckDBWarehouse``
+in ``warehouses/duckdb.py`` and so on): capability class attributes (``EMBEDDED``,
+``HAS_VIEW_BINDING``, ...) and the few methods it overrides (catalog listing, replacing a
+table, closing). The code here never asks which backend it runs on.
 """
 
 from __future__ import annotations
 
-import importlib
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field
+from segloop.errors import WarehouseError, database_message
+from segloop.warehouses.config import WarehouseConfig
+from segloop.warehouses.exprs import has_memtable, is_arrow_table, is_ibis_table, md5, sql_literal
 
-from segloop.errors import MissingDriverError
-from segloop.masking import REDACTED, mask_text
-from segloop.secrets import resolve_secret
+log = logging.getLogger("segloop")
+
+# (backend, expression) -> SQL of recently compiled expressions; see Warehouse.compile.
+_COMPILED: dict[tuple[str, Any], str] = {}
+_COMPILED_MAX = 64
+_COMPILED_LOCK = threading.Lock()
+# The kind of a relation that was not looked up: ``CREATE OR REPLACE`` finds out (DuckDB).
+UNLISTED = "unlisted"
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis
+    import ibis.expr.types as ir
+    import pyarrow as pa
+
+    from segloop.warehouses.exprs import SqlStore
 
 
-class WarehouseConfig(BaseModel):
-    """Settings shared by every warehouse type."""
+class Warehouse:
+    """One open connection to a warehouse, with the operations segloop needs.
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    Subclasses declare what their backend can do with these class attributes and override
+    the methods where it does a thing its own way; ``connect`` opens the subclass a
+    config names (``WarehouseConfig.warehouse_class``).
+    """
 
-    type: str
-    schema_: str | None = Field(
-        default=None,
-        alias="schema",
-        description="Schema where node outputs and sync state are written.",
-    )
+    STREAM_BATCH_ROWS: ClassVar[int] = 50_000
+    DIALECT: ClassVar[str | None] = None  # sqlglot dialect; None: the Ibis backend's name
+    BUILTIN_SCHEMAS: ClassVar[frozenset[str]] = frozenset()  # always there, never created
+    RAW_SQL_RETURNS_CURSOR: ClassVar[bool] = True  # raw_sql hands back a cursor to close
+    REPLACES_IN_ONE_STATEMENT: ClassVar[bool] = False  # CREATE OR REPLACE of either kind says what is in the way
+    HAS_VIEW_BINDING: ClassVar[bool] = False  # views bind to what they read (CREATE OR REPLACE VIEW may fail)
+    EMBEDDED: ClassVar[bool] = False  # runs in this process: raw cursors, settings, transactions
+    UNNESTS_JSON: ClassVar[bool] = False  # Ibis compiles JSON-array unnesting right (checked by tests)
 
-    DEFAULT_SCHEMA: ClassVar[str] = "main"
-    EXTRA: ClassVar[str] = ""
-    DRIVER_MODULES: ClassVar[tuple[str, ...]] = ()
-    # What the archive loader may ask of a table (segloop.segment.load_writer):
-    MAX_TABLE_COLUMNS: ClassVar[int] = 1600  # columns a table may have (unknown: Redshift's)
-    MAX_ROW_BYTES: ClassVar[int | None] = None  # bytes of a row's values held in the row itself
-    EXACT_NUMBER_SQL: ClassVar[str] = "NUMERIC"  # integers beyond 64 bits, exactly
-    EXACT_NUMBER_DIGITS: ClassVar[int | None] = None  # digits it holds (None: any)
-    EXACT_NUMBER_FRACTIONS: ClassVar[bool] = True  # whether it holds fractions exactly too
-    TEXT_HOLDS_NUL: ClassVar[bool] = True  # whether text may contain the NUL character
+    def __init__(
+        self,
+        con: ibis.BaseBackend,
+        config: WarehouseConfig,
+        name: str = "default",
+        create_schema: bool = True,
+    ):
+        self.con = con
+        self.config = config
+        self.name = name
+        self.schema = config.output_schema
+        self.rows_fetched = 0  # rows moved into Python; lets tests check pushdown
+        self._schemas_ready: set[str] = set()  # schemas known to exist (one look-up each)
+        # schema -> {name: "table" | "view"}: one catalog query per schema, kept up to date by
+        # this connection's own writes (see relation_kind).
+        self._kinds: dict[str, dict[str, str]] = {}
+        self._wrote: set[tuple[str, str]] = set()  # (schema, name) this connection wrote; see written_table
+        self.sql_cache: SqlStore | None = None  # compiled SQL on disk; the engine sets the workspace's
+        self._checkpoint: threading.Thread | None = None  # see checkpoint_in_background
+        if create_schema:
+            self._ensure_schema(self.schema)
+
+    @classmethod
+    def connect(
+        cls,
+        config: WarehouseConfig,
+        root: Path | str = ".",
+        name: str = "default",
+        create_schema: bool = True,
+    ) -> Warehouse:
+        """Open ``config``'s warehouse; ``create_schema=False`` only reads (check-warehouse).
+
+        Called on ``Warehouse`` itself, it opens the subclass of ``config``'s backend.
+        """
+        kind = config.warehouse_class() if cls is Warehouse else cls
+        return kind(config.connect(Path(root)), config, name, create_schema)
+
+    @classmethod
+    def duckdb(cls, path: str | Path = ":memory:", schema: str | None = None) -> Warehouse:
+        """A DuckDB warehouse, mostly for tests and notebooks."""
+        config = _config_of_type("duckdb")(path=str(path), schema=schema)
+        return cls.connect(config, Path("."))
+
+    # -- introspection -------------------------------------------------------------------
 
     @property
-    def output_schema(self) -> str:
-        return self.schema_ or self.DEFAULT_SCHEMA
+    def backend(self) -> str:
+        """The Ibis backend name: duckdb, postgres, snowflake, bigquery, pyspark."""
+        return str(self.con.name)
 
-    def connect(self, root: Path) -> ibis.BaseBackend:
-        raise NotImplementedError
+    @property
+    def raw(self) -> Any:
+        """The driver's own connection under Ibis (duckdb's, psycopg's), for what Ibis
+        cannot do; callers use it only where a capability says how it behaves (``EMBEDDED``)."""
+        return self.con.con  # type: ignore[attr-defined]
 
-    def describe(self) -> str:
-        """Where this warehouse is, for messages (never includes a secret)."""
-        return self.type
+    @property
+    def dialect(self) -> str:
+        """The sqlglot dialect of the warehouse's SQL (``spark`` for the pyspark backend)."""
+        return self.DIALECT or self.backend
 
-    def require_driver(self) -> None:
-        """Import the optional driver modules; a missing one names the extra to install."""
-        for module in self.DRIVER_MODULES:
-            import_driver(module, self.type, self.EXTRA or self.type)
+    def _ensure_schema(self, schema: str) -> None:
+        if schema in self.BUILTIN_SCHEMAS or schema in self._schemas_ready:
+            return
+        try:
+            if schema not in self.list_schemas():
+                self.con.create_database(schema, force=True)  # type: ignore[attr-defined]
+            self._schemas_ready.add(schema)
+        except Exception as exc:
+            raise WarehouseError(
+                f"cannot create schema {schema} in warehouse `{self.name}` ({self.config.describe()}): "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}. "
+                "Create it yourself, or grant segloop's user the right to create schemas, or set "
+                "`schema:` of the warehouse to one it may write to."
+            ) from exc
+
+    def ensure_schema(self, schema: str) -> None:
+        self._ensure_schema(schema)
+
+    def quote(self, ident: str) -> str:
+        """An identifier quoted for this warehouse's dialect (backticks on Spark and BigQuery)."""
+        import sqlglot.expressions as exp
+
+        return exp.to_identifier(ident, quoted=True).sql(dialect=self.dialect)
+
+    def qualified(self, name: str, schema: str | None = None) -> str:
+        return f"{self.quote(schema or self.schema)}.{self.quote(name)}"
+
+    def list_tables(self, schema: str | None = None) -> list[str]:
+        """Names of the tables and views in ``schema`` (default: the output schema)."""
+        return list(self.con.list_tables(database=schema or self.schema))
+
+    def list_schemas(self) -> list[str]:
+        return list(self.con.list_databases())
+
+    def has_table(self, name: str, schema: str | None = None) -> bool:
+        """Whether a table or view of that name exists."""
+        try:
+            return name in self.list_tables(schema)
+        except Exception:
+            return False
+
+    def relation_kind(self, name: str, schema: str | None = None, fresh: bool = False) -> str | None:
+        """``"table"``, ``"view"`` or None (nothing of that name) in ``schema``.
+
+        Replacing a table by a view (or back) needs the right DROP on every warehouse:
+        ``DROP TABLE`` of a view (and ``CREATE OR REPLACE VIEW`` over a table) is an error.
+        The first call per schema lists the whole schema in one catalog query; this
+        connection's own writes keep that listing current, so a run asks the catalog once
+        instead of once per node (``raw_sql`` forgets it: any SQL may create or drop).
+        ``fresh=True`` asks the catalog again (after a write failed on a stale listing).
+        """
+        target = schema or self.schema
+        kinds = None if fresh else self._kinds.get(target)
+        if kinds is None:
+            kinds = self._load_kinds(target)
+        if kinds is not None:
+            return kinds.get(name)
+        return self._relation_kind_of(name, target)
+
+    def relations(self, schema: str | None = None) -> dict[str, str]:
+        """``{name: "table" | "view"}`` of ``schema`` (default: the output schema)."""
+        target = schema or self.schema
+        kinds = self._kinds.get(target)
+        if kinds is None:
+            kinds = self._load_kinds(target)
+        if kinds is None:
+            return dict.fromkeys(self.list_tables(target), "table")
+        return dict(kinds)
+
+    def _load_kinds(self, target: str) -> dict[str, str] | None:
+        """One catalog query for every table and view of ``target``; None where there is none."""
+        query = self._kinds_query(target)
+        if query is None:
+            return None
+        try:
+            rows = self._fetch(query)
+        except Exception:  # no information_schema: _relation_kind_of finds names one by one
+            return None
+        kinds = {str(row[0]): "view" if "VIEW" in str(row[1]).upper() else "table" for row in rows}
+        self._kinds[target] = kinds
+        return kinds
+
+    def _kinds_query(self, target: str) -> str | None:
+        """The catalog query listing ``(table_name, table_type)`` of ``target``; None: none."""
+        return ("SELECT table_name, table_type FROM information_schema.tables "
+                f"WHERE table_schema = {sql_literal(target)}")
+
+    def _noted(self, name: str, schema: str, kind: str | None) -> None:
+        """Keep the listing of ``schema`` current after this connection wrote ``name``."""
+        if kind is None:
+            self._wrote.discard((schema, name))
+        else:
+            self._wrote.add((schema, name))
+        kinds = self._kinds.get(schema)
+        if kinds is None:
+            return
+        if kind is None:
+            kinds.pop(name, None)
+        else:
+            kinds[name] = kind
+
+    def _relation_kind_of(self, name: str, target: str) -> str | None:
+        """The kind of one name where no listing exists: Spark's metastore lists views apart,
+        and a warehouse without the information_schema listing still finds names."""
+        return "table" if self.has_table(name, target) else None
+
+    def _fetch(self, query: str) -> list[tuple[Any, ...]]:
+        """Rows of a small catalog query, without Ibis compiling (or pandas)."""
+        result = self.con.raw_sql(query)
+        try:
+            rows = result.fetchall() if hasattr(result, "fetchall") else list(result)
+        finally:
+            close = getattr(result, "close", None)
+            if callable(close):
+                close()
+        return [tuple(row) for row in rows]
+
+    # -- reading -------------------------------------------------------------------------
+
+    def table(self, name: str, schema: str | None = None) -> ir.Table:
+        try:
+            return self._table(name, schema or self.schema)
+        except Exception as exc:
+            raise WarehouseError(
+                f"table {schema or self.schema}.{name} not found in warehouse `{self.name}`: "
+                f"{type(exc).__name__}"
+            ) from exc
+
+    def _table(self, name: str, target: str) -> ir.Table:
+        return self.con.table(name, database=target)
+
+    def written_table(self, name: str, schema: str | None = None) -> ir.Table | None:
+        """``table(name)`` when this connection wrote it (None otherwise): a run's
+        report shows what the run wrote, not what an earlier run left behind."""
+        target = schema or self.schema
+        return self.table(name, target) if (target, name) in self._wrote else None
+
+    def table_if_exists(self, name: str, schema: str | None = None) -> ir.Table | None:
+        """``table(name)``, or None when there is no table or view of that name."""
+        target = schema or self.schema
+        if (target, name) in self._wrote:
+            return self.table(name, target)
+        return self.table(name, target) if name in self.relations(target) else None
+
+    def output_of_run(self, name: str, schema: str | None = None) -> ir.Table | None:
+        """What a run wrote as ``name``, asked on the connection it wrote with (the report)."""
+        return self.table_if_exists(name, schema)
+
+    def sql(self, query: str, dialect: str | None = None) -> ir.Table:
+        """An Ibis expression over a SQL query (nothing runs until it is materialized)."""
+        if dialect:
+            return self.con.sql(query, dialect=dialect)
+        return self.con.sql(query)
+
+    def query(self, query: str, schema: ibis.Schema) -> ir.Table:
+        """An Ibis expression over a SQL query whose schema is known (no look-up)."""
+        return self.con.sql(query, schema=schema)
+
+    def raw_sql(self, query: str) -> Any:
+        """Run any SQL; the cached catalog listings are dropped (it may create or drop anything)."""
+        self._kinds.clear()
+        return self._raw_sql(query)
+
+    def _raw_sql(self, query: str) -> Any:
+        """Run SQL whose effect on the catalog the caller notes itself."""
+        result = self.con.raw_sql(query)
+        # Some backends (postgres) hand back an open cursor; close it so locks are released.
+        close = getattr(result, "close", None)
+        if callable(close) and self.RAW_SQL_RETURNS_CURSOR:
+            close()
+        return result
+
+    def count(self, expr: ir.Table) -> int:
+        """Rows of ``expr``, counted in the warehouse (one number crosses the wire)."""
+        return int(self.con.to_pyarrow(expr.count()).as_py())  # this connection, always
+
+    def scalar(self, expr: ir.Scalar) -> Any:
+        """The value of a one-value expression (``t.ts.max()``) as a Python object.
+
+        Instead of ``expr.execute()``/``to_pyarrow()``, whose DuckDB path imports pandas
+        (0.5-0.75 s in a fresh process) for one value.
+        """
+        table = self._arrow(expr.as_table())  # one value: not counted in rows_fetched
+        return table.column(0)[0].as_py() if table.num_rows else None
+
+    def rows(self, expr: ir.Table) -> list[dict[str, Any]]:
+        """A small result (an aggregate) as Python dicts; counted in ``rows_fetched``.
+
+        """
+        return list(self.to_arrow(expr).to_pylist())
+
+    def to_arrow(self, expr: ir.Table, limit: int | None = None) -> pa.Table:
+        """Fetch a (small) result into Python; counted in ``rows_fetched``."""
+        table = self._arrow(expr, limit)
+        self.rows_fetched += table.num_rows
+        return table
+
+    def _arrow(self, expr: ir.Table, limit: int | None = None) -> pa.Table:
+        return self.con.to_pyarrow(expr, limit=limit)  # this connection, always
+
+    def preview_query(self, sql: str, limit: int | None) -> pa.Table:
+        """The rows of a user's query (``segloop query``), at most ``limit``; counted."""
+        return self.to_arrow(self.sql(sql), limit=limit)
+
+    def stream_query(self, sql: str, limit: int | None) -> pa.RecordBatchReader:
+        """The rows of a user's query as a stream of Arrow batches (exports of any size)."""
+        expr = self.sql(sql)
+        return (expr.limit(limit) if limit is not None else expr).to_pyarrow_batches()
+
+    def md5_hex(self, value: ir.StringValue) -> ir.StringValue:
+        """The MD5 of a string as 32 hex digits, computed in the warehouse."""
+        return md5(value)
+
+    def to_batches(self, expr: ir.Table, batch_rows: int | None = None) -> Iterator[pa.RecordBatch]:
+        """Stream a result in bounded Arrow record batches; never holds the whole result."""
+        reader = expr.to_pyarrow_batches(chunk_size=batch_rows or self.STREAM_BATCH_ROWS)
+        for batch in reader:
+            self.rows_fetched += batch.num_rows
+            yield batch
+
+    # -- writing -------------------------------------------------------------------------
+
+    def create_table(
+        self,
+        name: str,
+        obj: ir.Table | pa.Table | Any,
+        schema: str | None = None,
+        overwrite: bool = True,
+    ) -> ir.Table:
+        """Materialize an expression (runs inside the warehouse) or an Arrow table."""
+        target = schema or self.schema
+        self._ensure_schema(target)
+        try:
+            if is_arrow_table(obj) and self._create_from_arrow(name, obj, target, overwrite):
+                self._noted(name, target, "table")
+                return self.con.table(name, database=target)
+            table = self.con.create_table(name, obj, database=target, overwrite=overwrite)
+        except Exception as exc:
+            self._kinds.pop(target, None)  # whatever happened, ask the catalog next time
+            raise WarehouseError(f"could not write table {target}.{name}: {exc}") from exc
+        self._noted(name, target, "table")
+        return table
+
+    def _create_from_arrow(self, name: str, table: pa.Table, target: str, overwrite: bool) -> bool:
+        """Write an Arrow table the backend's own fast way; False: leave it to Ibis."""
+        return False
+
+    def replace_table(
+        self, name: str, obj: ir.Table | pa.Table | Any, schema: str | None = None, count: bool = True
+    ) -> int | None:
+        """Materialize ``obj`` as table ``name`` (replacing a table or view); returns its rows.
+
+        A backend may write an expression its own faster way (``_replace_table_as``: one
+        ``CREATE OR REPLACE TABLE ... AS`` on DuckDB, one transaction on PostgreSQL);
+        otherwise Ibis creates, inserts, drops and renames, and the rows are counted.
+        """
+        target = schema or self.schema
+        self._ensure_schema(target)
+        query = not is_arrow_table(obj) and is_ibis_table(obj)
+        listed, kind = self._kind_to_replace(name, target, one_statement=query)
+        try:
+            rows = self._replace_table(name, obj, target, count, kind)
+        except WarehouseError:
+            # A listing from earlier in this connection's life may be out of date (another
+            # process replaced the object since), or there was none (DuckDB, see
+            # _kind_to_replace): when the catalog now says otherwise, once more.
+            if not listed or not _retry(kind, actual := self.relation_kind(name, target, fresh=True), "table"):
+                raise
+            rows = self._replace_table(name, obj, target, count, actual)
+        self._noted(name, target, "table")
+        return rows
+
+    def _kind_to_replace(self, name: str, target: str, one_statement: bool = True) -> tuple[bool, str | None]:
+        """(whether a failed write should ask the catalog again, the kind of ``name`` now).
+
+        DuckDB replaces a table by a table and a view by a view in one statement (``CREATE
+        OR REPLACE``), and says so when the other kind is in the way; so there, without a
+        listing at hand, a write that is one such statement is tried first and the catalog
+        only asked when it fails (a catalog query costs a few ms of a small pipeline's run).
+        Elsewhere, and for Arrow data (Ibis writes it in several steps that could leave a
+        half-done table behind), the listing says which DROP is needed first.
+        """
+        if self.REPLACES_IN_ONE_STATEMENT and target not in self._kinds and one_statement:
+            return True, UNLISTED
+        return target in self._kinds, self.relation_kind(name, target)
+
+    def _replace_table(self, name: str, obj: Any, target: str, count: bool, kind: str | None) -> int | None:
+        if kind == "view":
+            try:
+                self._drop(name, target, "view")
+            except Exception as exc:
+                raise WarehouseError(f"could not replace view {target}.{name} by a table: {database_message(exc)}. "
+                                     "Drop the views that read it, or keep this node `materialize: view`") from exc
+        if not is_arrow_table(obj) and is_ibis_table(obj):
+            rows = self._replace_table_as(name, obj, target, count, kind)
+            if rows is not NotImplemented:
+                return rows  # type: ignore[return-value]
+        self.create_table(name, obj, target)
+        return self.count_rows(name, target) if count else None
+
+    def _replace_table_as(self, name: str, expr: ir.Table, target: str, count: bool,
+                          kind: str | None) -> Any:
+        """Replace table ``name`` by the rows of ``expr`` the backend's own way; returns the
+        row count (None when not ``count``), or ``NotImplemented`` for Ibis's generic path."""
+        return NotImplemented
+
+    def replace_view(self, name: str, expr: ir.Table, schema: str | None = None) -> None:
+        """Materialize an expression as view ``name`` (replacing a table or view of that name).
+
+        Written as plain ``CREATE [OR REPLACE] VIEW schema.name AS <query>``, so the view is
+        persistent on every warehouse (Ibis makes temporary views on Spark) and readable by a
+        person. Where views bind to what they read (``HAS_VIEW_BINDING``: PostgreSQL) a
+        view's columns cannot change in place, so there the old view is dropped first when
+        ``OR REPLACE`` fails.
+        """
+        target = schema or self.schema
+        self._ensure_schema(target)
+        if has_memtable(expr):
+            raise WarehouseError(
+                f"view {target}.{name} would read data held in this Python process; "
+                "only a query over warehouse tables can be a view (use `materialize: table`)"
+            )
+        sql = self.compile(expr)
+        listed, kind = self._kind_to_replace(name, target)
+        try:
+            self._replace_view(name, sql, target, kind)
+        except WarehouseError:  # as in replace_table: once more when the listing was out of date
+            if not listed or not _retry(kind, actual := self.relation_kind(name, target, fresh=True), "view"):
+                raise
+            self._replace_view(name, sql, target, actual)
+        self._noted(name, target, "view")
+
+    def _replace_view(self, name: str, sql: str, target: str, kind: str | None) -> None:
+        qualified = self.qualified(name, target)
+        try:
+            if kind == "table":
+                self._drop(name, target, "table")
+            if kind in ("view", UNLISTED):
+                try:
+                    self._raw_sql(f"CREATE OR REPLACE VIEW {qualified} AS {sql}")
+                    return
+                except Exception:
+                    if not self.HAS_VIEW_BINDING:
+                        raise
+                    self._drop(name, target, "view")
+            self._raw_sql(f"CREATE VIEW {qualified} AS {sql}")
+        except WarehouseError:
+            raise
+        except Exception as exc:
+            raise WarehouseError(
+                f"could not create view {target}.{name}: {database_message(exc)}. segloop's user needs "
+                "CREATE on the output schema; if other views depend on it, drop them or make this "
+                "node `materialize: table`"
+            ) from exc
+
+    def _drop(self, name: str, schema: str, kind: str) -> None:
+        """Drop a table or view to put the other kind in its place (most warehouses resolve
+        a view's names when it is read, so the views reading it stay)."""
+        if kind == "view":
+            self.drop_view(name, schema)
+        else:
+            self.drop_table(name, schema)
+
+    def compile(self, expr: ir.Expr) -> str:
+        """The SQL of an expression in this warehouse's dialect.
+
+        Compiling is the slowest step in Python (~20 ms for the RFM query), and a
+        scheduler or the web UI builds the same expressions run after run; Ibis
+        expressions compare by structure (reading the same tables with the same
+        columns), so the SQL is kept for the last few of them; with ``sql_cache`` set
+        (engine runs), also on disk for the next process (see ``segloop.sql_cache``).
+        """
+        op = expr.op()
+        if type(op).__name__ == "SQLQueryResult" and getattr(op.source, "name", None) == self.backend:
+            # A query in this warehouse's SQL is its own SQL (Ibis would re-format it); without
+            # a final `;`, so that it can be wrapped (CREATE ... AS, count).
+            return str(op.query).strip().rstrip(";").rstrip()
+        hooks = getattr(self.con, "_run_pre_execute_hooks", None)
+        if callable(hooks):  # registers in-memory tables the query reads
+            hooks(expr)
+        if has_memtable(expr):  # unique names and data held in Python: nothing to reuse
+            return str(self.con.compile(expr))
+        key = (self.backend, expr.op())
+        sql = _COMPILED.get(key)
+        if sql is None:
+            if self.sql_cache is not None:  # a fresh process: the SQL of an earlier run's compile
+                sql = self.sql_cache.compile(key[1], lambda: str(self.con.compile(expr)))
+            else:
+                sql = str(self.con.compile(expr))
+            with _COMPILED_LOCK:  # runs of the scheduler and the UI share it from threads
+                _COMPILED[key] = sql
+                while len(_COMPILED) > _COMPILED_MAX:
+                    del _COMPILED[next(iter(_COMPILED))]
+        return sql
+
+    def count_rows(self, name: str, schema: str | None = None) -> int:
+        """Rows of a table or view, counted in the warehouse."""
+        return self.count(self.con.table(name, database=schema or self.schema))
+
+    def insert(self, name: str, obj: ir.Table | pa.Table | Any, schema: str | None = None) -> None:
+        """Append rows (backends override this for Arrow tables: no pandas, or COPY)."""
+        self.con.insert(name, obj, database=schema or self.schema)
+
+    def create_empty(self, name: str, schema: ibis.Schema) -> None:
+        """Create an empty table of ``schema`` in the output schema (Ibis's DDL)."""
+        self.con.create_table(name, schema=schema, database=self.schema)
+
+    def execute_atomically(self, statements: Sequence[str]) -> None:
+        """Run statements as one transaction, so a crash cannot leave a table half-replaced
+        (PostgreSQL runs several statements sent at once in one implicit transaction)."""
+        self.raw_sql("; ".join(statements))
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One transaction around the block where the warehouse is embedded (DuckDB);
+        elsewhere the statements run as they come."""
+        yield
+
+    def add_columns(self, table: str, adds: Sequence[str]) -> None:
+        """``ALTER TABLE table ADD COLUMN ...`` (``adds``) on the quoted ``table``, in one statement."""
+        self.raw_sql(f"ALTER TABLE {table} {', '.join(adds)}")
+
+    def alter_column_type(self, table: str, column: str, sql_type: str, using: str) -> None:
+        """Change a column's type in place; ``using`` is the expression its values go through."""
+        self.raw_sql(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE {sql_type} USING CAST({using} AS {sql_type})")
+
+    def drop_table(self, name: str, schema: str | None = None) -> None:
+        self.con.drop_table(name, database=schema or self.schema, force=True)
+        self._noted(name, schema or self.schema, None)
+
+    def drop_view(self, name: str, schema: str | None = None) -> None:
+        self._raw_sql(f"DROP VIEW IF EXISTS {self.qualified(name, schema)}")
+        self._noted(name, schema or self.schema, None)
+
+    def checkpoint_in_background(self) -> None:
+        """Start folding what this connection wrote into storage now (embedded DuckDB);
+        ``close`` waits for it. Elsewhere there is nothing to do."""
+
+    def close(self) -> None:
+        if self._checkpoint is not None:
+            self._checkpoint.join()
+            self._checkpoint = None
+        self._disconnect()
+
+    def _disconnect(self) -> None:
+        disconnect = getattr(self.con, "disconnect", None)
+        if callable(disconnect):
+            disconnect()
+
+    def __enter__(self) -> Warehouse:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def import_driver(module: str, warehouse_type: str, extra: str) -> ModuleType:
-    """Import an optional driver module or raise MissingDriverError naming the pip extra."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingDriverError(warehouse_type, extra) from exc
+def _retry(kind: str | None, actual: str | None, writing: str) -> bool:
+    """Whether a write that failed is worth a second try: the catalog now tells another
+    story than the one it was written for. Without a listing (UNLISTED: DuckDB's one
+    statement), only when the other kind of object was in the way; any other failure
+    (a bad query, an interrupted one) is not run twice."""
+    if kind == UNLISTED:
+        return actual is not None and actual != writing
+    return actual != kind
 
 
-def secret_value(ref: str | None, where: str) -> str | None:
-    """The value of a ``${ENV}`` reference (or None when the field is not set)."""
-    return resolve_secret(ref, where).get_secret_value() if ref else None
+# What a config's ``warehouse_class`` returns (``type`` is a field name inside a config).
+WarehouseClass: TypeAlias = "type[Warehouse]"
 
 
-def quote_ident(name: str) -> str:
-    """An identifier in standard SQL double quotes (PostgreSQL, DuckDB, Snowflake)."""
-    return '"' + name.replace('"', '""') + '"'
+def _config_of_type(name: str) -> Any:
+    """The config class of warehouse type ``name`` (each backend module defines one)."""
+    stack = list(WarehouseConfig.__subclasses__())
+    while stack:
+        kind = stack.pop()
+        if kind.model_fields["type"].default == name:
+            return kind
+        stack.extend(kind.__subclasses__())
+    raise KeyError(name)
 
 
-def redact(text: str, *secrets: str | None) -> str:
-    """Replace every secret value in ``text``, and URL credentials (segloop.masking), by ``[secure]``."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, REDACTED)
-    return mask_text(text)
-
-
-def workspace_path(path: str, root: Path) -> Path:
-    """A path from a config file: relative paths are relative to the workspace root."""
-    file = Path(path).expanduser()
-    return file if file.is_absolute() else root / file
+__all__ = ["UNLISTED", "Warehouse", "WarehouseClass", "is_arrow_table"]

@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field
 
 from segloop.errors import WarehouseError
-from segloop.warehouses.base import WarehouseConfig, workspace_path
+from segloop.warehouses.base import Warehouse, WarehouseClass
+from segloop.warehouses.config import WarehouseConfig, workspace_path
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis
+    import ibis.expr.types as ir
 
 
 class BigQueryConfig(WarehouseConfig):
@@ -37,6 +39,10 @@ class BigQueryConfig(WarehouseConfig):
     def output_schema(self) -> str:
         return self.schema_ or self.dataset_id
 
+    @classmethod
+    def warehouse_class(cls) -> WarehouseClass:
+        return BigQueryWarehouse
+
     def describe(self) -> str:
         return f"BigQuery project {self.project_id}, dataset {self.dataset_id}"
 
@@ -61,3 +67,23 @@ class BigQueryConfig(WarehouseConfig):
             return ibis.bigquery.connect(**kwargs)
         except Exception as exc:
             raise WarehouseError(f"cannot connect to {self.describe()}: {str(exc).strip()}") from None
+
+
+class BigQueryWarehouse(Warehouse):
+    """BigQuery: the catalog lives per dataset, and MD5 returns bytes."""
+
+    def _kinds_query(self, target: str) -> str | None:
+        return f"SELECT table_name, table_type FROM {self.quote(target)}.INFORMATION_SCHEMA.TABLES"
+
+    def md5_hex(self, value: ir.StringValue) -> ir.StringValue:
+        import ibis
+
+        @ibis.udf.scalar.builtin(name="md5")
+        def md5_bytes(x: str) -> bytes:  # type: ignore[empty-body]
+            ...
+
+        @ibis.udf.scalar.builtin(name="to_hex")
+        def to_hex(x: bytes) -> str:  # type: ignore[empty-body]
+            ...
+
+        return to_hex(md5_bytes(value))  # BigQuery's MD5 returns BYTES

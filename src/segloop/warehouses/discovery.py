@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from segloop.segment.schema import is_segloop_table
 
 if TYPE_CHECKING:  # pragma: no cover
-    from segloop.warehouse import Warehouse
+    from segloop.warehouses import Warehouse
 
 MARKER_TABLES = ("tracks", "identifies")
 CORE_TABLES = frozenset({"tracks", "identifies", "users", "pages", "screens", "groups", "accounts", "aliases"})

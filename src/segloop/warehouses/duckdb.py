@@ -1,20 +1,35 @@
-"""The embedded default warehouse: a DuckDB file in the workspace (or ``:memory:``)."""
+"""The embedded default warehouse: a DuckDB file in the workspace (or ``:memory:``).
+
+``DuckDBConfig`` is its settings; ``DuckDBWarehouse`` runs in this process, so it reads
+and writes through DuckDB's own connection where Ibis would take a slower path (pandas
+imports, several statements, catalog queries), and it checkpoints in the background.
+"""
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from segloop.errors import WarehouseError, WarehouseLockedError
-from segloop.warehouses.base import WarehouseConfig, workspace_path
+from segloop.errors import WarehouseError, WarehouseLockedError, database_message
+from segloop.warehouses.base import Warehouse, WarehouseClass
+from segloop.warehouses.config import WarehouseConfig, quote_ident, workspace_path
+from segloop.warehouses.exprs import sql_literal
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis
+    import ibis.expr.types as ir
+    import pyarrow as pa
+
+log = logging.getLogger("segloop")
 
 
 class DuckDBConfig(WarehouseConfig):
@@ -44,6 +59,10 @@ class DuckDBConfig(WarehouseConfig):
 
     def describe(self) -> str:
         return f"duckdb file {self.path}"
+
+    @classmethod
+    def warehouse_class(cls) -> WarehouseClass:
+        return DuckDBWarehouse
 
     def connect(self, root: Path) -> ibis.BaseBackend:
         import ibis
@@ -156,3 +175,218 @@ def describe(raw: Any, target: str) -> ibis.Schema:
     # DESCRIBE's columns: column_name, column_type, null ('YES'/'NO'), key, default, extra.
     return ibis.schema({str(row[0]): _dtype(str(row[1]), row[2] == "YES") for row in rows})
 
+
+
+# -- the warehouse ---------------------------------------------------------------------------
+
+
+class DuckDBWarehouse(Warehouse):
+    """DuckDB in this process: its own connection (``con.con``) where Ibis is slow."""
+
+    BUILTIN_SCHEMAS: ClassVar[frozenset[str]] = frozenset({"main"})
+    RAW_SQL_RETURNS_CURSOR: ClassVar[bool] = False
+    REPLACES_IN_ONE_STATEMENT: ClassVar[bool] = True
+    EMBEDDED: ClassVar[bool] = True
+    UNNESTS_JSON: ClassVar[bool] = True
+    # DuckDB's own statements that are not queries (`query` shows their result as it is).
+    RAW_STATEMENTS: ClassVar[frozenset[str]] = frozenset({"describe", "show", "summarize", "pragma"})
+
+    def list_tables(self, schema: str | None = None) -> list[str]:
+        # What Ibis asks, without its three catalog queries (~3-100 ms; this ~1 ms).
+        rows = self._fetch("SELECT DISTINCT table_name FROM information_schema.tables "
+                           "WHERE table_catalog IN (current_database(), 'temp') "
+                           f"AND table_schema = {sql_literal(schema or self.schema)}")
+        return [str(row[0]) for row in rows]
+
+    def _kinds_query(self, target: str) -> str | None:
+        return f"{super()._kinds_query(target)} AND table_catalog = current_database()"
+
+    def _fetch(self, query: str) -> list[tuple[Any, ...]]:
+        return list(self.raw.execute(query).fetchall())
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _table(self, name: str, target: str) -> ir.Table:
+        if "." in target:  # `database.schema`: Ibis splits that
+            return super()._table(name, target)
+        return self._duckdb_table(name, target)
+
+    def table_if_exists(self, name: str, schema: str | None = None) -> ir.Table | None:
+        target = schema or self.schema
+        if (target, name) not in self._wrote and target not in self._kinds and "." not in target:
+            from duckdb import CatalogException
+
+            try:  # one look-up instead of listing the schema
+                return self._duckdb_table(name, target)
+            except CatalogException:
+                return None
+        return super().table_if_exists(name, schema)
+
+    def output_of_run(self, name: str, schema: str | None = None) -> ir.Table | None:
+        # Right after the run, on its connection: what it wrote, known without a look-up.
+        return self.written_table(name, schema)
+
+    def _duckdb_table(self, name: str, schema: str) -> ir.Table:
+        """``con.table`` on DuckDB, with column types parsed once per process (see ``describe``).
+
+        Always DuckDB's own account of the columns, also for what this run just wrote: the
+        schema Ibis infers for an expression can differ from what DuckDB stores (a sum of
+        integers is int64 to Ibis, DECIMAL(38,0) in DuckDB).
+        """
+        import ibis.expr.operations as ops
+
+        # Quoted for DuckDB itself (a test may give the connection another dialect).
+        found = describe(self.raw, f"{quote_ident(schema)}.{quote_ident(name)}")
+        if found.geospatial:  # Ibis loads DuckDB's spatial extension first
+            return self.con.table(name, database=schema)
+        return ops.DatabaseTable(name, schema=found, source=self.con,
+                                 namespace=ops.Namespace(catalog=None, database=schema)).to_expr()
+
+    def sql(self, query: str, dialect: str | None = None) -> ir.Table:
+        if dialect:
+            return super().sql(query, dialect)
+        # The query's schema as Ibis finds it, types parsed once.
+        return self.con.sql(query, schema=describe(self.raw, query))
+
+    def count(self, expr: ir.Table) -> int:
+        # Ibis's result path imports pandas (half a second per process) for one number;
+        # and counting the query's SQL needs no new expression to build and compile.
+        sql = f"SELECT count(*) FROM (\n{self.compile(expr)}\n) AS t"  # own lines: a query may end in a -- comment
+        row = self.raw.execute(sql).fetchone()
+        return int(row[0]) if row else 0
+
+    def rows(self, expr: ir.Table) -> list[dict[str, Any]]:
+        # Straight from the cursor: no Arrow conversion (~2 ms less per query).
+        cursor = self.raw.execute(self.compile(expr))
+        names = [column[0] for column in cursor.description]
+        result = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        self.rows_fetched += len(result)
+        return result
+
+    def _arrow(self, expr: ir.Table, limit: int | None = None) -> pa.Table:
+        # Ibis's DuckDB result path imports pandas (~0.5 s per process) even for Arrow.
+        return _duckdb_to_arrow(self, expr, limit)
+
+    def count_rows(self, name: str, schema: str | None = None) -> int:
+        row = self.raw.execute(f"SELECT count(*) FROM {self.qualified(name, schema or self.schema)}").fetchone()
+        return int(row[0]) if row else 0
+
+    def preview_query(self, sql: str, limit: int | None) -> pa.Table:
+        if not self._raw_statement(sql):
+            return super().preview_query(sql, limit)
+        relation = self.raw.sql(sql)
+        return (relation.limit(limit) if limit is not None else relation).to_arrow_table()
+
+    def stream_query(self, sql: str, limit: int | None) -> pa.RecordBatchReader:
+        if not self._raw_statement(sql):
+            return super().stream_query(sql, limit)
+        relation = self.raw.sql(sql)
+        return (relation.limit(limit) if limit is not None else relation).to_arrow_reader()
+
+    def _raw_statement(self, sql: str) -> bool:
+        words = sql.split(None, 1)
+        return bool(words) and words[0].lower() in self.RAW_STATEMENTS
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _replace_table_as(self, name: str, expr: ir.Table, target: str, count: bool,
+                          kind: str | None) -> Any:
+        # One statement whose result is the row count (Ibis would create, insert, drop and
+        # rename: four statements plus a count query).
+        sql = self.compile(expr)
+        try:
+            row = self.raw.execute(f"CREATE OR REPLACE TABLE {self.qualified(name, target)} AS {sql}").fetchone()
+        except Exception as exc:
+            raise WarehouseError(f"could not write table {target}.{name}: {database_message(exc)}") from exc
+        return int(row[0]) if row else (self.count_rows(name, target) if count else None)
+
+    def insert(self, name: str, obj: ir.Table | pa.Table | Any, schema: str | None = None) -> None:
+        import pyarrow as pa
+
+        if not isinstance(obj, pa.Table):
+            super().insert(name, obj, schema)
+            return
+        raw = self.raw  # an Arrow table goes straight into DuckDB (no pandas)
+        view = f"_segloop_insert_{id(obj):x}"
+        raw.register(view, obj)
+        try:
+            raw.execute(f"INSERT INTO {self.qualified(name, schema)} BY NAME SELECT * FROM {view}")
+        finally:
+            raw.unregister(view)
+
+    def execute_atomically(self, statements: Sequence[str]) -> None:
+        # DuckDB needs an explicit transaction (rolled back if any statement fails).
+        self.raw_sql("BEGIN TRANSACTION")
+        try:
+            for statement in statements:
+                self.raw_sql(statement)
+        except Exception:
+            self.raw_sql("ROLLBACK")
+            raise
+        self.raw_sql("COMMIT")
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        raw = self.raw
+        raw.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            raw.execute("ROLLBACK")
+            raise
+        raw.execute("COMMIT")
+
+    def add_columns(self, table: str, adds: Sequence[str]) -> None:
+        # One column per ALTER here; one transaction is ~3x faster than one at a time.
+        self.execute_atomically([f"ALTER TABLE {table} {add}" for add in adds])
+
+    def alter_column_type(self, table: str, column: str, sql_type: str, using: str) -> None:
+        self.raw_sql(f"ALTER TABLE {table} ALTER COLUMN {column} SET DATA TYPE {sql_type}")
+
+    def checkpoint_in_background(self) -> None:
+        """Start writing what this connection wrote into the database file now.
+
+        DuckDB logs writes ahead and folds them into the file at a checkpoint, which a
+        connection does when it closes: ~20-30 ms even for a small pipeline, during which
+        nothing else happens. Started in a background thread (on its own cursor; DuckDB
+        releases Python's lock and lets reads go on meanwhile) when the run has written
+        everything, it overlaps with the report and the run history. ``close`` waits for
+        it. A checkpoint that cannot run now (another write in progress) is left to close.
+        """
+        if self._checkpoint is not None:
+            return
+        cursor = self.raw.cursor()
+
+        def checkpoint() -> None:
+            try:
+                cursor.execute("CHECKPOINT")
+            except Exception as exc:
+                log.debug("background checkpoint not done (closing does it): %s", exc)
+            finally:
+                cursor.close()
+
+        self._checkpoint = threading.Thread(target=checkpoint, name="segloop-checkpoint", daemon=True)
+        self._checkpoint.start()
+
+
+def _duckdb_to_arrow(warehouse: DuckDBWarehouse, expr: ir.Table, limit: int | None) -> pa.Table:
+    """``expr.to_pyarrow(limit=limit)`` on DuckDB, with Ibis's own type mapping but no pandas.
+
+    The SQL comes from ``Warehouse.compile`` (kept for repeated expressions: the report
+    asks the same aggregates run after run).
+    """
+    import pyarrow as pa
+    from ibis.formats.pyarrow import PyArrowData
+
+    class NullColumnsData(PyArrowData):  # what ibis.backends.duckdb.converter adds
+        @classmethod
+        def convert_column(cls, column: pa.Array, dtype: Any) -> pa.Array:
+            return pa.nulls(len(column)) if dtype.is_null() else super().convert_column(column, dtype)
+
+    table_expr = expr.as_table()
+    if limit is not None:
+        table_expr = table_expr.limit(limit)
+    if table_expr.schema().geospatial:  # Ibis loads DuckDB's spatial extension first
+        return expr.to_pyarrow(limit=limit)
+    table = warehouse.raw.sql(warehouse.compile(table_expr)).to_arrow_table()
+    return expr.__pyarrow_result__(table, data_mapper=NullColumnsData)

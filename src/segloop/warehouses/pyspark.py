@@ -10,7 +10,9 @@ from pydantic import Field, field_validator
 from segloop.errors import WarehouseError
 from segloop.masking import mask_url
 from segloop.secrets import SecretRef
-from segloop.warehouses.base import WarehouseConfig, redact, secret_value, workspace_path
+from segloop.warehouses.base import Warehouse, WarehouseClass
+from segloop.warehouses.config import WarehouseConfig, redact, secret_value, workspace_path
+from segloop.warehouses.exprs import sql_literal
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis
@@ -47,6 +49,10 @@ class PySparkConfig(WarehouseConfig):
         if value is not None and "token=" in value:
             raise ValueError("do not write the token in the URL; use `token: ${SPARK_CONNECT_TOKEN}`")
         return value
+
+    @classmethod
+    def warehouse_class(cls) -> WarehouseClass:
+        return PySparkWarehouse
 
     def describe(self) -> str:
         return f"Spark Connect at {mask_url(self.connect_url)}" if self.connect_url else f"Spark {self.master}"
@@ -97,3 +103,28 @@ class PySparkConfig(WarehouseConfig):
                 redact(f"cannot start {self.describe()}: {str(exc).strip().splitlines()[0]}. "
                        "Local mode needs Java 17+ on PATH (or JAVA_HOME).", token)
             ) from None
+
+
+class PySparkWarehouse(Warehouse):
+    """Spark: the metastore lists views apart, and the session outlives a connection."""
+
+    DIALECT: ClassVar[str | None] = "spark"
+    RAW_SQL_RETURNS_CURSOR: ClassVar[bool] = False
+
+    def _kinds_query(self, target: str) -> str | None:
+        return None  # the metastore lists views apart (see _relation_kind_of)
+
+    def _relation_kind_of(self, name: str, target: str) -> str | None:
+        try:
+            rows = self.raw_sql(f"SHOW VIEWS IN {self.quote(target)} LIKE {sql_literal(name)}").collect()
+        except Exception:
+            rows = []
+        # The metastore keeps names in lower case.
+        if any(row["viewName"].lower() == name.lower() and not row["isTemporary"] for row in rows):
+            return "view"
+        return super()._relation_kind_of(name, target)
+
+    def _disconnect(self) -> None:
+        # The Spark session lives as long as the process: other connections in this
+        # process share it (getOrCreate), and an in-memory catalog would be lost.
+        return

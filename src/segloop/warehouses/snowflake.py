@@ -9,7 +9,8 @@ from pydantic import Field, model_validator
 
 from segloop.errors import WarehouseError
 from segloop.secrets import SecretRef
-from segloop.warehouses.base import WarehouseConfig, redact, secret_value, workspace_path
+from segloop.warehouses.base import Warehouse, WarehouseClass
+from segloop.warehouses.config import WarehouseConfig, redact, secret_value, workspace_path
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis
@@ -55,6 +56,10 @@ class SnowflakeConfig(WarehouseConfig):
             raise ValueError("`private_key_passphrase` needs `private_key_path`")
         return self
 
+    @classmethod
+    def warehouse_class(cls) -> WarehouseClass:
+        return SnowflakeWarehouse
+
     def describe(self) -> str:
         return f"Snowflake account {self.account}, database {self.database}"
 
@@ -93,3 +98,7 @@ class SnowflakeConfig(WarehouseConfig):
                 redact(f"cannot connect to {self.describe()} as {self.user}: {str(exc).strip()}",
                        password, passphrase)
             ) from None
+
+
+class SnowflakeWarehouse(Warehouse):
+    """Snowflake: the generic Ibis warehouse (information_schema listing, cursors closed)."""

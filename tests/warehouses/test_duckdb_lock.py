@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from segloop.errors import WarehouseLockedError
-from segloop.warehouse import Warehouse
+from segloop.warehouses import Warehouse
 from segloop.warehouses.duckdb import DuckDBConfig
 
 # Opens the file (retrying while this test process has it), says so, holds it, exits.

@@ -12,7 +12,7 @@ from segloop.cli import app
 from segloop.config import Workspace
 from segloop.demo import write_demo_data
 from segloop.errors import ConfigErrors, MissingDriverError
-from segloop.warehouse import (
+from segloop.warehouses import (
     WAREHOUSE_TYPES,
     BigQueryConfig,
     DuckDBConfig,

@@ -21,8 +21,7 @@ import sqlglot
 from segloop.demo import write_demo_data
 from segloop.operators.rfm import RfmConfig, rfm_expr
 from segloop.operators.sql import rewrite_node_refs
-from segloop.warehouse import Warehouse
-from segloop.warehouses import SQL_DIALECTS
+from segloop.warehouses import SQL_DIALECTS, WAREHOUSE_TYPES, Warehouse
 from tests.requirements import require_module
 
 # Ibis backend name of each warehouse type; pyspark needs its backend registered.
@@ -113,7 +112,8 @@ def test_segment_source_window_compiles(demo: Warehouse, backend: str) -> None:
 
 
 class _InDialect(Warehouse):
-    """The same DuckDB warehouse, reporting another dialect (what SyncState branches on)."""
+    """The same DuckDB warehouse, reporting another dialect, with the methods of that
+    backend's Warehouse class (``md5_hex``: what SyncState's SQL differs by)."""
 
     target = "duckdb"
 
@@ -124,7 +124,8 @@ class _InDialect(Warehouse):
 
 def _as_dialect(wh: Warehouse, backend: str) -> Warehouse:
     clone = copy.copy(wh)
-    clone.__class__ = type("InDialect", (_InDialect,), {"target": sqlglot_dialect(backend)})
+    kind = WAREHOUSE_TYPES[backend].warehouse_class()
+    clone.__class__ = type("InDialect", (_InDialect, kind), {"target": sqlglot_dialect(backend)})
     return clone
 
 

@@ -12,7 +12,7 @@ from segloop.config import parse_pipeline
 from segloop.demo import write_demo_data
 from segloop.errors import ConfigErrors
 from segloop.pipeline import Pipeline
-from segloop.warehouse import DuckDBConfig, Warehouse
+from segloop.warehouses import DuckDBConfig, Warehouse
 
 SOURCE_PIPELINE = """\
 name: shop
@@ -326,9 +326,9 @@ def test_warehouse_without_the_products_view_warns_and_runs_on(
     make_workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # BigQuery and Spark have no Ibis rule for unnesting JSON: the tables must still come.
-    from segloop.operators import segment_source
+    from segloop.warehouses import DuckDBWarehouse
 
-    monkeypatch.setattr(segment_source, "PRODUCTS_BACKENDS", frozenset({"bigquery"}))
+    monkeypatch.setattr(DuckDBWarehouse, "UNNESTS_JSON", False)
     root = make_workspace({"shop": PRODUCTS_PIPELINE.replace("order_completed_products", "order_completed")})
     with Warehouse.connect(DuckDBConfig(), root) as wh:
         wh.create_table("order_completed", ORDERS, schema="web")

@@ -18,7 +18,7 @@ from tests.requirements import require_java, require_module
 
 pytestmark = pytest.mark.slow
 
-DEMO_PIPELINE = Path(__file__).resolve().parents[1] / "examples" / "demo" / "pipelines" / "demo.yml"
+DEMO_PIPELINE = Path(__file__).resolve().parents[2] / "examples" / "demo" / "pipelines" / "demo.yml"
 RFM_COLUMNS = ["user_id", "recency_days", "frequency", "monetary", "last_purchase_at",
                "r_score", "f_score", "m_score", "rfm_score", "segment"]
 

@@ -20,12 +20,12 @@ from segloop.cli import app
 from segloop.demo import write_demo_data
 from segloop.errors import WarehouseError
 from segloop.pipeline import Pipeline
-from segloop.warehouse import DuckDBConfig, PostgresConfig, Warehouse
+from segloop.warehouses import DuckDBConfig, PostgresConfig, Warehouse
 from tests.fixtures_pg import PgCluster
 
 pytestmark = pytest.mark.postgres
 
-DEMO_PIPELINE = Path(__file__).resolve().parents[1] / "examples" / "demo" / "pipelines" / "demo.yml"
+DEMO_PIPELINE = Path(__file__).resolve().parents[2] / "examples" / "demo" / "pipelines" / "demo.yml"
 WAREHOUSE_NODES = {"sql", "rfm", "segment_source"}  # the demo's nodes that run in the warehouse
 RFM_COLUMNS = ["user_id", "recency_days", "frequency", "monetary", "last_purchase_at",
                "r_score", "f_score", "m_score", "rfm_score", "segment"]
