@@ -121,7 +121,7 @@ def cdnow_calibration(rows: list[list[str]]) -> None:
     from segloop.models.scoring import roc_auc
     from segloop.operators.base import RunContext
     from segloop.operators.propensity import PropensityConfig, PropensityOperator
-    from segloop.warehouse import Warehouse
+    from segloop.warehouses import Warehouse
 
     spec = importlib.util.find_spec("lifetimes")
     if spec is None or not spec.submodule_search_locations:

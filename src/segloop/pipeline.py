@@ -27,7 +27,7 @@ from segloop.operators import NODE_TYPES
 from segloop.operators.base import NodeOutput, RunContext
 from segloop.sql_cache import code_version
 from segloop.store import NodeRunRecord, RunStore, new_run_id
-from segloop.warehouse import Warehouse, is_arrow_table
+from segloop.warehouses import Warehouse, is_arrow_table
 
 log = logging.getLogger("segloop")
 T = TypeVar("T")

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from segloop.config import Workspace
     from segloop.pipeline import Pipeline
     from segloop.store import NodeRunRecord, RunRecord, RunStore
-    from segloop.warehouse import Warehouse
+    from segloop.warehouses import Warehouse
 
 log = logging.getLogger("segloop")
 

@@ -20,7 +20,7 @@ from segloop.models.calibration import expected_calibration_error
 from segloop.models.scoring import roc_auc
 from segloop.operators.base import NodeOutput, RunContext
 from segloop.operators.propensity import PropensityConfig, PropensityOperator
-from segloop.warehouse import Warehouse
+from segloop.warehouses import Warehouse
 from tests.operators.test_clv import lifetimes_datasets
 
 TRAIN_END = date(1998, 1, 1)  # purchases before this day are all the node sees
