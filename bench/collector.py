@@ -31,7 +31,7 @@ BATCH = 100
 
 def serve(data: str, fsync: bool) -> None:
     """Child process: run the collector until killed; print its URL first."""
-    from segloop.segment.collector import CollectorSettings, run_forever
+    from segloop.segment.collector.app import CollectorSettings, run_forever
 
     settings = CollectorSettings(keys={KEY: "bench"}, data_dir=Path(data), fsync=fsync)
     run_forever(settings, "127.0.0.1", 0, lambda url: print(url, flush=True))
@@ -127,8 +127,8 @@ def load_rows(events: int) -> list[tuple[str, int, float, float]]:
     """Loader: a full load into DuckDB, a 10% append, and a re-load with nothing new."""
     import orjson
 
-    from segloop.segment.archive import ArchiveWriter
-    from segloop.segment.loader import load_archive
+    from segloop.segment.archive.files import ArchiveWriter
+    from segloop.segment.archive.loader import load_archive
     from segloop.warehouses import Warehouse
 
     def archive(root: Path, run: str, n: int) -> None:

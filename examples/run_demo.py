@@ -58,7 +58,7 @@ def show_what_arrived(workspace: Path) -> None:
     """What the collector received, then loaded as Segment's warehouse tables."""
     from collections import Counter
 
-    from segloop.segment.archive import read_all_messages
+    from segloop.segment.archive.files import read_all_messages
 
     messages = read_all_messages(workspace / ".segloop" / "collector")
     calls = Counter(

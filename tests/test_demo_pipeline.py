@@ -16,7 +16,7 @@ from sklearn.metrics import adjusted_rand_score
 from segloop.demo import write_demo_data
 from segloop.pipeline import Pipeline
 from segloop.warehouses import DuckDBConfig, Warehouse
-from tests.segment.fake_segment import FakeSegment
+from tests.segment.send.fake_segment import FakeSegment
 
 DEMO_PIPELINE = Path(__file__).resolve().parents[1] / "examples" / "demo" / "pipelines" / "demo.yml"
 CUSTOMERS = 1500

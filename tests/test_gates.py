@@ -11,7 +11,7 @@ from segloop.errors import ConfigErrors
 from segloop.operators.base import NodeOutput
 from segloop.operators.gates import check_requirements
 from segloop.operators.propensity import PropensityConfig
-from tests.segment.fake_segment import FakeSegment
+from tests.segment.send.fake_segment import FakeSegment
 from tests.test_alerts import alerts_block, load, receiver  # noqa: F401 - fixture
 from tests.web.helpers import SQL_RFM, demo_template  # noqa: F401 - fixture
 

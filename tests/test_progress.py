@@ -128,9 +128,9 @@ def test_off_a_terminal_a_step_prints_nothing() -> None:
 
 
 def test_load_archive_reports_every_byte(tmp_path: Path) -> None:
-    from segloop.segment.loader import load_archive
+    from segloop.segment.archive.loader import load_archive
     from segloop.warehouses import Warehouse
-    from tests.segment.test_loader import msg, write
+    from tests.segment.archive.test_loader import msg, write
 
     write(tmp_path, [msg(i) for i in range(50)], source="web")
     write(tmp_path, [msg(i + 100) for i in range(50)], source="app")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from segloop.segment.archive import read_all_messages
+from segloop.segment.archive.files import read_all_messages
 from segloop.warehouses import DuckDBConfig, Warehouse
 
 ROOT = Path(__file__).resolve().parents[1]

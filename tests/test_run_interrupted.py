@@ -19,7 +19,7 @@ import pytest
 
 from segloop.config import Workspace
 from segloop.pipeline import Pipeline
-from segloop.segment.collector import serve_in_thread
+from segloop.segment.collector.app import serve_in_thread
 from segloop.store import RunStore, current_owner
 from segloop.warehouses import DuckDBConfig, Warehouse
 

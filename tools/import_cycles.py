@@ -6,7 +6,7 @@ Usage: python tools/import_cycles.py PACKAGE_DIR   (e.g. src/segloop)
 `make check` and tests/test_import_cycles.py run it on src/segloop, so a change that makes
 two modules import each other fails both. The layers it keeps apart are drawn in
 docs/architecture.md; when it reports a cycle, move the shared piece into a third, lower
-module (as locks.py, segment/answers.py and web/pages.py were made) rather than hiding the
+module (as locks.py, segment/send/answers.py and web/pages.py were made) rather than hiding the
 import inside a function: that still counts.
 
 Every import counts, also those inside functions; imports under ``if TYPE_CHECKING:``

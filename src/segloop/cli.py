@@ -320,8 +320,8 @@ def check_warehouse(
     """Connect to a warehouse and list its Segment sources (schemas with tracks/identifies)."""
     from rich.table import Table
 
+    from segloop.segment.sources import segment_sources
     from segloop.warehouses import Warehouse
-    from segloop.warehouses.discovery import segment_sources
 
     workspace = _workspace()
     config = workspace.warehouse_config(name)
@@ -432,7 +432,12 @@ def collector(
 ) -> None:
     """Run a Segment-compatible HTTP Tracking API that archives what it accepts (200 = on disk)."""
     from segloop.config import Workspace
-    from segloop.segment.collector import CollectorSettings, parse_duration, run_forever, summary
+    from segloop.segment.collector.app import (
+        CollectorSettings,
+        parse_duration,
+        run_forever,
+        summary,
+    )
 
     workspace = Workspace.find()
     yml = workspace.config.collector
@@ -441,7 +446,7 @@ def collector(
     loader = None
     every = parse_duration(load_every) if load_every else None
     if every:  # opened for each load only, so runs and queries can use the file between loads
-        from segloop.segment.loader import ArchiveLoader
+        from segloop.segment.archive.loader import ArchiveLoader
         from segloop.warehouses.duckdb import DuckDBConfig
 
         if duckdb is not None:
@@ -485,7 +490,7 @@ def load_archive_command(
 ) -> None:
     """Load Segment raw archives into the warehouse in Segment's schema (new bytes only)."""
     from segloop.progress import StepProgress
-    from segloop.segment.loader import load_archive
+    from segloop.segment.archive.loader import load_archive
 
     with StepProgress(console, f"loading {path}", unit="bytes") as bar, _open_warehouse(warehouse, duckdb) as wh:
         result = load_archive(wh, path, schema=schema, progress=bar.update)

@@ -20,7 +20,7 @@ from segloop.operators.propensity import PropensityConfig, PropensityOperator
 from segloop.pipeline import Pipeline
 from segloop.store import RunStore
 from segloop.warehouses import DuckDBConfig, Warehouse
-from tests.segment.fake_segment import FakeSegment
+from tests.segment.send.fake_segment import FakeSegment
 
 CUSTOMERS = 4000
 

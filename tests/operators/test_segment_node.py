@@ -10,7 +10,7 @@ import pytest
 
 from segloop.pipeline import Pipeline
 from segloop.warehouses import DuckDBConfig, Warehouse
-from tests.segment.fake_segment import FakeSegment
+from tests.segment.send.fake_segment import FakeSegment
 
 PIPELINE = """\
 name: shop
@@ -93,7 +93,7 @@ def test_a_rerun_says_unchanged_once_in_the_cli_show_and_report(make_workspace, 
     from typer.testing import CliRunner
 
     from segloop.cli import app
-    from segloop.segment.collector import serve_in_thread
+    from segloop.segment.collector.app import serve_in_thread
 
     with serve_in_thread({"wk-test-123": "crm"}, tmp_path / "collector") as collector:
         root = setup(make_workspace, scores(300), PIPELINE + f"    endpoint: {collector.url}\n")

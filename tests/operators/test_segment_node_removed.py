@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.operators.test_segment_node import run, scores, setup, write_key, write_source  # noqa: F401
-from tests.segment.fake_segment import FakeSegment
+from tests.segment.send.fake_segment import FakeSegment
 
 IDENTIFY = """\
 name: shop

@@ -28,9 +28,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from segloop.segment.archive import read_all_messages
-from segloop.segment.collector import serve_in_thread
-from segloop.segment.collector_requests import (
+from segloop.segment.archive.files import read_all_messages
+from segloop.segment.collector.app import serve_in_thread
+from segloop.segment.collector.requests import (
     BadRequest,
     decode_body,
     parse_json,

@@ -14,7 +14,7 @@ import pytest
 
 from segloop.alerts import Alert, payload
 from segloop.masking import Redactor, mask_log_records, mask_text
-from segloop.segment.client import Client
+from segloop.segment.send.client import Client
 from segloop.store import NodeRunRecord, RunStore
 from segloop.warehouses.config import redact
 from segloop.warehouses.pyspark import PySparkConfig

@@ -17,8 +17,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from segloop.segment.archive import read_all_messages
-from segloop.segment.collector import RunningCollector, serve_in_thread
+from segloop.segment.archive.files import read_all_messages
+from segloop.segment.collector.app import RunningCollector, serve_in_thread
 from segloop.warehouses import DuckDBConfig, Warehouse
 
 ROWS = 20_000

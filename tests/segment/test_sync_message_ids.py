@@ -14,8 +14,8 @@ import pyarrow as pa
 import pytest
 
 from segloop.pipeline import Pipeline
-from segloop.segment.archive import read_all_messages
-from segloop.segment.collector import serve_in_thread
+from segloop.segment.archive.files import read_all_messages
+from segloop.segment.collector.app import serve_in_thread
 from segloop.warehouses import DuckDBConfig, Warehouse
 
 KEY = "wk-flip-test"
@@ -118,7 +118,7 @@ def test_reset_sends_every_row_again_as_new_messages(make_workspace, tmp_path: P
 def test_ids_of_values_that_change_back_are_the_same_on_postgres_and_duckdb(
         tmp_path: Path, pg_cluster: Any, pg_database: str) -> None:
     """Ids depend on the data and the state only: the warehouse is not part of them."""
-    from tests.segment.fake_segment import FakeSegment
+    from tests.segment.send.fake_segment import FakeSegment
 
     users = [f"u{i}" for i in range(USERS)]
     ids: dict[str, list[list[str]]] = {}

@@ -161,7 +161,7 @@ VOLATILE = ("sentAt", "receivedAt", "originalTimestamp")  # set at send time, no
 def test_demo_pipeline_sends_identical_segment_messages_from_postgres_and_duckdb(
     tmp_path: Path, pg_cluster: PgCluster, pg_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.segment.fake_segment import FakeSegment
+    from tests.segment.send.fake_segment import FakeSegment
 
     monkeypatch.setenv("SEGMENT_WRITE_KEY", "wk-parity")
     monkeypatch.setenv("SEGLOOP_ENDPOINT", "http://127.0.0.1:9")  # unused: the fake transport answers

@@ -342,8 +342,8 @@ def _loaded_source(root: Path) -> None:
     """A source schema `web` loaded from an archive: segloop's own tables sit beside Segment's."""
     import orjson
 
-    from segloop.segment.archive import ArchiveWriter
-    from segloop.segment.loader import load_archive
+    from segloop.segment.archive.files import ArchiveWriter
+    from segloop.segment.archive.loader import load_archive
 
     messages = [
         {"type": "track", "messageId": "m1", "userId": "u1", "event": "Order Completed",
@@ -366,7 +366,7 @@ def test_segloops_own_tables_are_never_shown_as_segment_data(make_workspace, mon
     from typer.testing import CliRunner
 
     from segloop.cli import app
-    from segloop.warehouses.discovery import segment_sources
+    from segloop.segment.sources import segment_sources
 
     root = make_workspace({"web": "name: web\nnodes:\n  src:\n    type: segment_source\n    schema: web\n"})
     _loaded_source(root)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from segloop.demo import write_demo_data
-from segloop.segment.collector import RunningCollector, serve_in_thread
+from segloop.segment.collector.app import RunningCollector, serve_in_thread
 from segloop.warehouses import DuckDBConfig, Warehouse
 
 WRITE_KEY_ENV = "SEGLOOP_TEST_WRITE_KEY"

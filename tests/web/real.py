@@ -20,7 +20,7 @@ import pytest
 from segloop.config import Workspace
 from segloop.demo import write_demo_data
 from segloop.pipeline import Pipeline
-from segloop.segment.collector import serve_in_thread
+from segloop.segment.collector.app import serve_in_thread
 from segloop.warehouses import DuckDBConfig, Warehouse
 
 KEY_ENV, ENDPOINT_ENV = "SEGLOOP_TEST_WRITE_KEY", "SEGLOOP_TEST_ENDPOINT"

@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 from segloop.config import Workspace
 from segloop.errors import SegloopError
 from segloop.scheduler import BackgroundRuns
-from segloop.segment.collector import RunningCollector
+from segloop.segment.collector.app import RunningCollector
 from segloop.store import RunStore
 from segloop.web.app import create_app, ui_token
 from tests.web.helpers import (

@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
     from segloop.segment.messages import RowMapping
-    from segloop.segment.results import Outcome, QueuedMessage
+    from segloop.segment.send.results import Outcome, QueuedMessage
     from segloop.segment.sync import SyncPlan, SyncState
 
 Columns = list[str] | dict[str, str]
@@ -262,8 +262,8 @@ class _Delivery:
         ctx.warehouse.create_table(self.rejects_table, _rejects_table([]))
 
     def send(self, messages: Iterator[tuple[Any, Any]], write_key: str, total: int) -> Any:
-        from segloop.segment.client import Client
-        from segloop.segment.sending import send_messages
+        from segloop.segment.send.client import Client
+        from segloop.segment.send.sending import send_messages
 
         cfg = self.op.cfg
         options: dict[str, Any] = {}

@@ -191,14 +191,14 @@ class SegmentSourceOperator(Operator):
         schemas = wh.list_schemas()
         by_lower = {s.lower(): s for s in schemas}
         if config.schema_ not in schemas and config.schema_.lower() not in by_lower:
-            from segloop.warehouses.discovery import segment_sources
+            from segloop.segment.sources import segment_sources
 
             found = [s.schema for s in segment_sources(wh)]
             hint = f"Segment sources in this warehouse: {', '.join(found)}" if found else \
                 "no schema in this warehouse holds `tracks` or `identifies`"
             raise NodeError(ctx.node, f"schema `{config.schema_}` does not exist in warehouse "
                             f"`{wh.name}` ({hint}); fix `schema:`")
-        from segloop.warehouses.discovery import segment_tables
+        from segloop.segment.sources import segment_tables
 
         schema = config.schema_ if config.schema_ in schemas else by_lower[config.schema_.lower()]
         return schema, {name.lower(): name for name in segment_tables(wh.list_tables(schema))}

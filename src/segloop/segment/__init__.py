@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from segloop.segment.client import Client
-    from segloop.segment.results import DeliveryReport, Enqueued, Outcome, QueuedMessage
-    from segloop.segment.sending import SendSummary, send_messages
+    from segloop.segment.send.client import Client
+    from segloop.segment.send.results import DeliveryReport, Enqueued, Outcome, QueuedMessage
+    from segloop.segment.send.sending import SendSummary, send_messages
 
 __all__ = [
     "Client",
@@ -25,13 +25,13 @@ __all__ = [
 ]
 
 _LAZY = {
-    "Client": "segloop.segment.client",
-    "DeliveryReport": "segloop.segment.results",
-    "Enqueued": "segloop.segment.results",
-    "Outcome": "segloop.segment.results",
-    "QueuedMessage": "segloop.segment.results",
-    "SendSummary": "segloop.segment.sending",
-    "send_messages": "segloop.segment.sending",
+    "Client": "segloop.segment.send.client",
+    "DeliveryReport": "segloop.segment.send.results",
+    "Enqueued": "segloop.segment.send.results",
+    "Outcome": "segloop.segment.send.results",
+    "QueuedMessage": "segloop.segment.send.results",
+    "SendSummary": "segloop.segment.send.sending",
+    "send_messages": "segloop.segment.send.sending",
 }
 
 

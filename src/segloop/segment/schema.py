@@ -13,7 +13,7 @@ Segment's "Warehouse Schemas" page:
 - `group` calls are upserted on `group_id` into `accounts` (the latest traits of each group,
   `id` = group id), as `identify` calls are into `users`;
 - column types are `timestamp`, `integer`, `float`, `boolean`, `varchar` (Segment fixes
-  them by the first value; segloop by every value, see ``segloop.segment.column_types``);
+  them by the first value; segloop by every value, see ``segloop.segment.archive.column_types``);
   strings are cut at 512 characters.
 
 segloop's own tables in a source schema start with `_segloop_` (``is_segloop_table``) and

@@ -39,7 +39,7 @@ class WarehouseConfig(BaseModel):
     DEFAULT_SCHEMA: ClassVar[str] = "main"
     EXTRA: ClassVar[str] = ""
     DRIVER_MODULES: ClassVar[tuple[str, ...]] = ()
-    # What the archive loader may ask of a table (segloop.segment.load_writer):
+    # What the archive loader may ask of a table (segloop.segment.archive.load_writer):
     MAX_TABLE_COLUMNS: ClassVar[int] = 1600  # columns a table may have (unknown: Redshift's)
     MAX_ROW_BYTES: ClassVar[int | None] = None  # bytes of a row's values held in the row itself
     EXACT_NUMBER_SQL: ClassVar[str] = "NUMERIC"  # integers beyond 64 bits, exactly
