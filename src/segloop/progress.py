@@ -27,15 +27,20 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from segloop.operators import NODE_TYPES
 from segloop.pipeline import NodeResult, Pipeline, Reporter, RunResult
 
 if TYPE_CHECKING:  # pragma: no cover
     from segloop.store import RunRecord
 
+def _progress_unit(node_type: str) -> str:
+    """What a node type's progress counts (rows; the Segment node, messages sent)."""
+    op = NODE_TYPES.get(node_type)
+    return op.PROGRESS_UNIT if op is not None else "rows"
+
+
 STATUS_STYLE = {"success": "green", "failed": "red", "skipped": "yellow", "running": "cyan",
                 "interrupted": "magenta"}
-# What a node type's progress counts (operators report rows; the Segment node, messages sent).
-NODE_UNITS = {"segment": "messages"}
 
 
 class CountColumn(ProgressColumn):
@@ -158,7 +163,7 @@ class RichReporter(Reporter):
 
     def node_started(self, name: str, node_type: str) -> None:
         self.tasks[name] = self.progress.add_task("", total=None, node=name, kind=node_type,
-                                                  unit=NODE_UNITS.get(node_type, "rows"),
+                                                  unit=_progress_unit(node_type),
                                                   expected=self.expected.get(name))
 
     def node_progress(self, name: str, advance: int, total: int | None) -> None:
