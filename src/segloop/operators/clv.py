@@ -100,6 +100,7 @@ class ClvOperator(Operator[ClvConfig]):
 
     type_name: ClassVar[str] = "clv"
     config_model: ClassVar[type[NodeConfig]] = ClvConfig
+    REPORT_SECTION = "clv"
     OUTPUT_IN_PYTHON: ClassVar[bool] = True
     MIN_CUSTOMERS_WARNING: ClassVar[int] = 100
     DISCOUNT_STEPS: ClassVar[int] = 12

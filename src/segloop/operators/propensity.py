@@ -124,6 +124,7 @@ class PropensityOperator(Operator[PropensityConfig]):
 
     type_name: ClassVar[str] = "propensity"
     config_model: ClassVar[type[NodeConfig]] = PropensityConfig
+    REPORT_SECTION = "propensity"
     OUTPUT_IN_PYTHON: ClassVar[bool] = True
     max_inputs: ClassVar[int | None] = 2
     MIN_CLASS_COUNT: ClassVar[int] = 100  # Segment asks for 100+ positives and negatives

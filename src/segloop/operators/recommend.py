@@ -92,6 +92,7 @@ class RecommendOperator(Operator[RecommendConfig]):
 
     type_name: ClassVar[str] = "recommend"
     config_model: ClassVar[type[NodeConfig]] = RecommendConfig
+    REPORT_SECTION = "recommend"
     OUTPUT_IN_PYTHON: ClassVar[bool] = True
     EVAL_K: ClassVar[int] = 10
 
