@@ -39,6 +39,11 @@ def _progress_unit(node_type: str) -> str:
     return op.PROGRESS_UNIT if op is not None else "rows"
 
 
+def _sends_to_segment(node_type: str) -> bool:
+    op = NODE_TYPES.get(node_type)
+    return op is not None and op.SENDS_TO_SEGMENT
+
+
 STATUS_STYLE = {"success": "green", "failed": "red", "skipped": "yellow", "running": "cyan",
                 "interrupted": "magenta"}
 
@@ -289,7 +294,7 @@ def print_runs(console: Console, runs: list[RunRecord]) -> None:
     for run in runs:
         ok = sum(1 for n in run.nodes if n.status == "success")
         sent = sum(int(n.metrics.get("sent", 0) or 0) for n in run.nodes)
-        failed = sum(int(n.metrics.get("failed", 0) or 0) for n in run.nodes if n.type == "segment")
+        failed = sum(int(n.metrics.get("failed", 0) or 0) for n in run.nodes if _sends_to_segment(n.type))
         seconds = f"{run.seconds:.1f}" if run.seconds is not None else ""
         label = "dry run" if run.dry_run and run.status == "success" else run.status + (" (dry)" if run.dry_run else "")
         status = f"[{STATUS_STYLE.get(run.status, 'white')}]{label}[/]"

@@ -129,6 +129,8 @@ class Operator(Generic[ConfigT]):
     # The node writes to the warehouse itself while it runs (views, sync state), besides
     # the outputs the engine keeps: the UI's preview of its first rows cannot run it.
     WRITES_WHEN_RUN: ClassVar[bool] = False
+    # The node sends its input's rows to Segment (sync state, reset, preview of payloads).
+    SENDS_TO_SEGMENT: ClassVar[bool] = False
     # What its progress counts: rows for operators, messages sent for the Segment node.
     PROGRESS_UNIT: ClassVar[str] = "rows"
     # The section of the run report (report.py) drawn for the node, besides the generic

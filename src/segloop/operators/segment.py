@@ -99,6 +99,7 @@ class SegmentOperator(Operator[SegmentConfig]):
     WRITES_WHEN_RUN: ClassVar[bool] = True  # sync state and rejects; `preview` shows what it would send
     config_model: ClassVar[type[NodeConfig]] = SegmentConfig
     REPORT_SECTION = "segment"
+    SENDS_TO_SEGMENT = True
     PROGRESS_UNIT: ClassVar[str] = "messages"
     CHECKPOINT_EVERY_ROWS: ClassVar[int] = 20_000  # fewer, larger log appends: ~1 us less per row
     CHECKPOINT_EVERY_SECONDS: ClassVar[float] = 0.25  # bounds what a kill -9 re-sends
