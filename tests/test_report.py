@@ -198,3 +198,25 @@ def test_recommendation_metrics_are_paired_with_their_baseline(metrics: dict, ex
     for label, series, value in bars:
         found.setdefault(label, {})[series] = float(value)
     assert found == expected
+
+
+def test_the_node_type_says_which_section_the_report_draws(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node type declares its report section; the report does not guess it from the type's name."""
+    from segloop.operators import NODE_TYPES
+    from segloop.operators.segment import SegmentOperator
+    from segloop.report import ReportBuilder, Section
+    from segloop.store import NodeRunRecord, RunRecord
+
+    class NotifyOperator(SegmentOperator):  # a Segment-sending type not named `segment`
+        type_name = "notify"
+
+    monkeypatch.setitem(NODE_TYPES, "notify", NotifyOperator)
+    run = RunRecord("r1", "p", None, None, "success", False, "2026-01-01T00:00:00+00:00", None, None)
+    sections = {}
+    for node_type in ("notify", "segment_like"):  # the second is not registered: generic section only
+        section = Section(NodeRunRecord("send", node_type, "success", 3, 0.1, None, {"sent": 3, "rejected": 0}))
+        ReportBuilder(run, None, None, Redactor())._fill(section)
+        sections[node_type] = section
+    assert [title for title, _ in sections["notify"].charts] == ["messages"]
+    assert 'data-label="sent"' in str(sections["notify"].charts[0][1])
+    assert sections["segment_like"].charts == []

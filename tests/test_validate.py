@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from segloop.cli import app
-from segloop.config import PYTHON_OUTPUT_TYPES, Workspace
+from segloop.config import Workspace
 from segloop.errors import ConfigError, SecretError
 from segloop.operators import NODE_TYPES
 from segloop.pipeline import Pipeline
@@ -181,7 +181,7 @@ nodes:
 # -- materialize: view ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("node_type", sorted(PYTHON_OUTPUT_TYPES))
+@pytest.mark.parametrize("node_type", sorted(t for t, op in NODE_TYPES.items() if op.OUTPUT_IN_PYTHON))
 def test_view_of_a_node_computed_in_python_is_a_validation_error(tmp_path: Path, node_type: str) -> None:
     assert node_type in NODE_TYPES
     file = tmp_path / "x.yml"

@@ -198,11 +198,6 @@ class PipelineFile:
 # -- pipelines ----------------------------------------------------------------------------
 
 
-# Node types that read their inputs only inside the SQL they run in the warehouse (the
-# input's query becomes part of theirs), so an upstream view costs them no more than a table.
-SQL_READERS: frozenset[str] = frozenset({"sql", "rfm"})
-
-
 class PipelineConfig(BaseModel):
     """A pipeline file: its warehouse and its nodes (in file order)."""
 
@@ -269,10 +264,11 @@ class PipelineConfig(BaseModel):
         config = self.nodes[node]
         if config.materialize is not None:
             return config.materialize
-        if config.type != "sql":
+        if not NODE_TYPES[config.type].VIEW_BY_DEFAULT:
             return "table"
         readers = [name for name in self.nodes if node in self.upstream_of(name)]
-        return "view" if readers and all(self.nodes[r].type in SQL_READERS for r in readers) else "table"
+        sql_readers = all(NODE_TYPES[self.nodes[r].type].READS_INPUTS_AS_SQL for r in readers)
+        return "view" if readers and sql_readers else "table"
 
     def descendants(self, node: str) -> set[str]:
         out: set[str] = set()
@@ -291,11 +287,6 @@ class PipelineConfig(BaseModel):
 def parse_pipeline(text: str, file: str | Path = "<string>") -> PipelineConfig:
     """Parse and check a pipeline file; raises ConfigErrors listing every problem found."""
     return pipeline_from_doc(load_yaml(text, file))
-
-
-# Node types whose output is computed in Python (an Arrow table), so the engine can only
-# keep it as a table: `materialize: view` on them cannot work.
-PYTHON_OUTPUT_TYPES: frozenset[str] = frozenset({"clusters", "clv", "propensity", "recommend", "segment_source"})
 
 
 def _declared_inputs(raw: dict[str, Any]) -> list[tuple[str, str]]:
@@ -401,7 +392,7 @@ def pipeline_from_doc(doc: YamlDoc) -> PipelineConfig:
                     doc.line_of(("nodes", node_name)),
                 )
             )
-        if raw.get("materialize") == "view" and node_type in PYTHON_OUTPUT_TYPES:
+        if raw.get("materialize") == "view" and op.OUTPUT_IN_PYTHON:
             errors.append(
                 ConfigError(
                     f"node `{node_name}`: `materialize: view` needs a query the warehouse runs, but a "

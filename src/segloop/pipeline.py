@@ -277,8 +277,8 @@ class Pipeline:
 
     def _segment_node(self, node: str) -> Any:
         config = self.config.nodes.get(node)
-        if config is None or config.type != "segment":
-            segment_nodes = [n for n, c in self.config.nodes.items() if c.type == "segment"]
+        if config is None or not NODE_TYPES[config.type].SENDS_TO_SEGMENT:
+            segment_nodes = [n for n, c in self.config.nodes.items() if NODE_TYPES[c.type].SENDS_TO_SEGMENT]
             raise ConfigError(
                 f"`{node}` is not a Segment node of pipeline `{self.name}` "
                 f"(Segment nodes: {', '.join(segment_nodes) or 'none'})",
@@ -318,7 +318,7 @@ class Pipeline:
             raise ConfigError(
                 f"node `{node}`: a `{config.type}` node writes to the warehouse when it runs, so it "
                 "is not previewed here; run the pipeline to see its output"
-                + (" (or preview what it would send)" if config.type == "segment" else ""),
+                + (" (or preview what it would send)" if operator.SENDS_TO_SEGMENT else ""),
                 self.file,
             )
         upstream = self.config.upstream_of(node)

@@ -27,15 +27,25 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from segloop.operators import NODE_TYPES
 from segloop.pipeline import NodeResult, Pipeline, Reporter, RunResult
 
 if TYPE_CHECKING:  # pragma: no cover
     from segloop.store import RunRecord
 
+def _progress_unit(node_type: str) -> str:
+    """What a node type's progress counts (rows; the Segment node, messages sent)."""
+    op = NODE_TYPES.get(node_type)
+    return op.PROGRESS_UNIT if op is not None else "rows"
+
+
+def _sends_to_segment(node_type: str) -> bool:
+    op = NODE_TYPES.get(node_type)
+    return op is not None and op.SENDS_TO_SEGMENT
+
+
 STATUS_STYLE = {"success": "green", "failed": "red", "skipped": "yellow", "running": "cyan",
                 "interrupted": "magenta"}
-# What a node type's progress counts (operators report rows; the Segment node, messages sent).
-NODE_UNITS = {"segment": "messages"}
 
 
 class CountColumn(ProgressColumn):
@@ -158,7 +168,7 @@ class RichReporter(Reporter):
 
     def node_started(self, name: str, node_type: str) -> None:
         self.tasks[name] = self.progress.add_task("", total=None, node=name, kind=node_type,
-                                                  unit=NODE_UNITS.get(node_type, "rows"),
+                                                  unit=_progress_unit(node_type),
                                                   expected=self.expected.get(name))
 
     def node_progress(self, name: str, advance: int, total: int | None) -> None:
@@ -284,7 +294,7 @@ def print_runs(console: Console, runs: list[RunRecord]) -> None:
     for run in runs:
         ok = sum(1 for n in run.nodes if n.status == "success")
         sent = sum(int(n.metrics.get("sent", 0) or 0) for n in run.nodes)
-        failed = sum(int(n.metrics.get("failed", 0) or 0) for n in run.nodes if n.type == "segment")
+        failed = sum(int(n.metrics.get("failed", 0) or 0) for n in run.nodes if _sends_to_segment(n.type))
         seconds = f"{run.seconds:.1f}" if run.seconds is not None else ""
         label = "dry run" if run.dry_run and run.status == "success" else run.status + (" (dry)" if run.dry_run else "")
         status = f"[{STATUS_STYLE.get(run.status, 'white')}]{label}[/]"

@@ -180,14 +180,17 @@ class ReportBuilder:
     def _fill(self, section: Section) -> None:
         node = section.node
         metrics = self.redact.value(node.metrics or {})
-        kind = node.type.lower()
+        from segloop.operators import NODE_TYPES
+
+        op = NODE_TYPES.get(node.type)
+        kind = op.REPORT_SECTION if op is not None else None  # the node type says which section
         if isinstance(metrics.get("query"), str):
             section.query = metrics["query"]
         skip = ["query", "sample_payloads", "rejected_by_reason", "failed_by_reason", "warnings"]
         ok = node.status == "success"
         if kind == "segment" or "sample_payloads" in metrics or "rejected_by_reason" in metrics:
             self._segment(section, metrics)
-        if kind.startswith("recommend") or any(RECOMMEND_MEASURE.search(k.split(".")[-1]) for k in _flatten(metrics)):
+        if kind == "recommend" or any(RECOMMEND_MEASURE.search(k.split(".")[-1]) for k in _flatten(metrics)):
             self._recommend(section, metrics)
         table = self._table(node.node) if ok else None
         if table is not None:
@@ -196,13 +199,13 @@ class ReportBuilder:
                 self._rfm(section, table)
             elif "segment" in columns and kind != "segment":
                 self._sizes(section, table, "segment", "segment sizes")
-            if kind in ("clv", "ltv") or kind.startswith("clv"):
+            if kind == "clv":
                 self._distributions(section, table, CLV_COLUMNS, "clv")
                 self._bands(section, node.node, "holdout", ("predicted_spend", "actual_spend"), "clv-holdout",
                             "holdout: predicted vs actual spend by predicted-CLV decile (1 = top)")
                 self._versus(section, metrics, "holdout_spearman", "holdout_baseline_spearman",
                              "holdout Spearman correlation with actual spend")
-            elif kind.startswith("propensity") or kind in ("churn", "likelihood"):
+            elif kind == "propensity":
                 self._distributions(section, table, PROPENSITY_COLUMNS, "propensity")
                 self._bands(section, node.node, "validation", ("mean_score", "mean_outcome"), "propensity-deciles",
                             "validation: predicted vs actual rate by score decile (1 = top)")

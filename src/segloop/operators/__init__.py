@@ -7,6 +7,8 @@ this registry stays cheap.
 
 from __future__ import annotations
 
+from typing import Any
+
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
 from segloop.operators.clusters import ClustersOperator
 from segloop.operators.clv import ClvOperator
@@ -17,7 +19,7 @@ from segloop.operators.segment import SegmentOperator
 from segloop.operators.segment_source import SegmentSourceOperator
 from segloop.operators.sql import SqlOperator
 
-NODE_TYPES: dict[str, type[Operator]] = {
+NODE_TYPES: dict[str, type[Operator[Any]]] = {
     op.type_name: op
     for op in (
         SqlOperator,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -103,19 +103,43 @@ class NodeOutput:
     error: str | None = None
 
 
-class Operator:
-    """Base class of every node type: a config model and one ``run`` method."""
+ConfigT = TypeVar("ConfigT", bound=NodeConfig)
+
+
+class Operator(Generic[ConfigT]):
+    """Base class of every node type: a config model, one ``run`` method, and its traits.
+
+    What the rest of segloop needs to know about a node type (how its output can be kept,
+    what its progress counts, ...) is stored here as class attributes, so no module
+    guesses it from the type's name.
+    """
 
     type_name: ClassVar[str]
-    config_model: ClassVar[type[NodeConfig]]
+    config_model: ClassVar[type[NodeConfig]]  # a ClassVar cannot hold ConfigT (mypy)
     min_inputs: ClassVar[int] = 1
     max_inputs: ClassVar[int | None] = 1
+    # The output is computed in Python (an Arrow table), so the engine can only keep it as
+    # a table: `materialize: view` on such a node is a config error.
+    OUTPUT_IN_PYTHON: ClassVar[bool] = False
+    # The node reads its inputs only inside the SQL it runs in the warehouse (the input's
+    # query becomes part of its own), so an upstream view costs it no more than a table.
+    READS_INPUTS_AS_SQL: ClassVar[bool] = False
+    # Kept as a view by default when every reader reads its inputs as SQL (the sql node).
+    VIEW_BY_DEFAULT: ClassVar[bool] = False
     # The node writes to the warehouse itself while it runs (views, sync state), besides
     # the outputs the engine keeps: the UI's preview of its first rows cannot run it.
     WRITES_WHEN_RUN: ClassVar[bool] = False
+    # The node sends its input's rows to Segment (sync state, reset, preview of payloads).
+    SENDS_TO_SEGMENT: ClassVar[bool] = False
+    # What its progress counts: rows for operators, messages sent for the Segment node.
+    PROGRESS_UNIT: ClassVar[str] = "rows"
+    # The section of the run report (report.py) drawn for the node, besides the generic
+    # one (metrics, and charts chosen by output columns such as RFM scores): what was sent
+    # to Segment, recommendation quality vs the baseline, CLV or propensity distributions.
+    REPORT_SECTION: ClassVar[Literal["segment", "recommend", "clv", "propensity"] | None] = None
 
-    def __init__(self, config: NodeConfig):
-        self.config = config
+    def __init__(self, config: ConfigT):
+        self.config: ConfigT = config
 
     def run(self, inputs: dict[str, ir.Table], ctx: RunContext) -> NodeOutput:
         raise NotImplementedError

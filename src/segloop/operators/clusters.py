@@ -77,17 +77,17 @@ class ClustersConfig(ModelNodeConfig):
         return self
 
 
-class ClustersOperator(Operator):
+class ClustersOperator(Operator[ClustersConfig]):
     """Groups customers with k-means and names each group from its profile."""
 
     type_name: ClassVar[str] = "clusters"
     config_model: ClassVar[type[NodeConfig]] = ClustersConfig
+    OUTPUT_IN_PYTHON: ClassVar[bool] = True
     NAME_TERMS: ClassVar[int] = 3  # words per cluster name, before de-duplication
     NAME_THRESHOLD: ClassVar[float] = 0.25  # |z| below this is "average"
 
     def run(self, inputs: dict[str, ir.Table], ctx: RunContext) -> NodeOutput:
         config = self.config
-        assert isinstance(config, ClustersConfig)  # noqa: S101 - type narrowing
         source_name, source = next(iter(inputs.items()))
         require_columns(source, {"customer_id": config.customer_id}, ctx.node, source_name)
         columns = feature_columns(source, config, ctx.node, source_name)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from segloop.errors import DataError, NodeError
+from segloop.errors import DataError
 from segloop.models.scoring import (
     DAYS_PER_UNIT,
     deciles,
@@ -95,19 +95,19 @@ class ClvConfig(ModelNodeConfig):
         return parse_duration_days(self.horizon, self.time_unit)
 
 
-class ClvOperator(Operator):
+class ClvOperator(Operator[ClvConfig]):
     """Fits BG/NBD and Gamma-Gamma on the input's purchases and scores every customer."""
 
     type_name: ClassVar[str] = "clv"
     config_model: ClassVar[type[NodeConfig]] = ClvConfig
+    REPORT_SECTION = "clv"
+    OUTPUT_IN_PYTHON: ClassVar[bool] = True
     MIN_CUSTOMERS_WARNING: ClassVar[int] = 100
     DISCOUNT_STEPS: ClassVar[int] = 12
     RETRY_PENALIZER: ClassVar[float] = 0.001
 
     def run(self, inputs: dict[str, ir.Table], ctx: RunContext) -> NodeOutput:
         config = self.config
-        if not isinstance(config, ClvConfig):  # pragma: no cover - engine guarantees it
-            raise NodeError(ctx.node, "internal: wrong config type for a clv node")
         source_name, source = next(iter(inputs.items()))
         keys = {"customer_id": config.customer_id, "timestamp": config.timestamp}
         require_columns(source, {**keys, "amount": config.amount}, ctx.node, source_name)

@@ -119,18 +119,18 @@ class PropensityConfig(ModelNodeConfig):
         return names
 
 
-class PropensityOperator(Operator):
+class PropensityOperator(Operator[PropensityConfig]):
     """Trains a gradient-boosted classifier on warehouse-built features and scores customers."""
 
     type_name: ClassVar[str] = "propensity"
     config_model: ClassVar[type[NodeConfig]] = PropensityConfig
+    REPORT_SECTION = "propensity"
+    OUTPUT_IN_PYTHON: ClassVar[bool] = True
     max_inputs: ClassVar[int | None] = 2
     MIN_CLASS_COUNT: ClassVar[int] = 100  # Segment asks for 100+ positives and negatives
 
     def run(self, inputs: dict[str, ir.Table], ctx: RunContext) -> NodeOutput:
         config = self.config
-        if not isinstance(config, PropensityConfig):  # pragma: no cover - engine guarantees it
-            raise NodeError(ctx.node, "internal: wrong config type for a propensity node")
         import numpy as np
         import pyarrow as pa
 

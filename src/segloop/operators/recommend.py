@@ -87,18 +87,19 @@ def snake(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
 
 
-class RecommendOperator(Operator):
+class RecommendOperator(Operator[RecommendConfig]):
     """Implicit-feedback ALS recommendations with cold-item and popularity fallbacks."""
 
     type_name: ClassVar[str] = "recommend"
     config_model: ClassVar[type[NodeConfig]] = RecommendConfig
+    REPORT_SECTION = "recommend"
+    OUTPUT_IN_PYTHON: ClassVar[bool] = True
     EVAL_K: ClassVar[int] = 10
 
     def run(self, inputs: dict[str, ir.Table], ctx: RunContext) -> NodeOutput:
         import pyarrow as pa
 
         config = self.config
-        assert isinstance(config, RecommendConfig)  # noqa: S101 - type narrowing
         source_name, source = next(iter(inputs.items()))
         keys = {"customer_id": config.customer_id, "item_id": config.item_id, "timestamp": config.timestamp}
         if config.event:

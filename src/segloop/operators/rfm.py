@@ -67,16 +67,16 @@ class RfmConfig(NodeConfig):
     )
 
 
-class RfmOperator(Operator):
+class RfmOperator(Operator[RfmConfig]):
     """Scores customers by recency, frequency and monetary value inside the warehouse."""
 
     type_name: ClassVar[str] = "rfm"
     config_model: ClassVar[type[NodeConfig]] = RfmConfig
+    READS_INPUTS_AS_SQL: ClassVar[bool] = True
     BUCKETS: ClassVar[int] = 5
 
     def run(self, inputs: dict[str, ir.Table], ctx: RunContext) -> NodeOutput:
         config = self.config
-        assert isinstance(config, RfmConfig)  # noqa: S101 - type narrowing
         source_name, source = next(iter(inputs.items()))
         require_columns(
             source,

@@ -92,19 +92,21 @@ class SegmentConfig(NodeConfig):
         return orjson.dumps({f: getattr(self, f) for f in fields}, option=orjson.OPT_SORT_KEYS).decode()
 
 
-class SegmentOperator(Operator):
+class SegmentOperator(Operator[SegmentConfig]):
     """Sends an upstream table to Segment; records per-row state for the next run."""
 
     type_name: ClassVar[str] = "segment"
     WRITES_WHEN_RUN: ClassVar[bool] = True  # sync state and rejects; `preview` shows what it would send
     config_model: ClassVar[type[NodeConfig]] = SegmentConfig
+    REPORT_SECTION = "segment"
+    SENDS_TO_SEGMENT = True
+    PROGRESS_UNIT: ClassVar[str] = "messages"
     CHECKPOINT_EVERY_ROWS: ClassVar[int] = 20_000  # fewer, larger log appends: ~1 us less per row
     CHECKPOINT_EVERY_SECONDS: ClassVar[float] = 0.25  # bounds what a kill -9 re-sends
     SAMPLE_PAYLOADS: ClassVar[int] = 3
 
     @property
     def cfg(self) -> SegmentConfig:
-        assert isinstance(self.config, SegmentConfig)  # noqa: S101 - type narrowing
         return self.config
 
     # -- mapping -------------------------------------------------------------------------

@@ -113,11 +113,12 @@ class SegmentSourceConfig(NodeConfig):
         return self
 
 
-class SegmentSourceOperator(Operator):
+class SegmentSourceOperator(Operator[SegmentSourceConfig]):
     """Checks a Segment source schema and exposes its tables to downstream SQL as views."""
 
     type_name: ClassVar[str] = "segment_source"
     config_model: ClassVar[type[NodeConfig]] = SegmentSourceConfig
+    OUTPUT_IN_PYTHON: ClassVar[bool] = True
     min_inputs: ClassVar[int] = 0
     max_inputs: ClassVar[int | None] = 0
     WRITES_WHEN_RUN: ClassVar[bool] = True  # its views
@@ -127,7 +128,6 @@ class SegmentSourceOperator(Operator):
         import pyarrow as pa
 
         config = self.config
-        assert isinstance(config, SegmentSourceConfig)  # noqa: S101 - type narrowing
         wh = ctx.warehouse
         schema, present = self._present_tables(wh, ctx)
         chosen = self._chosen_tables(present, ctx)
@@ -187,7 +187,6 @@ class SegmentSourceOperator(Operator):
     def _present_tables(self, wh: Warehouse, ctx: RunContext) -> tuple[str, dict[str, str]]:
         """The schema's actual name, and short (lower-case) -> actual name of its tables."""
         config = self.config
-        assert isinstance(config, SegmentSourceConfig)  # noqa: S101
         schemas = wh.list_schemas()
         by_lower = {s.lower(): s for s in schemas}
         if config.schema_ not in schemas and config.schema_.lower() not in by_lower:
@@ -205,7 +204,6 @@ class SegmentSourceOperator(Operator):
 
     def _chosen_tables(self, present: dict[str, str], ctx: RunContext) -> list[str]:
         config = self.config
-        assert isinstance(config, SegmentSourceConfig)  # noqa: S101
         existing = ", ".join(sorted(present)) or "no tables"
         if config.tables is None:
             if not any(core in present for core in CORE_TABLES[:2]):
@@ -221,7 +219,6 @@ class SegmentSourceOperator(Operator):
     def _window_start(self, ctx: RunContext) -> tuple[datetime | None, dict[str, str]]:
         """Lower bound of ``since`` and, for ``incremental``, the previous high-water marks."""
         config = self.config
-        assert isinstance(config, SegmentSourceConfig)  # noqa: S101
         if config.since is not None:
             since = parse_since(config.since)
             if isinstance(since, timedelta):

@@ -160,17 +160,18 @@ def rewrite_node_refs(
     return tree.transform(swap).sql(dialect=dialect)
 
 
-class SqlOperator(Operator):
+class SqlOperator(Operator[SqlConfig]):
     """Runs a SELECT inside the warehouse; its result becomes the node's table."""
 
     type_name: ClassVar[str] = "sql"
     config_model: ClassVar[type[NodeConfig]] = SqlConfig
+    READS_INPUTS_AS_SQL: ClassVar[bool] = True
+    VIEW_BY_DEFAULT: ClassVar[bool] = True
     min_inputs: ClassVar[int] = 0
     max_inputs: ClassVar[int | None] = None
 
     def run(self, inputs: dict[str, ir.Table], ctx: RunContext) -> NodeOutput:
         config = self.config
-        assert isinstance(config, SqlConfig)  # noqa: S101 - type narrowing, not input checking
         wh = ctx.warehouse
         dialect = wh.dialect
         upstream = sorted(ctx.options.get("pipeline_nodes", set(inputs)))

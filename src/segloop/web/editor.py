@@ -32,6 +32,7 @@ from starlette.routing import Route
 
 from segloop.config import Workspace, parse_pipeline
 from segloop.errors import ConfigError, SegloopError
+from segloop.operators import NODE_TYPES
 from segloop.pipeline import Pipeline
 from segloop.report import Redactor
 from segloop.store import RunStore
@@ -185,7 +186,7 @@ def preview_text(workspace: Workspace, file: Path, text: str, node: str) -> dict
     node_type = pipeline.config.nodes[node].type
     out: dict[str, Any] = {"node": node, "type": node_type, "columns": [], "rows": [], "total": None,
                            "metrics": [], "warnings": [], "payloads": []}
-    if node_type == "segment":
+    if NODE_TYPES[node_type].SENDS_TO_SEGMENT:
         result = dict(pipeline.preview(node, PAYLOAD_ROWS))
         payloads = result.pop("payloads", [])
         out["metrics"] = _metrics(redact.value(result))
