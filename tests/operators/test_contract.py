@@ -27,7 +27,7 @@ import pytest
 from segloop.operators import NODE_TYPES
 from segloop.pipeline import Pipeline, RunResult
 from segloop.warehouses import DuckDBConfig, Warehouse
-from tests.segment.fake_segment import FakeSegment
+from tests.segment.send.fake_segment import FakeSegment
 
 ROW = {
     "user_id": "u1",
