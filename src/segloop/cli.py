@@ -15,9 +15,10 @@ from segloop.masking import mask_log_records, mask_text
 from segloop.query_output import TABLE_ROWS
 
 if TYPE_CHECKING:  # pragma: no cover
-    from segloop.config import Workspace
+    from segloop.config import WorkspaceFiles
     from segloop.pipeline import Pipeline
     from segloop.warehouses import Warehouse
+    from segloop.workspace import Workspace
 
 app = typer.Typer(
     name="segloop",
@@ -64,14 +65,14 @@ def _workspace() -> Workspace:
     Commands that read or write a workspace's state never create `.segloop/` in a folder
     that is not one.
     """
-    from segloop.config import Workspace
+    from segloop.workspace import Workspace
 
     workspace = Workspace.find()
     _require_workspace(workspace)
     return workspace
 
 
-def _require_workspace(workspace: Workspace) -> None:
+def _require_workspace(workspace: WorkspaceFiles) -> None:
     from segloop.config import WORKSPACE_FILE
 
     if not (workspace.root / WORKSPACE_FILE).exists():
@@ -90,12 +91,6 @@ def _pipeline(name_or_path: str) -> Pipeline:
     loaded = Pipeline.load(name_or_path)
     _require_workspace(loaded.workspace)
     return loaded
-
-
-def _warehouse(workspace: Workspace, name: str | None) -> Warehouse:
-    from segloop.warehouses import Warehouse
-
-    return Warehouse.connect(workspace.warehouse_config(name), workspace.root)
 
 
 def _quiet_stdout() -> None:
@@ -197,12 +192,13 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Send nothing to Segment; show what would be sent."),
 ) -> None:
     """Run a pipeline: each node inside the warehouse, in dependency order."""
+    from segloop.operators.base import RunOptions
     from segloop.progress import RichReporter, last_durations, print_summary
 
     loaded = _pipeline(pipeline)
     with RichReporter(console, expected=last_durations(loaded)) as reporter:
         result = loaded.run(node=node, dry_run=dry_run, reporter=reporter,
-                            options={"debug": _state["debug"]})
+                            options=RunOptions(debug=_state["debug"]))
     print_summary(console, result)
     if result.report is not None:
         console.print(f"report: {result.report}  (details: segloop show {result.run_id}; "
@@ -222,14 +218,12 @@ def runs(
 ) -> None:
     """List recent runs from the run history."""
     from segloop.progress import print_runs
-    from segloop.store import RunStore
 
     workspace = _workspace()
-    if not (workspace.state_dir / "state.db").exists():  # nothing ran here: create nothing either
+    if not workspace.has_history():  # nothing ran here: create nothing either
         console.print(f"No runs yet in {workspace.root}. Start one with: segloop run PIPELINE")
         return
-    store = RunStore(workspace.state_dir / "state.db")
-    print_runs(console, store.list_runs(pipeline, limit))
+    print_runs(console, workspace.runs(pipeline, limit))
 
 
 @app.command()
@@ -237,12 +231,8 @@ def runs(
 def show(run_id: str = typer.Argument("latest", help="Run id (or a unique prefix, or `latest`).")) -> None:
     """Show one run: each node's status, rows, seconds, error and metrics."""
     from segloop.progress import print_run
-    from segloop.store import RunStore
 
-    workspace = _workspace()
-    if not (workspace.state_dir / "state.db").exists():  # nothing ran here: create nothing either
-        raise SegloopError(f"no runs yet in {workspace.root}; start one with: segloop run PIPELINE")
-    print_run(console, RunStore(workspace.state_dir / "state.db").get_run(run_id))
+    print_run(console, _workspace().run(run_id))
 
 
 @app.command("demo-data")
@@ -260,7 +250,7 @@ def demo_data(
 
     workspace = _workspace()
     with StepProgress(console, f"generating events of {customers:,} customers") as bar, \
-            _warehouse(workspace, warehouse) as wh:
+            workspace.warehouse(warehouse) as wh:
 
         def progress(stage: str, advance: int, total: int | None) -> None:
             if stage == "write" and advance == 0:
@@ -293,7 +283,7 @@ def query(
     if limit is None and kind == "table":
         limit = TABLE_ROWS
     workspace = _workspace()
-    with _warehouse(workspace, warehouse) as wh:
+    with workspace.warehouse(warehouse) as wh:
         try:
             rows, more = (write_query(wh, sql, kind, limit, console) if output is None
                           else export_query(wh, sql, kind, limit, output))
@@ -321,13 +311,12 @@ def check_warehouse(
     from rich.table import Table
 
     from segloop.segment.sources import segment_sources
-    from segloop.warehouses import Warehouse
 
     workspace = _workspace()
     config = workspace.warehouse_config(name)
     label = name or "default"
     with console.status(f"Connecting to {config.describe()}..."), \
-            Warehouse.connect(config, workspace.root, label, create_schema=False) as wh:
+            workspace.warehouse(name, create_schema=False) as wh:
         sources = segment_sources(wh, count_rows=True)
     console.print(f"[green]ok[/green] connected to warehouse `{label}`: {config.describe()}; "
                   f"outputs go to schema `{config.output_schema}`")
@@ -366,13 +355,13 @@ def preview(
 # -- segment collector and raw archives ---------------------------------------------------
 
 
-def _open_warehouse(warehouse: str | None, duckdb: Path | None) -> Any:
+def _open_warehouse(warehouse: str | None, duckdb: Path | None) -> Warehouse:
     """The warehouse named in segloop.yml, or a DuckDB file given with --duckdb."""
     from segloop.warehouses import Warehouse
 
     if duckdb is not None:
         return Warehouse.duckdb(duckdb)
-    return _warehouse(_workspace(), warehouse)
+    return _workspace().warehouse(warehouse)
 
 
 def _collector_keys(cli_keys: list[str], yml_keys: dict[str, str]) -> dict[str, str]:
@@ -520,9 +509,7 @@ def report(
     """Write (if missing) and show the path of a run's HTML report."""
     import webbrowser
 
-    from segloop.workspace import ensure_report
-
-    path = ensure_report(_workspace(), run_id, rebuild=rebuild)
+    path = _workspace().report(run_id, rebuild=rebuild)
     console.print(str(path), highlight=False, soft_wrap=True)
     if open_ and not webbrowser.open(path.resolve().as_uri()):
         err_console.print("could not start a web browser; open the file above yourself")
@@ -531,9 +518,9 @@ def report(
 def _serve(host: str, port: int, with_scheduler: bool) -> None:
     import os
 
-    from segloop.config import Workspace
     from segloop.web.app import serve as serve_app
     from segloop.web.app import ui_token
+    from segloop.workspace import Workspace
 
     workspace = Workspace.find()
     token = ui_token(host, dict(os.environ))

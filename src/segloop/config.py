@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
@@ -23,8 +23,13 @@ from segloop.schedule import ScheduleConfig
 from segloop.warehouses import AnyWarehouseConfig, DuckDBConfig, WarehouseConfig
 from segloop.yaml_doc import YamlDoc, load_yaml, pydantic_errors, read_yaml
 
+if TYPE_CHECKING:  # pragma: no cover
+    from segloop.store import RunStore
+    from segloop.warehouses import Warehouse
+
 WORKSPACE_FILE = "segloop.yml"
 STATE_DIR = ".segloop"
+HISTORY_FILE = "state.db"  # the run history, in STATE_DIR
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # -- workspace ----------------------------------------------------------------------------
@@ -56,14 +61,19 @@ class WorkspaceConfig(BaseModel):
 
 
 @dataclass
-class Workspace:
-    """A folder with `segloop.yml`, `pipelines/` and the `.segloop/` state directory."""
+class WorkspaceFiles:
+    """A folder with `segloop.yml`, `pipelines/` and the `.segloop/` state directory.
+
+    The lower layer of a workspace: its files read into models, its run history and its
+    warehouses opened. `segloop.workspace.Workspace` builds on it what the CLI, the UI and
+    the scheduler ask (runs, pipelines, schedules, reports); the pipeline takes this one.
+    """
 
     root: Path
     config: WorkspaceConfig
 
     @classmethod
-    def load(cls, root: str | Path = ".") -> Workspace:
+    def load(cls, root: str | Path = ".") -> Self:
         root = Path(root).resolve()
         file = root / WORKSPACE_FILE
         if not file.exists():
@@ -71,7 +81,7 @@ class Workspace:
         return cls.from_doc(root, read_yaml(file))
 
     @classmethod
-    def from_doc(cls, root: Path, doc: YamlDoc) -> Workspace:
+    def from_doc(cls, root: Path, doc: YamlDoc) -> Self:
         """The workspace of a parsed `segloop.yml`; raises ConfigErrors listing every problem."""
         if doc.data is None:
             return cls(root=root, config=WorkspaceConfig())
@@ -88,7 +98,7 @@ class Workspace:
         return cls(root=root, config=config)
 
     @classmethod
-    def find(cls, start: str | Path = ".") -> Workspace:
+    def find(cls, start: str | Path = ".") -> Self:
         """The workspace containing ``start`` (searching parents for segloop.yml)."""
         here = Path(start).resolve()
         for folder in (here, *here.parents):
@@ -103,6 +113,37 @@ class Workspace:
     @property
     def pipelines_dir(self) -> Path:
         return self.root / self.config.pipelines
+
+    @property
+    def history_file(self) -> Path:
+        """The SQLite file of the run history (`.segloop/state.db`)."""
+        return self.state_dir / HISTORY_FILE
+
+    def has_history(self) -> bool:
+        """Whether anything ran here (opening the history would create its file)."""
+        return self.history_file.exists()
+
+    def history(self) -> RunStore:
+        """The run history, opened (created when missing); the caller closes it."""
+        from segloop.store import RunStore
+
+        return RunStore(self.history_file)
+
+    def open_warehouse(self, name: str | None = None, *, create_schema: bool = True, cache_sql: bool = False) -> Warehouse:
+        """A connection to the warehouse ``name`` of segloop.yml (`default` when None).
+
+        ``cache_sql`` keeps the results of SQL translation under `.segloop/cache/sql`, as a
+        pipeline run does; ``create_schema=False`` only looks (`segloop check-warehouse`).
+        """
+        from segloop.warehouses import Warehouse
+
+        config = self.warehouse_config(name)
+        warehouse = Warehouse.connect(config, self.root, name or "default", create_schema=create_schema)
+        if cache_sql:
+            from segloop.sql_cache import SqlCache
+
+            warehouse.sql_cache = SqlCache(self.state_dir / "cache" / "sql", warehouse.backend)
+        return warehouse
 
     def warehouse_config(self, name: str | None) -> WarehouseConfig:
         warehouses = self.config.warehouses
@@ -174,6 +215,9 @@ class Workspace:
             f"no pipeline file `{name}`; give a path or the name of a pipeline in {self.pipelines_dir}"
             + (f" (pipelines: {', '.join(sorted({e.name for e in entries if e.name}))})" if any(e.name for e in entries) else "")
         )
+
+
+Workspace = WorkspaceFiles  # the name most imports (and tests) use for the file layer
 
 
 def duplicate_name_message(name: str, files: list[Path]) -> str:

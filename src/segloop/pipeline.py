@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -24,7 +24,7 @@ from segloop.errors import ConfigError, NodeError, SegloopError, database_messag
 from segloop.locks import PipelineBusy, PipelineLock, run_finished, run_started
 from segloop.masking import Redactor, mask_text
 from segloop.operators import NODE_TYPES
-from segloop.operators.base import NodeOutput, RunContext
+from segloop.operators.base import NodeOutput, RunContext, RunOptions
 from segloop.sql_cache import code_version
 from segloop.store import NodeRunRecord, RunStore, new_run_id
 from segloop.warehouses import Warehouse, is_arrow_table
@@ -116,16 +116,10 @@ class Pipeline:
         return f"{base}__{suffix}" if suffix else base
 
     def connect(self) -> Warehouse:
-        from segloop.sql_cache import SqlCache
-
-        name = self.config.warehouse
-        config = self.workspace.warehouse_config(name)
-        warehouse = Warehouse.connect(config, self.workspace.root, name or "default")
-        warehouse.sql_cache = SqlCache(self.workspace.state_dir / "cache" / "sql", warehouse.backend)
-        return warehouse
+        return self.workspace.open_warehouse(self.config.warehouse, cache_sql=True)
 
     def store(self) -> RunStore:
-        return RunStore(self.workspace.state_dir / "state.db")
+        return self.workspace.history()
 
     def plan(self, node: str | None = None) -> list[str]:
         """Nodes to run, in topological order; ``node`` restricts the run to that one node."""
@@ -145,7 +139,7 @@ class Pipeline:
         dry_run: bool = False,
         reporter: Reporter | None = None,
         trigger: str = "cli",
-        options: dict[str, Any] | None = None,
+        options: RunOptions | Mapping[str, Any] | None = None,
         on_busy: str = "wait",
     ) -> RunResult:
         """Run the pipeline (or one node) and record it in the run history.
@@ -156,6 +150,7 @@ class Pipeline:
         `.segloop/runs/<run_id>/report.html` and alerts are checked; neither can fail the run.
         """
         _freeze_startup_objects()
+        run_options = RunOptions.of(options)  # a dict of the same names is accepted too
         if on_busy not in ON_BUSY:
             raise ValueError(f"on_busy must be one of {ON_BUSY}, got {on_busy!r}")
         self.plan(node)  # a bad --node is an error before anything is recorded
@@ -175,7 +170,7 @@ class Pipeline:
         run_started()
         try:
             store = self.store()
-            result = self._run(node, dry_run, reporter, trigger, options or {}, run_id, connecting, opened, store)
+            result = self._run(node, dry_run, reporter, trigger, run_options, run_id, connecting, opened, store)
         finally:
             run_finished()
             # Released as soon as the history says "finished", so a trigger that sees the
@@ -187,7 +182,7 @@ class Pipeline:
                 warehouse.checkpoint_in_background()
             try:
                 if store is not None:
-                    report = self._after_run(run_id, dry_run, options or {}, opened[0] if opened else None, store)
+                    report = self._after_run(run_id, dry_run, run_options, opened[0] if opened else None, store)
             finally:
                 # Both closes write their files (SQLite's and DuckDB's checkpoints): at once.
                 closing = _InBackground(store.close, "segloop-history") if store else None
@@ -211,12 +206,12 @@ class Pipeline:
         return RunResult(run_id, self.name, [], skipped=message)
 
     def _after_run(
-        self, run_id: str, dry_run: bool, options: dict[str, Any], warehouse: Warehouse | None = None,
+        self, run_id: str, dry_run: bool, options: RunOptions, warehouse: Warehouse | None = None,
         store: RunStore | None = None,
     ) -> Path | None:
         """Write the report, then send alerts; problems are logged, never raised."""
         report: Path | None = None
-        if options.get("report", True):
+        if options.report:
             try:
                 from segloop.report import write_report
 
@@ -239,7 +234,7 @@ class Pipeline:
         dry_run: bool,
         reporter: Reporter | None,
         trigger: str,
-        options: dict[str, Any],
+        options: RunOptions,
         run_id: str,
         connecting: _InBackground[Warehouse],
         opened: list[Warehouse],
@@ -298,7 +293,7 @@ class Pipeline:
         operator = self._segment_node(node)
         with self.connect() as warehouse:
             ctx = RunContext(warehouse=warehouse, pipeline=self.name, node=node, run_id="preview",
-                             dry_run=True, workspace=self.workspace)
+                             dry_run=True)
             inputs = {up: self._input_table(warehouse, up) for up in self.config.upstream_of(node)}
             result: dict[str, Any] = operator.preview(inputs, ctx, rows)
         masked: dict[str, Any] = Redactor.for_pipeline(self).value(result)  # shown as is by the CLI
@@ -323,11 +318,14 @@ class Pipeline:
             )
         upstream = self.config.upstream_of(node)
         with self.connect() as warehouse:
-            ctx = RunContext(warehouse=warehouse, pipeline=self.name, node=node, run_id="preview", dry_run=True,
-                             workspace=self.workspace,
-                             options={"pipeline_nodes": set(upstream), "pipeline_file": self.file})
-            inputs = {up: self._input_table(warehouse, up) for up in upstream}
-            output = operator.run(inputs, ctx)
+            history = self.store()  # an incremental source reads where the last run stopped
+            try:
+                ctx = RunContext(warehouse=warehouse, pipeline=self.name, node=node, run_id="preview",
+                                 dry_run=True, upstream=frozenset(upstream), history=history)
+                inputs = {up: self._input_table(warehouse, up) for up in upstream}
+                output = operator.run(inputs, ctx)
+            finally:
+                history.close()
             if output.error:
                 raise NodeError(node, output.error)
             table = output.table
@@ -358,7 +356,7 @@ class Pipeline:
         dry_run: bool,
         reporter: Reporter,
         store: RunStore,
-        options: dict[str, Any],
+        options: RunOptions,
     ) -> None:
         result = results[name]
         config = self.config.nodes[name]
@@ -379,8 +377,9 @@ class Pipeline:
             run_id=run_id,
             dry_run=dry_run,
             progress=partial(reporter.node_progress, name),
-            workspace=self.workspace,
-            options={**options, "pipeline_nodes": set(upstream), "pipeline_file": self.file},
+            upstream=frozenset(upstream),
+            history=store,
+            options=options,
         )
         try:
             inputs = {up: self._input_table(warehouse, up) for up in upstream}
@@ -391,7 +390,7 @@ class Pipeline:
             if output.error:
                 result.status, result.error = FAILED, f"node `{name}`: {output.error}"
         except SegloopError as exc:
-            if options.get("debug"):  # `--debug`: where it came from (the run goes on, as always)
+            if options.debug:  # `--debug`: where it came from (the run goes on, as always)
                 log.error("node `%s` failed; the traceback:", name, exc_info=True)
             message = str(exc)
             prefix = f"node `{name}`: "
@@ -400,7 +399,7 @@ class Pipeline:
             log.debug("node %s failed:\n%s", name, traceback.format_exc())
             result.status = FAILED
             result.error = str(NodeError(name, f"{type(exc).__name__}: {database_message(exc)} (run with --debug for the traceback)"))
-            if options.get("debug"):
+            if options.debug:
                 raise
         result.seconds = time.perf_counter() - started
         if result.error:  # a library's message may quote a URL with its credentials

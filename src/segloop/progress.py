@@ -196,12 +196,9 @@ class RichReporter(Reporter):
 
 def last_durations(pipeline: Pipeline) -> dict[str, float]:
     """How long each node took in its last successful run (an eta for nodes that cannot count)."""
-    from segloop.store import RunStore
-
-    db = pipeline.workspace.state_dir / "state.db"
-    if not db.exists():
+    if not pipeline.workspace.has_history():
         return {}
-    store = RunStore(db)
+    store = pipeline.workspace.history()
     try:
         last = {name: store.last_node_run(pipeline.name, name) for name in pipeline.config.nodes}
     finally:

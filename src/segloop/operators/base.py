@@ -9,8 +9,8 @@ tables (``<pipeline>__<node>__<suffix>``) and metrics for run history and report
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
     import pyarrow as pa
 
+    from segloop.store import RunStore
     from segloop.warehouses import Warehouse
 
 log = logging.getLogger("segloop")
@@ -66,6 +67,28 @@ ProgressCallback = Callable[[int, int | None], None]
 """``progress(advance, total)``: an operator reports work done (rows, messages)."""
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """What a caller may set for one run (`Pipeline.run(options=...)`)."""
+
+    debug: bool = False  # `--debug`: log a failed node's traceback, re-raise unexpected errors
+    report: bool = True  # write the run report at the end
+    segment_transport: Any = None  # where Segment nodes send (a test's fake Segment); None: Segment's API
+
+    @classmethod
+    def of(cls, value: RunOptions | Mapping[str, Any] | None) -> RunOptions:
+        """``value`` as options: a ``RunOptions``, a mapping of its field names, or None (defaults)."""
+        if value is None:
+            return cls()
+        if isinstance(value, RunOptions):
+            return value
+        known = {item.name for item in fields(cls)}
+        unknown = sorted(str(key) for key in value if key not in known)
+        if unknown:
+            raise TypeError(f"unknown run option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**value)
+
+
 @dataclass
 class RunContext:
     """What a node sees of the run it is part of."""
@@ -76,8 +99,9 @@ class RunContext:
     run_id: str
     dry_run: bool = False
     progress: ProgressCallback = field(default=lambda advance, total=None: None)
-    workspace: Any = None  # segloop.config.Workspace, when run from a workspace
-    options: dict[str, Any] = field(default_factory=dict)
+    upstream: frozenset[str] = frozenset()  # the node's upstream nodes in the pipeline
+    history: RunStore | None = None  # the run history, when run from a workspace
+    options: RunOptions = field(default_factory=RunOptions)
     warnings: list[str] = field(default_factory=list)
 
     def table_name(self, suffix: str | None = None, node: str | None = None) -> str:

@@ -271,7 +271,7 @@ class _Delivery:
         options: dict[str, Any] = {}
         if cfg.max_in_flight:
             options["max_in_flight"] = cfg.max_in_flight
-        transport = self.ctx.options.get("segment_transport")
+        transport = self.ctx.options.segment_transport
         endpoint = cfg.endpoint
         if endpoint and ENV_REF.match(endpoint):
             endpoint = resolve_secret(endpoint, "`endpoint:`").get_secret_value()

@@ -230,31 +230,25 @@ class SegmentSourceOperator(Operator[SegmentSourceConfig]):
 
     def _previous_marks(self, ctx: RunContext) -> dict[str, str]:
         """High-water marks recorded by the last successful, non-dry run of this pipeline."""
-        workspace = ctx.workspace
-        if workspace is None:
+        store = ctx.history
+        if store is None:
             ctx.warn("`incremental: true` without a workspace has no run history; reading all rows")
             return {}
-        from segloop.store import RunStore
-
-        store = RunStore(workspace.state_dir / "state.db")
         # Marks only move forward, so the latest successful run holds the highest ones; taking
         # the maximum per table does not depend on how runs in the same second are ordered.
         marks: dict[str, datetime] = {}
-        try:
-            for run in store.list_runs(ctx.pipeline, limit=1000):
-                if run.status != "success" or run.dry_run or run.id == ctx.run_id:
+        for run in store.list_runs(ctx.pipeline, limit=1000):
+            if run.status != "success" or run.dry_run or run.id == ctx.run_id:
+                continue
+            for node in run.nodes:
+                recorded = node.metrics.get("high_water_marks") if node.node == ctx.node else None
+                if node.status != "success" or not isinstance(recorded, dict):
                     continue
-                for node in run.nodes:
-                    recorded = node.metrics.get("high_water_marks") if node.node == ctx.node else None
-                    if node.status != "success" or not isinstance(recorded, dict):
-                        continue
-                    for table, value in recorded.items():
-                        mark = datetime.fromisoformat(str(value))
-                        if table not in marks or mark > marks[table]:
-                            marks[str(table)] = mark
-            return {table: mark.isoformat() for table, mark in marks.items()}
-        finally:
-            store.close()
+                for table, value in recorded.items():
+                    mark = datetime.fromisoformat(str(value))
+                    if table not in marks or mark > marks[table]:
+                        marks[str(table)] = mark
+        return {table: mark.isoformat() for table, mark in marks.items()}
 
 
 def products_expr(table: ir.Table, column: str) -> ir.Table:

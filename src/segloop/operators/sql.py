@@ -174,7 +174,7 @@ class SqlOperator(Operator[SqlConfig]):
         config = self.config
         wh = ctx.warehouse
         dialect = wh.dialect
-        upstream = sorted(ctx.options.get("pipeline_nodes", set(inputs)))
+        upstream = sorted(ctx.upstream or set(inputs))
         mapping = {name: (wh.schema, ctx.table_name(node=name)) for name in upstream}
         qualified = _extra_table_refs(config, upstream, mapping, ctx)
         if config.dialect and _parse(config.sql, config.dialect) is None:

@@ -28,7 +28,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from segloop.config import Workspace, duplicate_name_message
+from segloop.config import WorkspaceFiles, duplicate_name_message
 from segloop.errors import SegloopError
 from segloop.pipeline import Pipeline
 from segloop.report import Redactor
@@ -36,7 +36,7 @@ from segloop.scheduler import BackgroundRuns, Scheduler, start_scheduler
 from segloop.web import charts, editor, trends
 from segloop.web.guard import Guard, is_loopback
 from segloop.web.pages import UiState, cell_text, error_page, render_page, ui_state
-from segloop.workspace import ensure_report
+from segloop.workspace import Workspace
 
 log = logging.getLogger("segloop")
 
@@ -145,7 +145,7 @@ async def report(request: Request) -> Response:
     run_id = request.path_params["run_id"]
     rebuild = request.query_params.get("rebuild") == "1"
     try:
-        path = await run_in_threadpool(ensure_report, state.workspace, run_id, rebuild)
+        path = await run_in_threadpool(state.workspace.report, run_id, rebuild)
     except SegloopError as exc:
         return error_page(str(exc))
     return HTMLResponse(path.read_text(encoding="utf-8"))
@@ -212,7 +212,7 @@ async def preview(request: Request) -> Response:
 
 
 def create_app(
-    workspace: Workspace,
+    workspace: WorkspaceFiles,
     host: str = "127.0.0.1",
     token: str | None = None,
     runs: BackgroundRuns | None = None,
@@ -229,7 +229,8 @@ def create_app(
         Route("/runs/{run_id}/report", report),
     ]
     app = Starlette(routes=[*routes, *editor.routes()])
-    app.state.ui = UiState(workspace, runs or BackgroundRuns(workspace), scheduler)
+    facade = Workspace.of(workspace)
+    app.state.ui = UiState(facade, runs or BackgroundRuns(facade), scheduler)
     # Migrate the run history once, before threads race to create it.
     app.state.ui.store().close()
     loopback = is_loopback(host)
@@ -246,7 +247,7 @@ def ui_token(host: str, env: dict[str, str]) -> str | None:
 
 
 def serve(
-    workspace: Workspace,
+    workspace: WorkspaceFiles,
     host: str = "127.0.0.1",
     port: int = 8765,
     token: str | None = None,
@@ -256,6 +257,7 @@ def serve(
     """Run the UI (and, for `segloop serve`, the scheduler) until interrupted."""
     import uvicorn
 
+    workspace = Workspace.of(workspace)
     runs = BackgroundRuns(workspace)
     scheduler = None
     stop = threading.Event()

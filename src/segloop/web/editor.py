@@ -30,15 +30,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from segloop.config import Workspace, parse_pipeline
+from segloop.config import parse_pipeline
 from segloop.errors import ConfigError, SegloopError
 from segloop.operators import NODE_TYPES
 from segloop.pipeline import Pipeline
 from segloop.report import Redactor
-from segloop.store import RunStore
 from segloop.validate import check_pipeline_text
 from segloop.web import charts
 from segloop.web.pages import cell_text, error_page, render_page, ui_state
+from segloop.workspace import Workspace
 from segloop.yaml_doc import load_yaml
 
 MAX_BODY = 2_000_000  # bytes of a check, preview or save request (a pipeline file is a few KB)
@@ -159,11 +159,7 @@ def _name_clash(workspace: Workspace, file: Path, name: str, text: str, shown: s
 
 
 def _dag(workspace: Workspace, config: Any) -> Any:
-    store = RunStore(workspace.state_dir / "state.db")
-    try:
-        last = store.list_runs(config.name, 1)
-    finally:
-        store.close()
+    last = workspace.runs(config.name, 1)
     latest = {n.node: n.status for n in last[0].nodes} if last else {}
     nodes = [(n, config.nodes[n].type, latest.get(n, "not run")) for n in config.topological_order()]
     edges = [(up, n) for n in config.nodes for up in config.upstream_of(n) if up in config.nodes]

@@ -12,7 +12,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
-from segloop.config import NAME_PATTERN, Workspace
+from segloop.config import NAME_PATTERN
 from segloop.errors import ConfigError
 from segloop.pipeline import Pipeline
 from segloop.report import Redactor
@@ -21,6 +21,7 @@ from segloop.store import RunStore
 from segloop.web import charts
 from segloop.web.guard import CSRF_TOKEN, with_csrf
 from segloop.web.templating import render_template
+from segloop.workspace import Workspace
 
 
 @dataclass
@@ -32,7 +33,7 @@ class UiState:
     scheduler: Scheduler | None = None
 
     def store(self) -> RunStore:
-        return RunStore(self.workspace.state_dir / "state.db")
+        return self.workspace.history()
 
     def pipeline(self, name: str) -> Pipeline:
         """The pipeline whose `name:` is ``name``, as `segloop validate` lists it; else a ConfigError (404).
