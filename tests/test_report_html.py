@@ -1,7 +1,7 @@
 """The run report looks the same since it is written in Python instead of a Jinja2 template.
 
 `tests/data/report_reference.html` is the template the report was rendered with before
-(`segloop.report_html` explains why it changed); every case below, with awkward text in
+(`segloop.report.html` explains why it changed); every case below, with awkward text in
 every field, must give the same bytes through both. A deliberate change of the report's
 layout changes both files.
 """
@@ -15,14 +15,13 @@ import jinja2
 import pytest
 from markupsafe import Markup
 
-from segloop.report import Section
-from segloop.report_html import render_report
+from segloop.report import Section, display
+from segloop.report.charts import STATUS_COLORS, fmt
+from segloop.report.html import render_report
 from segloop.store import NodeRunRecord, RunRecord
-from segloop.web import display
-from segloop.web.charts import STATUS_COLORS, fmt
 
 REFERENCE = Path(__file__).parent / "data" / "report_reference.html"
-TEMPLATES = Path(__file__).parents[1] / "src" / "segloop" / "web" / "templates"
+TEMPLATES = Path(__file__).parents[1] / "src" / "segloop" / "report" / "templates"
 AWKWARD = "a <b> & \"c\" 'd'"
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from segloop.report.display import ago, duration, run_label, when
 from segloop.schedule import ScheduleConfig
 from segloop.store import NodeRunRecord, RunRecord
 from segloop.web import trends
-from segloop.web.display import ago, duration, run_label, when
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 

@@ -11,10 +11,10 @@ from starlette.testclient import TestClient
 
 from segloop.config import Workspace
 from segloop.pipeline import Pipeline
+from segloop.report.display import when
 from segloop.scheduler import BackgroundRuns
 from segloop.store import RunRecord, RunStore
 from segloop.web.app import create_app
-from segloop.web.display import when
 from tests.web.real import copy_history, history  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.slow

@@ -31,9 +31,9 @@ from starlette.types import ASGIApp
 from segloop.config import WorkspaceFiles, duplicate_name_message
 from segloop.errors import SegloopError
 from segloop.pipeline import Pipeline
-from segloop.report import Redactor
+from segloop.report import Redactor, charts
 from segloop.scheduler import BackgroundRuns, Scheduler, start_scheduler
-from segloop.web import charts, editor, trends
+from segloop.web import editor, trends
 from segloop.web.guard import Guard, is_loopback
 from segloop.web.pages import UiState, cell_text, error_page, render_page, ui_state
 from segloop.workspace import Workspace

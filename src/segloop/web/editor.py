@@ -34,9 +34,8 @@ from segloop.config import parse_pipeline
 from segloop.errors import ConfigError, SegloopError
 from segloop.operators import NODE_TYPES
 from segloop.pipeline import Pipeline
-from segloop.report import Redactor
+from segloop.report import Redactor, charts
 from segloop.validate import check_pipeline_text
-from segloop.web import charts
 from segloop.web.pages import cell_text, error_page, render_page, ui_state
 from segloop.workspace import Workspace
 from segloop.yaml_doc import load_yaml

@@ -15,10 +15,9 @@ from starlette.responses import HTMLResponse
 from segloop.config import NAME_PATTERN
 from segloop.errors import ConfigError
 from segloop.pipeline import Pipeline
-from segloop.report import Redactor
+from segloop.report import Redactor, charts
 from segloop.scheduler import BackgroundRuns, Scheduler
 from segloop.store import RunStore
-from segloop.web import charts
 from segloop.web.guard import CSRF_TOKEN, with_csrf
 from segloop.web.templating import render_template
 from segloop.workspace import Workspace

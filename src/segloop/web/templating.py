@@ -9,8 +9,8 @@ import jinja2
 from markupsafe import Markup
 
 from segloop.masking import mask_text
-from segloop.web import display
-from segloop.web.charts import STATUS_COLORS, fmt
+from segloop.report import display
+from segloop.report.charts import STATUS_COLORS, fmt
 
 
 def _masked(value: Any) -> Any:
@@ -23,7 +23,9 @@ def _masked(value: Any) -> Any:
 @cache
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("segloop.web", "templates"),
+        # The UI's pages, and the stylesheet it shares with the run report (report/templates).
+        loader=jinja2.ChoiceLoader([jinja2.PackageLoader("segloop.web", "templates"),
+                                    jinja2.PackageLoader("segloop.report", "templates")]),
         autoescape=jinja2.select_autoescape(["html"]),
         trim_blocks=True,
         lstrip_blocks=True,

@@ -16,9 +16,9 @@ from typing import Any
 
 from markupsafe import Markup
 
+from segloop.report import charts
+from segloop.report.display import ago, parse_time, run_css, run_label, when
 from segloop.store import NodeRunRecord, RunRecord
-from segloop.web import charts
-from segloop.web.display import ago, parse_time, run_css, run_label, when
 
 TREND_RUNS = 30  # runs drawn in a pipeline's trend charts
 STRIP_RUNS = 12  # runs in the overview's status strip

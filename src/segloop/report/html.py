@@ -4,7 +4,7 @@ Every `segloop run` writes a report, and in a one-shot run importing Jinja2 and 
 the template cost ~35 ms, about as much as computing RFM over a million events. This
 module builds the same HTML with string joins: values are escaped with MarkupSafe, as
 Jinja2's autoescape does, and charts (``Markup``) go in as they are. The UI pages still use
-the Jinja2 templates; the report shares their stylesheet (`web/templates/_style.html`).
+the Jinja2 templates; the report shares their stylesheet (`report/templates/_style.html`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from markupsafe import escape
 
-from segloop.web.charts import fmt
-from segloop.web.display import duration, run_css, run_label, when
+from segloop.report.charts import fmt
+from segloop.report.display import duration, run_css, run_label, when
 
 if TYPE_CHECKING:  # pragma: no cover
     from markupsafe import Markup
@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from segloop.report import Section
     from segloop.store import RunRecord
 
-STYLE_FILE = Path(__file__).parent / "web" / "templates" / "_style.html"
+STYLE_FILE = Path(__file__).parent / "templates" / "_style.html"
 
 
 @cache

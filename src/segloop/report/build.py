@@ -150,7 +150,7 @@ class ReportBuilder:
         return [(lo + i * width, lo + (i + 1) * width, int(counts.get(i, 0))) for i in range(HISTOGRAM_BINS)]
 
     def _rows(self, table: Any, limit: int) -> tuple[list[str], list[list[str]]]:
-        from segloop.web.charts import fmt
+        from segloop.report.charts import fmt
 
         data = self._wh().to_arrow(table, limit=limit)
         columns = list(data.column_names)
@@ -222,7 +222,7 @@ class ReportBuilder:
 
     def _rfm(self, section: Section, table: Any) -> None:
         from segloop.operators.rfm import segment_of
-        from segloop.web import charts
+        from segloop.report import charts
 
         # One GROUP BY gives both charts: the grid's cells, and the segment sizes (their sums).
         keys = ["r_score", "f_score"] + (["segment"] if "segment" in table.columns else [])
@@ -245,13 +245,13 @@ class ReportBuilder:
 
     @staticmethod
     def _size_chart(section: Section, sizes: dict[str, int], title: str) -> None:
-        from segloop.web import charts
+        from segloop.report import charts
 
         items = sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))[:30]  # ties by name: the same file each run
         section.charts.append((title, charts.bars(items, "segment-sizes", title, charts.segment_color)))
 
     def _distributions(self, section: Section, table: Any, patterns: tuple[str, ...], kind: str) -> None:
-        from segloop.web import charts
+        from segloop.report import charts
 
         numeric = [name for name, dtype in table.schema().items() if dtype.is_numeric()]
         chosen: list[str] = []
@@ -269,7 +269,7 @@ class ReportBuilder:
 
     def _bands(self, section: Section, node: str, suffix: str, columns: tuple[str, str], kind: str, title: str) -> None:
         """Decile table (`band` + predicted and actual columns) as grouped bars, when the node wrote one."""
-        from segloop.web import charts
+        from segloop.report import charts
 
         table = self._table(node, suffix)
         if table is None or not {"band", *columns} <= set(table.columns):
@@ -286,7 +286,7 @@ class ReportBuilder:
             section.notes.append(f"{what}: model {ours:.3f}, {verdict} the baseline {base:.3f}")
 
     def _profiles(self, section: Section, profiles: Any) -> None:
-        from segloop.web import charts
+        from segloop.report import charts
 
         columns, rows = self._rows(profiles, TABLE_ROWS)
         section.tables.append(("cluster profiles", columns, rows))
@@ -299,7 +299,7 @@ class ReportBuilder:
             section.charts.append(("cluster sizes", charts.bars(items, "cluster-sizes", "cluster sizes")))
 
     def _recommend(self, section: Section, metrics: dict[str, Any]) -> None:
-        from segloop.web import charts
+        from segloop.report import charts
 
         groups: dict[str, dict[str, float]] = {}
         for key, value in _flatten(metrics).items():
@@ -331,7 +331,7 @@ class ReportBuilder:
 
     def _segment(self, section: Section, metrics: dict[str, Any]) -> None:
         """Sent / rejected / failed (and the sync's new / changed / unchanged ...), reasons, payloads."""
-        from segloop.web import charts
+        from segloop.report import charts
 
         items = [(k, v) for k in self.SEGMENT_COUNTS if (v := _numeric(metrics.get(k))) is not None]
         if items:
@@ -353,7 +353,7 @@ class ReportBuilder:
 
 
 def _dag(run: RunRecord, pipeline: Pipeline | None) -> Markup:
-    from segloop.web import charts
+    from segloop.report import charts
 
     status = {n.node: n.status for n in run.nodes}
     types = {n.node: n.type for n in run.nodes}
@@ -370,7 +370,7 @@ def render(run: RunRecord, pipeline: Pipeline | None = None, warehouse: Warehous
            redactor: Redactor | None = None, run_connection: bool = False) -> str:
     """The report HTML of ``run`` (tables read from ``warehouse`` when given; ``run_connection``:
     the connection the run wrote them with, still open)."""
-    from segloop.report_html import render_report
+    from segloop.report.html import render_report
 
     redactor = redactor or Redactor.for_pipeline(pipeline)
     builder = ReportBuilder(run, pipeline, warehouse, redactor, run_connection)
