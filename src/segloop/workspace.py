@@ -4,7 +4,7 @@
 and warehouses; the pipeline needs no more. This facade adds what sits above one pipeline
 run: the run history as records, a pipeline by name, the schedules of every pipeline and a
 run's report (rebuilding one needs the pipeline again, so that step lives here rather than
-in report.py, which would otherwise import the pipeline that imports it).
+in report/build.py, which would otherwise import the pipeline that imports it).
 """
 
 from __future__ import annotations

@@ -157,7 +157,7 @@ class Operator(Generic[ConfigT]):
     SENDS_TO_SEGMENT: ClassVar[bool] = False
     # What its progress counts: rows for operators, messages sent for the Segment node.
     PROGRESS_UNIT: ClassVar[str] = "rows"
-    # The section of the run report (report.py) drawn for the node, besides the generic
+    # The section of the run report (report/build.py) drawn for the node, besides the generic
     # one (metrics, and charts chosen by output columns such as RFM scores): what was sent
     # to Segment, recommendation quality vs the baseline, CLV or propensity distributions.
     REPORT_SECTION: ClassVar[Literal["segment", "recommend", "clv", "propensity"] | None] = None
