@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, PrivateAttr, ValidationError
 
 from segloop.alerts import AlertsConfig
 from segloop.errors import ConfigError, ConfigErrors
+from segloop.memory import DEFAULT_MEMORY_LIMIT_BYTES
 from segloop.operators import NODE_TYPES
 from segloop.operators.base import NodeConfig
 from segloop.schedule import ScheduleConfig
@@ -58,6 +59,11 @@ class WorkspaceConfig(BaseModel):
     warehouses: dict[str, AnyWarehouseConfig] = Field(default_factory=_default_warehouses)
     pipelines: str = "pipelines"
     collector: CollectorConfig | None = None
+    memory_limit: ByteSize = Field(
+        default=ByteSize(DEFAULT_MEMORY_LIMIT_BYTES),
+        description="What one node may hold in Python at once (`512MB`, `2GB`, `2GiB`); a node's "
+        "own `memory_limit:` overrides it. DuckDB's own limit is the warehouse's `memory_limit`.",
+    )
 
 
 @dataclass

@@ -121,6 +121,11 @@ class Pipeline:
     def store(self) -> RunStore:
         return self.workspace.history()
 
+    def memory_limit(self, node: str) -> int:
+        """Bytes ``node`` may hold in Python: its own `memory_limit:`, else the workspace's."""
+        own = self.config.nodes[node].memory_limit
+        return int(own if own is not None else self.workspace.config.memory_limit)
+
     def plan(self, node: str | None = None) -> list[str]:
         """Nodes to run, in topological order; ``node`` restricts the run to that one node."""
         order = self.config.topological_order()
@@ -293,7 +298,7 @@ class Pipeline:
         operator = self._segment_node(node)
         with self.connect() as warehouse:
             ctx = RunContext(warehouse=warehouse, pipeline=self.name, node=node, run_id="preview",
-                             dry_run=True)
+                             dry_run=True, memory_limit=self.memory_limit(node))
             inputs = {up: self._input_table(warehouse, up) for up in self.config.upstream_of(node)}
             result: dict[str, Any] = operator.preview(inputs, ctx, rows)
         masked: dict[str, Any] = Redactor.for_pipeline(self).value(result)  # shown as is by the CLI
@@ -321,7 +326,8 @@ class Pipeline:
             history = self.store()  # an incremental source reads where the last run stopped
             try:
                 ctx = RunContext(warehouse=warehouse, pipeline=self.name, node=node, run_id="preview",
-                                 dry_run=True, upstream=frozenset(upstream), history=history)
+                                 dry_run=True, upstream=frozenset(upstream), history=history,
+                                 memory_limit=self.memory_limit(node))
                 inputs = {up: self._input_table(warehouse, up) for up in upstream}
                 output = operator.run(inputs, ctx)
             finally:
@@ -380,6 +386,7 @@ class Pipeline:
             upstream=frozenset(upstream),
             history=store,
             options=options,
+            memory_limit=self.memory_limit(name),
         )
         try:
             inputs = {up: self._input_table(warehouse, up) for up in upstream}

@@ -13,7 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator
+
+from segloop.memory import DEFAULT_MEMORY_LIMIT_BYTES
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
@@ -39,6 +41,11 @@ class NodeConfig(BaseModel):
         description="How the output `<pipeline>__<node>` is kept: `table` (computed once per run) "
         "or `view` (a stored query, computed whenever it is read). Default: `view` for a `sql` "
         "node read only by `sql` and `rfm` nodes, `table` otherwise.",
+    )
+    memory_limit: ByteSize | None = Field(
+        default=None,
+        description="What this node may hold in Python at once (`512MB`, `2GB`); default: the "
+        "workspace's `memory_limit:`. Beyond it a model trains on a sample and scores in chunks.",
     )
 
     @field_validator("inputs")
@@ -103,6 +110,8 @@ class RunContext:
     history: RunStore | None = None  # the run history, when run from a workspace
     options: RunOptions = field(default_factory=RunOptions)
     warnings: list[str] = field(default_factory=list)
+    # Bytes the node may hold in Python at once (`memory_limit:` of the node or workspace).
+    memory_limit: int = DEFAULT_MEMORY_LIMIT_BYTES
 
     def table_name(self, suffix: str | None = None, node: str | None = None) -> str:
         """Warehouse table name of a node's output: ``<pipeline>__<node>[__<suffix>]``."""

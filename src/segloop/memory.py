@@ -1,0 +1,41 @@
+"""How much memory a node may hold in Python: the `memory_limit:` setting.
+
+A model node pulls rows out of the warehouse to train and score. What it may keep in
+Python at once is bounded by a byte budget that does not grow with the data: the
+workspace's ``memory_limit:`` (``segloop.yml``), or a node's own ``memory_limit:``.
+A node that needs more rows than fit trains on a sample (and says so in its metrics)
+and scores in chunks streamed back to the warehouse. The warehouse's own memory
+(DuckDB's ``memory_limit`` and spill directory) is set on the warehouse, not here.
+
+Sizes are written as pydantic's ``ByteSize`` reads them: ``512MB``, ``2GB`` (decimal),
+``2GiB`` (binary), or a number of bytes.
+"""
+
+from __future__ import annotations
+
+from pydantic import ByteSize, TypeAdapter
+
+DEFAULT_MEMORY_LIMIT = "2GB"
+"""What a node may hold in Python when neither the workspace nor the node says."""
+
+_SIZE: TypeAdapter[ByteSize] = TypeAdapter(ByteSize)
+
+
+def parse_size(value: str | int) -> int:
+    """``"2GB"`` / ``"512MiB"`` / ``1000000`` as bytes; a clear ``ValueError`` otherwise."""
+    try:
+        return int(_SIZE.validate_python(value))
+    except Exception as exc:
+        raise ValueError(
+            f"`{value}` is not a size; write it like 512MB, 2GB or 2GiB (or a number of bytes)"
+        ) from exc
+
+
+DEFAULT_MEMORY_LIMIT_BYTES = parse_size(DEFAULT_MEMORY_LIMIT)
+
+
+def rows_within(limit: int, bytes_per_row: float, share: float = 1.0) -> int:
+    """How many rows of ``bytes_per_row`` fit in ``share`` of a ``limit`` bytes budget (at least 1)."""
+    if bytes_per_row <= 0:
+        raise ValueError("bytes_per_row must be positive")
+    return max(1, int(limit * share // bytes_per_row))

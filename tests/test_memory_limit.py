@@ -1,0 +1,60 @@
+"""`memory_limit:`: what a node may hold in Python, from the workspace or the node itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from segloop.config import Workspace
+from segloop.errors import ConfigError
+from segloop.memory import DEFAULT_MEMORY_LIMIT_BYTES, parse_size, rows_within
+from segloop.pipeline import Pipeline
+
+PIPELINE = """\
+name: shop
+nodes:
+  orders:
+    type: sql
+    sql: select 1 as user_id
+  rfm:
+    type: rfm
+    input: orders
+    customer_id: user_id
+    timestamp: ts
+    amount: revenue
+    memory_limit: 300MiB
+"""
+
+
+def _workspace(tmp_path: Path, workspace_yml: str) -> Path:
+    (tmp_path / "segloop.yml").write_text(workspace_yml)
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / "shop.yml").write_text(PIPELINE)
+    return tmp_path
+
+
+def test_node_setting_overrides_the_workspace_and_sizes_read_as_users_write_them(tmp_path: Path) -> None:
+    root = _workspace(tmp_path, "memory_limit: 1.5GB\n")
+    pipeline = Pipeline.load(root / "pipelines" / "shop.yml")
+    assert pipeline.memory_limit("orders") == 1_500_000_000
+    assert pipeline.memory_limit("rfm") == 300 * 1024**2
+
+
+def test_default_when_nobody_says(tmp_path: Path) -> None:
+    root = _workspace(tmp_path, "name: w\n")
+    assert Pipeline.load(root / "pipelines" / "shop.yml").memory_limit("orders") == DEFAULT_MEMORY_LIMIT_BYTES == 2 * 10**9
+
+
+def test_a_bad_size_names_the_file_and_line(tmp_path: Path) -> None:
+    _workspace(tmp_path, "name: w\nmemory_limit: lots\n")
+    with pytest.raises(ConfigError) as caught:
+        Workspace.load(tmp_path)
+    assert "segloop.yml:2" in str(caught.value) and "memory_limit" in str(caught.value)
+
+
+def test_parse_size_and_rows_within() -> None:
+    assert parse_size("512MB") == 512 * 10**6 and parse_size("2GiB") == 2 * 1024**3 and parse_size(4096) == 4096
+    with pytest.raises(ValueError, match="512MB"):
+        parse_size("a lot")
+    assert rows_within(1000, 10) == 100 and rows_within(1000, 10, share=0.5) == 50 and rows_within(5, 10) == 1
