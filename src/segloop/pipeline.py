@@ -27,7 +27,7 @@ from segloop.operators import NODE_TYPES
 from segloop.operators.base import NodeOutput, RunContext, RunOptions
 from segloop.sql_cache import code_version
 from segloop.store import NodeRunRecord, RunStore, new_run_id
-from segloop.warehouses import Warehouse, is_arrow_table
+from segloop.warehouses import Warehouse, is_arrow_stream, is_arrow_table
 
 log = logging.getLogger("segloop")
 T = TypeVar("T")
@@ -339,6 +339,16 @@ class Pipeline:
                 first, total = None, output.rows
             elif is_arrow_table(table):
                 first, total = table.slice(0, rows), table.num_rows
+            elif is_arrow_stream(table):  # a streamed output: its first rows, every batch counted
+                import pyarrow as pa
+
+                first, total = None, 0
+                for batch in table:
+                    if first is None or first.num_rows < rows:
+                        part = pa.Table.from_batches([batch], schema=table.schema)
+                        first = part if first is None else pa.concat_tables([first, part])
+                    total += batch.num_rows
+                first = (first if first is not None else table.schema.empty_table()).slice(0, rows)
             else:
                 first, total = warehouse.to_arrow(table, limit=rows), warehouse.count(table)
             return {"table": first, "total": total, "metrics": dict(output.metrics), "warnings": list(ctx.warnings)}
@@ -437,7 +447,7 @@ class Pipeline:
         if output.table is not None:
             table_name = ctx.table_name()
             kind = self.config.materialization(ctx.node)
-            if kind == "view" and is_arrow_table(output.table):
+            if kind == "view" and (is_arrow_table(output.table) or is_arrow_stream(output.table)):
                 if self.config.nodes[ctx.node].materialize == "view":
                     raise NodeError(
                         ctx.node,

@@ -125,10 +125,15 @@ class RunContext:
 
 @dataclass
 class NodeOutput:
-    """What a node hands back to the engine."""
+    """What a node hands back to the engine.
 
-    table: ir.Table | pa.Table | None = None
-    extra: dict[str, ir.Table | pa.Table] = field(default_factory=dict)
+    ``table`` is an Ibis expression (computed in the warehouse), an Arrow table, or a
+    ``pyarrow.RecordBatchReader``: rows streamed out in batches, which the engine writes
+    one batch at a time (a model scoring more customers than ``ctx.memory_limit`` holds).
+    """
+
+    table: ir.Table | pa.Table | pa.RecordBatchReader | None = None
+    extra: dict[str, ir.Table | pa.Table | pa.RecordBatchReader] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     rows: int | None = None  # for nodes without a main table (the Segment action)
     # The node did its work but not its job (messages that did not reach Segment): the

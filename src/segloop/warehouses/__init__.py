@@ -21,6 +21,7 @@ from segloop.warehouses.base import Warehouse, is_arrow_table
 from segloop.warehouses.bigquery import BigQueryConfig, BigQueryWarehouse
 from segloop.warehouses.config import WarehouseConfig
 from segloop.warehouses.duckdb import DuckDBConfig, DuckDBWarehouse
+from segloop.warehouses.exprs import is_arrow_stream
 from segloop.warehouses.postgres import PostgresConfig, PostgresWarehouse
 from segloop.warehouses.pyspark import PySparkConfig, PySparkWarehouse
 from segloop.warehouses.snowflake import SnowflakeConfig, SnowflakeWarehouse
@@ -60,5 +61,6 @@ __all__ = [
     "SnowflakeWarehouse",
     "Warehouse",
     "WarehouseConfig",
+    "is_arrow_stream",
     "is_arrow_table",
 ]

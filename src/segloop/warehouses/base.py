@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 from segloop.errors import WarehouseError, database_message
 from segloop.warehouses.config import WarehouseConfig
-from segloop.warehouses.exprs import has_memtable, is_arrow_table, is_ibis_table, md5, sql_literal
+from segloop.warehouses.exprs import (
+    has_memtable,
+    is_arrow_stream,
+    is_arrow_table,
+    is_ibis_table,
+    md5,
+    sql_literal,
+)
 
 log = logging.getLogger("segloop")
 
@@ -410,12 +417,37 @@ class Warehouse:
             except Exception as exc:
                 raise WarehouseError(f"could not replace view {target}.{name} by a table: {database_message(exc)}. "
                                      "Drop the views that read it, or keep this node `materialize: view`") from exc
+        if is_arrow_stream(obj):
+            return self._replace_from_stream(name, obj, target)
         if not is_arrow_table(obj) and is_ibis_table(obj):
             rows = self._replace_table_as(name, obj, target, count, kind)
             if rows is not NotImplemented:
                 return rows  # type: ignore[return-value]
         self.create_table(name, obj, target)
         return self.count_rows(name, target) if count else None
+
+    def _replace_from_stream(self, name: str, reader: pa.RecordBatchReader, target: str) -> int:
+        """Write a node's output streamed in Arrow batches, one batch in memory at a time.
+
+        The first batch (or the empty schema) replaces the table, the rest are appended, so
+        a model scoring millions of customers never holds its whole output. Not one
+        transaction: a failure part-way leaves a partial table, and the node fails.
+        """
+        import pyarrow as pa
+
+        rows = 0
+        created = False
+        for batch in reader:
+            chunk = pa.Table.from_batches([batch], schema=reader.schema)
+            if not created:
+                self.create_table(name, chunk, target)
+                created = True
+            elif chunk.num_rows:
+                self.insert(name, chunk, target)
+            rows += chunk.num_rows
+        if not created:
+            self.create_table(name, reader.schema.empty_table(), target)
+        return rows
 
     def _replace_table_as(self, name: str, expr: ir.Table, target: str, count: bool,
                           kind: str | None) -> Any:

@@ -32,6 +32,11 @@ def is_arrow_table(obj: object) -> bool:
     return type(obj).__module__.startswith("pyarrow") and type(obj).__name__ == "Table"
 
 
+def is_arrow_stream(obj: object) -> bool:
+    """Whether ``obj`` is a ``pyarrow.RecordBatchReader``: rows a node streams out in chunks."""
+    return type(obj).__module__.startswith("pyarrow") and type(obj).__name__ == "RecordBatchReader"
+
+
 def is_ibis_table(obj: object) -> bool:
     """Whether ``obj`` is an Ibis table expression (without importing Ibis)."""
     return type(obj).__module__.startswith("ibis.") and hasattr(obj, "op")
