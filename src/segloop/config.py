@@ -194,9 +194,17 @@ class WorkspaceFiles:
         entries = []
         for file in self.pipeline_files():
             try:
-                entries.append(PipelineFile(file, load_pipeline(file)))
+                doc = read_yaml(file)
             except ConfigError as exc:
                 entries.append(PipelineFile(file, None, exc))
+                continue
+            data = doc.data
+            raw = data.get("name") if isinstance(data, dict) else None
+            raw_name = raw if isinstance(raw, str) else None
+            try:
+                entries.append(PipelineFile(file, pipeline_from_doc(doc), raw_name=raw_name))
+            except ConfigError as exc:
+                entries.append(PipelineFile(file, None, exc, raw_name=raw_name))
         return entries
 
     def find_pipeline(self, name: str) -> Path:
@@ -239,6 +247,9 @@ class PipelineFile:
     file: Path
     config: PipelineConfig | None
     error: ConfigError | None = None
+    # The `name:` written in the file, even when the file does not validate (the editor
+    # opens and renames broken files by it).
+    raw_name: str | None = None
 
     @property
     def name(self) -> str | None:

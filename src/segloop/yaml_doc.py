@@ -90,6 +90,16 @@ def _duplicate_error(path: tuple[Any, ...], key: Any, first: int, line: int, fil
 def read_yaml(path: str | Path) -> YamlDoc:
     """Read and parse a YAML file: at most ``MAX_FILE_BYTES``, UTF-8, limits checked first."""
     path = Path(path)
+    return load_yaml(read_text_limited(path), path)
+
+
+def read_text_limited(path: str | Path) -> str:
+    """A workspace file's text, read only while it is within ``MAX_FILE_BYTES`` (and UTF-8).
+
+    A huge or binary file in `pipelines/` is refused after reading one byte past the limit,
+    with an error naming the file, instead of being read whole first.
+    """
+    path = Path(path)
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else ("does not exist" if not path.exists() else "is not a regular file")
         raise ConfigError(f"{path} {what}; give a .yml file")
@@ -105,7 +115,7 @@ def read_yaml(path: str | Path) -> YamlDoc:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise ConfigError(f"not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8", path, line) from None
-    return load_yaml(text, path)
+    return text
 
 
 def _too_large(size: int) -> str:

@@ -241,3 +241,23 @@ def test_a_node_that_writes_when_it_runs_is_not_previewed(client: TestClient, wo
     assert "a `segment_source` node writes to the warehouse when it runs" in answer.json()["error"]
     with Pipeline.load("shop", workspace).connect() as warehouse:
         assert not any(name.startswith("shop__source") for name in warehouse.list_tables())
+
+
+def test_a_broken_file_is_found_by_its_name_and_an_oversize_file_is_refused_unread(
+    client: TestClient, workspace: Workspace
+) -> None:
+    # A file that does not validate is still opened by its `name:`, to be fixed.
+    (workspace.pipelines_dir / "draft_file.yml").write_text(BROKEN.replace("name: shop", "name: draft"))
+    page = client.get("/pipelines/draft/edit")
+    assert page.status_code == 200 and "sqll" in html.unescape(page.text)
+    # ... and its name is taken: renaming shop to it is an error naming that file.
+    found = client.post("/pipelines/shop/edit/check", data={"text": SHOP.replace("name: shop", "name: draft")},
+                        headers=ORIGIN).json()
+    assert any("already the pipeline in pipelines/draft_file.yml" in e["text"] for e in found["errors"])
+    # A huge file is refused with the size limit's message, never read whole (a sparse 4 GB file).
+    huge = workspace.pipelines_dir / "huge.yml"
+    with huge.open("wb") as handle:
+        handle.truncate(4 * 1024**3)
+    page = client.get("/pipelines/huge/edit")
+    assert page.status_code == 404 and "bytes; segloop reads pipeline and workspace files up to" in html.unescape(page.text)
+    assert client.get("/pipelines/shop/edit").status_code == 200  # the other files still open

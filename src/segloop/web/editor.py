@@ -38,7 +38,7 @@ from segloop.report import Redactor, charts
 from segloop.validate import check_pipeline_text
 from segloop.web.pages import cell_text, error_page, render_page, ui_state
 from segloop.workspace import Workspace
-from segloop.yaml_doc import load_yaml
+from segloop.yaml_doc import load_yaml, read_text_limited
 
 MAX_BODY = 2_000_000  # bytes of a check, preview or save request (a pipeline file is a few KB)
 SAMPLE_ROWS = 20
@@ -62,18 +62,19 @@ def routes() -> list[Route]:
 
 
 def pipeline_file(workspace: Workspace, name: str) -> Path:
-    """The listed pipeline file named ``name`` (its file name without .yml, or its `name:`)."""
-    files = workspace.pipeline_files()
-    for file in files:
-        if file.stem == name:
-            return file
-    for file in files:
-        try:
-            data = load_yaml(file.read_text(encoding="utf-8"), file).data
-        except (ConfigError, OSError, UnicodeDecodeError):
-            continue
-        if isinstance(data, dict) and data.get("name") == name:
-            return file
+    """The listed pipeline file named ``name`` (its file name without .yml, or its `name:`).
+
+    Found through ``scan_pipelines`` (each file read within the YAML limits), by the file
+    name first, then by the `name:` written in the file, so a file that does not validate
+    can still be opened and fixed.
+    """
+    entries = workspace.scan_pipelines()
+    for entry in entries:
+        if entry.file.stem == name:
+            return entry.file
+    for entry in entries:
+        if entry.raw_name == name:
+            return entry.file
     raise SegloopError(f"no pipeline `{name}` in {workspace.pipelines_dir}; the editor opens the files listed there")
 
 
@@ -143,16 +144,12 @@ def _problem(error: ConfigError) -> dict[str, Any]:
 
 
 def _name_clash(workspace: Workspace, file: Path, name: str, text: str, shown: str) -> ConfigError | None:
-    for other in workspace.pipeline_files():
-        if other == file:
+    for other in workspace.scan_pipelines():
+        if other.file == file:
             continue
-        try:
-            data = load_yaml(other.read_text(encoding="utf-8"), other).data
-        except (ConfigError, OSError, UnicodeDecodeError):
-            data = None
-        if other.stem == name or (isinstance(data, dict) and data.get("name") == name):
+        if other.file.stem == name or other.raw_name == name:
             line = load_yaml(text, shown).line_of(("name",))
-            return ConfigError(f"pipeline: `name` {name} is already the pipeline in {shown_path(workspace, other)}; "
+            return ConfigError(f"pipeline: `name` {name} is already the pipeline in {shown_path(workspace, other.file)}; "
                                "pick another name", shown, line)
     return None
 
@@ -248,7 +245,7 @@ async def edit_page(request: Request) -> Response:
     name = request.path_params["name"]
     try:
         file = await run_in_threadpool(pipeline_file, state.workspace, name)
-        text = await run_in_threadpool(file.read_text, "utf-8")
+        text = await run_in_threadpool(read_text_limited, file)
         found = await run_in_threadpool(check_text, state.workspace, file, text)
     except (SegloopError, OSError, UnicodeDecodeError) as exc:
         return error_page(str(exc))
@@ -272,7 +269,7 @@ async def check(request: Request) -> Response:
     try:
         fields = await _form(request)
         file = await run_in_threadpool(pipeline_file, state.workspace, request.path_params["name"])
-        original = await run_in_threadpool(file.read_text, "utf-8")
+        original = await run_in_threadpool(read_text_limited, file)
         found = await run_in_threadpool(check_text, state.workspace, file, _text(fields, original))
     except TooLarge as exc:
         return JSONResponse({"error": str(exc)}, status_code=413)
@@ -286,7 +283,7 @@ async def preview(request: Request) -> Response:
     try:
         fields = await _form(request)
         file = await run_in_threadpool(pipeline_file, state.workspace, request.path_params["name"])
-        original = await run_in_threadpool(file.read_text, "utf-8")
+        original = await run_in_threadpool(read_text_limited, file)
     except TooLarge as exc:
         return JSONResponse({"error": str(exc)}, status_code=413)
     except (SegloopError, OSError, UnicodeDecodeError) as exc:
@@ -305,7 +302,7 @@ async def save(request: Request) -> Response:
     try:
         fields = await _form(request)
         file = await run_in_threadpool(pipeline_file, state.workspace, name)
-        original = await run_in_threadpool(file.read_text, "utf-8")
+        original = await run_in_threadpool(read_text_limited, file)
     except TooLarge as exc:
         return error_page(str(exc), 413)
     except (SegloopError, OSError, UnicodeDecodeError) as exc:
