@@ -21,6 +21,7 @@ STATUS_COLORS = {
     "skipped": "#b28704",
     "running": "#1565c0",
     "interrupted": "#c2185b",
+    "dry": "#6a1b9a",  # a dry run (nothing sent): the same purple as `.status-dry` in _style.html
     "pending": "#78909c",
 }
 SERIES_COLORS = ("#3949ab", "#9e9e9e", "#00897b", "#f4511e", "#8e24aa", "#6d4c41")
@@ -406,7 +407,7 @@ def run_bars(runs: Sequence[tuple[str, str, float, str]], kind: str, title: str)
     base = top + plot_h
     for i, (run_id, label, seconds, status) in enumerate(runs):
         h = max(plot_h * seconds / high, 1)
-        color = STATUS_COLORS.get(status, "#6a1b9a" if status == "dry" else STATUS_COLORS["pending"])
+        color = STATUS_COLORS.get(status, STATUS_COLORS["pending"])
         x = left + i * step + (step - width) / 2
         parts.append(
             f'<rect class="run-bar" data-run="{escape(run_id)}" data-seconds="{_num(round(seconds, 3))}" '
@@ -434,7 +435,7 @@ def status_strip(runs: Sequence[tuple[str, str, str]], kind: str = "recent-runs"
     size, gap = 12, 3
     parts = []
     for i, (run_id, label, status) in enumerate(runs):
-        color = STATUS_COLORS.get(status, "#6a1b9a" if status == "dry" else STATUS_COLORS["pending"])
+        color = STATUS_COLORS.get(status, STATUS_COLORS["pending"])
         parts.append(
             f'<rect class="run" data-run="{escape(run_id)}" data-status="{escape(status)}" x="{i * (size + gap)}" y="1" '
             f'width="{size}" height="{size}" rx="2" fill="{color}"><title>{escape(label)}: {escape(status)}</title></rect>'
