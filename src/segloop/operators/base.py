@@ -103,6 +103,8 @@ class RunContext:
     history: RunStore | None = None  # the run history, when run from a workspace
     options: RunOptions = field(default_factory=RunOptions)
     warnings: list[str] = field(default_factory=list)
+    # Every node of the pipeline by name (a Segment node looks up its `segment_source`s).
+    pipeline_nodes: Mapping[str, NodeConfig] = field(default_factory=dict)
 
     def table_name(self, suffix: str | None = None, node: str | None = None) -> str:
         """Warehouse table name of a node's output: ``<pipeline>__<node>[__<suffix>]``."""
@@ -160,7 +162,7 @@ class Operator(Generic[ConfigT]):
     # The section of the run report (report/build.py) drawn for the node, besides the generic
     # one (metrics, and charts chosen by output columns such as RFM scores): what was sent
     # to Segment, recommendation quality vs the baseline, CLV or propensity distributions.
-    REPORT_SECTION: ClassVar[Literal["segment", "recommend", "clv", "propensity"] | None] = None
+    REPORT_SECTION: ClassVar[Literal["segment", "recommend", "clv", "propensity", "lift"] | None] = None
 
     def __init__(self, config: ConfigT):
         self.config: ConfigT = config
