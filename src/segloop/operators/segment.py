@@ -38,8 +38,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
     import pyarrow as pa
 
-    from segloop.segment.send.audience import Audience
     from segloop.segment.messages import RowMapping
+    from segloop.segment.send.audience import Audience
     from segloop.segment.send.results import Outcome, QueuedMessage
     from segloop.segment.sync import SyncPlan, SyncState
 
