@@ -198,3 +198,34 @@ def test_percent_out_of_range_is_a_config_error(make_workspace, percent: int) ->
     root = make_workspace({"shop": PIPELINE + f"    holdout: {{percent: {percent}, salt: s}}\n"})
     with pytest.raises(ConfigError, match="percent"):
         Pipeline.load(root / "pipelines" / "shop.yml")
+
+
+@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
+def workspace_yml(request: pytest.FixtureRequest) -> str:
+    if request.param == "duckdb":
+        return "warehouses:\n  default:\n    type: duckdb\n    path: .segloop/warehouse.duckdb\n"
+    cluster = request.getfixturevalue("pg_cluster")
+    return str(cluster.workspace_yml(request.getfixturevalue("pg_database"), "default"))
+
+
+def test_groups_are_the_documented_hash_on_every_warehouse(tmp_path: Path, workspace_yml: str) -> None:
+    """Integer ids too: the customer id is hashed as its text, so `123` is the same customer
+    on DuckDB, PostgreSQL and in Python."""
+    root = tmp_path / "ws"
+    (root / "pipelines").mkdir(parents=True)
+    (root / "segloop.yml").write_text(workspace_yml)
+    (root / "pipelines" / "shop.yml").write_text(PIPELINE + "    holdout: {percent: 12.5, salt: 'x:y'}\n")
+    pipeline = Pipeline.load(root / "pipelines" / "shop.yml")
+    ids = list(range(100_000, 102_000))
+    with pipeline.connect() as wh:
+        wh.create_table("scores", pa.table({"user_id": pa.array(ids, pa.int64()), "score": [0.5] * len(ids)}),
+                        schema="src")
+    fake = FakeSegment()
+    result = pipeline.run(options={"segment_transport": fake, "report": False})
+    assert result.ok, result.node("to_segment").error
+    expected = {str(i): group_of(str(i), "x:y", 12.5) for i in ids}
+    with pipeline.connect() as wh:
+        found = {r["customer_id"]: r["group_name"] for r in wh.rows(wh.table("shop__to_segment__holdout"))}
+    assert found == expected
+    assert sorted(delivered_users(fake)) == sorted(k for k, g in expected.items() if g == TREATMENT)
+    assert result.node("to_segment").metrics["held_out"] == sum(g == HOLDOUT for g in expected.values())
