@@ -139,11 +139,15 @@ class LiftOperator(Operator[LiftConfig]):
             segment_nodes = [n for n, c in ctx.pipeline_nodes.items() if c.type == "segment"]
             raise NodeError(ctx.node, f"`holdout_of: {cfg.holdout_of}` is not a Segment node of this "
                             f"pipeline (Segment nodes: {', '.join(segment_nodes) or 'none'}); fix `holdout_of:`")
-        if node is not None and getattr(node, "holdout", None) is None:
+        ended = node is not None and getattr(node, "holdout", None) is None
+        table = ctx.warehouse.table_if_exists(self._table(ctx))
+        if ended and table is None:
             raise NodeError(ctx.node, f"Segment node `{cfg.holdout_of}` has no `holdout:`; add "
                             "`holdout: {percent: 10, salt: ...}` to it, run it, and measure the lift "
                             "once its customers have been assigned")
-        table = ctx.warehouse.table_if_exists(self._table(ctx))
+        if ended:
+            ctx.warn(f"Segment node `{cfg.holdout_of}` has no `holdout:` any more: its customers are "
+                     "all sent now, so the lift measured here is that of the groups recorded until then")
         if table is None:
             raise NodeError(ctx.node, f"{ctx.warehouse.schema}.{self._table(ctx)} does not exist yet: "
                             f"Segment node `{cfg.holdout_of}` assigns its holdout groups when it runs "
