@@ -246,3 +246,13 @@ def test_an_ended_holdout_is_still_measured_with_a_warning(make_workspace) -> No
     # The holdout ended: its customers are sent now.
     held = {c for c in scores["user_id"].to_pylist() if group_of(c, salt, 10) == HOLDOUT}
     assert held <= {m["userId"] for m in fake.delivered()}
+
+
+def test_validate_names_a_misspelt_holdout_of(make_workspace) -> None:
+    from segloop.errors import ConfigError
+
+    root = make_workspace({"shop": pipeline_text("s").replace("holdout_of: to_segment", "holdout_of: to_segmnt")})
+    with pytest.raises(ConfigError) as caught:
+        Pipeline.load(root / "pipelines" / "shop.yml")
+    text = str(caught.value)
+    assert "`holdout_of: to_segmnt` is not a node of this pipeline" in text and "shop.yml:21:" in text

@@ -58,6 +58,11 @@ class NodeConfig(BaseModel):
                 names.append(name)
         return names
 
+    def referenced_nodes(self) -> dict[str, str]:
+        """Other nodes a key names besides the inputs (key -> node; `lift`'s `holdout_of`),
+        which `segloop validate` checks exist."""
+        return {}
+
     def implicit_upstream(self, node_names: set[str]) -> list[str]:
         """Upstream nodes referenced without being declared (the sql node reads its query)."""
         return []

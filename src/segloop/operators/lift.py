@@ -52,6 +52,9 @@ class LiftConfig(NodeConfig):
     window_days: int = Field(default=30, ge=1, le=3650, description="Days after assignment an outcome counts.")
     as_of: datetime | None = Field(default=None, description="Measure as of this time (UTC); default: now.")
 
+    def referenced_nodes(self) -> dict[str, str]:
+        return {"holdout_of": self.holdout_of}
+
 
 class LiftOperator(Operator[LiftConfig]):
     """Conversion rate of treatment vs holdout within N days of assignment, with a 95% CI."""
