@@ -229,3 +229,26 @@ def test_groups_are_the_documented_hash_on_every_warehouse(tmp_path: Path, works
     assert found == expected
     assert sorted(delivered_users(fake)) == sorted(k for k, g in expected.items() if g == TREATMENT)
     assert result.node("to_segment").metrics["held_out"] == sum(g == HOLDOUT for g in expected.values())
+
+
+def test_cli_reset_holdout_ends_the_experiment(make_workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from segloop.cli import app
+
+    root = make_workspace({"shop": PIPELINE + HOLDOUT_10})
+    write_source(root, scores(range(50)))
+    assert run(root, FakeSegment()).ok
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("COLUMNS", "200")
+    runner = CliRunner()
+    declined = runner.invoke(app, ["reset", "shop", "to_segment", "--holdout"], input="n\n")
+    assert declined.exit_code == 1 and "End the holdout experiment of `to_segment`?" in declined.output
+    assert len(assignments(root)) == 50
+    done = runner.invoke(app, ["reset", "shop", "to_segment", "--holdout", "-y"])
+    assert done.exit_code == 0, done.output
+    assert "Holdout of `to_segment` ended; its groups are kept in shop__to_segment__holdout_until_" in done.output
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        assert not wh.has_table("shop__to_segment__holdout")
+    again = runner.invoke(app, ["reset", "shop", "to_segment", "--holdout", "-y"])
+    assert again.exit_code == 0 and "has no holdout groups yet" in again.output

@@ -128,7 +128,10 @@ class Holdout:
         if table is None:
             return None
         stamp = (now or datetime.now(UTC)).strftime("%Y%m%d_%H%M%S")
-        archive = f"{self.table}_until_{stamp}"
+        archive, n = f"{self.table}_until_{stamp}", 1
+        while wh.has_table(archive):  # two experiments ended within a second: keep both
+            n += 1
+            archive = f"{self.table}_until_{stamp}_{n}"
         wh.create_table(archive, table)
         wh.drop_table(self.table)
         return archive
