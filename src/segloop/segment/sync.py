@@ -314,8 +314,7 @@ class SyncState:
         ``gone``. ``_prev_id`` is the key's last acknowledged messageId (part of the next
         message's id, see ``messages.render_row``). ``dedupe=False`` skips collapsing
         duplicate keys, for inputs known to have one row per key (``plan`` counts first).
-        ``held(key)`` marks keys the node holds back (``held``): input rows and state keys
-        alike, so a held-back key is neither sent nor sent as removed.
+        ``held(key)`` marks keys held back (``held``), in the input and the state: never sent, nor removed.
         """
         import ibis
 
@@ -328,7 +327,10 @@ class SyncState:
         only_in_state = joined._in.isnull()
         # Acknowledged at some time and not removed since: Segment has (a version of) this key.
         delivered = (joined._s_status == SENT) | (joined._prev_id.notnull() & (joined._s_status != REMOVED))
+        key = joined._key.fill_null(joined._s_key)
+        holds = [(key.notnull() & held(key), HELD)] if held is not None else []
         category = ibis.cases(
+            *holds,
             (only_in_state & delivered, GONE_SENT),
             (only_in_state, GONE),
             (joined._key.isnull(), NO_KEY),
@@ -337,15 +339,9 @@ class SyncState:
             (joined._s_status == FAILED, RETRY),
             else_=UNCHANGED,
         )
-        classified = joined.mutate(
-            _key=joined._key.fill_null(joined._s_key),
-            _hash=joined._hash.fill_null(joined._s_hash),
-            _category=category,
+        return joined.mutate(
+            _key=key, _hash=joined._hash.fill_null(joined._s_hash), _category=category,
         ).drop("_in", "_s_key", "_s_hash", "_s_status")
-        if held is not None:
-            hold = classified._key.notnull() & held(classified._key)
-            classified = classified.mutate(_category=ibis.ifelse(hold, ibis.literal(HELD), classified._category))
-        return classified
 
     def plan(self, source: ir.Table, key_columns: Sequence[str], payload_columns: Sequence[str],
              fingerprint: str, mode: str = "diff", held: HeldKeys | None = None, held_keys: int = 0) -> SyncPlan:
@@ -355,8 +351,7 @@ class SyncState:
         key, the diff needs no de-duplication), the outer join written as the pending table
         (rows to send plus keys gone since the last sent run), and counts by category over
         that (small) table. Unchanged and duplicate rows are counted, never written.
-        ``held`` (see ``classify``) keeps keys out of the pending table; ``held_keys`` is how
-        many distinct input keys it holds (the caller counts them with its own breakdown).
+        ``held`` (``classify``) keeps keys out of the pending table; the caller counts them (``held_keys``).
         """
         self.ensure()
         self.compact()
