@@ -256,3 +256,30 @@ def test_validate_names_a_misspelt_holdout_of(make_workspace) -> None:
         Pipeline.load(root / "pipelines" / "shop.yml")
     text = str(caught.value)
     assert "`holdout_of: to_segmnt` is not a node of this pipeline" in text and "shop.yml:21:" in text
+
+
+def test_event_name_matches_segments_snake_cased_event_column(make_workspace) -> None:
+    """`event: Order Completed` over a table with only Segment's `event` column
+    (`order_completed`) counts the same customers as over `event_text`."""
+    salt = "snake"
+    snake_sql = 'select user_id, "timestamp", lower(replace(event_text, \' \', \'_\')) as event from src.tracks'
+    figures = []
+    for sql in ('select user_id, "timestamp", event_text from src.tracks', snake_sql):
+        root = make_workspace({"shop": pipeline_text(salt).replace(
+            'select user_id, "timestamp", event_text from src.tracks', sql)})
+        scores, tracks = synthetic(2_000, seed=5, salt=salt)
+        with Warehouse.connect(DuckDBConfig(), root) as wh:
+            wh.create_table("scores", scores, schema="src")
+            wh.create_table("tracks", tracks, schema="src")
+            wh.drop_table("shop__to_segment__holdout")
+            keys = wh.table("scores", schema="src").select(_key="user_id")
+            from segloop.segment.send.holdout import Holdout
+
+            Holdout(10, salt, "shop__to_segment__holdout", "to_segment").assign(wh, keys, "r", ASSIGNED)
+        pipeline = Pipeline.load(root / "pipelines" / "shop.yml")
+        assert pipeline.run(node="orders", options={"report": False}).ok
+        result = pipeline.run(node="lift", options={"report": False})
+        assert result.ok, result.node("lift").error
+        m = result.node("lift").metrics
+        figures.append((m["treatment_converted"], m["holdout_converted"]))
+    assert figures[0] == figures[1] and figures[0][0] > 0

@@ -22,6 +22,7 @@ in conversion rate, treatment minus holdout, with a 95% confidence interval.
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -83,8 +84,9 @@ class LiftOperator(Operator[LiftConfig]):
         closes = assignments.first_assigned + window
         closed = assignments.filter(closes <= ibis.literal(as_of, type="timestamp"))
         open_count = wh.count(assignments.filter(closes > ibis.literal(as_of, type="timestamp")))
-        if cfg.event is not None:
-            events = events.filter(events[event_column].cast("string") == cfg.event)
+        if cfg.event is not None:  # `Order Completed` also matches Segment's snake_cased `order_completed`
+            names = sorted({cfg.event, re.sub(r"[^0-9a-z]+", "_", cfg.event.lower()).strip("_")})
+            events = events.filter(events[event_column].cast("string").isin(names))
         outcome = events.select(_cid=events[cfg.customer_id].cast("string"),
                                 _ts=events[cfg.timestamp].cast("timestamp"))
         hits = closed.join(outcome, [closed.customer_id == outcome._cid,
