@@ -252,3 +252,26 @@ def test_cli_reset_holdout_ends_the_experiment(make_workspace, monkeypatch: pyte
         assert not wh.has_table("shop__to_segment__holdout")
     again = runner.invoke(app, ["reset", "shop", "to_segment", "--holdout", "-y"])
     assert again.exit_code == 0 and "has no holdout groups yet" in again.output
+
+
+def test_run_summary_says_how_many_were_held_out(make_workspace, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The CLI's dry run, run summary and preview, with segloop's collector as the endpoint."""
+    from typer.testing import CliRunner
+
+    from segloop.cli import app
+    from segloop.segment.collector.app import serve_in_thread
+
+    held = sum(group_of(f"u{i}", "spring-2026", 10) == HOLDOUT for i in range(200))
+    runner = CliRunner()
+    monkeypatch.setenv("COLUMNS", "200")
+    with serve_in_thread({"wk-test-123": "crm"}, tmp_path / "collector") as collector:
+        root = make_workspace({"shop": PIPELINE + HOLDOUT_10 + f"    endpoint: {collector.url}\n"})
+        write_source(root, scores(range(200)))
+        monkeypatch.chdir(root)
+        dry = runner.invoke(app, ["run", "shop", "--dry-run"])
+        assert f"would send {200 - held:,}" in dry.output, dry.output
+        preview = runner.invoke(app, ["preview", "shop", "to_segment"])
+        assert f"held_out={held}" in preview.output and f"to_send={200 - held}" in preview.output, preview.output
+        real = runner.invoke(app, ["run", "shop"])
+        assert real.exit_code == 0, real.output
+        assert f"sent={200 - held}, held_out={held}" in real.output, real.output
