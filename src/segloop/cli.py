@@ -346,8 +346,12 @@ def preview(
 
     result = _pipeline(pipeline).preview(node, rows)
     payloads = result.pop("payloads")
-    counts = ", ".join(f"{k}={v:,}" for k, v in result.items() if isinstance(v, int))
+    counts = ", ".join(f"{k}={v:,}" for k, v in result.items() if isinstance(v, int) and not isinstance(v, bool))
     console.print(f"[bold]{node}[/bold] next run: {counts}", highlight=False)
+    if isinstance(result.get("match_rate"), float):  # segment/send/known_ids.py
+        console.print(f"match rate: {result['match_rate']:.1%} of the ids are known to Segment "
+                      f"({', '.join(result.get('match_sources') or [])}); {result.get('unknown_ids', 0):,} "
+                      "unknown ids would create new profiles (MTUs)", highlight=False)
     for payload in payloads:
         console.print_json(orjson.dumps(payload, default=str).decode())
 
@@ -392,10 +396,21 @@ def reset(
     pipeline: str = typer.Argument(..., help="Pipeline file, or its name in pipelines/."),
     node: str = typer.Argument(..., help="A Segment node of that pipeline."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    holdout: bool = typer.Option(False, "--holdout", help="End the node's holdout experiment instead: "
+                                 "keep its groups under a dated name; the next run draws new groups."),
 ) -> None:
     """Forget a Segment node's sync state: its next run sends every row again."""
     loaded = _pipeline(pipeline)
     loaded.check_segment_node(node)  # a wrong name is an error before the question, not after
+    if holdout:
+        question = (f"End the holdout experiment of `{node}`? Its next run draws new groups with the "
+                    "current settings, and customers held out until now may be sent.")
+        if not yes and not typer.confirm(question):
+            raise typer.Exit(1)
+        archive = loaded.end_holdout(node)
+        console.print(f"Holdout of `{node}` ended; its groups are kept in {archive}." if archive
+                      else f"`{node}` has no holdout groups yet; nothing to end.", highlight=False)
+        return
     if not yes and not typer.confirm(f"Forget what `{node}` sent? Its next run re-sends every row."):
         raise typer.Exit(1)
     loaded.reset(node)

@@ -435,6 +435,12 @@ def pipeline_from_doc(doc: YamlDoc) -> PipelineConfig:
                 )
             elif up == node_name:
                 errors.append(ConfigError(f"node `{node_name}` names itself as input", file, doc.line_of(("nodes", node_name))))
+        referenced = nodes[node_name].referenced_nodes() if node_name in nodes else {}
+        for key, other in referenced.items():
+            if other not in raw_nodes:
+                errors.append(ConfigError(
+                    f"node `{node_name}`: `{key}: {other}` is not a node of this pipeline (nodes: {', '.join(raw_nodes)})",
+                    file, doc.line_of(("nodes", node_name, key))))
         op = NODE_TYPES[node_type]
         count = len(declared)
         if count < op.min_inputs:

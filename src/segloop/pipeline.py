@@ -298,7 +298,8 @@ class Pipeline:
         operator = self._segment_node(node)
         with self.connect() as warehouse:
             ctx = RunContext(warehouse=warehouse, pipeline=self.name, node=node, run_id="preview",
-                             dry_run=True, memory_limit=self.memory_limit(node))
+                             dry_run=True, memory_limit=self.memory_limit(node),
+                             pipeline_nodes=self.config.nodes)
             inputs = {up: self._input_table(warehouse, up) for up in self.config.upstream_of(node)}
             result: dict[str, Any] = operator.preview(inputs, ctx, rows)
         masked: dict[str, Any] = Redactor.for_pipeline(self).value(result)  # shown as is by the CLI
@@ -327,7 +328,7 @@ class Pipeline:
             try:
                 ctx = RunContext(warehouse=warehouse, pipeline=self.name, node=node, run_id="preview",
                                  dry_run=True, upstream=frozenset(upstream), history=history,
-                                 memory_limit=self.memory_limit(node))
+                                 memory_limit=self.memory_limit(node), pipeline_nodes=self.config.nodes)
                 inputs = {up: self._input_table(warehouse, up) for up in upstream}
                 output = operator.run(inputs, ctx)
             finally:
@@ -360,6 +361,15 @@ class Pipeline:
         self._segment_node(node)
         with self.connect() as warehouse:
             SyncState(warehouse, self.name, node).reset()
+
+    def end_holdout(self, node: str) -> str | None:
+        """End a Segment node's holdout experiment: its groups are kept under a dated name
+        (returned; None when it had none) and the next run draws new ones."""
+        from segloop.segment.send.holdout import SUFFIX, Holdout
+
+        self._segment_node(node)
+        with self.connect() as warehouse:
+            return Holdout(0.0, "", self.table_name(node, SUFFIX), node).end(warehouse)
 
     # -- one node ------------------------------------------------------------------------
 
@@ -397,6 +407,7 @@ class Pipeline:
             history=store,
             options=options,
             memory_limit=self.memory_limit(name),
+            pipeline_nodes=self.config.nodes,
         )
         try:
             inputs = {up: self._input_table(warehouse, up) for up in upstream}

@@ -268,10 +268,11 @@ def _headline(metrics: dict[str, Any]) -> str:
     if metrics.get("dry_run") and "to_send" in metrics:  # a Segment node in a dry run
         unchanged = int(metrics.get("unchanged", 0) or 0)
         return f"dry run: would send {int(metrics['to_send']):,}" + (f", {unchanged:,} unchanged" if unchanged else "")
-    keys = ("sent", "unchanged", "rejected", "failed", "auc", "ndcg_at_10", "silhouette", "log_likelihood")
-    optional = ("unchanged", "rejected", "failed")  # shown only when not zero
+    keys = ("sent", "unchanged", "held_out", "unknown_skipped", "rejected", "failed", "match_rate",
+            "auc", "ndcg_at_10", "silhouette", "log_likelihood", "lift")
+    optional = ("unchanged", "held_out", "unknown_skipped", "rejected", "failed")  # shown only when not zero
     parts = [f"{k}={metrics[k]:.3g}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
-             for k in keys if k in metrics and not isinstance(metrics[k], dict | list)
+             for k in keys if k in metrics and metrics[k] is not None and not isinstance(metrics[k], dict | list)
              and not (k in optional and metrics[k] == 0)]
     return ", ".join(parts)
 

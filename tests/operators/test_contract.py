@@ -68,6 +68,8 @@ CASES: dict[str, Case] = {
     "recommend": Case("    event: event\n", "product_id"),
     "segment": Case("    write_key: ${SEGLOOP_TEST_WRITE_KEY}\n    call: track\n    event: Scored\n"
                     "    customer_id: user_id\n    properties: [score]\n", "score"),
+    # `data` is not a Segment node with a holdout: a clear failure (after the columns).
+    "lift": Case("    holdout_of: data\n    customer_id: user_id\n    timestamp: timestamp\n", "timestamp"),
     "segment_source": Case("    schema: src\n    since: 3650d\n", "received_at", source_table="tracks",
                            reads_input=False, output="contract__node__tracks", missing_warns=True),
 }

@@ -12,6 +12,7 @@ from typing import Any
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
 from segloop.operators.clusters import ClustersOperator
 from segloop.operators.clv import ClvOperator
+from segloop.operators.lift import LiftOperator
 from segloop.operators.propensity import PropensityOperator
 from segloop.operators.recommend import RecommendOperator
 from segloop.operators.rfm import RfmOperator
@@ -30,6 +31,7 @@ NODE_TYPES: dict[str, type[Operator[Any]]] = {
         ClvOperator,
         PropensityOperator,
         SegmentSourceOperator,
+        LiftOperator,
     )
 }
 

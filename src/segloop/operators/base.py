@@ -65,6 +65,11 @@ class NodeConfig(BaseModel):
                 names.append(name)
         return names
 
+    def referenced_nodes(self) -> dict[str, str]:
+        """Other nodes a key names besides the inputs (key -> node; `lift`'s `holdout_of`),
+        which `segloop validate` checks exist."""
+        return {}
+
     def implicit_upstream(self, node_names: set[str]) -> list[str]:
         """Upstream nodes referenced without being declared (the sql node reads its query)."""
         return []
@@ -112,6 +117,8 @@ class RunContext:
     warnings: list[str] = field(default_factory=list)
     # Bytes the node may hold in Python at once (`memory_limit:` of the node or workspace).
     memory_limit: int = DEFAULT_MEMORY_LIMIT_BYTES
+    # Every node of the pipeline by name (a Segment node looks up its `segment_source`s).
+    pipeline_nodes: Mapping[str, NodeConfig] = field(default_factory=dict)
 
     def table_name(self, suffix: str | None = None, node: str | None = None) -> str:
         """Warehouse table name of a node's output: ``<pipeline>__<node>[__<suffix>]``."""
@@ -174,7 +181,7 @@ class Operator(Generic[ConfigT]):
     # The section of the run report (report/build.py) drawn for the node, besides the generic
     # one (metrics, and charts chosen by output columns such as RFM scores): what was sent
     # to Segment, recommendation quality vs the baseline, CLV or propensity distributions.
-    REPORT_SECTION: ClassVar[Literal["segment", "recommend", "clv", "propensity"] | None] = None
+    REPORT_SECTION: ClassVar[Literal["segment", "recommend", "clv", "propensity", "lift"] | None] = None
 
     def __init__(self, config: ConfigT):
         self.config: ConfigT = config

@@ -12,6 +12,11 @@ message ids are deterministic: a retry of an unacknowledged send keeps its id, s
 dedupe drops what is sent twice, while a new send (a value that changes back too) gets a new
 id, derived from the key's last acknowledged one (docs/sync.md, "Message ids").
 Rejected and failed rows go to ``<pipeline>__<node>__rejects`` with the reason and payload.
+
+``holdout:`` keeps a stable, hashed share of the customers out of every send and records
+the groups in ``<pipeline>__<node>__holdout`` for the ``lift`` node (segment/send/holdout.py).
+In a pipeline with a ``segment_source``, the node counts how many of its ids Segment
+already knows (``match_rate``); ``on_unknown: skip`` sends only those (segment/send/known_ids.py).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import orjson
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from segloop.errors import ConfigError
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
@@ -34,10 +39,21 @@ if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
     from segloop.segment.messages import RowMapping
+    from segloop.segment.send.audience import Audience
     from segloop.segment.send.results import Outcome, QueuedMessage
     from segloop.segment.sync import SyncPlan, SyncState
 
 Columns = list[str] | dict[str, str]
+
+
+class HoldoutConfig(BaseModel):
+    """``holdout: {percent: 10, salt: spring-2026}``: customers never sent, for measuring lift."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    percent: float = Field(gt=0, lt=100, description="Share of customers held out, in percent (0-100).")
+    salt: str = Field(min_length=1, description="Mixed into the hash that picks the groups; "
+                      "a new salt draws new groups (docs/holdout.md).")
 
 
 class SegmentConfig(NodeConfig):
@@ -64,6 +80,12 @@ class SegmentConfig(NodeConfig):
         description="Track event sent for customers gone since the last run, or `null_traits` "
         "to send an identify with the mapped traits set to null.",
     )
+    holdout: HoldoutConfig | None = Field(
+        default=None, description="Hold a stable share of customers out of every send: "
+        "{percent: 10, salt: ...}; groups are kept in <pipeline>__<node>__holdout.")
+    on_unknown: Literal["send", "skip"] = Field(
+        default="send", description="Ids the pipeline's segment_source does not know (new "
+        "profiles, billed as MTUs): `send` them, or `skip` them until Segment knows them.")
     upload_size: int = Field(default=100, ge=1, le=2500)
     upload_interval: float = 0.5
     max_in_flight: int | None = Field(default=None, ge=1, le=64)
@@ -122,17 +144,45 @@ class SegmentOperator(Operator[SegmentConfig]):
             namespace=(ctx.pipeline, ctx.node),
         )
 
-    def _plan(self, state: SyncState, inputs: dict[str, ir.Table], ctx: RunContext) -> tuple[SyncPlan, ir.Table, int]:
+    def audience(self, ctx: RunContext) -> Audience:
+        """The node's holdout and the ids Segment knows (from the pipeline's segment_sources)."""
+        from segloop.segment.send.audience import Audience
+        from segloop.segment.send.holdout import SUFFIX, Holdout
+        from segloop.segment.send.known_ids import known_ids
+
+        cfg = self.cfg
+        holdout = (Holdout(cfg.holdout.percent, cfg.holdout.salt, ctx.table_name(SUFFIX), ctx.node)
+                   if cfg.holdout is not None else None)
+        known = known_ids(ctx.warehouse, ctx.pipeline, ctx.pipeline_nodes)
+        return Audience(holdout, known, skip_unknown=cfg.on_unknown == "skip")
+
+    def _plan(self, state: SyncState, inputs: dict[str, ir.Table], ctx: RunContext
+              ) -> tuple[SyncPlan, ir.Table, int, Audience, dict[str, Any]]:
+        from segloop.segment.sync import SEND_CATEGORIES
+
         source_name, source = next(iter(inputs.items()))
         mapping = self.mapping(ctx)
         columns = mapping.columns()
         require_columns(source, mapping.column_keys(), node=ctx.node, source=source_name)
         narrow = source.select(*columns)
+        audience = self.audience(ctx)
+        if audience.holdout is not None:  # a changed percent or salt: refused before anything is sent
+            audience.holdout.check_settings(ctx.warehouse, ctx.pipeline)
+        counts = audience.counts(ctx.warehouse, narrow, self.cfg.customer_id)
+        held_keys = counts.pop("_held_keys")
+        if audience.known is None and self.cfg.on_unknown == "skip":
+            ctx.warn("`on_unknown: skip` needs a `segment_source` node with a `users` or `user_identifiers` "
+                     "table in the pipeline; without one every id is sent")
         key_columns = [self.cfg.customer_id]
         payload_columns = [c for c in columns if c != self.cfg.customer_id]
-        plan = state.plan(narrow, key_columns, payload_columns, self.cfg.fingerprint(), self.cfg.mode)
+        plan = state.plan(narrow, key_columns, payload_columns, self.cfg.fingerprint(), self.cfg.mode,
+                          held=audience.held(ctx.warehouse), held_keys=held_keys)
+        if audience.known is not None and self.cfg.on_unknown == "send":
+            counts["unknown_to_send"] = audience.unknown_to_send(
+                ctx.warehouse, ctx.warehouse.table(plan.pending_table),
+                (*SEND_CATEGORIES, *(("unchanged",) if plan.mode == "full" else ())))
         rows = sum(plan.counts.values())
-        return plan, narrow, rows
+        return plan, narrow, rows, audience, counts
 
     # -- run -----------------------------------------------------------------------------
 
@@ -144,8 +194,8 @@ class SegmentOperator(Operator[SegmentConfig]):
             return self._run(state, inputs, ctx)
 
     def _run(self, state: SyncState, inputs: dict[str, ir.Table], ctx: RunContext) -> NodeOutput:
-        plan, narrow, rows = self._plan(state, inputs, ctx)
-        metrics = self._plan_metrics(plan, rows)
+        plan, narrow, rows, audience, counts = self._plan(state, inputs, ctx)
+        metrics = {**self._plan_metrics(plan, rows), **counts}
         if ctx.dry_run:
             samples = self.render_samples(state, ctx)
             metrics.update(dry_run=True, sent=0, sample_payloads=samples)
@@ -154,6 +204,9 @@ class SegmentOperator(Operator[SegmentConfig]):
         write_key = resolve_secret(self.cfg.write_key, also=[self.cfg.endpoint]) if self.cfg.write_key else None
         if write_key is None:
             raise ConfigError(f"node `{ctx.node}`: `write_key:` is missing; set it to ${{SEGMENT_WRITE_KEY}}")
+        if audience.holdout is not None:  # before sending: a customer's first run is its assignment
+            metrics["holdout_assigned"] = audience.holdout.assign(
+                ctx.warehouse, audience.keys(narrow, self.cfg.customer_id), ctx.run_id)
         delivery = _Delivery(self, state, ctx)
         with state.sending():
             summary = delivery.send(self._messages(state, ctx, delivery), write_key.get_secret_value(), plan.to_send)
@@ -245,8 +298,8 @@ class SegmentOperator(Operator[SegmentConfig]):
 
         state = SyncState(ctx.warehouse, ctx.pipeline, ctx.node, ctx.run_id)
         with state.session():
-            plan, _narrow, total = self._plan(state, inputs, ctx)
-            return {**self._plan_metrics(plan, total), "payloads": self.render_samples(state, ctx, rows)}
+            plan, _narrow, total, _audience, counts = self._plan(state, inputs, ctx)
+            return {**self._plan_metrics(plan, total), **counts, "payloads": self.render_samples(state, ctx, rows)}
 
 
 class _Delivery:

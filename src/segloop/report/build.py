@@ -190,6 +190,8 @@ class ReportBuilder:
         ok = node.status == "success"
         if kind == "segment" or "sample_payloads" in metrics or "rejected_by_reason" in metrics:
             self._segment(section, metrics)
+        if kind == "lift":
+            self._lift(section, metrics)
         if kind == "recommend" or any(RECOMMEND_MEASURE.search(k.split(".")[-1]) for k in _flatten(metrics)):
             self._recommend(section, metrics)
         table = self._table(node.node) if ok else None
@@ -322,9 +324,28 @@ class ReportBuilder:
             if values.get("baseline") and "model" in values:
                 section.notes.append(f"{label}: model / baseline = {values['model'] / values['baseline']:.2f}x")
 
+    def _lift(self, section: Section, metrics: dict[str, Any]) -> None:
+        """Treatment vs holdout: the two rates, the difference and its interval, in a sentence and bars."""
+        from segloop.report import charts
+
+        rates = [(group, value) for group in ("treatment", "holdout")
+                 if (value := _numeric(metrics.get(f"{group}_rate"))) is not None]
+        if len(rates) == 2:
+            section.charts.append(("conversion rate within the window, by group", charts.bars(
+                rates, "lift-rates", "conversion rate", lambda k: "#2e7d32" if k == "treatment" else "#9e9e9e")))
+        lift, low, high = (_numeric(metrics.get(k)) for k in ("lift", "lift_ci_low", "lift_ci_high"))
+        if lift is None or low is None or high is None:
+            section.notes.append("lift: not measured yet (no customer of one group has finished its window)")
+            return
+        verdict = ("the sends raised it" if low > 0 else "the sends lowered it" if high < 0
+                   else "no difference shown at 95% (the interval includes 0)")
+        section.notes.append(
+            f"lift: {lift * 100:+.2f} points (treatment {rates[0][1]:.2%} vs holdout {rates[1][1]:.2%}), "
+            f"95% interval {low * 100:+.2f} to {high * 100:+.2f} points ({metrics.get('ci_method')}): {verdict}")
+
     SEGMENT_COUNTS: tuple[str, ...] = (
-        "rows", "new", "changed", "retried", "unchanged", "removed", "to_send",
-        "sent", "rejected", "failed",
+        "rows", "new", "changed", "retried", "unchanged", "removed", "held_out", "unknown_skipped",
+        "to_send", "sent", "rejected", "failed",
     )
     SEGMENT_COLORS: dict[str, str] = {"sent": "#2e7d32", "rejected": "#e53935", "failed": "#b71c1c",
                                       "unchanged": "#9e9e9e"}
@@ -338,6 +359,19 @@ class ReportBuilder:
             verb = " (dry run: nothing sent)" if self.run.dry_run or metrics.get("dry_run") else ""
             section.charts.append((f"messages{verb}", charts.bars(
                 items, "segment-send", "messages", lambda k: self.SEGMENT_COLORS.get(k, "#3949ab"))))
+        if _numeric(metrics.get("held_out")) is not None:
+            section.notes.append(
+                f"holdout: {charts.fmt(metrics['held_out'])} customers held out "
+                f"({charts.fmt(metrics.get('holdout_percent'))}% by a hash of id and salt); never sent, "
+                "not counted as failures")
+        rate = _numeric(metrics.get("match_rate"))
+        if rate is not None:
+            unknown = charts.fmt(metrics.get("unknown_ids", 0))
+            fate = ("skipped (`on_unknown: skip`)" if "unknown_skipped" in metrics
+                    else f"sent: each creates a new profile, billed as an MTU ({charts.fmt(metrics.get('unknown_to_send', 0))} this run)")
+            section.notes.append(
+                f"match rate: {rate:.1%} of the ids are known to Segment ({', '.join(map(str, metrics.get('match_sources') or []))}); "
+                f"{unknown} unknown ids {fate}")
         for key, title in (("rejected_by_reason", "rejected rows by reason"), ("failed_by_reason", "failed rows by reason")):
             reasons = metrics.get(key)
             if isinstance(reasons, dict) and reasons:

@@ -38,7 +38,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from segloop.warehouses import Warehouse
 
 T = TypeVar("T")
+HeldKeys = Callable[["ir.StringValue"], "ir.BooleanValue"]  # key -> whether the node holds it back
 NEW, CHANGED, RETRY, UNCHANGED, NO_KEY, DUPLICATE = "new", "changed", "retry", "unchanged", "no_key", "duplicate"
+HELD = "held"  # a key the node holds back (holdout group, unknown id): never sent, never removed
 SEND_CATEGORIES = (NEW, CHANGED, RETRY, NO_KEY)
 SENT, REJECTED, FAILED, REMOVED = "sent", "rejected", "failed", "removed"
 GONE_SENT, GONE = "gone_sent", "gone"  # keys in the state but not in the input (sent before, or not)
@@ -304,7 +306,7 @@ class SyncState:
         return source.mutate(_key=key, _hash=self.warehouse.md5_hex(text))
 
     def classify(self, source: ir.Table, key_columns: Sequence[str], payload_columns: Sequence[str],
-                 fingerprint: str, dedupe: bool = True) -> ir.Table:
+                 fingerprint: str, dedupe: bool = True, held: HeldKeys | None = None) -> ir.Table:
         """Input rows and state keys with ``_key``, ``_hash``, ``_category`` and ``_prev_id``.
 
         One outer join on the key: input rows are new/changed/retry/unchanged/no_key; keys
@@ -312,6 +314,7 @@ class SyncState:
         ``gone``. ``_prev_id`` is the key's last acknowledged messageId (part of the next
         message's id, see ``messages.render_row``). ``dedupe=False`` skips collapsing
         duplicate keys, for inputs known to have one row per key (``plan`` counts first).
+        ``held(key)`` marks keys held back (``held``), in the input and the state: never sent, nor removed.
         """
         import ibis
 
@@ -324,7 +327,10 @@ class SyncState:
         only_in_state = joined._in.isnull()
         # Acknowledged at some time and not removed since: Segment has (a version of) this key.
         delivered = (joined._s_status == SENT) | (joined._prev_id.notnull() & (joined._s_status != REMOVED))
+        key = joined._key.fill_null(joined._s_key)
+        holds = [(key.notnull() & held(key), HELD)] if held is not None else []
         category = ibis.cases(
+            *holds,
             (only_in_state & delivered, GONE_SENT),
             (only_in_state, GONE),
             (joined._key.isnull(), NO_KEY),
@@ -334,19 +340,18 @@ class SyncState:
             else_=UNCHANGED,
         )
         return joined.mutate(
-            _key=joined._key.fill_null(joined._s_key),
-            _hash=joined._hash.fill_null(joined._s_hash),
-            _category=category,
+            _key=key, _hash=joined._hash.fill_null(joined._s_hash), _category=category,
         ).drop("_in", "_s_key", "_s_hash", "_s_status")
 
     def plan(self, source: ir.Table, key_columns: Sequence[str], payload_columns: Sequence[str],
-             fingerprint: str, mode: str = "diff") -> SyncPlan:
+             fingerprint: str, mode: str = "diff", held: HeldKeys | None = None, held_keys: int = 0) -> SyncPlan:
         """Fold old checkpoints, classify rows and materialize only the rows to send.
 
         Three statements: a count of rows and distinct keys (when every row has its own
         key, the diff needs no de-duplication), the outer join written as the pending table
         (rows to send plus keys gone since the last sent run), and counts by category over
         that (small) table. Unchanged and duplicate rows are counted, never written.
+        ``held`` (``classify``) keeps keys out of the pending table; the caller counts them (``held_keys``).
         """
         self.ensure()
         self.compact()
@@ -355,7 +360,7 @@ class SyncState:
         [(rows, keys)] = self._roomy(lambda: self._rows(source.aggregate(_rows=source.count(), _keys=key.nunique())))
         rows, keys = int(rows), int(keys)
         dedupe = rows != keys
-        classified = self.classify(source, key_columns, payload_columns, fingerprint, dedupe=dedupe)
+        classified = self.classify(source, key_columns, payload_columns, fingerprint, dedupe=dedupe, held=held)
         kept = [*SEND_CATEGORIES, GONE_SENT, *([UNCHANGED] if mode == "full" else [])]
         pending = classified.filter(classified._category.isin(kept))
         if not self._embedded:  # remote warehouses read the pending rows in key-hash ranges
@@ -367,7 +372,9 @@ class SyncState:
         counts = {str(category): int(n) for category, n in found}
         removed = counts.pop(GONE_SENT, 0)
         if mode != "full":
-            counts[UNCHANGED] = keys - sum(counts.get(c, 0) for c in (NEW, CHANGED, RETRY))
+            counts[UNCHANGED] = keys - held_keys - sum(counts.get(c, 0) for c in (NEW, CHANGED, RETRY))
+        if held_keys:
+            counts[HELD] = held_keys
         counts[DUPLICATE] = rows - keys - counts.get(NO_KEY, 0)  # identical rows collapse too
         counts = {c: n for c, n in counts.items() if n}
         self.release_memory()
