@@ -9,7 +9,7 @@ tables (``<pipeline>__<node>__<suffix>``) and metrics for run history and report
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
@@ -96,6 +96,43 @@ class RunOptions:
         return cls(**value)
 
 
+T = TypeVar("T")
+
+
+class RunScope:
+    """What the nodes of one run share, and what is dropped when the run ends.
+
+    A node that prepares something others may need (the propensity nodes' feature table)
+    keeps it under a key that names everything it depends on (e.g. its SQL); a later node
+    of the same run with the same key gets it instead of building it again. ``on_close``
+    registers how to drop it; the engine calls ``close()`` once the run's nodes are done.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[Hashable, Any] = {}
+        self._cleanups: list[Callable[[], object]] = []
+
+    def get(self, key: Hashable, build: Callable[[], T]) -> T:
+        """The value kept under ``key``, built (once per run) when there is none."""
+        if key not in self._items:
+            self._items[key] = build()
+        value: T = self._items[key]
+        return value
+
+    def on_close(self, cleanup: Callable[[], object]) -> None:
+        self._cleanups.append(cleanup)
+
+    def close(self) -> None:
+        """Run the cleanups, newest first; one that fails is logged and the rest still run."""
+        self._items.clear()
+        while self._cleanups:
+            cleanup = self._cleanups.pop()
+            try:
+                cleanup()
+            except Exception as exc:  # a temporary table left behind must not fail the run
+                log.warning("could not drop what a node prepared for this run: %s", exc)
+
+
 @dataclass
 class RunContext:
     """What a node sees of the run it is part of."""
@@ -112,6 +149,8 @@ class RunContext:
     warnings: list[str] = field(default_factory=list)
     # Bytes the node may hold in Python at once (`memory_limit:` of the node or workspace).
     memory_limit: int = DEFAULT_MEMORY_LIMIT_BYTES
+    # Shared by the nodes of one run; the engine closes it when the run ends.
+    shared: RunScope = field(default_factory=RunScope)
 
     def table_name(self, suffix: str | None = None, node: str | None = None) -> str:
         """Warehouse table name of a node's output: ``<pipeline>__<node>[__<suffix>]``."""
