@@ -104,7 +104,7 @@ def run_child(ws: Path) -> None:
     result = Pipeline.load(ws / "pipelines" / "bench.yml").run(options={"report": False})
     out: dict[str, Any] = {"seconds": time.perf_counter() - started, "ok": result.ok}
     for node in result.nodes:
-        out[node.node] = {"seconds": node.seconds, "error": node.error,
+        out[node.name] = {"seconds": node.seconds, "error": node.error,
                           "auc": node.metrics.get("auc"), "rows": node.rows,
                           "training_sample": node.metrics.get("training_sample"),
                           "features_prepared_by": node.metrics.get("features_prepared_by")}

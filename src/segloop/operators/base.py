@@ -119,6 +119,12 @@ class RunScope:
         value: T = self._items[key]
         return value
 
+    def __enter__(self) -> RunScope:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def on_close(self, cleanup: Callable[[], object]) -> None:
         self._cleanups.append(cleanup)
 

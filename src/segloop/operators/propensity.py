@@ -57,7 +57,9 @@ from segloop.operators.propensity_rows import (
     prepare,
     ranked_output,
     score_chunks,
+    score_in_spark,
     scoring_table,
+    spark_session,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -226,26 +228,32 @@ class PropensityOperator(Operator[PropensityConfig]):
             calibrator = Calibrator.fit(p_valid, y_valid, config.calibration)
             p_card = cross_fitted(p_valid, y_valid, config.calibration)
         del x_train, x_valid
-        total = {"sum": 0.0, "chunks": 0}
-
-        def score(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            raw = _predict(model, x, config)
-            probability = calibrator.apply(raw) if calibrator is not None else raw
-            total["sum"] += float(probability.sum())
-            total["chunks"] += 1
-            return probability, raw
-
+        score = _Scorer(model, calibrator, config)
         name = scoring_table(ctx)
         ctx.shared.on_close(lambda: ctx.warehouse.drop_table(name))
-        reader = score_chunks(ctx, builder, prepared, budget.chunk_rows, score,
-                              lambda rows: ctx.progress(rows, None))
-        scored = ctx.warehouse.replace_table(name, reader) or 0
+        session = spark_session(ctx)
+        chunks = [0]
+        if session is not None:  # the model goes to the executors; Spark writes the scores
+            score_in_spark(ctx, session, builder, prepared, name, score)
+            metrics["scoring"] = "spark"
+        else:
+
+            def on_chunk(rows: int) -> None:
+                chunks[0] += 1
+                ctx.progress(rows, None)
+
+            reader = score_chunks(ctx, builder, prepared, budget.chunk_rows, score, on_chunk)
+            ctx.warehouse.replace_table(name, reader, count=False)
+            metrics["scoring"] = "chunks"
+            metrics["scoring_chunks"] = chunks[0]
+        scores = ctx.warehouse.table(name)
+        summary = ctx.warehouse.rows(scores.aggregate(n=scores.count(), mean=scores.probability.mean()))[0]
+        scored = int(summary["n"] or 0)
         metrics.update(_calibration_metrics(y_valid, p_valid, p_card, config))
-        metrics["mean_probability"] = total["sum"] / scored if scored else float("nan")
+        metrics["mean_probability"] = float(summary["mean"]) if scored else float("nan")
         metrics["scored_customers"] = scored
-        metrics["scoring_chunks"] = int(total["chunks"])
         metrics["seconds"] = time.perf_counter() - started
-        out = ranked_output(ctx, ctx.warehouse.table(name), config.customer_id, scored)
+        out = ranked_output(ctx, scores, config.customer_id, scored)
         extra = {
             "validation": pa.table(deciles(p_card, y_valid)),
             "reliability": pa.table(reliability(y_valid, p_card)),
@@ -289,6 +297,19 @@ class PropensityOperator(Operator[PropensityConfig]):
                 f"{negatives} negative customers (fewer than {self.MIN_CLASS_COUNT}); "
                 "predictions and metrics are unreliable"
             )
+
+
+class _Scorer:
+    """The trained model (and its calibrator) as a function of a feature matrix: the
+    probabilities and the raw scores. A plain object, so Spark can ship it to executors."""
+
+    def __init__(self, model: Any, calibrator: Calibrator | None, config: PropensityConfig):
+        self.model, self.calibrator, self.config = model, calibrator, config
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raw = _predict(self.model, x, self.config)
+        probability = self.calibrator.apply(raw) if self.calibrator is not None else raw
+        return probability, raw
 
 
 def _split_inputs(
@@ -406,7 +427,6 @@ def _calibration_metrics(
     so the calibrator is not graded on its own rows); the ``*_uncalibrated`` figures are the
     model's raw scores, to show what calibration changed.
     """
-    import numpy as np
 
     return {
         "calibration": config.calibration,

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from segloop.errors import NodeError
 from segloop.memory import rows_within
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -185,6 +186,51 @@ def score_chunks(
             )
 
     return pa.RecordBatchReader.from_batches(schema, batches())
+
+
+def spark_session(ctx: RunContext) -> Any | None:
+    """The Spark session behind the warehouse, when it is Spark (Ibis's pyspark backend)."""
+    session = getattr(ctx.warehouse.con, "_session", None)
+    return session if type(session).__module__.startswith("pyspark") else None
+
+
+def score_in_spark(
+    ctx: RunContext,
+    session: Any,
+    builder: FeatureBuilder,
+    prepared: PreparedFeatures,
+    name: str,
+    score: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+) -> None:
+    """Score every customer inside Spark and let Spark write the scoring table.
+
+    The trained model travels to the executors with ``score`` (pickled); each applies it to
+    its partitions' rows with ``mapInPandas``. Nothing per customer reaches the driver.
+    """
+    names = builder.feature_names()
+    frame = session.sql(ctx.warehouse.compile(builder.select_snapshot(prepared.table, SCORE)))
+    cid_type = frame.schema["_cid"].dataType.simpleString()
+
+    def apply(parts: Iterator[Any]) -> Iterator[Any]:
+        import numpy as np
+        import pandas as pd
+
+        for part in parts:
+            x = part[names].to_numpy(dtype=np.float32, na_value=np.nan)
+            probability, raw = score(x)
+            yield pd.DataFrame({"_cid": part["_cid"], "probability": probability, "_score": raw})
+
+    scored = frame.mapInPandas(apply, f"_cid {cid_type}, probability double, _score double")
+    try:
+        scored.write.mode("overwrite").saveAsTable(ctx.warehouse.qualified(name))
+    except Exception as exc:
+        first = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
+        raise NodeError(
+            ctx.node,
+            f"scoring in Spark failed ({first[:300]}). The executors run the model in Python: "
+            "they need segloop and scikit-learn installed (in local mode, set PYSPARK_PYTHON "
+            "to the Python that runs segloop)",
+        ) from exc
 
 
 def ranked_output(ctx: RunContext, scores: ir.Table, customer_id: str, scored: int) -> ir.Table:
