@@ -20,7 +20,7 @@ from segloop.warehouses import Warehouse
 from tests.operators.test_propensity import synthetic_events
 from tests.requirements import require_java, require_module
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # Spark local: minutes on 2 busy cores
 
 # Spark's Python workers run the model: they must be this Python (with segloop and
 # scikit-learn), which Spark reads when its first session starts in this process.
