@@ -8,10 +8,13 @@ Then, in rounds, each in a fresh process under ``/usr/bin/time -v`` (peak RSS is
 the pipeline ``events -> orders -> likely_buyers -> likely_churners`` (the demo's nodes,
 as in examples/demo/pipelines/demo.yml) runs once with this checkout's code and once with
 another checkout's ``src`` (``--old-src``, e.g. ``git archive <commit> src | tar -x -C
-/tmp/old``), so both sides see the same machine load.
+/tmp/old``), so both sides see the same machine load. The peak RSS is the whole run's (the `events`
+node materializes every event); ``--only-propensity`` runs a pipeline whose inputs are
+views over the tables of an earlier run, so the peak is the two propensity nodes'.
 
     .venv/bin/python bench/propensity.py --sizes 20k,100k --old-src /tmp/old/src --workdir /tmp/propbench
     .venv/bin/python bench/propensity.py --sizes 20k --rounds 1          # this checkout only
+    .venv/bin/python bench/propensity.py --only-propensity --old-src /tmp/old/src   # the two nodes alone
 """
 
 from __future__ import annotations
@@ -52,6 +55,14 @@ nodes:
     mode: churn
 """
 
+# The two propensity nodes alone (--only-propensity): their inputs are views over the
+# tables a run of PIPELINE left, so the process's peak is theirs.
+ONLY_PROPENSITY = PIPELINE.replace("name: bench", "name: benchp").replace(
+    'sql: select user_id, "timestamp", revenue from demo_shop.order_completed where user_id is not null',
+    "sql: select * from bench__orders\n    materialize: view").replace(
+    'sql: select user_id, "timestamp", event from demo_shop.tracks where user_id is not null',
+    "sql: select * from bench__events\n    materialize: view")
+
 
 def size(text: str) -> int:
     text = text.lower().strip()
@@ -72,6 +83,7 @@ def write_data(workdir: Path, customers: int) -> Path:
     (ws / "pipelines").mkdir(parents=True, exist_ok=True)
     (ws / "segloop.yml").write_text(f"warehouses:\n  default:\n    type: duckdb\n    path: {db}\n")
     (ws / "pipelines" / "bench.yml").write_text(PIPELINE)
+    (ws / "pipelines" / "benchp.yml").write_text(ONLY_PROPENSITY)
     done = ws / "data.done"
     if done.exists():
         return ws
@@ -96,12 +108,12 @@ def write_data(workdir: Path, customers: int) -> Path:
     return ws
 
 
-def run_child(ws: Path) -> None:
+def run_child(ws: Path, pipeline: str) -> None:
     """One run of the pipeline (in this process): per node seconds and metrics as JSON."""
     from segloop.pipeline import Pipeline
 
     started = time.perf_counter()
-    result = Pipeline.load(ws / "pipelines" / "bench.yml").run(options={"report": False})
+    result = Pipeline.load(ws / "pipelines" / f"{pipeline}.yml").run(options={"report": False})
     out: dict[str, Any] = {"seconds": time.perf_counter() - started, "ok": result.ok}
     for node in result.nodes:
         out[node.name] = {"seconds": node.seconds, "error": node.error,
@@ -111,11 +123,12 @@ def run_child(ws: Path) -> None:
     print("RESULT " + json.dumps(out))
 
 
-def measure(ws: Path, src: Path | None) -> dict[str, Any]:
+def measure(ws: Path, src: Path | None, pipeline: str) -> dict[str, Any]:
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = str(src)
-    cmd = ["/usr/bin/time", "-v", sys.executable, str(Path(__file__).resolve()), "--child", str(ws)]
+    cmd = ["/usr/bin/time", "-v", sys.executable, str(Path(__file__).resolve()), "--child", str(ws),
+           "--pipeline", pipeline]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ws)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
@@ -132,21 +145,27 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--old-src", type=Path, help="another checkout's src/ to compare with")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/propbench"))
+    parser.add_argument("--only-propensity", action="store_true",
+                        help="measure the two propensity nodes alone (after one full run)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--pipeline", default="bench", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        run_child(args.child)
+        run_child(args.child, args.pipeline)
         return
+    pipeline = "benchp" if args.only_propensity else "bench"
     sides: list[tuple[str, Path | None]] = [("after", ROOT / "src")]
     if args.old_src:
         sides.insert(0, ("before", args.old_src))
     rows = []
     for customers in (size(s) for s in args.sizes.split(",")):
         ws = write_data(args.workdir, customers)
+        if args.only_propensity and not (ws / ".segloop" / "state.db").exists():
+            measure(ws, None, "bench")  # the tables the propensity-only pipeline reads
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in sides}
         for _ in range(args.rounds):
             for name, src in sides:
-                result = measure(ws, src)
+                result = measure(ws, src, pipeline)
                 if not result["ok"]:
                     raise SystemExit(f"{name} failed: {result}")
                 runs[name].append(result)
