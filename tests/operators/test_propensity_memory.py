@@ -21,7 +21,7 @@ from segloop.store import RunStore
 from segloop.warehouses import DuckDBConfig, Warehouse
 from tests.operators.test_propensity import scored, synthetic_events
 
-TINY = 1_000_000  # bytes: ~700 training rows of ~25 features, of ~2,600 customers
+TINY = 1_000_000  # bytes: 718 training rows of 25 features, of 2,826 customers
 
 
 @pytest.fixture(scope="module")
