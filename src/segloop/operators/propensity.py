@@ -2,7 +2,9 @@
 
 What Segment sells as "Likelihood to Purchase" / "Likelihood to Churn", done in the open:
 
-- Features are built inside the warehouse (one Ibis query per snapshot) from the events
+- Features are built inside the warehouse (one Ibis query for all three snapshots, kept as
+  one table per run and shared by the run's propensity nodes that read the same events;
+  segloop.operators.propensity_rows) from the events
   strictly before a snapshot time: activity counts and recency overall and per event type,
   active days, sessions (30-minute gaps), tenure, and purchase RFM (orders, spend, days
   since last order) from the ``orders`` input or the events' ``amount`` column.
@@ -21,8 +23,10 @@ What Segment sells as "Likelihood to Purchase" / "Likelihood to Churn", done in 
 - Output per customer: ``probability`` and ``percentile`` (0..1; 0.85 = top 15%, as
   Segment's percentile cohorts).
 
-Only per-customer feature rows come to Python; the model is scikit-learn's
-HistGradientBoostingClassifier (handles missing values, e.g. "never did this").
+Only per-customer feature rows come to Python, within ``memory_limit``: a stratified sample
+to train on when a snapshot is larger, and chunks to score (on Spark, the executors score);
+the model is scikit-learn's HistGradientBoostingClassifier (handles missing values, e.g.
+"never did this").
 """
 
 from __future__ import annotations
