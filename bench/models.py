@@ -146,8 +146,9 @@ def cdnow_calibration(rows: list[list[str]]) -> None:
         seconds, out = best_of(
             lambda config=config, ctx=ctx: PropensityOperator(config).run(
                 {"ev": wh.table("purchases")}, ctx), 1)
-        p = out.table["probability"].to_numpy()
-        y = np.isin(out.table["user_id"].to_numpy(), buyers).astype(float)
+        table = wh.to_arrow(out.table)  # the output: a query over the node's scores
+        p = table["probability"].to_numpy()
+        y = np.isin(table["user_id"].to_numpy(), buyers).astype(float)
         label = {"none": "before: refit on both windows, raw scores", "isotonic": "the default",
                  "platt": "logistic curve"}[method]
         rows.append([

@@ -14,6 +14,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
+from contextlib import closing
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -24,7 +25,7 @@ from segloop.errors import ConfigError, NodeError, SegloopError, database_messag
 from segloop.locks import PipelineBusy, PipelineLock, run_finished, run_started
 from segloop.masking import Redactor, mask_text
 from segloop.operators import NODE_TYPES
-from segloop.operators.base import NodeOutput, RunContext, RunOptions
+from segloop.operators.base import NodeOutput, RunContext, RunOptions, RunScope
 from segloop.sql_cache import code_version
 from segloop.store import NodeRunRecord, RunStore, new_run_id
 from segloop.warehouses import Warehouse, is_arrow_stream, is_arrow_table
@@ -256,13 +257,14 @@ class Pipeline:
         started = time.perf_counter()
         results = {name: NodeResult(name, self.config.nodes[name].type) for name in plan}
         error: str | None = None
+        shared = RunScope()  # what nodes of this run share (prepared features), dropped at its end
         try:
             # While the warehouse connects: what the run needs later and can have now.
             code_version()  # part of cached expressions' keys
             warehouse = connecting.result()
             opened.append(warehouse)  # closed by run(), after the report
             for name in plan:
-                self._run_node(name, results, warehouse, run_id, dry_run, reporter, store, options)
+                self._run_node(name, results, warehouse, run_id, dry_run, reporter, store, options, shared)
         except SegloopError as exc:
             error = mask_text(str(exc))
             for result in results.values():
@@ -271,6 +273,7 @@ class Pipeline:
                     store.record_node(run_id, _record(result))
             raise
         finally:
+            shared.close()
             run = RunResult(run_id, self.name, list(results.values()), time.perf_counter() - started)
             store.finish_run(run_id, FAILED if error else run.status, error or _first_error(run))
         return run
@@ -323,12 +326,14 @@ class Pipeline:
                 self.file,
             )
         upstream = self.config.upstream_of(node)
-        with self.connect() as warehouse:
+        # What the node prepares for the run is dropped after its output has been read.
+        with self.connect() as warehouse, closing(RunScope()) as shared:
             history = self.store()  # an incremental source reads where the last run stopped
             try:
                 ctx = RunContext(warehouse=warehouse, pipeline=self.name, node=node, run_id="preview",
                                  dry_run=True, upstream=frozenset(upstream), history=history,
-                                 memory_limit=self.memory_limit(node), pipeline_nodes=self.config.nodes)
+                                 memory_limit=self.memory_limit(node), pipeline_nodes=self.config.nodes,
+                                 shared=shared)
                 inputs = {up: self._input_table(warehouse, up) for up in upstream}
                 output = operator.run(inputs, ctx)
             finally:
@@ -383,6 +388,7 @@ class Pipeline:
         reporter: Reporter,
         store: RunStore,
         options: RunOptions,
+        shared: RunScope | None = None,
     ) -> None:
         result = results[name]
         config = self.config.nodes[name]
@@ -408,6 +414,7 @@ class Pipeline:
             options=options,
             memory_limit=self.memory_limit(name),
             pipeline_nodes=self.config.nodes,
+            shared=shared or RunScope(),
         )
         try:
             inputs = {up: self._input_table(warehouse, up) for up in upstream}

@@ -54,7 +54,7 @@ def test_purchase_propensity_beats_recency_on_the_next_30_days(demo) -> None:
     out = PropensityOperator(config).run({"events": events, "orders": orders}, ctx)
 
     bought = actual_by_user(wh, cut, cut + timedelta(days=30))
-    scored = out.table.to_pylist()
+    scored = wh.to_arrow(out.table).to_pylist()
     y = np.array([r["user_id"] in bought for r in scored])
     auc = roc_auc(y, [r["probability"] for r in scored])
     last_seen = events.group_by("user_id").aggregate(last=events.timestamp.max()).to_pyarrow()

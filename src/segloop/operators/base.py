@@ -9,7 +9,7 @@ tables (``<pipeline>__<node>__<suffix>``) and metrics for run history and report
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
@@ -101,6 +101,49 @@ class RunOptions:
         return cls(**value)
 
 
+T = TypeVar("T")
+
+
+class RunScope:
+    """What the nodes of one run share, and what is dropped when the run ends.
+
+    A node that prepares something others may need (the propensity nodes' feature table)
+    keeps it under a key that names everything it depends on (e.g. its SQL); a later node
+    of the same run with the same key gets it instead of building it again. ``on_close``
+    registers how to drop it; the engine calls ``close()`` once the run's nodes are done.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[Hashable, Any] = {}
+        self._cleanups: list[Callable[[], object]] = []
+
+    def get(self, key: Hashable, build: Callable[[], T]) -> T:
+        """The value kept under ``key``, built (once per run) when there is none."""
+        if key not in self._items:
+            self._items[key] = build()
+        value: T = self._items[key]
+        return value
+
+    def __enter__(self) -> RunScope:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def on_close(self, cleanup: Callable[[], object]) -> None:
+        self._cleanups.append(cleanup)
+
+    def close(self) -> None:
+        """Run the cleanups, newest first; one that fails is logged and the rest still run."""
+        self._items.clear()
+        while self._cleanups:
+            cleanup = self._cleanups.pop()
+            try:
+                cleanup()
+            except Exception as exc:  # a temporary table left behind must not fail the run
+                log.warning("could not drop what a node prepared for this run: %s", exc)
+
+
 @dataclass
 class RunContext:
     """What a node sees of the run it is part of."""
@@ -119,6 +162,8 @@ class RunContext:
     memory_limit: int = DEFAULT_MEMORY_LIMIT_BYTES
     # Every node of the pipeline by name (a Segment node looks up its `segment_source`s).
     pipeline_nodes: Mapping[str, NodeConfig] = field(default_factory=dict)
+    # Shared by the nodes of one run; the engine closes it when the run ends.
+    shared: RunScope = field(default_factory=RunScope)
 
     def table_name(self, suffix: str | None = None, node: str | None = None) -> str:
         """Warehouse table name of a node's output: ``<pipeline>__<node>[__<suffix>]``."""

@@ -2,7 +2,9 @@
 
 What Segment sells as "Likelihood to Purchase" / "Likelihood to Churn", done in the open:
 
-- Features are built inside the warehouse (one Ibis query per snapshot) from the events
+- Features are built inside the warehouse (one Ibis query for all three snapshots, kept as
+  one table per run and shared by the run's propensity nodes that read the same events;
+  segloop.operators.propensity_rows) from the events
   strictly before a snapshot time: activity counts and recency overall and per event type,
   active days, sessions (30-minute gaps), tenure, and purchase RFM (orders, spend, days
   since last order) from the ``orders`` input or the events' ``amount`` column.
@@ -21,12 +23,15 @@ What Segment sells as "Likelihood to Purchase" / "Likelihood to Churn", done in 
 - Output per customer: ``probability`` and ``percentile`` (0..1; 0.85 = top 15%, as
   Segment's percentile cohorts).
 
-Only per-customer feature rows come to Python; the model is scikit-learn's
-HistGradientBoostingClassifier (handles missing values, e.g. "never did this").
+Only per-customer feature rows come to Python, within ``memory_limit``: a stratified sample
+to train on when a snapshot is larger, and chunks to score (on Spark, the executors score);
+the model is scikit-learn's HistGradientBoostingClassifier (handles missing values, e.g.
+"never did this").
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -41,16 +46,32 @@ from segloop.models.calibration import (
     expected_calibration_error,
     reliability,
 )
-from segloop.models.scoring import deciles, log_loss, percentile_rank, roc_auc, top_lift
+from segloop.models.scoring import deciles, log_loss, roc_auc, top_lift
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
 from segloop.operators.columns import require_columns
 from segloop.operators.gates import ModelNodeConfig, check_requirements
-from segloop.operators.propensity_features import FeatureBuilder, snake
+from segloop.operators.propensity_features import FeatureBuilder, Snapshot, snake
+from segloop.operators.propensity_rows import (
+    SCORE,
+    TRAIN,
+    VALID,
+    Budget,
+    labelled_rows,
+    matrix,
+    prepare,
+    ranked_output,
+    score_chunks,
+    score_in_spark,
+    scoring_table,
+    spark_session,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
     import numpy as np
     import pyarrow as pa
+
+log = logging.getLogger("segloop")
 
 QUALITY = ((0.8, "excellent"), (0.7, "good"), (0.6, "fair"), (0.0, "poor"))  # by validation AUC
 GATE_METRICS = frozenset(
@@ -147,22 +168,17 @@ class PropensityOperator(Operator[PropensityConfig]):
                 f"event ({latest:%Y-%m-%d}); validation labels are incomplete, so the metrics "
                 "understate positives. Leave `cutoff` unset or move it earlier"
             )
-        builder = FeatureBuilder(ctx.warehouse, events, orders, config)
-        builder.cache()
-        try:
-            if config.event_types is not None:
-                builder.event_types = list(dict.fromkeys(snake(e) for e in config.event_types))
-            else:
-                builder.event_types = builder.top_event_types(config.max_event_types)
-            train = ctx.warehouse.to_arrow(builder.labelled(train_at, window).order_by("_cid"))
-            valid = ctx.warehouse.to_arrow(builder.labelled(cutoff, window).order_by("_cid"))
-            current = ctx.warehouse.to_arrow(builder.features(score_at).order_by("_cid"))
-        finally:
-            builder.release()
-        ctx.progress(train.num_rows + valid.num_rows + current.num_rows, None)
+        builder = FeatureBuilder(ctx.warehouse, events, orders, config, shared=ctx.shared)
+        if config.event_types is not None:
+            builder.event_types = list(dict.fromkeys(snake(e) for e in config.event_types))
+        else:
+            builder.event_types = builder.top_event_types(config.max_event_types)
+        snapshots = [Snapshot(TRAIN, train_at, window), Snapshot(VALID, cutoff, window),
+                     Snapshot(SCORE, score_at)]
+        prepared = prepare(ctx, builder, snapshots)
+        counts = prepared.counts
         names = builder.feature_names()
-        x_train, y_train = _matrix(train, names), _labels(train, config)
-        x_valid, y_valid = _matrix(valid, names), _labels(valid, config)
+        budget = Budget.of(ctx.memory_limit, len(names))
         metrics: dict[str, Any] = {
             "mode": config.mode,
             "target_event": config.target_event,
@@ -173,55 +189,99 @@ class PropensityOperator(Operator[PropensityConfig]):
             "features": len(names),
             "event_types": builder.event_types,
             "spend_features": builder.has_orders,
-            "seconds_features": time.perf_counter() - started,
+            "features_prepared_by": prepared.built_by,  # another node of the run: shared
         }
-        self._check_classes(y_train, "training", train_at, ctx, metrics)
-        self._check_classes(y_valid, "validation", cutoff, ctx, metrics)
+        self._check_classes(counts.train_positives, counts.train_negatives, "training", train_at,
+                            ctx, metrics)
+        self._check_classes(counts.valid_positives, counts.valid_negatives, "validation", cutoff,
+                            ctx, metrics)
+        train_rows, train_sampled = labelled_rows(
+            builder, prepared.table, TRAIN, counts.train_positives, counts.train_negatives,
+            budget.train_rows)
+        valid_rows, valid_sampled = labelled_rows(
+            builder, prepared.table, VALID, counts.valid_positives, counts.valid_negatives,
+            budget.valid_rows)
+        train = ctx.warehouse.to_arrow(train_rows)
+        valid = ctx.warehouse.to_arrow(valid_rows)
+        ctx.progress(train.num_rows + valid.num_rows, None)
+        x_train, y_train = matrix(train, names), _labels(train, config)
+        x_valid, y_valid = matrix(valid, names), _labels(valid, config)
+        metrics.update(_sample_metrics(train.num_rows, train_sampled, valid.num_rows,
+                                       valid_sampled, budget, ctx.memory_limit))
+        if train_sampled or valid_sampled:
+            log.info("node `%s`: trained on %s of %s customers (memory_limit %s bytes)", ctx.node,
+                     f"{train.num_rows:,}", f"{metrics['training_customers']:,}", ctx.memory_limit)
+        metrics["seconds_features"] = time.perf_counter() - started
 
         model = _fit(x_train, y_train, config)
         p_valid = _predict(model, x_valid, config)
         metrics.update(_validation_metrics(y_valid, p_valid, valid, config))
+        del train, valid
         if metrics["auc"] <= metrics["baseline_auc"]:
             ctx.warn(
                 f"the model (AUC {metrics['auc']:.3f}) is no better than ranking by recency "
                 f"alone (AUC {metrics['baseline_auc']:.3f}); more history or events may help"
             )
-        x_current = _matrix(current, names)
+        calibrator: Calibrator | None = None
         if config.calibration == "none":
-            final = _fit(
+            model = _fit(
                 np.concatenate([x_train, x_valid]), np.concatenate([y_train, y_valid]), config
             )
-            score = _predict(final, x_current, config)
-            probability, p_card = score, p_valid
+            p_card = p_valid
         else:
-            score = _predict(model, x_current, config)
-            probability = Calibrator.fit(p_valid, y_valid, config.calibration).apply(score)
+            calibrator = Calibrator.fit(p_valid, y_valid, config.calibration)
             p_card = cross_fitted(p_valid, y_valid, config.calibration)
-        metrics.update(_calibration_metrics(y_valid, p_valid, p_card, probability, config))
-        metrics["scored_customers"] = current.num_rows
+        del x_train, x_valid
+        score = _Scorer(model, calibrator, config)
+        name = scoring_table(ctx)
+        ctx.shared.on_close(lambda: ctx.warehouse.drop_table(name))
+        session = spark_session(ctx)
+        chunks = [0]
+        if session is not None:  # the model goes to the executors; Spark writes the scores
+            score_in_spark(ctx, session, builder, prepared, name, score)
+            metrics["scoring"] = "spark"
+        else:
+
+            def on_chunk(rows: int) -> None:
+                chunks[0] += 1
+                ctx.progress(rows, None)
+
+            reader = score_chunks(ctx, builder, prepared, budget.chunk_rows, score, on_chunk)
+            ctx.warehouse.replace_table(name, reader, count=False)
+            metrics["scoring"] = "chunks"
+            metrics["scoring_chunks"] = chunks[0]
+        scores = ctx.warehouse.table(name)
+        summary = ctx.warehouse.rows(scores.aggregate(n=scores.count(), mean=scores.probability.mean()))[0]
+        scored = int(summary["n"] or 0)
+        metrics.update(_calibration_metrics(y_valid, p_valid, p_card, config))
+        metrics["mean_probability"] = float(summary["mean"]) if scored else float("nan")
+        metrics["scored_customers"] = scored
         metrics["seconds"] = time.perf_counter() - started
-        out = _output(current, probability, score, config)
+        out = ranked_output(ctx, scores, config.customer_id, scored)
         extra = {
             "validation": pa.table(deciles(p_card, y_valid)),
             "reliability": pa.table(reliability(y_valid, p_card)),
         }
         return check_requirements(
-            NodeOutput(table=out, extra=extra, metrics=metrics, rows=out.num_rows), config
+            NodeOutput(table=out, extra=extra, metrics=metrics, rows=scored), config
         )
 
     def _check_classes(
         self,
-        y: np.ndarray,
+        positives: int,
+        negatives: int,
         which: str,
         snapshot: datetime,
         ctx: RunContext,
         metrics: dict[str, Any],
     ) -> None:
-        positives, negatives = int(y.sum()), int(len(y) - y.sum())
-        metrics[f"{which}_customers"] = len(y)
+        """Customers of a snapshot by label (counted in the warehouse, before any sample)."""
+        if self.config.mode == "churn":  # counted for the perform label
+            positives, negatives = negatives, positives
+        metrics[f"{which}_customers"] = positives + negatives
         metrics[f"{which}_positives"] = positives
         metrics[f"{which}_negatives"] = negatives
-        if len(y) == 0:
+        if positives + negatives == 0:
             raise DataError(
                 f"node `{ctx.node}`: no customer has events before the {which} snapshot "
                 f"({snapshot:%Y-%m-%d}); the node needs more than 2 x window_days "
@@ -241,6 +301,19 @@ class PropensityOperator(Operator[PropensityConfig]):
                 f"{negatives} negative customers (fewer than {self.MIN_CLASS_COUNT}); "
                 "predictions and metrics are unreliable"
             )
+
+
+class _Scorer:
+    """The trained model (and its calibrator) as a function of a feature matrix: the
+    probabilities and the raw scores. A plain object, so Spark can ship it to executors."""
+
+    def __init__(self, model: Any, calibrator: Calibrator | None, config: PropensityConfig):
+        self.model, self.calibrator, self.config = model, calibrator, config
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raw = _predict(self.model, x, self.config)
+        probability = self.calibrator.apply(raw) if self.calibrator is not None else raw
+        return probability, raw
 
 
 def _split_inputs(
@@ -266,7 +339,9 @@ def _split_inputs(
 
 
 def _latest_timestamp(events: ir.Table, config: PropensityConfig, ctx: RunContext) -> datetime:
-    value = ctx.warehouse.scalar(events[config.timestamp].cast("timestamp").max())
+    latest = events[config.timestamp].cast("timestamp").max()
+    key = ("propensity.latest", ctx.warehouse.compile(latest.as_table()))
+    value = ctx.shared.get(key, lambda: ctx.warehouse.scalar(latest))
     if value is None:
         raise DataError(f"node `{ctx.node}`: the input has no events with a `{config.timestamp}`")
     return _as_datetime(value)
@@ -278,17 +353,6 @@ def _as_datetime(value: Any) -> datetime:
     if isinstance(value, date):
         return datetime.combine(value, datetime.min.time())
     return datetime.fromisoformat(str(value))
-
-
-def _matrix(table: pa.Table, names: list[str]) -> np.ndarray:
-    """Feature columns as a float matrix; nulls become NaN (the model treats them as missing)."""
-    import numpy as np
-    import pyarrow.compute as pc
-
-    if table.num_rows == 0:
-        return np.zeros((0, len(names)))
-    columns = [pc.cast(table[n], "float64").to_numpy(zero_copy_only=False) for n in names]
-    return np.column_stack(columns).astype(np.float64)
 
 
 def _labels(table: pa.Table, config: PropensityConfig) -> np.ndarray:
@@ -359,7 +423,6 @@ def _calibration_metrics(
     y: np.ndarray,
     raw: np.ndarray,
     calibrated: np.ndarray,
-    scored: np.ndarray,
     config: PropensityConfig,
 ) -> dict[str, Any]:
     """How far the validation window's probabilities are from what happened.
@@ -368,7 +431,6 @@ def _calibration_metrics(
     so the calibrator is not graded on its own rows); the ``*_uncalibrated`` figures are the
     model's raw scores, to show what calibration changed.
     """
-    import numpy as np
 
     return {
         "calibration": config.calibration,
@@ -377,21 +439,17 @@ def _calibration_metrics(
         "ece": expected_calibration_error(y, calibrated),
         "log_loss_uncalibrated": log_loss(y, raw),
         "ece_uncalibrated": expected_calibration_error(y, raw),
-        "mean_probability": float(np.mean(scored)) if len(scored) else float("nan"),
     }
 
 
-def _output(
-    current: pa.Table, probability: np.ndarray, score: np.ndarray, config: PropensityConfig
-) -> pa.Table:
-    """Probability as calibrated; percentile from the model's score (calibration keeps the
-    order but can merge neighbouring scores into one step, which would tie percentiles)."""
-    import pyarrow as pa
-
-    return pa.table(
-        {
-            config.customer_id: current["_cid"],
-            "probability": pa.array(probability, pa.float64()),
-            "percentile": pa.array(percentile_rank(score), pa.float64()),
-        }
-    )
+def _sample_metrics(train: int, train_sampled: bool, valid: int, valid_sampled: bool,
+                    budget: Budget, memory_limit: int) -> dict[str, Any]:
+    """What the model was trained and graded on, when ``memory_limit`` asked for a sample."""
+    return {
+        "memory_limit": memory_limit,
+        "training_sample": train,  # rows the model was fitted on
+        "training_sampled": train_sampled,
+        "validation_sample": valid,  # rows the card's figures come from
+        "validation_sampled": valid_sampled,
+        "scoring_chunk_rows": budget.chunk_rows,
+    }

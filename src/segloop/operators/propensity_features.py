@@ -9,6 +9,7 @@ from the node so the SQL side can be read and tested on its own.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -17,6 +18,7 @@ from segloop.errors import DataError
 if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
 
+    from segloop.operators.base import RunScope
     from segloop.operators.propensity import PropensityConfig
 
 DAY_SECONDS = 86400.0
@@ -40,6 +42,7 @@ class FeatureBuilder:
         orders: ir.Table | None,
         config: PropensityConfig,
         event_types: list[str] | None = None,
+        shared: RunScope | None = None,
     ):
         c = config
         ev = events.select(
@@ -68,13 +71,18 @@ class FeatureBuilder:
         self.config = config
         self.event_types = event_types or []
         self.target = snake(config.target_event)
-        self._cached: list[Any] = []
         self._warehouse = warehouse
         self._names: tuple[dict[str, list[str]], dict[str, int]] | None = None
+        self._shared = shared
 
     def _event_names(self) -> tuple[dict[str, list[str]], dict[str, int]]:
-        if self._names is None:  # read once, after `cache()` when the node runs
-            self._names = self._scan_event_names(self._warehouse)
+        if self._names is None:  # read once per builder, and once per run for the same events
+            scan = self._scan_event_names
+            if self._shared is None:
+                self._names = scan(self._warehouse)
+            else:
+                key = ("propensity.event_names", self._warehouse.compile(self._names_query()))
+                self._names = self._shared.get(key, lambda: scan(self._warehouse))
         return self._names
 
     @property
@@ -93,10 +101,7 @@ class FeatureBuilder:
         Matching names on this short list (``event IN (...)``) instead of normalising every
         row's text in SQL keeps the per-row work of the feature queries to comparisons.
         """
-        e = self.events
-        counts = e.group_by("_ev").aggregate(_n=e.count())
-        counts = counts.filter(counts._ev.notnull()).order_by(counts._n.desc())
-        rows = warehouse.to_arrow(counts.limit(self.MAX_EVENT_NAMES + 1))
+        rows = warehouse.to_arrow(self._names_query())
         if rows.num_rows > self.MAX_EVENT_NAMES:
             raise DataError(
                 f"column `{self.config.event}` has more than {self.MAX_EVENT_NAMES:,} distinct "
@@ -111,24 +116,18 @@ class FeatureBuilder:
             total[key] = total.get(key, 0) + int(n)
         return raw, total
 
+    def _names_query(self) -> ir.Table:
+        e = self.events
+        counts = e.group_by("_ev").aggregate(_n=e.count())
+        counts = counts.filter(counts._ev.notnull()).order_by(counts._n.desc())
+        return counts.limit(self.MAX_EVENT_NAMES + 1)
+
     def is_event(self, table: ir.Table, name: str) -> ir.BooleanValue:
         """Rows whose event is ``name`` in any spelling (``Order Completed``, ``order_completed``)."""
         values = self.raw_names.get(snake(name))
         if values:
             return table._ev.isin(values)
         return table._ts.isnull() & table._ts.notnull()  # never seen: a false column, not a scalar
-
-    def cache(self) -> None:
-        """Materialize the prepared events (and orders) once for the several snapshots."""
-        self.events = self.events.cache()
-        self._cached.append(self.events)
-        if self.orders is not None:
-            self.orders = self.orders.cache()
-            self._cached.append(self.orders)
-
-    def release(self) -> None:
-        while self._cached:
-            self._cached.pop().release()
 
     def top_event_types(self, limit: int) -> list[str]:
         """The ``limit`` most frequent event types (snake_case), most frequent first."""
@@ -163,87 +162,131 @@ class FeatureBuilder:
 
     def features(self, snapshot: datetime) -> ir.Table:
         """One row per customer with any event before ``snapshot`` (within the lookback)."""
+        wide = self.snapshots([Snapshot("", snapshot)])
+        return self.select_snapshot(wide, "")
+
+    def labelled(self, snapshot: datetime, window: timedelta) -> ir.Table:
+        """Features at ``snapshot`` plus ``_label``: did the target event occur in the window."""
+        wide = self.snapshots([Snapshot("", snapshot, window)])
+        return self.select_snapshot(wide, "", labelled=True)
+
+    def snapshots(self, snapshots: list[Snapshot]) -> ir.Table:
+        """Features (and labels) of several snapshots in one pass over the events.
+
+        One row per customer with any event; the columns of snapshot ``s`` are prefixed with
+        ``s.prefix`` (its label is ``<prefix>_label``). The session and day flags need a
+        window over each customer's events; computing every snapshot's aggregates in the
+        same GROUP BY reads and sorts the events once per run instead of once per snapshot,
+        and nothing event-sized is kept afterwards (``select_snapshot`` reads one back).
+        """
         import ibis
 
-        at = ibis.literal(snapshot).cast("timestamp")
-        at_s = at.epoch_seconds()
-        e = self.events.filter(self.events._ts < at)
-        if self.config.lookback_days:
-            e = e.filter(
-                e._ts >= ibis.literal(snapshot - timedelta(days=self.config.lookback_days))
+        e = self.events
+        aggs: dict[str, Any] = {}
+        for snap in snapshots:
+            aggs.update(self._event_aggregates(e, snap))
+            if snap.window is not None:
+                start = ibis.literal(snap.at).cast("timestamp")
+                stop = ibis.literal(snap.at + snap.window).cast("timestamp")
+                hit = self.is_event(e, self.target) & (e._ts >= start) & (e._ts < stop)
+                aggs[f"{snap.prefix}_label"] = _flag(hit).max()
+        feats = e.group_by("_cid").aggregate(**aggs)
+        if self.orders is None:
+            return feats
+        o = self.orders
+        per: dict[str, Any] = {}
+        for snap in snapshots:
+            before = o._ts < ibis.literal(snap.at).cast("timestamp")
+            recent = before & (o._ts >= ibis.literal(snap.at - timedelta(days=30)))
+            p = snap.prefix
+            per[f"{p}_orders"] = _flag(before).sum()
+            per[f"{p}_orders_30d"] = _flag(recent).sum()
+            per[f"{p}_spend"] = o._amount.sum(where=before)
+            per[f"{p}_spend_30d"] = o._amount.sum(where=recent)
+            per[f"{p}_first"] = o._ts.min(where=before)
+            per[f"{p}_last"] = o._ts.max(where=before)
+        orders = o.group_by(o._cid.name("_ocid")).aggregate(**per)
+        joined = feats.left_join(orders, feats._cid == orders._ocid)
+        columns: dict[str, Any] = {}
+        for snap in snapshots:
+            p = snap.prefix
+            at_s = ibis.literal(snap.at).cast("timestamp").epoch_seconds()
+            n = joined[f"{p}_orders"].fill_null(0)
+            first, last = joined[f"{p}_first"], joined[f"{p}_last"]
+            spend = joined[f"{p}_spend"]
+            columns[f"{p}orders"] = n
+            columns[f"{p}orders_30d"] = joined[f"{p}_orders_30d"].fill_null(0)
+            columns[f"{p}spend"] = spend.fill_null(0.0)
+            columns[f"{p}spend_30d"] = joined[f"{p}_spend_30d"].fill_null(0.0)
+            columns[f"{p}avg_order_value"] = ibis.ifelse(n > 0, spend / n, ibis.null("float64"))
+            columns[f"{p}days_since_last_order"] = (at_s - last.epoch_seconds()) / DAY_SECONDS
+            columns[f"{p}days_between_orders"] = ibis.ifelse(
+                n > 1,
+                (last.epoch_seconds() - first.epoch_seconds()) / DAY_SECONDS / (n - 1),
+                ibis.null("float64"),
             )
-        e = e.mutate(
-            _recent7=e._ts >= ibis.literal(snapshot - timedelta(days=7)),
-            _recent30=e._ts >= ibis.literal(snapshot - timedelta(days=30)),
-        )
+        return joined.select(*feats.columns, **columns)
+
+    def _event_aggregates(self, e: ir.Table, snap: Snapshot) -> dict[str, Any]:
+        import ibis
+
+        at = ibis.literal(snap.at).cast("timestamp")
+        at_s = at.epoch_seconds()
+        seen = e._ts < at
+        if self.config.lookback_days:
+            seen = seen & (
+                e._ts >= ibis.literal(snap.at - timedelta(days=self.config.lookback_days))
+            )
+        recent7 = seen & (e._ts >= ibis.literal(snap.at - timedelta(days=7)))
+        recent30 = seen & (e._ts >= ibis.literal(snap.at - timedelta(days=30)))
 
         def since(last: ir.TimestampValue) -> ir.FloatingValue:
             return (at_s - last.epoch_seconds()) / DAY_SECONDS
 
         is_target = self.is_event(e, self.target)
+        p = snap.prefix
         aggs: dict[str, Any] = {
-            "events": e.count(),
-            "events_7d": _flag(e._recent7).sum(),
-            "events_30d": _flag(e._recent30).sum(),
-            "active_days": e._new_day.sum(),
-            "active_days_30d": e._new_day.sum(where=e._recent30),
-            "sessions": e._new_session.sum(),
-            "sessions_30d": e._new_session.sum(where=e._recent30),
-            "days_since_last_event": since(e._ts.max()),
-            "days_since_first_event": since(e._ts.min()),
-            "target_count": _flag(is_target).sum(),
-            "target_30d": _flag(is_target & e._recent30).sum(),
-            "days_since_last_target": since(e._ts.max(where=is_target)),
+            f"{p}events": _flag(seen).sum(),
+            f"{p}events_7d": _flag(recent7).sum(),
+            f"{p}events_30d": _flag(recent30).sum(),
+            f"{p}active_days": e._new_day.sum(where=seen),
+            f"{p}active_days_30d": e._new_day.sum(where=recent30),
+            f"{p}sessions": e._new_session.sum(where=seen),
+            f"{p}sessions_30d": e._new_session.sum(where=recent30),
+            f"{p}days_since_last_event": since(e._ts.max(where=seen)),
+            f"{p}days_since_first_event": since(e._ts.min(where=seen)),
+            f"{p}target_count": _flag(is_target & seen).sum(),
+            f"{p}target_30d": _flag(is_target & recent30).sum(),
+            f"{p}days_since_last_target": since(e._ts.max(where=is_target & seen)),
         }
         for i, name in enumerate(self.event_types):
             hit = self.is_event(e, name)
-            aggs[f"ev{i}_count"] = _flag(hit).sum()
-            aggs[f"ev{i}_30d"] = _flag(hit & e._recent30).sum()
-            aggs[f"ev{i}_days_since"] = since(e._ts.max(where=hit))
-        feats = e.group_by("_cid").aggregate(**aggs)
-        if self.orders is None:
-            return feats
-        o = self.orders.filter(self.orders._ts < at)
-        recent = o._ts >= ibis.literal(snapshot - timedelta(days=30))
-        per = o.group_by(o._cid.name("_ocid")).aggregate(
-            orders=o.count(),
-            orders_30d=_flag(recent).sum(),
-            spend=o._amount.sum(),
-            spend_30d=o._amount.sum(where=recent),
-            _first=o._ts.min(),
-            _last=o._ts.max(),
-        )
-        joined = feats.left_join(per, feats._cid == per._ocid)
-        n = joined.orders.fill_null(0)
-        return joined.select(
-            *feats.columns,
-            orders=n,
-            orders_30d=joined.orders_30d.fill_null(0),
-            spend=joined.spend.fill_null(0.0),
-            spend_30d=joined.spend_30d.fill_null(0.0),
-            avg_order_value=ibis.ifelse(n > 0, joined.spend / n, ibis.null("float64")),
-            days_since_last_order=since(joined._last),
-            days_between_orders=ibis.ifelse(
-                n > 1,
-                (joined._last.epoch_seconds() - joined._first.epoch_seconds())
-                / DAY_SECONDS
-                / (n - 1),
-                ibis.null("float64"),
-            ),
-        )
+            aggs[f"{p}ev{i}_count"] = _flag(hit & seen).sum()
+            aggs[f"{p}ev{i}_30d"] = _flag(hit & recent30).sum()
+            aggs[f"{p}ev{i}_days_since"] = since(e._ts.max(where=hit & seen))
+        return aggs
 
-    def labelled(self, snapshot: datetime, window: timedelta) -> ir.Table:
-        """Features at ``snapshot`` plus ``_label``: did the target event occur in the window."""
-        import ibis
+    def select_snapshot(self, wide: ir.Table, prefix: str, labelled: bool = False) -> ir.Table:
+        """The rows and columns of one snapshot of ``snapshots()``, without the prefix.
 
-        feats = self.features(snapshot)
-        start = ibis.literal(snapshot).cast("timestamp")
-        stop = ibis.literal(snapshot + window).cast("timestamp")
-        e = self.events
-        hits = e.filter(self.is_event(e, self.target) & (e._ts >= start) & (e._ts < stop))
-        hit_ids = hits.select(_lcid=hits._cid).distinct()
-        joined = feats.left_join(hit_ids, feats._cid == hit_ids._lcid)
-        return joined.select(*feats.columns, _label=_flag(joined._lcid.notnull()))
+        Customers whose first event is after the snapshot (or whose events all fall outside
+        the lookback) are not part of it.
+        """
+        rows = wide.filter(wide[f"{prefix}events"] > 0)
+        columns = {name: rows[f"{prefix}{name}"] for name in self.feature_names()}
+        if labelled:
+            columns["_label"] = rows[f"{prefix}_label"]
+        return rows.select(_cid=rows._cid, **columns)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A time at which features are taken: ``prefix`` names its columns; with a ``window``,
+    ``<prefix>_label`` says whether the target event happened in the window after it."""
+
+    prefix: str
+    at: datetime
+    window: timedelta | None = None
 
 
 def _flag(condition: ir.BooleanValue) -> ir.IntegerValue:
