@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from segloop.demo_identity import split_identities
+
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pyarrow as pa
@@ -230,6 +232,7 @@ def generate(
         ev.cust, ev.anon, ev.t = ev.cust[mask], ev.anon[mask], ev.t[mask]
         ev.props = {k: v[mask] for k, v in ev.props.items()}
     tables = _to_tables(rng, all_events, begin, customers, start, spend)
+    tables = split_identities(tables, seed)  # anonymous browsing, second devices, merges: demo_identity.py
     truth = _truth(names, persona, rate, lifetime, start, alive_until, horizon, spend, affinity, begin)
     return tables, truth
 

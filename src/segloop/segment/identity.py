@@ -160,16 +160,7 @@ def resolve(links: ir.Table, shared_device: SharedDevice = "first",
                                     order_by=[user_aliases.last_seen.desc(), user_aliases.linked_user_id])
     pointer = user_aliases.mutate(_rank=latest).filter(lambda t: t["_rank"] == 0).select(
         "id", next_id="linked_user_id")
-    chased = pointer.select("id", canonical="next_id")
-    for _ in range(hops):  # one hop per round; bounded, so no recursive CTE is needed
-        step = pointer.view().select(hop_id="id", next_id="next_id")
-        left = chased.view()
-        joined = left.left_join(step, left.canonical == step.hop_id)
-        chased = joined.select("id", canonical=ibis.coalesce(joined.next_id, joined.canonical))
-    ends = pointer.view().select(end_id="id")
-    chased = chased.view()
-    unresolved = chased.semi_join(ends, chased.canonical == ends.end_id).filter(
-        lambda t: t.canonical != t.id)
+    chased, unresolved = chase(pointer, hops)
     canon_of = chased.view().select(alias_id="id", canonical="canonical")
     user_rows = user_ids.left_join(canon_of, user_ids.id == canon_of.alias_id)
     user_rows = user_rows.select(
@@ -207,6 +198,26 @@ def resolve(links: ir.Table, shared_device: SharedDevice = "first",
         rule=ibis.cases((n_users == 0, "unlinked"), (shared, f"shared_device_{shared_device}"),
                         else_="linked"))
     return ibis.union(user_rows, anon_rows), unresolved
+
+
+def chase(pointer: ir.Table, hops: int = MAX_ALIAS_HOPS) -> tuple[ir.Table, ir.Table]:
+    """Follow ``pointer`` (``id`` -> ``next_id``, one per id) to the end of each chain.
+
+    Returns (``id``, ``canonical``) for every id with a pointer, and the rows still
+    pointing further after ``hops`` rounds (a longer chain or a cycle). One join per
+    round, so no recursive CTE: every warehouse runs it.
+    """
+    chased = pointer.select("id", canonical="next_id")
+    for _ in range(hops):
+        step = pointer.view().select(hop_id="id", next_id="next_id")
+        left = chased.view()
+        joined = left.left_join(step, left.canonical == step.hop_id)
+        chased = joined.select("id", canonical=joined.next_id.coalesce(joined.canonical))
+    ends = pointer.view().select(end_id="id")
+    chased = chased.view()
+    unresolved = chased.semi_join(ends, chased.canonical == ends.end_id).filter(
+        lambda t: t.canonical != t.id)
+    return chased, unresolved
 
 
 def stitch(table: ir.Table, identities: ir.Table) -> ir.Table:
