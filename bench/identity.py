@@ -67,7 +67,7 @@ def main() -> None:
     cutoff = DEFAULT_END - timedelta(days=FUTURE_DAYS)
     with Warehouse.connect(DuckDBConfig(path=".segloop/warehouse.duckdb"), root) as wh:
         if "demo_shop" not in wh.list_schemas():
-            stats = write_demo_data(wh, customers=args.customers, seed=args.seed)
+            stats = write_demo_data(wh, customers=args.customers, seed=args.seed, split_ids=True)
             print(f"demo data: {stats.customers:,} customers, {stats.events:,} events, {stats.seconds:.1f} s")
             wh.raw_sql(f"create schema if not exists {PAST}")
             for table in wh.list_tables("demo_shop"):
@@ -95,15 +95,18 @@ def main() -> None:
                 "user_id", "recommended").to_pyarrow().to_pylist()}
         buyers, churners, recommend = (result.node(n).metrics for n in ("likely_buyers", "likely_churners", "recommend"))
         counts["future_auc"], counts["future_ndcg"] = judge(future, scores, recs)
+        counts["new_auc"], counts["new_ndcg"] = judge(future, scores, recs, new_only=True)
         results[name] = {**counts, "seconds": seconds, "buy_auc": buyers["auc"], "buy_baseline": buyers["baseline_auc"],
                          "churn_auc": churners["auc"], "scored": buyers["scored_customers"],
                          "ndcg": recommend["ndcg_at_10"], "ndcg_lift": recommend["ndcg_at_10_lift"],
                          "evaluated": recommend["evaluated_customers"],
                          "identity": result.node("shop").metrics.get("identity")}
     print(f"\nAgainst the future ({FUTURE_DAYS} days after the data the pipelines see), per true customer:")
-    print("\n| run | purchase AUC | NDCG@10 of recommendations vs products bought |\n|---|---:|---:|")
+    new = sum(1 for p in future["people"] if future["past_orders"].get(p, 0) <= 1)
+    print(f"\n| run | purchase AUC | NDCG@10 of recommendations vs products bought | the same for the {new:,} "
+          "customers with at most one order before: AUC | NDCG@10 |\n|---|---:|---:|---:|---:|")
     for name, r in results.items():
-        print(f"| {name} | {r['future_auc']:.3f} | {r['future_ndcg']:.4f} |")
+        print(f"| {name} | {r['future_auc']:.3f} | {r['future_ndcg']:.4f} | {r['new_auc']:.3f} | {r['new_ndcg']:.4f} |")
     print("\nAs the nodes report it, on their own holdouts:")
     print("\n| run | customer ids with orders | with events | events | product events | purchase AUC (recency baseline) | churn AUC | customers scored | recommend NDCG@10 (x popularity) | customers evaluated | run s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -130,7 +133,10 @@ def future_truth(wh: Any, cutoff: datetime) -> dict[str, Any]:
                       f"where \"timestamp\" > timestamp '{cutoff.isoformat()}'").to_pyarrow().to_pylist():
         items = bought.setdefault(person(row["user_id"]), set())
         items.update(p["product_id"] for p in orjson.loads(row["products"]))
-    return {"people": people, "bought": bought}
+    past: dict[str, int] = {}
+    for row in wh.sql(f"select user_id, count(*) as n from {PAST}.order_completed group by 1").to_pyarrow().to_pylist():
+        past[person(row["user_id"])] = past.get(person(row["user_id"]), 0) + row["n"]
+    return {"people": people, "bought": bought, "past_orders": past}
 
 
 def _by_person(values: dict[str, Any]) -> dict[str, Any]:
@@ -141,19 +147,24 @@ def _by_person(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def judge(future: dict[str, Any], scores: dict[str, float], recs: dict[str, list[str]]) -> tuple[float, float]:
+def judge(future: dict[str, Any], scores: dict[str, float], recs: dict[str, list[str]],
+          new_only: bool = False) -> tuple[float, float]:
     """Purchase AUC over every true customer (unscored: lowest), and mean NDCG@10 of the
-    recommendations over the customers who bought in the future window."""
+    recommendations over the customers who bought in the future window; ``new_only``: only
+    customers with at most one order before it."""
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
     scores, recs = _by_person(scores), _by_person(recs)
-    y = np.array([p in future["bought"] for p in future["people"]])
-    s = np.array([scores.get(p, -1.0) for p in future["people"]])
+    people = [p for p in future["people"] if not new_only or future["past_orders"].get(p, 0) <= 1]
+    y = np.array([p in future["bought"] for p in people])
+    s = np.array([scores.get(p, -1.0) for p in people])
     auc = float(roc_auc_score(y, s))
     discounts = 1 / np.log2(np.arange(2, 12))
     ndcg = []
     for p, items in future["bought"].items():
+        if new_only and future["past_orders"].get(p, 0) > 1:
+            continue
         hits = np.array([item in items for item in (recs.get(p) or [])[:10]], dtype=float)
         ideal = discounts[: min(10, len(items))].sum()
         ndcg.append(float((hits * discounts[: len(hits)]).sum() / ideal))
