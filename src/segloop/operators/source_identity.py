@@ -45,11 +45,15 @@ class SourceIdentity:
 def build_identity(op: SegmentSourceOperator, ctx: RunContext, schema: str,
                    present: dict[str, str], chosen: list[str]) -> SourceIdentity:
     """Build the node's identity graph in the warehouse (``identity: stitch`` or ``profiles``)."""
-    if op.config.identity == "profiles":
-        from segloop.segment.profiles_sync import build_profiles_identity
-
-        return build_profiles_identity(op, ctx, schema, present)
     config, wh = op.config, ctx.warehouse
+    if config.identity == "profiles":
+        from segloop.segment.profiles_sync import apply, build_profiles_graph
+
+        profiles = build_profiles_graph(wh, ctx.node, ctx.table_name, schema, present, config.profiles_schema)
+        for warning in profiles.warnings:
+            ctx.warn(warning)
+        return SourceIdentity(apply=lambda table: apply(table, profiles.identities), catalog=profiles.catalog,
+                              metrics={"identity": profiles.metrics})
     names = [t for t in (*LINK_TABLES, ALIASES) if t in present]
     if "tracks" not in present:  # event tables repeat `tracks`; read them only without it
         names += [t for t in chosen if t not in STANDARD_TABLES and t not in names]

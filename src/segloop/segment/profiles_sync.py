@@ -31,6 +31,8 @@ from the raw tables (the latest value of each identifier / trait per canonical p
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from segloop.errors import NodeError
@@ -39,9 +41,6 @@ from segloop.segment.identity import CANONICAL_COLUMN, MAX_ALIAS_HOPS, chase, co
 if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
 
-    from segloop.operators.base import RunContext
-    from segloop.operators.segment_source import SegmentSourceOperator
-    from segloop.operators.source_identity import SourceIdentity
     from segloop.warehouses import Warehouse
 
 ID_GRAPH_UPDATES = "id_graph_updates"
@@ -61,18 +60,30 @@ NOT_TRAITS = frozenset(["id", "segment_id", "canonical_segment_id", "merged_to",
                         "original_timestamp", "event_source_id"])
 
 
-def build_profiles_identity(op: SegmentSourceOperator, ctx: RunContext, schema: str,
-                            present: dict[str, str]) -> SourceIdentity:
-    """Resolve every id through the Profiles Sync tables and expose user_identifiers/user_traits."""
-    from segloop.operators.source_identity import SourceIdentity
+@dataclass
+class ProfilesGraph:
+    """What ``build_profiles_graph`` wrote: the identities table and what else it exposes."""
 
-    config, wh = op.config, ctx.warehouse
+    identities: ir.Table
+    catalog: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def build_profiles_graph(wh: Warehouse, node: str, table_name: Callable[[str], str], schema: str,
+                         present: dict[str, str], profiles_schema: str | None = None) -> ProfilesGraph:
+    """Resolve every id through the Profiles Sync tables (in ``schema``, or in
+    ``profiles_schema``) and write identities, user_identifiers and user_traits.
+
+    ``present``: the source schema's tables (lower-case name -> actual); ``table_name``
+    names a table of the node in the output schema (``identities`` -> ``p__n__identities``).
+    """
     ps_schema, tables = schema, present
-    if config.profiles_schema is not None:
-        ps_schema, tables = _schema_tables(wh, config.profiles_schema, ctx)
+    if profiles_schema is not None:
+        ps_schema, tables = _schema_tables(wh, profiles_schema, node)
     if ID_GRAPH_UPDATES not in tables and PROFILE_MERGES not in tables:
         have = ", ".join(sorted(tables)) or "no tables"
-        raise NodeError(ctx.node, f"`identity: profiles` needs Segment's Profiles Sync tables "
+        raise NodeError(node, f"`identity: profiles` needs Segment's Profiles Sync tables "
                         f"(`{ID_GRAPH_UPDATES}` or `{PROFILE_MERGES}`, and `{EXTERNAL_IDS}` or "
                         f"`{USER_IDENTIFIERS}`) in schema `{ps_schema}` (it has: {have}); name the "
                         "Profiles Sync schema in `profiles_schema:`, or use `identity: stitch`")
@@ -86,7 +97,7 @@ def build_profiles_identity(op: SegmentSourceOperator, ctx: RunContext, schema: 
                                read(USER_IDENTIFIERS) if USER_IDENTIFIERS in tables else None, profiles)
     owner = _profile_user(identifiers)
     identities = _identities(profiles, identifiers, owner)
-    name = ctx.table_name("identities")
+    name = table_name("identities")
     wh.replace_table(name, identities, count=False)
     table = wh.table(name)
     catalog: list[dict[str, Any]] = [{"table": "identities", "view": f"{wh.schema}.{name}",
@@ -94,30 +105,29 @@ def build_profiles_identity(op: SegmentSourceOperator, ctx: RunContext, schema: 
                                       "window": "all rows"}]
     for short, build, raw in ((USER_IDENTIFIERS, lambda: _user_identifiers(identifiers), EXTERNAL_IDS),
                               (USER_TRAITS, lambda: _user_traits(read(TRAITS_UPDATES), profiles), TRAITS_UPDATES)):
-        target = ctx.table_name(short)
+        target = table_name(short)
         if short in tables:
             if ps_schema == schema:
                 continue  # exposed as the schema's other tables are
-            from segloop.operators.segment_source import _create_view
-
-            _create_view(wh, target, read(short))
+            wh.replace_view(target, read(short))
             catalog.append({"table": short, "view": f"{wh.schema}.{target}",
                             "source": f"{ps_schema}.{tables[short]}", "window": "all rows"})
         elif raw in tables:
             wh.replace_table(target, build(), count=False)
             catalog.append({"table": short, "view": f"{wh.schema}.{target}",
                             "source": f"{ps_schema}.{tables[raw]} (materialized by segloop)", "window": "all rows"})
-    metrics = {"identity": _metrics(wh, table, unresolved)}
-    if metrics["identity"]["unresolved_merges"]:
-        ctx.warn(f"{metrics['identity']['unresolved_merges']} profile(s) are in merge chains longer than "
-                 f"{MAX_ALIAS_HOPS} hops or in cycles; they resolve to where {MAX_ALIAS_HOPS} hops got them")
-    return SourceIdentity(apply=lambda t: apply(t, table), catalog=catalog, metrics=metrics)
+    graph = ProfilesGraph(identities=table, catalog=catalog, metrics=_metrics(wh, table, unresolved))
+    if graph.metrics["unresolved_merges"]:
+        graph.warnings.append(
+            f"{graph.metrics['unresolved_merges']} profile(s) are in merge chains longer than "
+            f"{MAX_ALIAS_HOPS} hops or in cycles; they resolve to where {MAX_ALIAS_HOPS} hops got them")
+    return graph
 
 
-def _schema_tables(wh: Warehouse, wanted: str, ctx: RunContext) -> tuple[str, dict[str, str]]:
+def _schema_tables(wh: Warehouse, wanted: str, node: str) -> tuple[str, dict[str, str]]:
     by_lower = {s.lower(): s for s in wh.list_schemas()}
     if wanted.lower() not in by_lower:
-        raise NodeError(ctx.node, f"`profiles_schema: {wanted}` does not exist in warehouse `{wh.name}`; "
+        raise NodeError(node, f"`profiles_schema: {wanted}` does not exist in warehouse `{wh.name}`; "
                         "name the schema Profiles Sync writes to (the Unify space's name)")
     actual = by_lower[wanted.lower()]
     return actual, {t.lower(): t for t in wh.list_tables(actual)}
