@@ -86,6 +86,9 @@ def write_source(wh: Warehouse, identifies: list[Any] = IDENTIFIES, aliases: lis
     wh.create_table("tracks", _calls(tracks, "trk-", event=["product_viewed"] * len(tracks),
                                      event_text=["Product Viewed"] * len(tracks)), schema="web")
     wh.create_table("pages", _calls(pages, "pg-", name=["Home"] * len(pages)), schema="web")
+    # An event table repeats `tracks` rows (not read for the graph); u99 is in no other table.
+    orders = [("s1", "u99", 70), ("a1", None, 16)]
+    wh.create_table("order_completed", _calls(orders, "ord-", revenue=[10.0, 20.0]), schema="web")
 
 
 @pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -142,6 +145,8 @@ def test_each_id_resolves_to_its_canonical_user(workspace: Path) -> None:
         "u1", "u1", "u1", "u4", "u4",  # a1 before and after sign-up; a2 before the u2 -> u4 chain
         "u1", "u5",  # the shared device logged out goes to its first user; with u5, to u5
         "u6", "u1", "u1", None, "u10"]
+    orders = {r["id"]: r["canonical_user_id"] for r in query(p, "select * from stitched__src__order_completed")}
+    assert orders == {"ord-0": "u99", "ord-1": "u1"}  # a user id the graph lacks is still that user
     pages = {r["id"]: r["canonical_user_id"] for r in query(p, "select id, canonical_user_id from stitched__src__pages")}
     assert pages == {"pg-0": None, "pg-1": "u4"}
     people = {r["canonical_user_id"]: r["events"] for r in query(p, "select * from stitched__per_person")}

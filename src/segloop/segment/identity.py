@@ -241,6 +241,9 @@ def stitch(table: ir.Table, identities: ir.Table) -> ir.Table:
         key = joined[column] if joined[column].type().is_string() else joined[column].cast("string")
         joined = joined.left_join(side, key == side[f"_sl_{tag}_id"])
         picks.append(joined[f"_sl_{tag}_canonical"])
+        if kind == USER:  # a user id missing from the graph is still that user's
+            raw = joined[column] if joined[column].type().is_string() else joined[column].cast("string")
+            picks.append(raw.nullif(""))
     canonical = ibis.coalesce(*picks) if len(picks) > 1 else picks[0]
     return joined.select(*[joined[c] for c in columns], **{CANONICAL_COLUMN: canonical})
 
