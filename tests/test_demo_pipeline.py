@@ -33,7 +33,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[
         "warehouses:\n  default:\n    type: duckdb\n    path: .segloop/warehouse.duckdb\n")
     (root / "pipelines" / "demo.yml").write_text(DEMO_PIPELINE.read_text())
     with Warehouse.connect(DuckDBConfig(), root) as wh:
-        write_demo_data(wh, customers=CUSTOMERS)
+        write_demo_data(wh, customers=CUSTOMERS, split_ids=True)  # as `segloop demo-data`
     fake = FakeSegment()
     try:
         result = Pipeline.load(root / "pipelines" / "demo.yml").run(options={"segment_transport": fake})
@@ -73,8 +73,13 @@ def test_every_customer_gets_a_product_recommendations_track_with_scores(demo_ru
     tracks = [m for m in messages if m["type"] == "track"]
     assert tracks and all(m["event"] == "Product Recommendations" for m in tracks)
     with Warehouse.connect(DuckDBConfig(), root) as wh:
-        customers = wh.table("tracks", schema="demo_shop").user_id.nunique().to_pyarrow().as_py()
+        # One person, one id: a customer whose older account was merged by `alias` is one
+        # customer (the demo pipeline stitches identities), never sent under the old id.
+        customers = wh.table("demo__shop__tracks").canonical_user_id.nunique().to_pyarrow().as_py()
+        merged = wh.table("aliases", schema="demo_shop").count().to_pyarrow().as_py()
+    assert merged > 0
     assert len({m["userId"] for m in tracks}) == len(tracks) == customers
+    assert not any(m["userId"].startswith("legacy-") for m in tracks)
     for m in tracks:
         props = m["properties"]
         assert len(props["recommended_products"]) == 5

@@ -243,6 +243,9 @@ def demo_data(
     seed: int = typer.Option(7, "--seed", help="Random seed (same seed, same data)."),
     schema: str = typer.Option("demo_shop", "--schema", help="Source schema to write."),
     warehouse: str = typer.Option(None, "--warehouse", "-w", help="Warehouse name from segloop.yml."),
+    split_ids: bool = typer.Option(True, "--split-ids/--one-id-per-customer",
+                                   help="Browsing before sign-up and on logged-out phones, merged "
+                                   "accounts (as real Segment data; see docs/identity.md)."),
 ) -> None:
     """Write a Segment-shaped e-commerce source (tracks, identifies, users, event tables)."""
     from segloop.demo import write_demo_data
@@ -258,7 +261,8 @@ def demo_data(
             else:
                 bar.update(advance, total)
 
-        stats = write_demo_data(wh, schema=schema, customers=customers, days=days, seed=seed, progress=progress)
+        stats = write_demo_data(wh, schema=schema, customers=customers, days=days, seed=seed, progress=progress,
+                                split_ids=split_ids)
     console.print(
         f"Wrote schema [bold]{stats.schema}[/bold]: {stats.events:,} events from "
         f"{stats.customers:,} customers and {stats.anonymous_visitors:,} anonymous visitors, "

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from segloop.demo_identity import split_identities
+
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pyarrow as pa
@@ -123,7 +125,8 @@ def _pick_products(
 
 
 def generate(
-    customers: int = 5_000, days: int = 365, seed: int = 7, end: datetime = DEFAULT_END
+    customers: int = 5_000, days: int = 365, seed: int = 7, end: datetime = DEFAULT_END,
+    split_ids: bool = False,
 ) -> tuple[dict[str, pa.Table], pa.Table]:
     """Generate the source tables and the hidden truth, as Arrow tables."""
     import numpy as np
@@ -230,6 +233,8 @@ def generate(
         ev.cust, ev.anon, ev.t = ev.cust[mask], ev.anon[mask], ev.t[mask]
         ev.props = {k: v[mask] for k, v in ev.props.items()}
     tables = _to_tables(rng, all_events, begin, customers, start, spend)
+    if split_ids:  # anonymous browsing before sign-up, logged-out phones, merged accounts
+        tables = split_identities(tables, seed)
     truth = _truth(names, persona, rate, lifetime, start, alive_until, horizon, spend, affinity, begin)
     return tables, truth
 
@@ -367,6 +372,7 @@ def write_demo_data(
     seed: int = 7,
     end: datetime = DEFAULT_END,
     progress: DemoProgress | None = None,
+    split_ids: bool = False,
 ) -> DemoStats:
     """Generate demo data and write it to ``schema`` (and the truth to ``<schema>_truth``).
 
@@ -378,7 +384,7 @@ def write_demo_data(
     report = progress or _no_progress
     started = time.perf_counter()
     report("generate", 0, None)
-    tables, truth = generate(customers, days, seed, end)
+    tables, truth = generate(customers, days, seed, end, split_ids)
     total = sum(table.num_rows for table in tables.values()) + truth.num_rows
     report("write", 0, total)
     for name, table in tables.items():

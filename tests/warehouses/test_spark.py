@@ -40,10 +40,12 @@ def portable_demo_pipeline() -> str:
         frontier.extend(up for up in config.upstream_of(name) if up not in needed)
     data = yaml.safe_load(DEMO_PIPELINE.read_text())
     nodes = {k: v for k, v in data["nodes"].items() if k in needed}
-    assert {v["type"] for v in nodes.values()} <= {"sql", "rfm"}, nodes
+    assert {v["type"] for v in nodes.values()} <= {"sql", "rfm", "segment_source"}, nodes
     for node in nodes.values():
         if node["type"] == "sql":
             node["dialect"] = "duckdb"
+        if node["type"] == "segment_source":  # the demo's stitching runs on Spark too
+            node["tables"] = ["order_completed"]
     data["nodes"] = nodes
     return yaml.safe_dump(data, sort_keys=False)
 
@@ -71,14 +73,16 @@ def test_demo_sql_and_rfm_give_the_same_segments_on_spark_and_duckdb(tmp_path: P
     spark_yml = (f"    type: pyspark\n    master: local[2]\n    metastore: in-memory\n"
                  f"    warehouse_dir: {tmp_path / 'spark-warehouse'}\n"
                  "    conf:\n      spark.sql.shuffle.partitions: '2'\n")
-    # Spark writes each table as a job (seconds each), so only the table the demo reads.
-    tables, _ = generate(customers=250, days=200, seed=21)
+    # Spark writes each table as a job (seconds each), so only the tables the demo reads:
+    # orders, and what the `shop` node stitches their ids with (identity: stitch).
+    tables, _ = generate(customers=250, days=200, seed=21, split_ids=True)
     results = {}
     for label, yml in (("duckdb", "    type: duckdb\n"), ("pyspark", spark_yml)):
         pipeline = Pipeline.load(workspace(tmp_path / label, yml) / "pipelines" / "demo.yml")
         with pipeline.connect() as wh:
             assert wh.backend == label
-            wh.create_table("order_completed", tables["order_completed"], schema="demo_shop")
+            for name in ("order_completed", "tracks", "identifies", "aliases"):
+                wh.create_table(name, tables[name], schema="demo_shop")
         run = pipeline.run()
         assert run.ok, [n.error for n in run.nodes]
         results[label] = rfm_rows(pipeline)

@@ -84,6 +84,20 @@ class SegmentSourceConfig(NodeConfig):
     incremental: bool = Field(
         default=False, description="Only rows received since the last successful run."
     )
+    identity: Literal["none", "stitch", "profiles"] = Field(
+        default="none",
+        description="`stitch`: add `canonical_user_id` to every event view, resolved through "
+        "identifies and aliases; `profiles`: resolved through Segment's Profiles Sync tables.",
+    )
+    shared_device: Literal["first", "none"] = Field(
+        default="first",
+        description="An anonymous id seen with two users: `first` gives its anonymous events "
+        "to the user it was first seen with (Segment's merge protection), `none` to nobody.",
+    )
+    profiles_schema: str | None = Field(
+        default=None,
+        description="With `identity: profiles`: the Profiles Sync schema, if not `schema`.",
+    )
     products: bool = Field(
         default=True,
         description="Also expose `<table>_products` (one row per product) for tables with a "
@@ -110,6 +124,8 @@ class SegmentSourceConfig(NodeConfig):
     def _one_window(self) -> SegmentSourceConfig:
         if self.since is not None and self.incremental:
             raise ValueError("give either `since` or `incremental: true`, not both")
+        if self.profiles_schema is not None and self.identity != "profiles":
+            raise ValueError("`profiles_schema` is read with `identity: profiles` only")
         return self
 
 
@@ -134,6 +150,12 @@ class SegmentSourceOperator(Operator[SegmentSourceConfig]):
         lower_bound, marks_before = self._window_start(ctx)
         rows: list[dict[str, Any]] = []
         marks: dict[str, str] = {}
+        identity = None
+        if config.identity != "none":
+            from segloop.operators.source_identity import build_identity
+
+            identity = build_identity(self, ctx, schema, present, chosen)
+            rows.extend(identity.catalog)
         for short in chosen:
             actual = present[short]
             table = wh.table(actual, schema=schema)
@@ -155,6 +177,8 @@ class SegmentSourceOperator(Operator[SegmentSourceConfig]):
                     table = table.filter(table[column] > ibis.literal(start_ts).cast(table[column].type()))
                     window = f"{column} > {start_ts.isoformat()}" + (
                         f" and {window}" if window != "all rows" else "")
+            if identity is not None:
+                table = identity.apply(table)
             view = ctx.table_name(short)
             _create_view(wh, view, table)
             rows.append({"table": short, "view": f"{wh.schema}.{view}",
@@ -179,6 +203,8 @@ class SegmentSourceOperator(Operator[SegmentSourceConfig]):
         metrics: dict[str, Any] = {"schema": config.schema_, "tables": [row["table"] for row in rows]}
         if config.incremental:
             metrics["high_water_marks"] = {**marks_before, **marks}
+        if identity is not None:
+            metrics.update(identity.metrics)
         ctx.progress(len(rows), len(rows))
         return NodeOutput(table=catalog, metrics=metrics)
 
@@ -228,7 +254,7 @@ class SegmentSourceOperator(Operator[SegmentSourceConfig]):
             return None, self._previous_marks(ctx)
         return None, {}
 
-    def _previous_marks(self, ctx: RunContext) -> dict[str, str]:
+    def _previous_marks(self, ctx: RunContext, key: str = "high_water_marks") -> dict[str, str]:
         """High-water marks recorded by the last successful, non-dry run of this pipeline."""
         store = ctx.history
         if store is None:
@@ -241,7 +267,7 @@ class SegmentSourceOperator(Operator[SegmentSourceConfig]):
             if run.status != "success" or run.dry_run or run.id == ctx.run_id:
                 continue
             for node in run.nodes:
-                recorded = node.metrics.get("high_water_marks") if node.node == ctx.node else None
+                recorded = node.metrics.get(key) if node.node == ctx.node else None
                 if node.status != "success" or not isinstance(recorded, dict):
                     continue
                 for table, value in recorded.items():
