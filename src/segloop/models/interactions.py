@@ -75,6 +75,11 @@ class Budget:
     FETCH_BYTES_PER_ROW: ClassVar[int] = 64
     MAX_BATCH_ROWS: ClassVar[int] = 50_000
     MAX_CHUNK_CUSTOMERS: ClassVar[int] = 100_000
+    # Floors, whatever the limit says: below them a model learns nothing and a run of
+    # one-row queries never ends (a few hundred KB, far below any real budget).
+    MIN_TRAIN_PAIRS: ClassVar[int] = 1_000
+    MIN_CHUNK_CUSTOMERS: ClassVar[int] = 100
+    MIN_BATCH_ROWS: ClassVar[int] = 100
 
     train_pairs: int
     fraction: float  # of customers trained on (1.0: all)
@@ -89,14 +94,15 @@ class Budget:
     def of(cls, limit: int, top_n: int, n_customers: int, n_pairs: int) -> Budget:
         from segloop.memory import rows_within
 
-        train_pairs = rows_within(limit, cls.TRAIN_BYTES_PER_PAIR, 0.5)
+        train_pairs = max(cls.MIN_TRAIN_PAIRS, rows_within(limit, cls.TRAIN_BYTES_PER_PAIR, 0.5))
         per_customer = (cls.SCORE_BYTES_PER_CUSTOMER + top_n * cls.SCORE_BYTES_PER_RECOMMENDATION
                         + cls.SCORE_BYTES_PER_PAIR * n_pairs / max(n_customers, 1))
         return cls(
             train_pairs=train_pairs,
             fraction=min(1.0, train_pairs / max(n_pairs, 1)),
-            chunk_customers=min(cls.MAX_CHUNK_CUSTOMERS, rows_within(limit, per_customer, 0.2)),
-            batch_rows=min(cls.MAX_BATCH_ROWS, rows_within(limit, cls.FETCH_BYTES_PER_ROW, 0.05)),
+            chunk_customers=max(cls.MIN_CHUNK_CUSTOMERS,
+                                min(cls.MAX_CHUNK_CUSTOMERS, rows_within(limit, per_customer, 0.2))),
+            batch_rows=max(cls.MIN_BATCH_ROWS, min(cls.MAX_BATCH_ROWS, rows_within(limit, cls.FETCH_BYTES_PER_ROW, 0.05))),
         )
 
 
