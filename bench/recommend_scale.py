@@ -62,8 +62,8 @@ node = result.node("recommend")
 assert node.status == "success", node.error
 keep = ("customers", "pairs", "training_pairs", "sampled", "evaluated_customers", "ndcg_at_10",
         "popular_ndcg_at_10", "recall_at_10", "coverage_at_10", "catalogue_coverage")
-print(json.dumps({"seconds": node.seconds, "run_seconds": time.perf_counter() - started,
-                  "metrics": {k: node.metrics.get(k) for k in keep}}))
+print("BENCH " + json.dumps({"seconds": node.seconds, "run_seconds": time.perf_counter() - started,
+                  "metrics": {k: node.metrics.get(k) for k in keep}}, default=str))
 """
 
 
@@ -102,7 +102,7 @@ def run_child(src: Path, root: Path, customers: int) -> dict:
                           cwd=root, env=env, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"child failed ({src}):\n{proc.stderr[-3000:]}")
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = json.loads(next(line[6:] for line in proc.stdout.splitlines() if line.startswith("BENCH ")))
     out["max_rss_mb"] = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1)) / 1024
     return out
 

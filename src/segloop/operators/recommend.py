@@ -60,7 +60,7 @@ WEIGHT_TYPE = "decimal(18, 6)"
 class RecommendConfig(ModelNodeConfig):
     GATE_METRICS: ClassVar[frozenset[str]] = frozenset(
         {f"{m}_at_10" for m in ("precision", "recall", "ndcg", "coverage")}
-        | {"ndcg_at_10_lift", "evaluated_customers", "catalogue_coverage"}
+        | {"ndcg_at_10_lift", "evaluated_customers"}
     )
 
     type: Literal["recommend"] = "recommend"
