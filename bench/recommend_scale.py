@@ -102,7 +102,8 @@ def run_child(src: Path, root: Path, customers: int) -> dict:
                           cwd=root, env=env, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"child failed ({src}):\n{proc.stderr[-3000:]}")
-    out = json.loads(next(line[6:] for line in proc.stdout.splitlines() if line.startswith("BENCH ")))
+    # (DuckDB's progress bar writes to the same stdout, without newlines)
+    out = json.loads(proc.stdout.rsplit("BENCH ", 1)[1].splitlines()[0])
     out["max_rss_mb"] = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1)) / 1024
     return out
 
