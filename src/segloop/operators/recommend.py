@@ -3,8 +3,11 @@
 How it works, and why:
 
 1. The customer x item interaction matrix is aggregated in the warehouse (one Ibis
-   ``group_by``): each event counts with its configured weight, so only one row per
-   (customer, item) pair moves to Python, never the raw events.
+   ``group_by``): each event counts with its configured weight, and customers and items
+   get integer codes there (models/interactions.py), so only compact arrays (int32 codes,
+   float32 weights) of one row per (customer, item) pair reach Python, never the raw
+   events nor a Python object per pair. Beyond what ``memory_limit`` allows, the model
+   trains on a sample of customers (metrics ``sampled``, ``training_pairs``).
 2. Collaborative filtering with the ``implicit`` library's ALS (CPU, fixed
    ``random_state``, ``threads`` threads, BLAS kept single-threaded as implicit advises).
    Confidence is ``1 + alpha * log1p(weight)``: a hundred views should not outweigh
@@ -15,11 +18,13 @@ How it works, and why:
 4. Customers with no weighted history get the most popular items (``source = popular``);
    lists shorter than ``top_n`` (small catalogues, exclusions) are filled the same way.
 5. Items the customer already bought are left out unless ``exclude_purchased: false``.
+6. Every customer is scored, one chunk of customers at a time, and the output streams
+   back to the warehouse (operators/recommend_output.py).
 
 Evaluation (``holdout_days > 0``): the model is trained on everything before the last
 ``holdout_days`` days and scored on what customers bought in them, next to a popularity
-baseline; precision@10, recall@10 and NDCG@10 go to the run's metrics (see
-docs/recommend.md). The published recommendations come from a second fit on all data.
+baseline; precision@10, recall@10, NDCG@10 and catalogue coverage@10 (the quality card)
+go to the run's metrics (see docs/recommend.md). The published recommendations come from a second fit on all data.
 """
 
 from __future__ import annotations
