@@ -138,18 +138,42 @@ class Scorer:
 
                 history = normalize(confidence(weights[warm]), norm="l1", axis=1)
                 cold_scores = (history @ self.similarity).tocsr()
-            for pos, row in enumerate(warm):
-                cand_items, cand_scores = ids[pos], vals[pos]
-                if cold_scores is not None and cold_scores.indptr[pos + 1] > cold_scores.indptr[pos]:
-                    start, end = cold_scores.indptr[pos], cold_scores.indptr[pos + 1]
-                    cand_items = np.concatenate([cand_items, self.cold[cold_scores.indices[start:end]]])
-                    cand_scores = np.concatenate([cand_scores, cold_scores.data[start:end]])
+            # Rows without cold candidates: ALS's own list (already without excluded and cold
+            # items), re-sorted by (score, item) so ties fall the same way on every run.
+            with_cold = np.zeros(len(warm), dtype=bool)
+            if cold_scores is not None:
+                with_cold = np.diff(cold_scores.indptr) > 0
+            plain = np.flatnonzero(~with_cold)
+            if len(plain):
+                ranked_items, ranked_scores = _rank_rows(ids[plain], vals[plain], n)
+                items[warm[plain], :ranked_items.shape[1]] = ranked_items
+                scores[warm[plain], :ranked_scores.shape[1]] = ranked_scores
+            for pos in np.flatnonzero(with_cold):
+                row = warm[pos]
+                start, end = cold_scores.indptr[pos], cold_scores.indptr[pos + 1]  # type: ignore[union-attr]
+                cand_items = np.concatenate([ids[pos], self.cold[cold_scores.indices[start:end]]])  # type: ignore[union-attr]
+                cand_scores = np.concatenate([vals[pos], cold_scores.data[start:end]])  # type: ignore[union-attr]
                 excluded = exclude.indices[exclude.indptr[row]:exclude.indptr[row + 1]] if exclude is not None else None
                 ranked_items, ranked_scores = _rank(cand_items, cand_scores, excluded, n)
                 items[row, :len(ranked_items)] = ranked_items
                 scores[row, :len(ranked_items)] = ranked_scores
         fill_popular(items, scores, self.popular, self.reach, exclude, n)
         return items, scores, ~has_history, factors
+
+
+def _rank_rows(ids: np.ndarray, vals: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``_rank`` for many rows at once, when each row's ids are distinct and none excluded."""
+    import numpy as np
+
+    ids = np.asarray(ids, dtype="int64")
+    vals = np.asarray(vals, dtype="float64")
+    ok = (ids >= 0) & np.isfinite(vals) & (vals > -1e30)
+    key = np.where(ok, -vals, np.inf)
+    order = np.lexsort((ids, key), axis=-1)[:, :n]
+    ranked_ids = np.take_along_axis(ids, order, axis=1)
+    ranked_vals = np.take_along_axis(vals, order, axis=1)
+    valid = np.take_along_axis(ok, order, axis=1)
+    return np.where(valid, ranked_ids, -1), np.where(valid, ranked_vals, np.nan).astype("float32")
 
 
 def _rank(cand_items: np.ndarray, cand_scores: np.ndarray, excluded: np.ndarray | None, n: int

@@ -246,9 +246,9 @@ class ScratchTables:
         pairs = pairs.filter((pairs._u >= lo) & (pairs._u < hi)).select("_u", "_i", *columns)
         return ids, _load(self.warehouse, pairs, batch_rows, columns)
 
-    def drop(self) -> None:
-        for name in self.names.values():
-            self.warehouse.drop_table(name)
+    def drop(self, parts: tuple[str, ...] = ("customers", "items", "pairs", "long")) -> None:
+        for part in parts:
+            self.warehouse.drop_table(self.names[part])
 
     def customer_id_type(self) -> pa.DataType:
         return self.table("customers").schema().to_pyarrow().field(self.cid).type

@@ -104,6 +104,7 @@ class OutputStream:
         except BaseException:
             self.scratch.drop()
             raise
+        self.scratch.drop(("customers", "items", "pairs"))  # the long rows are all that is left to read
         # Read by the engine after the output is written (a second update of the node's metrics).
         self.metrics["catalogue_coverage"] = round(float(shown.mean()), 4) if len(shown) else 0.0
         self.seconds["score"] = round(time.perf_counter() - clock, 3)
