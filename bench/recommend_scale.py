@@ -61,7 +61,7 @@ result = Pipeline.load(sys.argv[1]).run(dry_run=True)
 node = result.node("recommend")
 assert node.status == "success", node.error
 keep = ("customers", "pairs", "training_pairs", "sampled", "evaluated_customers", "ndcg_at_10",
-        "popular_ndcg_at_10", "recall_at_10", "coverage_at_10", "catalogue_coverage")
+        "popular_ndcg_at_10", "recall_at_10", "coverage_at_10", "catalogue_coverage", "seconds")
 print("BENCH " + json.dumps({"seconds": node.seconds, "run_seconds": time.perf_counter() - started,
                   "metrics": {k: node.metrics.get(k) for k in keep}}, default=str))
 """
