@@ -37,22 +37,22 @@ nodes:
   product_events:
     type: sql
     sql: |
-      select user_id, product_id, "timestamp", event_text from demo_shop.product_viewed
+      select user_id, product_id, "timestamp", event_text from {schema}.product_viewed
       where user_id is not null
       union all
-      select user_id, product_id, "timestamp", event_text from demo_shop.product_added
+      select user_id, product_id, "timestamp", event_text from {schema}.product_added
       where user_id is not null
       union all
       select user_id, unnest(from_json(products, '["json"]')) ->> 'product_id' as product_id,
              "timestamp", event_text
-      from demo_shop.order_completed where user_id is not null
+      from {schema}.order_completed where user_id is not null
   recommend:
     type: recommend
     input: product_events
     event: event_text
     holdout_days: 30
     wide_items: [phones_01, wearables_01]
-"""
+{limit}"""
 CHILD = """
 import json, sys, time
 from segloop.pipeline import Pipeline
@@ -73,7 +73,7 @@ def workspace(workdir: Path, customers: int) -> Path:
     (root / "pipelines").mkdir(parents=True, exist_ok=True)
     (root / "segloop.yml").write_text("warehouses:\n  default:\n    type: duckdb\n    path: .segloop/warehouse.duckdb\n")
     schema = f"demo_shop_{customers}"
-    (root / "pipelines" / f"bench_{customers}.yml").write_text(PIPELINE.format(schema=schema, size=customers))
+    (root / "pipelines" / f"bench_{customers}.yml").write_text(PIPELINE.format(schema=schema, size=customers, limit=""))
     if not (root / ".part0").exists():
         subprocess.run([str(Path(sys.executable).parent / "segloop"), "demo-data", "--customers", str(PART),
                         "--schema", "demo_part0"], cwd=root, check=True)
@@ -96,9 +96,14 @@ def workspace(workdir: Path, customers: int) -> Path:
     return root
 
 
-def run_child(src: Path, root: Path, customers: int) -> dict:
+def run_child(src: Path, root: Path, customers: int, limit: str | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": str(src.resolve())}
-    proc = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-c", CHILD, str(root / "pipelines" / f"bench_{customers}.yml")],
+    pipeline = root / "pipelines" / f"bench_{customers}.yml"
+    if limit:  # the same pipeline with `memory_limit:` on the recommend node
+        pipeline = pipeline.with_name(f"bench_{customers}_{limit}.yml")
+        pipeline.write_text(PIPELINE.format(schema=f"demo_shop_{customers}", size=f"{customers}_{limit}",
+                                            limit=f"    memory_limit: {limit}\n"))
+    proc = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-c", CHILD, str(pipeline)],
                           cwd=root, env=env, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"child failed ({src}):\n{proc.stderr[-3000:]}")
@@ -115,15 +120,21 @@ def main() -> None:
     parser.add_argument("--before", type=Path, required=True)
     parser.add_argument("--after", type=Path, default=Path("src"))
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--limits", default="", help="after the rounds, the new code once more per size with "
+                        "these node memory_limit values (e.g. 50MB), to see what training on a sample costs")
+    parser.add_argument("--only-limits", action="store_true", help="skip the before/after rounds")
     args = parser.parse_args()
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
         root = workspace(args.workdir, size)
-        for r in range(args.rounds):
+        for r in range(0 if args.only_limits else args.rounds):
             for label, src in (("before", args.before), ("after", args.after)):
                 out = run_child(src, root, size)
                 rows.append((size, r + 1, label, out))
                 print(json.dumps({"customers": size, "round": r + 1, "code": label, **out}), flush=True)
+        for limit in filter(None, args.limits.split(",")):
+            out = run_child(args.after, root, size, limit)
+            print(json.dumps({"customers": size, "code": f"after, memory_limit {limit}", **out}), flush=True)
     print("\n| customers | round | before: node s / peak MB | after: node s / peak MB | ratio s | ratio peak | NDCG@10 before / after |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for size in sorted({s for s, *_ in rows}):

@@ -17,7 +17,9 @@ from segloop.warehouses.pyspark import PySparkConfig
 from tests.operators.test_recommend_postgres import run_on
 from tests.requirements import require_java, require_module
 
-pytestmark = pytest.mark.slow
+# Slow: ~25 Spark jobs (scratch tables, chunks, the streamed output), seconds each on a
+# shared two-core machine; the timeout is a hang guard, above the suite's 300 s default.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 def test_same_recommendations_on_spark(tmp_path: Path) -> None:
