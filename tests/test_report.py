@@ -182,7 +182,9 @@ def test_report_command_prints_the_path(demo_template: Path, tmp_path: Path, mon
     [
         ({"precision_at_10": 0.2, "popularity_precision_at_10": 0.1}, {"precision@10": {"model": 0.2, "baseline": 0.1}}),
         ({"model": {"ndcg@10": 0.3}, "baseline": {"ndcg@10": 0.1}}, {"ndcg@10": {"model": 0.3, "baseline": 0.1}}),
+        ({"coverage_at_10": 0.9, "popular_coverage_at_10": 0.05}, {"coverage@10": {"model": 0.9, "baseline": 0.05}}),
         ({"mapping_rows": 5, "messages_per_second": 900.0}, {}),  # not recommendation measures
+        ({"interval_coverage": 0.8, "catalogue_coverage": 0.9}, {}),  # a coverage not "at k" is not one
     ],
 )
 def test_recommendation_metrics_are_paired_with_their_baseline(metrics: dict, expected: dict) -> None:

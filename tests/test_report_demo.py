@@ -103,7 +103,7 @@ def test_demo_run_report_has_grid_and_send_results_and_no_write_key(
     assert len(names) == 4 and all(name in section("clusters") for name in names)
     assert "cluster profiles" in section("clusters") and 'data-chart="cluster-sizes"' in section("clusters")
     recommend = result.node("recommend").metrics
-    for measure in ("precision@10", "recall@10", "ndcg@10"):
+    for measure in ("precision@10", "recall@10", "ndcg@10", "coverage@10"):
         model, popular = (recommend[f"{measure.replace('@', '_at_')}"],
                           recommend[f"popular_{measure.replace('@', '_at_')}"])
         assert f"{measure}: model / baseline = {model / popular:.2f}x" in section("recommend"), measure

@@ -485,6 +485,7 @@ class Pipeline:
             result.rows = output.rows
         for suffix, extra in output.extra.items():
             warehouse.replace_table(ctx.table_name(suffix), extra, count=False)
+        result.metrics.update(output.metrics)  # what a streamed output measured while it was written
 
 
 def _freeze_startup_objects() -> None:

@@ -35,8 +35,9 @@ def run_on(wh: Warehouse) -> tuple[dict, list[dict], list[dict]]:
     }))
     ctx = RunContext(warehouse=wh, pipeline="p", node="recs", run_id="r")
     out = RecommendOperator(CONFIG).run({"events": wh.table("rec_events")}, ctx)
-    wh.create_table("p__recs", out.table)
-    wh.create_table("p__recs__long", out.extra["long"])
+    # as the engine writes a node's output: the main table, then the extras (streamed)
+    wh.replace_table("p__recs", out.table)
+    wh.replace_table("p__recs__long", out.extra["long"])
     main = sorted(wh.table("p__recs").to_pyarrow().to_pylist(), key=lambda r: r["customer"])
     long = sorted(wh.table("p__recs__long").to_pyarrow().to_pylist(), key=lambda r: (r["customer"], r["rank"]))
     return out.metrics, main, long

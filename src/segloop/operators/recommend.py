@@ -3,8 +3,11 @@
 How it works, and why:
 
 1. The customer x item interaction matrix is aggregated in the warehouse (one Ibis
-   ``group_by``): each event counts with its configured weight, so only one row per
-   (customer, item) pair moves to Python, never the raw events.
+   ``group_by``): each event counts with its configured weight, and customers and items
+   get integer codes there (models/interactions.py), so only compact arrays (int32 codes,
+   float32 weights) of one row per (customer, item) pair reach Python, never the raw
+   events nor a Python object per pair. Beyond what ``memory_limit`` allows, the model
+   trains on a sample of customers (metrics ``sampled``, ``training_pairs``).
 2. Collaborative filtering with the ``implicit`` library's ALS (CPU, fixed
    ``random_state``, ``threads`` threads, BLAS kept single-threaded as implicit advises).
    Confidence is ``1 + alpha * log1p(weight)``: a hundred views should not outweigh
@@ -15,11 +18,13 @@ How it works, and why:
 4. Customers with no weighted history get the most popular items (``source = popular``);
    lists shorter than ``top_n`` (small catalogues, exclusions) are filled the same way.
 5. Items the customer already bought are left out unless ``exclude_purchased: false``.
+6. Every customer is scored, one chunk of customers at a time, and the output streams
+   back to the warehouse (operators/recommend_output.py).
 
 Evaluation (``holdout_days > 0``): the model is trained on everything before the last
 ``holdout_days`` days and scored on what customers bought in them, next to a popularity
-baseline; precision@10, recall@10 and NDCG@10 go to the run's metrics (see
-docs/recommend.md). The published recommendations come from a second fit on all data.
+baseline; precision@10, recall@10, NDCG@10 and catalogue coverage@10 (the quality card)
+go to the run's metrics (see docs/recommend.md). The published recommendations come from a second fit on all data.
 """
 
 from __future__ import annotations
@@ -33,15 +38,24 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from segloop.errors import DataError
+from segloop.models.als import AlsSettings, Scorer, coverage, fill_popular, fit_als, metrics_at_k
+from segloop.models.interactions import (
+    Budget,
+    ItemStats,
+    ScratchTables,
+    TrainingData,
+    scratch_prefix,
+)
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
 from segloop.operators.columns import require_columns
 from segloop.operators.gates import ModelNodeConfig, check_requirements
+from segloop.operators.recommend_output import OutputStream
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
     import numpy as np
-    import pyarrow as pa
-    import scipy.sparse as sp
+
+_metrics_at_k = metrics_at_k  # the name tests and older code import
 
 DEFAULT_WEIGHTS = {"Product Viewed": 1.0, "Product Added": 3.0, "Order Completed": 5.0}
 RESERVED = {"recommended", "scores", "source"}
@@ -50,7 +64,8 @@ WEIGHT_TYPE = "decimal(18, 6)"
 
 class RecommendConfig(ModelNodeConfig):
     GATE_METRICS: ClassVar[frozenset[str]] = frozenset(
-        {f"{m}_at_10" for m in ("precision", "recall", "ndcg")} | {"ndcg_at_10_lift", "evaluated_customers"}
+        {f"{m}_at_10" for m in ("precision", "recall", "ndcg", "coverage")}
+        | {"ndcg_at_10_lift", "evaluated_customers"}
     )
 
     type: Literal["recommend"] = "recommend"
@@ -97,8 +112,6 @@ class RecommendOperator(Operator[RecommendConfig]):
     EVAL_K: ClassVar[int] = 10
 
     def run(self, inputs: dict[str, ir.Table], ctx: RunContext) -> NodeOutput:
-        import pyarrow as pa
-
         config = self.config
         source_name, source = next(iter(inputs.items()))
         keys = {"customer_id": config.customer_id, "item_id": config.item_id, "timestamp": config.timestamp}
@@ -117,41 +130,69 @@ class RecommendOperator(Operator[RecommendConfig]):
             clock = now
 
         pairs_expr, customers_expr, cutoff = interactions_expr(source, config, ctx)
-        batches = list(ctx.warehouse.to_batches(pairs_expr))
-        pairs = pa.Table.from_batches(batches) if batches else pairs_expr.schema().to_pyarrow().empty_table()
-        all_customers = pa.chunked_array(
-            [b.column(0) for b in ctx.warehouse.to_batches(customers_expr)],
-            type=customers_expr.schema().to_pyarrow().field(0).type,
-        ).combine_chunks()
-        if pairs.num_rows == 0:
-            raise DataError(
-                f"node `{ctx.node}`: input `{source_name}` has no rows with a customer, an item, a "
-                "timestamp and an event with a positive weight; check `weights:` and the event names"
-            )
-        data = Interactions.from_arrow(pairs, all_customers, config.customer_id)
-        lap("aggregate")
-        metrics: dict[str, Any] = {
-            "customers": data.n_customers, "items": data.n_items, "pairs": pairs.num_rows,
-        }
-        if cutoff is not None:
-            metrics.update(evaluate(data, config, self.EVAL_K, ctx))
-            metrics["holdout_from"] = cutoff.isoformat()
-            lap("evaluate")
-        ctx.progress(0, None)
-        recs = recommend_all(data, config, data.weight, data.bought, ctx)
-        lap("fit_and_score")
-        main, long = _output_tables(data, recs, config, wide_columns)
-        lap("tables")
-        if config.wide_items:
-            known = set(data.item_ids.tolist())
-            unknown = [item for item in config.wide_items if item not in known]
-            if unknown:  # empty score columns would go on to Segment unnoticed
-                examples = ", ".join(str(i) for i in data.item_ids[:5].tolist())
-                ctx.warn(f"`wide_items` {', '.join(unknown)}: no such item id in the input (ids look like: "
-                         f"{examples}); their score columns are empty. Fix the ids in the pipeline file")
-        metrics["popular_fallback_customers"] = int(recs.from_popular.sum())
+        scratch = ScratchTables.build(ctx.warehouse, scratch_prefix(ctx.table_name()), config.customer_id,
+                                      customers_expr, pairs_expr)
+        try:
+            n_customers, n_pairs = scratch.counts()
+            if n_pairs == 0:
+                raise DataError(
+                    f"node `{ctx.node}`: input `{source_name}` has no rows with a customer, an item, a "
+                    "timestamp and an event with a positive weight; check `weights:` and the event names"
+                )
+            budget = Budget.of(ctx.memory_limit, config.top_n, n_customers, n_pairs)
+            stats = scratch.item_stats()
+            columns = ("weight", "bought") + (("train_weight", "train_bought", "test_bought") if cutoff else ())
+            pairs = scratch.load_pairs(budget.batch_rows, budget.fraction, config.seed, columns)
+            data = TrainingData.of(pairs, budget, n_customers, stats.n)
+            lap("aggregate")
+            metrics: dict[str, Any] = {
+                "customers": n_customers, "items": stats.n, "pairs": n_pairs,
+                "training_customers": data.n_rows if budget.sampled else n_customers,
+                "training_pairs": pairs.n, "sampled": budget.sampled,
+                "popular_fallback_customers": n_customers - scratch.customers_with_history(),
+            }
+            if budget.sampled:
+                ctx.warn(f"{n_pairs:,} customer x item pairs are more than `memory_limit` "
+                         f"({ctx.memory_limit:,} bytes) lets the model train on at once: it trained on a "
+                         f"sample of {pairs.n:,} pairs ({budget.fraction:.1%} of the customers) and scored "
+                         "every customer; raise `memory_limit` to train on all of them")
+            if cutoff is not None:
+                metrics.update(evaluate(data, stats, config, self.EVAL_K, ctx))
+                metrics["holdout_from"] = cutoff.isoformat()
+                lap("evaluate")
+            weights = data.matrix("weight")
+            model = fit_als(weights, _settings(config))
+            scorer = Scorer(model, _settings(config), stats.n, stats.customers, stats.total, n_customers,
+                            weights, recalculate=budget.sampled)
+            bought = None if budget.sampled else data.matrix("bought")
+            del pairs, data  # the fitted model and (without a sample) two matrices are all scoring needs
+            lap("fit")
+            if config.wide_items:
+                _warn_unknown_wide_items(config.wide_items, stats.ids, ctx)
+        except BaseException:
+            scratch.drop()
+            raise
+        streamer = OutputStream(scratch, scorer, config, wide_columns, stats.ids, budget, n_customers,
+                                weights if not budget.sampled else None, bought, metrics, seconds, ctx)
         metrics["seconds"] = seconds
-        return check_requirements(NodeOutput(table=main, extra={"long": long}, metrics=metrics), config)
+        return check_requirements(NodeOutput(table=streamer.main(), extra={"long": streamer.long()},
+                                             metrics=metrics), config)
+
+
+def _settings(config: RecommendConfig) -> AlsSettings:
+    return AlsSettings(factors=config.factors, iterations=config.iterations, regularization=config.regularization,
+                       alpha=config.alpha, seed=config.seed, threads=config.threads,
+                       cold_item_min_customers=config.cold_item_min_customers,
+                       exclude_purchased=config.exclude_purchased)
+
+
+def _warn_unknown_wide_items(wide_items: list[str], item_ids: np.ndarray, ctx: RunContext) -> None:
+    known = set(item_ids.tolist())
+    unknown = [item for item in wide_items if item not in known]
+    if unknown:  # empty score columns would go on to Segment unnoticed
+        examples = ", ".join(str(i) for i in item_ids[:5].tolist())
+        ctx.warn(f"`wide_items` {', '.join(unknown)}: no such item id in the input (ids look like: "
+                 f"{examples}); their score columns are empty. Fix the ids in the pipeline file")
 
 
 def _wide_columns(config: RecommendConfig, node: str) -> dict[str, str]:
@@ -216,218 +257,18 @@ def interactions_expr(source: ir.Table, config: RecommendConfig, ctx: RunContext
     return pairs, customers, cutoff
 
 
-class Interactions:
-    """The aggregated pairs as sparse customer x item matrices (CSR), with the id lookups."""
-
-    def __init__(self, customer_ids: pa.Array, item_ids: np.ndarray, n_customers: int, n_items: int,
-                 mats: dict[str, sp.csr_matrix]):
-        self.customer_ids, self.item_ids = customer_ids, item_ids
-        self.n_customers, self.n_items = n_customers, n_items
-        self.weight, self.bought = mats["weight"], mats["bought"]
-        self.train_weight, self.train_bought = mats["train_weight"], mats["train_bought"]
-        self.test_bought = mats["test_bought"]
-
-    @classmethod
-    def from_arrow(cls, pairs: pa.Table, all_customers: pa.Array, cid: str) -> Interactions:
-        import numpy as np
-        import pyarrow as pa
-        import pyarrow.compute as pc
-        import scipy.sparse as sp
-
-        # sorted ids: the warehouse returns groups in any order, and ALS must see the same
-        # matrix every run to give the same answer for the same seed
-        customers = pc.unique(pa.concat_arrays([
-            all_customers.cast(pairs.schema.field(cid).type), pairs[cid].combine_chunks()]))
-        customers = customers.take(pc.sort_indices(customers))
-        items = pc.unique(pairs["_item"].combine_chunks())
-        items = items.take(pc.sort_indices(items))
-        order = pc.sort_indices(pairs, sort_keys=[(cid, "ascending"), ("_item", "ascending")])
-        pairs = pairs.take(order)
-        rows = pc.index_in(pairs[cid], value_set=customers).to_numpy(zero_copy_only=False)
-        cols = pc.index_in(pairs["_item"], value_set=items).to_numpy(zero_copy_only=False)
-        shape = (len(customers), len(items))
-        mats = {}
-        for name in ("weight", "bought", "train_weight", "train_bought", "test_bought"):
-            values = pairs[name].to_numpy().astype("float32")
-            keep = values > 0
-            mats[name] = sp.csr_matrix((values[keep], (rows[keep], cols[keep])), shape=shape)
-        return cls(customers, np.asarray(items.to_pylist(), dtype=object), shape[0], shape[1], mats)
-
-
-class Recommendations:
-    """Per customer: ranked item indices and scores (-1 padded), and where they came from."""
-
-    def __init__(self, items: np.ndarray, scores: np.ndarray, from_popular: np.ndarray,
-                 wide: np.ndarray | None):
-        self.items, self.scores, self.from_popular, self.wide = items, scores, from_popular, wide
-
-
-def _confidence(weights: sp.csr_matrix) -> sp.csr_matrix:
-    """log1p of the weights; implicit turns them into confidence ``1 + alpha * value``."""
-    import numpy as np
-
-    out = weights.copy().astype("float32")
-    out.data = np.log1p(out.data).astype("float32")
-    return out
-
-
-def fit_als(weights: sp.csr_matrix, config: RecommendConfig) -> Any:
-    """implicit's CPU ALS, deterministic for a seed; BLAS limited to one thread while it runs."""
-    import warnings
-
-    from implicit.cpu.als import AlternatingLeastSquares
-    from threadpoolctl import threadpool_limits
-
-    # implicit warns (when the model is created) if OpenBLAS runs its own thread pool, which
-    # slows ALS badly; limiting BLAS to one thread while we create and fit the model avoids
-    # both the slowdown and the warning, whatever OPENBLAS_NUM_THREADS says.
-    with threadpool_limits(1, "blas"), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*configured to use .* threads.*")
-        model = AlternatingLeastSquares(
-            factors=config.factors, regularization=config.regularization, alpha=config.alpha,
-            iterations=config.iterations, random_state=config.seed, num_threads=config.threads,
-        )
-        model.fit(_confidence(weights), show_progress=False)
-    return model
-
-
-def _popularity(weights: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-    """(item indices, most popular first by total weight; each item's share of customers)."""
-    import numpy as np
-
-    totals = np.asarray(weights.sum(axis=0)).ravel()
-    reach = np.bincount(weights.indices, minlength=weights.shape[1]) / max(weights.shape[0], 1)
-    return np.lexsort((np.arange(len(totals)), -totals)), reach.astype("float32")
-
-
-def _cold_scores(weights: sp.csr_matrix, cold: np.ndarray) -> sp.csr_matrix:
-    """customers x cold items: mean cosine similarity of each cold item to the customer's history."""
-    import scipy.sparse as sp
-    from sklearn.preprocessing import normalize
-
-    conf = _confidence(weights)
-    item_vectors = normalize(conf.T.tocsr(), norm="l2", axis=1)  # items x customers
-    sim = (item_vectors @ item_vectors[cold].T).tocoo()  # items x cold
-    keep = sim.row != cold[sim.col]  # an item is not its own neighbour
-    sim = sp.csr_matrix((sim.data[keep], (sim.row[keep], sim.col[keep])), shape=sim.shape)
-    history = normalize(conf, norm="l1", axis=1)
-    return (history @ sim).tocsr()
-
-
-def recommend_all(data: Interactions, config: RecommendConfig, weights: sp.csr_matrix,
-                  bought: sp.csr_matrix, ctx: RunContext | None = None, n: int | None = None,
-                  customers: np.ndarray | None = None) -> Recommendations:
-    """Top ``n`` items for ``customers`` (default: all) from ALS, cold items and popularity."""
-    import numpy as np
-
-    n = n or config.top_n
-    users = np.arange(data.n_customers) if customers is None else customers
-    has_history = np.diff(weights.indptr)[users] > 0
-    customers_per_item = np.bincount(weights.indices, minlength=data.n_items)
-    cold = np.flatnonzero(customers_per_item < config.cold_item_min_customers)
-    if len(cold) == data.n_items:
-        cold = np.array([], dtype="int64")  # everything is cold: let ALS do what it can
-    exclude = bought if config.exclude_purchased else None
-    popular = _popularity(weights)
-    items = np.full((len(users), n), -1, dtype="int64")
-    scores = np.full((len(users), n), np.nan, dtype="float32")
-    wide = None
-    warm_users = users[has_history]
-    if len(warm_users):
-        model = fit_als(weights, config)
-        n_candidates = min(n, data.n_items)
-        filter_matrix = (exclude if exclude is not None else weights)[warm_users]
-        ids, vals = model.recommend(
-            warm_users, filter_matrix, N=n_candidates,
-            filter_already_liked_items=exclude is not None,
-            filter_items=cold if len(cold) else None,
-        )
-        cold_matrix = _cold_scores(weights, cold)[warm_users] if len(cold) else None
-        warm_rows = np.flatnonzero(has_history)
-        for pos, row in enumerate(warm_rows):
-            cand_items, cand_scores = list(ids[pos]), list(vals[pos])
-            if cold_matrix is not None:
-                start, end = cold_matrix.indptr[pos], cold_matrix.indptr[pos + 1]
-                cand_items += list(cold[cold_matrix.indices[start:end]])
-                cand_scores += list(cold_matrix.data[start:end])
-            ranked = _rank(cand_items, cand_scores, exclude, warm_users[pos], n)
-            items[row, :len(ranked)] = [i for i, _ in ranked]
-            scores[row, :len(ranked)] = [s for _, s in ranked]
-        if config.wide_items:  # scores of the few wide items only (never users x all items)
-            lookup = {item: i for i, item in enumerate(data.item_ids.tolist())}
-            index = [lookup.get(item, -1) for item in config.wide_items]
-            known = np.array([max(i, 0) for i in index], dtype="int64")
-            wide = np.asarray(model.user_factors[users] @ model.item_factors[known].T, dtype="float64")
-            wide[:, [j for j, i in enumerate(index) if i < 0]] = np.nan
-    from_popular = ~has_history
-    _fill_popular(items, scores, popular, exclude, users, n)
-    if ctx is not None:
-        ctx.progress(len(users), None)
-    return Recommendations(items, scores, from_popular, wide)
-
-
-def _rank(cand_items: list[Any], cand_scores: list[Any], exclude: sp.csr_matrix | None,
-          user: int, n: int) -> list[tuple[int, float]]:
-    """Best ``n`` candidates by score: valid ids, no duplicates, not excluded."""
-    import numpy as np
-
-    excluded = set(exclude.indices[exclude.indptr[user]:exclude.indptr[user + 1]].tolist()) if exclude is not None else set()
-    best: dict[int, float] = {}
-    for item, score in zip(cand_items, cand_scores, strict=True):
-        item = int(item)
-        if item < 0 or item in excluded or not np.isfinite(score) or score <= -1e30:
-            continue
-        if item not in best or score > best[item]:
-            best[item] = float(score)
-    return sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
-
-
-def _fill_popular(items: np.ndarray, scores: np.ndarray, popularity: tuple[np.ndarray, np.ndarray],
-                  exclude: sp.csr_matrix | None, users: np.ndarray, n: int) -> None:
-    """Complete short lists with popular items the customer has not bought.
-
-    Their score is the item's reach (share of customers who interacted with it), 0-1.
-    """
-    popular, reach = popularity
-    import numpy as np
-
-    short = np.flatnonzero((items < 0).any(axis=1))
-    for row in short:
-        taken = set(items[row][items[row] >= 0].tolist())
-        if exclude is not None:
-            u = users[row]
-            taken |= set(exclude.indices[exclude.indptr[u]:exclude.indptr[u + 1]].tolist())
-        free = np.flatnonzero(items[row] < 0)
-        fill = [i for i in popular[: len(taken) + n].tolist() if i not in taken][: len(free)]
-        items[row, free[: len(fill)]] = fill
-        scores[row, free[: len(fill)]] = reach[fill]
-
-
-def _metrics_at_k(ranked: np.ndarray, relevant: sp.csr_matrix, k: int) -> dict[str, float]:
-    """Mean precision@k (hits / k), recall@k (hits / relevant) and NDCG@k (binary gains)."""
-    import numpy as np
-
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    precision, recall, ndcg = [], [], []
-    for row in range(ranked.shape[0]):
-        truth = set(relevant.indices[relevant.indptr[row]:relevant.indptr[row + 1]].tolist())
-        hits = np.array([i in truth for i in ranked[row, :k].tolist()], dtype=float)
-        precision.append(hits.sum() / k)
-        recall.append(hits.sum() / len(truth))
-        ideal = discounts[: min(len(truth), k)].sum()
-        ndcg.append(float((hits * discounts[: len(hits)]).sum() / ideal))
-    return {"precision": float(np.mean(precision)), "recall": float(np.mean(recall)),
-            "ndcg": float(np.mean(ndcg))}
-
-
-def evaluate(data: Interactions, config: RecommendConfig, k: int, ctx: RunContext | None = None
+def evaluate(data: TrainingData, stats: ItemStats, config: RecommendConfig, k: int, ctx: RunContext | None = None
              ) -> dict[str, Any]:
-    """Train before the holdout, score on holdout purchases; the same for a popularity baseline."""
+    """Train before the holdout, score on holdout purchases; the same for a popularity baseline.
+
+    Evaluated: the customers held for training (all, or the sample) who bought in the holdout.
+    """
     import numpy as np
 
-    relevant = data.test_bought.copy()
+    relevant = data.matrix("test_bought")
+    train_bought = data.matrix("train_bought")
     if config.exclude_purchased:  # items bought before the holdout can never be recommended
-        relevant = relevant - relevant.multiply(data.train_bought > 0)
+        relevant = relevant - relevant.multiply(train_bought > 0)
         relevant.eliminate_zeros()
     users = np.flatnonzero(np.diff(relevant.indptr) > 0)
     if len(users) == 0:
@@ -435,70 +276,21 @@ def evaluate(data: Interactions, config: RecommendConfig, k: int, ctx: RunContex
             ctx.warn(f"no purchases in the last {config.holdout_days} days to evaluate on; "
                      "metrics are not computed (lower `holdout_days` or add data)")
         return {"evaluated_customers": 0}
-    eval_config = config.model_copy(update={"wide_items": None})
-    model = recommend_all(data, eval_config, data.train_weight, data.train_bought, n=k, customers=users)
-    exclude = data.train_bought if config.exclude_purchased else None
+    settings = _settings(config)
+    train_weight = data.matrix("train_weight")
+    model = fit_als(train_weight, settings) if train_weight.nnz else None
+    scorer = Scorer(model, settings, stats.n, stats.train_customers, stats.train_total, data.n_customers,
+                    train_weight, recalculate=False)
+    ours_items = scorer.score(users, train_weight[users], train_bought[users], k)[0]
+    exclude = train_bought[users] if config.exclude_purchased else None
     popular = np.full((len(users), k), -1, dtype="int64")
-    _fill_popular(popular, np.zeros_like(popular, dtype="float32"), _popularity(data.train_weight),
-                  exclude, users, k)
+    fill_popular(popular, np.zeros(popular.shape, dtype="float32"), scorer.popular, scorer.reach, exclude, k)
     truth = relevant[users]
-    ours, base = _metrics_at_k(model.items, truth, k), _metrics_at_k(popular, truth, k)
+    ours, base = metrics_at_k(ours_items, truth, k), metrics_at_k(popular, truth, k)
+    ours["coverage"], base["coverage"] = coverage(ours_items, stats.n, k), coverage(popular, stats.n, k)
     out: dict[str, Any] = {"evaluated_customers": len(users)}
-    for name in ("precision", "recall", "ndcg"):
+    for name in ("precision", "recall", "ndcg", "coverage"):
         out[f"{name}_at_{k}"] = round(ours[name], 4)
         out[f"popular_{name}_at_{k}"] = round(base[name], 4)
     out[f"ndcg_at_{k}_lift"] = round(ours["ndcg"] / base["ndcg"], 3) if base["ndcg"] else None
     return out
-
-
-def _output_tables(data: Interactions, recs: Recommendations, config: RecommendConfig,
-                   wide_columns: dict[str, str]) -> tuple[pa.Table, pa.Table]:
-    """The per-customer table (list, JSON scores, wide columns) and the long table."""
-    import numpy as np
-    import orjson
-    import pyarrow as pa
-
-    cid, n = config.customer_id, config.top_n
-    item_ids = data.item_ids
-    valid = recs.items >= 0
-    names = np.full(recs.items.shape, None, dtype=object)
-    names[valid] = item_ids[recs.items[valid]]
-    scores = np.round(recs.scores.astype("float64"), 4)  # NaN where no item
-    recommended, score_json = [], []
-    for row in range(len(names)):
-        row_items = [x for x in names[row].tolist() if x is not None]
-        recommended.append(row_items)
-        score_json.append(orjson.dumps(
-            {item: float(scores[row, j]) for j, item in enumerate(row_items)}).decode())
-    source = np.where(recs.from_popular, "popular", "model")
-    main: dict[str, Any] = {
-        cid: data.customer_ids,
-        "recommended": pa.array(recommended, pa.list_(pa.string())),
-        "scores": pa.array(score_json, pa.string()),
-        "source": pa.array(source),
-    }
-    for j in range(n):
-        main[f"rec_{j + 1}"] = pa.array(names[:, j].tolist(), pa.string())
-    for j in range(n):
-        main[f"score_{j + 1}"] = pa.array(scores[:, j], pa.float64(), from_pandas=True)
-    if wide_columns:
-        lookup = {item: i for i, item in enumerate(item_ids.tolist())}
-        excluded = data.bought if config.exclude_purchased else None
-        for position, (item, column) in enumerate(wide_columns.items()):
-            index = lookup.get(item)
-            values = np.full(data.n_customers, np.nan)
-            if index is not None and recs.wide is not None:
-                values = np.round(recs.wide[:, position], 4)
-                values[recs.from_popular] = np.nan
-                if excluded is not None:
-                    values[np.asarray(excluded[:, index].todense()).ravel() > 0] = np.nan
-            main[column] = pa.array(values, pa.float64(), from_pandas=True)
-    rows, ranks = np.nonzero(valid)
-    long = pa.table({
-        cid: data.customer_ids.take(pa.array(rows)),
-        "item_id": pa.array(item_ids[recs.items[rows, ranks]].tolist(), pa.string()),
-        "score": pa.array(scores[rows, ranks], pa.float64(), from_pandas=True),
-        "rank": pa.array(ranks + 1, pa.int64()),
-        "source": pa.array(source[rows]),
-    })
-    return pa.table(main), long

@@ -44,8 +44,10 @@ SAMPLE_PAYLOADS = 5
 # p_alive (docs/ui.md); expected_purchases only when one of those is missing.
 CLV_COLUMNS = ("clv", "ltv", "expected_spend", "p_alive", "prob_alive", "probability_alive", "expected_purchases")
 PROPENSITY_COLUMNS = ("probability", "likelihood", "propensity", "churn", "score")
-# precision_at_10, ndcg@10, baseline_recall_10, map: the measure ends the metric's name.
-RECOMMEND_MEASURE = re.compile(r"(?:^|_)(precision|recall|ndcg|map|hit_rate|mrr)(?:_at_|@|_)?(\d+)?$", re.I)
+# precision_at_10, ndcg@10, baseline_recall_10, map, coverage_at_10 (share of the catalogue
+# recommended; only "at k", so a CLV interval's `coverage` is not one): the measure ends the name.
+RECOMMEND_MEASURE = re.compile(
+    r"(?:^|_)(precision|recall|ndcg|map|hit_rate|mrr|coverage(?=(?:_at_|@)\d+$))(?:_at_|@|_)?(\d+)?$", re.I)
 BASELINE_WORDS = ("baseline", "popular", "popularity")
 
 
