@@ -283,3 +283,27 @@ def total_interval(draw_mean: FloatArray, draw_var: FloatArray, weights: ArrayLi
                 hi = mid
         out.append((lo + hi) / 2.0)
     return out
+
+
+def pit_bounds(draws: FloatArray, x: ArrayLike, t_x: ArrayLike, T: ArrayLike, t: float,
+               y: ArrayLike) -> tuple[FloatArray, FloatArray]:
+    """``(P(N < y), P(N = y))`` per row: the randomized PIT is ``below + U * at``.
+
+    For whole-number outcomes the PIT with a uniform ``U`` is uniform on [0, 1] when the
+    forecast distribution is right, so its spread judges the intervals.
+    """
+    xa, ta, Ta = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (x, t_x, T))
+    ya = np.asarray(y, dtype=np.int64).reshape(-1)
+    below, at = np.zeros(len(ya)), np.zeros(len(ya))
+    terms = _Terms(draws, xa, ta, Ta, float(t))
+    active = np.arange(len(ya))
+    for k in range(int(ya.max(initial=0)) + 1):
+        mixed = terms.next_column().mean(axis=1)
+        yk = ya[active]
+        below[active] += np.where(yk > k, mixed, 0.0)
+        at[active] += np.where(yk == k, mixed, 0.0)
+        more = yk > k
+        if not more.all():
+            active = active[more]
+            terms.keep(more)
+    return below, at
