@@ -24,10 +24,11 @@ Everything is computed per unique ``(x, t_x, T)`` row (the summary's few thousan
 histories), so the cost and memory do not grow with customers.
 
 Value: a customer's spend over the horizon is ``V = (G_1 + ... + G_N) / nu`` with
-``G_i ~ Gamma(p, 1)`` and ``nu ~ Gamma(q + p x, gamma + m x)`` (the Gamma-Gamma posterior).
-``P(V = 0) = P(N = 0)``; the positive part is a Gamma with the exact mean and variance of
-``V | N > 0`` (moment matching), whose quantiles are closed-form. The Gamma-Gamma parameters
-are taken as fitted (their uncertainty is small next to the spread of single purchases).
+``G_i ~ Gamma(p, 1)`` and ``nu ~ Gamma(q + p x, gamma + m x)`` (the Gamma-Gamma posterior),
+so ``V / (gamma + m x)`` is a mixture over ``N`` of beta-prime distributions that depends
+on the history alone: its quantiles are computed per distinct history too, and scaled per
+customer. The Gamma-Gamma parameters are taken as fitted (their uncertainty is small next
+to the spread of single purchases).
 """
 
 from __future__ import annotations
@@ -42,10 +43,12 @@ from segloop.models.btyd import BetaGeoParams, GammaGammaParams, _bgnbd_objectiv
 FloatArray = NDArray[np.float64]
 QUANTILES: tuple[float, ...] = (0.1, 0.5, 0.9)
 TAIL = 1e-9  # stop summing the distribution once this little probability is left
-MAX_COUNT = 100_000  # no horizon sees more purchases than this (a guard, not a model limit)
+MAX_COUNT = 100_000
+VALUE_TAIL = 1e-4  # the value's distribution is summed over counts up to this tail
+VALUE_GRID = 600  # points of the log grid the value's distribution is read on  # no horizon sees more purchases than this (a guard, not a model limit)
 
 __all__ = ["PurchaseDistribution", "laplace_draws", "purchase_distribution", "purchase_pmf",
-           "value_quantiles", "total_interval"]
+           "value_scale_quantiles", "total_interval", "pit_bounds"]
 
 
 def laplace_draws(
@@ -218,45 +221,57 @@ def purchase_pmf(draws: FloatArray, x: ArrayLike, t_x: ArrayLike, T: ArrayLike, 
     return np.column_stack([terms.next_column().mean(axis=1) for _ in range(upto + 1)])
 
 
-def value_quantiles(
+def value_scale_quantiles(
     gg: GammaGammaParams,
+    draws: FloatArray,
     x: ArrayLike,
-    m: ArrayLike,
-    p_zero: ArrayLike,
-    mean_count: ArrayLike,
-    second_moment: ArrayLike,
+    t_x: ArrayLike,
+    T: ArrayLike,
+    t: float,
     levels: tuple[float, ...] = QUANTILES,
+    reach: FloatArray | None = None,
 ) -> FloatArray:
-    """Quantiles of the spend over the horizon (rows x levels), a zero-inflated Gamma.
+    """Quantiles of ``W = V / (gamma + m x)`` per distinct history (rows x levels).
 
-    ``P(V = 0) = P(N = 0)``; ``V | N > 0`` is a Gamma with its exact mean and variance
-    (see the module docstring). NaN where the posterior of the spend rate has no variance
-    (``q + p x <= 2``).
+    Given ``N = k`` purchases, ``V = G / nu`` with ``G ~ Gamma(k p, 1)`` and
+    ``nu ~ Gamma(q + p x, rate gamma + m x)``, so ``W`` is beta-prime: ``P(W <= w | k) =
+    I_{w / (1 + w)}(k p, q + p x)``, which depends on the history only, not on ``m``; a
+    customer's value quantiles are these times ``gamma + m x``. For each distinct ``x`` the
+    beta-prime CDFs are tabulated once on a log grid of ``w``; each row's mixture over ``k``
+    is then one matrix product, and its quantiles are read off the grid (interpolated in
+    ``log w``). The sum over ``k`` stops where the distribution has ``VALUE_TAIL`` left.
     """
-    from scipy.special import gammaincinv
+    from scipy.special import betainc
 
-    xa, ma = np.asarray(x, dtype=np.float64), np.clip(np.asarray(m, dtype=np.float64), 0.0, None)
-    p0 = np.clip(np.asarray(p_zero, dtype=np.float64), 0.0, 1.0)
-    e1, e2 = np.asarray(mean_count, dtype=np.float64), np.asarray(second_moment, dtype=np.float64)
-    shape_nu = gg.q + gg.p * xa
-    rate_nu = gg.gamma + ma * xa
-    positive = np.maximum(1.0 - p0, 1e-300)
-    n1, n2 = e1 / positive, e2 / positive  # E[N | N > 0], E[N^2 | N > 0]
-    with np.errstate(all="ignore"):
-        inv1 = rate_nu / (shape_nu - 1.0)
-        inv2 = rate_nu**2 / ((shape_nu - 1.0) * (shape_nu - 2.0))
-        mean = gg.p * n1 * inv1
-        second = (gg.p * n1 + gg.p**2 * n2) * inv2
-        var = np.maximum(second - mean**2, 1e-300)
-        shape = mean**2 / var
-        scale = var / mean
-        out = np.zeros((len(xa), len(levels)))
+    xa, ta, Ta = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (x, t_x, T))
+    n = len(xa)
+    out = np.zeros((n, len(levels)))
+    if n == 0:
+        return out
+    if reach is None:  # the count below which all but VALUE_TAIL of the distribution lies
+        reach = purchase_distribution(draws, xa, ta, Ta, t, levels=(1.0 - VALUE_TAIL,)).quantiles[:, 0]
+    for value in np.unique(xa):
+        rows = np.flatnonzero(xa == value)
+        upto = max(int(reach[rows].max()), 1)
+        pmf = purchase_pmf(draws, xa[rows], ta[rows], Ta[rows], t, upto)
+        # Each row summed up to its own reach: the same result whatever rows come along.
+        pmf[np.arange(upto + 1)[None, :] > reach[rows][:, None]] = 0.0
+        shape_q = gg.q + gg.p * value
+        # W | k is near k p / (q + p x): the quantiles lie well within this grid (fixed, so a
+        # customer's result does not depend on the other rows of the chunk).
+        log_w = np.log(gg.p / shape_q) + np.linspace(np.log(1e-4), np.log(1e6), VALUE_GRID)
+        w = np.exp(log_w)
+        k = np.arange(1, upto + 1, dtype=np.float64)[:, None]
+        table = betainc(k * gg.p, shape_q, (w / (1.0 + w))[None, :])  # K x grid
+        cdf = pmf[:, :1] + pmf[:, 1:] @ table  # rows x grid
         for j, level in enumerate(levels):
-            inner = np.clip((level - p0) / positive, 0.0, 1.0)
-            q = np.where(level <= p0, 0.0, gammaincinv(shape, inner) * scale)
-            out[:, j] = q
-    bad = ~(shape_nu > 2.0) | ~np.isfinite(out).all(axis=1)
-    out[bad] = np.nan
+            above = cdf >= level
+            first = np.where(above.any(axis=1), above.argmax(axis=1), VALUE_GRID - 1)
+            prev = np.maximum(first - 1, 0)
+            c0, c1 = cdf[np.arange(len(rows)), prev], cdf[np.arange(len(rows)), first]
+            frac = np.where(c1 > c0, (level - c0) / np.where(c1 > c0, c1 - c0, 1.0), 1.0)
+            q = np.exp(log_w[prev] + np.clip(frac, 0.0, 1.0) * (log_w[first] - log_w[prev]))
+            out[rows, j] = np.where(pmf[:, 0] >= level, 0.0, q)
     return out
 
 

@@ -50,6 +50,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from segloop.models.btyd import BetaGeoParams, GammaGammaParams
 
+# Purchase-count quantiles computed per distinct history: the three output ones, and the
+# count the value's distribution is summed up to (btyd_intervals.VALUE_TAIL).
+LEVELS = (0.1, 0.5, 0.9, 1.0 - 1e-4)
 INTERVAL_COLUMNS = ("p_no_purchase", "purchases_p10", "purchases_p50", "purchases_p90",
                     "value_p10", "value_p50", "value_p90")
 
@@ -264,7 +267,7 @@ def fit_model(
         if not held:
             warn("the parameters' uncertainty could not be estimated (the fit's curvature is "
                  "flat); intervals show the purchase process noise only")
-        dist = purchase_distribution(draws, rows.x, rows.t_x, rows.T, horizon)
+        dist = purchase_distribution(draws, rows.x, rows.t_x, rows.T, horizon, levels=LEVELS)
         scale = 1.0 / rows.sampled
         total = total_interval(dist.draw_mean, dist.draw_var, rows.w,
                                levels=(0.01, 0.1, 0.5, 0.9, 0.99))
@@ -272,6 +275,8 @@ def fit_model(
             metrics[f"purchases_total_{level}"] = round(value * scale, 2)
     model = ClvModel(bg=bg, gg=gg, mean_value=mean_value, horizon=horizon, config=config,
                      draws=draws, warn=warn)
+    if draws is not None:
+        model.known = (rows.x, rows.t_x, rows.T, dist)
     return model, metrics
 
 
@@ -324,6 +329,7 @@ class ClvModel:
     config: ClvConfig
     draws: np.ndarray | None
     warn: Any
+    known: tuple[Any, ...] | None = None  # (x, t_x, T, distribution) of the fit's rows
 
     def point(self, chunk: pa.Table) -> dict[str, np.ndarray]:
         """p_alive, expected purchases and spend, and predicted CLV of each row."""
@@ -386,20 +392,26 @@ class ClvModel:
         import numpy as np
 
         from segloop.models.btyd import unique_rows
-        from segloop.models.btyd_intervals import purchase_distribution, value_quantiles
+        from segloop.models.btyd_intervals import purchase_distribution, value_scale_quantiles
 
         assert self.draws is not None  # noqa: S101 - only called with intervals on
         (xu, tu, Tu), _, inverse = unique_rows(v["x"], v["t_x"], v["T"])
-        dist = purchase_distribution(self.draws, xu, tu, Tu, self.horizon)
+        if self.known is not None and all(
+            len(a) == len(b) and np.array_equal(a, b) for a, b in zip(self.known[:3], (xu, tu, Tu))
+        ):
+            dist = self.known[3]  # all customers in one chunk: the fit's rows are these
+        else:
+            dist = purchase_distribution(self.draws, xu, tu, Tu, self.horizon, levels=LEVELS)
         out = {"p_no_purchase": dist.p_zero[inverse]}
         for j, name in enumerate(("purchases_p10", "purchases_p50", "purchases_p90")):
             out[name] = dist.quantiles[inverse, j]
-        if self.gg is not None:
-            value = value_quantiles(self.gg, v["x"], v["m"], dist.p_zero[inverse],
-                                    dist.mean[inverse], dist.second_moment[inverse])
+        if self.gg is not None and self.gg.q > 1.0:
+            scale = value_scale_quantiles(self.gg, self.draws, xu, tu, Tu, self.horizon,
+                                          reach=dist.quantiles[:, 3])
+            value = scale[inverse] * (self.gg.gamma + np.clip(v["m"], 0.0, None) * v["x"])[:, None]
         else:
             value = np.full((len(inverse), 3), np.nan)
-        fallback = dist.quantiles[inverse] * v["expected_spend"][:, None]
+        fallback = dist.quantiles[inverse, :3] * v["expected_spend"][:, None]
         value = np.where(np.isfinite(value), value, fallback)
         for j, name in enumerate(("value_p10", "value_p50", "value_p90")):
             out[name] = value[:, j]
