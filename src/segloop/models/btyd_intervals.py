@@ -34,6 +34,7 @@ to the spread of single purchases).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -45,10 +46,10 @@ QUANTILES: tuple[float, ...] = (0.1, 0.5, 0.9)
 TAIL = 1e-9  # stop summing the distribution once this little probability is left
 MAX_COUNT = 100_000
 VALUE_TAIL = 1e-4  # the value's distribution is summed over counts up to this tail
-VALUE_GRID = 600  # points of the log grid the value's distribution is read on  # no horizon sees more purchases than this (a guard, not a model limit)
+VALUE_GRID = 240  # points of the log grid the value's distribution is read on  # no horizon sees more purchases than this (a guard, not a model limit)
 
 __all__ = ["PurchaseDistribution", "laplace_draws", "purchase_distribution", "purchase_pmf",
-           "value_scale_quantiles", "total_interval", "pit_bounds"]
+           "value_scale_quantiles", "total_interval", "expected_totals", "mixture_quantiles", "pit_bounds"]
 
 
 def laplace_draws(
@@ -57,15 +58,15 @@ def laplace_draws(
     t_x: ArrayLike,
     T: ArrayLike,
     weights: ArrayLike,
-    draws: int,
+    draws: int | tuple[int, ...],
     seed: int = 0,
     penalizer: float = 0.0,
-) -> tuple[FloatArray, bool]:
+) -> tuple[Any, bool]:
     """``draws`` parameter sets (rows of r, alpha, a, b) around the fit, and whether the
     Laplace approximation held (a negative-definite Hessian); without it, the fit itself.
 
-    The first row is always the fitted parameters. Draws use a fixed seed, so a run's
-    intervals are the same every time.
+    Draws are quasi-random with a fixed seed, so a run's intervals are the same every time.
+    With a tuple of sizes, one array of draws per size (the Hessian is taken once).
     """
     xa, ta, Ta, wa = (np.asarray(v, dtype=np.float64) for v in (x, t_x, T, weights))
     theta = np.log([params.r, params.alpha, params.a, params.b])
@@ -88,17 +89,31 @@ def laplace_draws(
         hessian[:, j] = (grad(up) - grad(down)) / (2 * step)
     hessian = (hessian + hessian.T) / 2.0
     fitted = np.exp(theta)[None, :]
+    sizes = draws if isinstance(draws, tuple) else (draws,)
+    chol = None
     try:
-        cov = np.linalg.inv(-hessian)
-        chol = np.linalg.cholesky(cov)
+        chol = np.linalg.cholesky(np.linalg.inv(-hessian))
     except np.linalg.LinAlgError:
-        return fitted, False
-    if not np.all(np.isfinite(chol)):
-        return fitted, False
-    rng = np.random.default_rng(seed)
-    z = rng.standard_normal((max(draws, 1) - 1, 4))
-    out = np.exp(theta[None, :] + z @ chol.T)
-    return np.vstack([fitted, out]), True
+        pass
+    held = chol is not None and bool(np.all(np.isfinite(chol)))
+    out = [_quasi_normal(theta, chol, n, seed) if held and n > 1 else fitted for n in sizes]
+    return (tuple(out) if isinstance(draws, tuple) else out[0]), held
+
+
+def _quasi_normal(theta: FloatArray, chol: Any, n: int, seed: int) -> FloatArray:
+    """``n`` draws of ``exp(N(theta, chol chol'))`` from a scrambled Sobol sequence: a few
+    cover the distribution as evenly as many random ones would."""
+    import warnings
+
+    from scipy.special import ndtri
+    from scipy.stats import qmc
+
+    with warnings.catch_warnings():  # balance is best at powers of 2; any n is still fine
+        warnings.simplefilter("ignore", UserWarning)
+        u = qmc.Sobol(d=4, scramble=True, seed=seed).random(n)
+    z = ndtri(np.clip(u, 1e-12, 1 - 1e-12))
+    out: FloatArray = np.exp(theta[None, :] + z @ chol.T)
+    return out
 
 
 def _alive(draws: FloatArray, x: FloatArray, t_x: FloatArray, T: FloatArray) -> FloatArray:
@@ -277,16 +292,49 @@ def value_scale_quantiles(
 
 def total_interval(draw_mean: FloatArray, draw_var: FloatArray, weights: ArrayLike | None = None,
                    levels: tuple[float, ...] = (0.03, 0.5, 0.97)) -> list[float]:
-    """Quantiles of the total purchases of all rows (each ``weights`` customers).
+    """Quantiles of the total purchases of all rows (each ``weights`` customers), from
+    per-row, per-draw means and variances (``PurchaseDistribution``)."""
+    w = np.ones(draw_mean.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
+    return mixture_quantiles(w @ draw_mean, w @ draw_var, levels)
 
-    Given the parameters, the total is a sum of independent customers, close to normal;
-    over the parameter draws it is a mixture of those normals.
+
+def expected_totals(center: BetaGeoParams, draws: FloatArray, x: ArrayLike, t_x: ArrayLike,
+                    T: ArrayLike, weights: ArrayLike, t: float, max_rows: int = 4096,
+                    seed: int = 0) -> FloatArray:
+    """Expected total purchases of all rows under each parameter draw (closed form, eq. 10).
+
+    Beyond ``max_rows`` rows, how much each draw moves the total away from ``center``'s is
+    measured on a fixed sample of rows (drawn in proportion to their weights) and scaled
+    up; the total at ``center`` itself is exact.
+    """
+    xa, ta, Ta = (np.asarray(v, dtype=np.float64) for v in (x, t_x, T))
+    w = np.asarray(weights, dtype=np.float64)
+    exact = float(w @ center.conditional_expected_purchases(t, xa, ta, Ta))
+    if len(xa) > max_rows:
+        rows = np.random.default_rng(seed).choice(len(xa), max_rows, replace=True, p=w / w.sum())
+        xa, ta, Ta = xa[rows], ta[rows], Ta[rows]
+        w = np.full(max_rows, float(weights_sum(weights)) / max_rows)
+    base = float(w @ center.conditional_expected_purchases(t, xa, ta, Ta))
+    return np.array([
+        exact + float(w @ BetaGeoParams(*map(float, d)).conditional_expected_purchases(t, xa, ta, Ta)) - base
+        for d in draws
+    ])
+
+
+def weights_sum(weights: ArrayLike) -> float:
+    return float(np.asarray(weights, dtype=np.float64).sum())
+
+
+def mixture_quantiles(means: ArrayLike, variances: ArrayLike, levels: tuple[float, ...]) -> list[float]:
+    """Quantiles of an equal-weight mixture of normals ``N(means[d], variances[d])``.
+
+    Given the parameters, a total over many customers is a sum of independent counts, close
+    to normal; over the parameter draws it is a mixture of those normals.
     """
     from scipy.special import ndtr
 
-    w = np.ones(draw_mean.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
-    mu = w @ draw_mean
-    sd = np.sqrt(np.maximum(w @ draw_var, 1e-300))
+    mu = np.asarray(means, dtype=np.float64)
+    sd = np.sqrt(np.maximum(np.broadcast_to(np.asarray(variances, dtype=np.float64), mu.shape), 1e-300))
     out = []
     for level in levels:
         lo, hi = float((mu - 8 * sd).min()), float((mu + 8 * sd).max())

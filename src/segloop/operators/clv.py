@@ -122,7 +122,8 @@ class ClvOperator(Operator[ClvConfig]):
     MIN_CUSTOMERS_WARNING: ClassVar[int] = 100
     DISCOUNT_STEPS: ClassVar[int] = 12
     RETRY_PENALIZER: ClassVar[float] = 0.001
-    DRAWS: ClassVar[int] = 64  # parameter draws behind the intervals
+    DRAWS: ClassVar[int] = 16  # parameter draws behind each customer's intervals
+    TOTAL_DRAWS: ClassVar[int] = 128  # ... and behind the interval of the total
     # Python bytes per customer while scoring a chunk: the summary, the output columns and
     # the interval work arrays (rows x draws for each distinct history).
     BYTES_PER_ROW: ClassVar[int] = 2_000
@@ -259,18 +260,28 @@ def fit_model(
     gg, mean_value = _spend_model(rows, config, metrics, warn)
     draws = None
     if config.intervals:
-        from segloop.models.btyd_intervals import laplace_draws, purchase_distribution, total_interval
+        from segloop.models.btyd_intervals import (
+            expected_totals,
+            laplace_draws,
+            mixture_quantiles,
+            purchase_distribution,
+        )
 
-        draws, held = laplace_draws(bg, rows.x, rows.t_x, rows.T, rows.w, ClvOperator.DRAWS,
-                                    seed=config.seed, penalizer=penalizer)
+        (draws, many), held = laplace_draws(
+            bg, rows.x, rows.t_x, rows.T, rows.w, (ClvOperator.DRAWS, ClvOperator.TOTAL_DRAWS),
+            seed=config.seed, penalizer=penalizer)
         metrics["interval_parameter_draws"] = len(draws) if held else 0
         if not held:
             warn("the parameters' uncertainty could not be estimated (the fit's curvature is "
                  "flat); intervals show the purchase process noise only")
         dist = purchase_distribution(draws, rows.x, rows.t_x, rows.T, horizon, levels=LEVELS)
+        # The total over all customers: its spread comes from the parameters (shared by
+        # every customer), so it takes more draws (`many`); their expected totals are
+        # closed-form. The process noise's variance hardly moves between draws: its mean.
+        means = expected_totals(bg, many, rows.x, rows.t_x, rows.T, rows.w, horizon, seed=config.seed)
+        variance = float((rows.w @ dist.draw_var).mean())
+        total = mixture_quantiles(means, variance, (0.01, 0.1, 0.5, 0.9, 0.99))
         scale = 1.0 / rows.sampled
-        total = total_interval(dist.draw_mean, dist.draw_var, rows.w,
-                               levels=(0.01, 0.1, 0.5, 0.9, 0.99))
         for level, value in zip(("p01", "p10", "p50", "p90", "p99"), total, strict=True):
             metrics[f"purchases_total_{level}"] = round(value * scale, 2)
     model = ClvModel(bg=bg, gg=gg, mean_value=mean_value, horizon=horizon, config=config,

@@ -1,0 +1,165 @@
+"""Benchmark the clv and clusters nodes before and after bounded memory (issue 19).
+
+Each node runs in a fresh process under `/usr/bin/time -v` (peak RSS) on demo data of
+20k and 100k customers, with the code of a given commit (default: the base of this
+work, ad28749) and with this checkout's, interleaved (before, after, before, after, ...)
+so that a busy shared machine slows both alike; the table reports the ratios. "after,
+64MB" runs the new code with `memory_limit: 64MB`, where both nodes work in chunks.
+
+Demo data: the demo generator's orders and browsing events, made in blocks of 20k
+customers (seeds 7, 8, ...; ids prefixed per block) so that 100k customers need no more
+memory to make than 20k. clusters reads the demo pipeline's `activity` columns
+(recency_days, frequency, monetary and view/add counts), computed here in SQL.
+
+Run:  .venv/bin/python bench/clv_clusters.py                  (20k and 100k, 2 rounds)
+      .venv/bin/python bench/clv_clusters.py --sizes 20000 --rounds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BLOCK = 20_000
+
+
+def prep(db: Path, customers: int) -> None:
+    """orders(user_id, timestamp, revenue) and activity(...) for ``customers`` demo customers."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from segloop.demo import generate
+    from segloop.warehouses import Warehouse
+
+    with Warehouse.duckdb(db) as wh:
+        for block in range(max(1, customers // BLOCK)):
+            tables, _ = generate(min(BLOCK, customers), seed=7 + block)
+            for name in ("order_completed", "product_viewed", "product_added"):
+                table = tables[name]
+                table = table.filter(pc.is_valid(table["user_id"]))
+                keep = ["user_id", "timestamp"] + (["revenue"] if name == "order_completed" else [])
+                table = table.select(keep).set_column(
+                    0, "user_id", pc.binary_join_element_wise(pa.scalar(f"b{block}_"), table["user_id"], ""))
+                if block == 0:
+                    wh.create_table(name, table)
+                else:
+                    wh.insert(name, table)
+            del tables
+        wh.raw_sql("""
+            create or replace table activity as
+            with o as (select user_id, max("timestamp") as last, count(*) as frequency,
+                              sum(revenue) as monetary from order_completed group by user_id),
+                 v as (select user_id, count(*) as n from product_viewed group by user_id),
+                 a as (select user_id, count(*) as n from product_added group by user_id)
+            select o.user_id,
+                   date_diff('day', o.last, (select max("timestamp") from order_completed)) as recency_days,
+                   o.frequency, o.monetary,
+                   coalesce(v.n, 0) as product_viewed_count, coalesce(a.n, 0) as product_added_count
+            from o left join v using (user_id) left join a using (user_id)""")
+
+
+def node(db: Path, which: str, memory_limit: int | None) -> dict[str, float]:
+    """Run one node as the engine does (output written, streamed or not) and time it."""
+    from segloop.operators.base import RunContext
+    from segloop.warehouses import Warehouse
+
+    with Warehouse.duckdb(db) as wh:
+        ctx = RunContext(warehouse=wh, pipeline="bench", node=which, run_id="b")
+        if memory_limit is not None:
+            ctx.memory_limit = memory_limit
+        started = time.perf_counter()
+        if which == "clv":
+            from segloop.operators.clv import ClvConfig, ClvOperator
+
+            out = ClvOperator(ClvConfig(type="clv", input="orders", horizon="120 days")).run(
+                {"orders": wh.table("order_completed")}, ctx)
+        else:
+            from segloop.operators.clusters import ClustersConfig, ClustersOperator
+
+            out = ClustersOperator(ClustersConfig(type="clusters", input="activity", k=4)).run(
+                {"activity": wh.table("activity")}, ctx)
+        rows = wh.replace_table(f"bench__{which}", out.table)
+        for suffix, extra in out.extra.items():
+            wh.replace_table(f"bench__{which}__{suffix}", extra, count=False)
+        seconds = time.perf_counter() - started
+        quality = {k: out.metrics.get(k) for k in ("holdout_spearman", "holdout_interval_coverage",
+                                                    "silhouette", "stability_ari", "training_rows")}
+    return {"seconds": seconds, "rows": float(rows or 0), **{k: v for k, v in quality.items() if v is not None}}
+
+
+def measured(src: Path, db: Path, which: str, memory_limit: int | None) -> dict[str, float]:
+    cmd = ["/usr/bin/time", "-v", sys.executable, __file__, "node", "--db", str(db), "--node", which]
+    if memory_limit is not None:
+        cmd += ["--memory-limit", str(memory_limit)]
+    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{ROOT}"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"{which} failed:\n{done.stderr[-3000:]}")
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["peak_mb"] = int(rss.group(1)) / 1024 if rss else float("nan")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command")
+    run_node = sub.add_parser("node")
+    run_node.add_argument("--db", type=Path, required=True)
+    run_node.add_argument("--node", choices=["clv", "clusters"], required=True)
+    run_node.add_argument("--memory-limit", type=int, default=None)
+    make = sub.add_parser("prep")
+    make.add_argument("--db", type=Path, required=True)
+    make.add_argument("--customers", type=int, required=True)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--before", default="ad28749", help="commit of the 'before' code")
+    args = parser.parse_args()
+    if args.command == "node":
+        print(json.dumps(node(args.db, args.node, args.memory_limit)))
+        return
+    if args.command == "prep":
+        prep(args.db, args.customers)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        before = Path(tmp) / "before"
+        before.mkdir()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.before, "src"],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
+        variants = {"before": (before / "src", None), "after": (ROOT / "src", None),
+                    "after, 64MB": (ROOT / "src", 64 * 10**6)}
+        print("| node | customers | variant | seconds (median) | peak RSS MB | quality |")
+        print("|---|---|---|---|---|---|")
+        for size in args.sizes:
+            db = Path(tmp) / f"demo{size}.duckdb"
+            env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
+            subprocess.run([sys.executable, __file__, "prep", "--db", str(db), "--customers", str(size)],
+                           env=env, check=True)
+            for which in ("clv", "clusters"):
+                results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+                for _ in range(args.rounds):
+                    for variant, (src, limit) in variants.items():
+                        results[variant].append(measured(src, db, which, limit))
+                base = statistics.median(r["seconds"] for r in results["before"])
+                base_rss = statistics.median(r["peak_mb"] for r in results["before"])
+                for variant, runs in results.items():
+                    seconds = statistics.median(r["seconds"] for r in runs)
+                    rss = statistics.median(r["peak_mb"] for r in runs)
+                    quality = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                        for k, v in runs[0].items() if k not in ("seconds", "rows", "peak_mb"))
+                    print(f"| {which} | {size:,} | {variant} | {seconds:.2f} ({seconds / base:.2f}x) "
+                          f"| {rss:,.0f} ({rss / base_rss:.2f}x) | {quality} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
