@@ -123,6 +123,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--before", default="ad28749", help="commit of the 'before' code")
+    parser.add_argument("--repo", type=Path, default=ROOT, help="git checkout holding that commit")
     args = parser.parse_args()
     if args.command == "node":
         print(json.dumps(node(args.db, args.node, args.memory_limit)))
@@ -133,7 +134,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         before = Path(tmp) / "before"
         before.mkdir()
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.before, "src"],
+        archive = subprocess.run(["git", "-C", str(args.repo), "archive", args.before, "src"],
                                  capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
         variants = {"before": (before / "src", None), "after": (ROOT / "src", None),

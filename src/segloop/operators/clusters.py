@@ -92,7 +92,7 @@ class ClustersOperator(Operator[ClustersConfig]):
     BYTES_PER_ROW: ClassVar[int] = 96
     BYTES_PER_COLUMN: ClassVar[int] = 32
     STABILITY_SEEDS: ClassVar[int] = 2  # refits with other seeds behind `stability_ari`
-    STABILITY_ROWS: ClassVar[int] = 20_000  # rows those refits use at most
+    STABILITY_ROWS: ClassVar[int] = 5_000  # rows those refits use at most
 
     def run(self, inputs: dict[str, ir.Table], ctx: RunContext) -> NodeOutput:
         from segloop.operators.clusters_stream import Scaler, fetch_sample, stream_assignments
