@@ -33,6 +33,7 @@ to the spread of single purchases).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,10 +92,8 @@ def laplace_draws(
     fitted = np.exp(theta)[None, :]
     sizes = draws if isinstance(draws, tuple) else (draws,)
     chol = None
-    try:
+    with contextlib.suppress(np.linalg.LinAlgError):  # not negative definite: no Laplace
         chol = np.linalg.cholesky(np.linalg.inv(-hessian))
-    except np.linalg.LinAlgError:
-        pass
     held = chol is not None and bool(np.all(np.isfinite(chol)))
     out = [_quasi_normal(theta, chol, n, seed) if held and n > 1 else fitted for n in sizes]
     return (tuple(out) if isinstance(draws, tuple) else out[0]), held

@@ -246,8 +246,7 @@ class KMeansFit:
     """The chosen clustering: labels ordered by cluster size (0 = largest) and its scores."""
 
     def __init__(self, labels: np.ndarray, k: int, silhouette: float, inertia: float,
-                 scores: dict[int, float], algorithm: str, model: Any = None,
-                 mapping: np.ndarray | None = None):
+                 scores: dict[int, float], algorithm: str, model: Any, mapping: np.ndarray):
         self.labels, self.k, self.silhouette, self.inertia = labels, k, silhouette, inertia
         self.scores, self.algorithm = scores, algorithm
         self.model, self.mapping = model, mapping  # the fitted k-means; its labels -> ours

@@ -47,7 +47,7 @@ def validate(
     import pyarrow as pa
 
     from segloop.memory import rows_within
-    from segloop.operators.clv import fit_model
+    from segloop.operators.clv_model import fit_model
 
     horizon_days = config.horizon_days()
     horizon = horizon_days / DAYS_PER_UNIT[config.time_unit]

@@ -8,8 +8,8 @@ dropped with them, and ALTERs go around them).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
