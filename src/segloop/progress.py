@@ -268,7 +268,8 @@ def _headline(metrics: dict[str, Any]) -> str:
     if metrics.get("dry_run") and "to_send" in metrics:  # a Segment node in a dry run
         unchanged = int(metrics.get("unchanged", 0) or 0)
         return f"dry run: would send {int(metrics['to_send']):,}" + (f", {unchanged:,} unchanged" if unchanged else "")
-    keys = ("sent", "unchanged", "rejected", "failed", "auc", "ndcg_at_10", "silhouette", "log_likelihood")
+    keys = ("sent", "unchanged", "rejected", "failed", "auc", "ndcg_at_10", "silhouette", "stability_ari",
+            "holdout_spearman", "holdout_gini", "log_likelihood")
     optional = ("unchanged", "rejected", "failed")  # shown only when not zero
     parts = [f"{k}={metrics[k]:.3g}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
              for k in keys if k in metrics and not isinstance(metrics[k], dict | list)

@@ -8,6 +8,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from segloop.operators.base import RunContext
+from segloop.progress import _headline
 from segloop.operators.clusters import ClustersConfig, ClustersOperator
 from segloop.operators.clusters_stream import id_hash
 from segloop.warehouses import Warehouse
@@ -85,6 +86,7 @@ def test_stability_is_reported_and_can_be_required(make_workspace) -> None:
     result, wh = run(make_workspace, table, "    k: 3\n    require: {stability_ari: 0.9}")
     node = result.node("clusters")
     assert node.status == "success" and node.metrics["stability_ari"] == pytest.approx(1.0)
+    assert "stability_ari=1" in _headline(node.metrics)  # the line of `segloop show`
     wh.close()
     rng = np.random.default_rng(2)
     noise = pa.table({"user_id": [f"c{i}" for i in range(400)], "recency_days": rng.random(400),

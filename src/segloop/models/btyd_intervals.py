@@ -100,18 +100,28 @@ def laplace_draws(
 
 
 def _quasi_normal(theta: FloatArray, chol: Any, n: int, seed: int) -> FloatArray:
-    """``n`` draws of ``exp(N(theta, chol chol'))`` from a scrambled Sobol sequence: a few
-    cover the distribution as evenly as many random ones would."""
-    import warnings
-
+    """``n`` draws of ``exp(N(theta, chol chol'))`` from a randomly shifted Halton sequence:
+    a few cover the distribution as evenly as many random ones would (scipy's Sobol would
+    do as well, but importing scipy.stats costs seconds)."""
     from scipy.special import ndtri
-    from scipy.stats import qmc
 
-    with warnings.catch_warnings():  # balance is best at powers of 2; any n is still fine
-        warnings.simplefilter("ignore", UserWarning)
-        u = qmc.Sobol(d=4, scramble=True, seed=seed).random(n)
+    shift = np.random.default_rng(seed).random(4)
+    u = (_halton(n, (2, 3, 5, 7)) + shift[None, :]) % 1.0
     z = ndtri(np.clip(u, 1e-12, 1 - 1e-12))
     out: FloatArray = np.exp(theta[None, :] + z @ chol.T)
+    return out
+
+
+def _halton(n: int, bases: tuple[int, ...]) -> FloatArray:
+    """The first ``n`` points (from the second) of the Halton sequence in these bases."""
+    out = np.zeros((n, len(bases)))
+    for j, base in enumerate(bases):
+        index = np.arange(1, n + 1)
+        scale = 1.0
+        while index.any():
+            scale /= base
+            out[:, j] += scale * (index % base)
+            index //= base
     return out
 
 
