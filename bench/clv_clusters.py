@@ -4,7 +4,9 @@ Each node runs in a fresh process under `/usr/bin/time -v` (peak RSS) on demo da
 20k and 100k customers, with the code of a given commit (default: the base of this
 work, ad28749) and with this checkout's, interleaved (before, after, before, after, ...)
 so that a busy shared machine slows both alike; the table reports the ratios. "after,
-64MB" runs the new code with `memory_limit: 64MB`, where both nodes work in chunks.
+64MB" runs the new code with `memory_limit: 64MB` (clv scores in chunks of 16,000
+customers, clusters trains on 125,000 rows at most); "intervals off" is clv with
+`intervals: false`.
 
 Demo data: the demo generator's orders and browsing events, made in blocks of 20k
 customers (seeds 7, 8, ...; ids prefixed per block) so that 100k customers need no more
@@ -27,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = 20_000
@@ -67,7 +70,7 @@ def prep(db: Path, customers: int) -> None:
             from o left join v using (user_id) left join a using (user_id)""")
 
 
-def node(db: Path, which: str, memory_limit: int | None) -> dict[str, float]:
+def node(db: Path, which: str, memory_limit: int | None, intervals: bool = True) -> dict[str, float]:
     """Run one node as the engine does (output written, streamed or not) and time it."""
     from segloop.operators.base import RunContext
     from segloop.warehouses import Warehouse
@@ -80,7 +83,8 @@ def node(db: Path, which: str, memory_limit: int | None) -> dict[str, float]:
         if which == "clv":
             from segloop.operators.clv import ClvConfig, ClvOperator
 
-            out = ClvOperator(ClvConfig(type="clv", input="orders", horizon="120 days")).run(
+            keys: dict[str, Any] = {"intervals": False} if not intervals else {}
+            out = ClvOperator(ClvConfig(type="clv", input="orders", horizon="120 days", **keys)).run(
                 {"orders": wh.table("order_completed")}, ctx)
         else:
             from segloop.operators.clusters import ClustersConfig, ClustersOperator
@@ -96,8 +100,10 @@ def node(db: Path, which: str, memory_limit: int | None) -> dict[str, float]:
     return {"seconds": seconds, "rows": float(rows or 0), **{k: v for k, v in quality.items() if v is not None}}
 
 
-def measured(src: Path, db: Path, which: str, memory_limit: int | None) -> dict[str, float]:
+def measured(src: Path, db: Path, which: str, memory_limit: int | None, intervals: bool) -> dict[str, float]:
     cmd = ["/usr/bin/time", "-v", sys.executable, __file__, "node", "--db", str(db), "--node", which]
+    if not intervals:
+        cmd.append("--no-intervals")
     if memory_limit is not None:
         cmd += ["--memory-limit", str(memory_limit)]
     env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{ROOT}"}
@@ -117,6 +123,7 @@ def main() -> None:
     run_node.add_argument("--db", type=Path, required=True)
     run_node.add_argument("--node", choices=["clv", "clusters"], required=True)
     run_node.add_argument("--memory-limit", type=int, default=None)
+    run_node.add_argument("--no-intervals", action="store_true")
     make = sub.add_parser("prep")
     make.add_argument("--db", type=Path, required=True)
     make.add_argument("--customers", type=int, required=True)
@@ -126,7 +133,7 @@ def main() -> None:
     parser.add_argument("--repo", type=Path, default=ROOT, help="git checkout holding that commit")
     args = parser.parse_args()
     if args.command == "node":
-        print(json.dumps(node(args.db, args.node, args.memory_limit)))
+        print(json.dumps(node(args.db, args.node, args.memory_limit, not args.no_intervals)))
         return
     if args.command == "prep":
         prep(args.db, args.customers)
@@ -137,8 +144,9 @@ def main() -> None:
         archive = subprocess.run(["git", "-C", str(args.repo), "archive", args.before, "src"],
                                  capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
-        variants = {"before": (before / "src", None), "after": (ROOT / "src", None),
-                    "after, 64MB": (ROOT / "src", 64 * 10**6)}
+        variants = {"before": (before / "src", None, True), "after": (ROOT / "src", None, True),
+                    "after, 64MB": (ROOT / "src", 64 * 10**6, True),
+                    "after, intervals off": (ROOT / "src", None, False)}
         print("| node | customers | variant | seconds (median) | peak RSS MB | quality |")
         print("|---|---|---|---|---|---|")
         for size in args.sizes:
@@ -149,11 +157,15 @@ def main() -> None:
             for which in ("clv", "clusters"):
                 results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
                 for _ in range(args.rounds):
-                    for variant, (src, limit) in variants.items():
-                        results[variant].append(measured(src, db, which, limit))
+                    for variant, (src, limit, intervals) in variants.items():
+                        if which == "clusters" and not intervals:
+                            continue  # clusters has no intervals
+                        results[variant].append(measured(src, db, which, limit, intervals))
                 base = statistics.median(r["seconds"] for r in results["before"])
                 base_rss = statistics.median(r["peak_mb"] for r in results["before"])
                 for variant, runs in results.items():
+                    if not runs:
+                        continue
                     seconds = statistics.median(r["seconds"] for r in runs)
                     rss = statistics.median(r["peak_mb"] for r in runs)
                     quality = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
