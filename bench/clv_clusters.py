@@ -14,6 +14,7 @@ memory to make than 20k. clusters reads the demo pipeline's `activity` columns
 (recency_days, frequency, monetary and view/add counts), computed here in SQL.
 
 Run:  .venv/bin/python bench/clv_clusters.py                  (20k and 100k, 2 rounds)
+      .venv/bin/python bench/clv_clusters.py cdnow            (CDNOW interval calibration)
       .venv/bin/python bench/clv_clusters.py --sizes 20000 --rounds 1
 """
 
@@ -116,6 +117,41 @@ def measured(src: Path, db: Path, which: str, memory_limit: int | None, interval
     return result
 
 
+def cdnow() -> None:
+    """CDNOW (39 weeks calibration, 39 holdout): PIT coverage and the total's 1-99% range,
+    with the parameters' uncertainty and with the fitted parameters taken as exact."""
+    sys.path.insert(0, str(ROOT))
+    import numpy as np
+    from tests.operators.test_clv import CDNOW_KEYS, cdnow_transactions
+
+    from segloop.models.btyd import BetaGeoParams, unique_rows
+    from segloop.models.btyd_intervals import purchase_distribution, total_interval
+    from segloop.operators.base import RunContext
+    from segloop.operators.clv import ClvConfig, ClvOperator
+    from segloop.warehouses import Warehouse
+
+    wh = Warehouse.duckdb()
+    wh.create_table("cdnow", cdnow_transactions())
+    ctx = RunContext(warehouse=wh, pipeline="bench", node="clv", run_id="b")
+    keys = {**CDNOW_KEYS, "as_of": "1998-06-30", "validate": True}
+    started = time.perf_counter()
+    m = ClvOperator(ClvConfig.model_validate({"type": "clv", "input": "tx", **keys})).run(
+        {"tx": wh.table("cdnow")}, ctx).metrics
+    seconds = time.perf_counter() - started
+    fit = ClvOperator(ClvConfig.model_validate({"type": "clv", "input": "tx", **CDNOW_KEYS})).run(
+        {"tx": wh.table("cdnow")}, ctx)
+    params = BetaGeoParams(**fit.metrics["bgnbd"])
+    table = fit.table
+    x, t_x, T = (np.asarray(table[c].to_numpy(), dtype=float) for c in ("frequency", "recency", "tenure"))
+    (xu, tu, Tu), wu, _ = unique_rows(x, t_x, T)
+    plug = purchase_distribution(np.array([[params.r, params.alpha, params.a, params.b]]), xu, tu, Tu, 39.0)
+    lo, hi = total_interval(plug.draw_mean, plug.draw_var, wu, levels=(0.01, 0.99))
+    print(f"| CDNOW 39+39 weeks ({m['holdout_customers']:,} customers, actual {m['holdout_purchases']:,} "
+          f"purchases) | PIT in [0.1, 0.9]: {m['holdout_interval_coverage']:.3f} | total 1-99%: "
+          f"{m['holdout_purchases_p01']:,.0f}-{m['holdout_purchases_p99']:,.0f} (plug-in {lo:,.0f}-{hi:,.0f}) "
+          f"| node with holdout: {seconds:.2f} s |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
@@ -127,6 +163,7 @@ def main() -> None:
     make = sub.add_parser("prep")
     make.add_argument("--db", type=Path, required=True)
     make.add_argument("--customers", type=int, required=True)
+    sub.add_parser("cdnow")
     parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--before", default="ad28749", help="commit of the 'before' code")
@@ -134,6 +171,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "node":
         print(json.dumps(node(args.db, args.node, args.memory_limit, not args.no_intervals)))
+        return
+    if args.command == "cdnow":
+        cdnow()
         return
     if args.command == "prep":
         prep(args.db, args.customers)
