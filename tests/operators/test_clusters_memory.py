@@ -8,9 +8,9 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from segloop.operators.base import RunContext
-from segloop.progress import _headline
 from segloop.operators.clusters import ClustersConfig, ClustersOperator
 from segloop.operators.clusters_stream import id_hash
+from segloop.progress import _headline
 from segloop.warehouses import Warehouse
 from tests.operators.test_clusters import blobs, run
 from tests.operators.test_clv_memory import Pulls

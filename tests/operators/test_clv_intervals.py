@@ -185,3 +185,17 @@ def test_cdnow_total_needs_the_parameter_uncertainty() -> None:
     lo, hi = total_interval(fixed.draw_mean, fixed.draw_var, wu, levels=(0.01, 0.99))
     assert hi < 1882  # plug-in parameters: too sure of itself
     assert out.metrics["purchases_total_p01"] < 1882 < out.metrics["purchases_total_p99"]
+
+
+def test_card_metrics_are_gates() -> None:
+    wh = Warehouse.duckdb()
+    wh.create_table("cdnow", cdnow_transactions())
+    out, _ = run(wh, as_of="1998-06-30", validate=True, intervals=False,
+                 require={"holdout_gini": 0.3, "holdout_decile_error": 0.0})
+    assert out.metrics["gate"] == "failed" and out.error is not None
+    assert "`holdout_decile_error`" in out.error and "holdout_gini" not in out.error
+    # Without intervals there is no PIT: a gate on it says the metric was not computed.
+    assert "holdout_interval_coverage" not in out.metrics
+    out, _ = run(wh, as_of="1998-06-30", validate=True, intervals=False,
+                 require={"holdout_interval_coverage": 0.7})
+    assert out.error is not None and "was not computed" in out.error
