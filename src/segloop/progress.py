@@ -269,7 +269,8 @@ def _headline(metrics: dict[str, Any]) -> str:
         unchanged = int(metrics.get("unchanged", 0) or 0)
         return f"dry run: would send {int(metrics['to_send']):,}" + (f", {unchanged:,} unchanged" if unchanged else "")
     keys = ("sent", "unchanged", "held_out", "unknown_skipped", "rejected", "failed", "match_rate",
-            "auc", "ndcg_at_10", "silhouette", "log_likelihood", "lift")
+            "auc", "ndcg_at_10", "silhouette", "stability_ari", "holdout_spearman", "holdout_gini",
+            "log_likelihood", "lift")
     optional = ("unchanged", "held_out", "unknown_skipped", "rejected", "failed")  # shown only when not zero
     parts = [f"{k}={metrics[k]:.3g}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
              for k in keys if k in metrics and metrics[k] is not None and not isinstance(metrics[k], dict | list)

@@ -112,6 +112,13 @@ def test_output_columns_and_percentiles(cdnow_wh: Warehouse) -> None:
         "expected_spend",
         "predicted_clv",
         "clv_percentile",
+        "p_no_purchase",
+        "purchases_p10",
+        "purchases_p50",
+        "purchases_p90",
+        "value_p10",
+        "value_p50",
+        "value_p90",
     ]
     clv = t["predicted_clv"].to_numpy()
     pct = t["clv_percentile"].to_numpy()

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from segloop.errors import DataError
+from segloop.memory import rows_within
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
 from segloop.operators.columns import require_columns
 from segloop.operators.gates import ModelNodeConfig, check_requirements
@@ -45,7 +46,7 @@ WORDS: dict[str, tuple[str, str]] = {
 
 
 class ClustersConfig(ModelNodeConfig):
-    GATE_METRICS: ClassVar[frozenset[str]] = frozenset({"silhouette", "k"})
+    GATE_METRICS: ClassVar[frozenset[str]] = frozenset({"silhouette", "k", "stability_ari"})
 
     type: Literal["clusters"] = "clusters"
     customer_id: str = Field(default="user_id", description="Column identifying the customer.")
@@ -86,42 +87,80 @@ class ClustersOperator(Operator[ClustersConfig]):
     NAME_TERMS: ClassVar[int] = 3  # words per cluster name, before de-duplication
     NAME_THRESHOLD: ClassVar[float] = 0.25  # |z| below this is "average"
 
+    # Python bytes per customer row: the id, the float64 values, the scaled copy and the
+    # output columns (per column), when all rows are held at once.
+    BYTES_PER_ROW: ClassVar[int] = 96
+    BYTES_PER_COLUMN: ClassVar[int] = 32
+    STABILITY_SEEDS: ClassVar[int] = 2  # refits with other seeds behind `stability_ari`
+    STABILITY_ROWS: ClassVar[int] = 5_000  # rows those refits use at most
+
     def run(self, inputs: dict[str, ir.Table], ctx: RunContext) -> NodeOutput:
+        from segloop.operators.clusters_stream import Scaler, fetch_sample, stream_assignments
+
         config = self.config
         source_name, source = next(iter(inputs.items()))
         require_columns(source, {"customer_id": config.customer_id}, ctx.node, source_name)
         columns = feature_columns(source, config, ctx.node, source_name)
-        ids, raw = _fetch(ctx, source, config.customer_id, columns)
+        whole, chunk = self.row_budget(ctx.memory_limit, len(columns))
+        total = ctx.warehouse.count(source)
+        sampled = total > whole
+        if sampled:
+            ids, raw = fetch_sample(ctx, source, config.customer_id, columns, whole / total,
+                                    config.seed, chunk)
+        else:
+            ids, raw = _fetch(ctx, source, config.customer_id, columns)
         if len(ids) < 2:
             raise DataError(
                 f"node `{ctx.node}`: input `{source_name}` has {len(ids)} customer rows; "
                 "clustering needs at least 2 (check the upstream node)"
             )
-        values = _impute(raw, columns, ctx)
-        scaled = transform(values, config.log)
+        values, medians = _impute(raw, columns, ctx)
+        scaler = Scaler.fit(values, config.log)
+        scaled = scaler.apply(values)
         from threadpoolctl import threadpool_limits
 
         # sklearn's OpenMP threads spin while waiting; on a busy machine more threads than
         # free cores makes k-means 100x slower, so the thread count is explicit.
         with threadpool_limits(config.threads):
             fit = fit_kmeans(scaled, config, ctx)
+            stability = stability_ari(scaled, fit, config, self.STABILITY_SEEDS, self.STABILITY_ROWS)
         z = cluster_z(scaled, fit.labels, fit.k)
         names = cluster_names(z, columns, self.NAME_TERMS, self.NAME_THRESHOLD)
-        table = _assignments(config.customer_id, ids, fit.labels, names, values, columns)
-        profiles = _profiles(fit.labels, fit.k, names, values, columns)
-        return check_requirements(NodeOutput(
-            table=table,
-            extra={"profiles": profiles},
-            metrics={
-                "k": fit.k,
-                "silhouette": round(fit.silhouette, 4),
-                "inertia": round(fit.inertia, 3),
-                "columns": columns,
-                "silhouette_by_k": {str(k): round(s, 4) for k, s in fit.scores.items()},
-                "algorithm": fit.algorithm,
-                "cluster_names": names,
-            },
-        ), config)
+        metrics: dict[str, Any] = {
+            "k": fit.k,
+            "silhouette": round(fit.silhouette, 4),
+            "stability_ari": round(stability, 4),
+            "inertia": round(fit.inertia, 3),
+            "columns": columns,
+            "silhouette_by_k": {str(k): round(s, 4) for k, s in fit.scores.items()},
+            "algorithm": fit.algorithm,
+            "cluster_names": names,
+            "training_rows": len(ids),
+        }
+        output: Any
+        if sampled:
+            metrics["sampled"] = (f"trained on {len(ids)} of {total} customers (a sample by id "
+                                  "hash; `memory_limit` holds no more); all were assigned")
+            ctx.warn(metrics["sampled"])
+            schema = _assignments(config.customer_id, ids[:0], fit.labels[:0], names,
+                                  values[:0], columns).schema
+            output, profiles = stream_assignments(
+                ctx, source, config.customer_id, columns, medians, scaler, fit.model, fit.mapping,
+                names, chunk, schema)
+            extra: dict[str, Any] = {"profiles": _profiles_later(profiles, names, columns)}
+            rows: int | None = total
+        else:
+            output = _assignments(config.customer_id, ids, fit.labels, names, values, columns)
+            extra = {"profiles": _profiles(fit.labels, fit.k, names, values, columns)}
+            rows = output.num_rows
+        return check_requirements(NodeOutput(table=output, extra=extra, metrics=metrics, rows=rows),
+                                  config)
+
+    @classmethod
+    def row_budget(cls, limit: int, width: int) -> tuple[int, int]:
+        """(rows held at once for training, rows per streamed chunk) within ``limit``."""
+        per_row = cls.BYTES_PER_ROW + cls.BYTES_PER_COLUMN * width
+        return rows_within(limit, per_row, share=0.5), rows_within(limit, per_row, share=0.25)
 
 
 def feature_columns(source: ir.Table, config: ClustersConfig, node: str, source_name: str) -> list[str]:
@@ -173,49 +212,44 @@ def _fetch(ctx: RunContext, source: ir.Table, cid: str, columns: list[str]) -> t
     return id_array.take(pa.array(order)), matrix[order]
 
 
-def _impute(values: np.ndarray, columns: list[str], ctx: RunContext) -> np.ndarray:
-    """Replace missing values by the column median (a warning says how many)."""
+def _impute(values: np.ndarray, columns: list[str], ctx: RunContext) -> tuple[np.ndarray, np.ndarray]:
+    """Replace missing values by the column median (a warning says how many); the medians."""
     import numpy as np
 
     missing = np.isnan(values)
+    medians = np.zeros(values.shape[1])
+    for j in range(values.shape[1]):
+        present = values[~missing[:, j], j]
+        medians[j] = float(np.median(present)) if len(present) else 0.0
     if not missing.any():
-        return values
+        return values, medians
     values = values.copy()
     notes = []
     for j, column in enumerate(columns):
         count = int(missing[:, j].sum())
         if not count:
             continue
-        present = values[~missing[:, j], j]
-        median = float(np.median(present)) if len(present) else 0.0
-        values[missing[:, j], j] = median
-        notes.append(f"`{column}` in {count} rows (set to its median {median:g})")
+        values[missing[:, j], j] = medians[j]
+        notes.append(f"`{column}` in {count} rows (set to its median {medians[j]:g})")
     ctx.warn("missing values: " + "; ".join(notes))
-    return values
+    return values, medians
 
 
 def transform(values: np.ndarray, log: bool) -> np.ndarray:
     """log1p of non-negative columns (when ``log``), then zero mean and unit variance."""
-    import numpy as np
+    from segloop.operators.clusters_stream import Scaler
 
-    out = values.astype("float64", copy=True)
-    if log:
-        for j in range(out.shape[1]):
-            column = out[:, j]
-            out[:, j] = np.log1p(column) if column.min() >= 0 else np.sign(column) * np.log1p(np.abs(column))
-    mean = out.mean(axis=0)
-    std = out.std(axis=0)
-    std[std == 0] = 1.0  # a constant column carries no information; keep it at 0
-    return (out - mean) / std
+    return Scaler.fit(values, log).apply(values)
 
 
 class KMeansFit:
     """The chosen clustering: labels ordered by cluster size (0 = largest) and its scores."""
 
     def __init__(self, labels: np.ndarray, k: int, silhouette: float, inertia: float,
-                 scores: dict[int, float], algorithm: str):
+                 scores: dict[int, float], algorithm: str, model: Any, mapping: np.ndarray):
         self.labels, self.k, self.silhouette, self.inertia = labels, k, silhouette, inertia
         self.scores, self.algorithm = scores, algorithm
+        self.model, self.mapping = model, mapping  # the fitted k-means; its labels -> ours
 
 
 def fit_kmeans(x: np.ndarray, config: ClustersConfig, ctx: RunContext | None = None) -> KMeansFit:
@@ -270,20 +304,46 @@ def fit_kmeans(x: np.ndarray, config: ClustersConfig, ctx: RunContext | None = N
             best = (score, k, model)
     assert best is not None  # noqa: S101 - ks is not empty
     score, k, model = best
-    labels = _relabel_by_size(model.labels_, k)
-    return KMeansFit(labels, k, score, float(model.inertia_), scores,
-                     "MiniBatchKMeans" if minibatch else "KMeans")
+    mapping = _relabel_by_size(model.labels_, k)
+    return KMeansFit(mapping[model.labels_], k, score, float(model.inertia_), scores,
+                     "MiniBatchKMeans" if minibatch else "KMeans", model, mapping)
 
 
 def _relabel_by_size(labels: np.ndarray, k: int) -> np.ndarray:
-    """Cluster 0 is the largest, then by size (ties by old label): stable, readable ids."""
+    """Old label -> new: cluster 0 is the largest, then by size (ties by old label)."""
     import numpy as np
 
     sizes = np.bincount(labels, minlength=k)
     order = sorted(range(k), key=lambda c: (-sizes[c], c))
     mapping = np.empty(k, dtype="int64")
     mapping[order] = np.arange(k)
-    return mapping[labels]
+    return mapping
+
+
+def stability_ari(x: np.ndarray, fit: KMeansFit, config: ClustersConfig, seeds: int,
+                  max_rows: int) -> float:
+    """Mean adjusted Rand index between the chosen clustering and refits with other seeds
+    (same k), on at most ``max_rows`` rows: 1 = the same groups whatever the start."""
+    import numpy as np
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    rows = np.arange(len(x))
+    if len(x) > max_rows:
+        rows = np.sort(np.random.default_rng(config.seed).choice(len(x), max_rows, replace=False))
+    scores = []
+    for i in range(1, seeds + 1):
+        seed = config.seed + i
+        model: Any
+        # Three starts each (the node's own fit takes the best of ten on small inputs):
+        # enough to tell stable groups from accidental ones, at a fraction of the cost.
+        if fit.algorithm == "MiniBatchKMeans":
+            model = MiniBatchKMeans(n_clusters=fit.k, random_state=seed, n_init=3, batch_size=4096)
+        else:
+            model = KMeans(n_clusters=fit.k, random_state=seed, n_init=3)
+        other = model.fit(x[rows]).labels_
+        scores.append(adjusted_rand_score(fit.labels[rows], other))
+    return float(np.mean(scores))
 
 
 def cluster_z(scaled: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -371,20 +431,50 @@ def _assignments(cid: str, ids: pa.Array, labels: np.ndarray, names: list[str],
     return pa.table(data)
 
 
+def _profiles_later(profiles: Any, names: list[str], columns: list[str]) -> pa.RecordBatchReader:
+    """The profiles table once the streamed assignments have been written (the engine
+    writes a node's main table before its extra tables)."""
+    import pyarrow as pa
+
+    schema = _profile_table([0] * len(names), names, [[None] * len(names)] * len(columns), columns).schema
+
+    def batches() -> Any:
+        if not profiles.done:
+            raise RuntimeError("the cluster profiles are summed while the assignments are written; "
+                               "write the node's main table first")
+        means = profiles.means()
+        table = _profile_table(profiles.sizes, names,
+                               [[float(v) if profiles.sizes[c] else None for c, v in enumerate(means[:, j])]
+                                for j in range(len(columns))], columns)
+        yield from table.cast(schema).to_batches()
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
+
+
+def _profile_table(sizes: Any, names: list[str], means: list[list[float | None]],
+                   columns: list[str]) -> pa.Table:
+    import numpy as np
+    import pyarrow as pa
+
+    sizes = np.asarray(sizes, dtype=np.int64)
+    total = max(int(sizes.sum()), 1)
+    data: dict[str, Any] = {
+        "cluster": pa.array(np.arange(len(names)), pa.int64()),
+        "cluster_name": pa.array(names, pa.string()),
+        "size": pa.array(sizes, pa.int64()),
+        "share": pa.array(np.round(sizes / total, 4), pa.float64()),
+    }
+    for j, column in enumerate(columns):
+        data[f"mean_{column}"] = pa.array(means[j], pa.float64())
+    return pa.table(data)
+
+
 def _profiles(labels: np.ndarray, k: int, names: list[str], values: np.ndarray,
               columns: list[str]) -> pa.Table:
     """Per cluster: size, share of customers, mean of each column in original units, name."""
     import numpy as np
-    import pyarrow as pa
 
     sizes = np.bincount(labels, minlength=k)
-    data: dict[str, Any] = {
-        "cluster": pa.array(np.arange(k), pa.int64()),
-        "cluster_name": pa.array(names, pa.string()),
-        "size": pa.array(sizes, pa.int64()),
-        "share": pa.array(np.round(sizes / sizes.sum(), 4), pa.float64()),
-    }
-    for j, column in enumerate(columns):
-        means = [float(values[labels == c, j].mean()) if sizes[c] else None for c in range(k)]
-        data[f"mean_{column}"] = pa.array(means, pa.float64())
-    return pa.table(data)
+    means = [[float(values[labels == c, j].mean()) if sizes[c] else None for c in range(k)]
+             for j in range(len(columns))]
+    return _profile_table(sizes, names, means, columns)

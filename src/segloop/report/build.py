@@ -209,6 +209,10 @@ class ReportBuilder:
                             "holdout: predicted vs actual spend by predicted-CLV decile (1 = top)")
                 self._versus(section, metrics, "holdout_spearman", "holdout_baseline_spearman",
                              "holdout Spearman correlation with actual spend")
+                coverage = _numeric(metrics.get("holdout_interval_coverage"))
+                if coverage is not None:
+                    section.notes.append(f"holdout: {coverage:.0%} of customers bought within the 10-90% range "
+                                         "of their forecast (80% when the intervals are right)")
             elif kind == "propensity":
                 self._distributions(section, table, PROPENSITY_COLUMNS, "propensity")
                 self._bands(section, node.node, "validation", ("mean_score", "mean_outcome"), "propensity-deciles",

@@ -339,10 +339,15 @@ class Warehouse:
 
     def to_batches(self, expr: ir.Table, batch_rows: int | None = None) -> Iterator[pa.RecordBatch]:
         """Stream a result in bounded Arrow record batches; never holds the whole result."""
-        reader = expr.to_pyarrow_batches(chunk_size=batch_rows or self.STREAM_BATCH_ROWS)
+        reader = self._batch_reader(expr, batch_rows or self.STREAM_BATCH_ROWS)
         for batch in reader:
             self.rows_fetched += batch.num_rows
             yield batch
+
+    def _batch_reader(self, expr: ir.Table, rows: int) -> Iterator[pa.RecordBatch]:
+        """The batches of ``expr``. They must keep coming while other statements run on this
+        connection: a node that streams its output back writes between the batches it reads."""
+        return iter(expr.to_pyarrow_batches(chunk_size=rows))
 
     # -- writing -------------------------------------------------------------------------
 

@@ -283,6 +283,18 @@ class DuckDBWarehouse(Warehouse):
         relation = self.raw.sql(sql)
         return (relation.limit(limit) if limit is not None else relation).to_arrow_reader()
 
+    def _batch_reader(self, expr: ir.Table, rows: int) -> Iterator[pa.RecordBatch]:
+        # On a cursor of its own: DuckDB drops a connection's pending result when another
+        # statement runs on that connection, and the stream just ends (no error), which is
+        # what a node streaming its output back while it reads its input would hit.
+        schema = expr.as_table().schema().to_pyarrow()
+        cursor = self.raw.cursor()
+        try:
+            for batch in cursor.sql(self.compile(expr)).to_arrow_reader(rows):
+                yield batch.cast(schema) if batch.schema != schema else batch
+        finally:
+            cursor.close()
+
     def _raw_statement(self, sql: str) -> bool:
         words = sql.split(None, 1)
         return bool(words) and words[0].lower() in self.RAW_STATEMENTS

@@ -8,6 +8,7 @@ dropped with them, and ALTERs go around them).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -99,6 +100,21 @@ class PostgresWarehouse(Warehouse):
 
     def _create_from_arrow(self, name: str, table: pa.Table, target: str, overwrite: bool) -> bool:
         return self._copy_arrow(table, name, target, overwrite)
+
+    def _batch_reader(self, expr: ir.Table, rows: int) -> Iterator[pa.RecordBatch]:
+        # On a connection of its own: Ibis reads batches through a server-side cursor inside
+        # a transaction of this connection, so a write between two batches (a node streaming
+        # its output back while it reads) fails with "commit() forbidden within a Transaction".
+        import psycopg
+        import pyarrow as pa
+
+        schema = expr.as_table().schema()
+        struct = schema.as_struct().to_pyarrow()
+        info = self.raw.info
+        with psycopg.connect(info.dsn, password=info.password) as con, con.cursor(name="segloop_batches") as cursor:
+            cursor.execute(self.compile(expr))
+            while batch := cursor.fetchmany(rows):
+                yield pa.RecordBatch.from_struct_array(pa.array(batch, type=struct))
 
     def insert(self, name: str, obj: ir.Table | pa.Table | Any, schema: str | None = None) -> None:
         """Append rows; an Arrow table goes in with COPY when its types allow."""

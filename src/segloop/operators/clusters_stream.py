@@ -1,0 +1,212 @@
+"""The clusters node within ``memory_limit``: train on a sample, assign in streamed chunks.
+
+When the customers' rows do not fit in the node's budget, the node keeps a sample chosen
+by a hash of the customer id (the same customers on every run, every warehouse and any
+row order), trains k-means on it as float32, and then reads all rows again in bounded
+chunks: each chunk is scaled with the sample's transform, assigned to the nearest centre
+and streamed back to the warehouse, while the cluster profiles are summed up on the way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import ibis.expr.types as ir
+    import numpy as np
+    import pyarrow as pa
+
+    from segloop.operators.base import RunContext
+
+MASK64 = (1 << 64) - 1
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: every input bit moves every output bit (uint64, wrapping)."""
+    import numpy as np
+
+    with np.errstate(over="ignore"):
+        h = h ^ (h >> np.uint64(30))
+        h = h * np.uint64(0xBF58476D1CE4E5B9)
+        h = h ^ (h >> np.uint64(27))
+        h = h * np.uint64(0x94D049BB133111EB)
+        return h ^ (h >> np.uint64(31))
+
+
+def id_hash(ids: pa.Array, seed: int = 0) -> np.ndarray:
+    """A 64-bit hash of each id, the same on every machine: integers by value, anything
+    else by its UTF-8 text (a polynomial over the bytes, then mixed). Null ids hash to 0."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    salt = np.uint64((seed * 0x9E3779B97F4A7C15) & MASK64)
+    if pa.types.is_integer(ids.type):
+        values = pc.fill_null(ids, 0).to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64)
+        out = _mix(values ^ salt)
+    else:
+        text = pc.fill_null(ids.cast(pa.large_string()), "")
+        offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)[text.offset:text.offset + len(text) + 1]
+        data = np.frombuffer(text.buffers()[2], dtype=np.uint8) if text.buffers()[2] else np.zeros(0, np.uint8)
+        lengths = np.diff(offsets)
+        out = np.zeros(len(text), dtype=np.uint64)
+        if len(data) and lengths.sum():
+            start = int(offsets[0])
+            chunk = data[start:int(offsets[-1])].astype(np.uint64)
+            position = np.arange(len(chunk)) - np.repeat(offsets[:-1] - start, lengths)
+            with np.errstate(over="ignore"):
+                powers = np.cumprod(np.full(int(lengths.max()), 0x100000001B3, dtype=np.uint64))
+                terms = (chunk + np.uint64(1)) * powers[position]
+            nonempty = lengths > 0
+            out[nonempty] = np.add.reduceat(terms, (offsets[:-1] - start)[nonempty])
+        out = _mix(out ^ lengths.astype(np.uint64) ^ salt)
+    if ids.null_count:
+        out[np.asarray(ids.is_null())] = 0
+    return out
+
+
+def fetch_sample(
+    ctx: RunContext, source: ir.Table, cid: str, columns: list[str], share: float, seed: int,
+    batch_rows: int,
+) -> tuple[pa.Array, np.ndarray]:
+    """Ids and a float32 matrix of the customers whose id hash falls in the first ``share``,
+    sorted by id (k-means' start depends on row order)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    threshold = np.uint64(min(int(share * 2.0**64), MASK64))
+    ids: list[pa.Array] = []
+    blocks: list[np.ndarray] = []
+    for batch in ctx.warehouse.to_batches(_select(source, cid, columns), batch_rows=batch_rows):
+        keep = id_hash(batch.column(0), seed) < threshold
+        if keep.any():
+            picked = batch.filter(pa.array(keep))
+            ids.append(picked.column(0))
+            blocks.append(_matrix(picked, len(columns)))
+        ctx.progress(batch.num_rows, None)
+    id_array = pa.chunked_array(ids).combine_chunks() if ids else pa.array([], pa.string())
+    matrix = np.vstack(blocks) if blocks else np.empty((0, len(columns)), np.float32)
+    order = pc.sort_indices(id_array).to_numpy()
+    return id_array.take(pa.array(order)), matrix[order]
+
+
+def _select(source: ir.Table, cid: str, columns: list[str]) -> ir.Table:
+    return source.select(source[cid], *[source[c].cast("float64").name(c) for c in columns])
+
+
+def _matrix(batch: pa.RecordBatch, width: int, dtype: str = "float32") -> np.ndarray:
+    import numpy as np
+
+    if not batch.num_rows:
+        return np.empty((0, width), dtype)
+    return np.column_stack([
+        batch.column(i + 1).to_numpy(zero_copy_only=False).astype(dtype) for i in range(width)
+    ])
+
+
+@dataclass
+class Scaler:
+    """The node's transform, fitted on the training rows and applied to any chunk:
+    ``sign(v) * log1p(|v|)`` when ``log`` (``log1p`` for non-negative values), then the
+    training rows' mean and standard deviation."""
+
+    log: bool
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, values: np.ndarray, log: bool) -> Scaler:
+        logged = _log(values, log)
+        std = logged.std(axis=0)
+        std[std == 0] = 1.0  # a constant column carries no information; keep it at 0
+        return cls(log=log, mean=logged.mean(axis=0), std=std)
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        out: np.ndarray = (_log(values, self.log) - self.mean) / self.std
+        return out.astype(values.dtype, copy=False)
+
+
+def _log(values: np.ndarray, log: bool) -> np.ndarray:
+    import numpy as np
+
+    if not log:
+        return values
+    return np.sign(values) * np.log1p(np.abs(values))
+
+
+@dataclass
+class Profiles:
+    """Cluster sizes and column sums, added up chunk by chunk."""
+
+    k: int
+    width: int
+    sizes: np.ndarray = field(init=False)
+    sums: np.ndarray = field(init=False)
+    done: bool = False
+
+    def __post_init__(self) -> None:
+        import numpy as np
+
+        self.sizes = np.zeros(self.k, dtype=np.int64)
+        self.sums = np.zeros((self.k, self.width))
+
+    def add(self, labels: np.ndarray, values: np.ndarray) -> None:
+        import numpy as np
+
+        self.sizes += np.bincount(labels, minlength=self.k)
+        for j in range(self.width):
+            self.sums[:, j] += np.bincount(labels, weights=values[:, j], minlength=self.k)
+
+    def means(self) -> np.ndarray:
+        import numpy as np
+
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out: np.ndarray = self.sums / self.sizes[:, None]
+        return out
+
+
+def stream_assignments(
+    ctx: RunContext,
+    source: ir.Table,
+    cid: str,
+    columns: list[str],
+    medians: np.ndarray,
+    scaler: Scaler,
+    model: Any,
+    mapping: np.ndarray,
+    names: list[str],
+    batch_rows: int,
+    schema: pa.Schema,
+) -> tuple[pa.RecordBatchReader, Profiles]:
+    """Every customer's cluster, chunk by chunk, as a reader the engine writes from; the
+    profiles fill in as it is read (the engine writes the main table before the extras)."""
+    import numpy as np
+    import pyarrow as pa
+
+    profiles = Profiles(len(names), len(columns))
+    name_array = pa.array(names, pa.string())
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for batch in ctx.warehouse.to_batches(_select(source, cid, columns), batch_rows=batch_rows):
+            values = _matrix(batch, len(columns), "float64")
+            missing = np.isnan(values)
+            if missing.any():
+                values = np.where(missing, medians[None, :], values)
+            labels = mapping[model.predict(scaler.apply(values.astype(np.float32)))]
+            profiles.add(labels, values)
+            data: dict[str, Any] = {
+                cid: batch.column(0),
+                "cluster": pa.array(labels, pa.int64()),
+                "cluster_name": name_array.take(pa.array(labels)),
+            }
+            for j, column in enumerate(columns):
+                if column not in data:
+                    data[column] = pa.array(values[:, j], pa.float64())
+            ctx.progress(batch.num_rows, None)
+            yield pa.table(data).cast(schema).to_batches()[0] if batch.num_rows else pa.RecordBatch.from_pylist([], schema=schema)
+        profiles.done = True
+
+    return pa.RecordBatchReader.from_batches(schema, batches()), profiles

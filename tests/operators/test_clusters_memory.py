@@ -1,0 +1,97 @@
+"""Node `clusters` within `memory_limit:`: a sample by id hash for training, chunks streamed back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from segloop.operators.base import RunContext
+from segloop.operators.clusters import ClustersConfig, ClustersOperator
+from segloop.operators.clusters_stream import id_hash
+from segloop.progress import _headline
+from segloop.warehouses import Warehouse
+from tests.operators.test_clusters import blobs, run
+from tests.operators.test_clv_memory import Pulls
+
+PER_BLOB = 2000  # 6,000 customers
+TRAIN = 1500
+
+
+def limit_for(train_rows: int, width: int = 3) -> int:
+    return int(train_rows * (ClustersOperator.BYTES_PER_ROW + ClustersOperator.BYTES_PER_COLUMN * width) / 0.5)
+
+
+def test_over_the_budget_trains_on_a_sample_and_streams_every_customer() -> None:
+    table, truth = blobs(PER_BLOB)
+    wh = Warehouse.duckdb()
+    wh.create_table("customers", table)
+    config = ClustersConfig.model_validate({"type": "clusters", "input": "c", "k": 3})
+    limit = limit_for(TRAIN)
+    whole, chunk = ClustersOperator.row_budget(limit, 3)
+    assert whole == TRAIN and chunk == TRAIN // 2
+    ctx = RunContext(warehouse=wh, pipeline="p", node="seg", run_id="r", memory_limit=limit)
+    pulls = Pulls(wh)
+    out = ClustersOperator(config).run({"c": wh.table("customers")}, ctx)
+    assert isinstance(out.table, pa.RecordBatchReader)
+    trained = out.metrics["training_rows"]
+    assert 0.8 * TRAIN < trained <= 1.2 * TRAIN and "sample" in out.metrics["sampled"]
+    # Written as the engine does: the main table first, then the profiles.
+    assert wh.replace_table("seg", out.table) == 3 * PER_BLOB
+    wh.replace_table("seg__profiles", out.extra["profiles"], count=False)
+    # Every pull into Python, training and scoring, was one bounded chunk.
+    assert max(pulls.sizes) <= chunk and sum(pulls.sizes) == 2 * 3 * PER_BLOB
+    rows = {r["user_id"]: r["cluster"] for r in wh.to_arrow(wh.table("seg")).to_pylist()}
+    assert adjusted_rand_score(truth, [rows[i] for i in table["user_id"].to_pylist()]) == pytest.approx(1.0)
+    profiles = wh.to_arrow(wh.table("seg__profiles")).sort_by("cluster")
+    assert profiles["size"].to_pylist() == [PER_BLOB] * 3
+    assert set(profiles["cluster_name"].to_pylist()) == set(out.metrics["cluster_names"])
+
+
+def test_sampled_run_in_a_pipeline_agrees_with_the_full_run(make_workspace) -> None:
+    table, _ = blobs(PER_BLOB, seed=4)
+    full, wh = run(make_workspace, table, "    k: 3")
+    everyone = {r["user_id"]: r["cluster"] for r in wh.table("shop__clusters").to_pyarrow().to_pylist()}
+    wh.close()
+    sampled, wh = run(make_workspace, table, f"    k: 3\n    memory_limit: {limit_for(TRAIN)}")
+    node = sampled.node("clusters")
+    assert node.status == "success", node.error
+    assert node.rows == 3 * PER_BLOB and node.metrics["training_rows"] < 3 * PER_BLOB
+    assert "training_rows" in full.node("clusters").metrics and "sampled" not in full.node("clusters").metrics
+    rows = {r["user_id"]: r["cluster"] for r in wh.table("shop__clusters").to_pyarrow().to_pylist()}
+    ids = sorted(rows)
+    assert adjusted_rand_score([everyone[i] for i in ids], [rows[i] for i in ids]) == pytest.approx(1.0)
+    assert wh.table("shop__clusters__profiles").to_pyarrow()["size"].to_pylist() == [PER_BLOB] * 3
+    wh.close()
+
+
+def test_the_sample_depends_on_the_ids_not_their_order_or_type() -> None:
+    ids = pa.array([f"user-{i}" for i in range(1000)] + ["", "é✓", None])
+    h = id_hash(ids, seed=0)
+    assert len(set(h[:1000].tolist())) == 1000
+    np.testing.assert_array_equal(id_hash(ids.slice(7, 20)), h[7:27])
+    np.testing.assert_array_equal(id_hash(ids.cast(pa.large_string())), h)
+    perm = np.random.default_rng(0).permutation(len(ids))
+    np.testing.assert_array_equal(id_hash(ids.take(pa.array(perm))), h[perm])
+    assert not np.array_equal(id_hash(ids, seed=1), h)
+    ints = pa.array(np.arange(100_000))
+    # A share of the hash range keeps about that share of the ids.
+    assert abs(float((id_hash(ints) < np.uint64(2**62)).mean()) - 0.25) < 0.01
+    assert abs(float((h[:1000] < np.uint64(2**63)).mean()) - 0.5) < 0.06
+
+
+def test_stability_is_reported_and_can_be_required(make_workspace) -> None:
+    table, _ = blobs(100)
+    result, wh = run(make_workspace, table, "    k: 3\n    require: {stability_ari: 0.9}")
+    node = result.node("clusters")
+    assert node.status == "success" and node.metrics["stability_ari"] == pytest.approx(1.0)
+    assert "stability_ari=1" in _headline(node.metrics)  # the line of `segloop show`
+    wh.close()
+    rng = np.random.default_rng(2)
+    noise = pa.table({"user_id": [f"c{i}" for i in range(400)], "recency_days": rng.random(400),
+                      "frequency": rng.random(400), "monetary": rng.random(400)})
+    result, wh = run(make_workspace, noise, "    k: 7\n    require: {stability_ari: 0.99}")
+    node = result.node("clusters")
+    assert node.status == "failed" and "stability_ari" in (node.error or "")
+    wh.close()
