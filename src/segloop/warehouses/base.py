@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 from segloop.errors import WarehouseError, database_message
+from segloop.warehouses import ibis_compat
 from segloop.warehouses.config import WarehouseConfig
 from segloop.warehouses.exprs import has_memtable, is_arrow_table, is_ibis_table, md5, sql_literal
 
@@ -90,6 +91,7 @@ class Warehouse:
 
         Called on ``Warehouse`` itself, it opens the subclass of ``config``'s backend.
         """
+        ibis_compat.install()  # Ibis 12 on duckdb 2 / sqlglot 30 (warehouses/ibis_compat.py)
         kind = config.warehouse_class() if cls is Warehouse else cls
         return kind(config.connect(Path(root)), config, name, create_schema)
 
