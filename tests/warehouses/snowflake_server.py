@@ -172,7 +172,8 @@ def _exact_sums_of_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
     """fakesnow gap: ``SUM(COALESCE(CAST(x AS DECIMAL(38, 6)), 0))`` (segloop's exact money
     sums; AVG alike) is rewritten to ``SUM(TRY_CAST(... AS DOUBLE))`` (fakesnow's implicit cast for
     VARCHAR arguments), so 1852.44 comes back as 1852.4399999999998; Snowflake sums NUMBER
-    exactly. An argument that is already a cast, or a COALESCE of one, is left alone.
+    exactly. An argument holding a cast to a number (IFF(..., CAST(0 AS DECIMAL), x) too) is
+    left alone.
     """
     import sqlglot
     from fakesnow import transforms
@@ -180,11 +181,13 @@ def _exact_sums_of_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
 
     original = transforms.numeric_agg_implicit_cast
     casts = (sqlglot.exp.Cast, sqlglot.exp.TryCast)
+    numbers = tuple(sqlglot.exp.DataType.NUMERIC_TYPES)
 
     def numeric_agg_implicit_cast(expression: Any) -> Any:
         arg = expression.this if isinstance(expression, rules._NUMERIC_ONLY_AGGS) else None
-        if isinstance(arg, sqlglot.exp.Coalesce) and isinstance(arg.this, casts):
-            return expression
+        if arg is not None and any(isinstance(node, casts) and node.to.is_type(*numbers)
+                                   for node in arg.walk()):
+            return expression  # a number already (segloop's money: CAST(... AS DECIMAL(38, 6)))
         return original(expression)
 
     monkeypatch.setattr(transforms, "numeric_agg_implicit_cast", numeric_agg_implicit_cast)

@@ -167,7 +167,8 @@ def describe(raw: Any, target: str) -> ibis.Schema:
         if "LINE 1: DESCRIBE " not in text:
             raise
         lines = text.replace("LINE 1: DESCRIBE ", "LINE 1: ", 1).splitlines()
-        lines = [line[len("DESCRIBE "):] if line.strip() == "^" and line.startswith(" " * 9) else line
+        # The pointer under it: one ^ (duckdb 1.x) or a run of them (duckdb 2).
+        lines = [line[len("DESCRIBE "):] if set(line.strip()) == {"^"} and line.startswith(" " * 9) else line
                  for line in lines]
         try:
             fixed = type(exc)("\n".join(lines))

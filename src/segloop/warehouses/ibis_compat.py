@@ -17,6 +17,10 @@ Two breaks, measured with the whole test suite on duckdb 2.0.1 + sqlglot 30.22 +
   IF EXISTS`` with no name (a syntax error on every backend: ``create_table(...,
   overwrite=True)``, ``drop_table``, ``drop_view``). The generator reads ``this`` as the one
   table when ``tables`` is empty.
+- sqlglot 30 reads Ibis's ``json_extract_path_text(x, VARIADIC ARRAY[]::TEXT[])`` (how Ibis
+  unwraps a JSON value to text on PostgreSQL) as its JSON operator and writes ``x ->> VARIADIC
+  ARRAY[]::TEXT[]``, a syntax error (the ``<table>_products`` view on PostgreSQL). The call is
+  written as the function again when its path is that VARIADIC argument.
 
 ``install()`` patches each only where the installed version lacks it, once per process, so
 it does nothing on duckdb 1.x / sqlglot < 30 and stops mattering once Ibis uses the new
@@ -38,6 +42,7 @@ def install() -> None:
     if _installed:
         return
     _patch_sqlglot_drop()
+    _patch_postgres_json_text()
     _patch_duckdb_connection()
     _installed = True
 
@@ -84,3 +89,22 @@ def _patch_sqlglot_drop() -> None:
 
     drop_sql._segloop = True  # type: ignore[attr-defined]
     Generator.drop_sql = drop_sql  # type: ignore[method-assign]
+
+
+def _patch_postgres_json_text() -> None:
+    from sqlglot import expressions as exp
+    from sqlglot.dialects.postgres import Postgres
+
+    transforms = Postgres.Generator.TRANSFORMS
+    original = transforms.get(exp.JSONExtractScalar)
+    if original is None or getattr(original, "_segloop", False):
+        return
+
+    def json_extract_scalar(self: Any, expression: exp.JSONExtractScalar) -> str:
+        path = expression.expression
+        if isinstance(path, exp.Var) and str(path.this).upper().startswith("VARIADIC"):
+            return f"JSON_EXTRACT_PATH_TEXT({self.sql(expression, 'this')}, {path.this})"
+        return str(original(self, expression))
+
+    json_extract_scalar._segloop = True  # type: ignore[attr-defined]
+    transforms[exp.JSONExtractScalar] = json_extract_scalar
