@@ -41,6 +41,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,10 +194,10 @@ def _exact_sums_of_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(transforms, "numeric_agg_implicit_cast", numeric_agg_implicit_cast)
 
 
-@pytest.fixture(scope="session")
-def snowflake_server() -> Iterator[SnowflakeServer]:
-    """One fakesnow server for the whole test run, on 127.0.0.1, stopped at the end."""
-    pytest.importorskip("fakesnow", reason="fakesnow (dev extra) runs Snowflake offline")
+@contextmanager
+def running_server(host: str = "127.0.0.1", port: int | None = None) -> Iterator[SnowflakeServer]:
+    """fakesnow's HTTP server (what ``fakesnow -s`` runs) in a thread of this process, with
+    the adapters above; stopped on leaving. Also used by bench/pipeline.py."""
     import fakesnow.server
     import uvicorn
 
@@ -205,27 +206,42 @@ def snowflake_server() -> Iterator[SnowflakeServer]:
     _upload_arrow_into_the_emulator(patches)
     _describe_temporary_tables(patches)
     _exact_sums_of_numbers(patches)
-    host = "127.0.0.1"
-    port = _free_port(host)
+    port = port or _free_port(host)
     server = uvicorn.Server(uvicorn.Config(fakesnow.server.app, host=host, port=port,
                                            log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, name="fakesnow", daemon=True)
     thread.start()
     deadline = time.monotonic() + START_TIMEOUT_S
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"fakesnow did not start on {host}:{port}")
-        time.sleep(0.05)
-    previous = os.environ.get(PASSWORD_ENV)
-    os.environ[PASSWORD_ENV] = "emulator-secret"  # fakesnow takes any password
     try:
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"fakesnow did not start on {host}:{port}")
+            time.sleep(0.05)
         yield SnowflakeServer(host, port)
     finally:
-        if previous is None:
-            os.environ.pop(PASSWORD_ENV, None)
         patches.undo()
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def snowflake_server() -> Iterator[SnowflakeServer]:
+    """One fakesnow server for the whole test run, on 127.0.0.1, stopped at the end.
+
+    ``snowflake_server.config(database)`` is a ``SnowflakeConfig`` for it and
+    ``snowflake_server.workspace_yml(database)`` a segloop.yml block naming it (the password
+    is read from ``SEGLOOP_FAKESNOW_PASSWORD``, set here); the cross-engine demo suite uses
+    the same. Use a database per test (``snowflake_config`` does).
+    """
+    pytest.importorskip("fakesnow", reason="fakesnow (dev extra) runs Snowflake offline")
+    previous = os.environ.get(PASSWORD_ENV)
+    os.environ[PASSWORD_ENV] = "emulator-secret"  # fakesnow takes any password
+    try:
+        with running_server() as server:
+            yield server
+    finally:
+        if previous is None:
+            os.environ.pop(PASSWORD_ENV, None)
 
 
 @pytest.fixture
