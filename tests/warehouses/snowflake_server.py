@@ -29,8 +29,9 @@ naming the fakesnow (0.12) gap it covers:
 What it cannot show: real Snowflake keeps the case of names, fakesnow does not; that is
 proven on the SQL sent instead (tests/warehouses/test_snowflake_names.py).
 
-snowflake-connector-python 5.x cannot log in to this server (its login goes through an
-authentication flow fakesnow does not serve); pyproject pins 4.x in the dev extra only.
+snowflake-connector-python 5.x cannot log in to this server: 5.2.0 fails with ``250001 (08001):
+Failed to login: Missing response field: master token`` (fakesnow 0.12.1's login answer has
+no master token; 4.8.1 logs in). pyproject pins 4.x in the dev extra only.
 """
 
 from __future__ import annotations
