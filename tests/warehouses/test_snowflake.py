@@ -104,6 +104,9 @@ def test_config_reaches_a_local_server_by_host_port_and_protocol(
 
 
 def test_protocol_is_https_or_http() -> None:
+    base = {"account": "a", "user": "u", "password": "${P}", "database": "D"}
+    config = SnowflakeConfig.model_validate({**base, "host": "sf.internal", "port": 8443, "protocol": "https"})
+    assert config.describe() == "Snowflake account a at sf.internal:8443, database D"
     with pytest.raises(ValueError, match="protocol"):
         SnowflakeConfig.model_validate({"account": "a", "user": "u", "password": "${P}",
                                         "database": "D", "protocol": "ftp"})
