@@ -49,6 +49,7 @@ from typing import Any
 import pytest
 
 from segloop.warehouses import SnowflakeConfig
+from tests.requirements import require_module
 
 # fakesnow gap: multi-parameter ALTER SESSION (see the module docstring).
 NOP_STATEMENTS = [r"^\s*ALTER\s+SESSION\s+SET\b"]
@@ -234,7 +235,7 @@ def snowflake_server() -> Iterator[SnowflakeServer]:
     is read from ``SEGLOOP_FAKESNOW_PASSWORD``, set here); the cross-engine demo suite uses
     the same. Use a database per test (``snowflake_config`` does).
     """
-    pytest.importorskip("fakesnow", reason="fakesnow (dev extra) runs Snowflake offline")
+    require_module("fakesnow", "pip install -e '.[dev]' (fakesnow runs Snowflake offline)")
     previous = os.environ.get(PASSWORD_ENV)
     os.environ[PASSWORD_ENV] = "emulator-secret"  # fakesnow takes any password
     try:
