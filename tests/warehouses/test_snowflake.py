@@ -173,6 +173,7 @@ def test_sql_node_schema_comes_from_one_describe_only_request(
     with Warehouse.connect(snowflake_config) as wh:
         wh.raw_sql('CREATE TABLE "SEGLOOP"."ORDERS" ("USER_ID" VARCHAR, "REVENUE" DOUBLE)')
         wh.raw_sql("""INSERT INTO "SEGLOOP"."ORDERS" VALUES ('u1', 2.5)""")
+        assert wh.has_table("orders") and wh.has_table("ORDERS") and not wh.has_table("order")
         sent.clear()
         query = wh.sql("select user_id, revenue from orders")
         assert dict(query.schema().items()) == {"user_id": query.schema()["user_id"],

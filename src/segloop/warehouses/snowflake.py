@@ -147,6 +147,13 @@ class SnowflakeWarehouse(Warehouse):
                 f"SELECT {_LOWERED.format('table_name')}, 'VIEW' FROM information_schema.views "
                 f"WHERE UPPER(table_schema) = UPPER({schema})")
 
+    def has_table(self, name: str, schema: str | None = None) -> bool:
+        # SHOW TABLES gives stored names: segloop's "shop__rfm" is SHOP__RFM there.
+        try:
+            return lower_name(name) in {lower_name(t) for t in self.list_tables(schema)}
+        except Exception:
+            return False
+
     def _table(self, name: str, target: str) -> ir.Table:
         return lowered(self.con.table(name, database=target))
 
