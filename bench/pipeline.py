@@ -12,7 +12,8 @@ a fresh subprocess so peak memory is its own:
 Both sides leave the same persisted table behind (the RFM scores, ordered by customer);
 
 and both results are compared row by row. At the smallest size the same pipeline also runs
-on PostgreSQL (a throwaway cluster, or --pg-dsn-like settings) and on Spark local mode.
+on PostgreSQL (a throwaway cluster, or --pg-dsn-like settings), on Spark local mode and on
+emulated Snowflake (fakesnow in server mode, through the Snowflake connector).
 Seconds are wall time of the work (imports and Spark/JVM start-up reported apart); peak
 memory is the peak RSS of the Python process (for PostgreSQL the server's is not included).
 
@@ -324,6 +325,34 @@ def bench_spark(work: Path, duckdb_file: Path) -> dict[str, Any]:
     return run_child("segloop", workspace=spark_ws, warm=True)
 
 
+def bench_snowflake(work: Path, duckdb_file: Path) -> dict[str, Any]:
+    """The pipeline on emulated Snowflake: the fakesnow server (tests/warehouses/snowflake_server.py,
+    its test adapters included) in a thread of this process, the segloop child reaching it
+    over HTTP through the real Snowflake connector. A figure of the emulator, not of Snowflake."""
+    try:
+        import fakesnow  # noqa: F401
+    except ImportError:
+        return {"error": "fakesnow is not installed (the dev extra)"}
+    import duckdb
+
+    sys.path.insert(0, str(ROOT))
+    from tests.warehouses.snowflake_server import PASSWORD_ENV, running_server
+
+    from segloop.warehouses import Warehouse
+
+    os.environ.setdefault(PASSWORD_ENV, "emulator-secret")
+    con = duckdb.connect(str(duckdb_file), read_only=True)
+    orders = con.sql(f"select * from {SOURCE}.order_completed").to_arrow_table()
+    con.close()
+    with running_server() as server:
+        sf_ws = workspace(work / "snowflake", server.workspace_yml("BENCH").split("\n", 2)[2])
+        started = time.perf_counter()
+        with Warehouse.connect(server.config("BENCH"), sf_ws) as wh:
+            wh.create_table("order_completed", orders, schema=SOURCE)
+        load_seconds = time.perf_counter() - started
+        return {**run_child("segloop", workspace=sf_ws), "load_seconds": load_seconds}
+
+
 def fmt(value: float | None, unit: str = "") -> str:
     return "-" if value is None else f"{value:,.2f}{unit}"
 
@@ -343,8 +372,8 @@ def cell(part: dict[str, Any] | None) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1m,10m", help="Event counts, e.g. 1m,10m or 200k.")
-    parser.add_argument("--backends", default="duckdb,postgres,spark",
-                        help="postgres and spark run at the smallest size only.")
+    parser.add_argument("--backends", default="duckdb,postgres,spark,snowflake",
+                        help="postgres, spark and snowflake (the fakesnow emulator) run at the smallest size only.")
     parser.add_argument("--workdir", default=None,
                         help="Keep data here and reuse it on the next run (default: a temp folder).")
     parser.add_argument("--json", default=None, help="Also write the figures to this file.")
@@ -425,6 +454,9 @@ def main() -> int:
             if size == sizes[0] and "spark" in backends:
                 row["spark"] = bench_spark(folder, duckdb_file)
                 print(f"   spark: {row['spark']}", flush=True)
+            if size == sizes[0] and "snowflake" in backends:
+                row["snowflake"] = bench_snowflake(folder, duckdb_file)
+                print(f"   snowflake (fakesnow): {row['snowflake']}", flush=True)
             figures.append(row)
     finally:
         if not args.workdir:
@@ -434,10 +466,11 @@ def main() -> int:
     print(f"\nload average (1, 5, 15 min): before {fmt_load(load_before)}, after {fmt_load(load_after)}")
     print("\n| events | orders | customers | segloop (DuckDB) cold s / MB | hand-written DuckDB cold s / MB "
           "| ratio cold | segloop warm s | hand warm s | ratio warm | segloop without report: cold / warm s "
-          "| segloop first run (no SQL cache) s / ratio | segloop on PostgreSQL s / MB | segloop on Spark local s / MB |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| segloop first run (no SQL cache) s / ratio | segloop on PostgreSQL s / MB | segloop on Spark local s / MB "
+          "| segloop on emulated Snowflake (fakesnow) s / MB |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in figures:
-        cells = [cell(row.get(key)) for key in ("segloop", "hand", "postgres", "spark")]
+        cells = [cell(row.get(key)) for key in ("segloop", "hand", "postgres", "spark", "snowflake")]
         warm = [fmt(row[key]["warm_seconds"]) if row.get(key) else "-" for key in ("segloop", "hand")]
         bare = (f"{fmt(row['segloop']['cold_no_report_seconds'])} / {fmt(row['segloop']['warm_no_report_seconds'])}"
                 if row.get("segloop") else "-")
@@ -445,7 +478,7 @@ def main() -> int:
                  if row.get("segloop") else "-")
         print(f"| {row['events']:,} | {row['orders']:,} | {row['customers']:,} | {cells[0]} | {cells[1]} "
               f"| {fmt(row.get('ratio'), 'x')} | {warm[0]} | {warm[1]} | {fmt(row.get('warm_ratio'), 'x')} "
-              f"| {bare} | {first} | {cells[2]} | {cells[3]} |")
+              f"| {bare} | {first} | {cells[2]} | {cells[3]} | {cells[4]} |")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2, default=str))
     return 0

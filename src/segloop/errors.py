@@ -136,6 +136,7 @@ def database_message(exc: BaseException, pointer: bool = False) -> str:
         text = line.strip().lower()
         if text.startswith(HINT_PREFIXES):
             kept.append(line.strip())
-        elif pointer and text.startswith("line ") and i + 1 < len(lines) and lines[i + 1].strip() == "^":
+        elif pointer and text.startswith("line ") and i + 1 < len(lines) and set(lines[i + 1].strip()) == {"^"}:
+            # the pointer: one ^ (duckdb 1.x, PostgreSQL) or a run of them under the name (duckdb 2)
             kept += [line, lines[i + 1]]
     return "\n".join(kept) if pointer else " ".join(kept)

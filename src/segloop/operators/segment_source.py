@@ -44,8 +44,8 @@ UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 PRODUCTS_COLUMN = "products"
 PRODUCTS_SUFFIX = "_products"
 # The products view needs JSON unnesting that Ibis compiles correctly (``Warehouse.UNNESTS_JSON``,
-# checked by the tests); elsewhere (BigQuery, Spark: no compile rule; Snowflake: untested)
-# the view is skipped with a warning.
+# checked by the tests), or the warehouse's own SQL (``Warehouse.unnest_json_array``: Snowflake's
+# LATERAL FLATTEN); elsewhere (BigQuery, Spark: no compile rule) the view is skipped with a warning.
 # Segment's e-commerce spec: product fields and their column types in `<table>_products`.
 # Numbers are float64 (a quantity sent as 1.5 must not fail the query on any warehouse).
 PRODUCT_FIELDS: dict[str, str] = {
@@ -195,7 +195,9 @@ class SegmentSourceOperator(Operator[SegmentSourceConfig]):
                     ctx.warn(f"table {config.schema_}.{present[name]} exists, so the products of "
                              f"`{short}` are not exposed as `{name}`; read it with SQL instead")
                     continue
-                _create_view(wh, ctx.table_name(name), products_expr(table, items))
+                products = wh.unnest_json_array(table, items, PRODUCT_FIELDS)
+                products = products_expr(table, items) if products is None else products
+                _create_view(wh, ctx.table_name(name), products)
                 rows.append({"table": name, "view": f"{wh.schema}.{ctx.table_name(name)}",
                              "source": f"{schema}.{actual}.{items}", "window": window})
         catalog = pa.Table.from_pylist(rows, schema=pa.schema(

@@ -65,7 +65,7 @@ class SqlConfig(NodeConfig):
 
 
 @lru_cache(maxsize=256)
-def _parse(sql: str, dialect: str | None = None) -> exp.Expression | None:
+def _parse(sql: str, dialect: str | None = None) -> exp.Expr | None:  # sqlglot 30: parse_one returns Expr
     """The query's syntax tree, parsed once per process (a run asks for it four times).
 
     Shared between callers: read it, or ``transform`` it (which copies); never change it.
@@ -78,7 +78,7 @@ def _parse(sql: str, dialect: str | None = None) -> exp.Expression | None:
         return None
 
 
-def _cte_names(tree: exp.Expression) -> set[str]:
+def _cte_names(tree: exp.Expr) -> set[str]:
     import sqlglot.expressions as exp
 
     return {cte.alias_or_name for cte in tree.find_all(exp.CTE)}

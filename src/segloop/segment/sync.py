@@ -217,11 +217,12 @@ class SyncState:
         cap = wanted.pop("memory_limit", None)
         if getattr(self.warehouse.config, "memory_limit", None):
             cap = None  # the user's limit stands
-        before = {name: raw.execute(f"SELECT current_setting('{name}')").fetchone()[0] for name in wanted}
+        before = {name: raw.execute(f"SELECT current_setting('{name}')").fetchall()[0][0] for name in wanted}
         for name, value in wanted.items():
             raw.execute(f"SET {name} = '{value}'")
         # Restored by value: DuckDB's RESET memory_limit leaves the buffer pool's limit as it was.
-        self._uncapped = raw.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+        # fetchall, not fetchone: duckdb 2 blocks the connection until a result is read out.
+        self._uncapped = raw.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
         if cap and self._set_memory_limit(cap):
             self._cap = cap
         self._sessions += 1
@@ -404,7 +405,7 @@ class SyncState:
         pending = wh.table(self.pending_table)
         wanted = pending.filter(pending._category != GONE_SENT).order_by("_key").limit(rows)
         if self._embedded:
-            result = _duckdb_reader(wh.raw.execute(str(wh.con.compile(wanted))), rows).read_all()
+            result = _duckdb_reader(wh.raw.sql(str(wh.con.compile(wanted))), rows).read_all()
             wh.rows_fetched += result.num_rows
             return result
         return wh.to_arrow(wanted.drop("_bucket"))
@@ -427,7 +428,7 @@ class SyncState:
 
             def read(start: int) -> pa.Table:
                 query = f"SELECT * FROM {table} WHERE rowid >= {start} AND rowid < {start + size} AND {where}"
-                return _duckdb_reader(raw.execute(query), size).read_all()
+                return _duckdb_reader(raw.sql(query), size).read_all()
 
             for start in range(int(low), int(high) + 1, size):
                 chunk = self._roomy(partial(read, start))
@@ -582,7 +583,8 @@ def _out_of_memory(exc: BaseException | None) -> bool:
 
 
 def _duckdb_reader(result: Any, batch_rows: int) -> pa.RecordBatchReader:
-    """A DuckDB result as Arrow record batches of ``batch_rows`` (duckdb >= 1.4 renamed it)."""
+    """A DuckDB relation as Arrow record batches of ``batch_rows`` (duckdb >= 1.4 renamed it;
+    a relation, not an execute() result, which duckdb 2 would copy once more)."""
     to_reader = getattr(result, "to_arrow_reader", None)
     if to_reader is not None:
         return to_reader(batch_rows)  # type: ignore[no-any-return]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 from segloop.errors import WarehouseError, database_message
+from segloop.warehouses import ibis_compat
 from segloop.warehouses.config import WarehouseConfig
 from segloop.warehouses.exprs import (
     has_memtable,
@@ -97,6 +98,7 @@ class Warehouse:
 
         Called on ``Warehouse`` itself, it opens the subclass of ``config``'s backend.
         """
+        ibis_compat.install()  # Ibis 12 on duckdb 2 / sqlglot 30 (warehouses/ibis_compat.py)
         kind = config.warehouse_class() if cls is Warehouse else cls
         return kind(config.connect(Path(root)), config, name, create_schema)
 
@@ -516,6 +518,13 @@ class Warehouse:
             self.drop_view(name, schema)
         else:
             self.drop_table(name, schema)
+
+    def unnest_json_array(self, table: ir.Table, column: str, fields: dict[str, str]) -> ir.Table | None:
+        """One row per element of the JSON array ``column``: ``table``'s other columns, then
+        ``fields`` (name -> Ibis type) of each element, a field named like an existing column
+        as ``product_<field>``; written in the warehouse's own SQL where Ibis's unnesting is
+        wrong (Snowflake: LATERAL FLATTEN). None: Ibis's unnesting is right here."""
+        return None
 
     def compile(self, expr: ir.Expr) -> str:
         """The SQL of an expression in this warehouse's dialect.

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field
 
 from segloop.errors import WarehouseError, WarehouseLockedError, database_message
+from segloop.warehouses import ibis_compat
 from segloop.warehouses.base import Warehouse, WarehouseClass
 from segloop.warehouses.config import WarehouseConfig, quote_ident, workspace_path
 from segloop.warehouses.exprs import sql_literal
@@ -67,6 +68,7 @@ class DuckDBConfig(WarehouseConfig):
     def connect(self, root: Path) -> ibis.BaseBackend:
         import ibis
 
+        ibis_compat.install()  # Ibis 12 on duckdb 2, also as Ibis's default backend
         if self.path == ":memory:":
             target = ":memory:"
         else:
@@ -165,7 +167,8 @@ def describe(raw: Any, target: str) -> ibis.Schema:
         if "LINE 1: DESCRIBE " not in text:
             raise
         lines = text.replace("LINE 1: DESCRIBE ", "LINE 1: ", 1).splitlines()
-        lines = [line[len("DESCRIBE "):] if line.strip() == "^" and line.startswith(" " * 9) else line
+        # The pointer under it: one ^ (duckdb 1.x) or a run of them (duckdb 2).
+        lines = [line[len("DESCRIBE "):] if set(line.strip()) == {"^"} and line.startswith(" " * 9) else line
                  for line in lines]
         try:
             fixed = type(exc)("\n".join(lines))
@@ -202,6 +205,8 @@ class DuckDBWarehouse(Warehouse):
         return f"{super()._kinds_query(target)} AND table_catalog = current_database()"
 
     def _fetch(self, query: str) -> list[tuple[Any, ...]]:
+        # Every row, never fetchone(): duckdb 2 refuses other work on the connection (Ibis's
+        # relations) while a result from execute() has not been read to its end.
         return list(self.raw.execute(query).fetchall())
 
     # -- reading ---------------------------------------------------------------------------
@@ -252,8 +257,7 @@ class DuckDBWarehouse(Warehouse):
         # Ibis's result path imports pandas (half a second per process) for one number;
         # and counting the query's SQL needs no new expression to build and compile.
         sql = f"SELECT count(*) FROM (\n{self.compile(expr)}\n) AS t"  # own lines: a query may end in a -- comment
-        row = self.raw.execute(sql).fetchone()
-        return int(row[0]) if row else 0
+        return int(self._fetch(sql)[0][0])
 
     def rows(self, expr: ir.Table) -> list[dict[str, Any]]:
         # Straight from the cursor: no Arrow conversion (~2 ms less per query).
@@ -268,8 +272,7 @@ class DuckDBWarehouse(Warehouse):
         return _duckdb_to_arrow(self, expr, limit)
 
     def count_rows(self, name: str, schema: str | None = None) -> int:
-        row = self.raw.execute(f"SELECT count(*) FROM {self.qualified(name, schema or self.schema)}").fetchone()
-        return int(row[0]) if row else 0
+        return int(self._fetch(f"SELECT count(*) FROM {self.qualified(name, schema or self.schema)}")[0][0])
 
     def preview_query(self, sql: str, limit: int | None) -> pa.Table:
         if not self._raw_statement(sql):
@@ -307,10 +310,10 @@ class DuckDBWarehouse(Warehouse):
         # rename: four statements plus a count query).
         sql = self.compile(expr)
         try:
-            row = self.raw.execute(f"CREATE OR REPLACE TABLE {self.qualified(name, target)} AS {sql}").fetchone()
+            rows = self._fetch(f"CREATE OR REPLACE TABLE {self.qualified(name, target)} AS {sql}")
         except Exception as exc:
             raise WarehouseError(f"could not write table {target}.{name}: {database_message(exc)}") from exc
-        return int(row[0]) if row else (self.count_rows(name, target) if count else None)
+        return int(rows[0][0]) if rows else (self.count_rows(name, target) if count else None)
 
     def insert(self, name: str, obj: ir.Table | pa.Table | Any, schema: str | None = None) -> None:
         import pyarrow as pa
