@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -18,6 +19,7 @@ from segloop.warehouses.exprs import sql_literal
 if TYPE_CHECKING:  # pragma: no cover
     import ibis
     import ibis.expr.types as ir
+    import pyarrow as pa
 
 
 class PySparkConfig(WarehouseConfig):
@@ -141,6 +143,49 @@ class PySparkWarehouse(Warehouse):
             f"_segloop_items AS {item}"
         )
 
+    def _table(self, name: str, target: str) -> ir.Table:
+        """The table's schema in one look-up (Ibis switches the session's database there and
+        back around it: six statements per table)."""
+        import ibis.expr.operations as ops
+        import ibis.expr.schema as sch
+        from ibis.backends.pyspark.datatypes import PySparkType
+
+        struct = self.con._session.table(self.qualified(name, target)).schema  # type: ignore[attr-defined]
+        return ops.DatabaseTable(name, schema=sch.Schema(PySparkType.to_ibis(struct)), source=self.con,
+                                 namespace=ops.Namespace(database=target)).to_expr()
+
+    def _arrow(self, expr: ir.Table, limit: int | None = None) -> pa.Table:
+        """A result as Arrow straight from Spark (PySpark 4), not through pandas as Ibis does."""
+        if not _arrow_native():
+            return super()._arrow(expr, limit)
+        from ibis.formats.pyarrow import PyArrowData
+
+        table = expr.as_table()
+        self.con._run_pre_execute_hooks(table)  # type: ignore[attr-defined]
+        result = self.con._session.sql(self.con.compile(table, limit=limit)).toArrow()  # type: ignore[attr-defined]
+        return expr.__pyarrow_result__(PyArrowData.convert_table(result, table.schema()))  # type: ignore[no-any-return]
+
+    def to_batches(self, expr: ir.Table, batch_rows: int | None = None) -> Iterator[pa.RecordBatch]:
+        """The result in batches of at most ``batch_rows``; Spark hands it over whole (as
+        Ibis's pyspark backend does), so this bounds the batches, not the memory."""
+        for batch in self._arrow(expr).to_batches(max_chunksize=batch_rows or self.STREAM_BATCH_ROWS):
+            self.rows_fetched += batch.num_rows
+            yield batch
+
+    def _create_from_arrow(self, name: str, table: pa.Table, target: str, overwrite: bool) -> bool:
+        """Arrow straight into Spark (PySpark 4), not through pandas as Ibis does: the same
+        Spark types as Ibis gives them (timestamps are instants in the session's UTC)."""
+        if not _arrow_native():
+            return False
+        import ibis
+        from ibis.backends.pyspark.datatypes import PySparkSchema
+
+        schema = PySparkSchema.from_ibis(ibis.Schema.from_pyarrow(table.schema))
+        frame = self.con._session.createDataFrame(table, schema=schema)  # type: ignore[attr-defined]
+        frame.write.saveAsTable(self.qualified(name, target), format="parquet",
+                                mode="overwrite" if overwrite else "error")
+        return True
+
     def _raw_sql(self, query: str) -> Any:
         """Run SQL; a DELETE or UPDATE on a table whose format has none (Parquet: local mode's
         tables) rewrites the table instead (``_rewrite``). Delta tables do it themselves."""
@@ -207,6 +252,14 @@ class PySparkWarehouse(Warehouse):
         # The Spark session lives as long as the process: other connections in this
         # process share it (getOrCreate), and an in-memory catalog would be lost.
         return
+
+
+@cache
+def _arrow_native() -> bool:
+    """PySpark 4 takes and gives Arrow tables itself (``createDataFrame``, ``toArrow``)."""
+    import pyspark
+
+    return int(pyspark.__version__.split(".")[0]) >= 4
 
 
 def _unsupported_operation(exc: BaseException) -> bool:
