@@ -3,11 +3,11 @@
 An engine is a session-scoped pytest fixture that starts the engine once per test run (a
 PostgreSQL cluster, the JVM of local Spark, an emulator) and returns a `NewWarehouse`:
 called with a label, it gives the `segloop.yml` block of a fresh warehouse on that engine
-(its own DuckDB file, PostgreSQL database, Spark output schema). Tests import the fixtures
-with ``from tests.warehouses.engines import *``.
+(its own DuckDB file, PostgreSQL database, Spark output schema). tests/warehouses/conftest.py
+hands the fixture of every engine in `ENGINES` to the tests there (``__all__`` below).
 
-Adding an engine: write its fixture (here, or in its own module imported below) and add
-one `Engine` line to `ENGINES`.
+Adding an engine: write its fixture (here, or in its own module imported here) and add one
+`Engine` line to `ENGINES`; tests/warehouses/test_demo_engines.py then runs the demo on it.
 """
 
 from __future__ import annotations
@@ -93,5 +93,5 @@ def spark_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NewWareho
     yield lambda label: block + f"    schema: {label}_{next(SPARK_SCHEMAS)}\n"
 
 
-__all__ = ["ENGINES", "Engine", "NewWarehouse", "duckdb_engine", "engine_params",
-           "postgres_engine", "spark_engine"]
+# What `from tests.warehouses.engines import *` (the conftest) gives: each engine's fixture.
+__all__ = [engine.fixture for engine in ENGINES]

@@ -20,7 +20,6 @@ import pytest
 from segloop.demo import write_demo_data
 from segloop.pipeline import Pipeline, RunResult
 from tests.segment.send.fake_segment import FakeSegment
-from tests.warehouses.engines import *  # noqa: F403 - the engines' fixtures
 from tests.warehouses.engines import ENGINES, Engine, NewWarehouse, engine_params
 
 DEMO_PIPELINE = Path(__file__).resolve().parents[2] / "examples" / "demo" / "pipelines" / "demo.yml"

@@ -191,7 +191,12 @@ class SqlOperator(Operator[SqlConfig]):
         try:
             table = wh.sql(query)
         except Exception as exc:
-            raise NodeError(ctx.node, f"the query failed in the {dialect} warehouse: {database_message(exc)}") from exc
+            hint = ""
+            if read is not wh.dialect and '"' in config.sql:  # "text" read as a name (Spark)
+                hint = (f"; segloop reads \"double quotes\" as names, not text, on {dialect} too: write text "
+                        f"in 'single quotes', or set `dialect: {dialect}` to read the query as {dialect} does")
+            raise NodeError(ctx.node, f"the query failed in the {dialect} warehouse: "
+                            f"{database_message(exc)}{hint}") from exc
         return NodeOutput(table=table, metrics={"query": query})
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from segloop.errors import WarehouseError
+from segloop.errors import WarehouseError, database_message
 from segloop.masking import mask_url
 from segloop.secrets import SecretRef
 from segloop.warehouses.base import Warehouse, WarehouseClass
@@ -164,6 +164,23 @@ class PySparkWarehouse(Warehouse):
         self.con._run_pre_execute_hooks(table)  # type: ignore[attr-defined]
         result = self.con._session.sql(self.con.compile(table, limit=limit)).toArrow()  # type: ignore[attr-defined]
         return expr.__pyarrow_result__(PyArrowData.convert_table(result, table.schema()))  # type: ignore[no-any-return]
+
+    def count(self, expr: ir.Table) -> int:
+        return int(self._arrow(expr.count().as_table()).column(0)[0].as_py())
+
+    def list_schemas(self) -> list[str]:
+        return [str(row[0]) for row in self.con.raw_sql("SHOW DATABASES").collect()]
+
+    def _replace_table_as(self, name: str, expr: ir.Table, target: str, count: bool, kind: str | None) -> Any:
+        """The query's rows written over the table by Spark itself (Ibis switches the
+        session's database there and back around the same write)."""
+        self.con._run_pre_execute_hooks(expr)  # type: ignore[attr-defined]
+        frame = self.con._session.sql(self.compile(expr))  # type: ignore[attr-defined]
+        try:
+            frame.write.saveAsTable(self.qualified(name, target), format="parquet", mode="overwrite")
+        except Exception as exc:
+            raise WarehouseError(f"could not write table {target}.{name}: {database_message(exc)}") from exc
+        return self.count_rows(name, target) if count else None
 
     def to_batches(self, expr: ir.Table, batch_rows: int | None = None) -> Iterator[pa.RecordBatch]:
         """The result in batches of at most ``batch_rows``; Spark hands it over whole (as
