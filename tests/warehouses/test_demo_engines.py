@@ -31,7 +31,7 @@ SENT_BY = {
     "rfm_to_segment": ("identify", "rfm_score"),
     "predictions_to_segment": ("identify", "likelihood_to_purchase"),
     "clusters_to_segment": ("identify", "customer_cluster"),
-    "recommendations_to_segment": ("track", "recommended"),
+    "recommendations_to_segment": ("track", "recommended_products"),
 }
 
 
