@@ -37,7 +37,8 @@ class Engine:
 ENGINES: list[Engine] = [
     Engine("duckdb", "duckdb_engine"),
     Engine("postgres", "postgres_engine", (pytest.mark.postgres,)),
-    Engine("pyspark", "spark_engine", (pytest.mark.slow,)),
+    # The demo on local Spark: a query costs it 0.1-1 s (a job each), minutes on two busy cores.
+    Engine("pyspark", "spark_engine", (pytest.mark.slow, pytest.mark.timeout(900))),
     # Engine("snowflake", "snowflake_engine", (pytest.mark.slow,)),  # TODO(w-snow): fakesnow, tests/warehouses/snowflake_server.py
 ]
 

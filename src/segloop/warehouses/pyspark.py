@@ -1,4 +1,11 @@
-"""Apache Spark through PySpark: local mode (``local[*]``) or a cluster's Spark Connect URL."""
+"""Apache Spark through PySpark: local mode (``local[*]``) or a cluster's Spark Connect URL.
+
+What Spark does its own way, so that a pipeline (the demo's, unchanged) gives the same rows
+and Segment messages as on DuckDB: sql nodes read ``"double quotes"`` as names, not text
+(``node_sql_dialect``); Segment's ``products`` JSON is unnested with ``LATERAL VIEW explode``
+(``unnest_json_objects``); a DELETE or UPDATE that Parquet tables lack rewrites the table
+(``_rewrite``: the sync state); and with PySpark 4, Arrow goes in and out without pandas.
+"""
 
 from __future__ import annotations
 
