@@ -150,6 +150,16 @@ class _InDialect(Warehouse):
     backend's Warehouse class (``md5_hex``: what SyncState's SQL differs by)."""
 
     target = "duckdb"
+    # Reading and writing go to the DuckDB connection underneath, not the backend's own way
+    # (Spark's reads Arrow from its session).
+    _table = Warehouse._table
+    _arrow = Warehouse._arrow
+    count = Warehouse.count
+    to_batches = Warehouse.to_batches
+    list_schemas = Warehouse.list_schemas
+    _raw_sql = Warehouse._raw_sql
+    _create_from_arrow = Warehouse._create_from_arrow
+    _replace_table_as = Warehouse._replace_table_as
 
     @property
     def dialect(self) -> str:
