@@ -111,11 +111,55 @@ def test_segment_source_window_compiles(demo: Warehouse, backend: str) -> None:
         assert list(row.values()) == [demo.count(expr)] and demo.count(expr) > 0
 
 
+# A sql node's query as the demo writes it: "double quotes" around a column, 'single' around text.
+QUOTED_NODE_SQL = ('select user_id, "timestamp", revenue, \'Order Completed\' as event from orders '
+                   'where "revenue" > 0')
+# Where a sql node that names no `dialect:` reads "timestamp" as text, as the warehouse does.
+DOUBLE_QUOTED_STRINGS = {"bigquery"}
+
+
+@pytest.mark.parametrize("backend", DIALECTS)
+def test_sql_node_double_quotes_name_columns_and_single_quotes_text(demo: Warehouse, backend: str) -> None:
+    wh = _as_dialect(demo, backend)
+    dialect = sqlglot_dialect(backend)
+    rewritten = rewrite_node_refs(QUOTED_NODE_SQL, {"orders": ("main", "orders")}, dialect, read=wh.node_sql_dialect)
+    tree = sqlglot.parse_one(rewritten, read=dialect)  # what the warehouse will read
+    columns = [column.name for column in tree.find_all(sqlglot.exp.Column)]
+    texts = [literal.this for literal in tree.find_all(sqlglot.exp.Literal) if literal.is_string]
+    if backend in DOUBLE_QUOTED_STRINGS:
+        assert texts == ["timestamp", "Order Completed", "revenue"], rewritten
+        return
+    assert columns == ["user_id", "timestamp", "revenue", "revenue"], rewritten
+    assert texts == ["Order Completed"], rewritten
+    if backend in ROUND_TRIPPED:
+        got = run_translated(demo, rewritten, backend)
+        expected = demo.sql(QUOTED_NODE_SQL.replace("from orders", "from main.orders")).to_pyarrow().to_pylist()
+        assert got == expected and len(got) > 250
+        assert isinstance(got[0]["timestamp"], datetime)
+
+
+def test_a_sql_node_in_spark_dialect_keeps_sparks_double_quoted_strings() -> None:
+    # `dialect: spark` says the query is Spark SQL as Spark reads it: "..." is text there.
+    rewritten = rewrite_node_refs('select "timestamp" as t from orders', {"orders": ("s", "o")}, "spark",
+                                  read="spark")
+    assert rewritten == "SELECT 'timestamp' AS t FROM `s`.`o` AS orders"
+
+
 class _InDialect(Warehouse):
     """The same DuckDB warehouse, reporting another dialect, with the methods of that
     backend's Warehouse class (``md5_hex``: what SyncState's SQL differs by)."""
 
     target = "duckdb"
+    # Reading and writing go to the DuckDB connection underneath, not the backend's own way
+    # (Spark's reads Arrow from its session).
+    _table = Warehouse._table
+    _arrow = Warehouse._arrow
+    count = Warehouse.count
+    to_batches = Warehouse.to_batches
+    list_schemas = Warehouse.list_schemas
+    _raw_sql = Warehouse._raw_sql
+    _create_from_arrow = Warehouse._create_from_arrow
+    _replace_table_as = Warehouse._replace_table_as
 
     @property
     def dialect(self) -> str:

@@ -17,8 +17,9 @@ Viewed, Checkout Started, ...) as a JSON string. For every exposed table with su
 column the node also exposes ``<table>_products``: one row per product, the event's
 columns next to the spec's product fields (``product_id``, ``sku``, ``category``, ...).
 The unnesting is an Ibis expression, so each warehouse gets its own SQL for it
-(``json_array_elements`` on PostgreSQL, ``unnest`` of a JSON list on DuckDB); a query over
-the view is the same on both. Other warehouses skip the view with a warning.
+(``json_array_elements`` on PostgreSQL, ``unnest`` of a JSON list on DuckDB), or the
+warehouse's own (``LATERAL VIEW explode`` on Spark: ``Warehouse.unnest_json_objects``); a
+query over the view is the same on all of them. Other warehouses skip the view with a warning.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 PRODUCTS_COLUMN = "products"
 PRODUCTS_SUFFIX = "_products"
 # The products view needs JSON unnesting that Ibis compiles correctly (``Warehouse.UNNESTS_JSON``,
-# checked by the tests), or the warehouse's own SQL (``Warehouse.unnest_json_array``: Snowflake's
-# LATERAL FLATTEN); elsewhere (BigQuery, Spark: no compile rule) the view is skipped with a warning.
+# checked by the tests), or the warehouse's own SQL (``Warehouse.unnest_json_objects``: Spark's
+# LATERAL VIEW explode, Snowflake's LATERAL FLATTEN); elsewhere (BigQuery) the view is skipped
+# with a warning.
 # Segment's e-commerce spec: product fields and their column types in `<table>_products`.
 # Numbers are float64 (a quantity sent as 1.5 must not fail the query on any warehouse).
 PRODUCT_FIELDS: dict[str, str] = {
@@ -187,17 +189,15 @@ class SegmentSourceOperator(Operator[SegmentSourceConfig]):
             if items is not None and (table[items].type().is_string() or table[items].type().is_json()):
                 name = short + PRODUCTS_SUFFIX
                 if not wh.UNNESTS_JSON:
-                    ctx.warn(f"`{name}` (one row per product of `{short}`) is built on DuckDB and "
-                             f"PostgreSQL only, not on {wh.backend}; unnest `{items}` in a sql node, "
+                    ctx.warn(f"`{name}` (one row per product of `{short}`) cannot be built "
+                             f"on {wh.backend}; unnest `{items}` in a sql node, "
                              "or set `products: false` to silence this")
                     continue
                 if name in present:
                     ctx.warn(f"table {config.schema_}.{present[name]} exists, so the products of "
                              f"`{short}` are not exposed as `{name}`; read it with SQL instead")
                     continue
-                products = wh.unnest_json_array(table, items, PRODUCT_FIELDS)
-                products = products_expr(table, items) if products is None else products
-                _create_view(wh, ctx.table_name(name), products)
+                _create_view(wh, ctx.table_name(name), products_expr(table, items, wh))
                 rows.append({"table": name, "view": f"{wh.schema}.{ctx.table_name(name)}",
                              "source": f"{schema}.{actual}.{items}", "window": window})
         catalog = pa.Table.from_pylist(rows, schema=pa.schema(
@@ -279,23 +279,28 @@ class SegmentSourceOperator(Operator[SegmentSourceConfig]):
         return {table: mark.isoformat() for table, mark in marks.items()}
 
 
-def products_expr(table: ir.Table, column: str) -> ir.Table:
+def products_expr(table: ir.Table, column: str, wh: Warehouse | None = None) -> ir.Table:
     """One row per element of the JSON array in ``column``: the event's other columns, then
     the spec's product fields (named ``product_<field>`` if the event has that column).
 
     A product id sent as a number becomes its text, so ids compare with other tables' ids.
-    Rows whose column is NULL, not an array, or an empty array give no rows.
+    Rows whose column is NULL, not an array, or an empty array give no rows. A warehouse
+    with SQL of its own for this (``wh.unnest_json_objects``: Spark) builds it that way.
     """
     import ibis
 
     event_columns = [c for c in table.columns if c != column]
     taken = {c.lower() for c in event_columns}
+    names = {(field if field not in taken else f"product_{field}"): (field, dtype)
+             for field, dtype in PRODUCT_FIELDS.items()}
+    own = wh.unnest_json_objects(table, column, names) if wh is not None else None
+    if own is not None:
+        return own
     unnested = table.mutate(_segloop_item=table[column].cast("json").array.unnest())
     item = unnested._segloop_item
     fields: dict[str, ir.Value] = {}
-    for field, dtype in PRODUCT_FIELDS.items():
+    for name, (field, dtype) in names.items():
         value = item[field]
-        name = field if field not in taken else f"product_{field}"
         if dtype == "string":
             text = value.str
             if field == "product_id":

@@ -1,5 +1,10 @@
 """Node `sql`: a query in the warehouse's dialect, run inside the warehouse.
 
+``"double quotes"`` name identifiers on every warehouse, as in standard SQL, also where the
+warehouse's own SQL reads them as strings (Spark): a query such as the demo's
+``select user_id, "timestamp" ...`` means the same everywhere. A node that says
+``dialect: spark`` is read exactly as Spark would read it.
+
 The query may name upstream nodes by their node name (``select * from orders``) and any
 warehouse table as ``schema.table``. Node names are rewritten to the nodes' materialized
 tables (``<schema>.<pipeline>__<node>``) with sqlglot, so no rows pass through Python.
@@ -15,7 +20,7 @@ name (``select * from tracks``) as long as only one of them has that name.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -65,7 +70,7 @@ class SqlConfig(NodeConfig):
 
 
 @lru_cache(maxsize=256)
-def _parse(sql: str, dialect: str | None = None) -> exp.Expr | None:  # sqlglot 30: parse_one returns Expr
+def _parse(sql: str, dialect: Any = None) -> exp.Expr | None:  # sqlglot 30: parse_one returns Expr
     """The query's syntax tree, parsed once per process (a run asks for it four times).
 
     Shared between callers: read it, or ``transform`` it (which copies); never change it.
@@ -120,7 +125,7 @@ def rewrite_node_refs(
     mapping: dict[str, tuple[str, str]],
     dialect: str,
     qualified: dict[tuple[str, str], tuple[str, str]] | None = None,
-    read: str | None = None,
+    read: Any = None,
 ) -> str:
     """Replace references to nodes by ``schema.table`` of their outputs.
 
@@ -180,11 +185,18 @@ class SqlOperator(Operator[SqlConfig]):
         if config.dialect and _parse(config.sql, config.dialect) is None:
             raise NodeError(ctx.node, f"the query is not valid {config.dialect} SQL (`dialect: "
                             f"{config.dialect}`); fix it or drop `dialect:` to write {dialect} SQL")
-        query = rewrite_node_refs(config.sql, mapping, dialect, qualified, read=config.dialect)
+        # Without `dialect:`, "double quotes" are identifiers on every warehouse (Spark too).
+        read = config.dialect or wh.node_sql_dialect
+        query = rewrite_node_refs(config.sql, mapping, dialect, qualified, read=read)
         try:
             table = wh.sql(query)
         except Exception as exc:
-            raise NodeError(ctx.node, f"the query failed in the {dialect} warehouse: {database_message(exc)}") from exc
+            hint = ""
+            if read is not wh.dialect and '"' in config.sql:  # "text" read as a name (Spark)
+                hint = (f"; segloop reads \"double quotes\" as names, not text, on {dialect} too: write text "
+                        f"in 'single quotes', or set `dialect: {dialect}` to read the query as {dialect} does")
+            raise NodeError(ctx.node, f"the query failed in the {dialect} warehouse: "
+                            f"{database_message(exc)}{hint}") from exc
         return NodeOutput(table=table, metrics={"query": query})
 
 

@@ -62,7 +62,7 @@ class Warehouse:
     REPLACES_IN_ONE_STATEMENT: ClassVar[bool] = False  # CREATE OR REPLACE of either kind says what is in the way
     HAS_VIEW_BINDING: ClassVar[bool] = False  # views bind to what they read (CREATE OR REPLACE VIEW may fail)
     EMBEDDED: ClassVar[bool] = False  # runs in this process: raw cursors, settings, transactions
-    UNNESTS_JSON: ClassVar[bool] = False  # Ibis compiles JSON-array unnesting right (checked by tests)
+    UNNESTS_JSON: ClassVar[bool] = False  # JSON arrays unnest right: Ibis's SQL or unnest_json_objects (tested)
 
     def __init__(
         self,
@@ -125,6 +125,16 @@ class Warehouse:
     def dialect(self) -> str:
         """The sqlglot dialect of the warehouse's SQL (``spark`` for the pyspark backend)."""
         return self.DIALECT or self.backend
+
+    @property
+    def node_sql_dialect(self) -> Any:
+        """The sqlglot dialect a sql node's query is read in when it names none (``dialect:``).
+
+        The warehouse's own, except where its ``"double quotes"`` make a string (Spark):
+        there a variant that reads them as identifiers, as standard SQL and the other
+        warehouses do, so the demo's queries mean the same everywhere.
+        """
+        return self.dialect
 
     def _ensure_schema(self, schema: str) -> None:
         if schema in self.BUILTIN_SCHEMAS or schema in self._schemas_ready:
@@ -519,11 +529,12 @@ class Warehouse:
         else:
             self.drop_table(name, schema)
 
-    def unnest_json_array(self, table: ir.Table, column: str, fields: dict[str, str]) -> ir.Table | None:
-        """One row per element of the JSON array ``column``: ``table``'s other columns, then
-        ``fields`` (name -> Ibis type) of each element, a field named like an existing column
-        as ``product_<field>``; written in the warehouse's own SQL where Ibis's unnesting is
-        wrong (Snowflake: LATERAL FLATTEN). None: Ibis's unnesting is right here."""
+    def unnest_json_objects(self, table: ir.Table, column: str,
+                            fields: dict[str, tuple[str, str]]) -> ir.Table | None:
+        """One row per object of the JSON array (text) in ``column``, in SQL of the backend's
+        own: ``table``'s other columns, then ``fields`` (``{output column: (key, "string" |
+        "float64")}``) read from each object. None here: Ibis's expression does it where
+        ``UNNESTS_JSON`` says so (``segment_source.products_expr``)."""
         return None
 
     def compile(self, expr: ir.Expr) -> str:

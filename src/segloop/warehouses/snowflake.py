@@ -133,7 +133,7 @@ class SnowflakeWarehouse(Warehouse):
     COPY INTO), the fast path on Snowflake.
     """
 
-    UNNESTS_JSON: ClassVar[bool] = True  # with its own LATERAL FLATTEN (unnest_json_array)
+    UNNESTS_JSON: ClassVar[bool] = True  # with its own LATERAL FLATTEN (unnest_json_objects)
 
     # -- names -----------------------------------------------------------------------------
 
@@ -181,23 +181,22 @@ class SnowflakeWarehouse(Warehouse):
         result = target.empty_table() if result is None else result.rename_columns(target.names)
         return expr.__pyarrow_result__(result, data_mapper=SnowflakePyArrowData)  # type: ignore[no-any-return]
 
-    def unnest_json_array(self, table: ir.Table, column: str, fields: dict[str, str]) -> ir.Table | None:
+    def unnest_json_objects(self, table: ir.Table, column: str,
+                            fields: dict[str, tuple[str, str]]) -> ir.Table | None:
         # Ibis 12 compiles unnest on Snowflake by joining the array into one string and
         # splitting it again, which turns each JSON object into text; LATERAL FLATTEN keeps
         # them. A non-array (or NULL) gives no rows, as on DuckDB and PostgreSQL.
         import ibis
 
         others = [c for c in table.columns if c != column]
-        taken = {c.lower() for c in others}
         array = f"TRY_PARSE_JSON(TO_VARCHAR(t.{self.quote(column)}))"
         select = [f"t.{self.quote(c)}" for c in others]
         schema: dict[str, Any] = {c: table[c].type() for c in others}
-        for field, dtype in fields.items():
-            name = field if field not in taken else f"product_{field}"
+        for name, (key, dtype) in fields.items():
             # A JSON number cast to VARCHAR is its text: an id sent as a number compares
             # with other tables' ids, as on DuckDB and PostgreSQL.
             sql_type = "VARCHAR" if dtype == "string" else "DOUBLE"
-            path = f"f.value:{self.quote(field)}"  # Snowflake's path syntax: the value, not its JSON
+            path = f"f.value:{self.quote(key)}"  # Snowflake's path syntax: the value, not its JSON
             select.append(f"{path}::{sql_type} AS {self.quote(name)}")
             schema[name] = dtype
         sql = (f"SELECT {', '.join(select)}\nFROM (\n{self.compile(table)}\n) AS t,\n"
