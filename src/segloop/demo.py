@@ -26,15 +26,19 @@ table follows the chunks (each chunk's rows in time order).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from segloop.demo_tables import EVENT_TABLES, TRUTH, USER_AGENTS, Block, Events, Products, select
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pyarrow as pa
 
     from segloop.warehouses import Warehouse
+
+__all__ = ["EVENT_TABLES", "DemoStats", "generate", "write_demo_data"]
 
 CATEGORIES = ("phones", "laptops", "audio", "wearables", "home", "gaming", "books", "fashion")
 PRODUCTS_PER_CATEGORY = 25
@@ -62,14 +66,6 @@ JOIN_WINDOW = 0.4
 ANONYMOUS_SHARE = 0.15
 REFUND_RATE = 0.04
 DEFAULT_END = datetime(2026, 6, 30)
-EVENT_TABLES = {
-    "Product Viewed": "product_viewed",
-    "Product Added": "product_added",
-    "Checkout Started": "checkout_started",
-    "Order Completed": "order_completed",
-    "Order Refunded": "order_refunded",
-}
-USER_AGENTS = ("Mozilla/5.0 (Macintosh)", "Mozilla/5.0 (iPhone)", "Mozilla/5.0 (Windows NT 10.0)")
 # Customers drawn from one random stream. Fixed, so that the data does not depend on the
 # chunk size; large enough that numpy's per-call cost is small (~245k events a block).
 GENERATION_BLOCK = 1_000
@@ -98,95 +94,12 @@ class DemoStats:
 
 
 @dataclass
-class Events:
-    """Rows of one event type, as arrays (times in seconds from the start of the period).
-
-    ``cust`` is the customer's index (-1: an anonymous visitor, ``anon`` is then the
-    visitor's index); ``signed_in`` is False where a known customer's event came before
-    they identified (no ``user_id``, their ``anonymous_id``); None: all are signed in.
-    ``prod`` is the product's index for events about one product. ``props`` are the
-    event's other properties (numpy or Arrow arrays).
-    """
-
-    event: str
-    cust: np.ndarray
-    anon: np.ndarray
-    t: np.ndarray
-    prod: np.ndarray | None = None
-    props: dict[str, Any] = field(default_factory=dict)
-    signed_in: np.ndarray | None = None
-    ids: np.ndarray | None = None  # event numbers, unique in the schema (set by the block)
-    latency: np.ndarray | None = None  # seconds from the event to its arrival (set by the block)
-    agent: np.ndarray | None = None  # index into USER_AGENTS (set by the block)
-
-    def __len__(self) -> int:
-        return len(self.t)
-
-    def select(self, rows: np.ndarray) -> Events:
-        """These events at ``rows`` (a boolean mask or indices)."""
-        return Events(self.event, self.cust[rows], self.anon[rows], self.t[rows],
-                      None if self.prod is None else self.prod[rows],
-                      {k: _select(v, rows) for k, v in self.props.items()},
-                      *(None if a is None else a[rows] for a in (self.signed_in, self.ids, self.latency, self.agent)))
-
-
-@dataclass
-class Products:
-    """The shop's catalogue: category, price and names by product index."""
-
-    category: np.ndarray
-    price: np.ndarray
-    product_id: np.ndarray
-    popularity_cum: np.ndarray  # cumulative popularity of a category's products, by rank
-
-    def __len__(self) -> int:
-        return len(self.price)
-
-
-@dataclass
-class Block:
-    """One block of customers: their hidden traits (one value per customer) and events.
-
-    ``first`` is the index of its first customer in the whole demo, ``first_anon`` of its
-    first anonymous visitor; arrays are over the block's own customers.
-    """
-
-    first: int
-    first_anon: int
-    anonymous: int
-    persona: np.ndarray
-    rate: np.ndarray
-    lifetime: np.ndarray
-    start: np.ndarray
-    alive_until: np.ndarray
-    spend: np.ndarray
-    affinity: np.ndarray
-    events: list[Events] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.persona)
-
-
-@dataclass
 class _Numbers:
     """Running numbers across blocks, so ids are unique in the whole schema."""
 
     orders: int = 0
     carts: int = 0
     events: int = 0
-
-
-def _select(values: Any, rows: np.ndarray) -> Any:
-    import numpy as np
-    import pyarrow as pa
-
-    if isinstance(values, str):  # the same value in every row
-        return values
-    if isinstance(values, pa.Array):
-        if rows.dtype == bool:
-            return values.filter(pa.array(rows))
-        return values.take(pa.array(rows))
-    return np.asarray(values)[rows]
 
 
 def _anonymous_before(customers: int) -> int:
@@ -204,7 +117,7 @@ def _products(seed: int) -> Products:
     price = np.round(base * rng.lognormal(0.0, 0.35, len(cats)), 2)
     ids = np.array([f"{CATEGORIES[c]}_{r + 1:02d}" for c, r in zip(cats, rank, strict=True)], dtype=object)
     popularity = 1.0 / (np.arange(PRODUCTS_PER_CATEGORY) + 1.0) ** 0.9
-    return Products(cats, price, ids, np.cumsum(popularity / popularity.sum()))
+    return Products(cats, price, ids, np.cumsum(popularity / popularity.sum()), CATEGORIES)
 
 
 def _pick_products(rng: np.random.Generator, affinity_cum: np.ndarray, products: Products,
@@ -334,7 +247,7 @@ def _block_events(rng: np.random.Generator, block: Block, products: Products, ho
     refunded = rng.random(len(o_cust)) < REFUND_RATE
     r_t = o_t[refunded] + rng.uniform(1, 14, refunded.sum()) * DAY
     refunds = Events("Order Refunded", o_cust[refunded], np.full(int(refunded.sum()), -1), r_t,
-                     props={"order_id": _select(order_ids, refunded), "revenue": revenue[refunded],
+                     props={"order_id": select(order_ids, refunded), "revenue": revenue[refunded],
                             "currency": "USD"})
     events = [views, adds, checkouts, orders, refunds]
     # More behaviour of these customers joins here, drawn from `rng` after all of the above
@@ -390,10 +303,6 @@ def generate(
     return {name: pa.concat_tables(tables) for name, tables in parts.items()}, truth
 
 
-TRUTH = "_truth.customers"
-"""The name `iter_tables` gives the truth's parts (written to ``<schema>_truth.customers``)."""
-
-
 def iter_tables(customers: int, days: int, seed: int, end: datetime,
                 chunk_customers: int = DEFAULT_CHUNK_CUSTOMERS) -> Iterator[tuple[str, pa.Table]]:
     """``(table, part)`` for each table of each chunk, one part in memory at a time (the
@@ -403,7 +312,7 @@ def iter_tables(customers: int, days: int, seed: int, end: datetime,
     begin = end - timedelta(days=days)
     products = _products(seed)
     for blocks in generate_chunks(customers, days, seed, chunk_customers):
-        yield from chunk_tables(blocks, begin, float(days), products)
+        yield from chunk_tables(blocks, begin, float(days), products, tuple(PERSONAS))
 
 
 def write_demo_data(

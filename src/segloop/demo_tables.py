@@ -10,25 +10,114 @@ up by index in the small catalogue, so a chunk costs little more than its own ou
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-
-from segloop.demo import (
-    CATEGORIES,
-    EVENT_TABLES,
-    PERSONAS,
-    TRUTH,
-    USER_AGENTS,
-    Block,
-    Events,
-    Products,
-)
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pyarrow as pa
 
 USER_ID_BASE = 100_000  # customer i is user "u<USER_ID_BASE + i>"
+EVENT_TABLES = {
+    "Product Viewed": "product_viewed",
+    "Product Added": "product_added",
+    "Checkout Started": "checkout_started",
+    "Order Completed": "order_completed",
+    "Order Refunded": "order_refunded",
+}
+USER_AGENTS = ("Mozilla/5.0 (Macintosh)", "Mozilla/5.0 (iPhone)", "Mozilla/5.0 (Windows NT 10.0)")
+TRUTH = "_truth.customers"
+"""The name `iter_tables` gives the truth's parts (written to ``<schema>_truth.customers``)."""
+
+
+
+
+@dataclass
+class Events:
+    """Rows of one event type, as arrays (times in seconds from the start of the period).
+
+    ``cust`` is the customer's index (-1: an anonymous visitor, ``anon`` is then the
+    visitor's index); ``signed_in`` is False where a known customer's event came before
+    they identified (no ``user_id``, their ``anonymous_id``); None: all are signed in.
+    ``prod`` is the product's index for events about one product. ``props`` are the
+    event's other properties (numpy or Arrow arrays).
+    """
+
+    event: str
+    cust: np.ndarray
+    anon: np.ndarray
+    t: np.ndarray
+    prod: np.ndarray | None = None
+    props: dict[str, Any] = field(default_factory=dict)
+    signed_in: np.ndarray | None = None
+    ids: np.ndarray | None = None  # event numbers, unique in the schema (set by the block)
+    latency: np.ndarray | None = None  # seconds from the event to its arrival (set by the block)
+    agent: np.ndarray | None = None  # index into USER_AGENTS (set by the block)
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def select(self, rows: np.ndarray) -> Events:
+        """These events at ``rows`` (a boolean mask or indices)."""
+        return Events(self.event, self.cust[rows], self.anon[rows], self.t[rows],
+                      None if self.prod is None else self.prod[rows],
+                      {k: select(v, rows) for k, v in self.props.items()},
+                      *(None if a is None else a[rows] for a in (self.signed_in, self.ids, self.latency, self.agent)))
+
+
+@dataclass
+class Products:
+    """The shop's catalogue: category, price and names by product index."""
+
+    category: np.ndarray
+    price: np.ndarray
+    product_id: np.ndarray
+    popularity_cum: np.ndarray  # cumulative popularity of a category's products, by rank
+    categories: tuple[str, ...]  # names, by category index
+
+    def __len__(self) -> int:
+        return len(self.price)
+
+
+@dataclass
+class Block:
+    """One block of customers: their hidden traits (one value per customer) and events.
+
+    ``first`` is the index of its first customer in the whole demo, ``first_anon`` of its
+    first anonymous visitor; arrays are over the block's own customers.
+    """
+
+    first: int
+    first_anon: int
+    anonymous: int
+    persona: np.ndarray
+    rate: np.ndarray
+    lifetime: np.ndarray
+    start: np.ndarray
+    alive_until: np.ndarray
+    spend: np.ndarray
+    affinity: np.ndarray
+    events: list[Events] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.persona)
+
+
+def select(values: Any, rows: np.ndarray) -> Any:
+    """``values`` (numpy, Arrow, or one string for every row) at ``rows``."""
+    import numpy as np
+    import pyarrow as pa
+
+    if isinstance(values, str):  # the same value in every row
+        return values
+    if isinstance(values, pa.Array):
+        if rows.dtype == bool:
+            return values.filter(pa.array(rows))
+        return values.take(pa.array(rows))
+    return np.asarray(values)[rows]
+
+
 
 
 def prefixed(prefix: str, numbers: np.ndarray) -> pa.Array:
@@ -49,7 +138,7 @@ def products_json(i_order: np.ndarray, i_prod: np.ndarray, i_qty: np.ndarray, i_
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    heads = pa.array([f'{{"product_id":"{p}","sku":"SKU-{p}","category":"{CATEGORIES[c]}","price":'
+    heads = pa.array([f'{{"product_id":"{p}","sku":"SKU-{p}","category":"{products.categories[c]}","price":'
                       for p, c in zip(products.product_id, products.category, strict=True)])
     items = pc.binary_join_element_wise(
         heads.take(pa.array(i_prod)), pa.array(i_price).cast(pa.string()), ',"quantity":',
@@ -59,8 +148,8 @@ def products_json(i_order: np.ndarray, i_prod: np.ndarray, i_qty: np.ndarray, i_
     return pc.binary_join_element_wise("[", pc.binary_join(lists, ","), "]", "")
 
 
-def chunk_tables(blocks: Sequence[Block], begin: datetime, horizon: float,
-                 products: Products) -> Iterator[tuple[str, pa.Table]]:
+def chunk_tables(blocks: Sequence[Block], begin: datetime, horizon: float, products: Products,
+                 personas: Sequence[str]) -> Iterator[tuple[str, pa.Table]]:
     """``(table, rows)`` of one chunk: each event table, ``tracks``, ``identifies``,
     ``users`` and the truth (named ``TRUTH``); each table's rows in time order."""
     import numpy as np
@@ -86,7 +175,7 @@ def chunk_tables(blocks: Sequence[Block], begin: datetime, horizon: float,
     identifies, users = _identities(blocks, base)
     yield "identifies", identifies
     yield "users", users
-    yield TRUTH, _truth(blocks, begin, horizon)
+    yield TRUTH, _truth(blocks, begin, horizon, products.categories, personas)
 
 
 def _concat(parts: list[Events]) -> Events:
@@ -158,7 +247,7 @@ def _product_columns(ev: Events, products: Products) -> dict[str, pa.Array]:
         "product_id": pa.array(ids).take(prod),
         "sku": pa.array([f"SKU-{p}" for p in ids]).take(prod),
         "name": pa.array([p.replace("_", " ") for p in ids]).take(prod),
-        "category": pa.array(np.array(CATEGORIES)[products.category].tolist()).take(prod),
+        "category": pa.array(np.array(products.categories)[products.category].tolist()).take(prod),
         "price": pa.array(products.price).take(prod),
     }
 
@@ -199,7 +288,8 @@ def _identities(blocks: Sequence[Block], base: np.datetime64) -> tuple[pa.Table,
     return identifies, users
 
 
-def _truth(blocks: Sequence[Block], begin: datetime, horizon: float) -> pa.Table:
+def _truth(blocks: Sequence[Block], begin: datetime, horizon: float, categories: Sequence[str],
+           personas: Sequence[str]) -> pa.Table:
     import numpy as np
     import orjson
     import pyarrow as pa
@@ -213,14 +303,14 @@ def _truth(blocks: Sequence[Block], begin: datetime, horizon: float) -> pa.Table
     churn_at = np.datetime64(begin, "us") + (alive_until * 86400e6).astype("timedelta64[us]")
     return pa.table({
         "user_id": prefixed("u", index + USER_ID_BASE),
-        "persona": pa.array(np.array(list(PERSONAS))[joined("persona")].tolist()),
+        "persona": pa.array(np.array(personas)[joined("persona")].tolist()),
         "orders_per_day": joined("rate"),
         "lifetime_days": lifetime,
         "start_day": start,
         "churned": churned,
         "churn_at": pa.array(np.where(churned, churn_at, np.datetime64("NaT"))),
         "spend_level": joined("spend"),
-        "favourite_category": pa.array(np.array(CATEGORIES)[affinity.argmax(axis=1)].tolist()),
-        "category_affinity": [orjson.dumps(dict(zip(CATEGORIES, row, strict=True))).decode()
+        "favourite_category": pa.array(np.array(categories)[affinity.argmax(axis=1)].tolist()),
+        "category_affinity": [orjson.dumps(dict(zip(categories, row, strict=True))).decode()
                               for row in affinity.round(3).tolist()],
     })
