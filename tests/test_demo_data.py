@@ -13,7 +13,8 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from segloop.demo import GENERATION_BLOCK, generate, write_demo_data
+from segloop.demo import GENERATION_BLOCK, WAREHOUSE_MEMORY, generate, write_demo_data
+from segloop.memory import parse_size
 from segloop.warehouses import Warehouse
 
 TABLES = ("product_viewed", "product_added", "checkout_started", "order_completed", "order_refunded",
@@ -42,6 +43,9 @@ class RecordingWarehouse:
         self.calls[f"{schema}.{name}"].append(obj.num_rows)
         self.wh.insert(name, obj, schema=schema)
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wh, name)
+
 
 def test_demo_data_writes_one_chunk_of_customers_at_a_time(tmp_path) -> None:
     customers, chunk = 2 * GENERATION_BLOCK + 300, GENERATION_BLOCK
@@ -50,6 +54,9 @@ def test_demo_data_writes_one_chunk_of_customers_at_a_time(tmp_path) -> None:
         stats = write_demo_data(recording, customers=customers, days=120, chunk_customers=chunk)  # type: ignore[arg-type]
         written = {name: wh.count_rows(name, "demo_shop") for name in TABLES}
         truth = wh.count_rows("customers", "demo_shop_truth")
+        # DuckDB keeps the blocks it wrote cached up to its memory_limit: lowered for the demo.
+        duckdb_limit = wh.raw.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    assert parse_size(duckdb_limit.replace(" ", "")) <= WAREHOUSE_MEMORY
     chunks = 3
     assert truth == customers and written["users"] == customers and stats.tables == written
     for name, rows in recording.calls.items():

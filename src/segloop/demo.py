@@ -69,9 +69,12 @@ DEFAULT_END = datetime(2026, 6, 30)
 # Customers drawn from one random stream. Fixed, so that the data does not depend on the
 # chunk size; large enough that numpy's per-call cost is small (~245k events a block).
 GENERATION_BLOCK = 1_000
-# Customers per chunk written to the warehouse: ~100 KB of Arrow data per customer at most
-# in Python at a time (~0.5 GB peak for the process at this size, whatever the total).
-DEFAULT_CHUNK_CUSTOMERS = 5_000
+# Customers per chunk written to the warehouse: ~100 KB of Arrow data per customer, one
+# table at a time (~0.6 GB peak for the Python side at this size, whatever the total).
+DEFAULT_CHUNK_CUSTOMERS = 4_000
+# DuckDB's memory while the demo is written (an embedded warehouse keeps the blocks it wrote
+# cached up to its memory_limit; they are on disk already, so a smaller cache costs little).
+WAREHOUSE_MEMORY = 1_000_000_000
 DAY = 86400.0
 
 
@@ -329,13 +332,15 @@ def write_demo_data(
 
     Written chunk by chunk (``chunk_customers`` customers each): each table's first part
     replaces the table, the others are appended, so memory does not grow with
-    ``customers``. ``progress(stage, advance, total)`` hears `write` with the customers
+    ``customers``; an embedded warehouse (DuckDB) may use ``WAREHOUSE_MEMORY`` at most
+    from here on (less if it was set lower). ``progress(stage, advance, total)`` hears `write` with the customers
     written so far out of ``customers``.
     """
     import time
 
     report = progress or _no_progress
     started = time.perf_counter()
+    warehouse.lower_memory_limit(WAREHOUSE_MEMORY)
     report("write", 0, customers)
     counts: dict[str, int] = {}
     truth_schema = f"{schema}_truth"

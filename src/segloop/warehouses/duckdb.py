@@ -359,6 +359,12 @@ class DuckDBWarehouse(Warehouse):
     def alter_column_type(self, table: str, column: str, sql_type: str, using: str) -> None:
         self.raw_sql(f"ALTER TABLE {table} ALTER COLUMN {column} SET DATA TYPE {sql_type}")
 
+    def lower_memory_limit(self, limit: int) -> None:
+        config = self.config
+        allowed = parse_size(getattr(config, "memory_limit", None) or duckdb_memory_limit())
+        if limit < allowed:
+            self.raw.execute(f"SET memory_limit = '{int(limit)}B'")
+
     def checkpoint_in_background(self) -> None:
         """Start writing what this connection wrote into the database file now.
 
