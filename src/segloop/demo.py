@@ -254,7 +254,10 @@ def _block_events(rng: np.random.Generator, block: Block, products: Products, ho
                             "currency": "USD"})
     events = [views, adds, checkouts, orders, refunds]
     # More behaviour of these customers joins here, drawn from `rng` after all of the above
-    # (so the events above stay as they are): `events += <module>.<events>(rng, block, products)`.
+    # (so the events above stay as they are): `events += <module>.<events>(rng, block, products)`,
+    # returning `Events` with customer indices local to the block (as above), `signed_in` False
+    # for a customer's events before they identified; events of a kind already here (e.g.
+    # "Product Viewed") go to its table.
 
     kept = []
     for ev in events:  # nothing after the end of the period; then what every event has
