@@ -336,8 +336,8 @@ def write_demo_data(
     Written chunk by chunk (``chunk_customers`` customers each): each table's first part
     replaces the table, the others are appended, so memory does not grow with
     ``customers``; an embedded warehouse (DuckDB) may use ``WAREHOUSE_MEMORY`` at most
-    from here on (less if it was set lower). ``progress(stage, advance, total)`` hears `write` with the customers
-    written so far out of ``customers``.
+    from here on (less if it was set lower). ``progress(stage, advance, total)`` hears
+    `write` with the customers written so far out of ``customers``.
     """
     import time
 
