@@ -74,7 +74,7 @@ GENERATION_BLOCK = 1_000
 DEFAULT_CHUNK_CUSTOMERS = 4_000
 # DuckDB's memory while the demo is written (an embedded warehouse keeps the blocks it wrote
 # cached up to its memory_limit; they are on disk already, so a smaller cache costs little).
-WAREHOUSE_MEMORY = 1_000_000_000
+WAREHOUSE_MEMORY = 2**30
 DAY = 86400.0
 
 

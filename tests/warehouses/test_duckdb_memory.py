@@ -56,12 +56,12 @@ def test_a_query_larger_than_duckdbs_memory_limit_spills_to_the_workspace_and_fi
 def test_duckdb_gets_a_bounded_memory_limit_by_default(tmp_path: Path) -> None:
     # DuckDB's own default is 80% of the machine, leaving nothing for the nodes' Python side.
     gb = 1_000_000_000
-    assert duckdb_memory_limit(total=24 * gb) == "3000MB"
-    assert duckdb_memory_limit(total=8 * gb) == "2000MB"
-    assert duckdb_memory_limit(total=1 * gb) == "512MB"
+    assert duckdb_memory_limit(total=24 * gb) == "3072MiB"
+    assert duckdb_memory_limit(total=8 * gb) == "1536MiB"
+    assert duckdb_memory_limit(total=1 * gb) == "512MiB"
     with Warehouse.connect(DuckDBConfig(), tmp_path) as wh:
         limit = parse_size(_setting(wh, "memory_limit").replace(" ", ""))
-    assert limit <= parse_size(duckdb_memory_limit()) and limit <= 3 * gb
+    assert limit <= parse_size(duckdb_memory_limit()) and limit <= 3 * 2**30
 
 
 def test_memory_limit_and_temp_directory_are_settings_of_the_warehouse(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ class DuckDBConfig(WarehouseConfig):
     waits, retrying, for another process (a collector loading, another run) to let go of
     it before failing; 0 fails at once. ``memory_limit`` bounds DuckDB's own memory
     (default: ``segloop.memory.duckdb_memory_limit``, a quarter of the machine's, at most
-    3 GB); beyond it DuckDB spills to ``temp_directory`` (in the workspace's ``.segloop/``).
+    3 GiB); beyond it DuckDB spills to ``temp_directory`` (in the workspace's ``.segloop/``).
     """
 
     type: Literal["duckdb"] = "duckdb"
@@ -93,7 +93,10 @@ class DuckDBConfig(WarehouseConfig):
         if self.threads:
             kwargs["threads"] = self.threads
         kwargs["memory_limit"] = f"{parse_size(self.memory_limit)}B" if self.memory_limit else duckdb_memory_limit()
-        kwargs["temp_directory"] = str(workspace_path(self.temp_directory, root))
+        if target != ":memory:":  # an in-memory database keeps DuckDB's own (./.tmp)
+            spill = workspace_path(self.temp_directory, root)
+            spill.parent.mkdir(parents=True, exist_ok=True)  # DuckDB creates the last level only
+            kwargs["temp_directory"] = str(spill)
         deadline = time.monotonic() + self.lock_timeout
         pause = self.FIRST_RETRY_S
         while True:
