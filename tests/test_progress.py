@@ -177,7 +177,7 @@ def test_demo_data_on_a_terminal_shows_a_bar_with_rate_and_eta(make_workspace) -
     assert proc.wait(120) == 0
     shown = ANSI.sub("", b"".join(chunks).decode(errors="replace"))
     assert "generating events of 60 customers" in shown
-    assert re.search(r"writing schema demo_shop .*━.* ([\d,]+)/\1 rows .*[\d,]+ rows/s .*elapsed", shown), shown
+    assert re.search(r"writing schema demo_shop .*━.* ([\d,]+)/\1 customers .*[\d,]+ customers/s .*elapsed", shown), shown
     assert "Wrote schema demo_shop" in shown
 
 

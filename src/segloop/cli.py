@@ -238,7 +238,7 @@ def show(run_id: str = typer.Argument("latest", help="Run id (or a unique prefix
 @app.command("demo-data")
 @handle_errors
 def demo_data(
-    customers: int = typer.Option(5_000, "--customers", help="Known customers to simulate."),
+    customers: int = typer.Option(5_000, "--customers", min=1, help="Known customers to simulate."),
     days: int = typer.Option(365, "--days", help="Days of history."),
     seed: int = typer.Option(7, "--seed", help="Random seed (same seed, same data)."),
     schema: str = typer.Option("demo_shop", "--schema", help="Source schema to write."),
@@ -257,7 +257,7 @@ def demo_data(
 
         def progress(stage: str, advance: int, total: int | None) -> None:
             if stage == "write" and advance == 0:
-                bar.stage(f"writing schema {schema}", total=total)
+                bar.stage(f"writing schema {schema}", total=total, unit="customers")
             else:
                 bar.update(advance, total)
 

@@ -39,3 +39,36 @@ def rows_within(limit: int, bytes_per_row: float, share: float = 1.0) -> int:
     if bytes_per_row <= 0:
         raise ValueError("bytes_per_row must be positive")
     return max(1, int(limit * share // bytes_per_row))
+
+
+DUCKDB_SHARE = 0.25
+"""Share of the machine's memory DuckDB may use by default (its own default is 80%)."""
+DUCKDB_STEP = 512 * 2**20
+"""The default is a multiple of 512 MiB: DuckDB shows its limit rounded down to 0.1 GiB, so
+a value read back and set again (segloop.segment.sync does) must be exact in that form."""
+DUCKDB_MAX_DEFAULT = 3 * 2**30
+DUCKDB_MIN_DEFAULT = DUCKDB_STEP
+
+
+def physical_memory() -> int | None:
+    """Bytes of memory of this machine; None where the OS does not say."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def duckdb_memory_limit(total: int | None = None) -> str:
+    """The DuckDB ``memory_limit`` segloop sets when the warehouse config does not.
+
+    A quarter of the machine's memory in steps of 512 MiB, between 512 MiB and 3 GiB:
+    DuckDB runs in segloop's own process, next to the Python side of the nodes
+    (``memory_limit:`` above, 2 GB by default), so DuckDB's own default (80% of the memory)
+    would leave them nothing. Beyond it DuckDB spills to its ``temp_directory`` instead of
+    failing.
+    """
+    total = physical_memory() if total is None else total
+    share = DUCKDB_MAX_DEFAULT if total is None else int(total * DUCKDB_SHARE) // DUCKDB_STEP * DUCKDB_STEP
+    return f"{min(max(share, DUCKDB_MIN_DEFAULT), DUCKDB_MAX_DEFAULT) // 2**20}MiB"

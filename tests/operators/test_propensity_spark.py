@@ -6,8 +6,6 @@ Java 17+; without them the test is skipped and says why.
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +19,8 @@ from tests.operators.test_propensity import synthetic_events
 from tests.requirements import require_java, require_module
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # Spark local: minutes on 2 busy cores
-
-# Spark's Python workers run the model: they must be this Python (with segloop and
-# scikit-learn), which Spark reads when its first session starts in this process.
-os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+# Spark's Python workers run the model: in local mode segloop gives them this Python (with
+# segloop and scikit-learn) unless PYSPARK_PYTHON says otherwise (warehouses/pyspark.py).
 
 
 def run(wh: Warehouse, shared: RunScope) -> NodeOutput:

@@ -612,6 +612,11 @@ class Warehouse:
         """Start folding what this connection wrote into storage now (embedded DuckDB);
         ``close`` waits for it. Elsewhere there is nothing to do."""
 
+    def lower_memory_limit(self, limit: int) -> None:
+        """Let the warehouse use at most ``limit`` bytes of this process's memory from now on,
+        where it runs in this process (DuckDB) and was allowed more; elsewhere the server's
+        own settings apply and nothing changes."""
+
     def close(self) -> None:
         if self._checkpoint is not None:
             self._checkpoint.join()

@@ -17,9 +17,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from segloop.errors import WarehouseError, WarehouseLockedError, database_message
+from segloop.memory import duckdb_memory_limit, parse_size
 from segloop.warehouses import ibis_compat
 from segloop.warehouses.base import Warehouse, WarehouseClass
 from segloop.warehouses.config import WarehouseConfig, quote_ident, workspace_path
@@ -38,13 +39,16 @@ class DuckDBConfig(WarehouseConfig):
 
     DuckDB lets one process at a time open a file. ``lock_timeout`` is how long ``connect``
     waits, retrying, for another process (a collector loading, another run) to let go of
-    it before failing; 0 fails at once.
+    it before failing; 0 fails at once. ``memory_limit`` bounds DuckDB's own memory
+    (default: ``segloop.memory.duckdb_memory_limit``, a quarter of the machine's, at most
+    3 GiB); beyond it DuckDB spills to ``temp_directory`` (in the workspace's ``.segloop/``).
     """
 
     type: Literal["duckdb"] = "duckdb"
     path: str = ".segloop/warehouse.duckdb"
     threads: int | None = None
-    memory_limit: str | None = None
+    memory_limit: str | None = None  # None: segloop.memory.duckdb_memory_limit()
+    temp_directory: str = ".segloop/duckdb_tmp"
     lock_timeout: float = Field(default=30.0, ge=0.0)
 
     # DuckDB sets no column limit, but wide tables are slow to write (a row into a
@@ -57,6 +61,18 @@ class DuckDBConfig(WarehouseConfig):
     LOCK_ERROR: ClassVar[str] = "Could not set lock"  # in duckdb's IOException for a held file
     FIRST_RETRY_S: ClassVar[float] = 0.05  # doubles after each try, up to LAST_RETRY_S
     LAST_RETRY_S: ClassVar[float] = 1.0
+
+    @field_validator("memory_limit", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> object:
+        """A size as segloop writes them (``2GB``, ``512MiB``, bytes), checked here so a typo
+        is a config error naming the field, not DuckDB's error when the file opens."""
+        if value is None:
+            return None
+        if not isinstance(value, str | int) or isinstance(value, bool):
+            raise ValueError(f"`{value}` is not a size; write it like 512MB, 2GB or 2GiB")
+        parse_size(value)
+        return str(value)
 
     def describe(self) -> str:
         return f"duckdb file {self.path}"
@@ -78,8 +94,11 @@ class DuckDBConfig(WarehouseConfig):
         kwargs: dict[str, Any] = {}
         if self.threads:
             kwargs["threads"] = self.threads
-        if self.memory_limit:
-            kwargs["memory_limit"] = self.memory_limit
+        kwargs["memory_limit"] = f"{parse_size(self.memory_limit)}B" if self.memory_limit else duckdb_memory_limit()
+        if target != ":memory:":  # an in-memory database keeps DuckDB's own (./.tmp)
+            spill = workspace_path(self.temp_directory, root)
+            spill.parent.mkdir(parents=True, exist_ok=True)  # DuckDB creates the last level only
+            kwargs["temp_directory"] = str(spill)
         deadline = time.monotonic() + self.lock_timeout
         pause = self.FIRST_RETRY_S
         while True:
@@ -357,6 +376,12 @@ class DuckDBWarehouse(Warehouse):
 
     def alter_column_type(self, table: str, column: str, sql_type: str, using: str) -> None:
         self.raw_sql(f"ALTER TABLE {table} ALTER COLUMN {column} SET DATA TYPE {sql_type}")
+
+    def lower_memory_limit(self, limit: int) -> None:
+        config = self.config
+        allowed = parse_size(getattr(config, "memory_limit", None) or duckdb_memory_limit())
+        if limit < allowed:
+            self.raw.execute(f"SET memory_limit = '{int(limit)}B'")
 
     def checkpoint_in_background(self) -> None:
         """Start writing what this connection wrote into the database file now.

@@ -9,6 +9,8 @@ and Segment messages as on DuckDB: sql nodes read ``"double quotes"`` as names, 
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -90,6 +92,11 @@ class PySparkConfig(WarehouseConfig):
             )
             if self.driver_memory:
                 builder = builder.config("spark.driver.memory", self.driver_memory)
+            if self.master.startswith("local") and not os.environ.get("PYSPARK_PYTHON"):
+                # Local executors run on this machine: give their Python workers this
+                # interpreter, the one with segloop and scikit-learn (a model node applies
+                # its model in them), not whatever `python3` is first on PATH.
+                builder = builder.config("spark.pyspark.python", sys.executable)
             if self.metastore == "hive":
                 metastore = warehouse.parent / "spark-metastore"
                 builder = builder.config(

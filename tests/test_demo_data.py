@@ -1,0 +1,133 @@
+"""`segloop demo-data` streams into the warehouse one chunk of customers at a time.
+
+Memory must not grow with the number of customers, so no write may carry more than one
+chunk; and chunking must not change the data: the same seed gives the same rows whatever
+the chunk size, distributed as the generator's always were.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from segloop.demo import GENERATION_BLOCK, WAREHOUSE_MEMORY, generate, write_demo_data
+from segloop.memory import parse_size
+from segloop.warehouses import Warehouse
+
+TABLES = ("product_viewed", "product_added", "checkout_started", "order_completed", "order_refunded",
+          "tracks", "identifies", "users")
+# Events per customer from the generator before it streamed (commit ad28749, one vectorized
+# draw of all customers, 20,000 customers): the streamed demo must be distributed alike.
+RATES_BEFORE = {"product_viewed": 181.3, "product_added": 36.4, "checkout_started": 16.4,
+                "order_completed": 10.5, "order_refunded": 0.41, "tracks": 245.1}
+COMMON = ["id", "anonymous_id", "user_id", "received_at", "sent_at", "timestamp", "original_timestamp",
+          "uuid_ts", "context_library_name", "context_library_version", "context_user_agent",
+          "context_page_path", "event", "event_text"]
+
+
+class RecordingWarehouse:
+    """A real DuckDB warehouse that notes the rows of every write call."""
+
+    def __init__(self, wh: Warehouse):
+        self.wh = wh
+        self.calls: dict[str, list[int]] = defaultdict(list)
+
+    def create_table(self, name: str, obj: pa.Table, schema: str | None = None) -> Any:
+        self.calls[f"{schema}.{name}"].append(obj.num_rows)
+        return self.wh.create_table(name, obj, schema=schema)
+
+    def insert(self, name: str, obj: pa.Table, schema: str | None = None) -> None:
+        self.calls[f"{schema}.{name}"].append(obj.num_rows)
+        self.wh.insert(name, obj, schema=schema)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wh, name)
+
+
+def test_demo_data_writes_one_chunk_of_customers_at_a_time(tmp_path) -> None:
+    customers, chunk = 2 * GENERATION_BLOCK + 300, GENERATION_BLOCK
+    with Warehouse.duckdb(tmp_path / "w.duckdb") as wh:
+        recording = RecordingWarehouse(wh)
+        stats = write_demo_data(recording, customers=customers, days=120, chunk_customers=chunk)  # type: ignore[arg-type]
+        written = {name: wh.count_rows(name, "demo_shop") for name in TABLES}
+        truth = wh.count_rows("customers", "demo_shop_truth")
+        # DuckDB keeps the blocks it wrote cached up to its memory_limit: lowered for the demo.
+        duckdb_limit = wh.raw.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    assert parse_size(duckdb_limit.replace(" ", "")) <= WAREHOUSE_MEMORY
+    chunks = 3
+    assert truth == customers and written["users"] == customers and stats.tables == written
+    for name, rows in recording.calls.items():
+        # Every table is written in as many parts as there are chunks, none holding the
+        # whole table: the generator holds one chunk, not all customers.
+        assert len(rows) == chunks, (name, rows)
+        total = sum(rows)
+        assert max(rows) <= total * 0.5, (name, rows)
+    for name in ("demo_shop.users", "demo_shop.identifies", "demo_shop_truth.customers"):
+        assert recording.calls[name] == [chunk, chunk, 300]
+    assert sum(recording.calls["demo_shop.tracks"]) == stats.events == written["tracks"]
+
+
+def test_the_same_seed_gives_the_same_rows_whatever_the_chunk_size() -> None:
+    customers = GENERATION_BLOCK + 500
+    small, small_truth = generate(customers, days=90, seed=3, chunk_customers=1)
+    whole, whole_truth = generate(customers, days=90, seed=3, chunk_customers=10 * customers)
+    other, _ = generate(customers, days=90, seed=4, chunk_customers=1)
+    assert small_truth.equals(whole_truth)
+    for name in TABLES:
+        key = "id"
+        assert small[name].sort_by(key).equals(whole[name].sort_by(key)), name
+    assert not small["tracks"].sort_by("id").equals(other["tracks"].sort_by("id"))
+    # Within a chunk rows are in time order, as Segment loads them.
+    ts = whole["tracks"]["timestamp"].to_numpy()
+    assert (ts[1:] >= ts[:-1]).all()
+
+
+@pytest.mark.slow
+def test_the_streamed_demo_has_the_tables_columns_and_rates_of_the_generator_before() -> None:
+    customers = 4000
+    tables, truth = generate(customers)
+    assert list(tables) == list(TABLES)
+    product = ["product_id", "sku", "name", "category", "price"]
+    columns = {
+        "product_viewed": COMMON + product,
+        "product_added": COMMON + product + ["quantity"],
+        "checkout_started": COMMON + ["order_id", "revenue", "currency"],
+        "order_completed": COMMON + ["order_id", "revenue", "total", "currency", "products"],
+        "order_refunded": COMMON + ["order_id", "revenue", "currency"],
+        "tracks": COMMON,
+    }
+    for name, names in columns.items():
+        assert tables[name].column_names == names, name
+    for name, rate in RATES_BEFORE.items():
+        # ~2-3% is the noise of these counts at 4,000 customers (customers differ a lot).
+        tolerance = 0.15 if name == "order_refunded" else 0.07
+        assert abs(tables[name].num_rows / customers / rate - 1) < tolerance, (name, tables[name].num_rows)
+    personas = truth.group_by("persona").aggregate([("user_id", "count")]).to_pydict()
+    shares = dict(zip(personas["persona"], personas["user_id_count"], strict=True))
+    for persona, share in {"vip": 0.10, "regular": 0.30, "bargain": 0.35, "lapsed": 0.25}.items():
+        assert abs(shares[persona] / customers - share) < 0.03, shares
+    # Every id is unique in its table; anonymous visitors (~15%) browse without a user_id.
+    for name in TABLES[:6]:
+        assert len(set(tables[name]["id"].to_pylist())) == tables[name].num_rows, name
+    anonymous = {a for a, u in zip(tables["tracks"]["anonymous_id"].to_pylist(),
+                                   tables["tracks"]["user_id"].to_pylist(), strict=True) if u is None}
+    assert len(anonymous) == pytest.approx(customers * 0.15 / 0.85, rel=0.01)
+
+
+@pytest.mark.postgres
+def test_demo_data_streams_into_postgres_with_copy_chunk_by_chunk(pg_warehouse: Warehouse) -> None:
+    customers = GENERATION_BLOCK + 200
+    recording = RecordingWarehouse(pg_warehouse)
+    stats = write_demo_data(recording, customers=customers, days=60, chunk_customers=1)  # type: ignore[arg-type]
+    tables, truth = generate(customers, days=60)
+    assert recording.calls["demo_shop.users"] == [GENERATION_BLOCK, 200]
+    for name in TABLES:
+        assert pg_warehouse.count_rows(name, "demo_shop") == tables[name].num_rows == stats.tables[name], name
+    assert pg_warehouse.count_rows("customers", "demo_shop_truth") == truth.num_rows
+    # The same rows as generated: compare one table's content through the warehouse.
+    columns = ["id", "order_id", "revenue", "products"]
+    written = pg_warehouse.table("order_completed", "demo_shop").select(columns).to_pyarrow()
+    assert sorted(written.to_pylist(), key=str) == sorted(tables["order_completed"].select(columns).to_pylist(), key=str)
