@@ -95,8 +95,10 @@ class PySparkConfig(WarehouseConfig):
             if self.master.startswith("local") and not os.environ.get("PYSPARK_PYTHON"):
                 # Local executors run on this machine: give their Python workers this
                 # interpreter, the one with segloop and scikit-learn (a model node applies
-                # its model in them), not whatever `python3` is first on PATH.
-                builder = builder.config("spark.pyspark.python", sys.executable)
+                # its model in them), not whatever `python3` is first on PATH. A driver
+                # started from Python reads the variable when its SparkContext starts
+                # (`spark.pyspark.python` is only read by spark-submit).
+                os.environ["PYSPARK_PYTHON"] = sys.executable
             if self.metastore == "hive":
                 metastore = warehouse.parent / "spark-metastore"
                 builder = builder.config(
