@@ -24,11 +24,8 @@ from typer.testing import CliRunner
 from segloop.cli import app
 from segloop.pipeline import Pipeline
 from segloop.warehouses import SnowflakeConfig, Warehouse
-from tests.warehouses.snowflake_server import (  # noqa: F401
-    SnowflakeServer,
-    snowflake_config,
-    snowflake_server,
-)
+# snowflake_server (one per test run) comes from tests/warehouses/conftest.py.
+from tests.warehouses.snowflake_server import SnowflakeServer, snowflake_config  # noqa: F401
 from tests.warehouses.test_postgres import write_workspace
 
 # Segment's Snowflake destination: unquoted DDL, so upper-case names (a tiny source).
