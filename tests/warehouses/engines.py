@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from tests.fixtures_pg import PgCluster
-from tests.warehouses.snowflake_server import SnowflakeServer, snowflake_server
 from tests.requirements import require_java, require_module
+from tests.warehouses.snowflake_server import SnowflakeServer, snowflake_server
 
 # label -> the lines under `warehouses: default:` in segloop.yml (indented four spaces).
 NewWarehouse = Callable[[str], str]
