@@ -23,7 +23,7 @@ naming the fakesnow (0.12) gap it covers:
   DuckDB directly (on Snowflake, Ibis's stage + COPY INTO is the fast path, so segloop keeps it).
 - ``DESCRIBE TABLE`` of a temporary table answers no columns, so Ibis's ``.cache()``
   (propensity) loses them: ``_describe_temporary_tables``.
-- Exact sums: fakesnow sums ``SUM(COALESCE(CAST(x AS DECIMAL), 0))`` as DOUBLE
+- Exact sums: fakesnow sums every NUMBER argument of SUM/AVG as DOUBLE
   (``_exact_sums_of_numbers``).
 
 What it cannot show: real Snowflake keeps the case of names, fakesnow does not; that is
@@ -172,26 +172,27 @@ def _describe_temporary_tables(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _exact_sums_of_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """fakesnow gap: ``SUM(COALESCE(CAST(x AS DECIMAL(38, 6)), 0))`` (segloop's exact money
-    sums; AVG alike) is rewritten to ``SUM(TRY_CAST(... AS DOUBLE))`` (fakesnow's implicit cast for
-    VARCHAR arguments), so 1852.44 comes back as 1852.4399999999998; Snowflake sums NUMBER
-    exactly. An argument holding a cast to a number (IFF(..., CAST(0 AS DECIMAL), x) too) is
-    left alone.
+    """fakesnow gap: every argument of SUM/AVG/MEDIAN/VARIANCE/STDDEV that is not itself a cast
+    is rewritten to ``TRY_CAST(... AS DOUBLE)`` (fakesnow's stand-in for Snowflake's implicit
+    cast of VARCHAR arguments), so a sum of a NUMBER column is summed as DOUBLE: the clv node's
+    per-day purchase values (``SUM("_amount")`` of ``CAST(revenue AS DECIMAL(38, 6))`` in a
+    subquery) came back as 696.5749999999999 instead of 696.575, and the clv fit, its
+    ``predicted_clv`` and the messages sent with it differed from the tenth digit on.
+    Snowflake sums NUMBER exactly, and segloop casts what it sums explicitly (money is
+    ``DECIMAL(38, 6)``, see segloop.operators.columns.money), never relying on the VARCHAR
+    cast: the emulator keeps fakesnow's Snowflake-style column names but not its cast.
     """
-    import sqlglot
     from fakesnow import transforms
     from fakesnow.transforms import transforms as rules
 
     original = transforms.numeric_agg_implicit_cast
-    casts = (sqlglot.exp.Cast, sqlglot.exp.TryCast)
-    numbers = tuple(sqlglot.exp.DataType.NUMERIC_TYPES)
 
     def numeric_agg_implicit_cast(expression: Any) -> Any:
         arg = expression.this if isinstance(expression, rules._NUMERIC_ONLY_AGGS) else None
-        if arg is not None and any(isinstance(node, casts) and node.to.is_type(*numbers)
-                                   for node in arg.walk()):
-            return expression  # a number already (segloop's money: CAST(... AS DECIMAL(38, 6)))
-        return original(expression)
+        result = original(expression)
+        if arg is not None and expression.this is not arg:  # fakesnow's TRY_CAST(arg AS DOUBLE)
+            expression.set("this", arg)
+        return result
 
     monkeypatch.setattr(transforms, "numeric_agg_implicit_cast", numeric_agg_implicit_cast)
 

@@ -24,12 +24,10 @@ from typer.testing import CliRunner
 from segloop.cli import app
 from segloop.pipeline import Pipeline
 from segloop.warehouses import SnowflakeConfig, Warehouse
-from tests.warehouses.snowflake_server import (  # noqa: F401
-    SnowflakeServer,
-    snowflake_config,
-    snowflake_server,
-)
+from tests.warehouses.snowflake_server import SnowflakeServer, snowflake_config  # noqa: F401
 from tests.warehouses.test_postgres import write_workspace
+
+# The fixture snowflake_server (one fakesnow server per test run) is tests/warehouses/conftest.py's.
 
 # Segment's Snowflake destination: unquoted DDL, so upper-case names (a tiny source).
 SEGMENT_DDL = [
