@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from segloop.errors import DataError
+from segloop.operators.columns import money
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
@@ -65,7 +66,10 @@ class FeatureBuilder:
             o = orders.select(
                 _cid=orders[c.customer_id],
                 _ts=orders[c.timestamp].cast("timestamp"),
-                _amount=orders[c.amount].cast("float64").fill_null(0.0),
+                # Exact decimals: a sum of doubles depends on the order the warehouse adds
+                # them in (Spark's partitions), which changed scores in the last bits and so
+                # the order of near-tied customers between engines.
+                _amount=money(orders[c.amount]),
             )
             self.orders = o.filter(o._cid.notnull() & o._ts.notnull())
         self.config = config
@@ -201,8 +205,8 @@ class FeatureBuilder:
             p = snap.prefix
             per[f"{p}_orders"] = _flag(before).sum()
             per[f"{p}_orders_30d"] = _flag(recent).sum()
-            per[f"{p}_spend"] = o._amount.sum(where=before)
-            per[f"{p}_spend_30d"] = o._amount.sum(where=recent)
+            per[f"{p}_spend"] = o._amount.sum(where=before).cast("float64")
+            per[f"{p}_spend_30d"] = o._amount.sum(where=recent).cast("float64")
             per[f"{p}_first"] = o._ts.min(where=before)
             per[f"{p}_last"] = o._ts.max(where=before)
         orders = o.group_by(o._cid.name("_ocid")).aggregate(**per)
