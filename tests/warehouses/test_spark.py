@@ -186,3 +186,17 @@ def test_delete_and_update_rewrite_a_parquet_table_like_sql_says(spark_engine: N
         wh.raw_sql(f"DELETE FROM {q}")
         assert table() == []
         assert "t__segloop_rewrite" not in wh.list_tables()
+
+
+def test_the_sessions_temporary_views_are_not_tables_of_a_schema(spark_engine: NewWarehouse, tmp_path: Path) -> None:
+    """Spark lists a session's temporary views (Ibis's uploads) under every schema; a source
+    schema listed with them made `segment_source` read tables that are not there."""
+    from segloop.warehouses import PySparkConfig
+
+    block = yaml.safe_load("x:\n" + spark_engine("temp_views"))["x"]
+    with Warehouse.connect(PySparkConfig(**block), tmp_path) as wh:
+        wh.create_table("kept", pa.table({"k": ["a"]}))
+        wh.con._session.createDataFrame([("a",)], ["k"]).createOrReplaceTempView("segloop_test_temp")  # type: ignore[attr-defined]
+        listed = wh.list_tables()
+        assert "kept" in listed and "segloop_test_temp" not in listed
+        assert not any(name.startswith("ibis_pyarrow_memtable") for name in listed)

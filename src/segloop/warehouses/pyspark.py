@@ -268,6 +268,16 @@ class PySparkWarehouse(Warehouse):
         super()._raw_sql(f"DROP TABLE {scratch_sql}")
         return True
 
+    def list_tables(self, schema: str | None = None) -> list[str]:
+        """Tables and views stored in ``schema``, without the session's temporary views.
+
+        Spark's ``SHOW TABLES IN db`` also lists every temporary view of the session (Ibis
+        registers each Arrow table it uploads as one, ``ibis_pyarrow_memtable_...``); read
+        as tables of ``db`` they are "not found", so a `segment_source` would fail on them.
+        """
+        rows = self.raw_sql(f"SHOW TABLES IN {self.quote(schema or self.schema)}").collect()
+        return [row["tableName"] for row in rows if not row["isTemporary"]]
+
     def _kinds_query(self, target: str) -> str | None:
         return None  # the metastore lists views apart (see _relation_kind_of)
 
