@@ -13,8 +13,6 @@ Adding an engine: write its fixture (here, or in its own module imported here) a
 from __future__ import annotations
 
 import itertools
-import os
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,9 +86,8 @@ def spark_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NewWareho
     require_java(17)
     from segloop.warehouses import PySparkConfig, Warehouse
 
-    # Spark's Python workers (propensity scores in a UDF) import segloop: this interpreter's,
-    # not the first `python3` on PATH (a pytest run without the venv activated).
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    # Spark's Python workers (propensity scores in a UDF) import segloop: in local mode the
+    # warehouse gives them this interpreter itself (warehouses/pyspark.py), as for a user.
     folder = tmp_path_factory.mktemp("spark-engine")
     block = (f"    type: pyspark\n    master: local[2]\n    metastore: in-memory\n"
              f"    warehouse_dir: {folder / 'warehouse'}\n"

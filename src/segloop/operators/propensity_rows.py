@@ -228,8 +228,8 @@ def score_in_spark(
         raise NodeError(
             ctx.node,
             f"scoring in Spark failed ({first[:300]}). The executors run the model in Python: "
-            "they need segloop and scikit-learn installed (in local mode, set PYSPARK_PYTHON "
-            "to the Python that runs segloop)",
+            "they need segloop and scikit-learn installed (in local mode they use the Python that "
+            "runs segloop, unless PYSPARK_PYTHON names another)",
         ) from exc
 
 
