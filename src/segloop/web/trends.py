@@ -172,8 +172,8 @@ def pipeline_charts(runs: list[RunRecord]) -> list[Chart]:
         by_run = [{n.node: n for n in r.nodes}.get(name) for r in done]
         if name in models:
             out.append(_quality_chart(name, models[name], by_run, done, hollow))
-        for card in cards.get(name, ()):
-            chart = _card_chart(name, card, by_run, done, hollow)
+        for figure in cards.get(name, ()):
+            chart = _card_chart(name, figure, by_run, done, hollow)
             if chart is not None:
                 out.append(chart)
     timed = [r for r in done if r.seconds is not None]
