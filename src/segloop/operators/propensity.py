@@ -17,9 +17,11 @@ What Segment sells as "Likelihood to Purchase" / "Likelihood to Churn", done in 
 - Calibration (default ``isotonic``): the validation window is the most recent labelled
   one, so the map from the trained model's score to the rate actually observed there is
   fitted on it and applied when the same model scores every customer as of the latest
-  timestamp; a drifting base rate is absorbed (segloop.models.calibration). With
-  ``calibration: none`` the model is refitted on both snapshots and its scores are sent as
-  they are.
+  timestamp (segloop.models.calibration). The level of those probabilities is then set for
+  the scoring window (``base_rate: clv``): the validation window's rate moved by the drift
+  the clv node's BG/NBD model expects between the two snapshots
+  (segloop.operators.propensity_drift). With ``calibration: none`` the model is refitted
+  on both snapshots and its scores are sent as they are.
 - Output per customer: ``probability`` and ``percentile`` (0..1; 0.85 = top 15%, as
   Segment's percentile cohorts).
 
