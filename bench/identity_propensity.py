@@ -14,7 +14,9 @@ phones: ``segloop.demo_identity``). The last 30 days of each are hidden from the
 The pipelines are examples/demo/pipelines/demo.yml's `shop`, `orders`, `events`,
 `likely_buyers` and `likely_churners` as they are (``identity: stitch``,
 ``canonical_user_id``) for `stitched`; with ``user_id`` and no ``identity:`` for
-`unstitched` (split ids) and `one_id` (one id per customer, the ceiling stitching aims at).
+`unstitched` (split ids) and `one_id` (one id per customer, the ceiling stitching aims at);
+`orders_only` is `one_id` with the events cut to the orders (no browsing at all), which
+says what the browsing that stitching recovers can be worth at most.
 
 Against the future, each true customer counts once: a customer scored under two ids (an
 older merged account) is judged on the main one, a customer not scored at all ranks last.
@@ -39,6 +41,7 @@ DEMO = ROOT / "examples" / "demo" / "pipelines" / "demo.yml"
 KEEP = ("shop", "orders", "events", "likely_buyers", "likely_churners")
 FUTURE_DAYS = 30
 RUNS = {  # name: (schema with the past, stitched)
+    "orders_only": ("one_past", False),  # one id, no browsing at all: what browsing is worth
     "one_id": ("one_past", False),
     "unstitched": ("demo_past", False),
     "stitched": ("demo_past", True),
@@ -56,6 +59,9 @@ def pipeline_text(name: str, schema: str, stitched: bool) -> str:
             if "sql" in node:
                 node["sql"] = node["sql"].replace("canonical_user_id as user_id", "user_id").replace(
                     "canonical_user_id", "user_id")
+    if name == "orders_only":
+        data["nodes"]["events"]["sql"] = data["nodes"]["events"]["sql"].replace(
+            "from shop.tracks where", "from shop.tracks where event = 'order_completed' and")
     return yaml.safe_dump(data, sort_keys=False)
 
 
@@ -141,7 +147,8 @@ def main() -> None:
                          "churn_auc": churners["auc"], "future_auc": auc(y, s)}
     rng = np.random.default_rng(0)
     n = len(people)
-    gains: dict[str, list[float]] = {"stitched - unstitched": [], "one_id - unstitched": []}
+    gains: dict[str, list[float]] = {"stitched - unstitched": [], "one_id - unstitched": [],
+                                     "one_id - orders_only": []}
     for _ in range(400):
         i = rng.integers(0, n, n)
         if y[i].min() == y[i].max():
@@ -149,6 +156,8 @@ def main() -> None:
         base = auc(y[i], scores_of["unstitched"][i])
         gains["stitched - unstitched"].append(auc(y[i], scores_of["stitched"][i]) - base)
         gains["one_id - unstitched"].append(auc(y[i], scores_of["one_id"][i]) - base)
+        gains["one_id - orders_only"].append(
+            auc(y[i], scores_of["one_id"][i]) - auc(y[i], scores_of["orders_only"][i]))
 
     print(f"\n{len(people):,} true customers; {int(y.sum()):,} bought in the {FUTURE_DAYS} days "
           "after the data the pipelines see.\n")

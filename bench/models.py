@@ -224,9 +224,9 @@ def holdout_coverage() -> list[list[str]]:
     rng = np.random.default_rng(0)
     covered, errors = 0, []
     seeds = 200
-    for _ in range(seeds):  # 20,000 customers, 10% held out, 20% vs 25% converting
-        n_h = int(rng.binomial(20_000, 0.10))
-        n_t = 20_000 - n_h
+    for _ in range(seeds):  # as tests/operators/test_lift.py: 200,000 customers, 10% held out, 20% vs 25%
+        n_h = int(rng.binomial(200_000, 0.10))
+        n_t = 200_000 - n_h
         x_h, x_t = int(rng.binomial(n_h, 0.20)), int(rng.binomial(n_t, 0.25))
         lm = lift_metrics(x_t, n_t, x_h, n_h)
         covered += lm["lift_ci_low"] <= 0.05 <= lm["lift_ci_high"]
