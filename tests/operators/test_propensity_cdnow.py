@@ -107,3 +107,19 @@ def test_calibrated_probabilities_match_what_customers_did_next(
     mean0, _, ece0, _ = graded(before, wh, buyers)
     assert abs(mean0 - actual) > 0.05 and ece0 > 0.05  # 0.216 and 0.054: the problem
     assert abs(mean - actual) < abs(mean0 - actual) / 2 and ece < ece0 / 2
+
+
+def test_churn_probabilities_get_the_same_level(cdnow: tuple[Warehouse, set[int]]) -> None:
+    """`mode: churn` predicts not buying: its level follows the buying rate BG/NBD expects."""
+    wh, buyers = cdnow
+    out = run(wh, mode="churn")
+    table = scored(out, wh)
+    p = table["probability"].to_numpy()
+    stayed_away = 1.0 - np.isin(table["user_id"].to_numpy(), np.fromiter(buyers, dtype=np.int64))
+    assert abs(p.mean() - stayed_away.mean()) < 0.02, (p.mean(), stayed_away.mean())  # 0.824 vs 0.838
+    assert expected_calibration_error(stayed_away, p) <= 0.03
+    m = out.metrics
+    assert m["base_rate_method"] == "clv"
+    assert m["expected_rate"] == pytest.approx(1.0 - (1.0 - m["base_rate"]) * m["clv_drift"])
+    with pytest.raises(ValueError, match="base_rate"):
+        PropensityConfig.model_validate({"type": "propensity", "input": "ev", "base_rate": "magic"})
