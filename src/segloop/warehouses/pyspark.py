@@ -282,9 +282,14 @@ class PySparkWarehouse(Warehouse):
         import ibis
         from ibis.backends.pyspark.datatypes import PySparkSchema
 
+        qualified = self.qualified(name, schema or self.schema)
+        columns = self.session.table(qualified).columns
+        if sorted(c.lower() for c in columns) != sorted(c.lower() for c in obj.column_names):
+            super().insert(name, obj, schema)  # let Ibis say what does not match
+            return
         spark_schema = PySparkSchema.from_ibis(ibis.Schema.from_pyarrow(obj.schema))
         frame = self.session.createDataFrame(obj, schema=spark_schema)
-        frame.write.insertInto(self.qualified(name, schema or self.schema))
+        frame.select(*columns).write.insertInto(qualified)  # by position: the table's order
 
     def _raw_sql(self, query: str) -> Any:
         """Run SQL; a DELETE or UPDATE on a table whose format has none (Parquet: local mode's
