@@ -75,7 +75,7 @@ with pipeline.connect() as wh:
     wh.raw_sql("CREATE DATABASE IF NOT EXISTS demo_shop")
     for folder in sorted(parquet.iterdir()):
         wh.raw_sql(f"CREATE TABLE demo_shop.{folder.name} USING parquet LOCATION '{folder}'")
-    heap = wh.session.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory()
+    heap = wh.con._session.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory()
 
 class Fetched:
     def __init__(self):
