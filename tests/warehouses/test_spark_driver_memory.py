@@ -14,6 +14,7 @@ What is checked, and how each would fail:
   ``spark.driver.maxResultSize`` (``MAX_RESULT``, far below the events, far above any
   per-customer result of this size): "Total size of serialized results ... is bigger
   than spark.driver.maxResultSize";
+- clv and propensity score their customers in Spark's executors (metric ``scoring``);
 - no node brings more than ``EVENT_SHARE`` (5%) of the event rows into Python
   (``Warehouse.rows_fetched``, which counts every row a warehouse hands to Python; the
   events are ~250 rows per customer, a node's per-customer results 1-4).
@@ -98,7 +99,8 @@ for message in segment.delivered():
 print(json.dumps({
     "heap": heap,
     "nodes": {n.name: {"status": n.status, "error": n.error, "rows": n.rows, "seconds": n.seconds,
-                       "type": n.type, "fetched": fetched.rows.get(n.name)} for n in result.nodes},
+                       "type": n.type, "fetched": fetched.rows.get(n.name),
+                       "scoring": n.metrics.get("scoring")} for n in result.nodes},
     "sent": sent,
 }))
 """
@@ -159,5 +161,8 @@ def test_demo_runs_with_the_driver_capped_below_the_events(tmp_path: Path) -> No
     assert len(nodes) == 16
     segment_rows = sum(node["rows"] for node in nodes.values() if node["type"] == "segment")
     assert sum(report["sent"].values()) == segment_rows > 3.5 * CUSTOMERS
+    # The model nodes that score customers did it in Spark's executors, not on the driver.
+    assert {name: node["scoring"] for name, node in nodes.items() if node["type"] in ("clv", "propensity")} == {
+        "ltv": "spark", "likely_buyers": "spark", "likely_churners": "spark"}
     heavy = {name: node["fetched"] for name, node in nodes.items() if node["fetched"] > EVENT_SHARE * event_rows}
     assert not heavy, f"nodes that brought more than {EVENT_SHARE:.0%} of the event rows into Python: {heavy}"
