@@ -80,12 +80,14 @@ DEFAULT_END = datetime(2026, 6, 30)
 # Customers drawn from one random stream. Fixed, so that the data does not depend on the
 # chunk size; large enough that numpy's per-call cost is small (~245k events a block).
 GENERATION_BLOCK = 1_000
-# Customers per chunk written to the warehouse: ~100 KB of Arrow data per customer, one
-# table at a time (~0.6 GB peak for the Python side at this size, whatever the total).
-DEFAULT_CHUNK_CUSTOMERS = 4_000
+# Customers per chunk written to the warehouse: ~100 KB of Arrow data per customer. The
+# generator makes one chunk while the warehouse writes the tables of the one before, so
+# the Python side holds up to two (~0.5 GB at this size, whatever the total).
+DEFAULT_CHUNK_CUSTOMERS = 3_000
 # DuckDB's memory while the demo is written (an embedded warehouse keeps the blocks it wrote
-# cached up to its memory_limit; they are on disk already, so a smaller cache costs little).
-WAREHOUSE_MEMORY = 2**30
+# cached up to its memory_limit; they are on disk already, so a smaller cache costs little:
+# the same CPU seconds at 768 MiB as at 1 GiB, 250 MB less peak; bench/README.md, "Scale").
+WAREHOUSE_MEMORY = 768 * 2**20
 # Tables made ahead while the warehouse writes the one before (each at most one chunk's).
 PREFETCH_TABLES = 2
 DAY = 86400.0
