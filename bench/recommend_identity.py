@@ -38,6 +38,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "same, `tune: true`": {"tune": True},
     "adds and orders only (view 0, add 3, order 5)": {"weights": {"Product Viewed": 0, "Product Added": 3,
                                                                   "Order Completed": 5}},
+    "adds and orders only, `tune: true`": {"tune": True, "weights": {"Product Viewed": 0, "Product Added": 3,
+                                                                     "Order Completed": 5}},
 }
 SHARE_BANDS = ((0.0, 0.1), (0.1, 0.4), (0.4, 1.01))
 
@@ -118,7 +120,11 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--no-tune", action="store_true", help="leave out the `tune: true` variants (slow)")
+    parser.add_argument("--only-tune", action="store_true", help="only the `tune: true` variants")
     args = parser.parse_args()
+    variants = {k: v for k, v in VARIANTS.items()
+                if not (args.no_tune and v.get("tune")) and not (args.only_tune and not v.get("tune"))}
 
     from segloop.demo import DEFAULT_END, write_demo_data
     from segloop.pipeline import Pipeline
@@ -140,7 +146,8 @@ def main() -> None:
                            f"where {column} <= timestamp '{cutoff.isoformat()}'")
     results: dict[tuple[str, bool], dict[str, Any]] = {}
     t: dict[str, Any] = {}
-    for number, (label, settings) in enumerate(VARIANTS.items()):
+    for label, settings in variants.items():
+        number = list(VARIANTS).index(label)
         for stitched in (False, True):
             name = f"rec{number}_{'stitched' if stitched else 'unstitched'}"
             path = root / "pipelines" / f"{name}.yml"
@@ -172,7 +179,7 @@ def main() -> None:
     print("\nNDCG@10 (new products) by the share of a person's product views that only stitching attributes to them:\n")
     print("| recommend | " + " | ".join(f"{lo:.0%}-{min(hi, 1):.0%} (people)" for lo, hi in SHARE_BANDS) + " |")
     print("|---|" + "---:|" * len(SHARE_BANDS))
-    for label in VARIANTS:
+    for label in variants:
         cells = []
         for band in SHARE_BANDS:
             (u, n), (s, _) = results[(label, False)]["judged"]["bands"][band], results[(label, True)]["judged"]["bands"][band]
