@@ -23,7 +23,7 @@ from segloop.pipeline import Pipeline
 from segloop.warehouses import DuckDBConfig, Warehouse
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo" / "pipelines" / "demo.yml"
-CUSTOMERS = 3000
+CUSTOMERS = 5000
 FUTURE_DAYS = 30
 CUTOFF = DEFAULT_END - timedelta(days=FUTURE_DAYS)
 
