@@ -32,10 +32,10 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_WEIGHTS = {"Product Viewed": 1, "Product Added": 3, "Order Completed": 5}
-VARIANTS: dict[str, dict[str, Any]] = {
-    "demo weights (view 1, add 3, order 5)": {},
-    "same, `tune: true`": {"tune": True},
+DEMO_WEIGHTS = {"Product Viewed": 1, "Product Added": 3, "Order Completed": 5}  # the demo's, before
+VARIANTS: dict[str, dict[str, Any]] = {  # weights given, whatever demo.yml says now
+    "view 1, add 3, order 5 (the demo's weights before issue 22)": {"weights": DEMO_WEIGHTS},
+    "same, `tune: true`": {"tune": True, "weights": DEMO_WEIGHTS},
     "adds and orders only (view 0, add 3, order 5)": {"weights": {"Product Viewed": 0, "Product Added": 3,
                                                                   "Order Completed": 5}},
     "adds and orders only, `tune: true`": {"tune": True, "weights": {"Product Viewed": 0, "Product Added": 3,
