@@ -144,13 +144,15 @@ class SparkRecommender:
         pairs_expr, customers_expr, cutoff = interactions_expr(source, config, ctx)
         try:
             customers, pairs, catalogue = self.coded(pairs_expr, customers_expr)
-            n_customers, n_pairs = customers.count(), pairs.count()
+            n_customers = customers.count()
+            counts = _counts(pairs)
+            n_pairs = counts["pairs"]
             if n_pairs == 0:
                 raise DataError(
                     f"node `{ctx.node}`: input `{source_name}` has no rows with a customer, an item, a "
                     "timestamp and an event with a positive weight; check `weights:` and the event names"
                 )
-            with_history = pairs.select("_u").distinct().count()
+            with_history = counts["customers"]
             self.lap("aggregate")
             metrics: dict[str, Any] = {
                 "customers": n_customers, "items": catalogue.n, "pairs": n_pairs,
@@ -159,10 +161,10 @@ class SparkRecommender:
                 "engine": "spark",
             }
             if cutoff is not None:
-                metrics.update(self.evaluate(pairs, catalogue, n_customers))
+                metrics.update(self.evaluate(pairs, catalogue, n_customers, counts))
                 metrics["holdout_from"] = cutoff.isoformat()
                 self.lap("evaluate")
-            model = self.fit(pairs.select("_u", "_i", "weight"), "weight", n_customers)
+            model = self.fit(pairs.select("_u", "_i", "weight"), "weight", n_pairs, with_history)
             self.lap("fit")
             if config.wide_items:
                 _warn_unknown_wide_items(config.wide_items, catalogue.ids, ctx)
@@ -223,18 +225,17 @@ class SparkRecommender:
 
         return _settings(self.config)
 
-    def fit(self, weighted: Any, column: str, n_customers: int) -> Any | None:
-        """Spark's implicit ALS on ``log1p(column)`` (pairs with a positive value); None
-        when there are none."""
+    def fit(self, weighted: Any, column: str, n_pairs: int, n_users: int) -> Any | None:
+        """Spark's implicit ALS on ``log1p(column)`` (``n_pairs`` pairs with a positive value,
+        of ``n_users`` customers); None when there are none."""
         from pyspark.ml.recommendation import ALS
         from pyspark.sql import functions as F
 
         config = self.config
-        ratings = weighted.filter(F.col(column) > 0).select("_u", "_i", F.log1p(column).alias("_r"))
-        stats = ratings.agg(F.count(F.lit(1)).alias("n"), F.countDistinct("_u").alias("users")).first()
-        if not stats or not stats["n"]:
+        if not n_pairs:
             return None
-        pairs_per_customer = stats["n"] / max(stats["users"], 1)
+        ratings = weighted.filter(F.col(column) > 0).select("_u", "_i", F.log1p(column).alias("_r"))
+        pairs_per_customer = n_pairs / max(n_users, 1)
         blocks = max(1, int(self.session.conf.get("spark.sql.shuffle.partitions", "8")))
         als = ALS(rank=config.factors, maxIter=config.iterations,
                   regParam=config.regularization / pairs_per_customer, alpha=config.alpha,
@@ -294,7 +295,8 @@ class SparkRecommender:
 
     # -- evaluation -------------------------------------------------------------------------
 
-    def evaluate(self, pairs: Any, catalogue: Catalogue, n_customers: int) -> dict[str, Any]:
+    def evaluate(self, pairs: Any, catalogue: Catalogue, n_customers: int, counts: dict[str, int]
+                 ) -> dict[str, Any]:
         """The local path's ``evaluate`` in Spark: fit before the holdout, score the customers
         who bought in it (bought-before items excluded when ``exclude_purchased``)."""
         from pyspark.sql import functions as F
@@ -304,7 +306,8 @@ class SparkRecommender:
         if config.exclude_purchased:
             relevant = relevant & (F.col("train_bought") <= 0)
         truth = pairs.filter(relevant).groupBy("_u").agg(F.collect_list("_i").alias("truth"))
-        model = self.fit(pairs.select("_u", "_i", "train_weight"), "train_weight", n_customers)
+        model = self.fit(pairs.select("_u", "_i", "train_weight"), "train_weight", counts["train_pairs"],
+                         counts["train_customers"])
         scorer = self.scorer(model, pairs, "train_weight", catalogue.train_customers, catalogue.train_total,
                              n_customers)
         history = _histories(pairs.filter(F.col("train_weight") > 0), "train_weight", "train_bought")
@@ -449,6 +452,18 @@ class SparkRecommender:
             f"CAST(_pos + 1 AS BIGINT) AS `rank`, source FROM {wh.qualified(scratch)} "
             "LATERAL VIEW posexplode(arrays_zip(recommended, _scores)) _exploded AS _pos, _entry"
         )
+
+
+def _counts(pairs: Any) -> dict[str, int]:
+    """Pairs and customers with history, in all data and before the holdout: one job."""
+    from pyspark.sql import functions as F
+
+    train = F.col("train_weight") > 0
+    row = pairs.agg(F.count(F.lit(1)).alias("pairs"), F.countDistinct("_u").alias("customers"),
+                    F.count(F.when(train, 1)).alias("train_pairs"),
+                    F.countDistinct(F.when(train, F.col("_u"))).alias("train_customers")).first()
+    return {key: int(row[key] or 0) for key in ("pairs", "customers", "train_pairs", "train_customers")} if row \
+        else dict.fromkeys(("pairs", "customers", "train_pairs", "train_customers"), 0)
 
 
 def _histories(pairs: Any, weight: str, bought: str) -> Any:
