@@ -96,14 +96,13 @@ def test_spark_mllib_agrees_with_duckdb_and_keeps_customers_off_the_driver(
     spark.create_table("rec_events", events)
     traffic = DriverTraffic()
     metrics, main, long, tables = run(spark, lambda: driver_traffic(monkeypatch, traffic))
-    print("spark seconds", metrics["seconds"], "traffic", traffic)
 
     # Trained and scored in Spark: no call moved more rows than the catalogue has (today's
     # main fetched every customer x item pair), and few calls moved any.
     items = metrics["items"]
-    assert metrics["engine"] == "spark"
     assert traffic.largest <= items + 1, (traffic.collected, traffic.uploaded)
     assert sum(traffic.uploaded) <= items and traffic.total <= 8 * items < metrics["pairs"]
+    assert metrics["engine"] == "spark"
 
     # What is counted is counted the same; the popularity baseline is the same.
     for key in ("customers", "items", "pairs", "popular_fallback_customers", "evaluated_customers",
