@@ -104,9 +104,10 @@ class ClustersOperator(Operator[ClustersConfig]):
         columns = feature_columns(source, config, ctx.node, source_name)
         session = spark_session(ctx)
         if session is not None:  # MLlib k-means; Spark assigns and writes (clusters_spark.py)
-            from segloop.operators.clusters_spark import run_in_spark
-            return run_in_spark(session, source, source_name, config, columns, ctx, self.NAME_TERMS,
-                                self.NAME_THRESHOLD, self.STABILITY_SEEDS)
+            from segloop.operators.clusters_spark import LocalSteps, run_in_spark
+            steps = LocalSteps(fit_kmeans, cluster_names, stability_ari, KMeansFit, self.NAME_TERMS,
+                               self.NAME_THRESHOLD, self.STABILITY_SEEDS)
+            return run_in_spark(session, source, source_name, config, columns, ctx, steps)
         whole, chunk = self.row_budget(ctx.memory_limit, len(columns))
         total = ctx.warehouse.count(source)
         sampled = total > whole

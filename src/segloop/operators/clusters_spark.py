@@ -26,6 +26,8 @@ starts vs scikit-learn's best of ten k-means++ starts); see docs/warehouses/pysp
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from segloop.errors import DataError, NodeError
@@ -41,12 +43,23 @@ if TYPE_CHECKING:  # pragma: no cover
     from segloop.operators.clusters import ClustersConfig
 
 
+@dataclass(frozen=True)
+class LocalSteps:
+    """The local path's pieces this module reuses (operators/clusters.py passes them in)."""
+
+    fit_kmeans: Callable[..., Any]  # (x, config, ctx) -> KMeansFit: the choice of k
+    cluster_names: Callable[..., list[str]]  # (z, columns, terms, threshold)
+    stability_ari: Callable[..., float]  # (x, fit, config, seeds, max_rows)
+    fit_type: Callable[..., Any]  # KMeansFit
+    name_terms: int
+    name_threshold: float
+    stability_seeds: int
+
+
 def run_in_spark(session: Any, source: ir.Table, source_name: str, config: ClustersConfig, columns: list[str],
-                 ctx: RunContext, name_terms: int, name_threshold: float, stability_seeds: int) -> NodeOutput:
+                 ctx: RunContext, steps: LocalSteps) -> NodeOutput:
     """The clusters node on Spark (module docstring); its outputs are queries Spark writes."""
     import numpy as np
-
-    from segloop.operators.clusters import KMeansFit, cluster_names, fit_kmeans, stability_ari
 
     cid, wh = config.customer_id, ctx.warehouse
     raw = source.select(source[cid], *[source[c].cast("float64").name(c) for c in columns])
@@ -72,7 +85,7 @@ def run_in_spark(session: Any, source: ir.Table, source_name: str, config: Clust
     scaled = imputed.mutate(**{z: (logged[j] - float(means[j])) / float(stds[j]) for j, z in enumerate(zs)})
 
     sample_ids, sample = _sample(session, wh.compile(scaled), cid, zs, config.silhouette_sample, config.seed)
-    chosen = fit_kmeans(sample, config, ctx)  # the local selection of k, on the sample
+    chosen = steps.fit_kmeans(sample, config, ctx)  # the local selection of k, on the sample
     centres, inertia = _fit_mllib(session, wh.compile(scaled), zs, chosen.k, config, ctx)
 
     nearest = _nearest(scaled, zs, centres)
@@ -84,15 +97,15 @@ def run_in_spark(session: Any, source: ir.Table, source_name: str, config: Clust
     z = np.zeros((chosen.k, len(columns)))
     for raw_label in range(chosen.k):
         z[mapping[raw_label]] = summary[raw_label]["z"]
-    names = cluster_names(z, columns, name_terms, name_threshold)
+    names = steps.cluster_names(z, columns, steps.name_terms, steps.name_threshold)
 
     sample_labels = mapping[_assign(sample, centres)]
     silhouette = _silhouette(sample, sample_labels)
-    fit = KMeansFit(sample_labels, chosen.k, silhouette, inertia, chosen.scores, "KMeans", None, mapping)
+    fit = steps.fit_type(sample_labels, chosen.k, silhouette, inertia, chosen.scores, "KMeans", None, mapping)
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(config.threads):
-        stability = stability_ari(sample, fit, config, stability_seeds, len(sample))
+        stability = steps.stability_ari(sample, fit, config, steps.stability_seeds, len(sample))
 
     assigned = _output(scaled, nearest, mapping, names, cid, columns)
     metrics: dict[str, Any] = {

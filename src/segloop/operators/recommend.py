@@ -123,7 +123,8 @@ class RecommendOperator(Operator[RecommendConfig]):
         session = spark_session(ctx)
         if session is not None:  # Spark MLlib trains, the executors score, Spark writes (recommend_spark.py)
             from segloop.operators.recommend_spark import run_in_spark
-            return run_in_spark(session, source, source_name, config, wide_columns, ctx)
+            return run_in_spark(session, interactions_expr(source, config, ctx), source_name, config,
+                                _settings(config), wide_columns, _warn_unknown_wide_items, ctx)
 
         clock = time.perf_counter()
         seconds: dict[str, float] = {}

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -105,17 +105,24 @@ class PartitionScorer(Scorer):
         return self.score(np.arange(weights.shape[0]), weights, bought, n)
 
 
-def run_in_spark(session: Any, source: ir.Table, source_name: str, config: RecommendConfig,
-                 wide_columns: dict[str, str], ctx: RunContext) -> NodeOutput:
-    """The recommend node on Spark (module docstring): the output tables are Spark queries."""
-    return SparkRecommender(session, config, ctx).run(source, source_name, wide_columns)
+def run_in_spark(session: Any, interactions: tuple[ir.Table, ir.Table, Any], source_name: str,
+                 config: RecommendConfig, settings: AlsSettings, wide_columns: dict[str, str],
+                 warn_unknown: Callable[[list[str], np.ndarray, RunContext], None], ctx: RunContext) -> NodeOutput:
+    """The recommend node on Spark (module docstring): the output tables are Spark queries.
+
+    ``interactions`` is the node's (pairs, customers, holdout start) expression, ``settings``
+    its ALS settings and ``warn_unknown`` its warning about unknown ``wide_items``, as the
+    local path has them (operators/recommend.py).
+    """
+    return SparkRecommender(session, config, settings, ctx).run(interactions, source_name, wide_columns,
+                                                                 warn_unknown)
 
 
 class SparkRecommender:
     """One run of the node on Spark; the frames it persists are released at the run's end."""
 
-    def __init__(self, session: Any, config: RecommendConfig, ctx: RunContext):
-        self.session, self.config, self.ctx = session, config, ctx
+    def __init__(self, session: Any, config: RecommendConfig, settings: AlsSettings, ctx: RunContext):
+        self.session, self.config, self.ctx, self.als_settings = session, config, ctx, settings
         self.persisted: list[Any] = []
         self.seconds: dict[str, float] = {}
         self.clock = time.perf_counter()
@@ -137,11 +144,10 @@ class SparkRecommender:
         while self.persisted:
             self.persisted.pop().unpersist()
 
-    def run(self, source: ir.Table, source_name: str, wide_columns: dict[str, str]) -> NodeOutput:
-        from segloop.operators.recommend import _warn_unknown_wide_items, interactions_expr
-
+    def run(self, interactions: tuple[ir.Table, ir.Table, Any], source_name: str, wide_columns: dict[str, str],
+            warn_unknown: Callable[[list[str], np.ndarray, RunContext], None]) -> NodeOutput:
         config, ctx = self.config, self.ctx
-        pairs_expr, customers_expr, cutoff = interactions_expr(source, config, ctx)
+        pairs_expr, customers_expr, cutoff = interactions
         try:
             customers, pairs, catalogue = self.coded(pairs_expr, customers_expr)
             n_customers = customers.count()
@@ -167,7 +173,7 @@ class SparkRecommender:
             model = self.fit(pairs.select("_u", "_i", "weight"), "weight", n_pairs, with_history)
             self.lap("fit")
             if config.wide_items:
-                _warn_unknown_wide_items(config.wide_items, catalogue.ids, ctx)
+                warn_unknown(config.wide_items, catalogue.ids, ctx)
             scored = self.score(customers, pairs, model, catalogue, n_customers, wide_columns)
             scratch = f"_segloop_{ctx.pipeline}__{ctx.node}__recs_{secrets.token_hex(6)}"
             self.write(scored, scratch)
@@ -191,7 +197,7 @@ class SparkRecommender:
         from pyspark.sql import functions as F
 
         cid, wh = self.config.customer_id, self.ctx.warehouse
-        raw_pairs = self.session.sql(wh.compile(pairs_expr))
+        raw_pairs = self.keep(self.session.sql(wh.compile(pairs_expr)))  # read for the items and the pairs
         raw_customers = self.session.sql(wh.compile(customers_expr))
         # Codes in id order, as on every warehouse. The window sorts the ids in one executor
         # partition (Spark warns about it): ids only, never the driver.
@@ -219,11 +225,6 @@ class SparkRecommender:
         return customers, pairs, catalogue
 
     # -- fitting ----------------------------------------------------------------------------
-
-    def settings(self) -> AlsSettings:
-        from segloop.operators.recommend import _settings
-
-        return _settings(self.config)
 
     def fit(self, weighted: Any, column: str, n_pairs: int, n_users: int) -> Any | None:
         """Spark's implicit ALS on ``log1p(column)`` (``n_pairs`` pairs with a positive value,
@@ -290,7 +291,7 @@ class SparkRecommender:
         item_factors = self.item_factors(model, len(totals))
         cold, similarity = (self.cold_similarity(pairs, column, customers_per_item) if model is not None
                             else (np.array([], dtype="int64"), None))
-        return PartitionScorer(item_factors, self.settings(), customers_per_item, totals, n_customers,
+        return PartitionScorer(item_factors, self.als_settings, customers_per_item, totals, n_customers,
                                cold, similarity)
 
     # -- evaluation -------------------------------------------------------------------------
