@@ -175,11 +175,12 @@ class SparkRecommender:
             if config.wide_items:
                 warn_unknown(config.wide_items, catalogue.ids, ctx)
             scored = self.score(customers, pairs, model, catalogue, n_customers, wide_columns)
+            # A name of its own (a preview of the node may run beside a run), dropped with the run.
             scratch = f"_segloop_{ctx.pipeline}__{ctx.node}__recs_{secrets.token_hex(6)}"
+            ctx.shared.on_close(lambda: ctx.warehouse.drop_table(scratch))
             self.write(scored, scratch)
         finally:
             self.release()
-        ctx.shared.on_close(lambda: ctx.warehouse.drop_table(scratch))
         metrics["catalogue_coverage"] = self.coverage(scratch, catalogue.n)
         ctx.progress(n_customers, n_customers)
         self.lap("score")
