@@ -137,7 +137,7 @@ def sender(message: dict[str, Any]) -> str | None:
 def test_the_messages_sent_are_identical_to_duckdbs(other_run: DemoRun, reference: DemoRun) -> None:
     assert len(reference.messages) > 3.5 * CUSTOMERS
     own = {TRAINED_IN_ENGINE[node.name] for node in other_run.result.nodes
-           if node.name in TRAINED_IN_ENGINE and node.metrics.get("engine") == other_run.engine}
+           if node.name in TRAINED_IN_ENGINE and node.metrics.get("engine")}  # "spark": MLlib trained it
     ours = [m for m in other_run.messages if sender(m) not in own]
     theirs = [m for m in reference.messages if sender(m) not in own]
     assert [m["messageId"] for m in ours] == [m["messageId"] for m in theirs]
@@ -146,7 +146,7 @@ def test_the_messages_sent_are_identical_to_duckdbs(other_run: DemoRun, referenc
     for node in own:  # the same customers hear from the node, with the same kind of payload
         by_user = {m["userId"]: m for m in other_run.messages if sender(m) == node}
         expected = {m["userId"]: m for m in reference.messages if sender(m) == node}
-        assert sorted(by_user) == sorted(expected), node
+        assert len(by_user) == len(expected) and sorted(by_user) == sorted(expected), node
         call, marker = SENT_BY[node]
         key = "traits" if call == "identify" else "properties"
         assert all(sorted(by_user[u][key]) == sorted(expected[u][key]) for u in expected), node
