@@ -24,8 +24,8 @@ seen between them goes on (peaks that are flat stay flat; nothing accounts for s
     .venv/bin/python bench/scale.py --quick                      # 10k and 30k, minutes
     .venv/bin/python bench/scale.py --sizes 100k --demo-data-only --before ad28749
 
-``--before COMMIT`` also runs the demo-data of an older commit (its ``src/segloop/demo.py``
-with this checkout's warehouse code) at each size, back to back with the current one.
+``--before COMMIT`` also runs the demo-data of an older commit (its whole ``src/segloop``,
+put first on ``PYTHONPATH``) at each size, back to back with the current one.
 ``--workdir`` keeps each size's workspace; a later run with ``--reuse`` skips demo-data
 where the data is there.
 """
@@ -69,7 +69,8 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple
     minutes, seconds = figures["Elapsed (wall clock) time (h:mm:ss or m:ss)"].rsplit(":", 1)
     wall = float(seconds) + sum(float(p) * 60 ** (i + 1) for i, p in enumerate(reversed(minutes.split(":"))))
     return {"s": wall, "cpu_s": float(figures["User time (seconds)"]) + float(figures["System time (seconds)"]),
-            "peak_mb": int(figures["Maximum resident set size (kbytes)"]) / 1024}, proc.stdout
+            "peak_mb": int(figures["Maximum resident set size (kbytes)"]) / 1024,
+            "load_at_end": os.getloadavg()[0]}, proc.stdout
 
 
 def workspace(base: Path, customers: int) -> Path:
@@ -86,17 +87,13 @@ def demo_data(root: Path, customers: int) -> dict[str, float]:
 
 
 def demo_data_before(root: Path, customers: int, commit: str) -> dict[str, float]:
-    """The demo-data of ``commit`` (its demo.py, this checkout's warehouses) into ``root``'s file."""
+    """``segloop demo-data`` as of ``commit`` (its whole ``src/segloop``, first on the path) into ``root``."""
     old = Path(tempfile.mkdtemp(prefix="scale-before-"))
-    source = subprocess.run(["git", "show", f"{commit}:src/segloop/demo.py"], cwd=ROOT,
-                            capture_output=True, text=True, check=True).stdout
-    (old / "demo_before.py").write_text(source)
-    script = ("import sys; sys.path.insert(0, sys.argv[1]); from demo_before import write_demo_data; "
-              "from segloop.warehouses import DuckDBConfig, Warehouse; "
-              "wh = Warehouse.connect(DuckDBConfig(), sys.argv[2]); "
-              "s = write_demo_data(wh, customers=int(sys.argv[3])); wh.close(); print(s.events)")
+    archive = subprocess.run(["git", "archive", commit, "src/segloop"], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+    env = {**os.environ, "PYTHONPATH": str(old / "src")}
     try:
-        figures, _ = timed([PYTHON, "-c", script, str(old), str(root), str(customers)], root)
+        figures, _ = timed([PYTHON, "-m", "segloop.cli", "demo-data", "--customers", str(customers)], root, env)
     finally:
         shutil.rmtree(old, ignore_errors=True)
     return figures

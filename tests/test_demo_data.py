@@ -7,6 +7,7 @@ the chunk size, distributed as the generator's always were.
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from typing import Any
 
@@ -131,3 +132,81 @@ def test_demo_data_streams_into_postgres_with_copy_chunk_by_chunk(pg_warehouse: 
     columns = ["id", "order_id", "revenue", "products"]
     written = pg_warehouse.table("order_completed", "demo_shop").select(columns).to_pyarrow()
     assert sorted(written.to_pylist(), key=str) == sorted(tables["order_completed"].select(columns).to_pylist(), key=str)
+
+
+class FailingWarehouse(RecordingWarehouse):
+    """Fails the n-th insert, as a full disk or a lost connection would."""
+
+    def __init__(self, wh: Warehouse, fail_at: int):
+        super().__init__(wh)
+        self.inserts, self.fail_at = 0, fail_at
+
+    def insert(self, name: str, obj: pa.Table, schema: str | None = None) -> None:
+        self.inserts += 1
+        if self.inserts == self.fail_at:
+            raise OSError("No space left on device")
+        super().insert(name, obj, schema)
+
+
+def generator_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name == "segloop-demo-generator"]
+
+
+def test_a_failed_write_stops_the_generator_and_says_why(tmp_path) -> None:
+    with Warehouse.duckdb(tmp_path / "w.duckdb") as wh:
+        failing = FailingWarehouse(wh, fail_at=3)
+        with pytest.raises(OSError, match="No space left"):
+            write_demo_data(failing, customers=5 * GENERATION_BLOCK, days=60,  # type: ignore[arg-type]
+                            chunk_customers=GENERATION_BLOCK)
+    assert not generator_threads()
+
+
+def test_a_failure_while_generating_reaches_the_caller(tmp_path, monkeypatch) -> None:
+    import segloop.demo_tables as demo_tables
+
+    real = demo_tables.chunk_tables
+    made: list[int] = []
+
+    def chunk_tables(blocks: Any, *args: Any) -> Any:
+        made.append(len(blocks))
+        if len(made) == 2:
+            raise MemoryError("the second chunk does not fit")
+        return real(blocks, *args)
+
+    monkeypatch.setattr(demo_tables, "chunk_tables", chunk_tables)
+    with Warehouse.duckdb(tmp_path / "w.duckdb") as wh:
+        with pytest.raises(MemoryError, match="second chunk"):
+            write_demo_data(wh, customers=3 * GENERATION_BLOCK, days=60, chunk_customers=GENERATION_BLOCK)
+        # The first chunk was written before the failure came through.
+        assert wh.count_rows("users", "demo_shop") == GENERATION_BLOCK
+    assert not generator_threads() and len(made) == 2
+
+
+def test_the_next_tables_are_made_while_the_warehouse_writes(tmp_path, monkeypatch) -> None:
+    """Generating and writing overlap (two cores: twice the pace), without waiting for a
+    whole chunk: while the first table is written, the tables after it are being made."""
+    import segloop.demo_tables as demo_tables
+
+    real = demo_tables.chunk_tables
+    made = threading.Semaphore(0)
+
+    def chunk_tables(*args: Any) -> Any:
+        for item in real(*args):
+            made.release()
+            yield item
+
+    class SlowWarehouse(RecordingWarehouse):
+        overlapped: bool | None = None
+
+        def create_table(self, name: str, obj: pa.Table, schema: str | None = None) -> Any:
+            if self.overlapped is None:  # the first table: are the next ones made meanwhile?
+                made.acquire()  # this one
+                self.overlapped = made.acquire(timeout=20) and made.acquire(timeout=20)
+            return super().create_table(name, obj, schema)
+
+    monkeypatch.setattr(demo_tables, "chunk_tables", chunk_tables)
+    with Warehouse.duckdb(tmp_path / "w.duckdb") as wh:
+        slow = SlowWarehouse(wh)
+        stats = write_demo_data(slow, customers=GENERATION_BLOCK, days=60)  # type: ignore[arg-type]
+        assert stats.tables["users"] == GENERATION_BLOCK
+    assert slow.overlapped

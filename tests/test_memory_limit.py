@@ -58,3 +58,21 @@ def test_parse_size_and_rows_within() -> None:
     with pytest.raises(ValueError, match="512MB"):
         parse_size("a lot")
     assert rows_within(1000, 10) == 100 and rows_within(1000, 10, share=0.5) == 50 and rows_within(5, 10) == 1
+
+
+@pytest.mark.parametrize("where", ["workspace", "node"])
+@pytest.mark.parametrize("value", ["0", "1KB", "10MB"])
+def test_a_limit_too_small_to_hold_a_chunk_is_refused(tmp_path: Path, where: str, value: str) -> None:
+    if where == "workspace":
+        _workspace(tmp_path, f"name: w\nmemory_limit: {value}\n")
+        with pytest.raises(ConfigError) as caught:
+            Workspace.load(tmp_path)
+        assert "segloop.yml:2" in str(caught.value)
+    else:
+        root = _workspace(tmp_path, "name: w\n")
+        shop = root / "pipelines" / "shop.yml"
+        shop.write_text(shop.read_text().replace("memory_limit: 300MiB", f"memory_limit: {value}"))
+        with pytest.raises(ConfigError) as caught:
+            Pipeline.load(shop)
+        assert "shop.yml" in str(caught.value)
+    assert "memory_limit" in str(caught.value) and "at least 64MB" in str(caught.value)

@@ -222,3 +222,34 @@ def test_the_node_type_says_which_section_the_report_draws(monkeypatch: pytest.M
     assert [title for title, _ in sections["notify"].charts] == ["messages"]
     assert 'data-label="sent"' in str(sections["notify"].charts[0][1])
     assert sections["segment_like"].charts == []
+
+
+def test_sizes_of_many_groups_come_from_the_warehouse_top_30(demo_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """A `segment` column with thousands of values: 30 bars, the largest, and a note; the
+    report pulls 30 rows of counts, not one per group."""
+    pipeline_yml = (
+        "name: many\nnodes:\n  groups:\n    type: sql\n    materialize: table\n"
+        "    sql: select range as id, 'g' || lpad(cast(range % 4000 as varchar), 4, '0') as segment"
+        " from range(20000) union all select -range, 'big' from range(50)\n"
+    )
+    root = copy_workspace(demo_template, tmp_path / "ws", {"many": pipeline_yml})
+    from segloop.warehouses.duckdb import DuckDBWarehouse
+
+    fetched: list[int] = []
+    rows = DuckDBWarehouse.rows
+
+    def counting(self: DuckDBWarehouse, expr: object) -> list[dict]:
+        result = rows(self, expr)  # type: ignore[arg-type]
+        fetched.append(len(result))
+        return result
+
+    monkeypatch.setattr(DuckDBWarehouse, "rows", counting)
+    result = Pipeline.load("many", Workspace.load(root)).run()
+    assert result.ok and result.report is not None
+    html = result.report.read_text()
+    chart = html[html.index('data-chart="segment-sizes"'):]
+    chart = chart[: chart.index("</svg>")]
+    labels = re.findall(r'data-label="([^"]*)"', chart)
+    assert len(labels) == 30 and labels[0] == "big"
+    assert "the 30 largest of 4,001 groups are drawn" in html
+    assert max(fetched) < 4000

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ByteSize, ConfigDict, Field, PrivateAttr, Valida
 
 from segloop.alerts import AlertsConfig
 from segloop.errors import ConfigError, ConfigErrors
-from segloop.memory import DEFAULT_MEMORY_LIMIT_BYTES
+from segloop.memory import DEFAULT_MEMORY_LIMIT_BYTES, MemoryLimit
 from segloop.operators import NODE_TYPES
 from segloop.operators.base import NodeConfig
 from segloop.schedule import ScheduleConfig
@@ -59,7 +59,7 @@ class WorkspaceConfig(BaseModel):
     warehouses: dict[str, AnyWarehouseConfig] = Field(default_factory=_default_warehouses)
     pipelines: str = "pipelines"
     collector: CollectorConfig | None = None
-    memory_limit: ByteSize = Field(
+    memory_limit: MemoryLimit = Field(
         default=ByteSize(DEFAULT_MEMORY_LIMIT_BYTES),
         description="What one node may hold in Python at once (`512MB`, `2GB`, `2GiB`); a node's "
         "own `memory_limit:` overrides it. DuckDB's own limit is the warehouse's `memory_limit`.",

@@ -21,14 +21,22 @@ vectorized with numpy; a chunk of blocks (``chunk_customers``) becomes Arrow tab
 (``segloop.demo_tables``) that are written to the warehouse before the next chunk is made.
 So the same seed gives the same rows whatever the chunk size; only the order of rows in a
 table follows the chunks (each chunk's rows in time order).
+
+Writing overlaps with generating: a producer thread makes the next tables (numpy and
+Arrow release Python's lock in their kernels) while the warehouse stores the current one
+(DuckDB releases it too), with at most ``PREFETCH_TABLES`` tables waiting in between. The
+warehouse's storage is most of the work (DuckDB's columns take ~0.1 us a value), the
+generator the rest; on two cores the two run side by side.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from segloop.demo_identity import split_identities
 from segloop.demo_tables import EVENT_TABLES, TRUTH, USER_AGENTS, Block, Events, Products, select
@@ -38,6 +46,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
     from segloop.warehouses import Warehouse
+
+_T = TypeVar("_T")
 
 __all__ = ["EVENT_TABLES", "DemoStats", "generate", "write_demo_data"]
 
@@ -70,12 +80,16 @@ DEFAULT_END = datetime(2026, 6, 30)
 # Customers drawn from one random stream. Fixed, so that the data does not depend on the
 # chunk size; large enough that numpy's per-call cost is small (~245k events a block).
 GENERATION_BLOCK = 1_000
-# Customers per chunk written to the warehouse: ~100 KB of Arrow data per customer, one
-# table at a time (~0.6 GB peak for the Python side at this size, whatever the total).
-DEFAULT_CHUNK_CUSTOMERS = 4_000
+# Customers per chunk written to the warehouse: ~100 KB of Arrow data per customer. The
+# generator makes one chunk while the warehouse writes the tables of the one before, so
+# the Python side holds up to two (~0.5 GB at this size, whatever the total).
+DEFAULT_CHUNK_CUSTOMERS = 3_000
 # DuckDB's memory while the demo is written (an embedded warehouse keeps the blocks it wrote
-# cached up to its memory_limit; they are on disk already, so a smaller cache costs little).
-WAREHOUSE_MEMORY = 2**30
+# cached up to its memory_limit; they are on disk already, so a smaller cache costs little:
+# the same CPU seconds at 768 MiB as at 1 GiB, 250 MB less peak; bench/README.md, "Scale").
+WAREHOUSE_MEMORY = 768 * 2**20
+# Tables made ahead while the warehouse writes the one before (each at most one chunk's).
+PREFETCH_TABLES = 2
 DAY = 86400.0
 
 
@@ -327,13 +341,17 @@ def iter_tables(customers: int, days: int, seed: int, end: datetime,
     products = _products(seed)
     for blocks in generate_chunks(customers, days, seed, chunk_customers):
         parts = chunk_tables(blocks, begin, float(days), products, tuple(PERSONAS))
+        del blocks  # held by `parts` until it is done, not while the next chunk is drawn
         if not split_ids:
             yield from parts
             continue
         chunk = dict(parts)
         truth = chunk.pop(TRUTH)
-        yield from split_identities(chunk, seed).items()
+        chunk = split_identities(chunk, seed)
+        for name in list(chunk):  # each table let go of once handed on, before the next chunk
+            yield name, chunk.pop(name)
         yield TRUTH, truth
+        del truth
 
 
 def write_demo_data(
@@ -363,7 +381,8 @@ def write_demo_data(
     report("write", 0, customers)
     counts: dict[str, int] = {}
     truth_schema = f"{schema}_truth"
-    for name, part in iter_tables(customers, days, seed, end, chunk_customers, split_ids):
+    tables = iter_tables(customers, days, seed, end, chunk_customers, split_ids)
+    for name, part in prefetched(tables, PREFETCH_TABLES):
         target, table = (truth_schema, "customers") if name == TRUTH else (schema, name)
         key = f"{target}.{table}"
         if key in counts:
@@ -375,13 +394,63 @@ def write_demo_data(
         counts[key] += part.num_rows
         if name == TRUTH:
             report("write", part.num_rows, customers)
-    tables = {name.split(".", 1)[1]: rows for name, rows in counts.items() if name.startswith(f"{schema}.")}
+    written = {name.split(".", 1)[1]: rows for name, rows in counts.items() if name.startswith(f"{schema}.")}
     return DemoStats(
         schema=schema,
         customers=customers,
         anonymous_visitors=_anonymous_before(customers),
-        events=tables.get("tracks", 0),
-        orders=tables.get("order_completed", 0),
-        tables=tables,
+        events=written.get("tracks", 0),
+        orders=written.get("order_completed", 0),
+        tables=written,
         seconds=time.perf_counter() - started,
     )
+
+
+_DONE = object()
+
+
+def prefetched(items: Iterator[_T], depth: int) -> Iterator[_T]:
+    """``items``, made by a thread of their own up to ``depth`` ahead of the caller.
+
+    The generator's error is raised here, where the caller reads; when the caller stops
+    early (its own error), the thread stops at its next item.
+    """
+    waiting: queue.Queue[object] = queue.Queue(maxsize=max(depth, 1))
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                waiting.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # handed to the reader, which raises it
+            put(_Failed(exc))
+
+    worker = threading.Thread(target=produce, name="segloop-demo-generator", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = waiting.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        worker.join()
+
+
+@dataclass
+class _Failed:
+    error: BaseException

@@ -4,6 +4,13 @@
 messier, and identity stitching (``segment_source`` with ``identity: stitch``) exists to
 undo the mess. ``split_identities`` rewrites a chunk of demo tables so that:
 
+- **research before buying**: people look at what they buy, often more than once, in the
+  days before they buy it: 60% of ordered products were viewed 1-3 times in the 14 days
+  before the order (``demo.py`` draws browsing from each customer's taste, independently
+  of what they go on to buy, and views an order's products only minutes before it; real
+  browsing also names the products a customer is about to buy, which is what makes it
+  worth stitching). Research views fall on whichever device the rest of the customer's
+  browsing does, and those before sign-up carry only the ``anonymous_id``;
 - **anonymous browsing before sign-up**: most customers who join during the period
   viewed a few of their products in the days before signing up, with only their
   ``anonymous_id`` (the ``identify`` at sign-up links it to the ``user_id``);
@@ -39,6 +46,9 @@ SHARED_DEVICE_SHARE = 0.005  # second devices another customer also logs into
 PRE_SIGNUP_SHARE = 0.7  # customers joining during the period who browsed before sign-up
 PRE_SIGNUP_MAX_EVENTS = 6
 PRE_SIGNUP_DAYS = 14.0
+RESEARCH_SHARE = 0.6  # ordered products the customer viewed in the days before ordering them
+RESEARCH_MAX_VIEWS = 3
+RESEARCH_DAYS = 14.0
 BROWSE_EVENTS = ("product_viewed", "product_added")
 TIME_COLUMNS = ("timestamp", "original_timestamp", "sent_at", "received_at", "uuid_ts")
 ALIASES = "aliases"
@@ -99,6 +109,9 @@ def split_identities(tables: dict[str, pa.Table], seed: int = 0) -> dict[str, pa
     legacy = np.char.add("legacy-", np.array(users))
     phone = np.char.add("anon-m-", np.array(users))
 
+    research = _research_views(tables["product_viewed"], tables["order_completed"], users, signup, key, begin)
+    tables = dict(tables, product_viewed=pa.concat_tables([tables["product_viewed"], research]),
+                  tracks=pa.concat_tables([tables["tracks"], research.select(tables["tracks"].column_names)]))
     out = dict(tables)
     for name, table in tables.items():
         if name in ("identifies", "users") or "user_id" not in table.column_names:
@@ -160,6 +173,54 @@ def _rewrite_events(table: pa.Table, name: str, users: list[str], share: np.ndar
     user = pc.if_else(pa.array(logged_out), pa.scalar(None, pa.string()), user)
     table = table.set_column(table.column_names.index("user_id"), "user_id", user)
     return table.set_column(table.column_names.index("anonymous_id"), "anonymous_id", anon)
+
+
+def _research_views(views: pa.Table, orders: pa.Table, users: list[str], signup: np.ndarray, key: np.ndarray,
+                    begin: np.datetime64) -> pa.Table:
+    """Views of an order's products in the ``RESEARCH_DAYS`` before it, by its customer
+    (anonymous only before the customer's sign-up), shaped like a view of that product."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    # The products of each order, without parsing JSON row by row: split at each product id.
+    pieces = pc.split_pattern(orders["products"].combine_chunks().fill_null(""), '"product_id":"')
+    order_row = pc.list_parent_indices(pieces).to_numpy()
+    position = np.arange(len(order_row)) - np.r_[0, np.cumsum(pc.list_value_length(pieces).to_numpy())[:-1]][order_row]
+    tails = pc.list_flatten(pieces)
+    is_item = position > 0  # the piece before the first product id is the array's opening
+    order_row, position = order_row[is_item], position[is_item]
+    product = pc.extract_regex(tails.filter(pa.array(is_item)), r'^(?P<p>[^"]*)').field("p")
+    cust = pc.fill_null(pc.index_in(orders["user_id"].take(pa.array(order_row)), value_set=pa.array(users)),
+                        -1).to_numpy()
+    order_t = orders["timestamp"].to_numpy().astype("datetime64[us]")[order_row]
+    item_key = _mix(key[np.maximum(cust, 0)] ^ order_t.astype(np.int64).astype(np.uint64)) ^ _mix(
+        position.astype(np.uint64))
+    chosen = (cust >= 0) & (_uniform(item_key, 11) < RESEARCH_SHARE)
+    count = np.where(chosen, 1 + (_uniform(item_key, 12) * RESEARCH_MAX_VIEWS).astype(int), 0)
+    rows = np.repeat(np.arange(len(order_row)), count)
+    nth = np.arange(len(rows)) - np.repeat(np.cumsum(count) - count, count)
+    days = 1 / 24 + _uniform(item_key[rows] ^ _mix(nth.astype(np.uint64) + np.uint64(7)), 13) * (RESEARCH_DAYS - 1 / 24)
+    new_t = order_t[rows] - (days * 86400e6).astype("timedelta64[us]")
+    template = pc.index_in(product.take(pa.array(rows)), value_set=views["product_id"]).to_numpy(zero_copy_only=False)
+    keep = (new_t >= begin) & ~np.isnan(template.astype(float))
+    rows, nth, new_t = rows[keep], nth[keep], new_t[keep]
+    template = template[keep].astype(np.int64)
+    copy = views.take(pa.array(template))
+    t = views["timestamp"].to_numpy().astype("datetime64[us]")[template]
+    for column in TIME_COLUMNS:
+        if column in copy.column_names:
+            moved = copy[column].to_numpy().astype("datetime64[us]") + (new_t - t)
+            copy = copy.set_column(copy.column_names.index(column), column, pa.array(moved))
+    source = pa.array(order_row[rows])
+    suffix = np.char.add(np.char.add(np.char.add("-r", position[rows].astype(str)), "-"), nth.astype(str))
+    ids = pc.binary_join_element_wise(orders["id"].take(source), pa.array(suffix), "")
+    anonymous = orders["anonymous_id"].take(source)
+    before_signup = new_t < signup[cust[rows]]
+    user = pc.if_else(pa.array(before_signup), pa.scalar(None, pa.string()), orders["user_id"].take(source))
+    for column, value in (("id", ids), ("anonymous_id", anonymous), ("user_id", user)):
+        copy = copy.set_column(copy.column_names.index(column), column, value)
+    return copy
 
 
 def _pre_signup_views(views: pa.Table, users: list[str], signup: np.ndarray, pre_events: np.ndarray,

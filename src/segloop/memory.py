@@ -13,7 +13,9 @@ Sizes are written as pydantic's ``ByteSize`` reads them: ``512MB``, ``2GB`` (dec
 
 from __future__ import annotations
 
-from pydantic import ByteSize, TypeAdapter
+from typing import Annotated
+
+from pydantic import AfterValidator, ByteSize, TypeAdapter
 
 DEFAULT_MEMORY_LIMIT = "2GB"
 """What a node may hold in Python when neither the workspace nor the node says."""
@@ -32,6 +34,24 @@ def parse_size(value: str | int) -> int:
 
 
 DEFAULT_MEMORY_LIMIT_BYTES = parse_size(DEFAULT_MEMORY_LIMIT)
+
+MIN_MEMORY_LIMIT = "64MB"
+"""The smallest `memory_limit:` accepted: below it a node could not hold one chunk of rows
+(the interpreter and the libraries alone take more), so `0` or `1KB` is a typo, not a plan."""
+MIN_MEMORY_LIMIT_BYTES = parse_size(MIN_MEMORY_LIMIT)
+
+
+def _at_least_the_minimum(value: ByteSize) -> ByteSize:
+    if int(value) < MIN_MEMORY_LIMIT_BYTES:
+        raise ValueError(
+            f"memory_limit {value.human_readable(decimal=True)} is below the minimum {MIN_MEMORY_LIMIT}: "
+            f"write at least {MIN_MEMORY_LIMIT} (the default is {DEFAULT_MEMORY_LIMIT})"
+        )
+    return value
+
+
+MemoryLimit = Annotated[ByteSize, AfterValidator(_at_least_the_minimum)]
+"""A `memory_limit:` field: a size (``512MB``, ``2GB``) of at least ``MIN_MEMORY_LIMIT``."""
 
 
 def rows_within(limit: int, bytes_per_row: float, share: float = 1.0) -> int:

@@ -9,9 +9,9 @@ from sklearn.metrics import adjusted_rand_score
 
 from segloop.operators.base import RunContext
 from segloop.operators.clusters import ClustersConfig, ClustersOperator
-from segloop.operators.clusters_stream import id_hash
 from segloop.progress import _headline
 from segloop.warehouses import Warehouse
+from segloop.warehouses.sampling import in_sample
 from tests.operators.test_clusters import blobs, run
 from tests.operators.test_clv_memory import Pulls
 
@@ -40,8 +40,9 @@ def test_over_the_budget_trains_on_a_sample_and_streams_every_customer() -> None
     # Written as the engine does: the main table first, then the profiles.
     assert wh.replace_table("seg", out.table) == 3 * PER_BLOB
     wh.replace_table("seg__profiles", out.extra["profiles"], count=False)
-    # Every pull into Python, training and scoring, was one bounded chunk.
-    assert max(pulls.sizes) <= chunk and sum(pulls.sizes) == 2 * 3 * PER_BLOB
+    # Every pull into Python, training and scoring, was one bounded chunk; training pulled
+    # only its sample (chosen in the warehouse), scoring every customer once.
+    assert max(pulls.sizes) <= chunk and sum(pulls.sizes) == trained + 3 * PER_BLOB
     rows = {r["user_id"]: r["cluster"] for r in wh.to_arrow(wh.table("seg")).to_pylist()}
     assert adjusted_rand_score(truth, [rows[i] for i in table["user_id"].to_pylist()]) == pytest.approx(1.0)
     profiles = wh.to_arrow(wh.table("seg__profiles")).sort_by("cluster")
@@ -66,19 +67,19 @@ def test_sampled_run_in_a_pipeline_agrees_with_the_full_run(make_workspace) -> N
     wh.close()
 
 
-def test_the_sample_depends_on_the_ids_not_their_order_or_type() -> None:
-    ids = pa.array([f"user-{i}" for i in range(1000)] + ["", "é✓", None])
-    h = id_hash(ids, seed=0)
-    assert len(set(h[:1000].tolist())) == 1000
-    np.testing.assert_array_equal(id_hash(ids.slice(7, 20)), h[7:27])
-    np.testing.assert_array_equal(id_hash(ids.cast(pa.large_string())), h)
-    perm = np.random.default_rng(0).permutation(len(ids))
-    np.testing.assert_array_equal(id_hash(ids.take(pa.array(perm))), h[perm])
-    assert not np.array_equal(id_hash(ids, seed=1), h)
-    ints = pa.array(np.arange(100_000))
-    # A share of the hash range keeps about that share of the ids.
-    assert abs(float((id_hash(ints) < np.uint64(2**62)).mean()) - 0.25) < 0.01
-    assert abs(float((h[:1000] < np.uint64(2**63)).mean()) - 0.5) < 0.06
+def test_the_sample_is_the_warehouse_hash_sample_of_the_ids() -> None:
+    """The training sample is `Warehouse.hash_sample` of the ids (salted with the seed): the
+    same customers on every engine and row order (tests/warehouses/test_sampling.py)."""
+    table, _ = blobs(PER_BLOB)
+    wh = Warehouse.duckdb()
+    wh.create_table("customers", table.take(pa.array(np.random.default_rng(3).permutation(table.num_rows))))
+    config = ClustersConfig.model_validate({"type": "clusters", "input": "c", "k": 3, "seed": 11})
+    ctx = RunContext(warehouse=wh, pipeline="p", node="seg", run_id="r", memory_limit=limit_for(TRAIN))
+    out = ClustersOperator(config).run({"c": wh.table("customers")}, ctx)
+    share = TRAIN / (3 * PER_BLOB)
+    expected = [i for i in table["user_id"].to_pylist() if in_sample(i, share, "11")]
+    assert out.metrics["training_rows"] == len(expected)
+    assert wh.rows_fetched == len(expected)  # nothing else was read yet: scoring streams later
 
 
 def test_stability_is_reported_and_can_be_required(make_workspace) -> None:

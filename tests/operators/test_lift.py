@@ -15,6 +15,7 @@ from segloop.pipeline import Pipeline
 from segloop.segment.send.holdout import HOLDOUT, group_of, threshold_hex
 from segloop.warehouses import DuckDBConfig, Warehouse
 from tests.segment.send.fake_segment import FakeSegment
+from tests.test_alerts import alerts_block, receiver  # noqa: F401 - fixture
 
 PIPELINE = """\
 name: shop
@@ -283,3 +284,94 @@ def test_event_name_matches_segments_snake_cased_event_column(make_workspace) ->
         m = result.node("lift").metrics
         figures.append((m["treatment_converted"], m["holdout_converted"]))
     assert figures[0] == figures[1] and figures[0][0] > 0
+
+
+ROLLOUT = """\
+  rollout:                 # everyone gets the offer, once the holdout showed it works
+    type: sql
+    input: lift
+    sql: select s.user_id, s.score from src.scores s cross join (select count(*) as n from lift) l
+  rollout_to_segment:
+    type: segment
+    input: rollout
+    write_key: ${SEGLOOP_TEST_WRITE_KEY}
+    call: track
+    event: Offer Rolled Out
+    customer_id: user_id
+    properties: [score]
+"""
+
+
+def gated_lift(salt: str, require: str) -> str:
+    return pipeline_text(salt) + f"    require: {require}\n" + ROLLOUT
+
+
+@pytest.mark.parametrize(("require", "message"), [
+    ("{lift: 0.1}", "`lift` is 0.0"),  # the planted +5 points: below a 10-point minimum
+    ("{lift_ci_low: 0.06}", "`lift_ci_low` is 0.0"),  # the interval's lower bound
+    ("{p_value: 1.0e-12}", "`p_value` is "),  # a maximum
+])
+def test_a_lift_gate_that_misses_stops_the_rollout_and_alerts(
+    make_workspace, receiver, require: str, message: str  # noqa: F811
+) -> None:
+    salt = "gate"
+    root = make_workspace({"shop": gated_lift(salt, require) + alerts_block()})
+    scores, tracks = synthetic(20_000, seed=11, salt=salt)
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        wh.create_table("scores", scores, schema="src")
+        wh.create_table("tracks", tracks.slice(0, 0), schema="src")
+    fake = FakeSegment()
+    Pipeline.load(root / "pipelines" / "shop.yml").run(options={"segment_transport": fake})
+    receiver.requests.clear()  # the first run: windows open, the gate cannot pass (below)
+    assign_in_the_past(root)
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        wh.create_table("tracks", tracks, schema="src")
+    fake = FakeSegment()
+    result = Pipeline.load(root / "pipelines" / "shop.yml").run(options={"segment_transport": fake})
+    node = result.node("lift")
+    assert not result.ok and node.status == "failed" and node.metrics["gate"] == "failed"
+    metric, bound = require.strip("{}").split(": ")
+    value = node.metrics[metric]
+    assert f"`{metric}` is {value:.4g}, {'above the maximum' if metric == 'p_value' else 'below the minimum'} {float(bound):g}" in (node.error or "")
+    assert message in (node.error or "")
+    assert result.node("rollout").status == "skipped"
+    assert result.node("rollout_to_segment").status == "skipped"
+    assert not any(m.get("event") == "Offer Rolled Out" for m in fake.delivered())
+    (text,) = receiver.texts()
+    assert "node `lift`" in text and metric in text and f"{float(bound):g}" in text
+    with Warehouse.connect(DuckDBConfig(), root) as wh:  # kept for inspection
+        assert {r["group_name"] for r in wh.rows(wh.table("shop__lift"))} == {"treatment", "holdout"}
+
+
+def test_a_lift_gate_that_holds_lets_the_rollout_through(make_workspace, receiver) -> None:  # noqa: F811
+    salt = "gate"
+    root = make_workspace({"shop": gated_lift(salt, "{lift_ci_low: 0.0, lift: 0.03}") + alerts_block()})
+    scores, tracks = synthetic(20_000, seed=11, salt=salt)
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        wh.create_table("scores", scores, schema="src")
+        wh.create_table("tracks", tracks.slice(0, 0), schema="src")
+    fake = FakeSegment()
+    first = Pipeline.load(root / "pipelines" / "shop.yml").run(options={"segment_transport": fake})
+    # Just assigned: nothing measured yet, so a gate on the lift cannot pass, and says why.
+    assert first.node("lift").status == "failed"
+    assert "`lift` was not computed" in (first.node("lift").error or "")
+    assert "20,000 customers are still within their 30 days" in (first.node("lift").error or "")
+    assert first.node("rollout_to_segment").status == "skipped"
+    assign_in_the_past(root)
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        wh.create_table("tracks", tracks, schema="src")
+    fake = FakeSegment()
+    result = Pipeline.load(root / "pipelines" / "shop.yml").run(options={"segment_transport": fake})
+    node = result.node("lift")
+    assert result.ok and node.metrics["gate"] == "passed" and node.metrics["lift_ci_low"] > 0
+    rolled = [m for m in fake.delivered() if m.get("event") == "Offer Rolled Out"]
+    assert len(rolled) == 20_000
+
+
+def test_a_lift_gate_on_a_metric_lift_does_not_have_is_a_config_error() -> None:
+    from segloop.config import parse_pipeline
+    from segloop.errors import ConfigErrors
+
+    parse_pipeline(gated_lift("s", "{lift_ci_low: 0}"), "p.yml")
+    with pytest.raises(ConfigErrors, match="`auc` is not a metric of this node type"):
+        parse_pipeline(gated_lift("s", "{auc: 0.7}"), "p.yml")

@@ -94,8 +94,11 @@ def test_learns_who_will_buy_and_scores_every_known_customer(shop: Warehouse) ->
     # keeps the model's full order, which never contradicts the probabilities.
     assert pct[p == p.max()].max() == 1.0
     assert np.all(np.diff(p[np.argsort(pct, kind="stable")]) >= 0)
-    # Only per-customer rows came to Python: three snapshots plus the event-type list.
-    assert pulled <= 3 * 3000 + m["features"]
+    # Only per-customer rows came to Python: three snapshots plus the event-type list, and
+    # the distinct (x, t_x, T) purchase summaries BG/NBD sets the level from (at most one
+    # row per buyer at each of two snapshots).
+    assert m["base_rate_method"] == "clv" and m["clv_summary_rows"] <= 2 * m["clv_buyers"]
+    assert pulled <= 3 * 3000 + m["features"] + m["clv_summary_rows"]
     assert not any("fewer than" in w for w in ctx.warnings)
 
 

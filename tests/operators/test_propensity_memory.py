@@ -77,7 +77,10 @@ def test_a_tiny_memory_limit_trains_on_a_stratified_sample_and_scores_everyone_i
     assert len(set(table["user_id"].to_pylist())) == everyone
     assert max(sizes) <= max(budget.train_rows, budget.valid_rows, budget.chunk_rows)
     assert m["scoring_chunks"] >= everyone / budget.chunk_rows
-    assert sum(sizes) <= m["training_sample"] + m["validation_sample"] + everyone + m["features"]
+    # Besides: the distinct purchase summaries BG/NBD sets the level from, within the budget.
+    assert m["clv_summary_rows"] <= 2 * budget.train_rows
+    assert sum(sizes) <= (m["training_sample"] + m["validation_sample"] + everyone + m["features"]
+                          + m["clv_summary_rows"])
     pct = table["percentile"].to_numpy()
     assert pct.min() == 0.0 and pct.max() == 1.0
 

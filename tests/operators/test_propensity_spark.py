@@ -52,10 +52,13 @@ def test_spark_scores_in_its_executors_and_agrees_with_duckdb(tmp_path: Path) ->
         pulled = spark.rows_fetched - fetched
         spark_rows = spark.to_arrow(on_spark.table)
     m = on_spark.metrics
-    # Only the training and validation rows came to the driver; the scores were computed
-    # and written by Spark (every customer, none fetched).
+    # Only the training and validation rows came to the driver, and the distinct purchase
+    # summaries BG/NBD sets the level from; the scores were computed and written by Spark
+    # (every customer, none fetched).
     assert m["scoring"] == "spark" and on_duck.metrics["scoring"] == "chunks"
-    assert pulled <= m["training_sample"] + m["validation_sample"] + m["features"] + 10
+    assert m["clv_summary_rows"] == on_duck.metrics["clv_summary_rows"]
+    assert pulled <= (m["training_sample"] + m["validation_sample"] + m["features"] + 10
+                      + m["clv_summary_rows"])
     assert m["scored_customers"] == on_duck.metrics["scored_customers"] == spark_rows.num_rows
     # The same features (Spark SQL vs DuckDB) and the same model: the same quality.
     for key in ("training_positives", "validation_positives", "features"):

@@ -261,3 +261,24 @@ def test_a_broken_file_is_found_by_its_name_and_an_oversize_file_is_refused_unre
     page = client.get("/pipelines/huge/edit")
     assert page.status_code == 404 and "bytes; segloop reads pipeline and workspace files up to" in html.unescape(page.text)
     assert client.get("/pipelines/shop/edit").status_code == 200  # the other files still open
+
+
+def test_each_request_reads_the_pipeline_files_once(
+    client: TestClient, workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every pipeline file is read and parsed per scan; a check or a save of a workspace with
+    many pipelines must not pay for it twice (the name-clash check reuses the scan)."""
+    scans: list[int] = []
+    scan = type(workspace).scan_pipelines
+
+    def counting(self: Workspace) -> list:
+        scans.append(1)
+        return scan(self)
+
+    monkeypatch.setattr(type(workspace), "scan_pipelines", counting)
+    found = client.post("/pipelines/shop/edit/check", data={"text": SHOP.replace("name: shop", "name: segments")},
+                        headers=ORIGIN).json()
+    assert "already the pipeline in pipelines/segments.yml" in found["errors"][0]["text"]
+    assert len(scans) == 1
+    scans.clear()
+    assert client.get("/pipelines/shop/edit").status_code == 200 and len(scans) == 1

@@ -139,3 +139,68 @@ def test_overview_says_at_a_glance_whether_everything_is_healthy(workspace: Work
     assert "the last run failed: node `orders`" in html.unescape(failing_row) and "no_such_column" in failing_row
     assert [name for name, _, _ in rows][:2] in (["broken", "segments"], ["segments", "broken"])
     assert "2 failing" in visible_text(page)
+
+
+def chart_points(page: str, title: str, series: str) -> list[tuple[str, float]]:
+    """(run id, value) of a series in the one chart with this title."""
+    figures = re.findall(r'<figure class="trend"><figcaption><strong>(.*?)</strong>.*?(<svg.*?</svg>)', page, re.S)
+    (svg,) = [svg for caption, svg in figures if html.unescape(caption) == title]
+    return [(run, float(value)) for run, value in re.findall(
+        rf'<circle class="point" data-series="{re.escape(series)}" data-run="([^"]+)" data-value="([^"]+)"', svg)]
+
+
+def test_every_figure_of_the_quality_cards_is_charted_across_runs(workspace: Workspace) -> None:
+    page = client_for(workspace).get("/pipelines/shop").text
+    runs = runs_of(workspace, "shop")
+    charted = {
+        ("likely_buyers", "top-decile lift"): [("top-decile lift", "lift_top_decile")],
+        ("likely_buyers", "ECE"): [("ECE", "ece")],
+        ("likely_buyers", "Brier score"): [("Brier", "brier")],
+        ("ltv", "normalized Gini"): [("Gini", "holdout_gini")],
+        ("recommend", "recall@10"): [("recall@10", "recall_at_10"), ("popularity", "popular_recall_at_10")],
+        ("recommend", "catalogue coverage"): [("coverage@10", "coverage_at_10"),
+                                              ("popularity", "popular_coverage_at_10")],
+        ("clusters", "stability (ARI)"): [("ARI", "stability_ari")],
+    }
+    for (node, label), series in charted.items():
+        for legend, metric in series:
+            recorded = [(r.id, round(float(next(n for n in r.nodes if n.node == node).metrics[metric]), 6))
+                        for r in runs]
+            drawn = [(run, round(v, 6)) for run, v in chart_points(page, f"{node} · {label}", legend)]
+            assert drawn == recorded, (node, metric)
+    text = visible_text(page)
+    assert "lower is better; expected calibration error" in text
+    section = page.split('id="trends"')[1].split("<h2>Nodes")[0]
+    assert 'data-chart="card"' in section  # static SVG: no script, no event handler
+    assert not re.search(r"<script|\son\w+=|javascript:", section, re.I)
+
+
+def test_a_lift_node_charts_its_estimate_and_interval(make_workspace) -> None:
+    from segloop.operators.lift import LiftConfig  # noqa: F401 - the node under test
+    from segloop.warehouses import DuckDBConfig, Warehouse
+    from tests.operators.test_lift import assign_in_the_past, pipeline_text, synthetic
+    from tests.segment.send.fake_segment import FakeSegment
+
+    salt = "trend"
+    root = make_workspace({"shop": pipeline_text(salt)})
+    scores, tracks = synthetic(5_000, seed=3, salt=salt)
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        wh.create_table("scores", scores, schema="src")
+        wh.create_table("tracks", tracks.slice(0, 0), schema="src")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SEGLOOP_TEST_WRITE_KEY", "wk-test-123")
+        first = Pipeline.load(root / "pipelines" / "shop.yml").run(options={"segment_transport": FakeSegment()})
+        assign_in_the_past(root)
+        with Warehouse.connect(DuckDBConfig(), root) as wh:
+            wh.create_table("tracks", tracks, schema="src")
+        second = Pipeline.load(root / "pipelines" / "shop.yml").run(options={"segment_transport": FakeSegment()})
+    assert first.ok and second.ok
+    m = second.node("lift").metrics
+    page = client_for(Workspace.load(root)).get("/pipelines/shop").text
+    title = "lift · lift, treatment - holdout"
+    # The first run measured nothing (every window open): no point; the second, its figures.
+    assert chart_points(page, title, "lift") == [(second.run_id, pytest.approx(m["lift"]))]
+    assert chart_points(page, title, "95% low") == [(second.run_id, pytest.approx(m["lift_ci_low"]))]
+    assert chart_points(page, title, "95% high") == [(second.run_id, pytest.approx(m["lift_ci_high"]))]
+    assert m["lift_ci_low"] < m["lift"] < m["lift_ci_high"]
+    assert "the sends helped when the dashed 95% interval is above 0" in visible_text(page)

@@ -7,7 +7,8 @@
   top ``n`` items for one chunk of customers, given only that chunk's rows. Customers the
   fit did not see (training on a sample) get their factors recomputed from their own rows
   (implicit's ``recalculate_user``: one least-squares solve against the fixed item factors).
-- ``metrics_at_k`` and ``coverage``: precision / recall / NDCG at k and catalogue coverage.
+- ``metrics_at_k`` and ``coverage``: precision / recall / NDCG at k and catalogue coverage;
+  ``HoldoutSplit`` scores a model (or popularity) on one train / held-out split with them.
 
 Memory: a chunk's scoring holds the chunk's rows, its ``n`` candidates per customer and
 the cold items' similarity (items x cold items), never customers x items dense.
@@ -15,7 +16,7 @@ the cold items' similarity (items x cold items), never customers x items dense.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,6 +34,13 @@ class AlsSettings:
     threads: int
     cold_item_min_customers: int
     exclude_purchased: bool
+
+    def but(self, **changes: Any) -> AlsSettings:
+        """These settings with some changed (``factors``, ``regularization``, ``alpha``)."""
+        return replace(self, **changes)
+
+    def describe(self) -> str:
+        return f"factors {self.factors}, regularization {self.regularization:g}, alpha {self.alpha:g}"
 
 
 def confidence(weights: sp.csr_matrix) -> sp.csr_matrix:
@@ -158,7 +166,8 @@ class Scorer:
                 items[row, :len(ranked_items)] = ranked_items
                 scores[row, :len(ranked_items)] = ranked_scores
         fill_popular(items, scores, self.popular, self.reach, exclude, n)
-        return items, scores, ~has_history, factors
+        from_popular = ~has_history if self.model is not None else np.ones(len(users), dtype=bool)
+        return items, scores, from_popular, factors
 
 
 def _rank_rows(ids: np.ndarray, vals: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -236,3 +245,68 @@ def coverage(ranked: np.ndarray, n_items: int, k: int) -> float:
 
     shown = ranked[:, :k]
     return float(len(np.unique(shown[shown >= 0])) / n_items) if n_items else 0.0
+
+
+@dataclass
+class HoldoutSplit:
+    """One evaluation split: what customers did before it, and what they bought in it.
+
+    ``relevant`` holds the items bought in the held-out period, less those bought before
+    when purchases are excluded (they can never be recommended); only customers with a
+    relevant item are evaluated. Popularity and reach come from the training part.
+    """
+
+    train_weight: sp.csr_matrix
+    train_bought: sp.csr_matrix
+    relevant: sp.csr_matrix
+    customers_per_item: np.ndarray
+    totals: np.ndarray
+
+    @classmethod
+    def of(cls, train_weight: sp.csr_matrix, train_bought: sp.csr_matrix, test_bought: sp.csr_matrix,
+           exclude_purchased: bool, customers_per_item: np.ndarray | None = None,
+           totals: np.ndarray | None = None) -> HoldoutSplit:
+        import numpy as np
+
+        relevant = test_bought.tocsr()
+        if exclude_purchased:
+            relevant = relevant - relevant.multiply(train_bought > 0)
+            relevant.eliminate_zeros()
+        if customers_per_item is None:
+            customers_per_item = np.diff(train_weight.tocsc().indptr).astype("int64")
+        if totals is None:
+            totals = np.asarray(train_weight.sum(axis=0), dtype="float64").ravel()
+        return cls(train_weight, train_bought, relevant.tocsr(), customers_per_item, totals)
+
+    @property
+    def users(self) -> np.ndarray:
+        import numpy as np
+
+        return np.flatnonzero(np.diff(self.relevant.indptr) > 0)
+
+    def scorer(self, settings: AlsSettings) -> Scorer:
+        model = fit_als(self.train_weight, settings) if self.train_weight.nnz else None
+        return Scorer(model, settings, self.train_weight.shape[1], self.customers_per_item, self.totals,
+                      self.train_weight.shape[0], self.train_weight, recalculate=False)
+
+    def model_lists(self, scorer: Scorer, k: int) -> np.ndarray:
+        users = self.users
+        return scorer.score(users, self.train_weight[users], self.train_bought[users], k)[0]
+
+    def popular_lists(self, settings: AlsSettings, k: int) -> np.ndarray:
+        """Every evaluated customer's list from popularity alone (minus their purchases)."""
+        import numpy as np
+
+        users = self.users
+        popular = np.full((len(users), k), -1, dtype="int64")
+        exclude = self.train_bought[users] if settings.exclude_purchased else None
+        reach = (self.customers_per_item / max(self.train_weight.shape[0], 1)).astype("float32")
+        fill_popular(popular, np.zeros(popular.shape, dtype="float32"), popularity_order(self.totals), reach,
+                     exclude, k)
+        return popular
+
+    def measure(self, ranked: np.ndarray, k: int) -> dict[str, float]:
+        """precision, recall, NDCG at k and coverage of ``ranked`` (one row per evaluated customer)."""
+        out = metrics_at_k(ranked, self.relevant[self.users], k)
+        out["coverage"] = coverage(ranked, self.train_weight.shape[1], k)
+        return out

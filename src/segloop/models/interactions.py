@@ -39,6 +39,8 @@ KNUTH = 2654435761
 PRIME = 1_000_003
 
 PAIR_VALUE_COLUMNS = ("weight", "bought", "train_weight", "train_bought", "test_bought")
+# With `tune: true`: the split the settings are chosen on (the window before the holdout).
+TUNE_COLUMNS = ("tune_weight", "tune_bought", "tune_test_bought")
 
 
 def scratch_prefix(table_name: str) -> str:
@@ -191,8 +193,9 @@ class ScratchTables:
         coded_customers = warehouse.table(self.names["customers"])
         coded_items = warehouse.table(self.names["items"]).select("_item", "_i")
         joined = pairs.join(coded_customers, cid).join(coded_items, "_item")
+        values = [c for c in PAIR_VALUE_COLUMNS + TUNE_COLUMNS if c in pairs.columns]
         coded = joined.select(
-            joined._u, joined._i, *(joined[c] for c in PAIR_VALUE_COLUMNS)
+            joined._u, joined._i, *(joined[c] for c in values)
         ).order_by(["_u", "_i"])  # in code order: a range of customers is a range of rows
         warehouse.replace_table(self.names["pairs"], coded, count=False)
         return self

@@ -13,9 +13,9 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from segloop.memory import DEFAULT_MEMORY_LIMIT_BYTES
+from segloop.memory import DEFAULT_MEMORY_LIMIT_BYTES, MemoryLimit
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
@@ -42,7 +42,7 @@ class NodeConfig(BaseModel):
         "or `view` (a stored query, computed whenever it is read). Default: `view` for a `sql` "
         "node read only by `sql` and `rfm` nodes, `table` otherwise.",
     )
-    memory_limit: ByteSize | None = Field(
+    memory_limit: MemoryLimit | None = Field(
         default=None,
         description="What this node may hold in Python at once (`512MB`, `2GB`); default: the "
         "workspace's `memory_limit:`. Beyond it a model trains on a sample and scores in chunks.",

@@ -1,8 +1,9 @@
 """The clusters node within ``memory_limit``: train on a sample, assign in streamed chunks.
 
-When the customers' rows do not fit in the node's budget, the node keeps a sample chosen
-by a hash of the customer id (the same customers on every run, every warehouse and any
-row order), trains k-means on it as float32, and then reads all rows again in bounded
+When the customers' rows do not fit in the node's budget, the node trains k-means (as
+float32) on a sample the warehouse picks by a hash of the customer id
+(``Warehouse.hash_sample``: the same customers on every run, every warehouse and any row
+order; only the sample crosses into Python), and then reads all rows in bounded
 chunks: each chunk is scaled with the sample's transform, assigned to the nearest centre
 and streamed back to the warehouse, while the cluster profiles are summed up on the way.
 """
@@ -20,72 +21,23 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from segloop.operators.base import RunContext
 
-MASK64 = (1 << 64) - 1
-
-
-def _mix(h: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer: every input bit moves every output bit (uint64, wrapping)."""
-    import numpy as np
-
-    with np.errstate(over="ignore"):
-        h = h ^ (h >> np.uint64(30))
-        h = h * np.uint64(0xBF58476D1CE4E5B9)
-        h = h ^ (h >> np.uint64(27))
-        h = h * np.uint64(0x94D049BB133111EB)
-        return h ^ (h >> np.uint64(31))
-
-
-def id_hash(ids: pa.Array, seed: int = 0) -> np.ndarray:
-    """A 64-bit hash of each id, the same on every machine: integers by value, anything
-    else by its UTF-8 text (a polynomial over the bytes, then mixed). Null ids hash to 0."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    salt = np.uint64((seed * 0x9E3779B97F4A7C15) & MASK64)
-    if pa.types.is_integer(ids.type):
-        values = pc.fill_null(ids, 0).to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64)
-        out = _mix(values ^ salt)
-    else:
-        text = pc.fill_null(ids.cast(pa.large_string()), "")
-        offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)[text.offset:text.offset + len(text) + 1]
-        data = np.frombuffer(text.buffers()[2], dtype=np.uint8) if text.buffers()[2] else np.zeros(0, np.uint8)
-        lengths = np.diff(offsets)
-        out = np.zeros(len(text), dtype=np.uint64)
-        if len(data) and lengths.sum():
-            start = int(offsets[0])
-            chunk = data[start:int(offsets[-1])].astype(np.uint64)
-            position = np.arange(len(chunk)) - np.repeat(offsets[:-1] - start, lengths)
-            with np.errstate(over="ignore"):
-                powers = np.cumprod(np.full(int(lengths.max()), 0x100000001B3, dtype=np.uint64))
-                terms = (chunk + np.uint64(1)) * powers[position]
-            nonempty = lengths > 0
-            out[nonempty] = np.add.reduceat(terms, (offsets[:-1] - start)[nonempty])
-        out = _mix(out ^ lengths.astype(np.uint64) ^ salt)
-    if ids.null_count:
-        out[np.asarray(ids.is_null())] = 0
-    return out
-
-
 def fetch_sample(
     ctx: RunContext, source: ir.Table, cid: str, columns: list[str], share: float, seed: int,
     batch_rows: int,
 ) -> tuple[pa.Array, np.ndarray]:
-    """Ids and a float32 matrix of the customers whose id hash falls in the first ``share``,
-    sorted by id (k-means' start depends on row order)."""
+    """Ids and a float32 matrix of the customers in the warehouse's hash sample of ``share``
+    (``Warehouse.hash_sample``, salted with the node's seed), sorted by id (k-means' start
+    depends on row order). Only the sample's rows are pulled into Python."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    threshold = np.uint64(min(int(share * 2.0**64), MASK64))
+    sample = ctx.warehouse.hash_sample(_select(source, cid, columns), cid, share, salt=str(seed))
     ids: list[pa.Array] = []
     blocks: list[np.ndarray] = []
-    for batch in ctx.warehouse.to_batches(_select(source, cid, columns), batch_rows=batch_rows):
-        keep = id_hash(batch.column(0), seed) < threshold
-        if keep.any():
-            picked = batch.filter(pa.array(keep))
-            ids.append(picked.column(0))
-            blocks.append(_matrix(picked, len(columns)))
+    for batch in ctx.warehouse.to_batches(sample, batch_rows=batch_rows):
+        ids.append(batch.column(0))
+        blocks.append(_matrix(batch, len(columns)))
         ctx.progress(batch.num_rows, None)
     id_array = pa.chunked_array(ids).combine_chunks() if ids else pa.array([], pa.string())
     matrix = np.vstack(blocks) if blocks else np.empty((0, len(columns)), np.float32)

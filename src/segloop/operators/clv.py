@@ -19,6 +19,8 @@ of the purchases and of the (undiscounted) value over the horizon
 (``segloop.models.btyd_intervals``). With ``validate`` on, the node also refits as of
 ``as_of - horizon`` and scores that forecast against what followed (``clv_holdout``).
 
+On Spark the executors score the customers and Spark writes them (``clv_spark``).
+
 Memory: when the summary holds more customers than ``memory_limit`` allows at once, the
 node scores it in chunks and streams them back to the warehouse; the percentile then
 comes from a first pass that keeps only each customer's value (or, beyond the budget, a
@@ -40,6 +42,7 @@ from segloop.operators.clv_model import fit_model
 from segloop.operators.clv_summary import FitRows, as_of_day, by_customer, summary_expr
 from segloop.operators.columns import require_columns
 from segloop.operators.gates import ModelNodeConfig, check_requirements
+from segloop.warehouses.pyspark import spark_warehouse
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
@@ -151,8 +154,18 @@ class ClvOperator(Operator[ClvConfig]):
             )
         chunk = self.chunk_rows(ctx.memory_limit)
         metrics["chunk_rows"] = chunk
-        output: pa.Table | pa.RecordBatchReader
-        if customers <= chunk:  # all customers fit: one pull, as one table
+        output: ir.Table | pa.Table | pa.RecordBatchReader
+        spark = spark_warehouse(ctx.warehouse)
+        if spark is not None:  # fitted here on collapsed rows; scored and written by Spark
+            from segloop.operators.clv_spark import score_in_spark
+
+            fit_rows = FitRows.from_warehouse(ctx.warehouse, expr, self.fit_rows(ctx.memory_limit), config.seed)
+            model, fit_metrics = fit_model(fit_rows, config, horizon, ctx)
+            metrics.update(fit_metrics)
+            output, spark_metrics = score_in_spark(ctx, spark, expr, model, config)
+            metrics.update(spark_metrics)
+            rows = customers
+        elif customers <= chunk:  # all customers fit: one pull, as one table
             summary = by_customer(ctx.warehouse.to_arrow(expr), config)
             ctx.progress(summary.num_rows, None)
             model, fit_metrics = fit_model(FitRows.from_summary(summary), config, horizon, ctx)

@@ -1,12 +1,13 @@
 """Quality gates: a model node refuses to hand on predictions that miss a bound.
 
-Every model node (``propensity``, ``clv``, ``clusters``, ``recommend``) accepts
+Every model node (``propensity``, ``clv``, ``clusters``, ``recommend``) and the ``lift``
+node accept
 ``require:``, a mapping from one of its metrics to a bound::
 
     require: {auc: 0.7, lift_top_decile: 2}
 
 For most metrics the bound is a minimum; for those where lower is better (``log_loss``,
-``brier``, ``ece``, ``holdout_decile_error``) it is a maximum. Unknown metric names are a configuration error, so
+``brier``, ``ece``, ``holdout_decile_error``, lift's ``p_value``) it is a maximum. Unknown metric names are a configuration error, so
 ``segloop validate`` reports a typo before any run. When the node's run misses a bound, or
 the metric could not be computed, the node fails with a message naming the metric, its
 value and the bound: the engine keeps its output table and metrics for inspection, skips
@@ -24,7 +25,7 @@ from pydantic import Field, field_validator
 from segloop.operators.base import NodeConfig, NodeOutput
 
 LOWER_IS_BETTER = frozenset({"log_loss", "brier", "ece", "log_loss_uncalibrated", "ece_uncalibrated",
-                             "holdout_decile_error"})
+                             "holdout_decile_error", "p_value"})
 
 
 class ModelNodeConfig(NodeConfig):

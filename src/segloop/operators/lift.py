@@ -17,6 +17,11 @@ in conversion rate, treatment minus holdout, with a 95% confidence interval.
   pooled two-proportion z-test.
 - Counting runs as SQL in the warehouse (a join of the assignments with the events); only
   two rows of counts come back to Python for the interval.
+- ``require:`` gates it like a model node (segloop.operators.gates): ``{lift_ci_low: 0}``
+  fails the node unless the sends measurably helped, ``{lift: 0}`` unless the estimate is
+  at least zero; nodes downstream (a Segment node sending on the strength of the result)
+  are skipped and alerts fire. While no customer's window has closed there is no lift to
+  check, and a gate on it fails with that reason.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from pydantic import Field
 from segloop.errors import NodeError
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
 from segloop.operators.columns import require_columns
+from segloop.operators.gates import ModelNodeConfig, check_requirements
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
@@ -39,7 +45,12 @@ Z_95 = 1.959963984540054  # the standard normal's 97.5% quantile
 CI_METHOD = "Newcombe hybrid score (Wilson), 95%"
 
 
-class LiftConfig(NodeConfig):
+class LiftConfig(ModelNodeConfig):
+    GATE_METRICS: ClassVar[frozenset[str]] = frozenset(
+        {"lift", "lift_ci_low", "lift_ci_high", "relative_lift", "p_value", "treatment_rate",
+         "holdout_rate", "incremental_conversions", "treatment_customers", "holdout_customers"}
+    )
+
     type: Literal["lift"] = "lift"
     holdout_of: str = Field(description="The Segment node whose `holdout:` groups are compared.")
     customer_id: str = Field(default="user_id", description="Column of the input holding the customer id.")
@@ -122,7 +133,12 @@ class LiftOperator(Operator[LiftConfig]):
         table = pa.Table.from_pylist(rows, schema=pa.schema([
             ("group_name", pa.string()), ("customers", pa.int64()), ("converted", pa.int64()),
             ("conversion_rate", pa.float64()), ("ci_low", pa.float64()), ("ci_high", pa.float64())]))
-        return NodeOutput(table=table, metrics=metrics)
+        out = check_requirements(NodeOutput(table=table, metrics=metrics), cfg)
+        if out.error and metrics["lift"] is None:
+            out.error += (f". No lift was measured: {open_count:,} customers are still within "
+                          f"their {cfg.window_days} days of assignment; the gate can pass once "
+                          "their windows have closed")
+        return out
 
     # -- inputs --------------------------------------------------------------------------
 

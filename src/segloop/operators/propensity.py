@@ -17,9 +17,11 @@ What Segment sells as "Likelihood to Purchase" / "Likelihood to Churn", done in 
 - Calibration (default ``isotonic``): the validation window is the most recent labelled
   one, so the map from the trained model's score to the rate actually observed there is
   fitted on it and applied when the same model scores every customer as of the latest
-  timestamp; a drifting base rate is absorbed (segloop.models.calibration). With
-  ``calibration: none`` the model is refitted on both snapshots and its scores are sent as
-  they are.
+  timestamp (segloop.models.calibration). The level of those probabilities is then set for
+  the scoring window (``base_rate: clv``): the validation window's rate moved by the drift
+  the clv node's BG/NBD model expects between the two snapshots
+  (segloop.operators.propensity_drift). With ``calibration: none`` the model is refitted
+  on both snapshots and its scores are sent as they are.
 - Output per customer: ``probability`` and ``percentile`` (0..1; 0.85 = top 15%, as
   Segment's percentile cohorts).
 
@@ -50,12 +52,14 @@ from segloop.models.scoring import deciles, log_loss, roc_auc, top_lift
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
 from segloop.operators.columns import require_columns
 from segloop.operators.gates import ModelNodeConfig, check_requirements
+from segloop.operators.propensity_drift import expected_buying_rate, logit_shift, shifted
 from segloop.operators.propensity_features import FeatureBuilder, Snapshot, snake
 from segloop.operators.propensity_rows import (
     SCORE,
     TRAIN,
     VALID,
     Budget,
+    Counts,
     labelled_rows,
     matrix,
     prepare,
@@ -122,6 +126,13 @@ class PropensityConfig(ModelNodeConfig):
         "(isotonic: any monotone shape; platt: a logistic curve) so probabilities mean what "
         "they say when the base rate drifts; none: the raw scores of a model refitted on both "
         "windows.",
+    )
+    base_rate: Literal["clv", "validation", "model"] = Field(
+        default="clv",
+        description="The level of the calibrated probabilities when the base rate drifts: "
+        "clv: the validation window's rate moved by the change a BG/NBD model (the clv "
+        "node's) expects by the scoring snapshot; validation: that window's rate; model: as "
+        "calibration gives them. Ignored with `calibration: none`.",
     )
     max_iter: int = Field(default=200, ge=10, le=5000, description="Boosting iterations.")
     learning_rate: float = Field(default=0.1, gt=0.0, le=1.0)
@@ -251,6 +262,9 @@ class PropensityOperator(Operator[PropensityConfig]):
             metrics["scoring"] = "chunks"
             metrics["scoring_chunks"] = chunks[0]
         scores = ctx.warehouse.table(name)
+        if calibrator is not None and config.base_rate != "model":
+            scores = self._set_level(ctx, builder, scores, counts, cutoff, score_at, window,
+                                     budget.train_rows, metrics)
         summary = ctx.warehouse.rows(scores.aggregate(n=scores.count(), mean=scores.probability.mean()))[0]
         scored = int(summary["n"] or 0)
         metrics.update(_calibration_metrics(y_valid, p_valid, p_card, config))
@@ -265,6 +279,51 @@ class PropensityOperator(Operator[PropensityConfig]):
         return check_requirements(
             NodeOutput(table=out, extra=extra, metrics=metrics, rows=scored), config
         )
+
+    def _set_level(
+        self,
+        ctx: RunContext,
+        builder: FeatureBuilder,
+        scores: ir.Table,
+        counts: Counts,
+        cutoff: datetime,
+        score_at: datetime,
+        window: timedelta,
+        max_rows: int,
+        metrics: dict[str, Any],
+    ) -> ir.Table:
+        """Move the calibrated probabilities on the logit scale so their mean is the rate
+        expected in the scoring window (segloop.operators.propensity_drift)."""
+        config = self.config
+        labelled = counts.valid_positives + counts.valid_negatives
+        rate = counts.valid_positives / labelled  # did the target event (perform label)
+        method = config.base_rate
+        if method == "clv":
+            then = expected_buying_rate(ctx, builder, cutoff, window, max_rows)
+            now = expected_buying_rate(ctx, builder, score_at, window, max_rows) if then else None
+            if then is None or now is None:
+                log.info("node `%s`: too few buyers of `%s` for BG/NBD; the probabilities keep "
+                         "the validation window's rate", ctx.node, config.target_event)
+                method = "validation"
+            else:
+                drift = now.rate / then.rate
+                metrics["clv_expected_rate_validation"] = then.rate
+                metrics["clv_expected_rate_scoring"] = now.rate
+                metrics["clv_drift"] = drift
+                metrics["clv_buyers"] = now.buyers
+                metrics["clv_summary_rows"] = then.rows + now.rows  # fetched to fit BG/NBD
+                rate *= drift
+        rate = min(max(rate, 0.5 / labelled), 1.0 - 0.5 / labelled)
+        target = rate if config.mode == "perform" else 1.0 - rate
+        before = ctx.warehouse.scalar(scores.probability.mean())
+        d = logit_shift(ctx, scores, target)
+        metrics.update({
+            "base_rate_method": method,
+            "expected_rate": target,  # the mean probability sent
+            "mean_probability_calibrated": float(before) if before is not None else float("nan"),
+            "level_shift": d,  # added to every probability's logit
+        })
+        return scores.mutate(probability=shifted(scores.probability, d))
 
     def _check_classes(
         self,

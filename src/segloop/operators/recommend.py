@@ -24,7 +24,10 @@ How it works, and why:
 Evaluation (``holdout_days > 0``): the model is trained on everything before the last
 ``holdout_days`` days and scored on what customers bought in them, next to a popularity
 baseline; precision@10, recall@10, NDCG@10 and catalogue coverage@10 (the quality card)
-go to the run's metrics (see docs/recommend.md). The published recommendations come from a second fit on all data.
+go to the run's metrics (see docs/recommend.md). The published recommendations come from a
+second fit on all data, or from popularity alone when the model did not beat popularity on
+the holdout (``model: popular`` on the card). With ``tune: true`` the ALS settings are first
+chosen on the window before the holdout (models/als_tune.py).
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from segloop.errors import DataError
-from segloop.models.als import AlsSettings, Scorer, coverage, fill_popular, fit_als, metrics_at_k
+from segloop.models.als import AlsSettings, HoldoutSplit, Scorer, fit_als, metrics_at_k
 from segloop.models.interactions import (
+    TUNE_COLUMNS,
     Budget,
     ItemStats,
     ScratchTables,
@@ -84,6 +88,8 @@ class RecommendConfig(ModelNodeConfig):
     iterations: int = Field(default=15, ge=1)
     regularization: float = Field(default=0.5, ge=0)
     alpha: float = Field(default=2.0, gt=0, description="Confidence per log1p(weight).")
+    tune: bool = Field(default=False, description="Choose factors, regularization and alpha on the "
+                       "`holdout_days` before the holdout.")
     seed: int = 42
     threads: int = Field(default=2, ge=1)
     cold_item_min_customers: int = Field(default=3, ge=1)
@@ -95,6 +101,9 @@ class RecommendConfig(ModelNodeConfig):
             raise ValueError("`weights` gives no event a positive weight; e.g. {Order Completed: 5}")
         if any(w < 0 for w in self.weights.values()):
             raise ValueError("`weights` must be >= 0 (0 ignores an event)")
+        if self.tune and not self.holdout_days:
+            raise ValueError("`tune: true` chooses settings on held-out purchases: set `holdout_days` "
+                             "(e.g. 30) or remove `tune`")
         return self
 
 
@@ -122,9 +131,10 @@ class RecommendOperator(Operator[RecommendConfig]):
         wide_columns = _wide_columns(config, ctx.node)
         session = spark_session(ctx)
         if session is not None:  # Spark MLlib trains, the executors score, Spark writes (recommend_spark.py)
-            from segloop.operators.recommend_spark import run_in_spark
+            from segloop.operators.recommend_spark import LocalSteps, run_in_spark
+            steps = LocalSteps(_settings(config), _warn_unknown_wide_items, beats_popularity)
             return run_in_spark(session, interactions_expr(source, config, ctx), source_name, config,
-                                _settings(config), wide_columns, _warn_unknown_wide_items, ctx)
+                                wide_columns, steps, ctx)
 
         clock = time.perf_counter()
         seconds: dict[str, float] = {}
@@ -148,6 +158,7 @@ class RecommendOperator(Operator[RecommendConfig]):
             budget = Budget.of(ctx.memory_limit, config.top_n, n_customers, n_pairs)
             stats = scratch.item_stats()
             columns = ("weight", "bought") + (("train_weight", "train_bought", "test_bought") if cutoff else ())
+            columns += TUNE_COLUMNS if cutoff and config.tune else ()
             pairs = scratch.load_pairs(budget.batch_rows, budget.fraction, config.seed, columns)
             data = TrainingData.of(pairs, budget, n_customers, stats.n)
             lap("aggregate")
@@ -162,13 +173,20 @@ class RecommendOperator(Operator[RecommendConfig]):
                          f"({ctx.memory_limit:,} bytes) lets the model train on at once: it trained on a "
                          f"sample of {pairs.n:,} pairs ({budget.fraction:.1%} of the customers) and scored "
                          "every customer; raise `memory_limit` to train on all of them")
+            settings = _settings(config)
+            if cutoff is not None and config.tune:
+                settings = choose_settings(data, stats, config, self.EVAL_K, metrics, ctx)
+                lap("tune")
+            use_model = True
             if cutoff is not None:
-                metrics.update(evaluate(data, stats, config, self.EVAL_K, ctx))
+                metrics.update(evaluate(data, stats, config, self.EVAL_K, ctx, settings))
                 metrics["holdout_from"] = cutoff.isoformat()
+                use_model = beats_popularity(metrics, self.EVAL_K, ctx)
                 lap("evaluate")
+            metrics["model"] = "als" if use_model else "popular"
             weights = data.matrix("weight")
-            model = fit_als(weights, _settings(config))
-            scorer = Scorer(model, _settings(config), stats.n, stats.customers, stats.total, n_customers,
+            model = fit_als(weights, settings) if use_model else None
+            scorer = Scorer(model, settings, stats.n, stats.customers, stats.total, n_customers,
                             weights, recalculate=budget.sampled)
             bought = None if budget.sampled else data.matrix("bought")
             del pairs, data  # the fitted model and (without a sample) two matrices are all scoring needs
@@ -253,50 +271,74 @@ def interactions_expr(source: ir.Table, config: RecommendConfig, ctx: RunContext
     else:
         train = ibis.literal(True)
     one, zero = ibis.literal(1), ibis.literal(0)
-    pairs = t.group_by([t[cid], t._item]).aggregate(
-        weight=t._w.sum().cast("float64"),
-        bought=ibis.ifelse(t._buy, one, zero).max().cast("int32"),
-        train_weight=ibis.ifelse(train, t._w, weight_literal(0)).sum().cast("float64"),
-        train_bought=ibis.ifelse(train & t._buy, one, zero).max().cast("int32"),
-        test_bought=ibis.ifelse(~train & t._buy, one, zero).max().cast("int32"),
-    )
+    values = {
+        "weight": t._w.sum().cast("float64"),
+        "bought": ibis.ifelse(t._buy, one, zero).max().cast("int32"),
+        "train_weight": ibis.ifelse(train, t._w, weight_literal(0)).sum().cast("float64"),
+        "train_bought": ibis.ifelse(train & t._buy, one, zero).max().cast("int32"),
+        "test_bought": ibis.ifelse(~train & t._buy, one, zero).max().cast("int32"),
+    }
+    if cutoff is not None and config.tune:  # the window before the holdout, to choose settings on
+        before = t._ts < ibis.literal(cutoff - timedelta(days=config.holdout_days)).cast("timestamp")
+        values["tune_weight"] = ibis.ifelse(before, t._w, weight_literal(0)).sum().cast("float64")
+        values["tune_bought"] = ibis.ifelse(before & t._buy, one, zero).max().cast("int32")
+        values["tune_test_bought"] = ibis.ifelse(~before & train & t._buy, one, zero).max().cast("int32")
+    pairs = t.group_by([t[cid], t._item]).aggregate(**values)
     return pairs, customers, cutoff
 
 
-def evaluate(data: TrainingData, stats: ItemStats, config: RecommendConfig, k: int, ctx: RunContext | None = None
-             ) -> dict[str, Any]:
+def evaluate(data: TrainingData, stats: ItemStats, config: RecommendConfig, k: int, ctx: RunContext | None = None,
+             settings: AlsSettings | None = None) -> dict[str, Any]:
     """Train before the holdout, score on holdout purchases; the same for a popularity baseline.
 
     Evaluated: the customers held for training (all, or the sample) who bought in the holdout.
     """
-    import numpy as np
-
-    relevant = data.matrix("test_bought")
-    train_bought = data.matrix("train_bought")
-    if config.exclude_purchased:  # items bought before the holdout can never be recommended
-        relevant = relevant - relevant.multiply(train_bought > 0)
-        relevant.eliminate_zeros()
-    users = np.flatnonzero(np.diff(relevant.indptr) > 0)
+    settings = settings or _settings(config)
+    split = HoldoutSplit.of(data.matrix("train_weight"), data.matrix("train_bought"), data.matrix("test_bought"),
+                            config.exclude_purchased, stats.train_customers, stats.train_total)
+    users = split.users
     if len(users) == 0:
         if ctx is not None:
             ctx.warn(f"no purchases in the last {config.holdout_days} days to evaluate on; "
                      "metrics are not computed (lower `holdout_days` or add data)")
         return {"evaluated_customers": 0}
-    settings = _settings(config)
-    train_weight = data.matrix("train_weight")
-    model = fit_als(train_weight, settings) if train_weight.nnz else None
-    scorer = Scorer(model, settings, stats.n, stats.train_customers, stats.train_total, data.n_customers,
-                    train_weight, recalculate=False)
-    ours_items = scorer.score(users, train_weight[users], train_bought[users], k)[0]
-    exclude = train_bought[users] if config.exclude_purchased else None
-    popular = np.full((len(users), k), -1, dtype="int64")
-    fill_popular(popular, np.zeros(popular.shape, dtype="float32"), scorer.popular, scorer.reach, exclude, k)
-    truth = relevant[users]
-    ours, base = metrics_at_k(ours_items, truth, k), metrics_at_k(popular, truth, k)
-    ours["coverage"], base["coverage"] = coverage(ours_items, stats.n, k), coverage(popular, stats.n, k)
+    ours = split.measure(split.model_lists(split.scorer(settings), k), k)
+    base = split.measure(split.popular_lists(settings, k), k)
     out: dict[str, Any] = {"evaluated_customers": len(users)}
     for name in ("precision", "recall", "ndcg", "coverage"):
         out[f"{name}_at_{k}"] = round(ours[name], 4)
         out[f"popular_{name}_at_{k}"] = round(base[name], 4)
     out[f"ndcg_at_{k}_lift"] = round(ours["ndcg"] / base["ndcg"], 3) if base["ndcg"] else None
     return out
+
+
+def beats_popularity(metrics: dict[str, Any], k: int, ctx: RunContext) -> bool:
+    """Whether the model's holdout NDCG@k beats popularity's; if not, say that popularity is published."""
+    ours, base = metrics.get(f"ndcg_at_{k}"), metrics.get(f"popular_ndcg_at_{k}")
+    if ours is None or base is None or ours > base:
+        return True
+    ctx.warn(f"the ALS model's NDCG@{k} on the holdout ({ours:.4f}) does not beat recommending the most "
+             f"popular items ({base:.4f}): every customer gets the popular items they have not bought "
+             "(`model: popular` on the card). More history per customer, other `weights:` or `tune: true` "
+             "may give the model something to learn")
+    return False
+
+
+def choose_settings(data: TrainingData, stats: ItemStats, config: RecommendConfig, k: int,
+                    metrics: dict[str, Any], ctx: RunContext) -> AlsSettings:
+    """``tune: true``: the best ALS settings on the window before the holdout (models/als_tune.py)."""
+    from segloop.models.als_tune import MIN_VALIDATION_CUSTOMERS, tune
+
+    configured = _settings(config)
+    split = HoldoutSplit.of(data.matrix("tune_weight"), data.matrix("tune_bought"), data.matrix("tune_test_bought"),
+                            config.exclude_purchased)
+    n = len(split.users)
+    if n < MIN_VALIDATION_CUSTOMERS or split.train_weight.nnz == 0:
+        ctx.warn(f"`tune: true`: only {n} customers bought in the {config.holdout_days} days before the "
+                 f"holdout (at least {MIN_VALIDATION_CUSTOMERS} are needed to choose settings); the configured "
+                 "settings are used. More history, or a shorter `holdout_days`, lets the node tune")
+        metrics["tuning"] = {"winner": "configured", "chosen": configured.describe(), "validation_customers": n}
+        return configured
+    result = tune(split, configured, k, stats.n)
+    metrics["tuning"] = result.card()
+    return result.chosen

@@ -105,24 +105,36 @@ class PartitionScorer(Scorer):
         return self.score(np.arange(weights.shape[0]), weights, bought, n)
 
 
+@dataclass(frozen=True)
+class LocalSteps:
+    """What the local path decides and this module reuses (operators/recommend.py passes them)."""
+
+    settings: AlsSettings  # the node's ALS settings
+    warn_unknown: Callable[[list[str], np.ndarray, RunContext], None]  # `wide_items` not in the catalogue
+    beats_popularity: Callable[[dict[str, Any], int, RunContext], bool]  # the holdout gate (`model:`)
+
+
 def run_in_spark(session: Any, interactions: tuple[ir.Table, ir.Table, Any], source_name: str,
-                 config: RecommendConfig, settings: AlsSettings, wide_columns: dict[str, str],
-                 warn_unknown: Callable[[list[str], np.ndarray, RunContext], None], ctx: RunContext) -> NodeOutput:
+                 config: RecommendConfig, wide_columns: dict[str, str], steps: LocalSteps, ctx: RunContext
+                 ) -> NodeOutput:
     """The recommend node on Spark (module docstring): the output tables are Spark queries.
 
-    ``interactions`` is the node's (pairs, customers, holdout start) expression, ``settings``
-    its ALS settings and ``warn_unknown`` its warning about unknown ``wide_items``, as the
-    local path has them (operators/recommend.py).
+    ``interactions`` is the node's (pairs, customers, holdout start) expression, as the local
+    path has it (operators/recommend.py).
     """
-    return SparkRecommender(session, config, settings, ctx).run(interactions, source_name, wide_columns,
-                                                                 warn_unknown)
+    if config.tune and interactions[2] is not None:
+        ctx.warn("`tune: true` is not applied on Spark: the configured factors, regularization and alpha "
+                 "are used. Tune on a sample of the events on DuckDB and copy the chosen settings "
+                 "(`tuning` on its card) into the pipeline file")
+    return SparkRecommender(session, config, steps, ctx).run(interactions, source_name, wide_columns)
 
 
 class SparkRecommender:
     """One run of the node on Spark; the frames it persists are released at the run's end."""
 
-    def __init__(self, session: Any, config: RecommendConfig, settings: AlsSettings, ctx: RunContext):
-        self.session, self.config, self.ctx, self.als_settings = session, config, ctx, settings
+    def __init__(self, session: Any, config: RecommendConfig, steps: LocalSteps, ctx: RunContext):
+        self.session, self.config, self.ctx, self.steps = session, config, ctx, steps
+        self.als_settings = steps.settings
         self.persisted: list[Any] = []
         self.seconds: dict[str, float] = {}
         self.clock = time.perf_counter()
@@ -144,8 +156,8 @@ class SparkRecommender:
         while self.persisted:
             self.persisted.pop().unpersist()
 
-    def run(self, interactions: tuple[ir.Table, ir.Table, Any], source_name: str, wide_columns: dict[str, str],
-            warn_unknown: Callable[[list[str], np.ndarray, RunContext], None]) -> NodeOutput:
+    def run(self, interactions: tuple[ir.Table, ir.Table, Any], source_name: str, wide_columns: dict[str, str]
+            ) -> NodeOutput:
         config, ctx = self.config, self.ctx
         pairs_expr, customers_expr, cutoff = interactions
         try:
@@ -166,14 +178,18 @@ class SparkRecommender:
                 "popular_fallback_customers": n_customers - with_history,
                 "engine": "spark",
             }
+            use_model = True
             if cutoff is not None:
                 metrics.update(self.evaluate(pairs, catalogue, n_customers, counts))
                 metrics["holdout_from"] = cutoff.isoformat()
+                use_model = self.steps.beats_popularity(metrics, 10, ctx)
                 self.lap("evaluate")
-            model = self.fit(pairs.select("_u", "_i", "weight"), "weight", n_pairs, with_history)
+            metrics["model"] = "als" if use_model else "popular"
+            model = self.fit(pairs.select("_u", "_i", "weight"), "weight", n_pairs, with_history) if use_model \
+                else None
             self.lap("fit")
             if config.wide_items:
-                warn_unknown(config.wide_items, catalogue.ids, ctx)
+                self.steps.warn_unknown(config.wide_items, catalogue.ids, ctx)
             scored = self.score(customers, pairs, model, catalogue, n_customers, wide_columns)
             # A name of its own (a preview of the node may run beside a run), dropped with the run.
             scratch = f"_segloop_{ctx.pipeline}__{ctx.node}__recs_{secrets.token_hex(6)}"

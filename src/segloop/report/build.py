@@ -39,6 +39,8 @@ log = logging.getLogger("segloop")
 
 HISTOGRAM_BINS = 20
 TABLE_ROWS = 50
+SIZE_BARS = 30
+"""Bars in a sizes chart: the largest groups, chosen in the warehouse."""
 SAMPLE_PAYLOADS = 5
 # In the order they are drawn (up to 3): the clv node's predicted_clv, expected_spend and
 # p_alive (docs/ui.md); expected_purchases only when one of those is missing.
@@ -248,14 +250,22 @@ class ReportBuilder:
             self._size_chart(section, sizes, "segment sizes")
 
     def _sizes(self, section: Section, table: Any, column: str, title: str) -> None:
-        rows = self._wh().rows(table.group_by(column).aggregate(n=table.count()))
+        # The largest groups only, chosen in the warehouse: a column with a million distinct
+        # values must not come back whole to draw 30 bars.
+        counts = table.group_by(column).aggregate(n=table.count())
+        top = counts.order_by([counts.n.desc(), counts[column]]).limit(SIZE_BARS)
+        rows = self._wh().rows(top)
         self._size_chart(section, {str(r[column]): int(r["n"]) for r in rows}, title)
+        if len(rows) == SIZE_BARS:
+            groups = int(self._wh().rows(counts.count().name("groups").as_table())[0]["groups"])
+            if groups > SIZE_BARS:
+                section.notes.append(f"{title}: the {SIZE_BARS} largest of {groups:,} groups are drawn")
 
     @staticmethod
     def _size_chart(section: Section, sizes: dict[str, int], title: str) -> None:
         from segloop.report import charts
 
-        items = sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))[:30]  # ties by name: the same file each run
+        items = sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))[:SIZE_BARS]  # ties by name: the same file each run
         section.charts.append((title, charts.bars(items, "segment-sizes", title, charts.segment_color)))
 
     def _distributions(self, section: Section, table: Any, patterns: tuple[str, ...], kind: str) -> None:

@@ -349,6 +349,26 @@ class Warehouse:
         """The MD5 of a string as 32 hex digits, computed in the warehouse."""
         return md5(value)
 
+    def hash_sample(self, expr: ir.Table, key: str, share: float, salt: str = "") -> ir.Table:
+        """The rows of ``expr`` whose ``key`` hashes into the first ``share`` of the range: a
+        sample chosen in the warehouse, the same on every run, engine and row order.
+
+        For training on a sample when all rows do not fit in ``memory_limit``: only the
+        sample crosses into Python. The rule and its Python twin are in
+        ``warehouses/sampling.py`` (md5 of ``salt:key``, through ``md5_hex``); rows with a
+        NULL key are never sampled; ``share >= 1`` is ``expr`` itself (every row).
+        """
+        import ibis
+
+        from segloop.warehouses.sampling import sample_filter
+
+        if share >= 1:
+            return expr
+        if share <= 0:
+            return expr.filter(ibis.literal(False))
+        digest = self.md5_hex(ibis.literal(f"{salt}:").concat(expr[key].cast("string")))
+        return expr.filter(sample_filter(digest, share))
+
     def to_batches(self, expr: ir.Table, batch_rows: int | None = None) -> Iterator[pa.RecordBatch]:
         """Stream a result in bounded Arrow record batches; never holds the whole result."""
         reader = self._batch_reader(expr, batch_rows or self.STREAM_BATCH_ROWS)

@@ -23,7 +23,7 @@ from segloop.masking import mask_url
 from segloop.secrets import SecretRef
 from segloop.warehouses.base import Warehouse, WarehouseClass
 from segloop.warehouses.config import WarehouseConfig, redact, secret_value, workspace_path
-from segloop.warehouses.exprs import sql_literal
+from segloop.warehouses.exprs import is_arrow_table, sql_literal
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis
@@ -219,6 +219,78 @@ class PySparkWarehouse(Warehouse):
                                 mode="overwrite" if overwrite else "error")
         return True
 
+    # -- Spark DataFrames: what a node computes in Spark stays in Spark ------------------
+    #
+    # A model node on Spark (clv, propensity; recommend and clusters with MLlib) builds a
+    # Spark DataFrame from the warehouse's query (``dataframe``), transforms it in the
+    # executors (``mapInArrow``/``mapInPandas``, MLlib) and has Spark write it
+    # (``write_dataframe``); its output is then a query over that table, which the engine
+    # writes with one more Spark job (``_replace_table_as``). A DataFrame handed to
+    # ``replace_table`` (a node's ``extra`` tables) is written by Spark the same way.
+    # Only ``collect_dataframe`` brings rows to the driver: use it for small results.
+
+    @property
+    def session(self) -> Any:
+        """The ``SparkSession`` behind Ibis's backend (classic, or Spark Connect's)."""
+        return self.con._session  # type: ignore[attr-defined]
+
+    def dataframe(self, expr: ir.Table) -> Any:
+        """``expr`` as a Spark DataFrame: lazy, nothing runs and nothing reaches the driver."""
+        self.con._run_pre_execute_hooks(expr)  # type: ignore[attr-defined]
+        return self.session.sql(self.compile(expr))
+
+    def write_dataframe(self, frame: Any, name: str, schema: str | None = None, count: bool = False) -> int | None:
+        """Write a Spark DataFrame as table ``name`` (replacing a table or view of that name).
+
+        Spark's executors write the Parquet files; no row passes through the driver. Returns
+        the rows written when ``count`` (one more Spark job), else None. Use it for what a
+        node computed in Spark (``NodeOutput(table=wh.table(name))`` then reads it back as a
+        query), or pass the DataFrame to ``replace_table``, which calls this.
+        """
+        target = schema or self.schema
+        self._ensure_schema(target)
+        if self.relation_kind(name, target) == "view":
+            self._drop(name, target, "view")
+        try:
+            frame.write.saveAsTable(self.qualified(name, target), format="parquet", mode="overwrite")
+        except Exception as exc:
+            self._kinds.pop(target, None)
+            raise WarehouseError(f"could not write table {target}.{name}: {database_message(exc)}") from exc
+        self._noted(name, target, "table")
+        return self.count_rows(name, target) if count else None
+
+    def collect_dataframe(self, frame: Any) -> pa.Table:
+        """A small Spark result (an aggregate, a bounded sample) as Arrow on the driver;
+        counted in ``rows_fetched``, as every row segloop moves into Python."""
+        import pyarrow as pa
+
+        table = frame.toArrow() if _arrow_native() else pa.Table.from_pandas(frame.toPandas(), preserve_index=False)
+        self.rows_fetched += table.num_rows
+        return table
+
+    def _replace_table(self, name: str, obj: Any, target: str, count: bool, kind: str | None) -> int | None:
+        if is_spark_dataframe(obj):
+            return self.write_dataframe(obj, name, target, count=count)
+        return super()._replace_table(name, obj, target, count, kind)
+
+    def insert(self, name: str, obj: ir.Table | pa.Table | Any, schema: str | None = None) -> None:
+        """Append rows; an Arrow table (a batch of a streamed node output) goes straight into
+        Spark (PySpark 4), not through pandas and a temporary view as Ibis does."""
+        if not (is_arrow_table(obj) and _arrow_native()):
+            super().insert(name, obj, schema)
+            return
+        import ibis
+        from ibis.backends.pyspark.datatypes import PySparkSchema
+
+        qualified = self.qualified(name, schema or self.schema)
+        columns = self.session.table(qualified).columns
+        if sorted(c.lower() for c in columns) != sorted(c.lower() for c in obj.column_names):
+            super().insert(name, obj, schema)  # let Ibis say what does not match
+            return
+        spark_schema = PySparkSchema.from_ibis(ibis.Schema.from_pyarrow(obj.schema))
+        frame = self.session.createDataFrame(obj, schema=spark_schema)
+        frame.select(*columns).write.insertInto(qualified)  # by position: the table's order
+
     def _raw_sql(self, query: str) -> Any:
         """Run SQL; a DELETE or UPDATE on a table whose format has none (Parquet: local mode's
         tables) rewrites the table instead (``_rewrite``). Delta tables do it themselves."""
@@ -295,6 +367,16 @@ class PySparkWarehouse(Warehouse):
         # The Spark session lives as long as the process: other connections in this
         # process share it (getOrCreate), and an in-memory catalog would be lost.
         return
+
+
+def is_spark_dataframe(obj: object) -> bool:
+    """Whether ``obj`` is a Spark DataFrame (classic or Spark Connect), without importing pyspark."""
+    return type(obj).__module__.startswith("pyspark.") and type(obj).__name__ == "DataFrame"
+
+
+def spark_warehouse(warehouse: Warehouse) -> PySparkWarehouse | None:
+    """``warehouse`` when it runs on Spark (its nodes can use DataFrames), else None."""
+    return warehouse if isinstance(warehouse, PySparkWarehouse) else None
 
 
 @cache

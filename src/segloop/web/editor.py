@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from segloop.config import parse_pipeline
+from segloop.config import PipelineFile, parse_pipeline
 from segloop.errors import ConfigError, SegloopError
 from segloop.operators import NODE_TYPES
 from segloop.pipeline import Pipeline
@@ -61,14 +61,14 @@ def routes() -> list[Route]:
 # -- the file -----------------------------------------------------------------------------
 
 
-def pipeline_file(workspace: Workspace, name: str) -> Path:
+def pipeline_file(workspace: Workspace, name: str, entries: list[PipelineFile] | None = None) -> Path:
     """The listed pipeline file named ``name`` (its file name without .yml, or its `name:`).
 
     Found through ``scan_pipelines`` (each file read within the YAML limits), by the file
     name first, then by the `name:` written in the file, so a file that does not validate
     can still be opened and fixed.
     """
-    entries = workspace.scan_pipelines()
+    entries = workspace.scan_pipelines() if entries is None else entries
     for entry in entries:
         if entry.file.stem == name:
             return entry.file
@@ -110,8 +110,11 @@ def write_text(file: Path, text: str) -> None:
 # -- checks ---------------------------------------------------------------------------------
 
 
-def check_text(workspace: Workspace, file: Path, text: str) -> dict[str, Any]:
-    """What the editor shows for ``text``: `segloop validate`'s errors and warnings, and the DAG."""
+def check_text(workspace: Workspace, file: Path, text: str, entries: list[PipelineFile] | None = None) -> dict[str, Any]:
+    """What the editor shows for ``text``: `segloop validate`'s errors and warnings, and the DAG.
+
+    ``entries``: the workspace's pipeline files when the caller has scanned them already
+    (one scan per request: every file is read and parsed)."""
     shown = shown_path(workspace, file)
     result = check_pipeline_text(text, shown)  # the limits of every YAML file: size, depth, aliases
     try:
@@ -122,7 +125,7 @@ def check_text(workspace: Workspace, file: Path, text: str) -> dict[str, Any]:
     config = None
     if not errors:
         config = parse_pipeline(text, shown)
-        clash = _name_clash(workspace, file, config.name, text, shown)
+        clash = _name_clash(workspace, file, config.name, text, shown, entries)
         if clash is not None:
             errors.append(clash)
     out: dict[str, Any] = {
@@ -143,8 +146,9 @@ def _problem(error: ConfigError) -> dict[str, Any]:
     return {"line": error.line, "message": error.message, "text": str(error)}
 
 
-def _name_clash(workspace: Workspace, file: Path, name: str, text: str, shown: str) -> ConfigError | None:
-    for other in workspace.scan_pipelines():
+def _name_clash(workspace: Workspace, file: Path, name: str, text: str, shown: str,
+                entries: list[PipelineFile] | None) -> ConfigError | None:
+    for other in workspace.scan_pipelines() if entries is None else entries:
         if other.file == file:
             continue
         if other.file.stem == name or other.raw_name == name:
@@ -165,10 +169,11 @@ def _dag(workspace: Workspace, config: Any) -> Any:
 # -- preview -------------------------------------------------------------------------------
 
 
-def preview_text(workspace: Workspace, file: Path, text: str, node: str) -> dict[str, Any]:
+def preview_text(workspace: Workspace, file: Path, text: str, node: str,
+                 entries: list[PipelineFile] | None = None) -> dict[str, Any]:
     """A dry run of ``node`` as the edited text defines it: first rows, or what a Segment node would send."""
     shown = shown_path(workspace, file)
-    found = check_text(workspace, file, text)
+    found = check_text(workspace, file, text, entries)
     if found["errors"]:
         raise SegloopError(f"fix the {len(found['errors'])} error(s) above first; a node is previewed "
                            "from text that validates")
@@ -244,9 +249,10 @@ async def edit_page(request: Request) -> Response:
     state = ui_state(request)
     name = request.path_params["name"]
     try:
-        file = await run_in_threadpool(pipeline_file, state.workspace, name)
+        entries = await run_in_threadpool(state.workspace.scan_pipelines)
+        file = pipeline_file(state.workspace, name, entries)
         text = await run_in_threadpool(read_text_limited, file)
-        found = await run_in_threadpool(check_text, state.workspace, file, text)
+        found = await run_in_threadpool(check_text, state.workspace, file, text, entries)
     except (SegloopError, OSError, UnicodeDecodeError) as exc:
         return error_page(str(exc))
     saved = request.query_params.get("saved")
@@ -268,9 +274,10 @@ async def check(request: Request) -> Response:
     state = ui_state(request)
     try:
         fields = await _form(request)
-        file = await run_in_threadpool(pipeline_file, state.workspace, request.path_params["name"])
+        entries = await run_in_threadpool(state.workspace.scan_pipelines)
+        file = pipeline_file(state.workspace, request.path_params["name"], entries)
         original = await run_in_threadpool(read_text_limited, file)
-        found = await run_in_threadpool(check_text, state.workspace, file, _text(fields, original))
+        found = await run_in_threadpool(check_text, state.workspace, file, _text(fields, original), entries)
     except TooLarge as exc:
         return JSONResponse({"error": str(exc)}, status_code=413)
     except (SegloopError, OSError, UnicodeDecodeError) as exc:
@@ -282,7 +289,8 @@ async def preview(request: Request) -> Response:
     state = ui_state(request)
     try:
         fields = await _form(request)
-        file = await run_in_threadpool(pipeline_file, state.workspace, request.path_params["name"])
+        entries = await run_in_threadpool(state.workspace.scan_pipelines)
+        file = pipeline_file(state.workspace, request.path_params["name"], entries)
         original = await run_in_threadpool(read_text_limited, file)
     except TooLarge as exc:
         return JSONResponse({"error": str(exc)}, status_code=413)
@@ -290,7 +298,7 @@ async def preview(request: Request) -> Response:
         return JSONResponse({"error": str(exc)}, status_code=404)
     try:
         result = await run_in_threadpool(preview_text, state.workspace, file, _text(fields, original),
-                                         fields.get("node", ""))
+                                         fields.get("node", ""), entries)
     except SegloopError as exc:
         return JSONResponse({"error": str(exc)}, status_code=422)
     return JSONResponse(result)
@@ -301,7 +309,8 @@ async def save(request: Request) -> Response:
     name = request.path_params["name"]
     try:
         fields = await _form(request)
-        file = await run_in_threadpool(pipeline_file, state.workspace, name)
+        entries = await run_in_threadpool(state.workspace.scan_pipelines)
+        file = pipeline_file(state.workspace, name, entries)
         original = await run_in_threadpool(read_text_limited, file)
     except TooLarge as exc:
         return error_page(str(exc), 413)
@@ -310,7 +319,7 @@ async def save(request: Request) -> Response:
     text = _text(fields, original)
     allow_errors = fields.get("allow_errors") == "1"
     base = fields.get("base", "")
-    found = await run_in_threadpool(check_text, state.workspace, file, text)
+    found = await run_in_threadpool(check_text, state.workspace, file, text, entries)
     shown = shown_path(state.workspace, file)
     if base != digest(original):
         return _editor(name, state.workspace, file, text, found, 409, base=base, allow_errors=allow_errors, message=(

@@ -1,7 +1,10 @@
 """Trends over a pipeline's runs and the workspace's health, read from the run history.
 
 Per pipeline: messages sent / failed / rejected by its Segment nodes, each model's quality
-metric next to its baseline, and how long the runs took, as inline SVG charts. For the
+metric next to its baseline, the other figures of its quality card (propensity: top-decile
+lift, ECE, Brier; clv: Gini; recommend: recall@10 and catalogue coverage next to
+popularity; clusters: stability across seeds; a lift node's estimate with its 95% interval),
+and how long the runs took, as inline SVG charts. For the
 workspace overview, one verdict per pipeline (healthy, needs attention, failing, never
 run, file error) with the reasons, so "is everything healthy?" is answered at a glance.
 
@@ -43,6 +46,49 @@ QUALITY: dict[str, Quality] = {
     "recommend": Quality("ndcg_at_10", "popular_ndcg_at_10", "NDCG@10"),
 }
 DELIVERY = ("sent", "failed", "rejected")
+
+
+@dataclass(frozen=True)
+class CardMetric:
+    """A figure of a model's quality card, charted across runs: its metric and, dashed in
+    the same chart, companions on the same scale (a baseline, an interval's ends)."""
+
+    label: str
+    series: tuple[tuple[str, str], ...]  # (metric, legend); the first is the figure itself
+    note: str
+    lower_is_better: bool = False
+
+
+# The card's figures besides the node type's QUALITY metric (which has its own chart).
+CARDS: dict[str, tuple[CardMetric, ...]] = {
+    "propensity": (
+        CardMetric("top-decile lift", (("lift_top_decile", "top-decile lift"),),
+                   "positive rate of the 10% highest scores over the overall rate; 1 is no better than chance"),
+        CardMetric("ECE", (("ece", "ECE"),),
+                   "expected calibration error: gap between predicted and actual rate, by probability bin", True),
+        CardMetric("Brier score", (("brier", "Brier"),),
+                   "mean squared error of the probabilities sent", True),
+    ),
+    "clv": (
+        CardMetric("normalized Gini", (("holdout_gini", "Gini"),),
+                   "how well the forecast orders customers by what they spent next; 1 is the best order"),
+    ),
+    "recommend": (
+        CardMetric("recall@10", (("recall_at_10", "recall@10"), ("popular_recall_at_10", "popularity")),
+                   "share of what customers went on to buy that was in their top 10; dashed: recommending the best sellers"),
+        CardMetric("catalogue coverage", (("coverage_at_10", "coverage@10"), ("popular_coverage_at_10", "popularity")),
+                   "share of the catalogue recommended to someone; dashed: the best sellers"),
+    ),
+    "clusters": (
+        CardMetric("stability (ARI)", (("stability_ari", "ARI"),),
+                   "agreement of the clusters with refits under other seeds; 1 is the same clusters"),
+    ),
+    "lift": (
+        CardMetric("lift, treatment - holdout", (("lift", "lift"), ("lift_ci_low", "95% low"),
+                                                 ("lift_ci_high", "95% high")),
+                   "difference in conversion rate; the sends helped when the dashed 95% interval is above 0"),
+    ),
+}
 
 
 @dataclass
@@ -112,28 +158,60 @@ def pipeline_charts(runs: list[RunRecord]) -> list[Chart]:
             axis, "messages-problems", "messages failed and rejected per run", from_zero=True),
             "failed: Segment refused them or did not answer; rejected: bad rows, kept in the rejects table."))
     models: dict[str, Quality] = {}
+    cards: dict[str, tuple[CardMetric, ...]] = {}
     for run in done:
         for node in run.nodes:
             quality = quality_of(node) if node.status == "success" else None
             if quality is not None:
                 models.setdefault(node.node, quality)
+            card = CARDS.get(node.type, ())
+            if any(_number(node.metrics.get(c.series[0][0])) is not None for c in card):
+                cards.setdefault(node.node, card)
     hollow = [r.dry_run for r in done]
-    for name, quality in models.items():
+    for name in dict.fromkeys([*models, *cards]):
         by_run = [{n.node: n for n in r.nodes}.get(name) for r in done]
-        values = [_number(n.metrics.get(quality.metric)) if n and n.status == "success" else None for n in by_run]
-        series = [charts.Series(quality.label, values, charts.SERIES_COLORS[0])]
-        if quality.baseline:
-            base = [_number(n.metrics.get(quality.baseline)) if n and n.status == "success" else None for n in by_run]
-            if any(v is not None for v in base):
-                series.append(charts.Series("baseline", base, charts.SERIES_COLORS[1], dashed=True))
-        out.append(Chart(f"{name} · {quality.label}", charts.trend(
-            series, _axis(done), "quality", f"{name}: {quality.label} per run", hollow=hollow),
-            "higher is better" + ("; the dashed line is the baseline the model should beat" if len(series) > 1 else "")))
+        if name in models:
+            out.append(_quality_chart(name, models[name], by_run, done, hollow))
+        for figure in cards.get(name, ()):
+            chart = _card_chart(name, figure, by_run, done, hollow)
+            if chart is not None:
+                out.append(chart)
     timed = [r for r in done if r.seconds is not None]
     out.append(Chart("run duration", charts.run_bars(
         [(r.id, when(r.started_at), r.seconds or 0.0, run_css(r)) for r in timed], "durations",
         "how long each run took"), "one bar per run, coloured by its status"))
     return out
+
+
+def _quality_chart(name: str, quality: Quality, by_run: list[NodeRunRecord | None],
+                   done: list[RunRecord], hollow: list[bool]) -> Chart:
+    values = [_number(n.metrics.get(quality.metric)) if n and n.status == "success" else None for n in by_run]
+    series = [charts.Series(quality.label, values, charts.SERIES_COLORS[0])]
+    if quality.baseline:
+        base = [_number(n.metrics.get(quality.baseline)) if n and n.status == "success" else None for n in by_run]
+        if any(v is not None for v in base):
+            series.append(charts.Series("baseline", base, charts.SERIES_COLORS[1], dashed=True))
+    return Chart(f"{name} · {quality.label}", charts.trend(
+        series, _axis(done), "quality", f"{name}: {quality.label} per run", hollow=hollow),
+        "higher is better" + ("; the dashed line is the baseline the model should beat" if len(series) > 1 else ""))
+
+
+def _card_chart(name: str, card: CardMetric, by_run: list[NodeRunRecord | None],
+                done: list[RunRecord], hollow: list[bool]) -> Chart | None:
+    """One card figure across runs; a run whose gate failed still recorded it (and shows)."""
+    series = []
+    for j, (metric, legend) in enumerate(card.series):
+        values = [_number(n.metrics.get(metric)) if n is not None else None for n in by_run]
+        if j and not any(v is not None for v in values):
+            continue
+        color = charts.SERIES_COLORS[0] if j == 0 else charts.SERIES_COLORS[1]
+        series.append(charts.Series(legend, values, color, dashed=j > 0))
+    if not any(v is not None for v in series[0].values):
+        return None
+    better = "lower is better" if card.lower_is_better else "higher is better"
+    return Chart(f"{name} · {card.label}", charts.trend(
+        series, _axis(done), "card", f"{name}: {card.label} per run", hollow=hollow),
+        f"{better}; {card.note}")
 
 
 # -- workspace health ---------------------------------------------------------------------

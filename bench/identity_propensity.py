@@ -1,0 +1,182 @@
+"""Propensity on the demo with one id per customer, split ids unstitched, and split ids
+stitched: customers counted and purchase AUC, in one run (issue 22).
+
+Run:  .venv/bin/python bench/identity_propensity.py                    (5,000 customers)
+      .venv/bin/python bench/identity_propensity.py --customers 20000
+
+Two copies of the same demo data (same seed) in one DuckDB file: ``one_shop`` as
+``segloop demo-data --one-id-per-customer`` writes it (every event under its customer's
+``user_id``) and ``demo_shop`` as ``segloop demo-data`` writes it by default (browsing before
+sign-up and on a logged-out phone under anonymous ids only, merged accounts, shared
+phones: ``segloop.demo_identity``). The last 30 days of each are hidden from the pipelines
+(copied without them to ``*_past``) and are the future the scores are judged against.
+
+The pipelines are examples/demo/pipelines/demo.yml's `shop`, `orders`, `events`,
+`likely_buyers` and `likely_churners` as they are (``identity: stitch``,
+``canonical_user_id``) for `stitched`; with ``user_id`` and no ``identity:`` for
+`unstitched` (split ids) and `one_id` (one id per customer, the ceiling stitching aims at);
+`orders_only` is `one_id` with the events cut to the orders (no browsing at all), which
+says what the browsing that stitching recovers can be worth at most.
+
+Against the future, each true customer counts once: a customer scored under two ids (an
+older merged account) is judged on the main one, a customer not scored at all ranks last.
+The gain's noise is a paired bootstrap over true customers (95% range of the AUC
+difference, 400 resamples).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "examples" / "demo" / "pipelines" / "demo.yml"
+KEEP = ("shop", "orders", "events", "likely_buyers", "likely_churners")
+FUTURE_DAYS = 30
+RUNS = {  # name: (schema with the past, stitched)
+    "orders_only": ("one_past", False),  # one id, no browsing at all: what browsing is worth
+    "one_id": ("one_past", False),
+    "unstitched": ("demo_past", False),
+    "stitched": ("demo_past", True),
+}
+
+
+def pipeline_text(name: str, schema: str, stitched: bool) -> str:
+    data = yaml.safe_load(DEMO.read_text())
+    data["name"] = name
+    data["nodes"] = {k: v for k, v in data["nodes"].items() if k in KEEP}
+    data["nodes"]["shop"]["schema"] = schema
+    if not stitched:
+        data["nodes"]["shop"].pop("identity", None)
+        for node in data["nodes"].values():
+            if "sql" in node:
+                node["sql"] = node["sql"].replace("canonical_user_id as user_id", "user_id").replace(
+                    "canonical_user_id", "user_id")
+    if name == "orders_only":
+        data["nodes"]["events"]["sql"] = data["nodes"]["events"]["sql"].replace(
+            "from shop.tracks where", "from shop.tracks where event = 'order_completed' and")
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def person(user_id: str) -> str:
+    """The true customer of an id: an older, merged account is `legacy-<user id>`."""
+    return user_id.removeprefix("legacy-")
+
+
+def by_person(scores: dict[str, float]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for user_id in sorted(scores, key=lambda u: u.startswith("legacy-"), reverse=True):
+        out[person(user_id)] = scores[user_id]  # main ids last: they win
+    return out
+
+
+def auc(y: np.ndarray, s: np.ndarray) -> float:
+    from segloop.models.scoring import roc_auc
+
+    return float(roc_auc(y, s))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--customers", type=int, default=5_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+
+    from segloop.demo import DEFAULT_END, write_demo_data
+    from segloop.pipeline import Pipeline
+    from segloop.warehouses import DuckDBConfig, Warehouse
+
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="segloop-identity-propensity-"))
+    (root / "pipelines").mkdir(parents=True, exist_ok=True)
+    (root / "segloop.yml").write_text(
+        "warehouses:\n  default:\n    type: duckdb\n    path: .segloop/warehouse.duckdb\n")
+    for name, (schema, stitched) in RUNS.items():
+        (root / "pipelines" / f"{name}.yml").write_text(pipeline_text(name, schema, stitched))
+    cutoff = DEFAULT_END - timedelta(days=FUTURE_DAYS)
+    config = DuckDBConfig(path=".segloop/warehouse.duckdb")
+    with Warehouse.connect(config, root) as wh:
+        for schema, split in (("demo_shop", True), ("one_shop", False)):
+            if schema in wh.list_schemas():
+                continue
+            stats = write_demo_data(wh, schema=schema, customers=args.customers, seed=args.seed,
+                                    split_ids=split)
+            print(f"{schema}: {stats.customers:,} customers, {stats.events:,} events")
+            past = schema.replace("_shop", "_past")
+            wh.raw_sql(f"create schema if not exists {past}")
+            for table in wh.list_tables(schema):
+                column = "received_at" if table == "users" else '"timestamp"'
+                wh.raw_sql(f"create or replace table {past}.{table} as select * from {schema}.{table} "
+                           f"where {column} <= timestamp '{cutoff.isoformat()}'")
+        people = [r["user_id"] for r in wh.sql("select user_id from demo_shop_truth.customers")
+                  .to_pyarrow().to_pylist()]
+        bought = {person(r["user_id"]) for r in wh.sql(
+            f"select distinct user_id from demo_shop.order_completed where \"timestamp\" > "
+            f"timestamp '{cutoff.isoformat()}' and user_id is not null").to_pyarrow().to_pylist()}
+    y = np.array([p in bought for p in people], dtype=float)
+    results: dict[str, dict[str, Any]] = {}
+    scores_of: dict[str, np.ndarray] = {}
+    for name in RUNS:
+        started = time.perf_counter()
+        result = Pipeline.load(root / "pipelines" / f"{name}.yml").run()
+        seconds = time.perf_counter() - started
+        if not result.ok:
+            raise SystemExit(f"{name}: {[(n.name, n.error) for n in result.nodes if n.error]}")
+        with Warehouse.connect(config, root) as wh:
+            counts = wh.sql(
+                f"select (select count(distinct user_id) from {name}__orders) as buyers, "
+                f"(select count(distinct user_id) from {name}__events) as with_events, "
+                f"(select count(*) from {name}__events) as events"
+            ).to_pyarrow().to_pylist()[0]
+            scores = {r["user_id"]: r["probability"] for r in
+                      wh.table(f"{name}__likely_buyers").to_pyarrow().to_pylist()}
+        mine = by_person(scores)
+        s = np.array([mine.get(p, -1.0) for p in people])
+        scores_of[name] = s
+        buyers, churners = result.node("likely_buyers").metrics, result.node("likely_churners").metrics
+        results[name] = {**counts, "seconds": seconds, "scored": buyers["scored_customers"],
+                         "people_scored": sum(1 for p in people if p in mine),
+                         "buy_auc": buyers["auc"], "baseline": buyers["baseline_auc"],
+                         "churn_auc": churners["auc"], "future_auc": auc(y, s)}
+    rng = np.random.default_rng(0)
+    n = len(people)
+    gains: dict[str, list[float]] = {"stitched - unstitched": [], "one_id - unstitched": [],
+                                     "one_id - orders_only": []}
+    for _ in range(400):
+        i = rng.integers(0, n, n)
+        if y[i].min() == y[i].max():
+            continue
+        base = auc(y[i], scores_of["unstitched"][i])
+        gains["stitched - unstitched"].append(auc(y[i], scores_of["stitched"][i]) - base)
+        gains["one_id - unstitched"].append(auc(y[i], scores_of["one_id"][i]) - base)
+        gains["one_id - orders_only"].append(
+            auc(y[i], scores_of["one_id"][i]) - auc(y[i], scores_of["orders_only"][i]))
+
+    print(f"\n{len(people):,} true customers; {int(y.sum()):,} bought in the {FUTURE_DAYS} days "
+          "after the data the pipelines see.\n")
+    print("| run | customer ids with orders | with events | events | customers scored (true customers among them) "
+          "| purchase AUC vs the future, per true customer | node's validation AUC (recency baseline) "
+          "| churn AUC | run s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in results.items():
+        print(f"| {name} | {r['buyers']:,} | {r['with_events']:,} | {r['events']:,} | {r['scored']:,} "
+              f"({r['people_scored']:,}) | {r['future_auc']:.4f} | {r['buy_auc']:.4f} ({r['baseline']:.4f}) "
+              f"| {r['churn_auc']:.4f} | {r['seconds']:.1f} |")
+    print("\n| AUC gain vs the future | estimate | 95% bootstrap range |\n|---|---:|---:|")
+    for label, values in gains.items():
+        a, b = label.split(" - ")
+        lo, hi = np.percentile(values, [2.5, 97.5])
+        print(f"| {label} | {results[a]['future_auc'] - results[b]['future_auc']:+.4f} | "
+              f"{lo:+.4f} to {hi:+.4f} |")
+    print(f"\nworkspace: {root}")
+
+
+if __name__ == "__main__":
+    main()
