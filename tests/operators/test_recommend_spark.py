@@ -113,6 +113,7 @@ def test_spark_mllib_agrees_with_duckdb_and_keeps_customers_off_the_driver(
     assert metrics["ndcg_at_10"] == pytest.approx(duck_metrics["ndcg_at_10"], abs=0.02)
     assert metrics["recall_at_10"] == pytest.approx(duck_metrics["recall_at_10"], abs=0.05)
     assert metrics["ndcg_at_10"] >= 1.3 * metrics["popular_ndcg_at_10"]
+    assert metrics["model"] == duck_metrics["model"] == "als"  # the model is published, as on DuckDB
     assert metrics["catalogue_coverage"] == pytest.approx(duck_metrics["catalogue_coverage"], abs=0.1)
 
     # The same table, column for column; every customer gets top_n items, none bought before.
