@@ -27,6 +27,7 @@ from segloop.memory import rows_within
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
 from segloop.operators.columns import require_columns
 from segloop.operators.gates import ModelNodeConfig, check_requirements
+from segloop.operators.propensity_rows import spark_session
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
@@ -101,6 +102,12 @@ class ClustersOperator(Operator[ClustersConfig]):
         source_name, source = next(iter(inputs.items()))
         require_columns(source, {"customer_id": config.customer_id}, ctx.node, source_name)
         columns = feature_columns(source, config, ctx.node, source_name)
+        session = spark_session(ctx)
+        if session is not None:  # MLlib k-means; Spark assigns and writes (clusters_spark.py)
+            from segloop.operators.clusters_spark import LocalSteps, run_in_spark
+            steps = LocalSteps(fit_kmeans, cluster_names, stability_ari, KMeansFit, self.NAME_TERMS,
+                               self.NAME_THRESHOLD, self.STABILITY_SEEDS)
+            return run_in_spark(session, source, source_name, config, columns, ctx, steps)
         whole, chunk = self.row_budget(ctx.memory_limit, len(columns))
         total = ctx.warehouse.count(source)
         sampled = total > whole

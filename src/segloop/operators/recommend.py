@@ -53,6 +53,7 @@ from segloop.models.interactions import (
 from segloop.operators.base import NodeConfig, NodeOutput, Operator, RunContext
 from segloop.operators.columns import require_columns
 from segloop.operators.gates import ModelNodeConfig, check_requirements
+from segloop.operators.propensity_rows import spark_session
 from segloop.operators.recommend_output import OutputStream
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -128,6 +129,12 @@ class RecommendOperator(Operator[RecommendConfig]):
             keys["event"] = config.event
         require_columns(source, keys, ctx.node, source_name)
         wide_columns = _wide_columns(config, ctx.node)
+        session = spark_session(ctx)
+        if session is not None:  # Spark MLlib trains, the executors score, Spark writes (recommend_spark.py)
+            from segloop.operators.recommend_spark import LocalSteps, run_in_spark
+            steps = LocalSteps(_settings(config), _warn_unknown_wide_items, beats_popularity)
+            return run_in_spark(session, interactions_expr(source, config, ctx), source_name, config,
+                                wide_columns, steps, ctx)
 
         clock = time.perf_counter()
         seconds: dict[str, float] = {}
