@@ -35,9 +35,10 @@ def parse_size(value: str | int) -> int:
 
 DEFAULT_MEMORY_LIMIT_BYTES = parse_size(DEFAULT_MEMORY_LIMIT)
 
-MIN_MEMORY_LIMIT = "64MB"
-"""The smallest `memory_limit:` accepted: below it a node could not hold one chunk of rows
-(the interpreter and the libraries alone take more), so `0` or `1KB` is a typo, not a plan."""
+MIN_MEMORY_LIMIT = "64KB"
+"""The smallest `memory_limit:` accepted: below it a node would train on a few hundred rows
+at most, so `0` or `1KB` is a typo (or a hope that 0 means "no limit"), not a plan. Small
+limits above it are allowed on purpose: they make a node sample on small data."""
 MIN_MEMORY_LIMIT_BYTES = parse_size(MIN_MEMORY_LIMIT)
 
 
@@ -45,7 +46,8 @@ def _at_least_the_minimum(value: ByteSize) -> ByteSize:
     if int(value) < MIN_MEMORY_LIMIT_BYTES:
         raise ValueError(
             f"memory_limit {value.human_readable(decimal=True)} is below the minimum {MIN_MEMORY_LIMIT}: "
-            f"write at least {MIN_MEMORY_LIMIT} (the default is {DEFAULT_MEMORY_LIMIT})"
+            f"write at least {MIN_MEMORY_LIMIT}, or leave the key out for the default {DEFAULT_MEMORY_LIMIT} "
+            "(there is no unlimited setting)"
         )
     return value
 
