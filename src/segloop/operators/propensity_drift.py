@@ -146,8 +146,14 @@ def logit_shift(ctx: RunContext, scores: ir.Table, target: float) -> float:
     d = 0.0
     for _ in range(_NEWTON_STEPS):
         s = _sigmoid(logit + d)
-        row = ctx.warehouse.rows(scores.aggregate(m=s.mean(), v=(s * (1.0 - s)).mean()))[0]
-        mean, slope = float(row["m"]), float(row["v"])
+        # Exact decimal sums: a sum of doubles depends on the order the warehouse adds them in
+        # (threads, chunks, partitions), and so would the shift, in its last digits.
+        row = ctx.warehouse.rows(scores.aggregate(
+            m=_exact(s).sum(), v=_exact(s * (1.0 - s)).sum(), n=scores.count()))[0]
+        n = int(row["n"] or 0)
+        if n == 0:
+            break
+        mean, slope = float(row["m"]) / n, float(row["v"]) / n
         gap = mean - target
         if abs(gap) < 1e-9 or slope <= 0.0:
             break
@@ -160,6 +166,13 @@ def shifted(probability: ir.FloatingValue, d: float) -> ir.FloatingValue:
     if d == 0.0:
         return probability
     return _sigmoid(_logit(probability) + d)
+
+
+def _exact(value: ir.FloatingValue) -> ir.NumericValue:
+    """``value`` (between 0 and 1) as a decimal with 18 places, so that sums are exact."""
+    import ibis.expr.datatypes as dt
+
+    return value.cast(dt.Decimal(38, 18))
 
 
 def _logit(p: ir.FloatingValue) -> ir.FloatingValue:
