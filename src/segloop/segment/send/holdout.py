@@ -9,7 +9,7 @@ the customers who were sent did. A customer's group depends only on its id and t
 
 The hash runs in the warehouse (``Warehouse.md5_hex``); the first 8 lower-case hex digits
 are compared as text with the threshold written as 8 lower-case hex digits, which orders
-exactly as the numbers do. ``group_of`` is the same rule in Python (the reference the tests
+exactly as the numbers do (the rule is `warehouses/sampling.py`'s, which samples use too). ``group_of`` is the same rule in Python (the reference the tests
 check every warehouse against). The customer id is the text of the node's ``customer_id``
 column, as the sync state keys it (``123`` and ``'123'`` are the same customer).
 
@@ -24,12 +24,12 @@ or the experiment is ended with ``segloop reset PIPELINE NODE --holdout`` (docs/
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from segloop.errors import NodeError
+from segloop.warehouses import sampling
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
@@ -37,20 +37,18 @@ if TYPE_CHECKING:  # pragma: no cover
     from segloop.warehouses import Warehouse
 
 HOLDOUT, TREATMENT = "holdout", "treatment"
-HASH_DIGITS = 8  # hex digits of the md5 read as the customer's number: 32 bits
 SUFFIX = "holdout"  # the assignment table is <pipeline>__<node>__holdout
 COLUMNS = ("customer_id", "group_name", "first_assigned", "run_id", "percent", "salt")
 
 
 def threshold_hex(percent: float) -> str:
     """``round(percent / 100 * 2**32)`` as 8 lower-case hex digits (percent is in (0, 100))."""
-    return f"{round(percent / 100 * 16**HASH_DIGITS):0{HASH_DIGITS}x}"
+    return sampling.threshold_hex(percent / 100)
 
 
 def group_of(customer_id: str, salt: str, percent: float) -> str:
     """The group of one customer, computed in Python: the rule the warehouse's SQL follows."""
-    digest = hashlib.md5(f"{salt}:{customer_id}".encode()).hexdigest()
-    return HOLDOUT if digest[:HASH_DIGITS] < threshold_hex(percent) else TREATMENT
+    return HOLDOUT if sampling.in_sample(customer_id, percent / 100, salt) else TREATMENT
 
 
 @dataclass(frozen=True)
@@ -67,7 +65,7 @@ class Holdout:
         import ibis
 
         digest = wh.md5_hex(ibis.literal(f"{self.salt}:").concat(key))
-        return digest.substr(0, HASH_DIGITS) < ibis.literal(threshold_hex(self.percent))
+        return sampling.sample_filter(digest, self.percent / 100)
 
     # -- the assignment table ------------------------------------------------------------
 
