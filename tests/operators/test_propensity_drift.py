@@ -72,6 +72,10 @@ def test_expected_buying_rate_matches_customers_drawn_from_the_model() -> None:
     part = expected_buying_rate(ctx, builder, at, timedelta(days=90), 2_000)
     assert full is not None and part is not None and part.rows <= 2_000 < full.rows
     assert part.buyers == full.buyers and part.rate == pytest.approx(full.rate, abs=0.02)
+    # The same to the last digit on every run, however the warehouse's threads group the rows:
+    # the probabilities sent follow this rate, and a rerun must not change them.
+    again = {expected_buying_rate(ctx, builder, at, timedelta(days=90), 100_000) for _ in range(8)}
+    assert again == {full}
 
 
 def test_logit_shift_sets_the_mean_and_keeps_the_order() -> None:

@@ -130,8 +130,10 @@ def _per_buyer(builder: FeatureBuilder, at: datetime) -> ir.Table:
 
 
 def _collapse(per: ir.Table) -> ir.Table:
-    """Distinct ``(x, t_x, T)`` with how many customers share each."""
-    return per.group_by(["x", "t_x", "T"]).aggregate(n=per.count())
+    """Distinct ``(x, t_x, T)`` with how many customers share each, in a fixed order: the
+    fit's sums (and so its last digits, the drift's and every probability's) follow the order
+    the rows arrive in, which a warehouse's grouping leaves to its threads."""
+    return per.group_by(["x", "t_x", "T"]).aggregate(n=per.count()).order_by(["x", "t_x", "T"])
 
 
 def logit_shift(ctx: RunContext, scores: ir.Table, target: float) -> float:
