@@ -91,3 +91,22 @@ def test_every_customer_gets_a_product_recommendations_track_with_scores(demo_ru
     assert len(scored) > len(tracks) / 2
     recommend = result.node("recommend").metrics
     assert recommend["ndcg_at_10"] >= 1.5 * recommend["popular_ndcg_at_10"], recommend
+
+
+@pytest.mark.slow
+def test_a_second_run_on_the_same_data_sends_nothing(demo_run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The models retrain on every run; on unchanged data they must give the same outputs
+    to the digit sent, or every diff sync would resend (and Segment re-fan-out) them all."""
+    root, messages, first = demo_run
+    monkeypatch.setenv("SEGMENT_WRITE_KEY", "wk-demo")
+    monkeypatch.setenv("SEGLOOP_ENDPOINT", "http://127.0.0.1:9")
+    fake = FakeSegment()
+    again = Pipeline.load(root / "pipelines" / "demo.yml").run(options={"segment_transport": fake})
+    assert again.ok, [n.error for n in again.nodes]
+    assert fake.delivered() == []
+    sends = [n for n in again.nodes if n.metrics and "unchanged" in n.metrics]
+    assert len(sends) == 4  # rfm, predictions, clusters, recommendations
+    for node in sends:
+        before = first.node(node.name).metrics
+        assert (node.metrics["sent"], node.metrics["unchanged"]) == (0, before["sent"]), node.name
+    assert sum(first.node(n.name).metrics["sent"] for n in sends) == len(messages)
