@@ -38,7 +38,9 @@ LOCAL = "http://127.0.0.1:8765"
 COMPANIONS = {
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
-    "referrer-policy": "no-referrer",
+    "referrer-policy": "same-origin",  # no-referrer would make the UI's own form posts say `Origin: null`
+    "cross-origin-opener-policy": "same-origin",
+    "cross-origin-resource-policy": "same-origin",
 }
 
 
