@@ -85,6 +85,8 @@ def test_the_policy_allows_only_the_uis_own_scripts_and_stylesheet(client: TestC
     assert re.fullmatch(r"'sha256-[A-Za-z0-9+/]{43}='", style)  # the one stylesheet, by its hash
     assert policy["frame-ancestors"] == ["'none'"] and policy["base-uri"] == ["'none'"]
     assert policy["form-action"] == ["'self'"] and policy["connect-src"] == ["'self'"]
+    # scripts make markup from strings only through the editor's one Trusted Types policy
+    assert policy["require-trusted-types-for"] == ["'script'"] and policy["trusted-types"] == ["segloop-dag"]
     assert not any(s in ("*", "data:", "http:", "https:", "'unsafe-inline'", "'unsafe-eval'", "'unsafe-hashes'")
                    for sources in policy.values() for s in sources)
 

@@ -5,8 +5,9 @@ Each page of the hostile workspace (tests/security/hostile.py) is opened: no pay
 (``window.__pwned`` stays unset), the payload is on the page as text, the stylesheet is
 applied and the browser reports no CSP violation (``securitypolicyviolation`` events and
 console messages, listened to from before the page's first byte). Then the test plays an
-escaping bug: it puts an inline ``<script>`` and an ``<img onerror=...>`` into the page
-itself, and the browser refuses both, by the policy.
+escaping bug: the table page arrives with its payloads unescaped (``<script>``,
+``<img onerror=...>``, ``<style>``), and the browser refuses each by the policy; and markup
+made from a string by a script (``insertAdjacentHTML``) is refused by Trusted Types.
 """
 
 from __future__ import annotations
@@ -16,11 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from markupsafe import escape
 
 from segloop.config import Workspace
 from segloop.scheduler import BackgroundRuns
 from segloop.web.app import create_app
-from tests.security.hostile import COLUMN, IMG, SCRIPT, TABLE, hostile_workspace, last_run_id
+from tests.security.hostile import (
+    COLUMN,
+    IMG,
+    PAYLOADS,
+    SCRIPT,
+    TABLE,
+    hostile_workspace,
+    last_run_id,
+)
 from tests.web.test_browser import CHROMIUM, CHROMIUM_ARGS, browser_tools, serving, watch_csp  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -34,6 +44,11 @@ def ui(tmp_path: Path) -> Iterator[tuple[str, Workspace]]:
     with serving(create_app(workspace, runs=runs)) as base:
         yield base, workspace
     runs.join(60)
+
+
+def refused(violations: list[str]) -> set[str]:
+    """The CSP directives of the violation events among ``violations`` (not the console lines)."""
+    return {v.split(" | ")[0] for v in violations if " | " in v}
 
 
 class Watched:
@@ -90,17 +105,33 @@ def test_hostile_workspace_data_runs_nothing_and_the_ui_breaks_no_rule(ui: tuple
             assert watched.pwned() is None
             assert watched.violations == [] and watched.errors == []
 
-            # An escaping bug, played: markup put into the page itself. The policy refuses both.
-            page.goto(base + "/pipelines/hostile/nodes/notes/table")
-            page.evaluate("""() => {
-              const script = document.createElement("script");
-              script.textContent = "window.__pwned = 'inline script'";
-              document.body.append(script);
-              document.body.insertAdjacentHTML("beforeend", '<img src="/nothing.png" onerror="window.__pwned = 4">');
-            }""")
+            # An escaping bug, played: the table page arrives with its payloads unescaped (the
+            # server's answer, headers and all, with `&lt;script&gt;` put back to `<script>`).
+            # The policy refuses the script, the handler and the style, and says by which rule.
+            table = base + "/pipelines/hostile/nodes/notes/table"
+
+            def unescaped(route: Any) -> None:
+                answer = route.fetch()
+                body = answer.text()
+                for payload in PAYLOADS:
+                    body = body.replace(str(escape(payload)), payload)
+                route.fulfill(response=answer, body=body)
+
+            page.route(table, unescaped)
+            before = len(watched.violations)
+            page.goto(table)
             watched.settle()
+            assert page.locator("#rows script").count() == 1 and page.locator("#rows img[onerror]").count() == 2
             assert watched.pwned() is None
-            refused = {v.split(" | ")[0] for v in watched.violations if " | " in v}  # the events
-            assert refused == {"script-src-elem", "script-src-attr"}, watched.violations
+            assert refused(watched.violations[before:]) == {"script-src-elem", "script-src-attr", "style-src-elem"}
+            assert page.evaluate("getComputedStyle(document.body).display") == "block"  # the injected style
+            # And a script of the page's own that made markup from a string is refused too (Trusted Types).
+            before = len(watched.violations)
+            page.evaluate("""() => { try {
+                document.body.insertAdjacentHTML("beforeend", '<img id="injected" src="/x.png" onerror="window.__pwned = 4">');
+            } catch (refusal) {} }""")
+            watched.settle()
+            assert refused(watched.violations[before:]) == {"require-trusted-types-for"}
+            assert page.locator("#injected").count() == 0 and watched.pwned() is None
         finally:
             browser.close()

@@ -3,10 +3,11 @@
 The pages show workspace data (node names, column values, run errors, run reports), and
 Jinja2's autoescape prints it as text. The policy is the second wall, for the day markup
 slips through: the browser runs no script but the UI's own files under ``/static/`` (no
-inline script, no ``onerror=`` handler, no ``javascript:`` URL, no ``eval``), applies no
-style but the one stylesheet the UI and the run report share (allowed by its SHA-256, so an
-injected ``<style>`` or ``style=`` attribute is ignored), loads nothing from another
-origin, sends forms and ``fetch`` only to this server, and no other site may frame a page.
+inline script, no ``onerror=`` handler, no ``javascript:`` URL, no ``eval``; by Trusted
+Types, no markup made from a string but the editor's DAG), applies no style but the one
+stylesheet the UI and the run report share (allowed by its SHA-256, so an injected
+``<style>`` or ``style=`` attribute is ignored), loads nothing from another origin, sends
+forms and ``fetch`` only to this server, and no other site may frame a page.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ def policy() -> str:
         "form-action 'self'",           # every form posts back to this server
         "frame-ancestors 'none'",       # no other page may frame the UI (clickjacking)
         "base-uri 'none'",              # an injected <base> cannot redirect relative URLs
+        # Trusted Types: a script may turn a string into markup only through the editor's one
+        # policy (the server's DAG SVG); any other innerHTML of a string throws.
+        "require-trusted-types-for 'script'",
+        "trusted-types segloop-dag",
     ])
 
 

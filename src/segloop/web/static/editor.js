@@ -11,6 +11,12 @@
   const out = document.getElementById("preview"), dirty = document.getElementById("dirty");
   const saved = text.value;
   let timer = null, sequence = 0, bad = new Set(), warn = new Set(), submitting = false;
+  // The one string the page turns into markup: the DAG's SVG, drawn and escaped by the
+  // server (report/charts.py, as on the pipeline page). The CSP's Trusted Types rule makes
+  // any other innerHTML of a string throw (browsers without Trusted Types: a plain pass).
+  const serverSvg = window.trustedTypes
+    ? window.trustedTypes.createPolicy("segloop-dag", {createHTML: svg => svg})
+    : {createHTML: svg => svg};
 
   function el(tag, cls, content) {
     const node = document.createElement(tag);
@@ -20,11 +26,12 @@
   }
   function lines(list) { return new Set(Array.from(list.children).map(li => Number(li.dataset.line)).filter(Boolean)); }
   function drawGutter() {
-    const count = text.value.split("\n").length, parts = [];
+    const count = text.value.split("\n").length, numbers = document.createDocumentFragment();
     for (let i = 1; i <= count; i++) {
-      parts.push(bad.has(i) ? `<span class="err">${i}</span>` : warn.has(i) ? `<span class="warn">${i}</span>` : String(i));
+      const mark = bad.has(i) ? "err" : warn.has(i) ? "warn" : "";
+      numbers.append(mark ? el("span", mark, String(i)) : String(i), "\n");
     }
-    gutter.innerHTML = parts.join("\n") + "\n";
+    gutter.replaceChildren(numbers);
     gutter.scrollTop = text.scrollTop;
   }
   function goTo(line) {
@@ -62,7 +69,7 @@
     const problems = found.errors.length ? `${found.errors.length} error${found.errors.length > 1 ? "s" : ""}` : "valid";
     state.textContent = problems + (found.warnings.length ? `, ${found.warnings.length} warning${found.warnings.length > 1 ? "s" : ""}` : "");
     if (found.dag) {
-      dag.innerHTML = found.dag;  // SVG drawn and escaped by the server
+      dag.innerHTML = serverSvg.createHTML(found.dag);
       dag.classList.remove("stale");
       dagState.textContent = "";
       const chosen = select.value;
