@@ -206,3 +206,23 @@ def test_the_report_file_opened_from_disk_is_escaped_too(workspace: Workspace) -
         text = report.read_text(encoding="utf-8")
         assert TABLE not in text and str(escape(TABLE)) in text
         assert "<script" not in text
+
+
+def test_a_report_written_with_an_older_stylesheet_is_served_styled(client: TestClient, workspace: Workspace) -> None:
+    """Reports on disk keep the stylesheet of the segloop that wrote them; the policy allows
+    today's only, so the report page serves them with today's (an old one would show bare)."""
+    run = last_run_id(workspace)
+    file = Path(workspace.root) / ".segloop" / "runs" / run / "report.html"
+    written = file.read_text(encoding="utf-8")
+    older = re.sub(r"<style>.*?</style>", "<style>\n  body { margin: 8px; }\n</style>", written, count=1, flags=re.S)
+    assert older != written
+    file.write_text(older, encoding="utf-8")
+    try:
+        page = client.get(f"/runs/{run}/report")
+    finally:
+        file.write_text(written, encoding="utf-8")
+    markup = Markup()
+    markup.feed(page.text)
+    allowed = directives(page.headers["content-security-policy"])["style-src"]
+    assert len(markup.styles) == 1 and style_source(markup.styles[0]) in allowed
+    assert page.text.split("</head>")[1] == older.split("</head>")[1]  # the report itself as written

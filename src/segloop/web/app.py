@@ -38,7 +38,7 @@ from segloop.report import Redactor, charts
 from segloop.scheduler import BackgroundRuns, Scheduler, start_scheduler
 from segloop.web import editor, trends
 from segloop.web.guard import Guard, is_loopback
-from segloop.web.headers import SecurityHeaders
+from segloop.web.headers import SecurityHeaders, with_current_stylesheet
 from segloop.web.pages import UiState, cell_text, error_page, render_page, ui_state
 from segloop.workspace import Workspace
 
@@ -152,7 +152,7 @@ async def report(request: Request) -> Response:
         path = await run_in_threadpool(state.workspace.report, run_id, rebuild)
     except SegloopError as exc:
         return error_page(str(exc))
-    return HTMLResponse(path.read_text(encoding="utf-8"))
+    return HTMLResponse(with_current_stylesheet(path.read_text(encoding="utf-8")))  # an older report's too
 
 
 async def node_table(request: Request) -> Response:

@@ -32,15 +32,36 @@ def style_hash(css: str) -> str:
 
 
 @cache
-def policy() -> str:
-    """The Content-Security-Policy of every UI response."""
+def stylesheet() -> str:
+    """The text of the one ``<style>`` element the UI and the run report share."""
     found = _STYLE_ELEMENT.search(STYLE_FILE.read_text(encoding="utf-8"))
     if found is None:  # a packaging fault, not a user's: say which file
         raise RuntimeError(f"{STYLE_FILE} has no <style> element; the UI's style policy is built from it")
+    return found.group(1)
+
+
+def with_current_stylesheet(report: str) -> str:
+    """A report file's HTML with today's stylesheet in its head.
+
+    A report written by an older segloop carries the stylesheet of its day, whose hash the
+    policy does not allow: served as it is, it would show unstyled. Only the first
+    ``<style>`` of the ``<head>`` is replaced, the one the report writer puts there before
+    any workspace data (which is escaped, so it can hold no ``<style>`` of its own).
+    """
+    head, sep, body = report.partition("</head>")
+    if not sep:
+        return report
+    head = _STYLE_ELEMENT.sub(lambda _: f"<style>{stylesheet()}</style>", head, count=1)
+    return head + sep + body
+
+
+@cache
+def policy() -> str:
+    """The Content-Security-Policy of every UI response."""
     return "; ".join([
         "default-src 'none'",           # nothing that is not listed below
         "script-src 'self'",            # /static/*.js only: no inline script, no handlers, no eval
-        f"style-src {style_hash(found.group(1))}",  # the shared stylesheet, byte for byte
+        f"style-src {style_hash(stylesheet())}",  # the shared stylesheet, byte for byte
         "img-src 'self'",               # (no images today; a favicon request stays silent)
         "connect-src 'self'",           # the editor's fetch() to /edit/check and /edit/preview
         "form-action 'self'",           # every form posts back to this server
