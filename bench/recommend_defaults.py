@@ -16,100 +16,37 @@ orders). Prints a Markdown table for bench/README.md.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the shops are the tests' (tests/operators/recommend_fixtures.py)
 
-START = datetime(2026, 1, 1)
-WEIGHTS = {"Product Viewed": 1.0, "Product Added": 3.0, "Order Completed": 5.0}
+from tests.operators.recommend_fixtures import (  # noqa: E402
+    implicit_defaults_ndcg,
+    planted,
+    planted_table,
+    run_shop,
+    shop_pipeline,
+    write_events,
+)
+
 SHOPS = ((3000, 25, 20), (3000, 80, 10), (5000, 100, 10))  # customers, groups, products per group
-PIPELINE = """\
-name: shop
-nodes:
-  events:
-    type: sql
-    sql: select * from shop_src.events
-  recs:
-    type: recommend
-    input: events
-    customer_id: customer
-    item_id: sku
-    timestamp: ts
-    event: event
-    holdout_days: 30
-{extra}
-"""
 
 
-def planted(customers: int, groups: int, per_group: int, seed: int, events_per: int = 30,
-            days: int = 180) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    taste = rng.integers(0, groups, (customers, 2))
-    cust = np.repeat(np.arange(customers), rng.poisson(events_per, customers))
-    group = taste[cust, rng.integers(0, 2, len(cust))]
-    group = np.where(rng.random(len(cust)) < 0.2, rng.integers(0, groups, len(cust)), group)
-    within = np.minimum(rng.zipf(1.6, len(cust)) - 1, per_group - 1)
-    kind = rng.choice(3, len(cust), p=[0.75, 0.17, 0.08])
-    seconds = np.floor(rng.random(len(cust)) * days * 86400)
-    return {"cust": cust, "item": group * per_group + within, "kind": kind, "seconds": seconds}
-
-
-def run_node(root: Path, events: dict[str, np.ndarray], extra: str) -> tuple[dict[str, Any], float]:
-    import pyarrow as pa
-
-    from segloop.pipeline import Pipeline
-    from segloop.warehouses import DuckDBConfig, Warehouse
-
+def run_node(root: Path, events: dict[str, Any], extra: str) -> tuple[dict[str, Any], float]:
     (root / "pipelines").mkdir(parents=True, exist_ok=True)
     (root / "segloop.yml").write_text("warehouses:\n  default:\n    type: duckdb\n    path: .segloop/warehouse.duckdb\n")
-    (root / "pipelines" / "shop.yml").write_text(PIPELINE.format(extra=extra))
-    names = np.array(list(WEIGHTS))
-    ts = np.datetime64(START, "us") + (events["seconds"] * 1e6).astype("timedelta64[us]")
-    with Warehouse.connect(DuckDBConfig(), root) as wh:
-        wh.create_table("events", pa.table({
-            "customer": np.char.add("c", events["cust"].astype(str)), "sku": np.char.add("p", events["item"].astype(str)),
-            "event": names[events["kind"]], "ts": pa.array(ts)}), schema="shop_src")
+    (root / "pipelines" / "shop.yml").write_text(shop_pipeline(holdout_days=30, extra=extra))
+    write_events(root, planted_table(events))
     started = time.perf_counter()
-    result = Pipeline.load(root / "pipelines" / "shop.yml").run()
-    node = result.node("recs")
+    node = run_shop(root).node("recs")
     if node.status != "success":
         raise SystemExit(node.error)
     return node.metrics, time.perf_counter() - started
-
-
-def implicit_defaults(events: dict[str, np.ndarray], holdout_days: int = 30, k: int = 10) -> float:
-    import scipy.sparse as sp
-    from implicit.cpu.als import AlternatingLeastSquares
-    from threadpoolctl import threadpool_limits
-
-    from segloop.models.als import metrics_at_k
-
-    cust, item, kind, t = events["cust"], events["item"], events["kind"], events["seconds"]
-    shape = (int(cust.max()) + 1, int(item.max()) + 1)
-    train = t < t.max() - holdout_days * 86400
-    weight = np.array(list(WEIGHTS.values()), dtype="float32")[kind]
-
-    def matrix(rows: np.ndarray, values: np.ndarray) -> sp.csr_matrix:
-        m = sp.csr_matrix((values, (cust[rows], item[rows])), shape=shape, dtype="float32")
-        m.sum_duplicates()
-        return m
-
-    bought = kind == 2
-    train_weight = matrix(train, weight[train])
-    train_bought = (matrix(train & bought, np.ones((train & bought).sum(), "float32")) > 0).astype("float32").tocsr()
-    test_bought = (matrix(~train & bought, np.ones((~train & bought).sum(), "float32")) > 0).astype("float32")
-    relevant = (test_bought - test_bought.multiply(train_bought)).tocsr()
-    relevant.eliminate_zeros()
-    users = np.flatnonzero(np.diff(relevant.indptr) > 0)
-    with threadpool_limits(1, "blas"):
-        model = AlternatingLeastSquares(random_state=42)
-        model.fit(train_weight, show_progress=False)
-        ids, _ = model.recommend(users, train_bought[users], N=k, filter_already_liked_items=True)
-    return metrics_at_k(np.asarray(ids, dtype="int64"), relevant[users], k)["ndcg"]
 
 
 def demo(customers: int, workdir: Path) -> None:
@@ -154,8 +91,8 @@ def main() -> None:
     print("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|")
     for customers, groups, per_group in SHOPS:
         for seed in range(args.seeds):
-            events = planted(customers, groups, per_group, seed)
-            reference = implicit_defaults(events)
+            events = planted(customers, groups, per_group, seed=seed)
+            reference, _ = implicit_defaults_ndcg(events)
             plain, s_plain = run_node(workdir / f"{groups}-{seed}-plain", events, "")
             tuned, s_tuned = run_node(workdir / f"{groups}-{seed}-tuned", events, "    tune: true")
             print(f"| {customers:,}, {groups} x {per_group} | {seed} | {plain['evaluated_customers']:,} | "

@@ -11,26 +11,14 @@ import pyarrow as pa
 import pytest
 
 from segloop.operators.lift import lift_metrics, wilson
-from segloop.pipeline import Pipeline
+from segloop.pipeline import Pipeline, RunResult
 from segloop.segment.send.holdout import HOLDOUT, group_of, threshold_hex
 from segloop.warehouses import DuckDBConfig, Warehouse
+from tests.operators.segment_fixtures import run_shop, to_segment_pipeline, write_key, write_source  # noqa: F401
 from tests.segment.send.fake_segment import FakeSegment
 from tests.test_alerts import alerts_block, receiver  # noqa: F401 - fixture
 
-PIPELINE = """\
-name: shop
-nodes:
-  scores:
-    type: sql
-    sql: select * from src.scores
-  to_segment:
-    type: segment
-    input: scores
-    write_key: ${SEGLOOP_TEST_WRITE_KEY}
-    call: track
-    event: Win Back Offer
-    customer_id: user_id
-    properties: [score]
+PIPELINE = to_segment_pipeline("Win Back Offer", "[score]") + """\
     holdout: {percent: 10, salt: SALT}
   orders:
     type: sql
@@ -45,11 +33,6 @@ nodes:
 ASSIGNED = datetime(2026, 1, 1)
 TRUE_LIFT = 0.05  # the planted effect: 20% of the holdout converts, 25% of the treatment
 BASE_RATE = 0.20
-
-
-@pytest.fixture(autouse=True)
-def write_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SEGLOOP_TEST_WRITE_KEY", "wk-test-123")
 
 
 def pipeline_text(salt: str) -> str:
@@ -102,17 +85,33 @@ def assign_in_the_past(root: Path) -> None:
         wh.raw_sql(f"UPDATE {wh.qualified('shop__to_segment__holdout')} SET first_assigned = TIMESTAMP '2026-01-01'")
 
 
+def lift_of_assigned_groups(root: Path, scores: pa.Table, tracks: pa.Table, salt: str) -> RunResult:
+    """Nodes `orders` and `lift` run on groups assigned on ASSIGNED, without sending.
+
+    Sending every treatment message adds nothing to a lift figure, so the groups are
+    assigned by the Segment node's own code (``Holdout.assign``, what its run calls).
+    """
+    from segloop.segment.send.holdout import Holdout
+
+    write_source(root, scores, tracks=tracks)
+    with Warehouse.connect(DuckDBConfig(), root) as wh:
+        wh.drop_table("shop__to_segment__holdout")
+        keys = wh.table("scores", schema="src").select(_key="user_id")
+        Holdout(10, salt, "shop__to_segment__holdout", "to_segment").assign(wh, keys, "r", ASSIGNED)
+    pipeline = Pipeline.load(root / "pipelines" / "shop.yml")
+    assert pipeline.run(node="orders", options={"report": False}).ok
+    return pipeline.run(node="lift", options={"report": False})
+
+
 def test_lift_after_a_real_send(make_workspace) -> None:
     """The whole loop: the Segment node sends the treatment and records groups; the lift
     node finds the planted effect in the orders that followed."""
     salt = "loop"
     root = make_workspace({"shop": pipeline_text(salt)})
     scores, tracks = synthetic(20_000, seed=7, salt=salt)
-    with Warehouse.connect(DuckDBConfig(), root) as wh:
-        wh.create_table("scores", scores, schema="src")
-        wh.create_table("tracks", tracks.slice(0, 0), schema="src")
+    write_source(root, scores, tracks=tracks.slice(0, 0))
     fake = FakeSegment()
-    first = Pipeline.load(root / "pipelines" / "shop.yml").run(options={"segment_transport": fake})
+    first = run_shop(root, fake)
     # Just assigned: no customer has had 30 days yet, and the node says so.
     lift = first.node("lift")
     assert lift.status == "success", lift.error
@@ -124,7 +123,7 @@ def test_lift_after_a_real_send(make_workspace) -> None:
     assign_in_the_past(root)
     with Warehouse.connect(DuckDBConfig(), root) as wh:
         wh.create_table("tracks", tracks, schema="src")
-    second = Pipeline.load(root / "pipelines" / "shop.yml").run(options={"segment_transport": fake})
+    second = run_shop(root, fake)
     m = second.node("lift").metrics
     assert second.node("lift").status == "success", second.node("lift").error
     assert m["holdout_customers"] == len(held) and m["treatment_customers"] == 20_000 - len(held)
@@ -151,22 +150,12 @@ def test_planted_effect_is_found_in_20_seeds(make_workspace) -> None:
     here, so the groups are assigned by the Segment node's own code (``Holdout.assign``,
     what its run calls) and the `orders` and `lift` nodes run as in a pipeline run.
     """
-    from segloop.segment.send.holdout import Holdout
-
     root = make_workspace({"shop": pipeline_text("unused")})
     estimates, covered = [], 0
     for seed in range(20):
         salt = f"seed-{seed}"
         scores, tracks = synthetic(200_000, seed=seed, salt=salt)
-        with Warehouse.connect(DuckDBConfig(), root) as wh:
-            wh.create_table("scores", scores, schema="src")
-            wh.create_table("tracks", tracks, schema="src")
-            wh.drop_table("shop__to_segment__holdout")
-            keys = wh.table("scores", schema="src").select(_key="user_id")
-            Holdout(10, salt, "shop__to_segment__holdout", "to_segment").assign(wh, keys, "r", ASSIGNED)
-        pipeline = Pipeline.load(root / "pipelines" / "shop.yml")
-        assert pipeline.run(node="orders", options={"report": False}).ok
-        result = pipeline.run(node="lift", options={"report": False})
+        result = lift_of_assigned_groups(root, scores, tracks, salt)
         m = result.node("lift").metrics
         assert result.ok, result.node("lift").error
         assert m["treatment_customers"] + m["holdout_customers"] == 200_000
@@ -191,10 +180,8 @@ def test_lift_without_a_holdout_says_what_to_do(make_workspace) -> None:
     text = pipeline_text("s").replace("    holdout: {percent: 10, salt: s}\n", "")
     root = make_workspace({"shop": text})
     scores, tracks = synthetic(100, seed=1, salt="s")
-    with Warehouse.connect(DuckDBConfig(), root) as wh:
-        wh.create_table("scores", scores, schema="src")
-        wh.create_table("tracks", tracks, schema="src")
-    result = Pipeline.load(root / "pipelines" / "shop.yml").run(options={"segment_transport": FakeSegment()})
+    write_source(root, scores, tracks=tracks)
+    result = run_shop(root, FakeSegment())
     error = result.node("lift").error or ""
     assert "has no `holdout:`" in error and "to_segment" in error
 
@@ -232,14 +219,12 @@ def test_an_ended_holdout_is_still_measured_with_a_warning(make_workspace) -> No
     salt = "ended"
     root = make_workspace({"shop": pipeline_text(salt)})
     scores, tracks = synthetic(2_000, seed=3, salt=salt)
-    with Warehouse.connect(DuckDBConfig(), root) as wh:
-        wh.create_table("scores", scores, schema="src")
-        wh.create_table("tracks", tracks, schema="src")
+    write_source(root, scores, tracks=tracks)
     fake = FakeSegment()
-    assert Pipeline.load(root / "pipelines" / "shop.yml").run(options={"segment_transport": fake}).ok
+    assert run_shop(root, fake).ok
     assign_in_the_past(root)
     (root / "pipelines" / "shop.yml").write_text(pipeline_text(salt).replace(f"    holdout: {{percent: 10, salt: {salt}}}\n", ""))
-    result = Pipeline.load(root / "pipelines" / "shop.yml").run(options={"segment_transport": fake})
+    result = run_shop(root, fake)
     lift = result.node("lift")
     assert lift.status == "success", lift.error
     assert lift.metrics["holdout_customers"] > 0 and lift.metrics["lift"] is not None
@@ -269,17 +254,7 @@ def test_event_name_matches_segments_snake_cased_event_column(make_workspace) ->
         root = make_workspace({"shop": pipeline_text(salt).replace(
             'select user_id, "timestamp", event_text from src.tracks', sql)})
         scores, tracks = synthetic(2_000, seed=5, salt=salt)
-        with Warehouse.connect(DuckDBConfig(), root) as wh:
-            wh.create_table("scores", scores, schema="src")
-            wh.create_table("tracks", tracks, schema="src")
-            wh.drop_table("shop__to_segment__holdout")
-            keys = wh.table("scores", schema="src").select(_key="user_id")
-            from segloop.segment.send.holdout import Holdout
-
-            Holdout(10, salt, "shop__to_segment__holdout", "to_segment").assign(wh, keys, "r", ASSIGNED)
-        pipeline = Pipeline.load(root / "pipelines" / "shop.yml")
-        assert pipeline.run(node="orders", options={"report": False}).ok
-        result = pipeline.run(node="lift", options={"report": False})
+        result = lift_of_assigned_groups(root, scores, tracks, salt)
         assert result.ok, result.node("lift").error
         m = result.node("lift").metrics
         figures.append((m["treatment_converted"], m["holdout_converted"]))
@@ -317,17 +292,15 @@ def test_a_lift_gate_that_misses_stops_the_rollout_and_alerts(
     salt = "gate"
     root = make_workspace({"shop": gated_lift(salt, require) + alerts_block()})
     scores, tracks = synthetic(20_000, seed=11, salt=salt)
-    with Warehouse.connect(DuckDBConfig(), root) as wh:
-        wh.create_table("scores", scores, schema="src")
-        wh.create_table("tracks", tracks.slice(0, 0), schema="src")
+    write_source(root, scores, tracks=tracks.slice(0, 0))
     fake = FakeSegment()
-    Pipeline.load(root / "pipelines" / "shop.yml").run(options={"segment_transport": fake})
+    run_shop(root, fake)
     receiver.requests.clear()  # the first run: windows open, the gate cannot pass (below)
     assign_in_the_past(root)
     with Warehouse.connect(DuckDBConfig(), root) as wh:
         wh.create_table("tracks", tracks, schema="src")
     fake = FakeSegment()
-    result = Pipeline.load(root / "pipelines" / "shop.yml").run(options={"segment_transport": fake})
+    result = run_shop(root, fake)
     node = result.node("lift")
     assert not result.ok and node.status == "failed" and node.metrics["gate"] == "failed"
     metric, bound = require.strip("{}").split(": ")
@@ -347,11 +320,9 @@ def test_a_lift_gate_that_holds_lets_the_rollout_through(make_workspace, receive
     salt = "gate"
     root = make_workspace({"shop": gated_lift(salt, "{lift_ci_low: 0.0, lift: 0.03}") + alerts_block()})
     scores, tracks = synthetic(20_000, seed=11, salt=salt)
-    with Warehouse.connect(DuckDBConfig(), root) as wh:
-        wh.create_table("scores", scores, schema="src")
-        wh.create_table("tracks", tracks.slice(0, 0), schema="src")
+    write_source(root, scores, tracks=tracks.slice(0, 0))
     fake = FakeSegment()
-    first = Pipeline.load(root / "pipelines" / "shop.yml").run(options={"segment_transport": fake})
+    first = run_shop(root, fake)
     # Just assigned: nothing measured yet, so a gate on the lift cannot pass, and says why.
     assert first.node("lift").status == "failed"
     assert "`lift` was not computed" in (first.node("lift").error or "")
@@ -361,7 +332,7 @@ def test_a_lift_gate_that_holds_lets_the_rollout_through(make_workspace, receive
     with Warehouse.connect(DuckDBConfig(), root) as wh:
         wh.create_table("tracks", tracks, schema="src")
     fake = FakeSegment()
-    result = Pipeline.load(root / "pipelines" / "shop.yml").run(options={"segment_transport": fake})
+    result = run_shop(root, fake)
     node = result.node("lift")
     assert result.ok and node.metrics["gate"] == "passed" and node.metrics["lift_ci_low"] > 0
     rolled = [m for m in fake.delivered() if m.get("event") == "Offer Rolled Out"]

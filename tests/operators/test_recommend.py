@@ -2,68 +2,31 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import scipy.sparse as sp
 
 from segloop.operators.recommend import _metrics_at_k
-from segloop.pipeline import Pipeline
-from segloop.warehouses import DuckDBConfig, Warehouse
-
-START = datetime(2025, 1, 1)
-PIPELINE = """\
-name: shop
-nodes:
-  events:
-    type: sql
-    sql: select * from shop_src.events
-  recs:
-    type: recommend
-    input: events
-    customer_id: customer
-    item_id: sku
-    timestamp: ts
-    event: event
-    top_n: {top_n}
-    holdout_days: 0
-{extra}
-"""
-A_ITEMS = [f"a{i}" for i in range(1, 7)]
-B_ITEMS = [f"b{i}" for i in range(1, 7)]
-
-
-def shop(fans_per_category: int = 30, seed: int = 3) -> list[tuple[str, str, str, datetime]]:
-    """Two kinds of customers: A fans buy A items, B fans buy B items (B is more popular)."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for kind, items, n in (("a", A_ITEMS, fans_per_category), ("b", B_ITEMS, 2 * fans_per_category)):
-        for c in range(n):
-            chosen = rng.choice(len(items), 3, replace=False)
-            for j, i in enumerate(chosen):
-                when = START + timedelta(days=int(rng.integers(0, 60)), minutes=j)
-                rows.append((f"{kind}-fan-{c}", items[i], "Order Completed", when))
-                rows.append((f"{kind}-fan-{c}", items[i], "Product Viewed", when - timedelta(minutes=5)))
-    return rows
+from tests.operators.recommend_fixtures import (
+    START,
+    recommendations,
+    rows_table,
+    run_shop,
+    shop,
+    shop_pipeline,
+    write_events,
+)
 
 
 def run(make_workspace, rows, top_n: int = 3, extra: str = ""):
-    root: Path = make_workspace({"shop": PIPELINE.format(top_n=top_n, extra=extra)})
-    table = pa.table({
-        "customer": [r[0] for r in rows], "sku": [r[1] for r in rows],
-        "event": [r[2] for r in rows], "ts": pa.array([r[3] for r in rows], pa.timestamp("us")),
-    })
-    with Warehouse.connect(DuckDBConfig(), root) as wh:
-        wh.create_table("events", table, schema="shop_src")
-    result = Pipeline.load(root / "pipelines" / "shop.yml").run()
+    root = make_workspace({"shop": shop_pipeline(holdout_days=0, extra=extra, top_n=top_n)})
+    write_events(root, rows_table(rows))
+    result = run_shop(root)
     assert result.node("recs").status == "success", result.node("recs").error
-    with Warehouse.connect(DuckDBConfig(), root) as wh:
-        recs = {r["customer"]: r for r in wh.table("shop__recs").to_pyarrow().to_pylist()}
-        long = wh.table("shop__recs__long").to_pyarrow().to_pylist()
-    return recs, long, result
+    recs = {r["customer"]: r for r in recommendations(root)}
+    return recs, recommendations(root, "shop__recs__long"), result
 
 
 def test_one_category_buyer_gets_that_category(make_workspace) -> None:
@@ -138,12 +101,9 @@ def test_awkward_sizes_give_one_row_per_customer(make_workspace, customers: int)
 
 
 def test_no_usable_rows_is_a_clear_error(make_workspace) -> None:
-    root = make_workspace({"shop": PIPELINE.format(top_n=3, extra="")})
-    table = pa.table({"customer": ["x"], "sku": ["a1"], "event": ["Cart Viewed"],
-                      "ts": pa.array([START], pa.timestamp("us"))})
-    with Warehouse.connect(DuckDBConfig(), root) as wh:
-        wh.create_table("events", table, schema="shop_src")
-    result = Pipeline.load(root / "pipelines" / "shop.yml").run()
+    root = make_workspace({"shop": shop_pipeline(holdout_days=0, top_n=3)})
+    write_events(root, rows_table([("x", "a1", "Cart Viewed", START)]))
+    result = run_shop(root)
     error = result.node("recs").error
     assert "node `recs`" in error and "weights:" in error
 
@@ -171,11 +131,10 @@ def test_snake_cased_event_names_match_the_weights(make_workspace) -> None:
 
 
 def test_wide_item_column_clash_is_refused(make_workspace) -> None:
-    root = make_workspace({"shop": PIPELINE.format(top_n=3, extra="    wide_items: [Apple Watch, apple-watch]")})
-    with Warehouse.connect(DuckDBConfig(), root) as wh:
-        wh.create_table("events", pa.table({"customer": ["x"], "sku": ["a1"], "event": ["Order Completed"],
-                                            "ts": pa.array([START], pa.timestamp("us"))}), schema="shop_src")
-    result = Pipeline.load(root / "pipelines" / "shop.yml").run()
+    root = make_workspace({"shop": shop_pipeline(holdout_days=0, extra="    wide_items: [Apple Watch, apple-watch]",
+                                                 top_n=3)})
+    write_events(root, rows_table([("x", "a1", "Order Completed", START)]))
+    result = run_shop(root)
     error = result.node("recs").error
     assert "`apple-watch`" in error and "`apple_watch`" in error and "already taken" in error
 

@@ -3,50 +3,25 @@ in run history, `segloop show` and the gate."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
 from segloop.cli import app
 from segloop.pipeline import Pipeline
-from segloop.warehouses import DuckDBConfig, Warehouse
-from tests.operators.test_recommend import shop
+from tests.operators.recommend_fixtures import rows_table, shop, shop_pipeline, write_events
 
-PIPELINE = """\
-name: shop
-nodes:
-  events:
-    type: sql
-    sql: select * from shop_src.events
-  recs:
-    type: recommend
-    input: events
-    customer_id: customer
-    item_id: sku
-    timestamp: ts
-    event: event
-    top_n: 3
-    holdout_days: 20
-{require}
+AFTER = """
   after:
     type: sql
     input: recs
-    sql: select * from recs
-"""
+    sql: select * from recs"""
 
 
 @pytest.fixture
 def workspace(make_workspace, monkeypatch: pytest.MonkeyPatch):
-    def make(require: str = "") -> Path:
-        root: Path = make_workspace({"shop": PIPELINE.format(require=require)})
-        rows = shop(fans_per_category=60)
-        with Warehouse.connect(DuckDBConfig(), root) as wh:
-            wh.create_table("events", pa.table({
-                "customer": [r[0] for r in rows], "sku": [r[1] for r in rows], "event": [r[2] for r in rows],
-                "ts": pa.array([r[3] for r in rows], pa.timestamp("us")),
-            }), schema="shop_src")
+    def make(require: str = ""):
+        root = make_workspace({"shop": shop_pipeline(holdout_days=20, extra=require + AFTER, top_n=3)})
+        write_events(root, rows_table(shop(fans_per_category=60)))
         monkeypatch.chdir(root)
         return root
     return make

@@ -10,29 +10,11 @@ import pytest
 from segloop.pipeline import Pipeline
 from segloop.segment.send.holdout import HOLDOUT, TREATMENT, group_of, threshold_hex
 from segloop.warehouses import DuckDBConfig, Warehouse
+from tests.operators.segment_fixtures import run_shop, to_segment_pipeline, write_key, write_source  # noqa: F401
 from tests.segment.send.fake_segment import FakeSegment
 
-PIPELINE = """\
-name: shop
-nodes:
-  scores:
-    type: sql
-    sql: select * from src.scores
-  to_segment:
-    type: segment
-    input: scores
-    write_key: ${SEGLOOP_TEST_WRITE_KEY}
-    call: track
-    event: Sales Prediction
-    customer_id: user_id
-    properties: [score]
-"""
+PIPELINE = to_segment_pipeline("Sales Prediction", "[score]")
 HOLDOUT_10 = "    holdout: {percent: 10, salt: spring-2026}\n"
-
-
-@pytest.fixture(autouse=True)
-def write_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SEGLOOP_TEST_WRITE_KEY", "wk-test-123")
 
 
 def scores(ids: range | list[int], score: float = 0.5) -> pa.Table:
@@ -40,17 +22,12 @@ def scores(ids: range | list[int], score: float = 0.5) -> pa.Table:
     return pa.table({"user_id": [f"u{i}" for i in ids], "score": [score] * len(ids)})
 
 
-def write_source(root: Path, table: pa.Table) -> None:
-    with Warehouse.connect(DuckDBConfig(), root) as wh:
-        wh.create_table("scores", table, schema="src")
-
-
 def write_pipeline(root: Path, text: str) -> None:
     (root / "pipelines" / "shop.yml").write_text(text)
 
 
 def run(root: Path, fake: FakeSegment):
-    return Pipeline.load(root / "pipelines" / "shop.yml").run(options={"segment_transport": fake, "report": False})
+    return run_shop(root, fake, report=False)
 
 
 def assignments(root: Path) -> dict[str, tuple[str, object]]:

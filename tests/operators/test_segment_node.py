@@ -10,29 +10,11 @@ import pytest
 
 from segloop.pipeline import Pipeline
 from segloop.warehouses import DuckDBConfig, Warehouse
+from tests.operators.segment_fixtures import run_shop as run
+from tests.operators.segment_fixtures import to_segment_pipeline, write_key, write_source  # noqa: F401 - fixture
 from tests.segment.send.fake_segment import FakeSegment
 
-PIPELINE = """\
-name: shop
-nodes:
-  scores:
-    type: sql
-    sql: select * from src.scores
-  to_segment:
-    type: segment
-    input: scores
-    write_key: ${SEGLOOP_TEST_WRITE_KEY}
-    call: track
-    event: Sales Prediction
-    customer_id: user_id
-    properties: [iphone, apple_watch]
-"""
-
-
-@pytest.fixture(autouse=True)
-def write_key(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("SEGLOOP_TEST_WRITE_KEY", "wk-test-123")
-    return "wk-test-123"
+PIPELINE = to_segment_pipeline("Sales Prediction", "[iphone, apple_watch]")
 
 
 def setup(make_workspace, table: pa.Table, pipeline: str = PIPELINE) -> Path:
@@ -41,21 +23,12 @@ def setup(make_workspace, table: pa.Table, pipeline: str = PIPELINE) -> Path:
     return root
 
 
-def write_source(root: Path, table: pa.Table) -> None:
-    with Warehouse.connect(DuckDBConfig(), root) as wh:
-        wh.create_table("scores", table, schema="src")
-
-
 def scores(n: int, bump: frozenset[int] = frozenset()) -> pa.Table:
     return pa.table({
         "user_id": [str(162514333 + i) for i in range(n)],
         "iphone": [round(0.734 + (i in bump) * 0.1, 3) for i in range(n)],
         "apple_watch": [0.812] * n,
     })
-
-
-def run(root: Path, fake: FakeSegment, **kwargs):
-    return Pipeline.load(root / "pipelines" / "shop.yml").run(options={"segment_transport": fake}, **kwargs)
 
 
 def test_row_becomes_exactly_the_track_call(make_workspace) -> None:

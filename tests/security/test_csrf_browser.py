@@ -22,7 +22,7 @@ from segloop.scheduler import BackgroundRuns
 from segloop.store import RunStore
 from segloop.web.app import create_app
 from tests.web.helpers import RFM_PIPELINE, copy_workspace, demo_template  # noqa: F401 - fixture
-from tests.web.test_browser import CHROMIUM, CHROMIUM_ARGS, free_port
+from tests.web.test_browser import CHROMIUM, CHROMIUM_ARGS, serving
 
 pytestmark = [
     pytest.mark.slow,
@@ -63,22 +63,11 @@ class Recorded:
 
 @pytest.fixture
 def ui(demo_template: Path, tmp_path: Path) -> Iterator[tuple[str, Workspace, BackgroundRuns, Recorded]]:  # noqa: F811
-    import uvicorn
-
     workspace = Workspace.load(copy_workspace(demo_template, tmp_path / "ws", {"shop": RFM_PIPELINE}))
     runs = BackgroundRuns(workspace)
-    port = free_port()
     app = Recorded(create_app(workspace, runs=runs))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert time.monotonic() < deadline, "the UI server did not start in 15 s"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", workspace, runs, app
-    server.should_exit = True
-    thread.join(10)
+    with serving(app) as base:
+        yield base, workspace, runs, app
     runs.join(60)
 
 

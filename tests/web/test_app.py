@@ -183,10 +183,12 @@ def csrf_token_of(page: str) -> str:
 
 def state_changing_routes(client: TestClient) -> list[tuple[str, str]]:
     """(method, path) of every route that takes more than GET/HEAD, path parameters filled in."""
-    starlette_app = client.app.app  # type: ignore[attr-defined] # the Guard wraps the Starlette app
+    starlette_app = client.app
+    while not hasattr(starlette_app, "routes"):  # the middlewares (headers, Guard) in front of it
+        starlette_app = starlette_app.app  # type: ignore[attr-defined]
     out = []
     for route in starlette_app.routes:
-        for method in sorted(set(route.methods or ()) - {"GET", "HEAD"}):
+        for method in sorted(set(getattr(route, "methods", None) or ()) - {"GET", "HEAD"}):  # a Mount has none
             path = route.path.replace("{name}", "shop").replace("{node}", "rfm").replace("{run_id}", "x")
             out.append((method, re.sub(r"\{[^}]+\}", "x", path)))
     return out

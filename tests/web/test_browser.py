@@ -6,7 +6,9 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,32 +39,60 @@ def browser_tools() -> None:
     require_module("playwright.sync_api", "pip install -e '.[dev]'")
 
 
+# Installed before any script of a page: every Content-Security-Policy violation the browser reports.
+CSP_LISTENER = """
+document.addEventListener("securitypolicyviolation", e => {
+  window.__cspViolation([e.effectiveDirective, e.blockedURI, e.sample || ""].join(" | "));
+});
+"""
+
+
+def watch_csp(page: Any) -> list[str]:
+    """The CSP violations ``page`` will report (events, and Chromium's console lines about them)."""
+    seen: list[str] = []
+
+    def note(violation: str) -> None:  # (Playwright wraps the callback: a builtin's append cannot be)
+        seen.append(violation)
+
+    page.expose_function("__cspViolation", note)
+    page.add_init_script(CSP_LISTENER)
+    page.on("console", lambda message: seen.append(message.text) if "Content Security Policy" in message.text else None)
+    return seen
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def server(demo_template: Path, tmp_path: Path, fakes: None) -> Iterator[tuple[str, Workspace]]:  # noqa: F811
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """``app`` served by uvicorn on a free loopback port, in a thread; yields its base URL."""
     import uvicorn
 
-    workspace = Workspace.load(copy_workspace(demo_template, tmp_path / "ws", {"demo": DEMO_PIPELINE}))
-    runs = BackgroundRuns(workspace)
     port = free_port()
-    config = uvicorn.Config(create_app(workspace, runs=runs), host="127.0.0.1", port=port,
-                            log_level="warning", lifespan="off")
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, daemon=True)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
-    while not uv.started:
+    while not server.started:
         if time.monotonic() > deadline:
             raise RuntimeError("the UI server did not start in 15 s")
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", workspace
-    uv.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def server(demo_template: Path, tmp_path: Path, fakes: None) -> Iterator[tuple[str, Workspace]]:  # noqa: F811
+    workspace = Workspace.load(copy_workspace(demo_template, tmp_path / "ws", {"demo": DEMO_PIPELINE}))
+    runs = BackgroundRuns(workspace)
+    with serving(create_app(workspace, runs=runs)) as base:
+        yield base, workspace
     runs.join(60)
 
 
@@ -86,6 +116,7 @@ def test_run_from_the_ui_and_open_its_report(server: tuple[str, Workspace], arti
                     route.abort()  # type: ignore[attr-defined]
 
             page.route("**/*", only_the_ui)
+            violations = watch_csp(page)
             page.goto(base + "/")
             page.click("text=demo")
             expect(page.locator('svg[data-chart="dag"]')).to_be_visible()
@@ -105,6 +136,7 @@ def test_run_from_the_ui_and_open_its_report(server: tuple[str, Workspace], arti
             assert grid.bounding_box()["width"] > 300  # type: ignore[index] # drawn, not collapsed
             assert WRITE_KEY not in page.content()
             page.screenshot(path=str(artifacts / "ui-report.png"), full_page=True)
+            assert violations == []  # the pages and the report need nothing their CSP forbids
         finally:
             browser.close()
     assert outside == []  # nothing left the machine

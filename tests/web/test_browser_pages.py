@@ -3,15 +3,14 @@
 One test per page. Each takes screenshots at 1280x800 (the window, and the full page) into
 its own temporary folder, ``<pytest tmp>/<test>/screenshots/``, never into the repository;
 pytest keeps the last few runs' folders, and the path is printed (``-s`` shows it). No
-request may leave 127.0.0.1 and no page may raise a JavaScript error.
+request may leave 127.0.0.1, no page may raise a JavaScript error, and none may break a rule
+of the UI's Content-Security-Policy (web/headers.py).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +23,7 @@ from segloop.scheduler import BackgroundRuns
 from segloop.store import RunRecord, RunStore
 from segloop.web.app import create_app
 from tests.web.real import KEY, collector, copy_history, history  # noqa: F401 - fixture
-from tests.web.test_browser import CHROMIUM, CHROMIUM_ARGS, free_port
+from tests.web.test_browser import CHROMIUM, CHROMIUM_ARGS, serving, watch_csp
 
 pytestmark = [
     pytest.mark.slow,
@@ -48,26 +47,13 @@ class Site:
 
 @pytest.fixture
 def site(history: Path, tmp_path: Path) -> Iterator[Site]:  # noqa: F811
-    import uvicorn
-
     workspace = copy_history(history, tmp_path / "ws")
     shots = tmp_path / "screenshots"
     shots.mkdir()
     runs = BackgroundRuns(workspace)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(workspace, runs=runs), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
     with collector(tmp_path / "collector"):
-        thread.start()
-        deadline = time.monotonic() + 15
-        while not server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the UI server did not start in 15 s")
-            time.sleep(0.05)
-        yield Site(f"http://127.0.0.1:{port}", workspace, shots)
-        server.should_exit = True
-        thread.join(10)
+        with serving(create_app(workspace, runs=runs)) as base:
+            yield Site(base, workspace, shots)
         runs.join(120)
     print(f"\nscreenshots: {shots}")
 
@@ -93,7 +79,9 @@ def browser(site: Site) -> Iterator[Any]:
 
             page.route("**/*", only_the_ui)
             page.on("pageerror", lambda error: errors.append(str(error)))
+            violations = watch_csp(page)
             yield page
+            assert violations == []  # no page needs anything its Content-Security-Policy forbids
         finally:
             chromium.close()
     assert outside == []  # nothing left the machine

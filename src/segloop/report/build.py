@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import tempfile
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -458,9 +460,17 @@ def write_report(
         html = render(run, pipeline, warehouse, run_connection=True)
     else:
         html = _render_connected(run, pipeline)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(path)
+    # A temporary file of this writer's own: two builds of one report at once (two tabs,
+    # the UI and the run's own writer) each replace the file whole, neither loses its tmp.
+    fd, tmp = tempfile.mkstemp(prefix=".report.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(html)
+        os.chmod(tmp, 0o644)  # as write_text made it (mkstemp's file is private)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -1,12 +1,14 @@
 """`segloop ui` / `segloop serve`: a small Starlette app over the Pipeline facade and RunStore.
 
-Server-rendered pages, no front-end build, no JavaScript needed: pipelines with their DAG,
-run history, run reports, the first rows of a node's output table, a preview of what a
-Segment node would send, and a "Run now" button that starts a run in a background thread.
+Server-rendered pages, no front-end build, no JavaScript but the editor's (one static file):
+pipelines with their DAG, run history, run reports, the first rows of a node's output table,
+a preview of what a Segment node would send, and a "Run now" button that starts a run in a
+background thread.
 The pages only call ``Pipeline`` and ``RunStore``; what a run does is decided there.
 
 Safety (docs/security.md): every request goes through the one guard in `web/guard.py`
-(Host check, token off loopback, CSRF for every state-changing request); pages rendered
+(Host check, token off loopback, CSRF for every state-changing request), and every response
+gets `web/headers.py`'s strict Content-Security-Policy and its companions; pages rendered
 with ``render_page`` (web/pages.py, shared with the editor) carry the CSRF token in every
 POST form. Pipelines are served by name only, as `segloop validate` lists them; any other
 name is a 404.
@@ -25,7 +27,8 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
 from segloop.config import WorkspaceFiles, duplicate_name_message
@@ -35,6 +38,7 @@ from segloop.report import Redactor, charts
 from segloop.scheduler import BackgroundRuns, Scheduler, start_scheduler
 from segloop.web import editor, trends
 from segloop.web.guard import Guard, is_loopback
+from segloop.web.headers import SecurityHeaders, with_current_stylesheet
 from segloop.web.pages import UiState, cell_text, error_page, render_page, ui_state
 from segloop.workspace import Workspace
 
@@ -148,7 +152,7 @@ async def report(request: Request) -> Response:
         path = await run_in_threadpool(state.workspace.report, run_id, rebuild)
     except SegloopError as exc:
         return error_page(str(exc))
-    return HTMLResponse(path.read_text(encoding="utf-8"))
+    return HTMLResponse(with_current_stylesheet(path.read_text(encoding="utf-8")))  # an older report's too
 
 
 async def node_table(request: Request) -> Response:
@@ -228,7 +232,8 @@ def create_app(
         Route("/runs/{run_id}", run_page),
         Route("/runs/{run_id}/report", report),
     ]
-    app = Starlette(routes=[*routes, *editor.routes()])
+    static = Mount("/static", StaticFiles(packages=[("segloop.web", "static")]), name="static")
+    app = Starlette(routes=[*routes, *editor.routes(), static])
     facade = Workspace.of(workspace)
     app.state.ui = UiState(facade, runs or BackgroundRuns(facade), scheduler)
     # Migrate the run history once, before threads race to create it.
@@ -236,7 +241,7 @@ def create_app(
     loopback = is_loopback(host)
     if not loopback and not token:
         raise SegloopError(f"the UI is bound to {host}, not loopback; it needs a token (set {TOKEN_ENV})")
-    return Guard(app, token if not loopback else None, loopback)
+    return SecurityHeaders(Guard(app, token if not loopback else None, loopback))
 
 
 def ui_token(host: str, env: dict[str, str]) -> str | None:

@@ -1,7 +1,7 @@
 """The pipeline editor: a pipeline file edited in the browser with `segloop validate`'s checks.
 
 ``GET /pipelines/{name}/edit`` shows the file's text in a textarea. As you type, a small
-inline script posts the text to ``/edit/check`` (debounced) and shows the same
+script (``static/editor.js``, served as a file: the UI's CSP allows no inline script) posts the text to ``/edit/check`` (debounced) and shows the same
 ``file:line: message`` errors and warnings as `segloop validate`, and the DAG redrawn;
 ``/edit/preview`` dry-runs one node of the edited text on the last run's upstream outputs
 and shows its first rows (a Segment node: what it would send). Saving (``POST /edit``)
