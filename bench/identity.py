@@ -14,9 +14,9 @@ counts distinct customer ids and how many true customers (the generator's truth)
 Prints a Markdown table for bench/README.md.
 
 ``--stitch-timing N`` then times the stitched event views themselves on the stitched run's
-identity graph: ``segloop.segment.identity.stitch`` (one lookup per event) against
-``stitch_two_joins`` below (the code before it: a join for the user id and another for the
-anonymous id), N times each, alternating, after checking both give every event the same
+identity graph: ``segloop.segment.identity.stitch`` (a join for the user id and another for
+the anonymous id) against ``stitch_one_lookup`` below (one join on the identities pivoted
+to a row per id), N times each, alternating, after checking both give every event the same
 canonical user id. ``--stitch-only`` skips the pipelines (a workdir of an earlier run).
 """
 
@@ -211,33 +211,32 @@ def judge_new_products(future: dict[str, Any], recs: dict[str, list[str]]) -> tu
     return float(np.mean(scores)), len(scores)
 
 
-def stitch_two_joins(table: Any, identities: Any) -> Any:
-    """``segloop.segment.identity.stitch`` before it used one lookup: a left join for the
-    user id and another for the anonymous id (kept here to time against)."""
+def stitch_one_lookup(table: Any, identities: Any) -> Any:
+    """``segloop.segment.identity.stitch`` with one join instead of two: the identities
+    pivoted to one row per id, looked up by the event's user id, else its anonymous id
+    (tried for issue 22 and timed here against the two joins; slower on DuckDB)."""
     import ibis
 
     from segloop.segment.identity import ANONYMOUS, CANONICAL_COLUMN, USER, column_of
 
     user = column_of(table, "user_id")
     anon = column_of(table, "anonymous_id")
-    if user is None and anon is None or column_of(table, CANONICAL_COLUMN) is not None:
-        return table
-    columns = list(table.columns)
-    joined = table
-    picks: list[Any] = []
-    for column, kind, tag in ((user, USER, "u"), (anon, ANONYMOUS, "a")):
-        if column is None:
-            continue
-        side = identities.filter(identities.id_type == kind).select(
-            **{f"_sl_{tag}_id": identities.id, f"_sl_{tag}_canonical": identities.canonical_user_id})
-        key = joined[column] if joined[column].type().is_string() else joined[column].cast("string")
-        joined = joined.left_join(side, key == side[f"_sl_{tag}_id"])
-        picks.append(joined[f"_sl_{tag}_canonical"])
-        if kind == USER:
-            raw = joined[column] if joined[column].type().is_string() else joined[column].cast("string")
-            picks.append(raw.nullif(""))
-    canonical = ibis.coalesce(*picks) if len(picks) > 1 else picks[0]
-    return joined.select(*[joined[c] for c in columns], **{CANONICAL_COLUMN: canonical})
+    if user is None or anon is None or column_of(table, CANONICAL_COLUMN) is not None:
+        from segloop.segment.identity import stitch
+
+        return stitch(table, identities)  # one id column: one join either way
+
+    def text(t: Any, column: str) -> Any:
+        value = t[column]
+        return (value if value.type().is_string() else value.cast("string")).nullif("")
+
+    by_id = identities.group_by(_sl_id=identities.id).aggregate(
+        _sl_user=identities.canonical_user_id.max(where=identities.id_type == USER),
+        _sl_anon=identities.canonical_user_id.max(where=identities.id_type == ANONYMOUS))
+    joined = table.left_join(by_id, text(table, user).coalesce(text(table, anon)) == by_id._sl_id)
+    user_id = text(joined, user)
+    canonical = ibis.ifelse(user_id.notnull(), joined._sl_user.coalesce(user_id), joined._sl_anon)
+    return joined.select(*[joined[c] for c in table.columns], **{CANONICAL_COLUMN: canonical})
 
 
 def stitch_timing(root: Path, repeats: int) -> None:
@@ -257,7 +256,7 @@ def stitch_timing(root: Path, repeats: int) -> None:
             return view.group_by("canonical_user_id").aggregate(n=view.count())
 
         for name in tables:  # the same canonical user for every event, not just the same counts
-            old = stitch_two_joins(wh.table(name, schema=PAST), identities).select("id", a="canonical_user_id")
+            old = stitch_one_lookup(wh.table(name, schema=PAST), identities).select("id", a="canonical_user_id")
             new = stitch(wh.table(name, schema=PAST), identities).select(nid="id", b="canonical_user_id")
             pair = old.inner_join(new, old.id == new.nid)
             differ = wh.count(pair.filter(~pair.a.identical_to(pair.b)))
@@ -265,7 +264,7 @@ def stitch_timing(root: Path, repeats: int) -> None:
                 raise SystemExit(f"{name}: {differ} events get another canonical user id")
         seconds: dict[str, list[float]] = {"two joins": [], "one lookup": []}
         for _ in range(repeats):
-            for label, fn in (("two joins", stitch_two_joins), ("one lookup", stitch)):
+            for label, fn in (("two joins", stitch), ("one lookup", stitch_one_lookup)):
                 started = time.perf_counter()
                 for name in tables:
                     wh.to_arrow(query(fn, name))

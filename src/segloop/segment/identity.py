@@ -225,11 +225,11 @@ def stitch(table: ir.Table, identities: ir.Table) -> ir.Table:
     its ``anonymous_id`` (NULL for a visitor who never identified). Tables with neither
     column come back unchanged.
 
-    One join per event: the identities, one row per id (its canonical user as a user id
-    and as an anonymous id), looked up by the event's user id, or by its anonymous id when
-    it has none. An event with a user id never needs its anonymous id, since a user id
-    missing from the graph is still that user's, so one lookup gives what a join per
-    column gave.
+    A left join per id column, keyed by the column as stored. One lookup per event (the
+    identities pivoted to a row per id, keyed by ``coalesce(user_id, anonymous_id)``) gives
+    the same ids but was 1.3-1.4x slower on DuckDB (bench/identity.py ``--stitch-timing``,
+    bench/README.md): DuckDB joins on a computed key at 2-3x the cost of a join on a
+    stored column, more than the second join costs.
     """
     import ibis
 
@@ -237,19 +237,22 @@ def stitch(table: ir.Table, identities: ir.Table) -> ir.Table:
     anon = column_of(table, "anonymous_id")
     if user is None and anon is None or column_of(table, CANONICAL_COLUMN) is not None:
         return table
-    by_id = identities.group_by(_sl_id=identities.id).aggregate(
-        _sl_user=identities.canonical_user_id.max(where=identities.id_type == USER),
-        _sl_anon=identities.canonical_user_id.max(where=identities.id_type == ANONYMOUS))
-    if user is None:
-        assert anon is not None
-        joined = table.left_join(by_id, _id(table, anon) == by_id._sl_id)
-        canonical = joined._sl_anon
-    else:
-        key = _id(table, user) if anon is None else _id(table, user).coalesce(_id(table, anon))
-        joined = table.left_join(by_id, key == by_id._sl_id)
-        user_id = _id(joined, user)
-        canonical = ibis.ifelse(user_id.notnull(), joined._sl_user.coalesce(user_id), joined._sl_anon)
-    return joined.select(*[joined[c] for c in table.columns], **{CANONICAL_COLUMN: canonical})
+    columns = list(table.columns)
+    joined = table
+    picks: list[ir.Value] = []
+    for column, kind, tag in ((user, USER, "u"), (anon, ANONYMOUS, "a")):
+        if column is None:
+            continue
+        side = identities.filter(identities.id_type == kind).select(
+            **{f"_sl_{tag}_id": identities.id, f"_sl_{tag}_canonical": identities.canonical_user_id})
+        key = joined[column] if joined[column].type().is_string() else joined[column].cast("string")
+        joined = joined.left_join(side, key == side[f"_sl_{tag}_id"])
+        picks.append(joined[f"_sl_{tag}_canonical"])
+        if kind == USER:  # a user id missing from the graph is still that user's
+            raw = joined[column] if joined[column].type().is_string() else joined[column].cast("string")
+            picks.append(raw.nullif(""))
+    canonical = ibis.coalesce(*picks) if len(picks) > 1 else picks[0]
+    return joined.select(*[joined[c] for c in columns], **{CANONICAL_COLUMN: canonical})
 
 
 def graph_metrics(wh: Warehouse, identities: ir.Table, unresolved: ir.Table) -> dict[str, Any]:
