@@ -84,6 +84,7 @@ def main() -> None:
                            f"where {column} <= timestamp '{cutoff.isoformat()}'")
         future = future_truth(wh, cutoff)
     results: dict[str, dict[str, Any]] = {}
+    paired: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
     for name in () if args.stitch_only else ("unstitched", "stitched"):
         started = time.perf_counter()
         result = Pipeline.load(root / "pipelines" / f"{name}.yml").run()
@@ -104,7 +105,10 @@ def main() -> None:
         buyers, churners, recommend = (result.node(n).metrics for n in ("likely_buyers", "likely_churners", "recommend"))
         counts["future_auc"], counts["future_ndcg"] = judge(future, scores, recs)
         counts["new_auc"], counts["new_ndcg"] = judge(future, scores, recs, new_only=True)
-        counts["ndcg_new_products"], counts["judged_new_products"] = judge_new_products(future, recs)
+        per_person_ndcg = judge_new_products(future, recs)
+        counts["ndcg_new_products"] = sum(per_person_ndcg.values()) / len(per_person_ndcg)
+        counts["judged_new_products"] = len(per_person_ndcg)
+        paired[name] = (_by_person(scores), per_person_ndcg)
         people_scored = len(set(future["people"]) & set(_by_person(scores)))
         results[name] = {**counts, "seconds": seconds, "people_scored": people_scored,
                          "buy_auc": buyers["auc"], "buy_baseline": buyers["baseline_auc"],
@@ -125,6 +129,10 @@ def main() -> None:
         print(f"| {name} | {r['scored']:,} | {r['people_scored']:,} | {r['future_auc']:.4f} | {r['future_ndcg']:.4f} "
               f"| {r['ndcg_new_products']:.4f} ({r['judged_new_products']:,} customers) "
               f"| {r['new_auc']:.4f} | {r['new_ndcg']:.4f} |")
+    print("\n| stitched - unstitched, per true customer | estimate | 95% paired bootstrap range (400 resamples) |"
+          "\n|---|---:|---:|")
+    for label, (estimate, lo, hi) in bootstrap(future, paired).items():
+        print(f"| {label} | {estimate:+.4f} | {lo:+.4f} to {hi:+.4f} |")
     print("\nAs the nodes report it, on their own holdouts:")
     print("\n| run | customer ids with orders | with events | events | product events | purchase AUC (recency baseline) | churn AUC | customers scored | recommend NDCG@10 (x popularity) | customers evaluated | run s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -192,23 +200,51 @@ def judge(future: dict[str, Any], scores: dict[str, float], recs: dict[str, list
     return auc, float(np.mean(ndcg))
 
 
-def judge_new_products(future: dict[str, Any], recs: dict[str, list[str]]) -> tuple[float, int]:
-    """Mean NDCG@10 over the customers who bought a product in the future that they had not
-    bought before, with those products as the relevant ones (the node never recommends a
-    product it saw bought), as bench/recommend_identity.py judges; and how many customers."""
+def judge_new_products(future: dict[str, Any], recs: dict[str, list[str]]) -> dict[str, float]:
+    """NDCG@10 of each customer who bought a product in the future that they had not bought
+    before, with those products as the relevant ones (the node never recommends a product it
+    saw bought), as bench/recommend_identity.py judges."""
     import numpy as np
 
     recs = _by_person(recs)
     discounts = 1 / np.log2(np.arange(2, 12))
-    scores = []
+    scores: dict[str, float] = {}
     for p, items in future["bought"].items():
         relevant = items - future["past_products"].get(p, set())
         if not relevant:
             continue
         hits = np.array([item in relevant for item in (recs.get(p) or [])[:10]], dtype=float)
         ideal = discounts[: min(10, len(relevant))].sum()
-        scores.append(float((hits * discounts[: len(hits)]).sum() / ideal))
-    return float(np.mean(scores)), len(scores)
+        scores[p] = float((hits * discounts[: len(hits)]).sum() / ideal)
+    return scores
+
+
+def bootstrap(future: dict[str, Any], paired: dict[str, tuple[dict[str, float], dict[str, float]]],
+              resamples: int = 400) -> dict[str, tuple[float, float, float]]:
+    """Stitched minus unstitched purchase AUC (over every true customer) and NDCG@10 on new
+    products (over the customers judged), with a paired bootstrap's 95% range."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    people = future["people"]
+    y = np.array([p in future["bought"] for p in people])
+    s = {name: np.array([scores.get(p, -1.0) for p in people]) for name, (scores, _) in paired.items()}
+    judged = sorted(paired["stitched"][1])
+    g = {name: np.array([ndcg[p] for p in judged]) for name, (_, ndcg) in paired.items()}
+    rng = np.random.default_rng(0)
+    auc_gain, ndcg_gain = [], []
+    for _ in range(resamples):
+        i = rng.integers(0, len(people), len(people))
+        auc_gain.append(roc_auc_score(y[i], s["stitched"][i]) - roc_auc_score(y[i], s["unstitched"][i]))
+        j = rng.integers(0, len(judged), len(judged))
+        ndcg_gain.append(g["stitched"][j].mean() - g["unstitched"][j].mean())
+    out = {}
+    for label, estimate, values in (
+            ("purchase AUC", roc_auc_score(y, s["stitched"]) - roc_auc_score(y, s["unstitched"]), auc_gain),
+            ("NDCG@10, products new to the customer", g["stitched"].mean() - g["unstitched"].mean(), ndcg_gain)):
+        lo, hi = np.percentile(values, [2.5, 97.5])
+        out[label] = (float(estimate), float(lo), float(hi))
+    return out
 
 
 def stitch_one_lookup(table: Any, identities: Any) -> Any:
