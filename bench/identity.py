@@ -12,6 +12,12 @@ The stitched run is examples/demo/pipelines/demo.yml's model nodes as they are
 before. The nodes report their own quality figures on their own holdouts; the script also
 counts distinct customer ids and how many true customers (the generator's truth) they are.
 Prints a Markdown table for bench/README.md.
+
+``--stitch-timing N`` then times the stitched event views themselves on the stitched run's
+identity graph: ``segloop.segment.identity.stitch`` (a join for the user id and another for
+the anonymous id) against ``stitch_one_lookup`` below (one join on the identities pivoted
+to a row per id), N times each, alternating, after checking both give every event the same
+canonical user id. ``--stitch-only`` skips the pipelines (a workdir of an earlier run).
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--stitch-timing", type=int, default=0, metavar="N")
+    parser.add_argument("--stitch-only", action="store_true")
     args = parser.parse_args()
 
     from segloop.demo import DEFAULT_END, write_demo_data
@@ -76,7 +84,8 @@ def main() -> None:
                            f"where {column} <= timestamp '{cutoff.isoformat()}'")
         future = future_truth(wh, cutoff)
     results: dict[str, dict[str, Any]] = {}
-    for name in ("unstitched", "stitched"):
+    paired: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
+    for name in () if args.stitch_only else ("unstitched", "stitched"):
         started = time.perf_counter()
         result = Pipeline.load(root / "pipelines" / f"{name}.yml").run()
         seconds = time.perf_counter() - started
@@ -96,17 +105,34 @@ def main() -> None:
         buyers, churners, recommend = (result.node(n).metrics for n in ("likely_buyers", "likely_churners", "recommend"))
         counts["future_auc"], counts["future_ndcg"] = judge(future, scores, recs)
         counts["new_auc"], counts["new_ndcg"] = judge(future, scores, recs, new_only=True)
-        results[name] = {**counts, "seconds": seconds, "buy_auc": buyers["auc"], "buy_baseline": buyers["baseline_auc"],
+        per_person_ndcg = judge_new_products(future, recs)
+        counts["ndcg_new_products"] = sum(per_person_ndcg.values()) / len(per_person_ndcg)
+        counts["judged_new_products"] = len(per_person_ndcg)
+        paired[name] = (_by_person(scores), per_person_ndcg)
+        people_scored = len(set(future["people"]) & set(_by_person(scores)))
+        results[name] = {**counts, "seconds": seconds, "people_scored": people_scored,
+                         "buy_auc": buyers["auc"], "buy_baseline": buyers["baseline_auc"],
                          "churn_auc": churners["auc"], "scored": buyers["scored_customers"],
                          "ndcg": recommend["ndcg_at_10"], "ndcg_lift": recommend["ndcg_at_10_lift"],
                          "evaluated": recommend["evaluated_customers"],
                          "identity": result.node("shop").metrics.get("identity")}
+    if args.stitch_timing:
+        stitch_timing(root, args.stitch_timing)
+    if not results:
+        return
     print(f"\nAgainst the future ({FUTURE_DAYS} days after the data the pipelines see), per true customer:")
     new = sum(1 for p in future["people"] if future["past_orders"].get(p, 0) <= 1)
-    print(f"\n| run | purchase AUC | NDCG@10 of recommendations vs products bought | the same for the {new:,} "
-          "customers with at most one order before: AUC | NDCG@10 |\n|---|---:|---:|---:|---:|")
+    print(f"\n| run | customer ids scored | true customers scored | purchase AUC | NDCG@10 vs products bought "
+          f"| NDCG@10 vs products new to the customer | the same for the {new:,} "
+          "customers with at most one order before: AUC | NDCG@10 |\n|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
-        print(f"| {name} | {r['future_auc']:.3f} | {r['future_ndcg']:.4f} | {r['new_auc']:.3f} | {r['new_ndcg']:.4f} |")
+        print(f"| {name} | {r['scored']:,} | {r['people_scored']:,} | {r['future_auc']:.4f} | {r['future_ndcg']:.4f} "
+              f"| {r['ndcg_new_products']:.4f} ({r['judged_new_products']:,} customers) "
+              f"| {r['new_auc']:.4f} | {r['new_ndcg']:.4f} |")
+    print("\n| stitched - unstitched, per true customer | estimate | 95% paired bootstrap range (400 resamples) |"
+          "\n|---|---:|---:|")
+    for label, (estimate, lo, hi) in bootstrap(future, paired).items():
+        print(f"| {label} | {estimate:+.4f} | {lo:+.4f} to {hi:+.4f} |")
     print("\nAs the nodes report it, on their own holdouts:")
     print("\n| run | customer ids with orders | with events | events | product events | purchase AUC (recency baseline) | churn AUC | customers scored | recommend NDCG@10 (x popularity) | customers evaluated | run s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -134,9 +160,12 @@ def future_truth(wh: Any, cutoff: datetime) -> dict[str, Any]:
         items = bought.setdefault(person(row["user_id"]), set())
         items.update(p["product_id"] for p in orjson.loads(row["products"]))
     past: dict[str, int] = {}
-    for row in wh.sql(f"select user_id, count(*) as n from {PAST}.order_completed group by 1").to_pyarrow().to_pylist():
-        past[person(row["user_id"])] = past.get(person(row["user_id"]), 0) + row["n"]
-    return {"people": people, "bought": bought, "past_orders": past}
+    past_products: dict[str, set[str]] = {}
+    for row in wh.sql(f"select user_id, products from {PAST}.order_completed").to_pyarrow().to_pylist():
+        who = person(row["user_id"])
+        past[who] = past.get(who, 0) + 1
+        past_products.setdefault(who, set()).update(p["product_id"] for p in orjson.loads(row["products"]))
+    return {"people": people, "bought": bought, "past_orders": past, "past_products": past_products}
 
 
 def _by_person(values: dict[str, Any]) -> dict[str, Any]:
@@ -169,6 +198,121 @@ def judge(future: dict[str, Any], scores: dict[str, float], recs: dict[str, list
         ideal = discounts[: min(10, len(items))].sum()
         ndcg.append(float((hits * discounts[: len(hits)]).sum() / ideal))
     return auc, float(np.mean(ndcg))
+
+
+def judge_new_products(future: dict[str, Any], recs: dict[str, list[str]]) -> dict[str, float]:
+    """NDCG@10 of each customer who bought a product in the future that they had not bought
+    before, with those products as the relevant ones (the node never recommends a product it
+    saw bought), as bench/recommend_identity.py judges."""
+    import numpy as np
+
+    recs = _by_person(recs)
+    discounts = 1 / np.log2(np.arange(2, 12))
+    scores: dict[str, float] = {}
+    for p, items in future["bought"].items():
+        relevant = items - future["past_products"].get(p, set())
+        if not relevant:
+            continue
+        hits = np.array([item in relevant for item in (recs.get(p) or [])[:10]], dtype=float)
+        ideal = discounts[: min(10, len(relevant))].sum()
+        scores[p] = float((hits * discounts[: len(hits)]).sum() / ideal)
+    return scores
+
+
+def bootstrap(future: dict[str, Any], paired: dict[str, tuple[dict[str, float], dict[str, float]]],
+              resamples: int = 400) -> dict[str, tuple[float, float, float]]:
+    """Stitched minus unstitched purchase AUC (over every true customer) and NDCG@10 on new
+    products (over the customers judged), with a paired bootstrap's 95% range."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    people = future["people"]
+    y = np.array([p in future["bought"] for p in people])
+    s = {name: np.array([scores.get(p, -1.0) for p in people]) for name, (scores, _) in paired.items()}
+    judged = sorted(paired["stitched"][1])
+    g = {name: np.array([ndcg[p] for p in judged]) for name, (_, ndcg) in paired.items()}
+    rng = np.random.default_rng(0)
+    auc_gain, ndcg_gain = [], []
+    for _ in range(resamples):
+        i = rng.integers(0, len(people), len(people))
+        auc_gain.append(roc_auc_score(y[i], s["stitched"][i]) - roc_auc_score(y[i], s["unstitched"][i]))
+        j = rng.integers(0, len(judged), len(judged))
+        ndcg_gain.append(g["stitched"][j].mean() - g["unstitched"][j].mean())
+    out = {}
+    for label, estimate, values in (
+            ("purchase AUC", roc_auc_score(y, s["stitched"]) - roc_auc_score(y, s["unstitched"]), auc_gain),
+            ("NDCG@10, products new to the customer", g["stitched"].mean() - g["unstitched"].mean(), ndcg_gain)):
+        lo, hi = np.percentile(values, [2.5, 97.5])
+        out[label] = (float(estimate), float(lo), float(hi))
+    return out
+
+
+def stitch_one_lookup(table: Any, identities: Any) -> Any:
+    """``segloop.segment.identity.stitch`` with one join instead of two: the identities
+    pivoted to one row per id, looked up by the event's user id, else its anonymous id
+    (tried for issue 22 and timed here against the two joins; slower on DuckDB)."""
+    import ibis
+
+    from segloop.segment.identity import ANONYMOUS, CANONICAL_COLUMN, USER, column_of
+
+    user = column_of(table, "user_id")
+    anon = column_of(table, "anonymous_id")
+    if user is None or anon is None or column_of(table, CANONICAL_COLUMN) is not None:
+        from segloop.segment.identity import stitch
+
+        return stitch(table, identities)  # one id column: one join either way
+
+    def text(t: Any, column: str) -> Any:
+        value = t[column]
+        return (value if value.type().is_string() else value.cast("string")).nullif("")
+
+    by_id = identities.group_by(_sl_id=identities.id).aggregate(
+        _sl_user=identities.canonical_user_id.max(where=identities.id_type == USER),
+        _sl_anon=identities.canonical_user_id.max(where=identities.id_type == ANONYMOUS))
+    joined = table.left_join(by_id, text(table, user).coalesce(text(table, anon)) == by_id._sl_id)
+    user_id = text(joined, user)
+    canonical = ibis.ifelse(user_id.notnull(), joined._sl_user.coalesce(user_id), joined._sl_anon)
+    return joined.select(*[joined[c] for c in table.columns], **{CANONICAL_COLUMN: canonical})
+
+
+def stitch_timing(root: Path, repeats: int) -> None:
+    """Events per canonical user from the stitched views, old and new stitching, same data."""
+    import statistics
+
+    from segloop.segment.identity import stitch
+    from segloop.warehouses import DuckDBConfig, Warehouse
+
+    tables = ("tracks", "product_viewed", "order_completed")
+    with Warehouse.connect(DuckDBConfig(path=".segloop/warehouse.duckdb"), root) as wh:
+        identities = wh.table("stitched__shop__identities")
+        rows = {t: wh.count(wh.table(t, schema=PAST)) for t in tables}
+
+        def query(fn: Any, name: str) -> Any:
+            view = fn(wh.table(name, schema=PAST), identities)
+            return view.group_by("canonical_user_id").aggregate(n=view.count())
+
+        for name in tables:  # the same canonical user for every event, not just the same counts
+            old = stitch_one_lookup(wh.table(name, schema=PAST), identities).select("id", a="canonical_user_id")
+            new = stitch(wh.table(name, schema=PAST), identities).select(nid="id", b="canonical_user_id")
+            pair = old.inner_join(new, old.id == new.nid)
+            differ = wh.count(pair.filter(~pair.a.identical_to(pair.b)))
+            if differ or wh.count(pair) != rows[name]:
+                raise SystemExit(f"{name}: {differ} events get another canonical user id")
+        seconds: dict[str, list[float]] = {"two joins": [], "one lookup": []}
+        for _ in range(repeats):
+            for label, fn in (("two joins", stitch), ("one lookup", stitch_one_lookup)):
+                started = time.perf_counter()
+                for name in tables:
+                    wh.to_arrow(query(fn, name))
+                seconds[label].append(time.perf_counter() - started)
+    total = sum(rows.values())
+    print(f"\nStitched views read in full (events per canonical user of {', '.join(tables)}: {total:,} events), "
+          f"{repeats} times each, alternating:\n")
+    print("| stitch | median s | min s | max s |\n|---|---:|---:|---:|")
+    for label, values in seconds.items():
+        print(f"| {label} | {statistics.median(values):.3f} | {min(values):.3f} | {max(values):.3f} |")
+    ratio = statistics.median(seconds["two joins"]) / statistics.median(seconds["one lookup"])
+    print(f"\ntwo joins / one lookup (medians): {ratio:.2f}x; every event's canonical user id identical")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ stitched: customers counted and purchase AUC, in one run (issue 22).
 
 Run:  .venv/bin/python bench/identity_propensity.py                    (5,000 customers)
       .venv/bin/python bench/identity_propensity.py --customers 20000
+      .venv/bin/python bench/identity_propensity.py --customers 20000 --runs unstitched,stitched \
+          --model-seeds 3 --workdir <a workdir of an earlier run: its data is reused>
 
 Two copies of the same demo data (same seed) in one DuckDB file: ``one_shop`` as
 ``segloop demo-data --one-id-per-customer`` writes it (every event under its customer's
@@ -21,7 +23,9 @@ says what the browsing that stitching recovers can be worth at most.
 Against the future, each true customer counts once: a customer scored under two ids (an
 older merged account) is judged on the main one, a customer not scored at all ranks last.
 The gain's noise is a paired bootstrap over true customers (95% range of the AUC
-difference, 400 resamples).
+difference, 400 resamples). ``--model-seeds N`` runs each pipeline N times with the
+propensity nodes' ``seed:`` 0..N-1 (the boosting's early-stopping split), which shows the
+model's own noise; the data's noise needs another ``--seed`` (another demo data set).
 """
 
 from __future__ import annotations
@@ -48,9 +52,11 @@ RUNS = {  # name: (schema with the past, stitched)
 }
 
 
-def pipeline_text(name: str, schema: str, stitched: bool) -> str:
+def pipeline_text(name: str, schema: str, stitched: bool, model_seed: int = 0) -> str:
     data = yaml.safe_load(DEMO.read_text())
     data["name"] = name
+    for node in ("likely_buyers", "likely_churners"):
+        data["nodes"][node]["seed"] = model_seed
     data["nodes"] = {k: v for k, v in data["nodes"].items() if k in KEEP}
     data["nodes"]["shop"]["schema"] = schema
     if not stitched:
@@ -59,7 +65,7 @@ def pipeline_text(name: str, schema: str, stitched: bool) -> str:
             if "sql" in node:
                 node["sql"] = node["sql"].replace("canonical_user_id as user_id", "user_id").replace(
                     "canonical_user_id", "user_id")
-    if name == "orders_only":
+    if name.startswith("orders_only"):
         data["nodes"]["events"]["sql"] = data["nodes"]["events"]["sql"].replace(
             "from shop.tracks where", "from shop.tracks where event = 'order_completed' and")
     return yaml.safe_dump(data, sort_keys=False)
@@ -88,7 +94,14 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=5_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated, of: " + ", ".join(RUNS))
+    parser.add_argument("--model-seeds", type=int, default=1)
     args = parser.parse_args()
+    runs = {name: RUNS[name] for name in args.runs.split(",")}
+    seeds = range(args.model_seeds)
+
+    def run_name(name: str, model_seed: int) -> str:
+        return name if model_seed == 0 else f"{name}_m{model_seed}"
 
     from segloop.demo import DEFAULT_END, write_demo_data
     from segloop.pipeline import Pipeline
@@ -98,13 +111,16 @@ def main() -> None:
     (root / "pipelines").mkdir(parents=True, exist_ok=True)
     (root / "segloop.yml").write_text(
         "warehouses:\n  default:\n    type: duckdb\n    path: .segloop/warehouse.duckdb\n")
-    for name, (schema, stitched) in RUNS.items():
-        (root / "pipelines" / f"{name}.yml").write_text(pipeline_text(name, schema, stitched))
+    for name, (schema, stitched) in runs.items():
+        for m in seeds:
+            (root / "pipelines" / f"{run_name(name, m)}.yml").write_text(
+                pipeline_text(run_name(name, m), schema, stitched, m))
+    needed = {"demo_shop"} | ({"one_shop"} if any(s == "one_past" for s, _ in runs.values()) else set())
     cutoff = DEFAULT_END - timedelta(days=FUTURE_DAYS)
     config = DuckDBConfig(path=".segloop/warehouse.duckdb")
     with Warehouse.connect(config, root) as wh:
         for schema, split in (("demo_shop", True), ("one_shop", False)):
-            if schema in wh.list_schemas():
+            if schema in wh.list_schemas() or schema not in needed:
                 continue
             stats = write_demo_data(wh, schema=schema, customers=args.customers, seed=args.seed,
                                     split_ids=split)
@@ -123,58 +139,68 @@ def main() -> None:
     y = np.array([p in bought for p in people], dtype=float)
     results: dict[str, dict[str, Any]] = {}
     scores_of: dict[str, np.ndarray] = {}
-    for name in RUNS:
-        started = time.perf_counter()
-        result = Pipeline.load(root / "pipelines" / f"{name}.yml").run()
-        seconds = time.perf_counter() - started
-        if not result.ok:
-            raise SystemExit(f"{name}: {[(n.name, n.error) for n in result.nodes if n.error]}")
-        with Warehouse.connect(config, root) as wh:
-            counts = wh.sql(
-                f"select (select count(distinct user_id) from {name}__orders) as buyers, "
-                f"(select count(distinct user_id) from {name}__events) as with_events, "
-                f"(select count(*) from {name}__events) as events"
-            ).to_pyarrow().to_pylist()[0]
-            scores = {r["user_id"]: r["probability"] for r in
-                      wh.table(f"{name}__likely_buyers").to_pyarrow().to_pylist()}
-        mine = by_person(scores)
-        s = np.array([mine.get(p, -1.0) for p in people])
-        scores_of[name] = s
-        buyers, churners = result.node("likely_buyers").metrics, result.node("likely_churners").metrics
-        results[name] = {**counts, "seconds": seconds, "scored": buyers["scored_customers"],
-                         "people_scored": sum(1 for p in people if p in mine),
-                         "buy_auc": buyers["auc"], "baseline": buyers["baseline_auc"],
-                         "churn_auc": churners["auc"], "future_auc": auc(y, s)}
+    for name in runs:
+        for m in seeds:
+            run = run_name(name, m)
+            started = time.perf_counter()
+            result = Pipeline.load(root / "pipelines" / f"{run}.yml").run()
+            seconds = time.perf_counter() - started
+            if not result.ok:
+                raise SystemExit(f"{run}: {[(n.name, n.error) for n in result.nodes if n.error]}")
+            with Warehouse.connect(config, root) as wh:
+                counts = wh.sql(
+                    f"select (select count(distinct user_id) from {run}__orders) as buyers, "
+                    f"(select count(distinct user_id) from {run}__events) as with_events, "
+                    f"(select count(*) from {run}__events) as events"
+                ).to_pyarrow().to_pylist()[0]
+                scores = {r["user_id"]: r["probability"] for r in
+                          wh.table(f"{run}__likely_buyers").to_pyarrow().to_pylist()}
+            mine = by_person(scores)
+            s = np.array([mine.get(p, -1.0) for p in people])
+            scores_of[run] = s
+            buyers, churners = result.node("likely_buyers").metrics, result.node("likely_churners").metrics
+            results[run] = {**counts, "seconds": seconds, "scored": buyers["scored_customers"],
+                            "people_scored": sum(1 for p in people if p in mine),
+                            "buy_auc": buyers["auc"], "baseline": buyers["baseline_auc"],
+                            "churn_auc": churners["auc"], "future_auc": auc(y, s),
+                            "features": buyers["features"]}
+    pairs = [(a, b) for a, b in (("stitched", "unstitched"), ("one_id", "unstitched"),
+                                 ("one_id", "orders_only")) if a in runs and b in runs]
     rng = np.random.default_rng(0)
     n = len(people)
-    gains: dict[str, list[float]] = {"stitched - unstitched": [], "one_id - unstitched": [],
-                                     "one_id - orders_only": []}
+    gains: dict[tuple[str, str, int], list[float]] = {(a, b, m): [] for a, b in pairs for m in seeds}
     for _ in range(400):
         i = rng.integers(0, n, n)
         if y[i].min() == y[i].max():
             continue
-        base = auc(y[i], scores_of["unstitched"][i])
-        gains["stitched - unstitched"].append(auc(y[i], scores_of["stitched"][i]) - base)
-        gains["one_id - unstitched"].append(auc(y[i], scores_of["one_id"][i]) - base)
-        gains["one_id - orders_only"].append(
-            auc(y[i], scores_of["one_id"][i]) - auc(y[i], scores_of["orders_only"][i]))
+        for a, b, m in gains:
+            gains[(a, b, m)].append(auc(y[i], scores_of[run_name(a, m)][i])
+                                    - auc(y[i], scores_of[run_name(b, m)][i]))
 
     print(f"\n{len(people):,} true customers; {int(y.sum()):,} bought in the {FUTURE_DAYS} days "
           "after the data the pipelines see.\n")
     print("| run | customer ids with orders | with events | events | customers scored (true customers among them) "
           "| purchase AUC vs the future, per true customer | node's validation AUC (recency baseline) "
-          "| churn AUC | run s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| churn AUC | features | run s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         print(f"| {name} | {r['buyers']:,} | {r['with_events']:,} | {r['events']:,} | {r['scored']:,} "
               f"({r['people_scored']:,}) | {r['future_auc']:.4f} | {r['buy_auc']:.4f} ({r['baseline']:.4f}) "
-              f"| {r['churn_auc']:.4f} | {r['seconds']:.1f} |")
-    print("\n| AUC gain vs the future | estimate | 95% bootstrap range |\n|---|---:|---:|")
-    for label, values in gains.items():
-        a, b = label.split(" - ")
+              f"| {r['churn_auc']:.4f} | {r['features']} | {r['seconds']:.1f} |")
+    print("\n| AUC gain vs the future | model seed | estimate | 95% paired bootstrap range |\n|---|---:|---:|---:|")
+    for (a, b, m), values in gains.items():
         lo, hi = np.percentile(values, [2.5, 97.5])
-        print(f"| {label} | {results[a]['future_auc'] - results[b]['future_auc']:+.4f} | "
-              f"{lo:+.4f} to {hi:+.4f} |")
+        estimate = results[run_name(a, m)]["future_auc"] - results[run_name(b, m)]["future_auc"]
+        print(f"| {a} - {b} | {m} | {estimate:+.4f} | {lo:+.4f} to {hi:+.4f} |")
+    if len(seeds) > 1:
+        print("\n| run | purchase AUC vs the future over model seeds: mean | sd | min | max |\n|---|---:|---:|---:|---:|")
+        for name in runs:
+            v = np.array([results[run_name(name, m)]["future_auc"] for m in seeds])
+            print(f"| {name} | {v.mean():.4f} | {v.std(ddof=1):.4f} | {v.min():.4f} | {v.max():.4f} |")
+        for a, b in pairs:
+            d = np.array([results[run_name(a, m)]["future_auc"] - results[run_name(b, m)]["future_auc"]
+                          for m in seeds])
+            print(f"| {a} - {b} | {d.mean():+.4f} | {d.std(ddof=1):.4f} | {d.min():+.4f} | {d.max():+.4f} |")
     print(f"\nworkspace: {root}")
 
 

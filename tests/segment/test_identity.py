@@ -156,6 +156,24 @@ def test_each_id_resolves_to_its_canonical_user(workspace: Path) -> None:
     assert metrics["anonymous_ids"] == 7 and metrics["anonymous_stitched"] == 6
 
 
+def test_an_id_used_as_a_user_id_and_as_an_anonymous_id_resolves_by_its_column(workspace: Path) -> None:
+    """One lookup per event by its user id, else its anonymous id: a string that is a user
+    id in one row and an anonymous id in another takes the identity of the column it is in."""
+    p = pipeline(workspace)
+    extra = [("u2", None, 90), (None, "a1", 91), ("a1", None, 92), ("a1", "u2", 93)]
+    with p.connect() as wh:
+        write_source(wh, tracks=[*TRACKS, *extra])
+    assert p.run().ok
+    got = canonical_ids(p)
+    assert got[("u2", "user_id")] == "u4" and got[("u2", "anonymous_id")] is None
+    assert got[("a1", "user_id")] == "a1"
+    tracks = {r["id"]: r["canonical_user_id"] for r in query(p, "select id, canonical_user_id from stitched__src__tracks")}
+    n = len(TRACKS)
+    # u2 as a device that never identified; a1 as a user of its own; a1 as u1's browser;
+    # a row with both ids goes by its user id (u2 -> u3 -> u4).
+    assert [tracks[f"trk-{n + i}"] for i in range(len(extra))] == [None, "a1", "u1", "u4"]
+
+
 def test_shared_device_none_leaves_its_anonymous_events_unattributed(workspace: Path) -> None:
     p = pipeline(workspace, "    shared_device: none")
     with p.connect() as wh:

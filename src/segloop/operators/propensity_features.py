@@ -1,7 +1,8 @@
 """Features and labels of the propensity node, built in the warehouse as Ibis expressions.
 
 Per customer, from the events strictly before a snapshot time: activity counts and recency
-overall and per event type, active days, sessions (30-minute gaps), tenure, and purchase
+overall and per event type (counts also in the last 7, 14 and 30 days: browsing intensity
+before a purchase), active days, sessions (30-minute gaps), tenure, and purchase
 RFM from the orders (see segloop.operators.propensity for how they are used). Kept apart
 from the node so the SQL side can be read and tested on its own.
 """
@@ -146,10 +147,13 @@ class FeatureBuilder:
         names = [
             "events",
             "events_7d",
+            "events_14d",
             "events_30d",
             "active_days",
             "active_days_30d",
             "sessions",
+            "sessions_7d",
+            "sessions_14d",
             "sessions_30d",
             "days_since_last_event",
             "days_since_first_event",
@@ -158,7 +162,7 @@ class FeatureBuilder:
             "days_since_last_target",
         ]
         for i, _ in enumerate(self.event_types):
-            names += [f"ev{i}_count", f"ev{i}_30d", f"ev{i}_days_since"]
+            names += [f"ev{i}_count", f"ev{i}_7d", f"ev{i}_14d", f"ev{i}_30d", f"ev{i}_days_since"]
         if self.orders is not None:
             names += ["orders", "orders_30d", "spend", "spend_30d", "avg_order_value"]
             names += ["days_since_last_order", "days_between_orders"]
@@ -242,6 +246,7 @@ class FeatureBuilder:
                 e._ts >= ibis.literal(snap.at - timedelta(days=self.config.lookback_days))
             )
         recent7 = seen & (e._ts >= ibis.literal(snap.at - timedelta(days=7)))
+        recent14 = seen & (e._ts >= ibis.literal(snap.at - timedelta(days=14)))
         recent30 = seen & (e._ts >= ibis.literal(snap.at - timedelta(days=30)))
 
         def since(last: ir.TimestampValue) -> ir.FloatingValue:
@@ -252,10 +257,16 @@ class FeatureBuilder:
         aggs: dict[str, Any] = {
             f"{p}events": _flag(seen).sum(),
             f"{p}events_7d": _flag(recent7).sum(),
+            f"{p}events_14d": _flag(recent14).sum(),
             f"{p}events_30d": _flag(recent30).sum(),
             f"{p}active_days": e._new_day.sum(where=seen),
             f"{p}active_days_30d": e._new_day.sum(where=recent30),
             f"{p}sessions": e._new_session.sum(where=seen),
+            # Browsing intensity just before the snapshot: people look at what they are
+            # about to buy, often on a device (or before a sign-up) that only identity
+            # stitching ties to them.
+            f"{p}sessions_7d": _flag(recent7 & (e._new_session == 1)).sum(),
+            f"{p}sessions_14d": _flag(recent14 & (e._new_session == 1)).sum(),
             f"{p}sessions_30d": e._new_session.sum(where=recent30),
             f"{p}days_since_last_event": since(e._ts.max(where=seen)),
             f"{p}days_since_first_event": since(e._ts.min(where=seen)),
@@ -266,6 +277,8 @@ class FeatureBuilder:
         for i, name in enumerate(self.event_types):
             hit = self.is_event(e, name)
             aggs[f"{p}ev{i}_count"] = _flag(hit & seen).sum()
+            aggs[f"{p}ev{i}_7d"] = _flag(hit & recent7).sum()
+            aggs[f"{p}ev{i}_14d"] = _flag(hit & recent14).sum()
             aggs[f"{p}ev{i}_30d"] = _flag(hit & recent30).sum()
             aggs[f"{p}ev{i}_days_since"] = since(e._ts.max(where=hit & seen))
         return aggs

@@ -223,7 +223,14 @@ def chase(pointer: ir.Table, hops: int = MAX_ALIAS_HOPS) -> tuple[ir.Table, ir.T
 def stitch(table: ir.Table, identities: ir.Table) -> ir.Table:
     """``table`` with ``canonical_user_id``: the canonical user of its ``user_id``, else of
     its ``anonymous_id`` (NULL for a visitor who never identified). Tables with neither
-    column come back unchanged."""
+    column come back unchanged.
+
+    A left join per id column, keyed by the column as stored. One lookup per event (the
+    identities pivoted to a row per id, keyed by ``coalesce(user_id, anonymous_id)``) gives
+    the same ids but was 1.3-1.4x slower on DuckDB (bench/identity.py ``--stitch-timing``,
+    bench/README.md): DuckDB joins on a computed key at 2-3x the cost of a join on a
+    stored column, more than the second join costs.
+    """
     import ibis
 
     user = column_of(table, "user_id")
