@@ -26,6 +26,14 @@ The gain's noise is a paired bootstrap over true customers (95% range of the AUC
 difference, 400 resamples). ``--model-seeds N`` runs each pipeline N times with the
 propensity nodes' ``seed:`` 0..N-1 (the boosting's early-stopping split), which shows the
 model's own noise; the data's noise needs another ``--seed`` (another demo data set).
+
+``--subgroups all,30,14`` (the default, with `stitched` among the runs) repeats the AUC and
+the top-decile lift (buyers among a group's top 10% of scores over the group's buyer rate),
+with the same paired bootstrap, on the customers the anonymous history reaches: those with
+at least one event that carried no user id and that stitching attributes to them, anywhere
+in the history the pipelines see (``all``) or in its last N days (``30``, ``14``), and on
+the other customers. The groups come from the stitched run's identity graph and the events
+before the cutoff only, never from the future; ``--subgroups ''`` skips them.
 """
 
 from __future__ import annotations
@@ -89,6 +97,76 @@ def auc(y: np.ndarray, s: np.ndarray) -> float:
     return float(roc_auc(y, s))
 
 
+def reached_groups(config: Any, root: Path, people: list[str], cutoff: Any,
+                   spec: str) -> dict[str, np.ndarray]:
+    """Boolean masks over ``people``: reached by anonymous events (any / last N days) and not."""
+    from segloop.warehouses import Warehouse
+
+    out: dict[str, np.ndarray] = {}
+    index = {p: i for i, p in enumerate(people)}
+    with Warehouse.connect(config, root) as wh:
+        for item in [s.strip() for s in spec.split(",") if s.strip()]:
+            since = "" if item == "all" else (
+                f"and t.\"timestamp\" > timestamp '{cutoff.isoformat()}' - interval {int(item)} day")
+            rows = wh.sql(
+                "select distinct i.canonical_user_id as user_id from demo_past.tracks t "
+                "join stitched__shop__identities i on i.id = t.anonymous_id "
+                "and i.id_type = 'anonymous_id' "
+                f"where t.user_id is null and i.canonical_user_id is not null {since}"
+            ).to_pyarrow().to_pylist()
+            mask = np.zeros(len(people), dtype=bool)
+            for r in rows:
+                if person(r["user_id"]) in index:
+                    mask[index[person(r["user_id"])]] = True
+            label = "in the whole history" if item == "all" else f"in the last {int(item)} days"
+            out[f"reached {label}"] = mask
+            out[f"not reached {label}"] = ~mask
+    return out
+
+
+def print_groups(groups: dict[str, np.ndarray], y: np.ndarray, scores_of: dict[str, np.ndarray],
+                 pairs: list[tuple[str, str]], runs: list[str], seeds: list[int], run_name: Any) -> None:
+    """Per group: size, buyer rate, AUC and top-decile lift per run, paired bootstrap of gains."""
+    from segloop.models.scoring import top_lift
+
+    groups = {"all customers": np.ones(len(y), dtype=bool), **groups}
+    print("\n| group | customers | share | bought in the future | run | AUC, mean over model seeds "
+          "| top-decile lift, mean over model seeds |\n|---|---:|---:|---:|---|---:|---:|")
+    for label, mask in groups.items():
+        for name in runs:
+            a = [auc(y[mask], scores_of[run_name(name, m)][mask]) for m in seeds]
+            lift = [top_lift(y[mask], scores_of[run_name(name, m)][mask]) for m in seeds]
+            print(f"| {label} | {int(mask.sum()):,} | {mask.mean():.1%} | {y[mask].mean():.1%} | {name} "
+                  f"| {np.mean(a):.4f} | {np.mean(lift):.2f} |")
+    print("\n| group | gain | model seed | AUC gain | 95% paired bootstrap range | top-decile lift gain "
+          "| 95% paired bootstrap range |\n|---|---|---:|---:|---:|---:|---:|")
+    summary: list[str] = []
+    for label, mask in groups.items():
+        idx = np.flatnonzero(mask)
+        rng = np.random.default_rng(0)
+        draws = [idx[rng.integers(0, len(idx), len(idx))] for _ in range(400)]
+        draws = [i for i in draws if y[i].min() != y[i].max()]
+        for a, b in pairs:
+            d_auc, d_lift = [], []
+            for m in seeds:
+                sa, sb = scores_of[run_name(a, m)], scores_of[run_name(b, m)]
+                g_auc = auc(y[idx], sa[idx]) - auc(y[idx], sb[idx])
+                g_lift = top_lift(y[idx], sa[idx]) - top_lift(y[idx], sb[idx])
+                ba = [auc(y[i], sa[i]) - auc(y[i], sb[i]) for i in draws]
+                bl = [top_lift(y[i], sa[i]) - top_lift(y[i], sb[i]) for i in draws]
+                (alo, ahi), (llo, lhi) = np.percentile(ba, [2.5, 97.5]), np.percentile(bl, [2.5, 97.5])
+                print(f"| {label} | {a} - {b} | {m} | {g_auc:+.4f} | {alo:+.4f} to {ahi:+.4f} "
+                      f"| {g_lift:+.3f} | {llo:+.3f} to {lhi:+.3f} |")
+                d_auc.append(g_auc)
+                d_lift.append(g_lift)
+            summary.append(f"| {label} | {a} - {b} | {np.mean(d_auc):+.4f} | {np.min(d_auc):+.4f} to "
+                           f"{np.max(d_auc):+.4f} | {np.mean(d_lift):+.3f} | {np.min(d_lift):+.3f} to "
+                           f"{np.max(d_lift):+.3f} |")
+    print("\n| group | gain | AUC gain, mean over model seeds | min to max | top-decile lift gain, mean "
+          "| min to max |\n|---|---|---:|---:|---:|---:|")
+    print("\n".join(summary))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--customers", type=int, default=5_000)
@@ -96,6 +174,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated, of: " + ", ".join(RUNS))
     parser.add_argument("--model-seeds", type=int, default=1)
+    parser.add_argument("--subgroups", default="all,30,14",
+                        help="comma-separated: all, or days before the cutoff (see the docstring)")
     args = parser.parse_args()
     runs = {name: RUNS[name] for name in args.runs.split(",")}
     seeds = range(args.model_seeds)
@@ -164,6 +244,7 @@ def main() -> None:
                             "buy_auc": buyers["auc"], "baseline": buyers["baseline_auc"],
                             "churn_auc": churners["auc"], "future_auc": auc(y, s),
                             "features": buyers["features"]}
+    groups = reached_groups(config, root, people, cutoff, args.subgroups) if "stitched" in runs else {}
     pairs = [(a, b) for a, b in (("stitched", "unstitched"), ("one_id", "unstitched"),
                                  ("one_id", "orders_only")) if a in runs and b in runs]
     rng = np.random.default_rng(0)
@@ -201,6 +282,9 @@ def main() -> None:
             d = np.array([results[run_name(a, m)]["future_auc"] - results[run_name(b, m)]["future_auc"]
                           for m in seeds])
             print(f"| {a} - {b} | {d.mean():+.4f} | {d.std(ddof=1):.4f} | {d.min():+.4f} | {d.max():+.4f} |")
+    if groups:
+        print_groups(groups, y, scores_of, [(a, b) for a, b in pairs if a == "stitched"],
+                     list(runs), list(seeds), run_name)
     print(f"\nworkspace: {root}")
 
 
