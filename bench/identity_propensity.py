@@ -27,8 +27,8 @@ difference, 400 resamples). ``--model-seeds N`` runs each pipeline N times with 
 propensity nodes' ``seed:`` 0..N-1 (the boosting's early-stopping split), which shows the
 model's own noise; the data's noise needs another ``--seed`` (another demo data set).
 
-``--subgroups all,30,14`` (the default, with `stitched` among the runs) repeats the AUC and
-the top-decile lift (buyers among a group's top 10% of scores over the group's buyer rate),
+``--subgroups all,30,14`` (the default, with `stitched` among the runs) repeats the AUC,
+and the precision a marketer sees (buyers among a group's top 10% and top 40% of scores),
 with the same paired bootstrap, on the customers the anonymous history reaches: those with
 at least one event that carried no user id and that stitching attributes to them, anywhere
 in the history the pipelines see (``all``) or in its last N days (``30``, ``14``), and on
@@ -124,22 +124,30 @@ def reached_groups(config: Any, root: Path, people: list[str], cutoff: Any,
     return out
 
 
-def print_groups(groups: dict[str, np.ndarray], y: np.ndarray, scores_of: dict[str, np.ndarray],
-                 pairs: list[tuple[str, str]], runs: list[str], seeds: list[int], run_name: Any) -> None:
-    """Per group: size, buyer rate, AUC and top-decile lift per run, paired bootstrap of gains."""
+def precision_at(share: float) -> Any:
+    """Buyers among the top ``share`` of a group's scores (ties at the cut broken by order)."""
     from segloop.models.scoring import top_lift
 
+    return lambda y, s: top_lift(y, s, share) * float(np.mean(y))
+
+
+def print_groups(groups: dict[str, np.ndarray], y: np.ndarray, scores_of: dict[str, np.ndarray],
+                 pairs: list[tuple[str, str]], runs: list[str], seeds: list[int], run_name: Any) -> None:
+    """Per group: size, buyer rate, AUC and precision at the top 10% / 40% per run (mean over
+    model seeds), and each gain per model seed with its paired bootstrap range."""
+    metrics = {"AUC": auc, "precision top 10%": precision_at(0.1), "precision top 40%": precision_at(0.4)}
     groups = {"all customers": np.ones(len(y), dtype=bool), **groups}
-    print("\n| group | customers | share | bought in the future | run | AUC, mean over model seeds "
-          "| top-decile lift, mean over model seeds |\n|---|---:|---:|---:|---|---:|---:|")
+    print("\n| group | customers | share | bought in the future | run | "
+          + " | ".join(f"{k}, mean over model seeds" for k in metrics) + " |\n|---|---:|---:|---:|---|"
+          + "---:|" * len(metrics))
     for label, mask in groups.items():
         for name in runs:
-            a = [auc(y[mask], scores_of[run_name(name, m)][mask]) for m in seeds]
-            lift = [top_lift(y[mask], scores_of[run_name(name, m)][mask]) for m in seeds]
-            print(f"| {label} | {int(mask.sum()):,} | {mask.mean():.1%} | {y[mask].mean():.1%} | {name} "
-                  f"| {np.mean(a):.4f} | {np.mean(lift):.2f} |")
-    print("\n| group | gain | model seed | AUC gain | 95% paired bootstrap range | top-decile lift gain "
-          "| 95% paired bootstrap range |\n|---|---|---:|---:|---:|---:|---:|")
+            cells = [np.mean([f(y[mask], scores_of[run_name(name, m)][mask]) for m in seeds])
+                     for f in metrics.values()]
+            print(f"| {label} | {int(mask.sum()):,} | {mask.mean():.1%} | {y[mask].mean():.1%} | {name} | "
+                  + " | ".join(f"{c:.4f}" for c in cells) + " |")
+    print("\n| group | gain | model seed | " + " | ".join(f"{k} gain (95% paired bootstrap range)" for k in metrics)
+          + " |\n|---|---|---:|" + "---:|" * len(metrics))
     summary: list[str] = []
     for label, mask in groups.items():
         idx = np.flatnonzero(mask)
@@ -147,23 +155,20 @@ def print_groups(groups: dict[str, np.ndarray], y: np.ndarray, scores_of: dict[s
         draws = [idx[rng.integers(0, len(idx), len(idx))] for _ in range(400)]
         draws = [i for i in draws if y[i].min() != y[i].max()]
         for a, b in pairs:
-            d_auc, d_lift = [], []
+            per_seed: dict[str, list[float]] = {k: [] for k in metrics}
             for m in seeds:
                 sa, sb = scores_of[run_name(a, m)], scores_of[run_name(b, m)]
-                g_auc = auc(y[idx], sa[idx]) - auc(y[idx], sb[idx])
-                g_lift = top_lift(y[idx], sa[idx]) - top_lift(y[idx], sb[idx])
-                ba = [auc(y[i], sa[i]) - auc(y[i], sb[i]) for i in draws]
-                bl = [top_lift(y[i], sa[i]) - top_lift(y[i], sb[i]) for i in draws]
-                (alo, ahi), (llo, lhi) = np.percentile(ba, [2.5, 97.5]), np.percentile(bl, [2.5, 97.5])
-                print(f"| {label} | {a} - {b} | {m} | {g_auc:+.4f} | {alo:+.4f} to {ahi:+.4f} "
-                      f"| {g_lift:+.3f} | {llo:+.3f} to {lhi:+.3f} |")
-                d_auc.append(g_auc)
-                d_lift.append(g_lift)
-            summary.append(f"| {label} | {a} - {b} | {np.mean(d_auc):+.4f} | {np.min(d_auc):+.4f} to "
-                           f"{np.max(d_auc):+.4f} | {np.mean(d_lift):+.3f} | {np.min(d_lift):+.3f} to "
-                           f"{np.max(d_lift):+.3f} |")
-    print("\n| group | gain | AUC gain, mean over model seeds | min to max | top-decile lift gain, mean "
-          "| min to max |\n|---|---|---:|---:|---:|---:|")
+                cells = []
+                for k, f in metrics.items():
+                    gain = f(y[idx], sa[idx]) - f(y[idx], sb[idx])
+                    lo, hi = np.percentile([f(y[i], sa[i]) - f(y[i], sb[i]) for i in draws], [2.5, 97.5])
+                    cells.append(f"{gain:+.4f} ({lo:+.4f} to {hi:+.4f})")
+                    per_seed[k].append(gain)
+                print(f"| {label} | {a} - {b} | {m} | " + " | ".join(cells) + " |")
+            summary.append(f"| {label} | {a} - {b} | " + " | ".join(
+                f"{np.mean(v):+.4f} ({np.min(v):+.4f} to {np.max(v):+.4f})" for v in per_seed.values()) + " |")
+    print("\n| group | gain | " + " | ".join(f"{k} gain, mean over model seeds (min to max)" for k in metrics)
+          + " |\n|---|---|" + "---:|" * len(metrics))
     print("\n".join(summary))
 
 
