@@ -156,19 +156,26 @@ def print_groups(groups: dict[str, np.ndarray], y: np.ndarray, scores_of: dict[s
         draws = [i for i in draws if y[i].min() != y[i].max()]
         for a, b in pairs:
             per_seed: dict[str, list[float]] = {k: [] for k in metrics}
+            boot: dict[str, list[np.ndarray]] = {k: [] for k in metrics}
             for m in seeds:
                 sa, sb = scores_of[run_name(a, m)], scores_of[run_name(b, m)]
                 cells = []
                 for k, f in metrics.items():
                     gain = f(y[idx], sa[idx]) - f(y[idx], sb[idx])
-                    lo, hi = np.percentile([f(y[i], sa[i]) - f(y[i], sb[i]) for i in draws], [2.5, 97.5])
+                    resampled = np.array([f(y[i], sa[i]) - f(y[i], sb[i]) for i in draws])
+                    lo, hi = np.percentile(resampled, [2.5, 97.5])
                     cells.append(f"{gain:+.4f} ({lo:+.4f} to {hi:+.4f})")
                     per_seed[k].append(gain)
+                    boot[k].append(resampled)
                 print(f"| {label} | {a} - {b} | {m} | " + " | ".join(cells) + " |")
+            # the seeds' mean gain on the same resampled customers: the bootstrap of the mean
+            ranges = {k: np.percentile(np.mean(boot[k], axis=0), [2.5, 97.5]) for k in metrics}
             summary.append(f"| {label} | {a} - {b} | " + " | ".join(
-                f"{np.mean(v):+.4f} ({np.min(v):+.4f} to {np.max(v):+.4f})" for v in per_seed.values()) + " |")
-    print("\n| group | gain | " + " | ".join(f"{k} gain, mean over model seeds (min to max)" for k in metrics)
-          + " |\n|---|---|" + "---:|" * len(metrics))
+                f"{np.mean(v):+.4f} ({ranges[k][0]:+.4f} to {ranges[k][1]:+.4f}; seeds {np.min(v):+.4f} "
+                f"to {np.max(v):+.4f})" for k, v in per_seed.items()) + " |")
+    print("\n| group | gain | " + " | ".join(
+        f"{k} gain, mean over model seeds (95% paired bootstrap range of the mean; seeds min to max)"
+        for k in metrics) + " |\n|---|---|" + "---:|" * len(metrics))
     print("\n".join(summary))
 
 
