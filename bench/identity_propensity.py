@@ -26,6 +26,14 @@ The gain's noise is a paired bootstrap over true customers (95% range of the AUC
 difference, 400 resamples). ``--model-seeds N`` runs each pipeline N times with the
 propensity nodes' ``seed:`` 0..N-1 (the boosting's early-stopping split), which shows the
 model's own noise; the data's noise needs another ``--seed`` (another demo data set).
+
+``--subgroups all,30,14`` (the default, with `stitched` among the runs) repeats the AUC,
+and the precision a marketer sees (buyers among a group's top 10% and top 40% of scores),
+with the same paired bootstrap, on the customers the anonymous history reaches: those with
+at least one event that carried no user id and that stitching attributes to them, anywhere
+in the history the pipelines see (``all``) or in its last N days (``30``, ``14``), and on
+the other customers. The groups come from the stitched run's identity graph and the events
+before the cutoff only, never from the future; ``--subgroups ''`` skips them.
 """
 
 from __future__ import annotations
@@ -89,6 +97,88 @@ def auc(y: np.ndarray, s: np.ndarray) -> float:
     return float(roc_auc(y, s))
 
 
+def reached_groups(config: Any, root: Path, people: list[str], cutoff: Any,
+                   spec: str) -> dict[str, np.ndarray]:
+    """Boolean masks over ``people``: reached by anonymous events (any / last N days) and not."""
+    from segloop.warehouses import Warehouse
+
+    out: dict[str, np.ndarray] = {}
+    index = {p: i for i, p in enumerate(people)}
+    with Warehouse.connect(config, root) as wh:
+        for item in [s.strip() for s in spec.split(",") if s.strip()]:
+            since = "" if item == "all" else (
+                f"and t.\"timestamp\" > timestamp '{cutoff.isoformat()}' - interval {int(item)} day")
+            rows = wh.sql(
+                "select distinct i.canonical_user_id as user_id from demo_past.tracks t "
+                "join stitched__shop__identities i on i.id = t.anonymous_id "
+                "and i.id_type = 'anonymous_id' "
+                f"where t.user_id is null and i.canonical_user_id is not null {since}"
+            ).to_pyarrow().to_pylist()
+            mask = np.zeros(len(people), dtype=bool)
+            for r in rows:
+                if person(r["user_id"]) in index:
+                    mask[index[person(r["user_id"])]] = True
+            label = "in the whole history" if item == "all" else f"in the last {int(item)} days"
+            out[f"reached {label}"] = mask
+            out[f"not reached {label}"] = ~mask
+    return out
+
+
+def precision_at(share: float) -> Any:
+    """Buyers among the top ``share`` of a group's scores (ties at the cut broken by order)."""
+    from segloop.models.scoring import top_lift
+
+    return lambda y, s: top_lift(y, s, share) * float(np.mean(y))
+
+
+def print_groups(groups: dict[str, np.ndarray], y: np.ndarray, scores_of: dict[str, np.ndarray],
+                 pairs: list[tuple[str, str]], runs: list[str], seeds: list[int], run_name: Any) -> None:
+    """Per group: size, buyer rate, AUC and precision at the top 10% / 40% per run (mean over
+    model seeds), and each gain per model seed with its paired bootstrap range."""
+    metrics = {"AUC": auc, "precision top 10%": precision_at(0.1), "precision top 40%": precision_at(0.4)}
+    groups = {"all customers": np.ones(len(y), dtype=bool), **groups}
+    print("\n| group | customers | share | bought in the future | run | "
+          + " | ".join(f"{k}, mean over model seeds" for k in metrics) + " |\n|---|---:|---:|---:|---|"
+          + "---:|" * len(metrics))
+    for label, mask in groups.items():
+        for name in runs:
+            cells = [np.mean([f(y[mask], scores_of[run_name(name, m)][mask]) for m in seeds])
+                     for f in metrics.values()]
+            print(f"| {label} | {int(mask.sum()):,} | {mask.mean():.1%} | {y[mask].mean():.1%} | {name} | "
+                  + " | ".join(f"{c:.4f}" for c in cells) + " |")
+    print("\n| group | gain | model seed | " + " | ".join(f"{k} gain (95% paired bootstrap range)" for k in metrics)
+          + " |\n|---|---|---:|" + "---:|" * len(metrics))
+    summary: list[str] = []
+    for label, mask in groups.items():
+        idx = np.flatnonzero(mask)
+        rng = np.random.default_rng(0)
+        draws = [idx[rng.integers(0, len(idx), len(idx))] for _ in range(400)]
+        draws = [i for i in draws if y[i].min() != y[i].max()]
+        for a, b in pairs:
+            per_seed: dict[str, list[float]] = {k: [] for k in metrics}
+            boot: dict[str, list[np.ndarray]] = {k: [] for k in metrics}
+            for m in seeds:
+                sa, sb = scores_of[run_name(a, m)], scores_of[run_name(b, m)]
+                cells = []
+                for k, f in metrics.items():
+                    gain = f(y[idx], sa[idx]) - f(y[idx], sb[idx])
+                    resampled = np.array([f(y[i], sa[i]) - f(y[i], sb[i]) for i in draws])
+                    lo, hi = np.percentile(resampled, [2.5, 97.5])
+                    cells.append(f"{gain:+.4f} ({lo:+.4f} to {hi:+.4f})")
+                    per_seed[k].append(gain)
+                    boot[k].append(resampled)
+                print(f"| {label} | {a} - {b} | {m} | " + " | ".join(cells) + " |")
+            # the seeds' mean gain on the same resampled customers: the bootstrap of the mean
+            ranges = {k: np.percentile(np.mean(boot[k], axis=0), [2.5, 97.5]) for k in metrics}
+            summary.append(f"| {label} | {a} - {b} | " + " | ".join(
+                f"{np.mean(v):+.4f} ({ranges[k][0]:+.4f} to {ranges[k][1]:+.4f}; seeds {np.min(v):+.4f} "
+                f"to {np.max(v):+.4f})" for k, v in per_seed.items()) + " |")
+    print("\n| group | gain | " + " | ".join(
+        f"{k} gain, mean over model seeds (95% paired bootstrap range of the mean; seeds min to max)"
+        for k in metrics) + " |\n|---|---|" + "---:|" * len(metrics))
+    print("\n".join(summary))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--customers", type=int, default=5_000)
@@ -96,6 +186,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated, of: " + ", ".join(RUNS))
     parser.add_argument("--model-seeds", type=int, default=1)
+    parser.add_argument("--subgroups", default="all,30,14",
+                        help="comma-separated: all, or days before the cutoff (see the docstring)")
     args = parser.parse_args()
     runs = {name: RUNS[name] for name in args.runs.split(",")}
     seeds = range(args.model_seeds)
@@ -164,6 +256,7 @@ def main() -> None:
                             "buy_auc": buyers["auc"], "baseline": buyers["baseline_auc"],
                             "churn_auc": churners["auc"], "future_auc": auc(y, s),
                             "features": buyers["features"]}
+    groups = reached_groups(config, root, people, cutoff, args.subgroups) if "stitched" in runs else {}
     pairs = [(a, b) for a, b in (("stitched", "unstitched"), ("one_id", "unstitched"),
                                  ("one_id", "orders_only")) if a in runs and b in runs]
     rng = np.random.default_rng(0)
@@ -201,6 +294,9 @@ def main() -> None:
             d = np.array([results[run_name(a, m)]["future_auc"] - results[run_name(b, m)]["future_auc"]
                           for m in seeds])
             print(f"| {a} - {b} | {d.mean():+.4f} | {d.std(ddof=1):.4f} | {d.min():+.4f} | {d.max():+.4f} |")
+    if groups:
+        print_groups(groups, y, scores_of, [(a, b) for a, b in pairs if a == "stitched"],
+                     list(runs), list(seeds), run_name)
     print(f"\nworkspace: {root}")
 
 
