@@ -23,7 +23,7 @@ import pytest
 from segloop.demo import write_demo_data
 from segloop.errors import NodeError
 from segloop.operators.base import RunContext, RunScope
-from segloop.operators.recommend import RecommendConfig, RecommendOperator
+from segloop.operators.recommend import DEFAULT_WEIGHTS, RecommendConfig, RecommendOperator
 from segloop.warehouses import Warehouse
 from tests.operators.spark_driver import DriverTraffic, bare_python, driver_traffic
 from tests.requirements import require_java, require_module
@@ -176,8 +176,7 @@ def test_spark_ndcg_is_duckdbs_within_model_noise(both: tuple[Warehouse, Warehou
     setting where Spark scored 0.181 against 0.208 before MLlib got implicit's objective)
     and with the defaults."""
     duck, spark = both
-    config = RecommendConfig(event="event_text", holdout_days=30, top_n=5,
-                             **({"weights": weights} if weights else {}))
+    config = RecommendConfig(event="event_text", holdout_days=30, top_n=5, weights=weights or DEFAULT_WEIGHTS)
     on_duck, _ = card(duck, config)
     on_spark, _ = card(spark, config)
     for key in ("evaluated_customers", "popular_ndcg_at_10"):  # the same split, the same baseline

@@ -7,11 +7,10 @@ own machinery, so that nothing proportional to customers or events reaches the d
    warehouse (``interactions_expr``: the same event weights, holdout and purchases), run
    as Spark SQL. Customers get dense integer codes in Spark (a window over their ids),
    items in id order as elsewhere.
-2. Spark MLlib's ALS with ``implicitPrefs``: the rating is ``log1p(weight)``, so Spark's
-   confidence ``1 + alpha * rating`` is the local path's ``1 + alpha * log1p(weight)``.
-   Spark weighs the regularization by each customer's and item's number of pairs (ALS-WR);
-   the node divides ``regularization`` by the mean pairs per customer, so the penalty of a
-   typical customer is the one ``implicit`` applies.
+2. Spark MLlib's ALS with ``implicitPrefs``, its parameters set so that it minimizes what
+   ``implicit`` minimizes (``MllibAls``): the same confidence per pair, and a penalty that
+   is ``implicit``'s for the typical customer and item. ``tune: true`` runs the local
+   path's search (models/als_tune.py) on the same validation window, fitting in Spark.
 3. Scoring runs in the executors (``mapInPandas``): each partition gets its customers'
    factors and histories and ranks items with the local path's own ``Scorer`` (models/als.py:
    cold items by item-to-item similarity, bought items left out, popularity fallback,
@@ -26,7 +25,7 @@ own machinery, so that nothing proportional to customers or events reaches the d
 
 What the driver holds: the catalogue (item ids, statistics, factors) and a handful of
 numbers. Results agree with the local path within model noise (two ALS solvers with
-different random starts): see docs/warehouses/pyspark.md, "What runs where".
+different random starts, and ALS-WR's penalty): see docs/warehouses/pyspark.md, "What runs where".
 """
 
 from __future__ import annotations
@@ -194,6 +193,9 @@ class SparkRecommender:
     """One run of the node on Spark; the frames it persists are released at the run's end."""
 
     EVAL_K: ClassVar[int] = 10
+    # ALS truncates its lineage every this many sweeps where Spark has a checkpoint directory
+    # (local mode: warehouses/pyspark.py sets one); 15 sweeps without it overflowed a stack.
+    CHECKPOINT_SWEEPS: ClassVar[int] = 5
 
     def __init__(self, session: Any, config: RecommendConfig, steps: LocalSteps, ctx: RunContext):
         self.session, self.config, self.ctx, self.steps = session, config, ctx, steps
@@ -326,7 +328,8 @@ class SparkRecommender:
         blocks = max(1, int(self.session.conf.get("spark.sql.shuffle.partitions", "8")))
         als = ALS(rank=settings.factors, maxIter=settings.iterations, regParam=mapped.reg_param,
                   alpha=mapped.alpha, implicitPrefs=True, seed=settings.seed, userCol="_u", itemCol="_i",
-                  ratingCol="_r", numUserBlocks=blocks, numItemBlocks=blocks, coldStartStrategy="nan")
+                  ratingCol="_r", numUserBlocks=blocks, numItemBlocks=blocks, coldStartStrategy="nan",
+                  checkpointInterval=self.CHECKPOINT_SWEEPS)
         try:
             return als.fit(ratings)
         except Exception as exc:
