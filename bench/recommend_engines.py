@@ -20,6 +20,8 @@ Prints one line per engine, mapping and seed (NDCG@10, recall@10, popularity's N
 from __future__ import annotations
 
 import argparse
+import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -52,6 +54,7 @@ def main() -> None:
     parser.add_argument("--weights", choices=("default", "demo"), default="default")
     parser.add_argument("--mappings", default="now,before")
     args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test's events (tests/)
 
     from tests.operators.test_recommend_spark import CUSTOMERS, EVENTS
 
@@ -117,6 +120,7 @@ def main() -> None:
                 line(f"spark {name}", seed, metrics, time.perf_counter() - started)
         finally:
             spark_recommend.MllibAls.of = original  # type: ignore[method-assign]
+    shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
