@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -81,3 +82,13 @@ def driver_traffic(monkeypatch: pytest.MonkeyPatch, traffic: DriverTraffic | Non
                       counted(SparkSession.createDataFrame, traffic.uploaded,
                               lambda result, args: _rows(args[1]) if len(args) > 1 else 0))
         yield traffic
+
+
+def bare_python(folder: Path) -> str:
+    """A Python without segloop or any library (a virtual environment of nothing): what an
+    executor whose Python lacks them runs; give it to ``SparkContext.pythonExec``."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder / "bare")], check=True)
+    return str(folder / "bare" / "bin" / "python")

@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from segloop.errors import NodeError
 from segloop.models.scoring import spearman
 from segloop.operators.base import NodeOutput, RunContext, RunScope
 from segloop.operators.propensity import PropensityConfig, PropensityOperator
 from segloop.warehouses import Warehouse
+from tests.operators.spark_driver import bare_python
 from tests.operators.test_propensity import synthetic_events
 from tests.requirements import require_java, require_module
 
@@ -70,4 +72,24 @@ def test_spark_scores_in_its_executors_and_agrees_with_duckdb(tmp_path: Path) ->
     assert set(ids) == set(duck_by_id)
     rho = spearman(spark_rows["percentile"].to_numpy(), np.array([duck_by_id[i] for i in ids]))
     assert rho > 0.99
+    assert not [t for t in spark.list_tables() if t.startswith("_segloop_")]  # dropped with the run
+
+
+def test_executors_without_segloop_get_a_message_naming_pyspark_python(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The executors apply the model in Python: when theirs cannot (segloop and scikit-learn
+    missing), the node's error says so and names PYSPARK_PYTHON."""
+    require_module("pyspark", "pip install 'segloop[pyspark]'")
+    require_java(17)
+    from segloop.warehouses.pyspark import PySparkConfig
+
+    config = PySparkConfig(type="pyspark", master="local[2]", metastore="in-memory",
+                           warehouse_dir=str(tmp_path / "spark-warehouse"),
+                           conf={"spark.sql.shuffle.partitions": "2"})
+    spark = Warehouse.connect(config, tmp_path)
+    spark.create_table("events", synthetic_events(300))
+    monkeypatch.setattr(spark.session.sparkContext, "pythonExec", bare_python(tmp_path))  # type: ignore[attr-defined]
+    with RunScope() as scope, pytest.raises(NodeError, match="scoring in Spark failed") as failure:
+        run(spark, scope)
+    assert "PYSPARK_PYTHON" in str(failure.value) and "`buyers`" in str(failure.value)
     assert not [t for t in spark.list_tables() if t.startswith("_segloop_")]  # dropped with the run

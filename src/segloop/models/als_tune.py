@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
+
     from segloop.models.als import AlsSettings, HoldoutSplit
 
 FACTORS = (8, 16, 32, 64, 128)
@@ -56,21 +58,30 @@ class Tuning:
 def tune(split: HoldoutSplit, configured: AlsSettings, k: int, n_items: int) -> Tuning:
     """The settings with the best NDCG@``k`` on ``split`` (the configured ones on a tie)."""
 
+    def score(settings: AlsSettings) -> float:
+        scorer = split.scorer(settings)
+        return split.measure(split.model_lists(scorer, k), k)["ndcg"]
+
+    return search(configured, n_items, len(split.users), score)
+
+
+def search(configured: AlsSettings, n_items: int, customers: int, score: Callable[[AlsSettings], float]) -> Tuning:
+    """The coordinate search over ``score`` (a validation NDCG; each setting scored once),
+    wherever the fits run: in this process (``tune``) or in Spark (operators/recommend_spark.py)."""
     scores: dict[AlsSettings, float] = {}
 
-    def score(settings: AlsSettings) -> float:
+    def scored(settings: AlsSettings) -> float:
         if settings not in scores:
-            scorer = split.scorer(settings)
-            scores[settings] = split.measure(split.model_lists(scorer, k), k)["ndcg"]
+            scores[settings] = score(settings)
         return scores[settings]
 
-    best, best_score = configured, score(configured)
+    best, best_score = configured, scored(configured)
     axes: tuple[tuple[str, tuple[Any, ...]], ...] = (
         ("factors", tuple(f for f in FACTORS if f <= max(n_items, FACTORS[0]))),
         ("regularization", REGULARIZATION), ("alpha", ALPHA))
     for name, values in axes:
         for value in values:
             candidate = best.but(**{name: value})
-            if score(candidate) > best_score + 1e-9:
+            if scored(candidate) > best_score + 1e-9:
                 best, best_score = candidate, scores[candidate]
-    return Tuning(configured, best, scores[configured], best_score, len(split.users), list(scores.items()))
+    return Tuning(configured, best, scores[configured], best_score, customers, list(scores.items()))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from segloop.errors import NodeError
 from segloop.memory import rows_within
@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from segloop.operators.base import RunContext
     from segloop.operators.propensity_features import FeatureBuilder, Snapshot
+    from segloop.warehouses.pyspark import PySparkWarehouse
 
 TRAIN, VALID, SCORE = "t_", "v_", "s_"  # column prefixes of the snapshots in the feature table
 
@@ -221,8 +222,8 @@ def score_in_spark(
             yield pd.DataFrame({"_cid": part["_cid"], "probability": probability, "_score": raw})
 
     scored = frame.mapInPandas(apply, f"_cid {cid_type}, probability double, _score double")
-    try:
-        scored.write.mode("overwrite").saveAsTable(ctx.warehouse.qualified(name))
+    try:  # the warehouse's own write: a view in the way is replaced, its table listing kept current
+        cast("PySparkWarehouse", ctx.warehouse).write_dataframe(scored, name)
     except Exception as exc:
         first = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
         raise NodeError(

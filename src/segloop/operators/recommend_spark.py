@@ -7,11 +7,10 @@ own machinery, so that nothing proportional to customers or events reaches the d
    warehouse (``interactions_expr``: the same event weights, holdout and purchases), run
    as Spark SQL. Customers get dense integer codes in Spark (a window over their ids),
    items in id order as elsewhere.
-2. Spark MLlib's ALS with ``implicitPrefs``: the rating is ``log1p(weight)``, so Spark's
-   confidence ``1 + alpha * rating`` is the local path's ``1 + alpha * log1p(weight)``.
-   Spark weighs the regularization by each customer's and item's number of pairs (ALS-WR);
-   the node divides ``regularization`` by the mean pairs per customer, so the penalty of a
-   typical customer is the one ``implicit`` applies.
+2. Spark MLlib's ALS with ``implicitPrefs``, its parameters set so that it minimizes what
+   ``implicit`` minimizes (``MllibAls``): the same confidence per pair, and a penalty that
+   is ``implicit``'s for the typical customer and item. ``tune: true`` runs the local
+   path's search (models/als_tune.py) on the same validation window, fitting in Spark.
 3. Scoring runs in the executors (``mapInPandas``): each partition gets its customers'
    factors and histories and ranks items with the local path's own ``Scorer`` (models/als.py:
    cold items by item-to-item similarity, bought items left out, popularity fallback,
@@ -26,16 +25,17 @@ own machinery, so that nothing proportional to customers or events reaches the d
 
 What the driver holds: the catalogue (item ids, statistics, factors) and a handful of
 numbers. Results agree with the local path within model noise (two ALS solvers with
-different random starts): see docs/warehouses/pyspark.md, "What runs where".
+different random starts, and ALS-WR's penalty): see docs/warehouses/pyspark.md, "What runs where".
 """
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from segloop.errors import DataError, NodeError
 from segloop.models.als import AlsSettings, Scorer, fill_popular, metrics_at_k
@@ -48,6 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import scipy.sparse as sp
 
     from segloop.operators.recommend import RecommendConfig
+    from segloop.warehouses.pyspark import PySparkWarehouse
 
 SCORE_DECIMALS = 4
 # Spark types of the columns a scoring partition returns (besides the customer id).
@@ -56,17 +57,30 @@ SCORED_COLUMNS = "recommended array<string>, scores string, source string, _scor
 
 @dataclass
 class Catalogue:
-    """What every executor needs about the items: ids and statistics in code order."""
+    """What every executor needs about the items: ids, and statistics in code order."""
 
     ids: np.ndarray  # object array of item ids by code
-    customers: np.ndarray
-    total: np.ndarray
-    train_customers: np.ndarray
-    train_total: np.ndarray
+    customers: dict[str, np.ndarray]  # per weight column: customers with a positive weight, by item
+    totals: dict[str, np.ndarray]  # per weight column: the summed weight, by item
 
     @property
     def n(self) -> int:
         return len(self.ids)
+
+
+@dataclass(frozen=True)
+class Split:
+    """One train / held-out split of the pairs: the columns of its training part (weight,
+    bought) and of what was bought in its held-out part."""
+
+    weight: str
+    bought: str
+    test: str
+
+
+HOLDOUT = Split("train_weight", "train_bought", "test_bought")  # the quality card's split
+VALIDATION = Split("tune_weight", "tune_bought", "tune_test_bought")  # `tune: true`'s, the window before
+WEIGHTS = ("weight", HOLDOUT.weight, VALIDATION.weight)
 
 
 class FactorModel:
@@ -106,6 +120,56 @@ class PartitionScorer(Scorer):
 
 
 @dataclass(frozen=True)
+class PairCounts:
+    """The pairs with a positive value in one column, and the customers and items among them."""
+
+    pairs: int
+    customers: int
+    items: int
+
+
+@dataclass(frozen=True)
+class MllibAls:
+    """MLlib's ALS parameters that minimize what ``implicit``'s ALS does (models/als.py).
+
+    ``implicit`` gives a pair with weight w the confidence ``c = alpha * log1p(w)`` (pairs
+    without one: 1, preference 0) and penalizes ``regularization * (|x_u|^2 + |y_i|^2)``.
+    MLlib's implicit ALS gives a rating r > 0 the confidence ``1 + alpha * r`` and penalizes
+    each customer and item by its number of pairs (ALS-WR): ``regParam * (n_u |x_u|^2 + n_i
+    |y_i|^2)``. So:
+
+    - the rating is ``alpha * log1p(w) - 1`` with MLlib's alpha at 1: the same confidence
+      (``MIN_RATING`` at least: a pair whose ``alpha * log1p(w)`` is at most 1, which
+      ``implicit`` still counts as liked with a confidence below the pairs without any, gets
+      the least confidence MLlib gives a liked pair, about 1);
+    - customer factors times s and item factors divided by s change no score, so penalties
+      (a, b) and (a s^2, b / s^2) are the same model; ``regParam = regularization / sqrt(m_u
+      m_i)``, with m_u and m_i the mean pairs per customer and per item, penalizes the typical
+      customer and item as ``implicit`` does (customers and items with more pairs than that
+      more, fewer less).
+    """
+
+    MIN_RATING: ClassVar[float] = 1e-3
+
+    reg_param: float
+    alpha: float
+    scale: float  # the rating is log1p(w) * scale - shift
+    shift: float
+
+    @classmethod
+    def of(cls, settings: AlsSettings, shape: PairCounts) -> MllibAls:
+        per_customer = shape.pairs / max(shape.customers, 1)
+        per_item = shape.pairs / max(shape.items, 1)
+        return cls(reg_param=settings.regularization / math.sqrt(per_customer * per_item), alpha=1.0,
+                   scale=settings.alpha, shift=1.0)
+
+    def rating(self, weight: Any) -> Any:
+        from pyspark.sql import functions as F
+
+        return F.greatest(F.lit(self.MIN_RATING), F.log1p(weight) * F.lit(self.scale) - F.lit(self.shift))
+
+
+@dataclass(frozen=True)
 class LocalSteps:
     """What the local path decides and this module reuses (operators/recommend.py passes them)."""
 
@@ -122,20 +186,22 @@ def run_in_spark(session: Any, interactions: tuple[ir.Table, ir.Table, Any], sou
     ``interactions`` is the node's (pairs, customers, holdout start) expression, as the local
     path has it (operators/recommend.py).
     """
-    if config.tune and interactions[2] is not None:
-        ctx.warn("`tune: true` is not applied on Spark: the configured factors, regularization and alpha "
-                 "are used. Tune on a sample of the events on DuckDB and copy the chosen settings "
-                 "(`tuning` on its card) into the pipeline file")
     return SparkRecommender(session, config, steps, ctx).run(interactions, source_name, wide_columns)
 
 
 class SparkRecommender:
     """One run of the node on Spark; the frames it persists are released at the run's end."""
 
+    EVAL_K: ClassVar[int] = 10
+    # ALS truncates its lineage every this many sweeps where Spark has a checkpoint directory
+    # (local mode: warehouses/pyspark.py sets one); 15 sweeps without it overflowed a stack.
+    CHECKPOINT_SWEEPS: ClassVar[int] = 5
+
     def __init__(self, session: Any, config: RecommendConfig, steps: LocalSteps, ctx: RunContext):
         self.session, self.config, self.ctx, self.steps = session, config, ctx, steps
         self.als_settings = steps.settings
         self.persisted: list[Any] = []
+        self.cold: dict[str, tuple[np.ndarray, sp.csr_matrix | None]] = {}  # per weight column
         self.seconds: dict[str, float] = {}
         self.clock = time.perf_counter()
 
@@ -163,14 +229,15 @@ class SparkRecommender:
         try:
             customers, pairs, catalogue = self.coded(pairs_expr, customers_expr)
             n_customers = customers.count()
-            counts = _counts(pairs)
-            n_pairs = counts["pairs"]
+            tuning = config.tune and cutoff is not None
+            counts = _counts(pairs, WEIGHTS if tuning else WEIGHTS[:2])
+            n_pairs = counts["weight"].pairs
             if n_pairs == 0:
                 raise DataError(
                     f"node `{ctx.node}`: input `{source_name}` has no rows with a customer, an item, a "
                     "timestamp and an event with a positive weight; check `weights:` and the event names"
                 )
-            with_history = counts["customers"]
+            with_history = counts["weight"].customers
             self.lap("aggregate")
             metrics: dict[str, Any] = {
                 "customers": n_customers, "items": catalogue.n, "pairs": n_pairs,
@@ -178,6 +245,9 @@ class SparkRecommender:
                 "popular_fallback_customers": n_customers - with_history,
                 "engine": "spark",
             }
+            if tuning:
+                self.als_settings = self.choose_settings(pairs, catalogue, n_customers, counts, metrics)
+                self.lap("tune")
             use_model = True
             if cutoff is not None:
                 metrics.update(self.evaluate(pairs, catalogue, n_customers, counts))
@@ -185,8 +255,8 @@ class SparkRecommender:
                 use_model = self.steps.beats_popularity(metrics, 10, ctx)
                 self.lap("evaluate")
             metrics["model"] = "als" if use_model else "popular"
-            model = self.fit(pairs.select("_u", "_i", "weight"), "weight", n_pairs, with_history) if use_model \
-                else None
+            model = self.fit(pairs.select("_u", "_i", "weight"), "weight", counts["weight"], self.als_settings) \
+                if use_model else None
             self.lap("fit")
             if config.wide_items:
                 self.steps.warn_unknown(config.wide_items, catalogue.ids, ctx)
@@ -220,45 +290,46 @@ class SparkRecommender:
         # partition (Spark warns about it): ids only, never the driver.
         customers = self.keep(raw_customers.withColumn(
             "_u", (F.row_number().over(Window.orderBy(F.col(cid))) - 1).cast("int")))
-        items = raw_pairs.groupBy("_item").agg(
-            F.count(F.lit(1)).alias("customers"), F.sum("weight").alias("total"),
-            F.sum(F.when(F.col("train_weight") > 0, 1).otherwise(0)).alias("train_customers"),
-            F.sum("train_weight").alias("train_total"),
-        )
+        weights = [c for c in WEIGHTS if c in raw_pairs.columns]
+        aggregates = []
+        for column in weights:
+            aggregates += [F.sum(F.when(F.col(column) > 0, 1).otherwise(0)).alias(f"{column}__customers"),
+                           F.sum(column).alias(f"{column}__total")]
+        items = raw_pairs.groupBy("_item").agg(*aggregates)
         items = items.withColumn("_i", (F.row_number().over(Window.orderBy("_item")) - 1).cast("int"))
         rows = items.orderBy("_i").toArrow()  # the catalogue: one row per item
 
         def col(name: str, dtype: str) -> np.ndarray:
             return np.asarray(rows[name].to_numpy(zero_copy_only=False), dtype=dtype)
 
-        catalogue = Catalogue(np.asarray(rows["_item"].to_pylist(), dtype=object), col("customers", "int64"),
-                              col("total", "float64"), col("train_customers", "int64"),
-                              col("train_total", "float64"))
+        catalogue = Catalogue(np.asarray(rows["_item"].to_pylist(), dtype=object),
+                              {c: col(f"{c}__customers", "int64") for c in weights},
+                              {c: col(f"{c}__total", "float64") for c in weights})
         codes = items.select("_item", "_i")
         pairs = raw_pairs.join(customers.select(cid, "_u"), cid).join(F.broadcast(codes), "_item")
-        pairs = self.keep(pairs.select(
-            "_u", "_i", *(F.col(c).cast("double").alias(c)
-                          for c in ("weight", "bought", "train_weight", "train_bought", "test_bought"))))
+        values = ["weight", "bought", *(c for split in (HOLDOUT, VALIDATION)
+                                        for c in (split.weight, split.bought, split.test) if c in raw_pairs.columns)]
+        pairs = self.keep(pairs.select("_u", "_i", *(F.col(c).cast("double").alias(c) for c in values)))
         return customers, pairs, catalogue
 
     # -- fitting ----------------------------------------------------------------------------
 
-    def fit(self, weighted: Any, column: str, n_pairs: int, n_users: int) -> Any | None:
-        """Spark's implicit ALS on ``log1p(column)`` (``n_pairs`` pairs with a positive value,
-        of ``n_users`` customers); None when there are none."""
+    def fit(self, weighted: Any, column: str, shape: PairCounts, settings: AlsSettings) -> Any | None:
+        """Spark's implicit ALS on ``column`` (``shape``: its pairs with a positive value, and
+        the customers and items they join), with ``implicit``'s objective (``MllibAls``);
+        None when there are no pairs."""
         from pyspark.ml.recommendation import ALS
         from pyspark.sql import functions as F
 
-        config = self.config
-        if not n_pairs:
+        if not shape.pairs:
             return None
-        ratings = weighted.filter(F.col(column) > 0).select("_u", "_i", F.log1p(column).alias("_r"))
-        pairs_per_customer = n_pairs / max(n_users, 1)
+        mapped = MllibAls.of(settings, shape)
+        ratings = weighted.filter(F.col(column) > 0).select("_u", "_i", mapped.rating(F.col(column)).alias("_r"))
         blocks = max(1, int(self.session.conf.get("spark.sql.shuffle.partitions", "8")))
-        als = ALS(rank=config.factors, maxIter=config.iterations,
-                  regParam=config.regularization / pairs_per_customer, alpha=config.alpha,
-                  implicitPrefs=True, seed=config.seed, userCol="_u", itemCol="_i", ratingCol="_r",
-                  numUserBlocks=blocks, numItemBlocks=blocks, coldStartStrategy="nan")
+        als = ALS(rank=settings.factors, maxIter=settings.iterations, regParam=mapped.reg_param,
+                  alpha=mapped.alpha, implicitPrefs=True, seed=settings.seed, userCol="_u", itemCol="_i",
+                  ratingCol="_r", numUserBlocks=blocks, numItemBlocks=blocks, coldStartStrategy="nan",
+                  checkpointInterval=self.CHECKPOINT_SWEEPS)
         try:
             return als.fit(ratings)
         except Exception as exc:
@@ -270,7 +341,7 @@ class SparkRecommender:
 
         if model is None:
             return None
-        out = np.zeros((n_items, self.config.factors), dtype="float32")
+        out = np.zeros((n_items, model.rank), dtype="float32")
         rows = model.itemFactors.toArrow()  # one row per item
         ids = rows["id"].to_numpy(zero_copy_only=False)
         out[ids] = np.asarray(rows["features"].to_pylist(), dtype="float32")
@@ -306,35 +377,46 @@ class SparkRecommender:
         import numpy as np
 
         item_factors = self.item_factors(model, len(totals))
-        cold, similarity = (self.cold_similarity(pairs, column, customers_per_item) if model is not None
-                            else (np.array([], dtype="int64"), None))
+        if model is None:
+            cold, similarity = np.array([], dtype="int64"), None
+        else:  # the same for every fit on this column (tune: true fits a dozen)
+            if column not in self.cold:
+                self.cold[column] = self.cold_similarity(pairs, column, customers_per_item)
+            cold, similarity = self.cold[column]
         return PartitionScorer(item_factors, self.als_settings, customers_per_item, totals, n_customers,
                                cold, similarity)
 
     # -- evaluation -------------------------------------------------------------------------
 
-    def evaluate(self, pairs: Any, catalogue: Catalogue, n_customers: int, counts: dict[str, int]
-                 ) -> dict[str, Any]:
-        """The local path's ``evaluate`` in Spark: fit before the holdout, score the customers
-        who bought in it (bought-before items excluded when ``exclude_purchased``)."""
+    def split_frame(self, pairs: Any, split: Split) -> tuple[Any, int]:
+        """(one row per customer to evaluate: the items bought in the held-out part, the history
+        before it; how many), persisted for the fits scored on it."""
         from pyspark.sql import functions as F
 
-        config, k = self.config, 10
-        relevant = F.col("test_bought") > 0
-        if config.exclude_purchased:
-            relevant = relevant & (F.col("train_bought") <= 0)
+        relevant = F.col(split.test) > 0
+        if self.config.exclude_purchased:
+            relevant = relevant & (F.col(split.bought) <= 0)
         truth = pairs.filter(relevant).groupBy("_u").agg(F.collect_list("_i").alias("truth"))
-        model = self.fit(pairs.select("_u", "_i", "train_weight"), "train_weight", counts["train_pairs"],
-                         counts["train_customers"])
-        scorer = self.scorer(model, pairs, "train_weight", catalogue.train_customers, catalogue.train_total,
-                             n_customers)
-        history = _histories(pairs.filter(F.col("train_weight") > 0), "train_weight", "train_bought")
-        frame = truth.join(history, "_u", "left")
+        history = _histories(pairs.filter(F.col(split.weight) > 0), split.weight, split.bought)
+        frame = self.keep(truth.join(history, "_u", "left"))
+        return frame, frame.count()
+
+    def measure(self, pairs: Any, frame: Any, split: Split, catalogue: Catalogue, n_customers: int,
+                shape: PairCounts, settings: AlsSettings, popular: bool) -> dict[str, dict[str, float]] | None:
+        """Fit on the split's training part, score its customers in the executors: the mean
+        precision, recall, NDCG at 10 and coverage of the model's lists (``ours``) and, with
+        ``popular``, of popularity's; None when no customer is evaluated."""
+        from pyspark.sql import functions as F
+
+        k, n_items, exclude = self.EVAL_K, catalogue.n, self.config.exclude_purchased
+        model = self.fit(pairs.select("_u", "_i", split.weight), split.weight, shape, settings)
+        scorer = self.scorer(model, pairs, split.weight, catalogue.customers[split.weight],
+                             catalogue.totals[split.weight], n_customers)
         if model is not None:
             frame = frame.join(model.userFactors.withColumnRenamed("id", "_u"), "_u", "left")
         else:
             frame = frame.withColumn("features", F.lit(None).cast("array<float>"))
-        n_items, exclude = catalogue.n, config.exclude_purchased
+        names = ("ours", "popular") if popular else ("ours",)
 
         def evaluate_partition(batches: Iterator[Any]) -> Iterator[Any]:
             import numpy as np
@@ -342,13 +424,14 @@ class SparkRecommender:
 
             for batch in batches:
                 weights, bought, factors = _matrices(batch, n_items, scorer)
-                ours = scorer.score_batch(factors, weights, bought, k)[0]
-                popular = np.full((len(batch), k), -1, dtype="int64")
-                fill_popular(popular, np.zeros(popular.shape, dtype="float32"), scorer.popular, scorer.reach,
-                             bought if exclude else None, k)
+                lists = {"ours": scorer.score_batch(factors, weights, bought, k)[0]}
+                if popular:
+                    lists["popular"] = np.full((len(batch), k), -1, dtype="int64")
+                    fill_popular(lists["popular"], np.zeros((len(batch), k), dtype="float32"), scorer.popular,
+                                 scorer.reach, bought if exclude else None, k)
                 truth_matrix = _csr(batch["truth"], None, n_items)
                 row: dict[str, Any] = {"n": len(batch)}
-                for name, ranked in (("ours", ours), ("popular", popular)):
+                for name, ranked in lists.items():
                     means = metrics_at_k(ranked, truth_matrix, k)
                     for metric, value in means.items():
                         row[f"{name}_{metric}"] = value * len(batch)
@@ -356,11 +439,11 @@ class SparkRecommender:
                 yield pd.DataFrame({key: [value] if not isinstance(value, list) else value
                                     for key, value in row.items()})
 
-        sums = ", ".join(f"{name}_{m} double" for name in ("ours", "popular") for m in ("precision", "recall", "ndcg"))
-        schema = f"n long, {sums}, ours_shown array<int>, popular_shown array<int>"
+        sums = ", ".join(f"{name}_{m} double" for name in names for m in ("precision", "recall", "ndcg"))
+        schema = f"n long, {sums}" + "".join(f", {name}_shown array<int>" for name in names)
         parts = frame.mapInPandas(evaluate_partition, schema)
         aggregates = [F.sum("n").alias("n")]
-        for name in ("ours", "popular"):
+        for name in names:
             aggregates += [F.sum(f"{name}_{m}").alias(f"{name}_{m}") for m in ("precision", "recall", "ndcg")]
             aggregates.append(F.size(F.array_distinct(F.flatten(F.collect_list(f"{name}_shown")))).alias(
                 f"{name}_coverage"))
@@ -370,20 +453,57 @@ class SparkRecommender:
             raise _executor_error(self.ctx, exc) from exc
         evaluated = int(total["n"] or 0) if total else 0
         if not evaluated:
+            return None
+        values = {}
+        for name in names:
+            values[name] = {m: total[f"{name}_{m}"] / evaluated for m in ("precision", "recall", "ndcg")}
+            values[name]["coverage"] = total[f"{name}_coverage"] / n_items if n_items else 0.0
+        return values
+
+    def evaluate(self, pairs: Any, catalogue: Catalogue, n_customers: int, counts: dict[str, PairCounts]
+                 ) -> dict[str, Any]:
+        """The local path's ``evaluate`` in Spark: fit before the holdout, score the customers
+        who bought in it (bought-before items excluded when ``exclude_purchased``)."""
+        config, k = self.config, self.EVAL_K
+        frame, evaluated = self.split_frame(pairs, HOLDOUT)
+        values = self.measure(pairs, frame, HOLDOUT, catalogue, n_customers, counts[HOLDOUT.weight],
+                              self.als_settings, popular=True) if evaluated else None
+        if values is None:
             self.ctx.warn(f"no purchases in the last {config.holdout_days} days to evaluate on; "
                           "metrics are not computed (lower `holdout_days` or add data)")
             return {"evaluated_customers": 0}
         out: dict[str, Any] = {"evaluated_customers": evaluated}
-        values = {}
-        for name in ("ours", "popular"):
-            values[name] = {m: total[f"{name}_{m}"] / evaluated for m in ("precision", "recall", "ndcg")}
-            values[name]["coverage"] = total[f"{name}_coverage"] / n_items if n_items else 0.0
         for metric in ("precision", "recall", "ndcg", "coverage"):
             out[f"{metric}_at_{k}"] = round(values["ours"][metric], 4)
             out[f"popular_{metric}_at_{k}"] = round(values["popular"][metric], 4)
         base = values["popular"]["ndcg"]
         out[f"ndcg_at_{k}_lift"] = round(values["ours"]["ndcg"] / base, 3) if base else None
         return out
+
+    def choose_settings(self, pairs: Any, catalogue: Catalogue, n_customers: int, counts: dict[str, PairCounts],
+                        metrics: dict[str, Any]) -> AlsSettings:
+        """``tune: true``: the local path's search (models/als_tune.py) on the same validation
+        window (the ``holdout_days`` before the holdout), each candidate fitted and scored in Spark."""
+        from segloop.models.als_tune import MIN_VALIDATION_CUSTOMERS, search
+
+        config, configured = self.config, self.als_settings
+        frame, n = self.split_frame(pairs, VALIDATION)
+        shape = counts[VALIDATION.weight]
+        if n < MIN_VALIDATION_CUSTOMERS or shape.pairs == 0:
+            self.ctx.warn(f"`tune: true`: only {n} customers bought in the {config.holdout_days} days before "
+                          f"the holdout (at least {MIN_VALIDATION_CUSTOMERS} are needed to choose settings); the "
+                          "configured settings are used. More history, or a shorter `holdout_days`, lets the "
+                          "node tune")
+            metrics["tuning"] = {"winner": "configured", "chosen": configured.describe(), "validation_customers": n}
+            return configured
+
+        def ndcg(settings: AlsSettings) -> float:
+            values = self.measure(pairs, frame, VALIDATION, catalogue, n_customers, shape, settings, popular=False)
+            return values["ours"]["ndcg"] if values else 0.0
+
+        result = search(configured, catalogue.n, n, ndcg)
+        metrics["tuning"] = result.card()
+        return result.chosen
 
     # -- scoring ----------------------------------------------------------------------------
 
@@ -394,7 +514,8 @@ class SparkRecommender:
 
         config = self.config
         cid = config.customer_id
-        scorer = self.scorer(model, pairs, "weight", catalogue.customers, catalogue.total, n_customers)
+        scorer = self.scorer(model, pairs, "weight", catalogue.customers["weight"], catalogue.totals["weight"],
+                             n_customers)
         history = _histories(pairs, "weight", "bought")
         frame = customers.join(history, "_u", "left").join(
             model.userFactors.withColumnRenamed("id", "_u"), "_u", "left") if model is not None else \
@@ -450,8 +571,9 @@ class SparkRecommender:
     # -- output -----------------------------------------------------------------------------
 
     def write(self, scored: Any, name: str) -> None:
+        """Spark writes the scored rows (the warehouse's own write: its table listing stays current)."""
         try:
-            scored.write.mode("overwrite").saveAsTable(self.ctx.warehouse.qualified(name), format="parquet")
+            cast("PySparkWarehouse", self.ctx.warehouse).write_dataframe(scored, name)
         except Exception as exc:
             raise _executor_error(self.ctx, exc) from exc
 
@@ -472,16 +594,21 @@ class SparkRecommender:
         )
 
 
-def _counts(pairs: Any) -> dict[str, int]:
-    """Pairs and customers with history, in all data and before the holdout: one job."""
+def _counts(pairs: Any, columns: tuple[str, ...]) -> dict[str, PairCounts]:
+    """For each weight column: its pairs with a positive value, and their customers and
+    items (one Spark job for all)."""
     from pyspark.sql import functions as F
 
-    train = F.col("train_weight") > 0
-    row = pairs.agg(F.count(F.lit(1)).alias("pairs"), F.countDistinct("_u").alias("customers"),
-                    F.count(F.when(train, 1)).alias("train_pairs"),
-                    F.countDistinct(F.when(train, F.col("_u"))).alias("train_customers")).first()
-    return {key: int(row[key] or 0) for key in ("pairs", "customers", "train_pairs", "train_customers")} if row \
-        else dict.fromkeys(("pairs", "customers", "train_pairs", "train_customers"), 0)
+    aggregates = []
+    for column in columns:
+        positive = F.col(column) > 0
+        aggregates += [F.count(F.when(positive, 1)).alias(f"{column}__pairs"),
+                       F.countDistinct(F.when(positive, F.col("_u"))).alias(f"{column}__customers"),
+                       F.countDistinct(F.when(positive, F.col("_i"))).alias(f"{column}__items")]
+    row = pairs.agg(*aggregates).first()
+    return {column: PairCounts(*(int(row[f"{column}__{key}"] or 0) if row else 0
+                                 for key in ("pairs", "customers", "items")))
+            for column in columns}
 
 
 def _histories(pairs: Any, weight: str, bought: str) -> Any:

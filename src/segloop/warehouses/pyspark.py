@@ -89,6 +89,11 @@ class PySparkConfig(WarehouseConfig):
                 .config("spark.sql.session.timeZone", "UTC")
                 .config("spark.ui.enabled", "false")
                 .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+                # Iterative jobs (MLlib's ALS: two RDDs per sweep) checkpoint here every few
+                # sweeps; without a directory their lineage grows until deserializing a task
+                # overflows an executor thread's stack (java.lang.StackOverflowError).
+                .config("spark.checkpoint.dir", str(warehouse.parent / "spark-checkpoints"))
+                .config("spark.cleaner.referenceTracking.cleanCheckpoints", "true")
             )
             if self.driver_memory:
                 builder = builder.config("spark.driver.memory", self.driver_memory)
