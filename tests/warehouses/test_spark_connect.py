@@ -5,7 +5,7 @@ serves Spark Connect. The server runs here in a child process (a process with a 
 Spark session, as the other Spark tests leave, cannot host a second one) on a free
 loopback port, with a bearer token. segloop connects as it would to a cluster: the
 token from an environment variable, never in the URL. Needs the [pyspark] extra, the Spark
-Connect client's libraries (grpcio, grpcio-status, googleapis-common-protos, zstandard:
+Connect client's libraries (grpcio, grpcio-status, googleapis-common-protos:
 ``pip install 'pyspark[connect]==<pyspark's version>'``) and Java 17+; without them the test
 is skipped and says why. Marked slow: the server's JVM takes ~30-60 s to start on two cores.
 """
@@ -62,7 +62,7 @@ def free_port() -> int:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
     """(port, token) of a local Spark Connect server in a child process."""
     require_module("pyspark", "pip install 'segloop[pyspark]'")
-    for module in ("grpc", "grpc_status", "google.rpc", "zstandard"):
+    for module in ("grpc", "grpc_status", "google.rpc"):
         require_module(module, "pip install 'pyspark[connect]' (the Spark Connect client's libraries)")
     require_java(17)
     port, token = free_port(), secrets.token_hex(16)
