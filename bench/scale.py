@@ -30,6 +30,8 @@ seen between them goes on (peaks that are flat stay flat; nothing accounts for s
 put first on ``PYTHONPATH``) at each size, back to back with the current one; with
 ``--before-pipeline`` also that commit's demo pipeline (its ``demo.yml``) on its own data,
 right after its demo-data (before the current demo-data replaces it).
+With ``--reuse --pipeline-only`` the older pipeline runs on the data that is there (the
+current demo-data's), so both pipelines read the same rows.
 ``--workdir`` keeps each size's workspace; a later run with ``--reuse`` skips demo-data
 where the data is there.
 
@@ -92,7 +94,7 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple
             "load_at_start": load, "load_at_end": os.getloadavg()[0], "started": started}, proc.stdout
 
 
-def workspace(base: Path, customers: int, duckdb_memory: str | None = None, memory_limit: str | None = None,
+def workspace(base: Path, customers: int | str, duckdb_memory: str | None = None, memory_limit: str | None = None,
               pipeline: str | None = None) -> Path:
     """Size ``customers``'s workspace: ``segloop.yml`` with the given memory settings (None: left
     out, the defaults) and the demo pipeline (``pipeline``: its text, an older commit's)."""
@@ -114,6 +116,24 @@ def workspace(base: Path, customers: int, duckdb_memory: str | None = None, memo
 def demo_data(root: Path, customers: int) -> dict[str, Any]:
     figures, _ = timed([SEGLOOP, "demo-data", "--customers", str(customers)], root)
     return figures
+
+
+OLDER_STORAGE = "v1.4.0"
+"""The DuckDB file format an older commit's DuckDB (1.x) reads: duckdb 2 writes version 69."""
+
+
+def copy_for_older_duckdb(data: Path, target: Path) -> None:
+    """Copy the warehouse ``data`` into ``target`` in DuckDB 1.x's storage format (not timed)."""
+    import duckdb
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    started = time.perf_counter()
+    with duckdb.connect() as con:
+        con.execute(f"ATTACH '{data}' AS current_data (READ_ONLY)")
+        con.execute(f"ATTACH '{target}' AS older (STORAGE_VERSION '{OLDER_STORAGE}')")
+        con.execute("COPY FROM DATABASE current_data TO older")
+    print(f"copied {data} for the older DuckDB in {time.perf_counter() - started:.0f} s", flush=True)
 
 
 def checkout(commit: str) -> Path:
@@ -412,7 +432,8 @@ def main() -> None:
     parser.add_argument("--pipeline-only", action="store_true", help="with --reuse: measure the pipeline only")
     parser.add_argument("--before", metavar="COMMIT", help="also run demo-data as of COMMIT, back to back")
     parser.add_argument("--before-pipeline", action="store_true",
-                        help="with --before: also COMMIT's demo pipeline on its data, right after its demo-data")
+                        help="with --before: also COMMIT's demo pipeline on its data, right after its demo-data "
+                             "(with --pipeline-only: on the data that is there)")
     parser.add_argument("--before-python", default=PYTHON, metavar="PATH",
                         help="with --before: the interpreter of a venv with COMMIT's dependencies "
                              "(code older than bb54326 needs duckdb<2 and sqlglot<30)")
@@ -449,13 +470,21 @@ def main() -> None:
             results[n] = figures
             data = root / ".segloop" / "warehouse.duckdb"
             if old_src is not None:
-                if data.exists():
-                    data.unlink()
-                figures["before"] = demo_data_before(root, n, old_src, args.before_python)
-                print(f"{n:,} customers: demo-data as of {args.before}: {figures['before']}", flush=True)
+                if not args.pipeline_only:  # else the older pipeline runs on the data that is there
+                    if data.exists():
+                        data.unlink()
+                    figures["before"] = demo_data_before(root, n, old_src, args.before_python)
+                    print(f"{n:,} customers: demo-data as of {args.before}: {figures['before']}", flush=True)
                 if args.before_pipeline and not args.demo_data_only:
-                    workspace(base, n, pipeline=old_pipeline(args.before))
-                    total, run = run_pipeline(root, old_src, args.before_python)
+                    old_root = root
+                    if args.pipeline_only:  # the data that is there, in a file the older DuckDB reads
+                        old_root = workspace(base, f"{n}-before", pipeline=old_pipeline(args.before))
+                        copy_for_older_duckdb(data, old_root / ".segloop" / "warehouse.duckdb")
+                    else:
+                        workspace(base, n, pipeline=old_pipeline(args.before))
+                    total, run = run_pipeline(old_root, old_src, args.before_python)
+                    if old_root != root:
+                        shutil.rmtree(old_root, ignore_errors=True)
                     figures["runs"][f"before ({args.before})"] = {"total": total, "run": run}
                     print(f"{n:,} customers: run as of {args.before} {total} ok={run['ok']}", flush=True)
             if not (args.reuse and data.exists() and not args.before) and not args.pipeline_only:
