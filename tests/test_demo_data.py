@@ -182,31 +182,53 @@ def test_a_failure_while_generating_reaches_the_caller(tmp_path, monkeypatch) ->
     assert not generator_threads() and len(made) == 2
 
 
-def test_the_next_tables_are_made_while_the_warehouse_writes(tmp_path, monkeypatch) -> None:
-    """Generating and writing overlap (two cores: twice the pace), without waiting for a
-    whole chunk: while the first table is written, the tables after it are being made."""
+def test_the_next_chunk_is_made_while_the_warehouse_writes_and_no_further(tmp_path, monkeypatch) -> None:
+    """Generating and writing overlap (two cores: up to twice the pace). A chunk's tables
+    are drawn together, so while one chunk is written the whole next one must be made (a
+    producer only a table or two ahead left the warehouse idle while each chunk was drawn);
+    and not the one after, so that at most two chunks are held, whatever the customers."""
+    import time
+
     import segloop.demo_tables as demo_tables
+    from segloop.demo_tables import TRUTH
 
     real = demo_tables.chunk_tables
-    made = threading.Semaphore(0)
+    made = threading.Semaphore(0)  # a chunk's tables are all made
+    truths_written: list[int] = []  # the truth is a chunk's last table
+    too_early: list[tuple[int, int]] = []  # (chunk started, chunks written by then)
+    started = [0]
 
     def chunk_tables(*args: Any) -> Any:
-        for item in real(*args):
-            made.release()
-            yield item
+        started[0] += 1
+        if started[0] > len(truths_written) + 2:  # chunk j starts before chunk j-2 is written
+            too_early.append((started[0], len(truths_written)))
+        for name, table in real(*args):
+            if name == TRUTH:
+                made.release()
+            yield name, table
 
     class SlowWarehouse(RecordingWarehouse):
         overlapped: bool | None = None
 
         def create_table(self, name: str, obj: pa.Table, schema: str | None = None) -> Any:
-            if self.overlapped is None:  # the first table: are the next ones made meanwhile?
-                made.acquire()  # this one
-                self.overlapped = made.acquire(timeout=20) and made.acquire(timeout=20)
-            return super().create_table(name, obj, schema)
+            if self.overlapped is None:  # the first table: is the next chunk made meanwhile?
+                self.overlapped = made.acquire(timeout=20) and made.acquire(timeout=20)  # this one, the next
+            written = super().create_table(name, obj, schema)
+            if name == "customers":
+                truths_written.append(obj.num_rows)
+            return written
+
+        def insert(self, name: str, obj: pa.Table, schema: str | None = None) -> None:
+            time.sleep(0.05)  # a slow warehouse: a producer without a bound would run ahead
+            super().insert(name, obj, schema)
+            if name == "customers":
+                truths_written.append(obj.num_rows)
 
     monkeypatch.setattr(demo_tables, "chunk_tables", chunk_tables)
     with Warehouse.duckdb(tmp_path / "w.duckdb") as wh:
         slow = SlowWarehouse(wh)
-        stats = write_demo_data(slow, customers=GENERATION_BLOCK, days=60)  # type: ignore[arg-type]
-        assert stats.tables["users"] == GENERATION_BLOCK
+        stats = write_demo_data(slow, customers=5 * GENERATION_BLOCK, days=60,  # type: ignore[arg-type]
+                                chunk_customers=GENERATION_BLOCK)
+        assert stats.tables["users"] == 5 * GENERATION_BLOCK
     assert slow.overlapped
+    assert started[0] == 5 and not too_early, too_early
