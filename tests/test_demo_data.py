@@ -86,6 +86,31 @@ def test_the_same_seed_gives_the_same_rows_whatever_the_chunk_size() -> None:
     assert (ts[1:] >= ts[:-1]).all()
 
 
+def test_big_tables_are_appended_in_whole_row_groups_with_the_same_rows_in_order(tmp_path) -> None:
+    """DuckDB stores whole row groups of an append in parallel and straight into the file;
+    a partial one is merged and compressed again later. So each big table's rows past its
+    last whole row group wait for the next chunk's, and nothing is lost or reordered."""
+    from segloop.warehouses.duckdb import SCAN_BATCH_ROWS
+
+    customers, chunk = 3 * GENERATION_BLOCK + 400, GENERATION_BLOCK
+    with Warehouse.duckdb(tmp_path / "w.duckdb") as wh:
+        recording = RecordingWarehouse(wh)
+        stats = write_demo_data(recording, customers=customers, chunk_customers=chunk,  # type: ignore[arg-type]
+                                split_ids=True)
+        written = {name: wh.raw.execute(f"SELECT id FROM demo_shop.{name}").fetch_arrow_table()["id"]
+                   for name in ("product_viewed", "tracks", "users")}
+    tables, _ = generate(customers, chunk_customers=chunk, split_ids=True)
+    for name, ids in written.items():
+        assert ids.to_pylist() == tables[name]["id"].to_pylist(), name
+    views = recording.calls["demo_shop.product_viewed"]
+    assert tables["product_viewed"].num_rows / 4 > SCAN_BATCH_ROWS  # a chunk's views: over a row group
+    # One write per chunk, each of whole row groups, and the rest (less than one) at the end.
+    assert all(rows % SCAN_BATCH_ROWS == 0 for rows in views[:-1]) and len(views) == 5, views
+    assert 0 < views[-1] < SCAN_BATCH_ROWS, views
+    assert len(recording.calls["demo_shop.users"]) == 4  # small tables: as they come, one write a chunk
+    assert stats.tables["product_viewed"] == sum(views) == tables["product_viewed"].num_rows
+
+
 @pytest.mark.slow
 def test_the_streamed_demo_has_the_tables_columns_and_rates_of_the_generator_before() -> None:
     customers = 4000

@@ -385,20 +385,26 @@ def write_demo_data(
     warehouse.lower_memory_limit(WAREHOUSE_MEMORY)
     report("write", 0, customers)
     counts: dict[str, int] = {}
+    held: dict[tuple[str, str], pa.Table] = {}  # rows past the last whole row group, for the next part
     truth_schema = f"{schema}_truth"
     tables = iter_tables(customers, days, seed, end, chunk_customers, split_ids)
     for name, part in _tables_of(prefetched(_chunks_of(tables), PREFETCH_CHUNKS)):
         target, table = (truth_schema, "customers") if name == TRUTH else (schema, name)
         key = f"{target}.{table}"
+        rows = part.num_rows
+        part = _whole_row_groups(warehouse, held, (table, target), part)
         if key in counts:
             if part.num_rows:
                 warehouse.insert(table, part, schema=target)
         else:
             warehouse.create_table(table, part, schema=target)
             counts[key] = 0
-        counts[key] += part.num_rows
+        del part
+        counts[key] += rows
         if name == TRUTH:
-            report("write", part.num_rows, customers)
+            report("write", rows, customers)
+    for (table, target), rest in held.items():  # the last rows of the big tables
+        warehouse.insert(table, rest, schema=target)
     written = {name.split(".", 1)[1]: rows for name, rows in counts.items() if name.startswith(f"{schema}.")}
     return DemoStats(
         schema=schema,
@@ -409,6 +415,37 @@ def write_demo_data(
         tables=written,
         seconds=time.perf_counter() - started,
     )
+
+
+def _whole_row_groups(warehouse: Warehouse, held: dict[tuple[str, str], pa.Table], key: tuple[str, str],
+                      part: pa.Table) -> pa.Table:
+    """``part`` after the rows held back from its table's part before, cut to whole row groups
+    of the warehouse (``APPEND_ROWS``); the rest goes to ``held`` (copied, so the part's
+    buffers are let go of) for the next part or the end.
+
+    DuckDB stores an append's whole row groups in parallel straight into the file; a last,
+    partial one it logs, merges with the next append and compresses again at a checkpoint,
+    in one thread (10% of demo-data's CPU: bench/README.md, "demo-data, third pass"). Only
+    parts of at least one row group are cut, so a table that grows by less per chunk is
+    written as it comes and at most one row group of each big table is held.
+    """
+    import pyarrow as pa
+
+    align = warehouse.APPEND_ROWS
+    before = held.pop(key, None)
+    if before is not None:
+        if before.schema.equals(part.schema):
+            part = pa.concat_tables([before, part])
+        else:  # not expected from one generator; written on its own rather than failing
+            warehouse.insert(key[0], before, schema=key[1])
+    if align <= 1 or part.num_rows < align:
+        return part
+    whole = part.num_rows // align * align
+    if whole < part.num_rows:
+        rest = part.slice(whole)
+        held[key] = pa.Table.from_arrays([pa.concat_arrays(column.chunks) for column in rest.columns],
+                                         schema=rest.schema)
+    return part.slice(0, whole)
 
 
 def _chunks_of(tables: Iterator[tuple[str, pa.Table]]) -> Iterator[list[tuple[str, pa.Table]]]:
