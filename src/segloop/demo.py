@@ -426,9 +426,9 @@ def _whole_row_groups(warehouse: Warehouse, held: dict[tuple[str, str], pa.Table
 
     DuckDB stores an append's whole row groups in parallel straight into the file; a last,
     partial one it logs, merges with the next append and compresses again at a checkpoint,
-    in one thread (10% of demo-data's CPU: bench/README.md, "demo-data, third pass"). Only
-    parts of at least one row group are cut, so a table that grows by less per chunk is
-    written as it comes and at most one row group of each big table is held.
+    in one thread (8% of demo-data's CPU at 12k customers: bench/README.md, "demo-data, third
+    pass"). Only parts of at least one row group are cut, so a table that grows by less per
+    chunk is written as it comes and at most one row group of each big table is held.
     """
     import pyarrow as pa
 
