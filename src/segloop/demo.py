@@ -86,9 +86,11 @@ DEFAULT_END = datetime(2026, 6, 30)
 GENERATION_BLOCK = 1_000
 # Customers per chunk written to the warehouse: ~116 KB of Arrow data per customer. The
 # generator makes one chunk while the warehouse writes the tables of the one before, so
-# the Python side holds up to two (~0.5 GB at this size, whatever the total; at 3,000 the
-# peak was 115 MB higher for the same CPU seconds: bench/README.md, "demo-data, third pass").
-DEFAULT_CHUNK_CUSTOMERS = 2_000
+# the Python side holds up to two (~0.7 GB at this size, whatever the total). Smaller
+# chunks hold less (2,000: 115 MB less peak at 100k) but cost the writing thread ~20% more
+# CPU: each append commits, and commits check the database file (bench/README.md, "demo-data,
+# third pass").
+DEFAULT_CHUNK_CUSTOMERS = 3_000
 # DuckDB's memory while the demo is written (an embedded warehouse keeps the blocks it wrote
 # cached up to its memory_limit; they are on disk already, so a smaller cache costs little:
 # the same CPU seconds at 768 MiB as at 1 GiB, 250 MB less peak; bench/README.md, "Scale").
