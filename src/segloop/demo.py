@@ -93,8 +93,9 @@ GENERATION_BLOCK = 1_000
 DEFAULT_CHUNK_CUSTOMERS = 3_000
 # DuckDB's memory while the demo is written (an embedded warehouse keeps the blocks it wrote
 # cached up to its memory_limit; they are on disk already, so a smaller cache costs little:
-# the same CPU seconds at 768 MiB as at 1 GiB, 250 MB less peak; bench/README.md, "Scale").
-WAREHOUSE_MEMORY = 768 * 2**20
+# the same CPU seconds at 768 MiB as at 1 GiB, 250 MB less peak; 512 MiB since the third
+# pass, where two whole chunks are held; bench/README.md, "Scale").
+WAREHOUSE_MEMORY = 512 * 2**20
 # Chunks made ahead while the warehouse writes the one before: one, so that two chunks at
 # most are in memory (the one written, the next one being made or waiting).
 PREFETCH_CHUNKS = 1
