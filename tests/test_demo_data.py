@@ -86,6 +86,31 @@ def test_the_same_seed_gives_the_same_rows_whatever_the_chunk_size() -> None:
     assert (ts[1:] >= ts[:-1]).all()
 
 
+def test_big_tables_are_appended_in_whole_row_groups_with_the_same_rows_in_order(tmp_path) -> None:
+    """DuckDB stores whole row groups of an append in parallel and straight into the file;
+    a partial one is merged and compressed again later. So each big table's rows past its
+    last whole row group wait for the next chunk's, and nothing is lost or reordered."""
+    from segloop.warehouses.duckdb import SCAN_BATCH_ROWS
+
+    customers, chunk = 3 * GENERATION_BLOCK + 400, GENERATION_BLOCK
+    with Warehouse.duckdb(tmp_path / "w.duckdb") as wh:
+        recording = RecordingWarehouse(wh)
+        stats = write_demo_data(recording, customers=customers, chunk_customers=chunk,  # type: ignore[arg-type]
+                                split_ids=True)
+        written = {name: wh.raw.execute(f"SELECT id FROM demo_shop.{name}").fetch_arrow_table()["id"]
+                   for name in ("product_viewed", "tracks", "users")}
+    tables, _ = generate(customers, chunk_customers=chunk, split_ids=True)
+    for name, ids in written.items():
+        assert ids.to_pylist() == tables[name]["id"].to_pylist(), name
+    views = recording.calls["demo_shop.product_viewed"]
+    assert tables["product_viewed"].num_rows / 4 > SCAN_BATCH_ROWS  # a chunk's views: over a row group
+    # One write per chunk, each of whole row groups, and the rest (less than one) at the end.
+    assert all(rows % SCAN_BATCH_ROWS == 0 for rows in views[:-1]) and len(views) == 5, views
+    assert 0 < views[-1] < SCAN_BATCH_ROWS, views
+    assert len(recording.calls["demo_shop.users"]) == 4  # small tables: as they come, one write a chunk
+    assert stats.tables["product_viewed"] == sum(views) == tables["product_viewed"].num_rows
+
+
 @pytest.mark.slow
 def test_the_streamed_demo_has_the_tables_columns_and_rates_of_the_generator_before() -> None:
     customers = 4000
@@ -182,31 +207,53 @@ def test_a_failure_while_generating_reaches_the_caller(tmp_path, monkeypatch) ->
     assert not generator_threads() and len(made) == 2
 
 
-def test_the_next_tables_are_made_while_the_warehouse_writes(tmp_path, monkeypatch) -> None:
-    """Generating and writing overlap (two cores: twice the pace), without waiting for a
-    whole chunk: while the first table is written, the tables after it are being made."""
+def test_the_next_chunk_is_made_while_the_warehouse_writes_and_no_further(tmp_path, monkeypatch) -> None:
+    """Generating and writing overlap (two cores: up to twice the pace). A chunk's tables
+    are drawn together, so while one chunk is written the whole next one must be made (a
+    producer only a table or two ahead left the warehouse idle while each chunk was drawn);
+    and not the one after, so that at most two chunks are held, whatever the customers."""
+    import time
+
     import segloop.demo_tables as demo_tables
+    from segloop.demo_tables import TRUTH
 
     real = demo_tables.chunk_tables
-    made = threading.Semaphore(0)
+    made = threading.Semaphore(0)  # a chunk's tables are all made
+    truths_written: list[int] = []  # the truth is a chunk's last table
+    too_early: list[tuple[int, int]] = []  # (chunk started, chunks written by then)
+    started = [0]
 
     def chunk_tables(*args: Any) -> Any:
-        for item in real(*args):
-            made.release()
-            yield item
+        started[0] += 1
+        if started[0] > len(truths_written) + 2:  # chunk j starts before chunk j-2 is written
+            too_early.append((started[0], len(truths_written)))
+        for name, table in real(*args):
+            if name == TRUTH:
+                made.release()
+            yield name, table
 
     class SlowWarehouse(RecordingWarehouse):
         overlapped: bool | None = None
 
         def create_table(self, name: str, obj: pa.Table, schema: str | None = None) -> Any:
-            if self.overlapped is None:  # the first table: are the next ones made meanwhile?
-                made.acquire()  # this one
-                self.overlapped = made.acquire(timeout=20) and made.acquire(timeout=20)
-            return super().create_table(name, obj, schema)
+            if self.overlapped is None:  # the first table: is the next chunk made meanwhile?
+                self.overlapped = made.acquire(timeout=20) and made.acquire(timeout=20)  # this one, the next
+            written = super().create_table(name, obj, schema)
+            if name == "customers":
+                truths_written.append(obj.num_rows)
+            return written
+
+        def insert(self, name: str, obj: pa.Table, schema: str | None = None) -> None:
+            time.sleep(0.05)  # a slow warehouse: a producer without a bound would run ahead
+            super().insert(name, obj, schema)
+            if name == "customers":
+                truths_written.append(obj.num_rows)
 
     monkeypatch.setattr(demo_tables, "chunk_tables", chunk_tables)
     with Warehouse.duckdb(tmp_path / "w.duckdb") as wh:
         slow = SlowWarehouse(wh)
-        stats = write_demo_data(slow, customers=GENERATION_BLOCK, days=60)  # type: ignore[arg-type]
-        assert stats.tables["users"] == GENERATION_BLOCK
+        stats = write_demo_data(slow, customers=5 * GENERATION_BLOCK, days=60,  # type: ignore[arg-type]
+                                chunk_customers=GENERATION_BLOCK)
+        assert stats.tables["users"] == 5 * GENERATION_BLOCK
     assert slow.overlapped
+    assert started[0] == 5 and not too_early, too_early

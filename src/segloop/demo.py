@@ -22,11 +22,15 @@ vectorized with numpy; a chunk of blocks (``chunk_customers``) becomes Arrow tab
 So the same seed gives the same rows whatever the chunk size; only the order of rows in a
 table follows the chunks (each chunk's rows in time order).
 
-Writing overlaps with generating: a producer thread makes the next tables (numpy and
-Arrow release Python's lock in their kernels) while the warehouse stores the current one
-(DuckDB releases it too), with at most ``PREFETCH_TABLES`` tables waiting in between. The
-warehouse's storage is most of the work (DuckDB's columns take ~0.1 us a value), the
-generator the rest; on two cores the two run side by side.
+Writing overlaps with generating: a producer thread makes the next chunk's tables (numpy
+and Arrow release Python's lock in their kernels) while the warehouse stores the current
+chunk's (DuckDB releases it too). The producer works a whole chunk ahead, not a few tables:
+a chunk's tables are made together (its blocks first, then every table; with split
+identities all of them at once), so a producer only a table or two ahead left the warehouse
+idle while the next chunk was drawn (a third of the time at 20k customers). It starts a
+chunk only when the warehouse has taken the one before, so at most two chunks are in memory
+(``PREFETCH_CHUNKS``). The warehouse's storage is most of the work (DuckDB's columns take
+~0.1 us a value), the generator the rest; on two cores the two run side by side.
 """
 
 from __future__ import annotations
@@ -80,16 +84,21 @@ DEFAULT_END = datetime(2026, 6, 30)
 # Customers drawn from one random stream. Fixed, so that the data does not depend on the
 # chunk size; large enough that numpy's per-call cost is small (~245k events a block).
 GENERATION_BLOCK = 1_000
-# Customers per chunk written to the warehouse: ~100 KB of Arrow data per customer. The
+# Customers per chunk written to the warehouse: ~116 KB of Arrow data per customer. The
 # generator makes one chunk while the warehouse writes the tables of the one before, so
-# the Python side holds up to two (~0.5 GB at this size, whatever the total).
+# the Python side holds up to two (~0.7 GB at this size, whatever the total). Smaller
+# chunks hold less (2,000: 115 MB less peak at 100k) but cost the writing thread ~20% more
+# CPU: each append commits, and commits check the database file (bench/README.md, "demo-data,
+# third pass").
 DEFAULT_CHUNK_CUSTOMERS = 3_000
 # DuckDB's memory while the demo is written (an embedded warehouse keeps the blocks it wrote
 # cached up to its memory_limit; they are on disk already, so a smaller cache costs little:
-# the same CPU seconds at 768 MiB as at 1 GiB, 250 MB less peak; bench/README.md, "Scale").
-WAREHOUSE_MEMORY = 768 * 2**20
-# Tables made ahead while the warehouse writes the one before (each at most one chunk's).
-PREFETCH_TABLES = 2
+# the same CPU seconds at 768 MiB as at 1 GiB, 250 MB less peak; 512 MiB since the third
+# pass, where two whole chunks are held; bench/README.md, "Scale").
+WAREHOUSE_MEMORY = 512 * 2**20
+# Chunks made ahead while the warehouse writes the one before: one, so that two chunks at
+# most are in memory (the one written, the next one being made or waiting).
+PREFETCH_CHUNKS = 1
 DAY = 86400.0
 
 
@@ -380,20 +389,26 @@ def write_demo_data(
     warehouse.lower_memory_limit(WAREHOUSE_MEMORY)
     report("write", 0, customers)
     counts: dict[str, int] = {}
+    held: dict[tuple[str, str], pa.Table] = {}  # rows past the last whole row group, for the next part
     truth_schema = f"{schema}_truth"
     tables = iter_tables(customers, days, seed, end, chunk_customers, split_ids)
-    for name, part in prefetched(tables, PREFETCH_TABLES):
+    for name, part in _tables_of(prefetched(_chunks_of(tables), PREFETCH_CHUNKS)):
         target, table = (truth_schema, "customers") if name == TRUTH else (schema, name)
         key = f"{target}.{table}"
+        rows = part.num_rows
+        part = _whole_row_groups(warehouse, held, (table, target), part)
         if key in counts:
             if part.num_rows:
                 warehouse.insert(table, part, schema=target)
         else:
             warehouse.create_table(table, part, schema=target)
             counts[key] = 0
-        counts[key] += part.num_rows
+        del part
+        counts[key] += rows
         if name == TRUTH:
-            report("write", part.num_rows, customers)
+            report("write", rows, customers)
+    for (table, target), rest in held.items():  # the last rows of the big tables
+        warehouse.insert(table, rest, schema=target)
     written = {name.split(".", 1)[1]: rows for name, rows in counts.items() if name.startswith(f"{schema}.")}
     return DemoStats(
         schema=schema,
@@ -406,35 +421,88 @@ def write_demo_data(
     )
 
 
+def _whole_row_groups(warehouse: Warehouse, held: dict[tuple[str, str], pa.Table], key: tuple[str, str],
+                      part: pa.Table) -> pa.Table:
+    """``part`` after the rows held back from its table's part before, cut to whole row groups
+    of the warehouse (``APPEND_ROWS``); the rest goes to ``held`` (copied, so the part's
+    buffers are let go of) for the next part or the end.
+
+    DuckDB stores an append's whole row groups in parallel straight into the file; a last,
+    partial one it logs, merges with the next append and compresses again at a checkpoint,
+    in one thread (8% of demo-data's CPU at 12k customers: bench/README.md, "demo-data, third
+    pass"). Only parts of at least one row group are cut, so a table that grows by less per
+    chunk is written as it comes and at most one row group of each big table is held.
+    """
+    import pyarrow as pa
+
+    align = warehouse.APPEND_ROWS
+    before = held.pop(key, None)
+    if before is not None:
+        if before.schema.equals(part.schema):
+            part = pa.concat_tables([before, part])
+        else:  # not expected from one generator; written on its own rather than failing
+            warehouse.insert(key[0], before, schema=key[1])
+    if align <= 1 or part.num_rows < align:
+        return part
+    whole = part.num_rows // align * align
+    if whole < part.num_rows:
+        rest = part.slice(whole)
+        held[key] = pa.Table.from_arrays([pa.concat_arrays(column.chunks) for column in rest.columns],
+                                         schema=rest.schema)
+    return part.slice(0, whole)
+
+
+def _chunks_of(tables: Iterator[tuple[str, pa.Table]]) -> Iterator[list[tuple[str, pa.Table]]]:
+    """`iter_tables`' tables, one chunk's list at a time (the truth's part ends a chunk)."""
+    chunk: list[tuple[str, pa.Table]] = []
+    for name, table in tables:
+        chunk.append((name, table))
+        if name == TRUTH:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _tables_of(chunks: Iterator[list[tuple[str, pa.Table]]]) -> Iterator[tuple[str, pa.Table]]:
+    """Each chunk's tables in turn, each let go of once the caller has written it."""
+    for chunk in chunks:
+        chunk.reverse()
+        while chunk:
+            yield chunk.pop()
+
+
 _DONE = object()
 
 
 def prefetched(items: Iterator[_T], depth: int) -> Iterator[_T]:
     """``items``, made by a thread of their own up to ``depth`` ahead of the caller.
 
-    The generator's error is raised here, where the caller reads; when the caller stops
-    early (its own error), the thread stops at its next item.
+    The thread starts on the next item only when fewer than ``depth`` are made and not yet
+    taken by the caller, so at most ``depth`` + 1 items are held (the caller's and the
+    ones ahead), whatever each costs to make. The generator's error is raised here, where
+    the caller reads; when the caller stops early (its own error), the thread stops before
+    its next item.
     """
-    waiting: queue.Queue[object] = queue.Queue(maxsize=max(depth, 1))
+    waiting: queue.Queue[object] = queue.Queue()
+    room = threading.Semaphore(max(depth, 1))  # items the thread may make before one is taken
     stop = threading.Event()
 
-    def put(item: object) -> bool:
+    def wait_for_room() -> bool:
         while not stop.is_set():
-            try:
-                waiting.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
+            if room.acquire(timeout=0.1):
+                return not stop.is_set()
         return False
 
     def produce() -> None:
         try:
-            for item in items:
-                if not put(item):
+            while wait_for_room():
+                item = next(items, _DONE)
+                waiting.put(item)
+                if item is _DONE:
                     return
-            put(_DONE)
         except BaseException as exc:  # handed to the reader, which raises it
-            put(_Failed(exc))
+            waiting.put(_Failed(exc))
 
     worker = threading.Thread(target=produce, name="segloop-demo-generator", daemon=True)
     worker.start()
@@ -445,7 +513,9 @@ def prefetched(items: Iterator[_T], depth: int) -> Iterator[_T]:
                 return
             if isinstance(item, _Failed):
                 raise item.error
+            room.release()
             yield item  # type: ignore[misc]
+            del item
     finally:
         stop.set()
         worker.join()

@@ -63,6 +63,7 @@ class Warehouse(Catalog):
     HAS_VIEW_BINDING: ClassVar[bool] = False  # views bind to what they read (CREATE OR REPLACE VIEW may fail)
     EMBEDDED: ClassVar[bool] = False  # runs in this process: raw cursors, settings, transactions
     UNNESTS_JSON: ClassVar[bool] = False  # JSON arrays unnest right: Ibis's SQL or unnest_json_objects (tested)
+    APPEND_ROWS: ClassVar[int] = 1  # appends store best in multiples of this many rows (DuckDB: a row group)
 
     def __init__(
         self,
