@@ -13,6 +13,7 @@ is skipped and says why. Marked slow: the server's JVM takes ~30-60 s to start o
 from __future__ import annotations
 
 import os
+import pickle
 import secrets
 import socket
 import subprocess
@@ -112,14 +113,33 @@ def rfm_rows(wh: Warehouse) -> list[dict]:
     return sorted(wh.table("p__rfm").to_pyarrow().to_pylist(), key=lambda r: r["user_id"])
 
 
-def test_a_node_runs_on_spark_connect_as_on_duckdb(server: tuple[int, str], tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    port, token = server
-    monkeypatch.setenv("SEGLOOP_TEST_SPARK_TOKEN", token)
-    wh = connect(port, tmp_path)
-    assert type(wh.session).__module__.startswith("pyspark.sql.connect")  # type: ignore[attr-defined]
-    on_connect = rfm_rows(wh)
-    assert "p__rfm" in wh.list_tables()
-    on_duck = rfm_rows(Warehouse.duckdb())
-    assert on_connect == on_duck and len(on_connect) == 3
+CLIENT = r"""
+import pickle, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from tests.warehouses.test_spark_connect import connect, rfm_rows
 
+wh = connect(int(sys.argv[2]), Path(sys.argv[3]))
+rows = rfm_rows(wh)
+result = {"module": type(wh.session).__module__, "rows": rows, "tables": wh.list_tables()}
+Path(sys.argv[4]).write_bytes(pickle.dumps(result))
+"""
+
+
+def test_a_node_runs_on_spark_connect_as_on_duckdb(server: tuple[int, str], tmp_path: Path) -> None:
+    """segloop's side runs in a child process of its own: a process that already holds a
+    classic Spark session (as the other Spark tests leave this one) cannot open a remote
+    one, and a user's segloop process pointed at a cluster holds none."""
+    port, token = server
+    out = tmp_path / "result.pickle"
+    env = {**os.environ, "SEGLOOP_TEST_SPARK_TOKEN": token}
+    env.pop("SPARK_REMOTE", None)
+    root = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run([sys.executable, "-c", CLIENT, root, str(port), str(tmp_path), str(out)],
+                          env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = pickle.loads(out.read_bytes())  # our own child's output
+    assert result["module"].startswith("pyspark.sql.connect")
+    assert "p__rfm" in result["tables"]
+    on_duck = rfm_rows(Warehouse.duckdb())
+    assert result["rows"] == on_duck and len(on_duck) == 3
