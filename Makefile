@@ -19,7 +19,7 @@ demo: setup
 	$(BIN)/python examples/run_demo.py --workspace $(DEMO)
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not postgres"

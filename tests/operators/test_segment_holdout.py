@@ -224,7 +224,8 @@ def test_cli_reset_holdout_ends_the_experiment(make_workspace, monkeypatch: pyte
     assert len(assignments(root)) == 50
     done = runner.invoke(app, ["reset", "shop", "to_segment", "--holdout", "-y"])
     assert done.exit_code == 0, done.output
-    assert "Holdout of `to_segment` ended; its groups are kept in shop__to_segment__holdout_until_" in done.output
+    said = " ".join(done.output.split())  # the console wraps long lines at its width
+    assert "Holdout of `to_segment` ended; its groups are kept in shop__to_segment__holdout_until_" in said
     with Warehouse.connect(DuckDBConfig(), root) as wh:
         assert not wh.has_table("shop__to_segment__holdout")
     again = runner.invoke(app, ["reset", "shop", "to_segment", "--holdout", "-y"])
