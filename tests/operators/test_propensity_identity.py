@@ -4,17 +4,15 @@ stitches. On DuckDB and PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pytest
 
 from segloop.operators.propensity import FeatureBuilder, PropensityConfig
 from segloop.pipeline import Pipeline
-from tests.fixtures_pg import PgCluster
+from tests.segment import test_identity
 
 D = datetime(2026, 1, 1)
 SNAPSHOT = D + timedelta(days=10)
@@ -40,18 +38,7 @@ TRACKS = [
     ("b1", "u2", D + timedelta(days=1), "product_viewed"),  # 9 days before: 14 days, not 7
 ]
 
-
-@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
-def workspace(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
-    root = tmp_path / "ws"
-    (root / "pipelines").mkdir(parents=True)
-    if request.param == "duckdb":
-        text = "warehouses:\n  default:\n    type: duckdb\n    path: .segloop/warehouse.duckdb\n"
-    else:
-        cluster: PgCluster = request.getfixturevalue("pg_cluster")
-        text = cluster.workspace_yml(request.getfixturevalue("pg_database"), "default")
-    (root / "segloop.yml").write_text(text)
-    yield root
+workspace = test_identity.workspace  # a DuckDB or a throwaway PostgreSQL workspace, as there
 
 
 def _calls(rows: list[tuple[Any, ...]], prefix: str, **extra: Any) -> pa.Table:
