@@ -20,25 +20,15 @@ import pytest
 from segloop.segment.archive.files import read_all_messages
 from segloop.segment.collector.app import RunningCollector, serve_in_thread
 from segloop.warehouses import DuckDBConfig, Warehouse
+from tests.operators.segment_fixtures import scores_to_segment
 
 ROWS = 20_000
 KEY = "wk-kill-test"
-PIPELINE = """\
-name: shop
-nodes:
-  scores:
-    type: sql
-    sql: select * from src.scores
-  to_segment:
-    type: segment
-    input: scores
-    write_key: ${{SEGLOOP_KILL_KEY}}
-    endpoint: {url}
-    call: identify
-    customer_id: user_id
-    traits: [score, segment]
-    max_in_flight: 2
-"""
+
+
+def pipeline(url: str) -> str:
+    return scores_to_segment(key_env="SEGLOOP_KILL_KEY", endpoint=url, call="identify", customer_id="user_id",
+                             traits="[score, segment]", max_in_flight=2)
 
 
 def hold_archive_after(collector: RunningCollector, messages: int) -> tuple[threading.Event, threading.Event]:
@@ -71,7 +61,7 @@ def segloop_run(root: Path) -> subprocess.Popen[str]:
 @pytest.mark.slow
 def test_kill_9_mid_run_then_rerun_delivers_every_row_once(make_workspace, tmp_path: Path) -> None:
     with serve_in_thread({KEY: "crm"}, tmp_path / "collector", latency_ms=15) as collector:
-        root = make_workspace({"shop": PIPELINE.format(url=collector.url)})
+        root = make_workspace({"shop": pipeline(collector.url)})
         with Warehouse.connect(DuckDBConfig(), root) as wh:
             wh.create_table("scores", pa.table({
                 "user_id": [f"u{i}" for i in range(ROWS)],
@@ -133,7 +123,7 @@ def test_kill_9_while_values_change_back_then_rerun_delivers_every_change_once(
     ids again, so the collector drops what the killed run had already delivered.
     """
     with serve_in_thread({KEY: "crm"}, tmp_path / "collector", latency_ms=15) as collector:
-        root = make_workspace({"shop": PIPELINE.format(url=collector.url)})
+        root = make_workspace({"shop": pipeline(collector.url)})
         for score in (1.0, 2.0):
             write_scores(root, score)
             done = segloop_run(root)
