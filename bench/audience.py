@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,24 +27,17 @@ from segloop.pipeline import Pipeline
 from segloop.segment.sync import SENT, SyncState
 from segloop.warehouses import DuckDBConfig, Warehouse
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the pipeline is the tests' (tests/operators/segment_fixtures.py)
+
+from tests.operators.segment_fixtures import scores_to_segment  # noqa: E402
+
 SOURCE = """\
   web:
     type: segment_source
     schema: web
     tables: [identifies, users]
 """
-NODE = """\
-  scores:
-    type: sql
-    sql: select * from src.scores
-  to_segment:
-    type: segment
-    input: scores
-    write_key: ${{SEGLOOP_BENCH_KEY}}
-    call: identify
-    customer_id: user_id
-    traits: [score, segment, plan]
-{extra}"""
 VARIANTS = {
     "plain": ("", ""),
     "holdout 10%": ("", "    holdout: {percent: 10, salt: bench}\n"),
@@ -111,7 +105,9 @@ def main() -> None:
     print(f"{args.rows:,} customers written in {time.perf_counter() - started:.1f} s ({root})")
     print("| variant | first sync (s) | re-run, nothing changed (s) |\n|---|---|---|")
     for label, (source, extra) in VARIANTS.items():
-        (root / "pipelines" / "bench.yml").write_text("name: bench\nnodes:\n" + source + NODE.format(extra=extra))
+        (root / "pipelines" / "bench.yml").write_text(scores_to_segment(
+            name="bench", key_env="SEGLOOP_BENCH_KEY", before=source, call="identify", customer_id="user_id",
+            traits="[score, segment, plan]") + extra)
         with Warehouse.connect(DuckDBConfig(), root) as wh:
             wh.drop_table(SyncState(wh, "bench", "to_segment").state_table)
         first = node_seconds(root, args.repeat)

@@ -28,23 +28,12 @@ from pathlib import Path
 import httpx
 import psutil
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the pipeline is the tests' (tests/operators/segment_fixtures.py)
+
+from tests.operators.segment_fixtures import scores_to_segment  # noqa: E402
+
 KEY = "bench-write-key"
-PIPELINE = """\
-name: bench
-nodes:
-  scores:
-    type: sql
-    sql: select * from src.scores
-  to_segment:
-    type: segment
-    input: scores
-    write_key: ${{SEGLOOP_BENCH_KEY}}
-    endpoint: {url}
-    call: identify
-    customer_id: user_id
-    traits: [score, segment, plan]
-    upload_size: {upload_size}
-"""
 SEGLOOP = [sys.executable, "-m", "segloop.cli"]
 
 
@@ -162,7 +151,9 @@ def main() -> None:
         (root / "segloop.yml").write_text("warehouses:\n  default:\n    type: duckdb\n    path: .segloop/warehouse.duckdb\n")
         server, url = start_sink() if args.endpoint == "sink" else start_collector(Path(tmp) / "collector")
         try:
-            (root / "pipelines" / "bench.yml").write_text(PIPELINE.format(url=url, upload_size=args.upload_size))
+            (root / "pipelines" / "bench.yml").write_text(scores_to_segment(
+                name="bench", key_env="SEGLOOP_BENCH_KEY", endpoint=url, call="identify", customer_id="user_id",
+                traits="[score, segment, plan]", upload_size=args.upload_size))
             write_table(root, args.rows)
             full_s, full_mb, _ = timed_run(root)
             full_nodes = node_breakdown(root)

@@ -14,24 +14,12 @@ from typer.testing import CliRunner
 from segloop.cli import app
 from segloop.pipeline import Pipeline
 from segloop.warehouses import DuckDBConfig, Warehouse
+from tests.operators.segment_fixtures import scores_to_segment
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SHOP = """\
-name: shop
-nodes:
-  scores:
-    type: sql
-    sql: select * from src.scores
-  to_segment:
-    type: segment
-    input: scores
-    write_key: ${SEGLOOP_T_CLI_WRITE_KEY}
-    call: track
-    event: Sales Prediction
-    customer_id: user_id
-    properties: [iphone, apple_watch]
-"""
+SHOP = scores_to_segment(key_env="SEGLOOP_T_CLI_WRITE_KEY", call="track", event="Sales Prediction",
+                         customer_id="user_id", properties="[iphone, apple_watch]")
 
 
 @pytest.fixture

@@ -22,27 +22,10 @@ from segloop.pipeline import Pipeline
 from segloop.segment.collector.app import serve_in_thread
 from segloop.store import RunStore, current_owner
 from segloop.warehouses import DuckDBConfig, Warehouse
+from tests.operators.segment_fixtures import scores_to_segment
 
 KEY = "wk-interrupt-test"
 ROWS = 5_000
-PIPELINE = """\
-name: shop
-nodes:
-  scores:
-    type: sql
-    sql: select * from src.scores
-  to_segment:
-    type: segment
-    input: scores
-    write_key: ${{SEGLOOP_INTERRUPT_KEY}}
-    endpoint: {url}
-    call: identify
-    customer_id: user_id
-    traits: [score]
-    max_in_flight: 1
-"""
-
-
 def cli(root: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "SEGLOOP_INTERRUPT_KEY": KEY, "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-m", "segloop.cli", *args], cwd=root, env=env,
@@ -56,7 +39,9 @@ def history(root: Path) -> RunStore:
 @pytest.fixture
 def shop(make_workspace, tmp_path: Path):
     with serve_in_thread({KEY: "crm"}, tmp_path / "collector", latency_ms=40) as collector:
-        root = make_workspace({"shop": PIPELINE.format(url=collector.url)})
+        root = make_workspace({"shop": scores_to_segment(
+            key_env="SEGLOOP_INTERRUPT_KEY", endpoint=collector.url, call="identify", customer_id="user_id",
+            traits="[score]", max_in_flight=1)})
         with Warehouse.connect(DuckDBConfig(), root) as wh:
             wh.create_table("scores", pa.table({"user_id": [f"u{i}" for i in range(ROWS)],
                                                 "score": [i / ROWS for i in range(ROWS)]}), schema="src")

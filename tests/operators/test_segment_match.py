@@ -20,27 +20,15 @@ from segloop.pipeline import Pipeline
 from segloop.segment.archive.files import read_all_messages
 from segloop.segment.collector.app import serve_in_thread
 from segloop.warehouses import Warehouse
+from tests.operators.segment_fixtures import scores_to_segment
 
 KEY = "wk-match-test"
-PIPELINE = """\
-name: crm
-nodes:
+WEB = """\
   web:
     type: segment_source
     schema: web
     since: 30d          # the window of downstream reads; known ids come from the whole tables
-  scores:
-    type: sql
-    sql: select * from src.scores
-  to_segment:
-    type: segment
-    input: scores
-    write_key: ${{SEGLOOP_MATCH_KEY}}
-    endpoint: {url}
-    call: identify
-    customer_id: user_id
-    traits: [tier]
-{extra}"""
+"""
 OLD = datetime.now() - timedelta(days=400)
 # u0-u59 are in `users` (identified long ago); u60-u74 are user ids in Profiles Sync's
 # `user_identifiers`; u75-u79 appear there only as emails and u80 as an anonymous id, which
@@ -62,10 +50,17 @@ def workspace_yml(request: pytest.FixtureRequest) -> str:
     return str(cluster.workspace_yml(database, "default"))
 
 
+def crm(url: str, extra: str = "", source: str = WEB) -> str:
+    """Pipeline `crm`: ``source`` (the `segment_source` `web`) and `to_segment` sending identify calls
+    with the tier to ``url``; ``extra`` holds more keys of `to_segment`."""
+    return scores_to_segment(name="crm", key_env="SEGLOOP_MATCH_KEY", before=source, endpoint=url, call="identify",
+                             customer_id="user_id", traits="[tier]") + extra
+
+
 def make(root: Path, yml: str, url: str, extra: str = "") -> Pipeline:
     (root / "pipelines").mkdir(parents=True, exist_ok=True)
     (root / "segloop.yml").write_text(yml)
-    (root / "pipelines" / "crm.yml").write_text(PIPELINE.format(url=url, extra=extra))
+    (root / "pipelines" / "crm.yml").write_text(crm(url, extra))
     pipeline = Pipeline.load(root / "pipelines" / "crm.yml")
     with pipeline.connect() as wh:
         write_source(wh)
@@ -140,7 +135,7 @@ def test_skip_unknown_sends_only_known_ids_until_segment_knows_them(tmp_path: Pa
 def test_identifiers_materialized_by_the_source_node_count(make_workspace) -> None:
     """Profiles Sync with raw tables only: a `segment_source` may materialize
     `<pipeline>__<source>__user_identifiers` in the output schema; it is read too."""
-    root = make_workspace({"crm": PIPELINE.format(url="http://127.0.0.1:9", extra="")})
+    root = make_workspace({"crm": crm("http://127.0.0.1:9")})
     pipeline = Pipeline.load(root / "pipelines" / "crm.yml")
     with pipeline.connect() as wh:
         write_source(wh)
@@ -154,7 +149,7 @@ def test_identifiers_materialized_by_the_source_node_count(make_workspace) -> No
 
 
 def test_cli_preview_prints_the_match_rate(make_workspace, monkeypatch: pytest.MonkeyPatch) -> None:
-    root = make_workspace({"crm": PIPELINE.format(url="http://127.0.0.1:9", extra="")})
+    root = make_workspace({"crm": crm("http://127.0.0.1:9")})
     pipeline = Pipeline.load(root / "pipelines" / "crm.yml")
     with pipeline.connect() as wh:
         write_source(wh)
@@ -167,10 +162,7 @@ def test_cli_preview_prints_the_match_rate(make_workspace, monkeypatch: pytest.M
 
 
 def test_no_segment_source_no_match_figures(make_workspace) -> None:
-    text = PIPELINE.format(url="http://127.0.0.1:9", extra="").replace(
-        "  web:\n    type: segment_source\n    schema: web\n    since: 30d          "
-        "# the window of downstream reads; known ids come from the whole tables\n", "")
-    root = make_workspace({"crm": text})
+    root = make_workspace({"crm": crm("http://127.0.0.1:9", source="")})
     pipeline = Pipeline.load(root / "pipelines" / "crm.yml")
     with pipeline.connect() as wh:
         write_source(wh)

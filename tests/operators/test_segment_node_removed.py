@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from tests.operators.segment_fixtures import scores_to_segment
 from tests.operators.test_segment_node import run, scores, setup, write_key, write_source  # noqa: F401
 from tests.segment.send.fake_segment import FakeSegment
 
-IDENTIFY = """\
-name: shop
-nodes:
-  scores:
-    type: sql
-    sql: select * from src.scores
-  to_segment:
-    type: segment
-    input: scores
-    write_key: ${{SEGLOOP_TEST_WRITE_KEY}}
-    call: identify
-    customer_id: user_id
-    traits: {traits}
-    on_removed: null_traits
-"""
+
+def identify(traits: str) -> str:
+    return scores_to_segment(call="identify", customer_id="user_id", traits=traits, on_removed="null_traits")
 
 
 @pytest.mark.parametrize(("traits", "names"), [
@@ -31,7 +20,7 @@ nodes:
 def test_null_traits_identifies_each_customer_gone_with_the_mapped_traits_null(
     make_workspace, traits: str, names: list[str]
 ) -> None:
-    root = setup(make_workspace, scores(5), IDENTIFY.format(traits=traits))
+    root = setup(make_workspace, scores(5), identify(traits))
     fake = FakeSegment()
     first = run(root, fake)
     assert first.ok, first.node("to_segment").error

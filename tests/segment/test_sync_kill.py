@@ -20,25 +20,15 @@ import pytest
 from segloop.segment.archive.files import read_all_messages
 from segloop.segment.collector.app import RunningCollector, serve_in_thread
 from segloop.warehouses import DuckDBConfig, Warehouse
+from tests.operators.segment_fixtures import scores_to_segment
 
 ROWS = 20_000
 KEY = "wk-kill-test"
-PIPELINE = """\
-name: shop
-nodes:
-  scores:
-    type: sql
-    sql: select * from src.scores
-  to_segment:
-    type: segment
-    input: scores
-    write_key: ${{SEGLOOP_KILL_KEY}}
-    endpoint: {url}
-    call: identify
-    customer_id: user_id
-    traits: [score, segment]
-    max_in_flight: 2
-"""
+
+
+def pipeline(url: str) -> str:
+    return scores_to_segment(key_env="SEGLOOP_KILL_KEY", endpoint=url, call="identify", customer_id="user_id",
+                             traits="[score, segment]", max_in_flight=2)
 
 
 def hold_archive_after(collector: RunningCollector, messages: int) -> tuple[threading.Event, threading.Event]:
@@ -68,10 +58,30 @@ def segloop_run(root: Path) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def kill_once_archived(root: Path, collector: RunningCollector, messages: int) -> int:
+    """Start `segloop run`, SIGKILL it once ``messages`` more are archived; the collector's
+    accepted count at the kill."""
+    reached, release = hold_archive_after(collector, messages)
+    killed = segloop_run(root)
+    try:
+        assert reached.wait(120), f"the run never got {messages} of its rows archived"
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(10)
+        return int(collector.stats["accepted"])
+    finally:
+        release.set()
+
+
+def run_to_end(root: Path, timeout: float = 120) -> None:
+    done = segloop_run(root)
+    output, _ = done.communicate(timeout=timeout)
+    assert done.returncode == 0, output
+
+
 @pytest.mark.slow
 def test_kill_9_mid_run_then_rerun_delivers_every_row_once(make_workspace, tmp_path: Path) -> None:
     with serve_in_thread({KEY: "crm"}, tmp_path / "collector", latency_ms=15) as collector:
-        root = make_workspace({"shop": PIPELINE.format(url=collector.url)})
+        root = make_workspace({"shop": pipeline(collector.url)})
         with Warehouse.connect(DuckDBConfig(), root) as wh:
             wh.create_table("scores", pa.table({
                 "user_id": [f"u{i}" for i in range(ROWS)],
@@ -79,20 +89,9 @@ def test_kill_9_mid_run_then_rerun_delivers_every_row_once(make_workspace, tmp_p
                 "segment": [f"s{i % 5}" for i in range(ROWS)],
             }), schema="src")
 
-        reached, release = hold_archive_after(collector, ROWS // 4)
-        first = segloop_run(root)
-        try:
-            assert reached.wait(120), "the first run never got a quarter of its rows archived"
-            first.send_signal(signal.SIGKILL)
-            first.wait(10)
-            accepted_at_kill = collector.stats["accepted"]
-        finally:
-            release.set()
+        accepted_at_kill = kill_once_archived(root, collector, ROWS // 4)  # a quarter of the rows
         assert 0 < accepted_at_kill < ROWS, "the kill must land mid-run"
-
-        second = segloop_run(root)
-        output, _ = second.communicate(timeout=120)
-        assert second.returncode == 0, output
+        run_to_end(root)
 
         stats = collector.stats
         archived = [m for m in read_all_messages(tmp_path / "collector") if m.get("type") == "identify"]
@@ -106,9 +105,8 @@ def test_kill_9_mid_run_then_rerun_delivers_every_row_once(make_workspace, tmp_p
         assert resent < accepted_at_kill
         print(f"accepted at kill {accepted_at_kill}, resent {resent}, deduped {stats['deduped']}")
 
-        third = segloop_run(root)
-        output, _ = third.communicate(timeout=60)
-        assert third.returncode == 0 and collector.stats["received"] == stats["received"], output
+        run_to_end(root, timeout=60)
+        assert collector.stats["received"] == stats["received"]  # nothing left to send
 
 
 FLIP_ROWS = 10_000
@@ -133,31 +131,18 @@ def test_kill_9_while_values_change_back_then_rerun_delivers_every_change_once(
     ids again, so the collector drops what the killed run had already delivered.
     """
     with serve_in_thread({KEY: "crm"}, tmp_path / "collector", latency_ms=15) as collector:
-        root = make_workspace({"shop": PIPELINE.format(url=collector.url)})
+        root = make_workspace({"shop": pipeline(collector.url)})
         for score in (1.0, 2.0):
             write_scores(root, score)
-            done = segloop_run(root)
-            output, _ = done.communicate(timeout=120)
-            assert done.returncode == 0, output
+            run_to_end(root)
         assert collector.stats["accepted"] == 2 * FLIP_ROWS
 
         write_scores(root, 1.0)
         # Half the rows: at 15 ms a request and two in flight that takes >= 0.375 s on any
         # machine, so a checkpoint (every 0.25 s) has been written before the kill.
-        reached, release = hold_archive_after(collector, FLIP_ROWS // 2)
-        killed = segloop_run(root)
-        try:
-            assert reached.wait(120), "the third run never got half of its rows archived"
-            killed.send_signal(signal.SIGKILL)
-            killed.wait(10)
-            at_kill = collector.stats["accepted"] - 2 * FLIP_ROWS
-        finally:
-            release.set()
+        at_kill = kill_once_archived(root, collector, FLIP_ROWS // 2) - 2 * FLIP_ROWS
         assert 0 < at_kill < FLIP_ROWS, "the kill must land mid-run"
-
-        rerun = segloop_run(root)
-        output, _ = rerun.communicate(timeout=120)
-        assert rerun.returncode == 0, output
+        run_to_end(root)
         stats = collector.stats
 
     archived = sorted((m for m in read_all_messages(tmp_path / "collector") if m.get("type") == "identify"),

@@ -1,6 +1,8 @@
 """Implicit-feedback ALS for the recommend node: fit, score a chunk of customers, measure.
 
-- ``fit_als``: the ``implicit`` library's CPU ALS on confidence ``1 + alpha * log1p(weight)``
+- ``fit_als``: the ``implicit`` library's CPU ALS on the pairs' ``log1p(weight)``, which
+  implicit multiplies by ``alpha``: a pair with weight w > 0 has confidence
+  ``alpha * log1p(w)`` (preference 1), a pair without events confidence 1 (preference 0)
   (fixed ``random_state``; BLAS held to one thread while it runs, as implicit advises).
 - ``Scorer``: what scoring needs once the model is fitted (item factors, the popularity
   order and reach, the cold items' similarity to every item); ``Scorer.score`` ranks the
@@ -44,7 +46,12 @@ class AlsSettings:
 
 
 def confidence(weights: sp.csr_matrix) -> sp.csr_matrix:
-    """log1p of the weights; implicit turns them into confidence ``1 + alpha * value``."""
+    """log1p of the weights (the pairs with weight > 0).
+
+    implicit's ALS multiplies these values by its ``alpha`` (in ``fit`` and ``recalculate_user``)
+    and takes the product as the pair's confidence, ``alpha * log1p(w)``; the pairs left out
+    have confidence 1 and preference 0. (The cold items' similarity uses them without alpha.)
+    """
     import numpy as np
 
     out = weights.copy().astype("float32")

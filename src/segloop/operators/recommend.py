@@ -10,7 +10,8 @@ How it works, and why:
    trains on a sample of customers (metrics ``sampled``, ``training_pairs``).
 2. Collaborative filtering with the ``implicit`` library's ALS (CPU, fixed
    ``random_state``, ``threads`` threads, BLAS kept single-threaded as implicit advises).
-   Confidence is ``1 + alpha * log1p(weight)``: a hundred views should not outweigh
+   A pair's confidence is ``alpha * log1p(weight)`` (implicit multiplies the log1p weights it
+   is given by ``alpha``; pairs without events: 1): a hundred views should not outweigh
    everything else.
 3. Cold items (fewer than ``cold_item_min_customers`` customers) have no reliable ALS
    factors; they are scored by item-to-item cosine similarity with the customer's history
