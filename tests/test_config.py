@@ -11,21 +11,9 @@ from segloop.cli import app
 from segloop.config import Workspace, load_pipeline, parse_pipeline
 from segloop.errors import ConfigError, ConfigErrors, SecretError
 from segloop.secrets import resolve_secret
+from tests.pipeline_fixtures import SQL_RFM
 
-GOOD = """\
-name: demo
-warehouse: default
-nodes:
-  orders:
-    type: sql
-    sql: select user_id, "timestamp", revenue from demo_shop.order_completed
-  rfm:
-    type: rfm
-    input: orders
-    customer_id: user_id
-    timestamp: timestamp
-    amount: revenue
-"""
+GOOD = "name: demo\nwarehouse: default\nnodes:\n" + SQL_RFM
 
 BROKEN = {
     "bad_yaml": ("name: demo\nnodes:\n  orders:\n    type: sql\n    sql: [unclosed\n", 5, "invalid YAML"),

@@ -13,20 +13,9 @@ from segloop.errors import ConfigError, SecretError
 from segloop.operators import NODE_TYPES
 from segloop.pipeline import Pipeline
 from segloop.secrets import resolve_secret
+from tests.pipeline_fixtures import SQL_RFM
 
-PIPELINE = """\
-name: demo
-nodes:
-  orders:
-    type: sql
-    sql: select user_id, "timestamp", revenue from demo_shop.order_completed
-  rfm:
-    type: rfm
-    input: orders
-    customer_id: user_id
-    timestamp: timestamp
-    amount: revenue
-"""
+PIPELINE = "name: demo\nnodes:\n" + SQL_RFM
 
 TO_SEGMENT = """\
   to_segment:

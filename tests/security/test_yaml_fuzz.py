@@ -19,27 +19,14 @@ from segloop import yaml_doc
 from segloop.config import Workspace, load_pipeline, pipeline_from_doc
 from segloop.errors import ConfigError, ConfigErrors
 from segloop.yaml_doc import load_yaml
+from tests.pipeline_fixtures import SQL_RFM
 
 pytestmark = pytest.mark.timeout(600)  # a hang fails the test; the limits keep each example to milliseconds
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow],
                 database=None)
 
-PIPELINE = """\
-name: shop
-description: fuzzed
-nodes:
-  orders:
-    type: sql
-    sql: select user_id, "timestamp", revenue from demo_shop.order_completed
-  rfm:
-    type: rfm
-    input: orders
-    customer_id: user_id
-    timestamp: timestamp
-    amount: revenue
-schedule: "0 3 * * *"
-"""
+PIPELINE = "name: shop\ndescription: fuzzed\nnodes:\n" + SQL_RFM + 'schedule: "0 3 * * *"\n'
 
 SHARP_EDGES = [
     "&a ", "*a", "&b [1, 2]", "*b", "<<: *a\n", "<<: ", "!!int ", "!!binary ", "!!timestamp ", "!foo ",

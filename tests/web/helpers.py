@@ -18,24 +18,13 @@ import pytest
 from segloop.demo import write_demo_data
 from segloop.segment.collector.app import RunningCollector, serve_in_thread
 from segloop.warehouses import DuckDBConfig, Warehouse
+from tests.pipeline_fixtures import SQL_RFM
 
 WRITE_KEY_ENV = "SEGLOOP_TEST_WRITE_KEY"
 ENDPOINT_ENV = "SEGLOOP_TEST_ENDPOINT"  # a real `segloop collector` on a loopback port
 WRITE_KEY = "wk_live_9f3ZqT7xPq2LmN8vR4sY"  # a made-up key the report must never show
 
 WORKSPACE_YML = "warehouses:\n  default:\n    type: duckdb\n    path: .segloop/warehouse.duckdb\n"
-
-SQL_RFM = """\
-  orders:
-    type: sql
-    sql: select user_id, "timestamp", revenue from demo_shop.order_completed
-  rfm:
-    type: rfm
-    input: orders
-    customer_id: user_id
-    timestamp: timestamp
-    amount: revenue
-"""
 
 DEMO_PIPELINE = f"""\
 name: demo
