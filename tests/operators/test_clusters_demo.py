@@ -10,17 +10,10 @@ from sklearn.metrics import adjusted_rand_score
 from segloop.demo import write_demo_data
 from segloop.pipeline import Pipeline
 from segloop.warehouses import DuckDBConfig, Warehouse
+from tests.pipeline_fixtures import SQL_RFM_KNOWN
 
 # RFM from orders, plus event counts per customer: the features a user would start from.
-PIPELINE = """\
-name: demo
-nodes:
-  orders:
-    type: sql
-    sql: select user_id, "timestamp", revenue from demo_shop.order_completed where user_id is not null
-  rfm:
-    type: rfm
-    input: orders
+PIPELINE = "name: demo\nnodes:\n" + SQL_RFM_KNOWN + """\
   activity:
     type: sql
     input: rfm

@@ -13,6 +13,7 @@ from segloop.demo import write_demo_data
 from segloop.errors import ConfigErrors
 from segloop.pipeline import Pipeline
 from segloop.warehouses import DuckDBConfig, Warehouse
+from tests.pipeline_fixtures import SQL_RFM_KNOWN
 
 SOURCE_PIPELINE = """\
 name: shop
@@ -28,16 +29,7 @@ nodes:
     input: orders
 """
 
-DIRECT_PIPELINE = """\
-name: direct
-nodes:
-  orders:
-    type: sql
-    sql: select user_id, "timestamp", revenue from demo_shop.order_completed where user_id is not null
-  rfm:
-    type: rfm
-    input: orders
-"""
+DIRECT_PIPELINE = "name: direct\nnodes:\n" + SQL_RFM_KNOWN
 
 
 @pytest.fixture

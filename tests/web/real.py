@@ -22,10 +22,22 @@ from segloop.demo import write_demo_data
 from segloop.pipeline import Pipeline
 from segloop.segment.collector.app import serve_in_thread
 from segloop.warehouses import DuckDBConfig, Warehouse
+from tests.pipeline_fixtures import SQL_RFM_KNOWN
 
 KEY_ENV, ENDPOINT_ENV = "SEGLOOP_TEST_WRITE_KEY", "SEGLOOP_TEST_ENDPOINT"
 KEY = "wk_ui_test_3Fq9Zr"
 WORKSPACE_YML = "warehouses:\n  default:\n    type: duckdb\n    path: .segloop/warehouse.duckdb\n"
+
+# The Segment node both pipelines end with: RFM segments as identify traits, to the collector.
+SEND_RFM_SEGMENT = """\
+    type: segment
+    input: rfm
+    write_key: ${SEGLOOP_TEST_WRITE_KEY}
+    endpoint: ${SEGLOOP_TEST_ENDPOINT}
+    call: identify
+    traits:
+      segment: rfm_segment
+"""
 
 SHOP = """\
 # The shop's models over the demo data, and RFM segments sent to Segment.
@@ -82,34 +94,10 @@ nodes:
     holdout_days: 30
 
   rfm_to_segment:
-    type: segment
-    input: rfm
-    write_key: ${SEGLOOP_TEST_WRITE_KEY}
-    endpoint: ${SEGLOOP_TEST_ENDPOINT}
-    call: identify
-    traits:
-      segment: rfm_segment
-"""
+""" + SEND_RFM_SEGMENT
 
-SEGMENTS = """\
-name: segments
-description: RFM segments sent as identify traits
-nodes:
-  orders:
-    type: sql
-    sql: select user_id, "timestamp", revenue from demo_shop.order_completed where user_id is not null
-  rfm:
-    type: rfm
-    input: orders
-  to_segment:
-    type: segment
-    input: rfm
-    write_key: ${SEGLOOP_TEST_WRITE_KEY}
-    endpoint: ${SEGLOOP_TEST_ENDPOINT}
-    call: identify
-    traits:
-      segment: rfm_segment
-"""
+SEGMENTS = ("name: segments\ndescription: RFM segments sent as identify traits\nnodes:\n" + SQL_RFM_KNOWN
+            + "  to_segment:\n" + SEND_RFM_SEGMENT)
 
 
 @contextmanager
