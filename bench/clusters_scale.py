@@ -161,8 +161,10 @@ def measured(src: Path, db: Path, seed: int, labels_out: Path, memory_limit: int
     if done.returncode:
         raise SystemExit(f"clusters failed:\n{done.stderr[-3000:]}")
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
+    cpu = [float(m) for m in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", done.stderr)]
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     result["peak_mb"] = int(rss.group(1)) / 1024 if rss else float("nan")
+    result["cpu_seconds"] = sum(cpu)
     return result
 
 
@@ -184,9 +186,9 @@ def compare(activity: Path, sizes: list[int], before: str, memory_limit: int | N
     old.mkdir(exist_ok=True)
     subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
     variants = {"before": old / "src", "after": ROOT / "src"}
-    print("| rows | code | seconds | peak RSS MB | card: stability_ari | silhouette | "
-          "ARI of every customer's group, seed 0 vs 1 / 0 vs 2 | algorithm, training rows |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| rows | code | node seconds | process CPU s | peak RSS MB | card: stability_ari, seeds 0 / 1 / 2 | "
+          "silhouette | ARI of every customer's group, seed 0 vs 1 / 0 vs 2 | algorithm, training rows | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for label in sizes:
         n = size_of(activity, label)
         db = workdir / f"activity{n}.duckdb"
@@ -198,9 +200,11 @@ def compare(activity: Path, sizes: list[int], before: str, memory_limit: int | N
                     for seed in (0, 1, 2)]
             first = runs[0]
             aris = [ari_of(workdir / f"{variant}{n}_0.parquet", workdir / f"{variant}{n}_{s}.parquet") for s in (1, 2)]
-            print(f"| {n:,} | {variant} | {first['seconds']:.1f} | {first['peak_mb']:,.0f} | "
-                  f"{first['stability_ari']:.4f} | {first['silhouette']:.4f} | "
-                  f"{aris[0]:.4f} / {aris[1]:.4f} | {first['algorithm']}, {first['training_rows']:,} |", flush=True)
+            cards = " / ".join(f"{r['stability_ari']:.4f}" for r in runs)
+            print(f"| {n:,} | {variant} | {first['seconds']:.1f} | {first['cpu_seconds']:.1f} | "
+                  f"{first['peak_mb']:,.0f} | {cards} | {first['silhouette']:.4f} | "
+                  f"{aris[0]:.4f} / {aris[1]:.4f} | {first['algorithm']}, {first['training_rows']:,} | "
+                  f"{os.getloadavg()[0]:.1f} |", flush=True)
         db.unlink()
 
 
