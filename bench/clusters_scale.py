@@ -11,6 +11,9 @@ finds stable groups at 100k must find them on 10x the same distribution.
 MiniBatchKMeans (n_init=3, batch_size=4096; the node above ``minibatch_above`` = 100,000
 rows) and KMeans (n_init=3) fitted on all rows with seeds 0, 1, 2; the ARI between the fits
 on all rows, their inertia, and the old card's ``stability_ari`` (refits on 5,000 rows).
+With ``--samples``, at the largest size: KMeans fitted on random samples of those sizes
+(sample and start drawn with seeds 0, 1, 2), every row assigned: the ARI between the three
+and against the full fit of seed 0, and the inertia per row over all rows.
 
 The default command runs the node itself (``ClustersOperator.run``, its output written as
 the engine does) in a fresh process under ``/usr/bin/time -v`` with the code of a given
@@ -19,7 +22,8 @@ refits the node with two other seeds (``seed: 1``, ``seed: 2``) and reports the 
 the groups users get (every customer's ``cluster``) from seed 0 and from each of them.
 
 Run:  .venv/bin/python bench/clusters_scale.py prep --workspace /work/bench/w-clus/ws100k
-      .venv/bin/python bench/clusters_scale.py diagnose --activity /work/bench/w-clus/activity.parquet
+      .venv/bin/python bench/clusters_scale.py diagnose --activity /work/bench/w-clus/activity.parquet \
+          --samples 50000 100000 200000 400000
       .venv/bin/python bench/clusters_scale.py --activity /work/bench/w-clus/activity.parquet --before dd38992
 """
 
@@ -90,7 +94,7 @@ def size_of(activity: Path, label: int) -> int:
     return rows if label == SIZES[0] else label
 
 
-def diagnose(activity: Path, sizes: list[int]) -> None:
+def diagnose(activity: Path, sizes: list[int], samples: list[int]) -> None:
     import numpy as np
     from sklearn.cluster import KMeans, MiniBatchKMeans
     from sklearn.metrics import adjusted_rand_score
@@ -123,6 +127,34 @@ def diagnose(activity: Path, sizes: list[int]) -> None:
             aris = [adjusted_rand_score(labels[a], labels[b]) for a, b in ((0, 1), (0, 2), (1, 2))]
             print(f"| {n:,} | {name} | {np.mean(seconds):.1f} | {' / '.join(f'{v:.4f}' for v in inertia)} | "
                   f"{', '.join(f'{v:.3f}' for v in aris)} | {np.mean(card):.3f} |", flush=True)
+    if samples:
+        sample_fits(x, labels[0], samples)
+
+
+def sample_fits(x: Any, full: Any, samples: list[int]) -> None:
+    """KMeans on random samples of ``x`` (seeds 0, 1, 2), every row assigned; ``full``: the
+    labels of the full fit (seed 0)."""
+    import numpy as np
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    n = len(x)
+    print(f"\n| KMeans on a sample of {n:,} rows | seconds per fit | inertia per row (all rows) | "
+          "ARI between the samples' fits (0-1, 0-2, 1-2) | ARI against the full fit |")
+    print("|---|---|---|---|---|")
+    for m in samples:
+        labels, seconds, inertia = [], [], []
+        for seed in (0, 1, 2):
+            rows = np.sort(np.random.default_rng(100 + seed).choice(n, m, replace=False))
+            started = time.perf_counter()
+            model = KMeans(n_clusters=4, random_state=seed, n_init=3).fit(x[rows])
+            seconds.append(time.perf_counter() - started)
+            labels.append(model.predict(x))
+            inertia.append(-model.score(x) / n)
+        aris = [adjusted_rand_score(labels[a], labels[b]) for a, b in ((0, 1), (0, 2), (1, 2))]
+        print(f"| {m:,} | {np.mean(seconds):.2f} | {' / '.join(f'{v:.4f}' for v in inertia)} | "
+              f"{', '.join(f'{v:.3f}' for v in aris)} | "
+              f"{', '.join(f'{adjusted_rand_score(full, v):.3f}' for v in labels)} |", flush=True)
 
 
 def node(db: Path, memory_limit: int | None, seed: int, labels_out: Path | None) -> dict[str, Any]:
@@ -218,6 +250,7 @@ def main() -> None:
     look = sub.add_parser("diagnose")
     look.add_argument("--activity", type=Path, required=True)
     look.add_argument("--sizes", type=int, nargs="+", default=SIZES)
+    look.add_argument("--samples", type=int, nargs="*", default=[])
     one = sub.add_parser("node")
     one.add_argument("--db", type=Path, required=True)
     one.add_argument("--seed", type=int, default=0)
@@ -232,7 +265,7 @@ def main() -> None:
     if args.command == "prep":
         prep(args.workspace, args.customers, args.out)
     elif args.command == "diagnose":
-        diagnose(args.activity, args.sizes)
+        diagnose(args.activity, args.sizes, args.samples)
     elif args.command == "node":
         print(json.dumps(node(args.db, args.memory_limit, args.seed, args.labels)))
     else:
