@@ -78,13 +78,27 @@ def test_three_obvious_blobs_become_three_named_clusters(make_workspace, per_blo
     wh.close()
 
 
-def test_fixed_k_and_minibatch_for_large_inputs(make_workspace) -> None:
+def test_fixed_k_and_a_training_sample_for_large_inputs(make_workspace) -> None:
     table, truth = blobs(400)
-    result, wh = run(make_workspace, table, "    k: 3\n    minibatch_above: 500\n    seed: 3")
+    result, wh = run(make_workspace, table, "    k: 3\n    fit_rows: 500\n    seed: 3")
     node = result.node("clusters")
     assert node.status == "success", node.error
-    assert node.metrics["algorithm"] == "MiniBatchKMeans" and node.metrics["k"] == 3
+    assert node.metrics["algorithm"] == "KMeans" and node.metrics["k"] == 3
     assert list(node.metrics["silhouette_by_k"]) == ["3"]
+    assert node.metrics["training_rows"] < 3 * 400 and "`fit_rows` = 500" in node.metrics["sampled"]
+    assert node.rows == 3 * 400 and not node.warnings  # a sample by design, not for lack of memory
+    rows = {r["user_id"]: r["cluster"] for r in wh.table("shop__clusters").to_pyarrow().to_pylist()}
+    assert adjusted_rand_score(truth, [rows[i] for i in table["user_id"].to_pylist()]) == pytest.approx(1.0)
+    wh.close()
+
+
+def test_minibatch_above_of_older_pipelines_is_accepted_with_a_warning(make_workspace) -> None:
+    table, truth = blobs(100)
+    result, wh = run(make_workspace, table, "    k: 3\n    minibatch_above: 50")
+    node = result.node("clusters")
+    assert node.status == "success", node.error
+    assert any("`minibatch_above` is no longer used" in w for w in node.warnings)
+    assert node.metrics["algorithm"] == "KMeans" and "sampled" not in node.metrics
     rows = {r["user_id"]: r["cluster"] for r in wh.table("shop__clusters").to_pyarrow().to_pylist()}
     assert adjusted_rand_score(truth, [rows[i] for i in table["user_id"].to_pylist()]) == pytest.approx(1.0)
     wh.close()

@@ -4,8 +4,12 @@ The node reads only the customer id and the chosen numeric columns (as Arrow bat
 transforms them (``log1p`` of non-negative columns, then standard scaling, so a column
 measured in dollars does not drown one measured in days), and runs k-means with a fixed
 seed. ``k`` is fixed or chosen by the best silhouette over ``k_range``; silhouette is
-computed on a sample of ``silhouette_sample`` rows, since it is quadratic in rows, and
-inputs over ``minibatch_above`` rows use MiniBatchKMeans.
+computed on a sample of ``silhouette_sample`` rows, since it is quadratic in rows.
+k-means (Lloyd, the best of several starts) fits on at most ``fit_rows`` customers: over
+that, on a sample by id hash, and every customer is then assigned to the nearest centre in
+streamed chunks (clusters_stream.py). ``stability_ari`` refits with other seeds (on
+bootstrap resamples of the training sample when there is one): would another run give
+the same groups?
 
 Each cluster is named from its profile: for every column, how far the cluster's mean
 lies from the overall mean in standard deviations (after the transform). The strongest
@@ -62,7 +66,17 @@ class ClustersConfig(ModelNodeConfig):
     seed: int = 0
     threads: int = Field(default=1, ge=1, description="CPU threads for k-means (OpenMP/BLAS).")
     silhouette_sample: int = Field(default=5_000, ge=100)
-    minibatch_above: int = Field(default=100_000, ge=1)
+    fit_rows: int = Field(
+        default=100_000, ge=100,
+        description="k-means fits on at most this many customers (a sample by id hash above "
+        "it); every customer is then assigned to the nearest centre.",
+    )
+    minibatch_above: int | None = Field(
+        default=None, ge=1,
+        description="No longer used: MiniBatchKMeans gave different groups with each seed on "
+        "large inputs; k-means now fits on a sample of `fit_rows`. Accepted so older "
+        "pipeline files load (with a warning).",
+    )
 
     @field_validator("k")
     @classmethod
@@ -93,7 +107,6 @@ class ClustersOperator(Operator[ClustersConfig]):
     BYTES_PER_ROW: ClassVar[int] = 96
     BYTES_PER_COLUMN: ClassVar[int] = 32
     STABILITY_SEEDS: ClassVar[int] = 2  # refits with other seeds behind `stability_ari`
-    STABILITY_ROWS: ClassVar[int] = 5_000  # rows those refits use at most
 
     def run(self, inputs: dict[str, ir.Table], ctx: RunContext) -> NodeOutput:
         from segloop.operators.clusters_stream import Scaler, fetch_sample, stream_assignments
@@ -102,6 +115,9 @@ class ClustersOperator(Operator[ClustersConfig]):
         source_name, source = next(iter(inputs.items()))
         require_columns(source, {"customer_id": config.customer_id}, ctx.node, source_name)
         columns = feature_columns(source, config, ctx.node, source_name)
+        if config.minibatch_above is not None:
+            ctx.warn("`minibatch_above` is no longer used (k-means fits on at most `fit_rows` "
+                     "customers, a sample, and assigns every customer); remove it")
         session = spark_session(ctx)
         if session is not None:  # MLlib k-means; Spark assigns and writes (clusters_spark.py)
             from segloop.operators.clusters_spark import LocalSteps, run_in_spark
@@ -110,9 +126,10 @@ class ClustersOperator(Operator[ClustersConfig]):
             return run_in_spark(session, source, source_name, config, columns, ctx, steps)
         whole, chunk = self.row_budget(ctx.memory_limit, len(columns))
         total = ctx.warehouse.count(source)
-        sampled = total > whole
+        held = min(whole, config.fit_rows)  # rows k-means fits on at most
+        sampled = total > held
         if sampled:
-            ids, raw = fetch_sample(ctx, source, config.customer_id, columns, whole / total,
+            ids, raw = fetch_sample(ctx, source, config.customer_id, columns, held / total,
                                     config.seed, chunk)
         else:
             ids, raw = _fetch(ctx, source, config.customer_id, columns)
@@ -130,7 +147,8 @@ class ClustersOperator(Operator[ClustersConfig]):
         # free cores makes k-means 100x slower, so the thread count is explicit.
         with threadpool_limits(config.threads):
             fit = fit_kmeans(scaled, config, ctx)
-            stability = stability_ari(scaled, fit, config, self.STABILITY_SEEDS, self.STABILITY_ROWS)
+            stability = stability_ari(scaled, fit, config, self.STABILITY_SEEDS, len(scaled),
+                                      resample=sampled)
         z = cluster_z(scaled, fit.labels, fit.k)
         names = cluster_names(z, columns, self.NAME_TERMS, self.NAME_THRESHOLD)
         metrics: dict[str, Any] = {
@@ -146,9 +164,12 @@ class ClustersOperator(Operator[ClustersConfig]):
         }
         output: Any
         if sampled:
+            why = ("`memory_limit` holds no more" if whole < config.fit_rows
+                   else f"k-means fits on at most `fit_rows` = {config.fit_rows}")
             metrics["sampled"] = (f"trained on {len(ids)} of {total} customers (a sample by id "
-                                  "hash; `memory_limit` holds no more); all were assigned")
-            ctx.warn(metrics["sampled"])
+                                  f"hash; {why}); all were assigned")
+            if whole < config.fit_rows:
+                ctx.warn(metrics["sampled"])
             schema = _assignments(config.customer_id, ids[:0], fit.labels[:0], names,
                                   values[:0], columns).schema
             output, profiles = stream_assignments(
@@ -263,7 +284,7 @@ def fit_kmeans(x: np.ndarray, config: ClustersConfig, ctx: RunContext | None = N
     """Fit k-means for a fixed k or each k of the range; keep the best silhouette."""
     import numpy as np
     from sklearn import config_context
-    from sklearn.cluster import KMeans, MiniBatchKMeans
+    from sklearn.cluster import KMeans
     from sklearn.metrics import silhouette_score as sklearn_silhouette
 
     def silhouette_score(x: np.ndarray, labels: np.ndarray) -> float:
@@ -285,17 +306,12 @@ def fit_kmeans(x: np.ndarray, config: ClustersConfig, ctx: RunContext | None = N
             f"node `{ctx.node if ctx else 'clusters'}`: all {n} rows have the same values; "
             "there is nothing to cluster (check the columns)"
         )
-    minibatch = n > config.minibatch_above
     rng = np.random.default_rng(config.seed)
     sample = rng.choice(n, config.silhouette_sample, replace=False) if n > config.silhouette_sample else None
     best: tuple[float, int, Any] | None = None
     scores: dict[int, float] = {}
     for k in ks:
-        model: Any
-        if minibatch:
-            model = MiniBatchKMeans(n_clusters=k, random_state=config.seed, n_init=3, batch_size=4096)
-        else:
-            model = KMeans(n_clusters=k, random_state=config.seed, n_init=10 if n <= 20_000 else 3)
+        model = KMeans(n_clusters=k, random_state=config.seed, n_init=10 if n <= 20_000 else 3)
         labels = model.fit_predict(x)
         found = len(np.unique(labels))
         if found < 2 or found >= n:  # silhouette is undefined: every row alone or all together
@@ -312,8 +328,8 @@ def fit_kmeans(x: np.ndarray, config: ClustersConfig, ctx: RunContext | None = N
     assert best is not None  # noqa: S101 - ks is not empty
     score, k, model = best
     mapping = _relabel_by_size(model.labels_, k)
-    return KMeansFit(mapping[model.labels_], k, score, float(model.inertia_), scores,
-                     "MiniBatchKMeans" if minibatch else "KMeans", model, mapping)
+    return KMeansFit(mapping[model.labels_], k, score, float(model.inertia_), scores, "KMeans",
+                     model, mapping)
 
 
 def _relabel_by_size(labels: np.ndarray, k: int) -> np.ndarray:
@@ -328,28 +344,35 @@ def _relabel_by_size(labels: np.ndarray, k: int) -> np.ndarray:
 
 
 def stability_ari(x: np.ndarray, fit: KMeansFit, config: ClustersConfig, seeds: int,
-                  max_rows: int) -> float:
-    """Mean adjusted Rand index between the chosen clustering and refits with other seeds
-    (same k), on at most ``max_rows`` rows: 1 = the same groups whatever the start."""
+                  max_rows: int, resample: bool = False) -> float:
+    """Mean adjusted Rand index between the chosen clustering of ``x`` and refits with other
+    seeds (same k): 1 = the same groups whatever the start (and, with ``resample``,
+    whichever customers the sample holds), near 0 = the groups are an accident.
+
+    Each refit (seed ``config.seed + i``) fits k-means on the rows of ``x``, at most
+    ``max_rows`` of them (a random subset), or with ``resample`` on as many rows drawn with
+    replacement: another sample of the same size from the same customers, as a run with
+    another seed draws when the node trains on a sample. It then assigns every row of
+    ``x``; the ARI compares those assignments with ``fit.labels`` row by row.
+    """
     import numpy as np
-    from sklearn.cluster import KMeans, MiniBatchKMeans
+    from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score
 
-    rows = np.arange(len(x))
-    if len(x) > max_rows:
-        rows = np.sort(np.random.default_rng(config.seed).choice(len(x), max_rows, replace=False))
+    n = len(x)
     scores = []
     for i in range(1, seeds + 1):
         seed = config.seed + i
-        model: Any
+        rng = np.random.default_rng(seed)
+        if resample:
+            rows: np.ndarray | None = np.sort(rng.integers(0, n, min(n, max_rows)))
+        else:
+            rows = np.sort(rng.choice(n, max_rows, replace=False)) if n > max_rows else None
         # Three starts each (the node's own fit takes the best of ten on small inputs):
         # enough to tell stable groups from accidental ones, at a fraction of the cost.
-        if fit.algorithm == "MiniBatchKMeans":
-            model = MiniBatchKMeans(n_clusters=fit.k, random_state=seed, n_init=3, batch_size=4096)
-        else:
-            model = KMeans(n_clusters=fit.k, random_state=seed, n_init=3)
-        other = model.fit(x[rows]).labels_
-        scores.append(adjusted_rand_score(fit.labels[rows], other))
+        model = KMeans(n_clusters=fit.k, random_state=seed, n_init=3)
+        other = model.fit(x).labels_ if rows is None else model.fit(x[rows]).predict(x)
+        scores.append(adjusted_rand_score(fit.labels, other))
     return float(np.mean(scores))
 
 
@@ -430,7 +453,7 @@ def _assignments(cid: str, ids: pa.Array, labels: np.ndarray, names: list[str],
     data: dict[str, Any] = {
         cid: ids,
         "cluster": pa.array(labels, pa.int64()),
-        "cluster_name": pa.array([names[c] for c in labels.tolist()], pa.string()),
+        "cluster_name": pa.array(names, pa.string()).take(pa.array(labels)),
     }
     for j, column in enumerate(columns):
         if column not in data:

@@ -1,7 +1,7 @@
 """The clusters node within ``memory_limit``: train on a sample, assign in streamed chunks.
 
-When the customers' rows do not fit in the node's budget, the node trains k-means (as
-float32) on a sample the warehouse picks by a hash of the customer id
+When there are more customers than ``fit_rows`` (or than the node's budget holds), the
+node trains k-means (as float32) on a sample the warehouse picks by a hash of the customer id
 (``Warehouse.hash_sample``: the same customers on every run, every warehouse and any row
 order; only the sample crosses into Python), and then reads all rows in bounded
 chunks: each chunk is scaled with the sample's transform, assigned to the nearest centre
