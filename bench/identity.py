@@ -275,10 +275,39 @@ def stitch_one_lookup(table: Any, identities: Any) -> Any:
     return joined.select(*[joined[c] for c in table.columns], **{CANONICAL_COLUMN: canonical})
 
 
-def stitch_timing(root: Path, repeats: int) -> None:
-    """Events per canonical user from the stitched views, old and new stitching, same data."""
+def per_canonical_user(fn: Any, table: Any, identities: Any) -> Any:
+    """Events per canonical user of ``table`` stitched by ``fn`` (``stitch`` or ``stitch_one_lookup``)."""
+    view = fn(table, identities)
+    return view.group_by("canonical_user_id").aggregate(n=view.count())
+
+
+def time_stitch_variants(read: Any, repeats: int) -> dict[str, list[float]]:
+    """Seconds of ``read(stitch)`` and ``read(stitch_one_lookup)``, ``repeats`` times each,
+    alternating (this script's ``--stitch-timing`` and bench/identity_stitch_pg.py)."""
+    from segloop.segment.identity import stitch
+
+    seconds: dict[str, list[float]] = {"two joins": [], "one lookup": []}
+    for _ in range(repeats):
+        for label, fn in (("two joins", stitch), ("one lookup", stitch_one_lookup)):
+            started = time.perf_counter()
+            read(fn)
+            seconds[label].append(time.perf_counter() - started)
+    return seconds
+
+
+def print_stitch_timing(seconds: dict[str, list[float]], same: str) -> None:
+    """The table of ``time_stitch_variants``'s seconds and the ratio of the medians."""
     import statistics
 
+    print("| stitch | median s | min s | max s |\n|---|---:|---:|---:|")
+    for label, values in seconds.items():
+        print(f"| {label} | {statistics.median(values):.3f} | {min(values):.3f} | {max(values):.3f} |")
+    ratio = statistics.median(seconds["two joins"]) / statistics.median(seconds["one lookup"])
+    print(f"\ntwo joins / one lookup (medians): {ratio:.2f}x; {same}")
+
+
+def stitch_timing(root: Path, repeats: int) -> None:
+    """Events per canonical user from the stitched views, old and new stitching, same data."""
     from segloop.segment.identity import stitch
     from segloop.warehouses import DuckDBConfig, Warehouse
 
@@ -286,11 +315,6 @@ def stitch_timing(root: Path, repeats: int) -> None:
     with Warehouse.connect(DuckDBConfig(path=".segloop/warehouse.duckdb"), root) as wh:
         identities = wh.table("stitched__shop__identities")
         rows = {t: wh.count(wh.table(t, schema=PAST)) for t in tables}
-
-        def query(fn: Any, name: str) -> Any:
-            view = fn(wh.table(name, schema=PAST), identities)
-            return view.group_by("canonical_user_id").aggregate(n=view.count())
-
         for name in tables:  # the same canonical user for every event, not just the same counts
             old = stitch_one_lookup(wh.table(name, schema=PAST), identities).select("id", a="canonical_user_id")
             new = stitch(wh.table(name, schema=PAST), identities).select(nid="id", b="canonical_user_id")
@@ -298,22 +322,16 @@ def stitch_timing(root: Path, repeats: int) -> None:
             differ = wh.count(pair.filter(~pair.a.identical_to(pair.b)))
             if differ or wh.count(pair) != rows[name]:
                 raise SystemExit(f"{name}: {differ} events get another canonical user id")
-        seconds: dict[str, list[float]] = {"two joins": [], "one lookup": []}
-        for _ in range(repeats):
-            for label, fn in (("two joins", stitch), ("one lookup", stitch_one_lookup)):
-                started = time.perf_counter()
-                for name in tables:
-                    wh.to_arrow(query(fn, name))
-                seconds[label].append(time.perf_counter() - started)
+
+        def read(fn: Any) -> None:
+            for name in tables:
+                wh.to_arrow(per_canonical_user(fn, wh.table(name, schema=PAST), identities))
+
+        seconds = time_stitch_variants(read, repeats)
     total = sum(rows.values())
     print(f"\nStitched views read in full (events per canonical user of {', '.join(tables)}: {total:,} events), "
           f"{repeats} times each, alternating:\n")
-    print("| stitch | median s | min s | max s |\n|---|---:|---:|---:|")
-    for label, values in seconds.items():
-        print(f"| {label} | {statistics.median(values):.3f} | {min(values):.3f} | {max(values):.3f} |")
-    ratio = statistics.median(seconds["two joins"]) / statistics.median(seconds["one lookup"])
-    print(f"\ntwo joins / one lookup (medians): {ratio:.2f}x; every event's canonical user id identical")
-
+    print_stitch_timing(seconds, "every event's canonical user id identical")
 
 if __name__ == "__main__":
     main()

@@ -39,6 +39,7 @@ before the cutoff only, never from the future; ``--subgroups ''`` skips them.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from datetime import timedelta
@@ -52,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "demo" / "pipelines" / "demo.yml"
 KEEP = ("shop", "orders", "events", "likely_buyers", "likely_churners")
 FUTURE_DAYS = 30
+PER_CUSTOMER = "per_customer.npz"
 RUNS = {  # name: (schema with the past, stitched)
     "orders_only": ("one_past", False),  # one id, no browsing at all: what browsing is worth
     "one_id": ("one_past", False),
@@ -179,6 +181,72 @@ def print_groups(groups: dict[str, np.ndarray], y: np.ndarray, scores_of: dict[s
     print("\n".join(summary))
 
 
+def pool(folders: list[Path], resamples: int) -> None:
+    """``--pool``: stitched - unstitched purchase AUC over several demo data sets at once.
+
+    Each folder is the workdir of an earlier run with `stitched` and `unstitched` among its
+    runs (its per_customer.npz). A data set's gain is the mean over its model seeds of the
+    AUC difference on a group; the pooled gain is the mean of the data sets' gains (each data
+    set weighs the same). The bootstrap resamples customers within each data set (the same
+    customers for every model seed and both runs: paired), so its range holds the data sets'
+    customers' noise and, through the model seeds averaged, part of the model's."""
+    from segloop.models.scoring import roc_auc
+
+    sets = []
+    for folder in folders:
+        with np.load(folder / PER_CUSTOMER) as f:
+            data = {k: f[k] for k in f.files}
+        seeds = sorted(int(k.removeprefix("score:stitched").removeprefix("_m") or 0)
+                       for k in data if k.startswith("score:stitched"))
+        if not seeds or any(f"score:unstitched{'' if m == 0 else f'_m{m}'}" not in data for m in seeds):
+            raise SystemExit(f"{folder / PER_CUSTOMER}: needs the runs stitched and unstitched, "
+                             "for the same model seeds")
+        y = data["y"].astype(bool)
+        pairs = [(data[f"score:stitched{'' if m == 0 else f'_m{m}'}"],
+                  data[f"score:unstitched{'' if m == 0 else f'_m{m}'}"]) for m in seeds]
+        groups = {"all customers": np.ones(len(y), dtype=bool),
+                  **{k.removeprefix("group:"): data[k].astype(bool) for k in data if k.startswith("group:")}}
+        sets.append({"folder": folder, "seed": int(data["data_seed"]), "y": y, "pairs": pairs,
+                     "groups": groups, "summary": json.loads(str(data["summary"]))})
+    labels = [g for g in sets[0]["groups"] if all(g in d["groups"] for d in sets)]
+
+    def gain(d: dict[str, Any], idx: np.ndarray) -> float:
+        y = d["y"][idx]
+        return float(np.mean([roc_auc(y, a[idx]) - roc_auc(y, b[idx]) for a, b in d["pairs"]]))
+
+    print(f"\n{len(sets)} demo data sets (seeds {', '.join(str(d['seed']) for d in sets)}).\n")
+    print("| data seed | customers | bought in the future | customer ids scored, unstitched (true "
+          "customers among them) | stitched | events the models see, unstitched | stitched |\n"
+          "|---:|---:|---:|---:|---:|---:|---:|")
+    for d in sets:
+        r = d["summary"]
+        print(f"| {d['seed']} | {len(d['y']):,} | {int(d['y'].sum()):,} | {r['unstitched']['scored']:,} "
+              f"({r['unstitched']['people_scored']:,}) | {r['stitched']['scored']:,} "
+              f"({r['stitched']['people_scored']:,}) | {r['unstitched']['events']:,} | "
+              f"{r['stitched']['events']:,} |")
+    print(f"\nPurchase AUC gain, stitched - unstitched (mean over model seeds; 95% paired bootstrap "
+          f"range, {resamples} resamples of customers within each data set):\n")
+    print("| group | customers (share), per data set | gain per data set | pooled gain "
+          "(mean over data sets) | pooled 95% range | data sets with a positive gain |\n"
+          "|---|---|---|---:|---:|---:|")
+    rng = np.random.default_rng(0)
+    for label in labels:
+        per_set, boot = [], []
+        for d in sets:
+            idx = np.flatnonzero(d["groups"][label])
+            draws = (idx[rng.integers(0, len(idx), len(idx))] for _ in range(resamples))
+            per_set.append(gain(d, idx))
+            boot.append([gain(d, i) if d["y"][i].min() != d["y"][i].max() else np.nan for i in draws])
+        b = np.array(boot)  # data sets x resamples
+        own = [np.nanpercentile(row, [2.5, 97.5]) for row in b]
+        lo, hi = np.nanpercentile(np.nanmean(b, axis=0), [2.5, 97.5])
+        sizes = [int(d["groups"][label].sum()) for d in sets]
+        print(f"| {label} | " + ", ".join(f"{n:,} ({n / len(d['y']):.1%})" for n, d in zip(sizes, sets, strict=True))
+              + " | " + ", ".join(f"{g:+.4f} ({o[0]:+.4f} to {o[1]:+.4f})" for g, o in zip(per_set, own, strict=True))
+              + f" | {np.mean(per_set):+.4f} | {lo:+.4f} to {hi:+.4f} | "
+              f"{sum(g > 0 for g in per_set)} of {len(sets)} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--customers", type=int, default=5_000)
@@ -188,7 +256,14 @@ def main() -> None:
     parser.add_argument("--model-seeds", type=int, default=1)
     parser.add_argument("--subgroups", default="all,30,14",
                         help="comma-separated: all, or days before the cutoff (see the docstring)")
+    parser.add_argument("--pool", default="",
+                        help="comma-separated workdirs of earlier runs: pool their stitched - unstitched "
+                             "AUC gains into one paired bootstrap, run nothing")
+    parser.add_argument("--resamples", type=int, default=1000, help="with --pool")
     args = parser.parse_args()
+    if args.pool:
+        pool([Path(p) for p in args.pool.split(",")], args.resamples)
+        return
     runs = {name: RUNS[name] for name in args.runs.split(",")}
     seeds = range(args.model_seeds)
 
@@ -297,7 +372,12 @@ def main() -> None:
     if groups:
         print_groups(groups, y, scores_of, [(a, b) for a, b in pairs if a == "stitched"],
                      list(runs), list(seeds), run_name)
-    print(f"\nworkspace: {root}")
+    # per customer, for --pool: who bought, each run's scores, the groups
+    np.savez_compressed(root / PER_CUSTOMER, people=np.array(people), y=y, data_seed=args.seed,
+                        summary=json.dumps(results, default=float),
+                        **{f"score:{k}": v for k, v in scores_of.items()},
+                        **{f"group:{k}": v for k, v in groups.items()})
+    print(f"\nworkspace: {root} (per-customer results: {root / PER_CUSTOMER})")
 
 
 if __name__ == "__main__":

@@ -4,17 +4,15 @@ sign-up. Every id's canonical user is checked one by one."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pytest
 
 from segloop.pipeline import Pipeline
 from segloop.warehouses import Warehouse
-from tests.fixtures_pg import PgCluster
+from tests.fixtures_pg import duckdb_or_pg_workspace
 
 T0 = datetime(2026, 3, 1, 9, 0)
 PIPELINE = """\
@@ -91,18 +89,7 @@ def write_source(wh: Warehouse, identifies: list[Any] = IDENTIFIES, aliases: lis
     wh.create_table("order_completed", _calls(orders, "ord-", revenue=[10.0, 20.0]), schema="web")
 
 
-@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
-def workspace(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
-    """A workspace whose `default` warehouse is DuckDB or a throwaway PostgreSQL database."""
-    root = tmp_path / "ws"
-    (root / "pipelines").mkdir(parents=True)
-    if request.param == "duckdb":
-        text = "warehouses:\n  default:\n    type: duckdb\n    path: .segloop/warehouse.duckdb\n"
-    else:
-        cluster: PgCluster = request.getfixturevalue("pg_cluster")
-        text = cluster.workspace_yml(request.getfixturevalue("pg_database"), "default")
-    (root / "segloop.yml").write_text(text)
-    yield root
+workspace = duckdb_or_pg_workspace  # DuckDB, then a throwaway PostgreSQL database
 
 
 def pipeline(root: Path, extra: str = "") -> Pipeline:
