@@ -34,6 +34,16 @@ at least one event that carried no user id and that stitching attributes to them
 in the history the pipelines see (``all``) or in its last N days (``30``, ``14``), and on
 the other customers. The groups come from the stitched run's identity graph and the events
 before the cutoff only, never from the future; ``--subgroups ''`` skips them.
+
+Each run leaves its per-customer results in ``<workdir>/per_customer.npz`` (who bought, every
+run's scores, the groups, the run table). ``--pool DIR,DIR,...`` runs nothing: it reads the
+files of runs on different demo data sets (``--seed``; each with `stitched` and
+`unstitched`, the same model seeds) and pools their stitched - unstitched AUC gains, over
+all customers and the groups: a data set's gain is the mean over its model seeds, the
+pooled gain the mean over the data sets, and its 95% range a paired bootstrap that
+resamples customers within each data set (``--resamples``, 1,000).
+
+      .venv/bin/python bench/identity_propensity.py --pool <workdir of seed 7>,<workdir of seed 8>
 """
 
 from __future__ import annotations
@@ -208,7 +218,11 @@ def pool(folders: list[Path], resamples: int) -> None:
                   **{k.removeprefix("group:"): data[k].astype(bool) for k in data if k.startswith("group:")}}
         sets.append({"folder": folder, "seed": int(data["data_seed"]), "y": y, "pairs": pairs,
                      "groups": groups, "summary": json.loads(str(data["summary"]))})
-    labels = [g for g in sets[0]["groups"] if all(g in d["groups"] for d in sets)]
+    seeds_seen = [d["seed"] for d in sets]
+    if len(set(seeds_seen)) < len(seeds_seen):  # the same data twice would narrow the range for nothing
+        raise SystemExit(f"--pool: data seeds {seeds_seen} repeat; pool different data sets")
+    labels = [g for g in sets[0]["groups"]  # the complements ("not reached ...") left out
+              if not g.startswith("not ") and all(g in d["groups"] for d in sets)]
 
     def gain(d: dict[str, Any], idx: np.ndarray) -> float:
         y = d["y"][idx]
@@ -224,12 +238,11 @@ def pool(folders: list[Path], resamples: int) -> None:
               f"({r['unstitched']['people_scored']:,}) | {r['stitched']['scored']:,} "
               f"({r['stitched']['people_scored']:,}) | {r['unstitched']['events']:,} | "
               f"{r['stitched']['events']:,} |")
-    print(f"\nPurchase AUC gain, stitched - unstitched (mean over model seeds; 95% paired bootstrap "
-          f"range, {resamples} resamples of customers within each data set):\n")
-    print("| group | customers (share), per data set | gain per data set | pooled gain "
-          "(mean over data sets) | pooled 95% range | data sets with a positive gain |\n"
-          "|---|---|---|---:|---:|---:|")
+    def auc_of(d: dict[str, Any], idx: np.ndarray, run: int) -> float:  # 0 stitched, 1 unstitched
+        return float(np.mean([roc_auc(d["y"][idx], pair[run][idx]) for pair in d["pairs"]]))
+
     rng = np.random.default_rng(0)
+    rows, pooled = [], []
     for label in labels:
         per_set, boot = [], []
         for d in sets:
@@ -237,15 +250,29 @@ def pool(folders: list[Path], resamples: int) -> None:
             draws = (idx[rng.integers(0, len(idx), len(idx))] for _ in range(resamples))
             per_set.append(gain(d, idx))
             boot.append([gain(d, i) if d["y"][i].min() != d["y"][i].max() else np.nan for i in draws])
+            lo, hi = np.nanpercentile(boot[-1], [2.5, 97.5])
+            rows.append(f"| {label} | {d['seed']} | {idx.size:,} ({idx.size / d['y'].size:.1%}) | "
+                        f"{d['y'][idx].mean():.1%} | {auc_of(d, idx, 1):.4f} | {auc_of(d, idx, 0):.4f} | "
+                        f"{per_set[-1]:+.4f} ({lo:+.4f} to {hi:+.4f}) |")
         b = np.array(boot)  # data sets x resamples
-        own = [np.nanpercentile(row, [2.5, 97.5]) for row in b]
         lo, hi = np.nanpercentile(np.nanmean(b, axis=0), [2.5, 97.5])
-        sizes = [int(d["groups"][label].sum()) for d in sets]
-        print(f"| {label} | " + ", ".join(f"{n:,} ({n / len(d['y']):.1%})" for n, d in zip(sizes, sets, strict=True))
-              + " | " + ", ".join(f"{g:+.4f} ({o[0]:+.4f} to {o[1]:+.4f})" for g, o in zip(per_set, own, strict=True))
-              + f" | {np.mean(per_set):+.4f} | {lo:+.4f} to {hi:+.4f} | "
-              f"{sum(g > 0 for g in per_set)} of {len(sets)} |")
-
+        above = sum(np.nanpercentile(row, 2.5) > 0 for row in b)
+        size = sum(int(d["groups"][label].sum()) for d in sets)
+        total = sum(d["y"].size for d in sets)
+        pooled.append(f"| {label} | {size:,} ({size / total:.1%}) | {np.mean(per_set):+.4f} | "
+                      f"{lo:+.4f} to {hi:+.4f} | {sum(g > 0 for g in per_set)} of {len(sets)} | "
+                      f"{above} of {len(sets)} |")
+    print(f"\nPurchase AUC per data set, mean over its model seeds; gain stitched - unstitched with "
+          f"its 95% paired bootstrap range ({resamples} resamples of the group's customers):\n")
+    print("| group | data seed | customers (share) | bought in the future | AUC unstitched | AUC stitched "
+          "| gain (95% range) |\n|---|---:|---:|---:|---:|---:|---:|")
+    print("\n".join(rows))
+    print(f"\nPooled over the {len(sets)} data sets: the mean of their gains (each data set weighs the "
+          "same), its 95% range from the same resamples (customers resampled within each data set):\n")
+    print("| group | customers, all data sets (share) | pooled AUC gain | 95% paired bootstrap range "
+          "| data sets with a positive gain | data sets whose own range is above zero |\n"
+          "|---|---:|---:|---:|---:|---:|")
+    print("\n".join(pooled))
 
 def main() -> None:
     parser = argparse.ArgumentParser()
