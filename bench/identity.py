@@ -38,6 +38,21 @@ FUTURE_DAYS = 30
 KEEP = {"shop", "orders", "events", "likely_buyers", "likely_churners", "product_events", "recommend"}
 
 
+def write_demo_with_past(wh: Any, customers: int, seed: int, cutoff: datetime, schema: str = "demo_shop",
+                         past: str = PAST, split_ids: bool = True) -> Any:
+    """Demo data in ``schema`` (split ids unless told otherwise) and a copy of it up to
+    ``cutoff`` in ``past``, the history the pipelines see; returns the demo data's stats."""
+    from segloop.demo import write_demo_data
+
+    stats = write_demo_data(wh, schema=schema, customers=customers, seed=seed, split_ids=split_ids)
+    wh.raw_sql(f"create schema if not exists {past}")
+    for table in wh.list_tables(schema):
+        column = "received_at" if table == "users" else '"timestamp"'
+        wh.raw_sql(f"create or replace table {past}.{table} as select * from {schema}.{table} "
+                   f"where {column} <= timestamp '{cutoff.isoformat()}'")
+    return stats
+
+
 def pipeline_text(stitched: bool) -> str:
     data = yaml.safe_load(DEMO.read_text())
     data["name"] = "stitched" if stitched else "unstitched"
@@ -62,7 +77,7 @@ def main() -> None:
     parser.add_argument("--stitch-only", action="store_true")
     args = parser.parse_args()
 
-    from segloop.demo import DEFAULT_END, write_demo_data
+    from segloop.demo import DEFAULT_END
     from segloop.pipeline import Pipeline
     from segloop.warehouses import DuckDBConfig, Warehouse
 
@@ -75,13 +90,8 @@ def main() -> None:
     cutoff = DEFAULT_END - timedelta(days=FUTURE_DAYS)
     with Warehouse.connect(DuckDBConfig(path=".segloop/warehouse.duckdb"), root) as wh:
         if "demo_shop" not in wh.list_schemas():
-            stats = write_demo_data(wh, customers=args.customers, seed=args.seed, split_ids=True)
+            stats = write_demo_with_past(wh, args.customers, args.seed, cutoff)
             print(f"demo data: {stats.customers:,} customers, {stats.events:,} events, {stats.seconds:.1f} s")
-            wh.raw_sql(f"create schema if not exists {PAST}")
-            for table in wh.list_tables("demo_shop"):
-                column = "received_at" if table == "users" else '"timestamp"'
-                wh.raw_sql(f"create or replace table {PAST}.{table} as select * from demo_shop.{table} "
-                           f"where {column} <= timestamp '{cutoff.isoformat()}'")
         future = future_truth(wh, cutoff)
     results: dict[str, dict[str, Any]] = {}
     paired: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
