@@ -41,7 +41,10 @@ files of runs on different demo data sets (``--seed``; each with `stitched` and
 `unstitched`, the same model seeds) and pools their stitched - unstitched AUC gains, over
 all customers and the groups: a data set's gain is the mean over its model seeds, the
 pooled gain the mean over the data sets, and its 95% range a paired bootstrap that
-resamples customers within each data set (``--resamples``, 1,000).
+resamples customers within each data set (``--resamples``, 1,000). That range holds the
+customers' noise only, not the model's (the boosting's seed) nor the data set's, so the
+table also gives a t interval over the data sets' gains, each data set a replicate of
+the whole experiment.
 
       .venv/bin/python bench/identity_propensity.py --pool <workdir of seed 7>,<workdir of seed 8>
 """
@@ -200,6 +203,8 @@ def pool(folders: list[Path], resamples: int) -> None:
     set weighs the same). The bootstrap resamples customers within each data set (the same
     customers for every model seed and both runs: paired), so its range holds the data sets'
     customers' noise and, through the model seeds averaged, part of the model's."""
+    from scipy.stats import t as t_dist
+
     from segloop.models.scoring import roc_auc
 
     sets = []
@@ -259,9 +264,13 @@ def pool(folders: list[Path], resamples: int) -> None:
         above = sum(np.nanpercentile(row, 2.5) > 0 for row in b)
         size = sum(int(d["groups"][label].sum()) for d in sets)
         total = sum(d["y"].size for d in sets)
+        # The data sets as replicates of the whole experiment (data, model seeds, customers):
+        # a t interval over their gains holds every source of noise, the bootstrap only the customers'.
+        t = t_dist.ppf(0.975, len(sets) - 1) * np.std(per_set, ddof=1) / np.sqrt(len(sets)) \
+            if len(sets) > 1 else np.nan
         pooled.append(f"| {label} | {size:,} ({size / total:.1%}) | {np.mean(per_set):+.4f} | "
-                      f"{lo:+.4f} to {hi:+.4f} | {sum(g > 0 for g in per_set)} of {len(sets)} | "
-                      f"{above} of {len(sets)} |")
+                      f"{lo:+.4f} to {hi:+.4f} | {np.mean(per_set) - t:+.4f} to {np.mean(per_set) + t:+.4f} | "
+                      f"{sum(g > 0 for g in per_set)} of {len(sets)} | {above} of {len(sets)} |")
     print(f"\nPurchase AUC per data set, mean over its model seeds; gain stitched - unstitched with "
           f"its 95% paired bootstrap range ({resamples} resamples of the group's customers):\n")
     print("| group | data seed | customers (share) | bought in the future | AUC unstitched | AUC stitched "
@@ -270,8 +279,8 @@ def pool(folders: list[Path], resamples: int) -> None:
     print(f"\nPooled over the {len(sets)} data sets: the mean of their gains (each data set weighs the "
           "same), its 95% range from the same resamples (customers resampled within each data set):\n")
     print("| group | customers, all data sets (share) | pooled AUC gain | 95% paired bootstrap range "
-          "| data sets with a positive gain | data sets whose own range is above zero |\n"
-          "|---|---:|---:|---:|---:|---:|")
+          "| 95% t interval over the data sets' gains | data sets with a positive gain "
+          "| data sets whose own range is above zero |\n|---|---:|---:|---:|---:|---:|---:|")
     print("\n".join(pooled))
 
 def main() -> None:
