@@ -38,6 +38,21 @@ FUTURE_DAYS = 30
 KEEP = {"shop", "orders", "events", "likely_buyers", "likely_churners", "product_events", "recommend"}
 
 
+def write_demo_with_past(wh: Any, customers: int, seed: int, cutoff: datetime, schema: str = "demo_shop",
+                         past: str = PAST, split_ids: bool = True) -> Any:
+    """Demo data in ``schema`` (split ids unless told otherwise) and a copy of it up to
+    ``cutoff`` in ``past``, the history the pipelines see; returns the demo data's stats."""
+    from segloop.demo import write_demo_data
+
+    stats = write_demo_data(wh, schema=schema, customers=customers, seed=seed, split_ids=split_ids)
+    wh.raw_sql(f"create schema if not exists {past}")
+    for table in wh.list_tables(schema):
+        column = "received_at" if table == "users" else '"timestamp"'
+        wh.raw_sql(f"create or replace table {past}.{table} as select * from {schema}.{table} "
+                   f"where {column} <= timestamp '{cutoff.isoformat()}'")
+    return stats
+
+
 def pipeline_text(stitched: bool) -> str:
     data = yaml.safe_load(DEMO.read_text())
     data["name"] = "stitched" if stitched else "unstitched"
@@ -62,7 +77,7 @@ def main() -> None:
     parser.add_argument("--stitch-only", action="store_true")
     args = parser.parse_args()
 
-    from segloop.demo import DEFAULT_END, write_demo_data
+    from segloop.demo import DEFAULT_END
     from segloop.pipeline import Pipeline
     from segloop.warehouses import DuckDBConfig, Warehouse
 
@@ -75,13 +90,8 @@ def main() -> None:
     cutoff = DEFAULT_END - timedelta(days=FUTURE_DAYS)
     with Warehouse.connect(DuckDBConfig(path=".segloop/warehouse.duckdb"), root) as wh:
         if "demo_shop" not in wh.list_schemas():
-            stats = write_demo_data(wh, customers=args.customers, seed=args.seed, split_ids=True)
+            stats = write_demo_with_past(wh, args.customers, args.seed, cutoff)
             print(f"demo data: {stats.customers:,} customers, {stats.events:,} events, {stats.seconds:.1f} s")
-            wh.raw_sql(f"create schema if not exists {PAST}")
-            for table in wh.list_tables("demo_shop"):
-                column = "received_at" if table == "users" else '"timestamp"'
-                wh.raw_sql(f"create or replace table {PAST}.{table} as select * from demo_shop.{table} "
-                           f"where {column} <= timestamp '{cutoff.isoformat()}'")
         future = future_truth(wh, cutoff)
     results: dict[str, dict[str, Any]] = {}
     paired: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
@@ -275,10 +285,39 @@ def stitch_one_lookup(table: Any, identities: Any) -> Any:
     return joined.select(*[joined[c] for c in table.columns], **{CANONICAL_COLUMN: canonical})
 
 
-def stitch_timing(root: Path, repeats: int) -> None:
-    """Events per canonical user from the stitched views, old and new stitching, same data."""
+def per_canonical_user(fn: Any, table: Any, identities: Any) -> Any:
+    """Events per canonical user of ``table`` stitched by ``fn`` (``stitch`` or ``stitch_one_lookup``)."""
+    view = fn(table, identities)
+    return view.group_by("canonical_user_id").aggregate(n=view.count())
+
+
+def time_stitch_variants(read: Any, repeats: int) -> dict[str, list[float]]:
+    """Seconds of ``read(stitch)`` and ``read(stitch_one_lookup)``, ``repeats`` times each,
+    alternating (this script's ``--stitch-timing`` and bench/identity_stitch_pg.py)."""
+    from segloop.segment.identity import stitch
+
+    seconds: dict[str, list[float]] = {"two joins": [], "one lookup": []}
+    for _ in range(repeats):
+        for label, fn in (("two joins", stitch), ("one lookup", stitch_one_lookup)):
+            started = time.perf_counter()
+            read(fn)
+            seconds[label].append(time.perf_counter() - started)
+    return seconds
+
+
+def print_stitch_timing(seconds: dict[str, list[float]], same: str) -> None:
+    """The table of ``time_stitch_variants``'s seconds and the ratio of the medians."""
     import statistics
 
+    print("| stitch | median s | min s | max s |\n|---|---:|---:|---:|")
+    for label, values in seconds.items():
+        print(f"| {label} | {statistics.median(values):.3f} | {min(values):.3f} | {max(values):.3f} |")
+    ratio = statistics.median(seconds["two joins"]) / statistics.median(seconds["one lookup"])
+    print(f"\ntwo joins / one lookup (medians): {ratio:.2f}x; {same}")
+
+
+def stitch_timing(root: Path, repeats: int) -> None:
+    """Events per canonical user from the stitched views, old and new stitching, same data."""
     from segloop.segment.identity import stitch
     from segloop.warehouses import DuckDBConfig, Warehouse
 
@@ -286,11 +325,6 @@ def stitch_timing(root: Path, repeats: int) -> None:
     with Warehouse.connect(DuckDBConfig(path=".segloop/warehouse.duckdb"), root) as wh:
         identities = wh.table("stitched__shop__identities")
         rows = {t: wh.count(wh.table(t, schema=PAST)) for t in tables}
-
-        def query(fn: Any, name: str) -> Any:
-            view = fn(wh.table(name, schema=PAST), identities)
-            return view.group_by("canonical_user_id").aggregate(n=view.count())
-
         for name in tables:  # the same canonical user for every event, not just the same counts
             old = stitch_one_lookup(wh.table(name, schema=PAST), identities).select("id", a="canonical_user_id")
             new = stitch(wh.table(name, schema=PAST), identities).select(nid="id", b="canonical_user_id")
@@ -298,22 +332,16 @@ def stitch_timing(root: Path, repeats: int) -> None:
             differ = wh.count(pair.filter(~pair.a.identical_to(pair.b)))
             if differ or wh.count(pair) != rows[name]:
                 raise SystemExit(f"{name}: {differ} events get another canonical user id")
-        seconds: dict[str, list[float]] = {"two joins": [], "one lookup": []}
-        for _ in range(repeats):
-            for label, fn in (("two joins", stitch), ("one lookup", stitch_one_lookup)):
-                started = time.perf_counter()
-                for name in tables:
-                    wh.to_arrow(query(fn, name))
-                seconds[label].append(time.perf_counter() - started)
+
+        def read(fn: Any) -> None:
+            for name in tables:
+                wh.to_arrow(per_canonical_user(fn, wh.table(name, schema=PAST), identities))
+
+        seconds = time_stitch_variants(read, repeats)
     total = sum(rows.values())
     print(f"\nStitched views read in full (events per canonical user of {', '.join(tables)}: {total:,} events), "
           f"{repeats} times each, alternating:\n")
-    print("| stitch | median s | min s | max s |\n|---|---:|---:|---:|")
-    for label, values in seconds.items():
-        print(f"| {label} | {statistics.median(values):.3f} | {min(values):.3f} | {max(values):.3f} |")
-    ratio = statistics.median(seconds["two joins"]) / statistics.median(seconds["one lookup"])
-    print(f"\ntwo joins / one lookup (medians): {ratio:.2f}x; every event's canonical user id identical")
-
+    print_stitch_timing(seconds, "every event's canonical user id identical")
 
 if __name__ == "__main__":
     main()

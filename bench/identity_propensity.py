@@ -34,11 +34,25 @@ at least one event that carried no user id and that stitching attributes to them
 in the history the pipelines see (``all``) or in its last N days (``30``, ``14``), and on
 the other customers. The groups come from the stitched run's identity graph and the events
 before the cutoff only, never from the future; ``--subgroups ''`` skips them.
+
+Each run leaves its per-customer results in ``<workdir>/per_customer.npz`` (who bought, every
+run's scores, the groups, the run table). ``--pool DIR,DIR,...`` runs nothing: it reads the
+files of runs on different demo data sets (``--seed``; each with `stitched` and
+`unstitched`, the same model seeds) and pools their stitched - unstitched AUC gains, over
+all customers and the groups: a data set's gain is the mean over its model seeds, the
+pooled gain the mean over the data sets, and its 95% range a paired bootstrap that
+resamples customers within each data set (``--resamples``, 1,000). That range holds the
+customers' noise only, not the model's (the boosting's seed) nor the data set's, so the
+table also gives a t interval over the data sets' gains, each data set a replicate of
+the whole experiment.
+
+      .venv/bin/python bench/identity_propensity.py --pool <workdir of seed 7>,<workdir of seed 8>
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from datetime import timedelta
@@ -52,6 +66,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "demo" / "pipelines" / "demo.yml"
 KEEP = ("shop", "orders", "events", "likely_buyers", "likely_churners")
 FUTURE_DAYS = 30
+PER_CUSTOMER = "per_customer.npz"
 RUNS = {  # name: (schema with the past, stitched)
     "orders_only": ("one_past", False),  # one id, no browsing at all: what browsing is worth
     "one_id": ("one_past", False),
@@ -179,6 +194,95 @@ def print_groups(groups: dict[str, np.ndarray], y: np.ndarray, scores_of: dict[s
     print("\n".join(summary))
 
 
+def pool(folders: list[Path], resamples: int) -> None:
+    """``--pool``: stitched - unstitched purchase AUC over several demo data sets at once.
+
+    Each folder is the workdir of an earlier run with `stitched` and `unstitched` among its
+    runs (its per_customer.npz). A data set's gain is the mean over its model seeds of the
+    AUC difference on a group; the pooled gain is the mean of the data sets' gains (each data
+    set weighs the same). The bootstrap resamples customers within each data set (the same
+    customers for every model seed and both runs: paired), so its range holds the data sets'
+    customers' noise and, through the model seeds averaged, part of the model's."""
+    from scipy.stats import t as t_dist
+
+    from segloop.models.scoring import roc_auc
+
+    sets = []
+    for folder in folders:
+        with np.load(folder / PER_CUSTOMER) as f:
+            data = {k: f[k] for k in f.files}
+        seeds = sorted(int(k.removeprefix("score:stitched").removeprefix("_m") or 0)
+                       for k in data if k.startswith("score:stitched"))
+        if not seeds or any(f"score:unstitched{'' if m == 0 else f'_m{m}'}" not in data for m in seeds):
+            raise SystemExit(f"{folder / PER_CUSTOMER}: needs the runs stitched and unstitched, "
+                             "for the same model seeds")
+        y = data["y"].astype(bool)
+        pairs = [(data[f"score:stitched{'' if m == 0 else f'_m{m}'}"],
+                  data[f"score:unstitched{'' if m == 0 else f'_m{m}'}"]) for m in seeds]
+        groups = {"all customers": np.ones(len(y), dtype=bool),
+                  **{k.removeprefix("group:"): data[k].astype(bool) for k in data if k.startswith("group:")}}
+        sets.append({"folder": folder, "seed": int(data["data_seed"]), "y": y, "pairs": pairs,
+                     "groups": groups, "summary": json.loads(str(data["summary"]))})
+    seeds_seen = [d["seed"] for d in sets]
+    if len(set(seeds_seen)) < len(seeds_seen):  # the same data twice would narrow the range for nothing
+        raise SystemExit(f"--pool: data seeds {seeds_seen} repeat; pool different data sets")
+    labels = [g for g in sets[0]["groups"]  # the complements ("not reached ...") left out
+              if not g.startswith("not ") and all(g in d["groups"] for d in sets)]
+
+    def gain(d: dict[str, Any], idx: np.ndarray) -> float:
+        y = d["y"][idx]
+        return float(np.mean([roc_auc(y, a[idx]) - roc_auc(y, b[idx]) for a, b in d["pairs"]]))
+
+    print(f"\n{len(sets)} demo data sets (seeds {', '.join(str(d['seed']) for d in sets)}).\n")
+    print("| data seed | customers | bought in the future | customer ids scored, unstitched (true "
+          "customers among them) | stitched | events the models see, unstitched | stitched |\n"
+          "|---:|---:|---:|---:|---:|---:|---:|")
+    for d in sets:
+        r = d["summary"]
+        print(f"| {d['seed']} | {len(d['y']):,} | {int(d['y'].sum()):,} | {r['unstitched']['scored']:,} "
+              f"({r['unstitched']['people_scored']:,}) | {r['stitched']['scored']:,} "
+              f"({r['stitched']['people_scored']:,}) | {r['unstitched']['events']:,} | "
+              f"{r['stitched']['events']:,} |")
+    def auc_of(d: dict[str, Any], idx: np.ndarray, run: int) -> float:  # 0 stitched, 1 unstitched
+        return float(np.mean([roc_auc(d["y"][idx], pair[run][idx]) for pair in d["pairs"]]))
+
+    rng = np.random.default_rng(0)
+    rows, pooled = [], []
+    for label in labels:
+        per_set, boot = [], []
+        for d in sets:
+            idx = np.flatnonzero(d["groups"][label])
+            draws = (idx[rng.integers(0, len(idx), len(idx))] for _ in range(resamples))
+            per_set.append(gain(d, idx))
+            boot.append([gain(d, i) if d["y"][i].min() != d["y"][i].max() else np.nan for i in draws])
+            lo, hi = np.nanpercentile(boot[-1], [2.5, 97.5])
+            rows.append(f"| {label} | {d['seed']} | {idx.size:,} ({idx.size / d['y'].size:.1%}) | "
+                        f"{d['y'][idx].mean():.1%} | {auc_of(d, idx, 1):.4f} | {auc_of(d, idx, 0):.4f} | "
+                        f"{per_set[-1]:+.4f} ({lo:+.4f} to {hi:+.4f}) |")
+        b = np.array(boot)  # data sets x resamples
+        lo, hi = np.nanpercentile(np.nanmean(b, axis=0), [2.5, 97.5])
+        above = sum(np.nanpercentile(row, 2.5) > 0 for row in b)
+        size = sum(int(d["groups"][label].sum()) for d in sets)
+        total = sum(d["y"].size for d in sets)
+        # The data sets as replicates of the whole experiment (data, model seeds, customers):
+        # a t interval over their gains holds every source of noise, the bootstrap only the customers'.
+        t = t_dist.ppf(0.975, len(sets) - 1) * np.std(per_set, ddof=1) / np.sqrt(len(sets)) \
+            if len(sets) > 1 else np.nan
+        pooled.append(f"| {label} | {size:,} ({size / total:.1%}) | {np.mean(per_set):+.4f} | "
+                      f"{lo:+.4f} to {hi:+.4f} | {np.mean(per_set) - t:+.4f} to {np.mean(per_set) + t:+.4f} | "
+                      f"{sum(g > 0 for g in per_set)} of {len(sets)} | {above} of {len(sets)} |")
+    print(f"\nPurchase AUC per data set, mean over its model seeds; gain stitched - unstitched with "
+          f"its 95% paired bootstrap range ({resamples} resamples of the group's customers):\n")
+    print("| group | data seed | customers (share) | bought in the future | AUC unstitched | AUC stitched "
+          "| gain (95% range) |\n|---|---:|---:|---:|---:|---:|---:|")
+    print("\n".join(rows))
+    print(f"\nPooled over the {len(sets)} data sets: the mean of their gains (each data set weighs the "
+          "same), its 95% range from the same resamples (customers resampled within each data set):\n")
+    print("| group | customers, all data sets (share) | pooled AUC gain | 95% paired bootstrap range "
+          "| 95% t interval over the data sets' gains | data sets with a positive gain "
+          "| data sets whose own range is above zero |\n|---|---:|---:|---:|---:|---:|---:|")
+    print("\n".join(pooled))
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--customers", type=int, default=5_000)
@@ -188,7 +292,14 @@ def main() -> None:
     parser.add_argument("--model-seeds", type=int, default=1)
     parser.add_argument("--subgroups", default="all,30,14",
                         help="comma-separated: all, or days before the cutoff (see the docstring)")
+    parser.add_argument("--pool", default="",
+                        help="comma-separated workdirs of earlier runs: pool their stitched - unstitched "
+                             "AUC gains into one paired bootstrap, run nothing")
+    parser.add_argument("--resamples", type=int, default=1000, help="with --pool")
     args = parser.parse_args()
+    if args.pool:
+        pool([Path(p) for p in args.pool.split(",")], args.resamples)
+        return
     runs = {name: RUNS[name] for name in args.runs.split(",")}
     seeds = range(args.model_seeds)
 
@@ -297,7 +408,12 @@ def main() -> None:
     if groups:
         print_groups(groups, y, scores_of, [(a, b) for a, b in pairs if a == "stitched"],
                      list(runs), list(seeds), run_name)
-    print(f"\nworkspace: {root}")
+    # per customer, for --pool: who bought, each run's scores, the groups
+    np.savez_compressed(root / PER_CUSTOMER, people=np.array(people), y=y, data_seed=args.seed,
+                        summary=json.dumps(results, default=float),
+                        **{f"score:{k}": v for k, v in scores_of.items()},
+                        **{f"group:{k}": v for k, v in groups.items()})
+    print(f"\nworkspace: {root} (per-customer results: {root / PER_CUSTOMER})")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ Run:  .venv/bin/python bench/identity_stitch_pg.py --workdir <a bench/identity.p
 
 Copies the first ``--rows`` rows of the workdir's ``demo_past.tracks`` and its stitched
 run's identities into PostgreSQL, checks that both variants give the same events per
-canonical user, then reads them 5 times each, alternating.
+canonical user, then reads them ``--repeats`` times each, alternating (bench/identity.py's
+``time_stitch_variants``, which its ``--stitch-timing`` uses too).
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,30 +47,20 @@ def main() -> None:
         wh.create_table("identities", identities)
         wh.raw_sql("analyze")
 
-        def query(fn: object) -> object:
-            view = fn(wh.table("tracks"), wh.table("identities"))  # type: ignore[operator]
-            return view.group_by("canonical_user_id").aggregate(n=view.count())
-
         def rows(fn: object) -> list[tuple[str, int]]:
-            return sorted((r["canonical_user_id"] or "", r["n"]) for r in wh.to_arrow(query(fn)).to_pylist())
+            view = bench.per_canonical_user(fn, wh.table("tracks"), wh.table("identities"))
+            return sorted((r["canonical_user_id"] or "", r["n"]) for r in wh.to_arrow(view).to_pylist())
 
         if rows(stitch) != rows(bench.stitch_one_lookup):
             raise SystemExit("the two variants give different canonical user ids")
-        seconds: dict[str, list[float]] = {"two joins": [], "one lookup": []}
-        for _ in range(args.repeats):
-            for label, fn in (("two joins", stitch), ("one lookup", bench.stitch_one_lookup)):
-                started = time.perf_counter()
-                wh.to_arrow(query(fn))
-                seconds[label].append(time.perf_counter() - started)
+        seconds = bench.time_stitch_variants(
+            lambda fn: wh.to_arrow(bench.per_canonical_user(fn, wh.table("tracks"), wh.table("identities"))),
+            args.repeats)
     finally:
         with contextlib.suppress(StopIteration):
             next(cluster_gen)
     print(f"PostgreSQL, {tracks.num_rows:,} tracks, {identities.num_rows:,} ids, {args.repeats} times each:\n")
-    print("| stitch | median s | min s | max s |\n|---|---:|---:|---:|")
-    for label, values in seconds.items():
-        print(f"| {label} | {statistics.median(values):.3f} | {min(values):.3f} | {max(values):.3f} |")
-    ratio = statistics.median(seconds["two joins"]) / statistics.median(seconds["one lookup"])
-    print(f"\ntwo joins / one lookup (medians): {ratio:.2f}x; the same canonical user ids")
+    bench.print_stitch_timing(seconds, "the same canonical user ids")
 
 
 if __name__ == "__main__":

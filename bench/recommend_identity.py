@@ -126,7 +126,7 @@ def main() -> None:
     variants = {k: v for k, v in VARIANTS.items()
                 if not (args.no_tune and v.get("tune")) and not (args.only_tune and not v.get("tune"))}
 
-    from segloop.demo import DEFAULT_END, write_demo_data
+    from segloop.demo import DEFAULT_END
     from segloop.pipeline import Pipeline
     from segloop.warehouses import DuckDBConfig, Warehouse
 
@@ -137,13 +137,8 @@ def main() -> None:
     cutoff = DEFAULT_END - timedelta(days=identity.FUTURE_DAYS)
     with Warehouse.connect(DuckDBConfig(path=".segloop/warehouse.duckdb"), root) as wh:
         if "demo_shop" not in wh.list_schemas():
-            stats = write_demo_data(wh, customers=args.customers, seed=args.seed, split_ids=True)
+            stats = identity.write_demo_with_past(wh, args.customers, args.seed, cutoff)
             print(f"demo data: {stats.customers:,} customers, {stats.events:,} events")
-            wh.raw_sql(f"create schema if not exists {identity.PAST}")
-            for table in wh.list_tables("demo_shop"):
-                column = "received_at" if table == "users" else '"timestamp"'
-                wh.raw_sql(f"create or replace table {identity.PAST}.{table} as select * from demo_shop.{table} "
-                           f"where {column} <= timestamp '{cutoff.isoformat()}'")
     results: dict[tuple[str, bool], dict[str, Any]] = {}
     t: dict[str, Any] = {}
     for label, settings in variants.items():

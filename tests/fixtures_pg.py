@@ -159,3 +159,19 @@ def pg_warehouse(pg_cluster: PgCluster, pg_database: str) -> Iterator[Warehouse]
     wh = Warehouse.connect(pg_cluster.config(pg_database), Path("."), "pg")
     yield wh
     wh.close()
+
+
+@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
+def duckdb_or_pg_workspace(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """A workspace (with an empty `pipelines/`) whose `default` warehouse is DuckDB or a fresh
+    database on the throwaway PostgreSQL cluster: each test using it runs on both. A test
+    module takes it as ``workspace = duckdb_or_pg_workspace``."""
+    root = tmp_path / "ws"
+    (root / "pipelines").mkdir(parents=True)
+    if request.param == "duckdb":
+        text = "warehouses:\n  default:\n    type: duckdb\n    path: .segloop/warehouse.duckdb\n"
+    else:
+        cluster: PgCluster = request.getfixturevalue("pg_cluster")
+        text = cluster.workspace_yml(request.getfixturevalue("pg_database"), "default")
+    (root / "segloop.yml").write_text(text)
+    yield root

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from segloop.operators.propensity import FeatureBuilder, PropensityConfig
 from segloop.pipeline import Pipeline
-from tests.segment import test_identity
+from tests.fixtures_pg import duckdb_or_pg_workspace
 
 D = datetime(2026, 1, 1)
 SNAPSHOT = D + timedelta(days=10)
@@ -38,7 +38,7 @@ TRACKS = [
     ("b1", "u2", D + timedelta(days=1), "product_viewed"),  # 9 days before: 14 days, not 7
 ]
 
-workspace = test_identity.workspace  # a DuckDB or a throwaway PostgreSQL workspace, as there
+workspace = duckdb_or_pg_workspace  # DuckDB, then a throwaway PostgreSQL database
 
 
 def _calls(rows: list[tuple[Any, ...]], prefix: str, **extra: Any) -> pa.Table:

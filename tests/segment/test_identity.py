@@ -4,17 +4,15 @@ sign-up. Every id's canonical user is checked one by one."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pytest
 
 from segloop.pipeline import Pipeline
 from segloop.warehouses import Warehouse
-from tests.fixtures_pg import PgCluster
+from tests.fixtures_pg import duckdb_or_pg_workspace
 
 T0 = datetime(2026, 3, 1, 9, 0)
 PIPELINE = """\
@@ -87,22 +85,14 @@ def write_source(wh: Warehouse, identifies: list[Any] = IDENTIFIES, aliases: lis
                                      event_text=["Product Viewed"] * len(tracks)), schema="web")
     wh.create_table("pages", _calls(pages, "pg-", name=["Home"] * len(pages)), schema="web")
     # An event table repeats `tracks` rows (not read for the graph); u99 is in no other table.
+    # Its `products` (JSON text, as Segment lands it) give `order_completed_products`.
     orders = [("s1", "u99", 70), ("a1", None, 16)]
-    wh.create_table("order_completed", _calls(orders, "ord-", revenue=[10.0, 20.0]), schema="web")
+    products = ['[{"product_id": "p1"}]', '[{"product_id": "p2"}, {"product_id": "p3"}]']
+    wh.create_table("order_completed", _calls(orders, "ord-", revenue=[10.0, 20.0], products=products),
+                    schema="web")
 
 
-@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
-def workspace(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
-    """A workspace whose `default` warehouse is DuckDB or a throwaway PostgreSQL database."""
-    root = tmp_path / "ws"
-    (root / "pipelines").mkdir(parents=True)
-    if request.param == "duckdb":
-        text = "warehouses:\n  default:\n    type: duckdb\n    path: .segloop/warehouse.duckdb\n"
-    else:
-        cluster: PgCluster = request.getfixturevalue("pg_cluster")
-        text = cluster.workspace_yml(request.getfixturevalue("pg_database"), "default")
-    (root / "segloop.yml").write_text(text)
-    yield root
+workspace = duckdb_or_pg_workspace  # DuckDB, then a throwaway PostgreSQL database
 
 
 def pipeline(root: Path, extra: str = "") -> Pipeline:
@@ -147,6 +137,9 @@ def test_each_id_resolves_to_its_canonical_user(workspace: Path) -> None:
         "u6", "u1", "u1", None, "u10"]
     orders = {r["id"]: r["canonical_user_id"] for r in query(p, "select * from stitched__src__order_completed")}
     assert orders == {"ord-0": "u99", "ord-1": "u1"}  # a user id the graph lacks is still that user
+    products = query(p, "select id, product_id, canonical_user_id from stitched__src__order_completed_products")
+    assert sorted((r["id"], r["product_id"], r["canonical_user_id"]) for r in products) == [
+        ("ord-0", "p1", "u99"), ("ord-1", "p2", "u1"), ("ord-1", "p3", "u1")]  # a1's order, stitched
     pages = {r["id"]: r["canonical_user_id"] for r in query(p, "select id, canonical_user_id from stitched__src__pages")}
     assert pages == {"pg-0": None, "pg-1": "u4"}
     people = {r["canonical_user_id"]: r["events"] for r in query(p, "select * from stitched__per_person")}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from tests.fixtures_pg import duckdb_or_pg_workspace
 from tests.segment.test_profiles_sync import (
     EVENT_TYPES,
     EXPECTED,
@@ -21,13 +22,14 @@ from tests.segment.test_profiles_sync import (
     pipeline,
     query,
     table,
-    workspace,  # noqa: F401 (the DuckDB / PostgreSQL fixture)
 )
+
+workspace = duckdb_or_pg_workspace  # DuckDB, then a throwaway PostgreSQL database
 
 NODE = "    type: segment_source\n    schema: ps\n    identity: profiles\n    incremental: true\n"
 
 
-def test_a_merge_landing_in_a_later_run_moves_earlier_profiles_and_events(workspace: Path) -> None:  # noqa: F811
+def test_a_merge_landing_in_a_later_run_moves_earlier_profiles_and_events(workspace: Path) -> None:
     merge = [i for i, r in enumerate(ID_GRAPH_UPDATES.to_pylist()) if r["triggering_event_id"] == "event_7"]
     before = ID_GRAPH_UPDATES.filter(pa.array([i not in merge for i in range(ID_GRAPH_UPDATES.num_rows)]))
     p = pipeline(workspace, NODE)

@@ -5,17 +5,15 @@ merged into profile_1) and going on: profile_1 is later merged into profile_0 (a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pytest
 
 from segloop.pipeline import Pipeline
 from segloop.warehouses import Warehouse
-from tests.fixtures_pg import PgCluster
+from tests.fixtures_pg import duckdb_or_pg_workspace
 
 
 def ts(text: str) -> datetime:
@@ -114,17 +112,7 @@ EXPECTED = {  # (id, id type) -> (canonical_segment_id, canonical_user_id)
 }
 
 
-@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
-def workspace(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
-    root = tmp_path / "ws"
-    (root / "pipelines").mkdir(parents=True)
-    if request.param == "duckdb":
-        text = "warehouses:\n  default:\n    type: duckdb\n    path: .segloop/warehouse.duckdb\n"
-    else:
-        cluster: PgCluster = request.getfixturevalue("pg_cluster")
-        text = cluster.workspace_yml(request.getfixturevalue("pg_database"), "default")
-    (root / "segloop.yml").write_text(text)
-    yield root
+workspace = duckdb_or_pg_workspace  # DuckDB, then a throwaway PostgreSQL database
 
 
 def pipeline(root: Path, node: str) -> Pipeline:
