@@ -202,7 +202,9 @@ def pool(folders: list[Path], resamples: int) -> None:
     AUC difference on a group; the pooled gain is the mean of the data sets' gains (each data
     set weighs the same). The bootstrap resamples customers within each data set (the same
     customers for every model seed and both runs: paired), so its range holds the data sets'
-    customers' noise and, through the model seeds averaged, part of the model's."""
+    customers' noise only (the scores are fixed; averaging the model seeds makes the gain
+    less noisy but puts none of the model's noise into the range). The t interval over the
+    data sets' gains holds the model's and the data's noise too."""
     from scipy.stats import t as t_dist
 
     from segloop.models.scoring import roc_auc
