@@ -179,6 +179,9 @@ def main() -> None:
     results = {}
     for engine in engines:
         results[engine] = run(engine, parquet, folder, args.driver_memory)
+        results[engine]["loadavg"] = os.getloadavg()
+        # Each engine's figures are kept as they come, so a later engine's failure does not lose them.
+        (folder / f"{engine}-{args.customers}.json").write_text(json.dumps(results[engine], indent=1))
         print(f"{engine}: run {results[engine]['run']:.1f} s", flush=True)
     first = results[engines[0]]["nodes"]
     print(f"\n{args.customers:,} customers")
