@@ -13,7 +13,9 @@ Segment nodes send to a transport that answers 200 (no network).
 
 Per node: wall seconds; the rows the node brought into Python (`Warehouse.rows_fetched`);
 and the driver's peak memory while it ran: the summed RSS of the child process and its
-descendants (Spark's JVM is one), sampled every 50 ms. Prints a Markdown table.
+descendants (Spark's JVM is one), sampled every 50 ms. Prints a Markdown table; each
+engine's figures (and the load average when it finished) are also written, as soon as it
+finishes, to ``<workdir>/<engine>-<customers>.json``.
 """
 
 from __future__ import annotations
