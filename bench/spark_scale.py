@@ -13,7 +13,9 @@ Segment nodes send to a transport that answers 200 (no network).
 
 Per node: wall seconds; the rows the node brought into Python (`Warehouse.rows_fetched`);
 and the driver's peak memory while it ran: the summed RSS of the child process and its
-descendants (Spark's JVM is one), sampled every 50 ms. Prints a Markdown table.
+descendants (Spark's JVM is one), sampled every 50 ms. Prints a Markdown table; each
+engine's figures (and the load average when it finished) are also written, as soon as it
+finishes, to ``<workdir>/<engine>-<customers>.json``.
 """
 
 from __future__ import annotations
@@ -179,6 +181,9 @@ def main() -> None:
     results = {}
     for engine in engines:
         results[engine] = run(engine, parquet, folder, args.driver_memory)
+        results[engine]["loadavg"] = os.getloadavg()
+        # Each engine's figures are kept as they come, so a later engine's failure does not lose them.
+        (folder / f"{engine}-{args.customers}.json").write_text(json.dumps(results[engine], indent=1))
         print(f"{engine}: run {results[engine]['run']:.1f} s", flush=True)
     first = results[engines[0]]["nodes"]
     print(f"\n{args.customers:,} customers")

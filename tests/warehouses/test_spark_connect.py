@@ -114,16 +114,26 @@ def rfm_rows(wh: Warehouse) -> list[dict]:
 
 
 CLIENT = r"""
-import pickle, sys
+import os, pickle, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from tests.warehouses.test_spark_connect import connect, rfm_rows
+from tests.warehouses.test_spark_connect import WRONG_TOKEN, connect, rfm_rows
 
 wh = connect(int(sys.argv[2]), Path(sys.argv[3]))
 rows = rfm_rows(wh)
 result = {"module": type(wh.session).__module__, "rows": rows, "tables": wh.list_tables()}
+# A second block in the same process, with a wrong token: its own session, which the server refuses.
+right = os.environ["SEGLOOP_TEST_SPARK_TOKEN"]
+os.environ["SEGLOOP_TEST_SPARK_TOKEN"] = WRONG_TOKEN
+try:
+    result["wrong_token"] = ("accepted", connect(int(sys.argv[2]), Path(sys.argv[3])).list_tables())
+except Exception as exc:
+    result["wrong_token"] = (type(exc).__name__, str(exc))
+os.environ["SEGLOOP_TEST_SPARK_TOKEN"] = right
+result["same_session"] = connect(int(sys.argv[2]), Path(sys.argv[3])).session is wh.session
 Path(sys.argv[4]).write_bytes(pickle.dumps(result))
 """
+WRONG_TOKEN = "0" * 32
 
 
 def test_a_node_runs_on_spark_connect_as_on_duckdb(server: tuple[int, str], tmp_path: Path) -> None:
@@ -143,3 +153,10 @@ def test_a_node_runs_on_spark_connect_as_on_duckdb(server: tuple[int, str], tmp_
     assert "p__rfm" in result["tables"]
     on_duck = rfm_rows(Warehouse.duckdb())
     assert result["rows"] == on_duck and len(on_duck) == 3
+    # Another block in the same process with a wrong token is refused (before, it got the
+    # first block's session and worked), without printing the token; the right one gets
+    # the process's session back.
+    kind, detail = result["wrong_token"]
+    assert kind != "accepted", detail
+    assert WRONG_TOKEN not in detail and token not in detail
+    assert result["same_session"]

@@ -9,6 +9,7 @@ and Segment messages as on DuckDB: sql nodes read ``"double quotes"`` as names, 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from collections.abc import Iterator
@@ -29,6 +30,13 @@ if TYPE_CHECKING:  # pragma: no cover
     import ibis
     import ibis.expr.types as ir
     import pyarrow as pa
+
+
+# The Spark Connect sessions opened in this process, one per server URL and token (keyed by
+# a hash, so the key does not hold the token). PySpark's ``getOrCreate`` returns the first
+# remote session of the process whatever URL or token a later builder names: a second block
+# with another server or a wrong token would silently use the first one.
+_CONNECT_SESSIONS: dict[str, Any] = {}
 
 
 class PySparkConfig(WarehouseConfig):
@@ -115,13 +123,25 @@ class PySparkConfig(WarehouseConfig):
             builder = builder.config(key, value)
         return builder
 
+    def connect_session(self, root: Path, token: str | None) -> Any:
+        """This process's Spark Connect session to ``connect_url`` with ``token``: a new one
+        the first time (``create``, PySpark 3.5+), the same one after."""
+        key = hashlib.sha256(f"{self.connect_url}\0{token or ''}".encode()).hexdigest()
+        session = _CONNECT_SESSIONS.get(key)
+        if session is None or getattr(session, "is_stopped", False):
+            builder = self.session_builder(root)
+            session = builder.create() if hasattr(builder, "create") else builder.getOrCreate()
+            _CONNECT_SESSIONS[key] = session
+        return session
+
     def connect(self, root: Path) -> ibis.BaseBackend:
         self.require_driver()
         import ibis
 
         token = secret_value(self.token, "Spark Connect token") if self.connect_url else None
         try:
-            session = self.session_builder(root).getOrCreate()
+            session = self.connect_session(root, token) if self.connect_url else \
+                self.session_builder(root).getOrCreate()
             return ibis.pyspark.connect(session)
         except Exception as exc:
             raise WarehouseError(
