@@ -109,7 +109,9 @@ class ClustersOperator(Operator[ClustersConfig]):
     STABILITY_SEEDS: ClassVar[int] = 2  # refits with other seeds behind `stability_ari`
     # Rows per streamed assignment chunk at most, whatever `memory_limit` allows: past
     # `fit_rows`, the node's peak memory then no longer grows with the customer count.
-    ASSIGN_ROWS: ClassVar[int] = 100_000
+    # DuckDB's row group: DuckDB returns batches of at most this many rows anyway, and a
+    # smaller cap splits each in two (+45 MB peak RSS at 1M rows, bench/clusters_scale.py).
+    ASSIGN_ROWS: ClassVar[int] = 122_880
 
     def run(self, inputs: dict[str, ir.Table], ctx: RunContext) -> NodeOutput:
         from segloop.operators.clusters_stream import Scaler, fetch_sample, stream_assignments
@@ -134,7 +136,7 @@ class ClustersOperator(Operator[ClustersConfig]):
         sampled = total > held
         if sampled:
             ids, raw = fetch_sample(ctx, source, config.customer_id, columns, held, config.seed,
-                                    chunk)
+                                    chunk, total)
         else:
             ids, raw = _fetch(ctx, source, config.customer_id, columns)
         if len(ids) < 2:
