@@ -108,7 +108,7 @@ class ClustersOperator(Operator[ClustersConfig]):
     BYTES_PER_COLUMN: ClassVar[int] = 32
     STABILITY_SEEDS: ClassVar[int] = 2  # refits with other seeds behind `stability_ari`
     # Rows per streamed assignment chunk at most, whatever `memory_limit` allows: past
-    # `fit_rows`, the node's peak memory then no longer grows with the customer count.
+    # `fit_rows`, what the node holds in Python then no longer grows with the customers.
     # DuckDB's row group: DuckDB returns batches of at most this many rows anyway, and a
     # smaller cap splits each in two (+45 MB peak RSS at 1M rows, bench/clusters_scale.py).
     ASSIGN_ROWS: ClassVar[int] = 122_880
