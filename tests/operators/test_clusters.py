@@ -85,7 +85,9 @@ def test_fixed_k_and_a_training_sample_for_large_inputs(make_workspace) -> None:
     assert node.status == "success", node.error
     assert node.metrics["algorithm"] == "KMeans" and node.metrics["k"] == 3
     assert list(node.metrics["silhouette_by_k"]) == ["3"]
-    assert node.metrics["training_rows"] < 3 * 400 and "`fit_rows` = 500" in node.metrics["sampled"]
+    assert node.metrics["training_rows"] == 500  # exactly `fit_rows`, not about as many
+    assert node.metrics["sampled"].startswith("trained on 500 of 1,200 customers")
+    assert "`fit_rows` = 500" in node.metrics["sampled"]
     assert node.rows == 3 * 400 and not node.warnings  # a sample by design, not for lack of memory
     rows = {r["user_id"]: r["cluster"] for r in wh.table("shop__clusters").to_pyarrow().to_pylist()}
     assert adjusted_rand_score(truth, [rows[i] for i in table["user_id"].to_pylist()]) == pytest.approx(1.0)

@@ -6,10 +6,10 @@ measured in dollars does not drown one measured in days), and runs k-means with 
 seed. ``k`` is fixed or chosen by the best silhouette over ``k_range``; silhouette is
 computed on a sample of ``silhouette_sample`` rows, since it is quadratic in rows.
 k-means (Lloyd, the best of several starts) fits on at most ``fit_rows`` customers: over
-that, on a sample by id hash, and every customer is then assigned to the nearest centre in
-streamed chunks (clusters_stream.py). ``stability_ari`` refits with other seeds (on
-bootstrap resamples of the training sample when there is one): would another run give
-the same groups?
+that, on the ``fit_rows`` customers whose ids hash lowest, and every customer is then
+assigned to the nearest centre in streamed chunks (clusters_stream.py). ``stability_ari``
+refits with other seeds on bootstrap resamples of the training rows: would other starts
+and other customers give the same groups?
 
 Each cluster is named from its profile: for every column, how far the cluster's mean
 lies from the overall mean in standard deviations (after the transform). The strongest
@@ -107,6 +107,11 @@ class ClustersOperator(Operator[ClustersConfig]):
     BYTES_PER_ROW: ClassVar[int] = 96
     BYTES_PER_COLUMN: ClassVar[int] = 32
     STABILITY_SEEDS: ClassVar[int] = 2  # refits with other seeds behind `stability_ari`
+    # Rows per streamed assignment chunk at most, whatever `memory_limit` allows: past
+    # `fit_rows`, what the node holds in Python then no longer grows with the customers.
+    # DuckDB's row group: DuckDB returns batches of at most this many rows anyway, and a
+    # smaller cap splits each in two (+45 MB peak RSS at 1M rows, bench/clusters_scale.py).
+    ASSIGN_ROWS: ClassVar[int] = 122_880
 
     def run(self, inputs: dict[str, ir.Table], ctx: RunContext) -> NodeOutput:
         from segloop.operators.clusters_stream import Scaler, fetch_sample, stream_assignments
@@ -125,12 +130,13 @@ class ClustersOperator(Operator[ClustersConfig]):
                                self.NAME_THRESHOLD, self.STABILITY_SEEDS)
             return run_in_spark(session, source, source_name, config, columns, ctx, steps)
         whole, chunk = self.row_budget(ctx.memory_limit, len(columns))
+        chunk = min(chunk, self.ASSIGN_ROWS)
         total = ctx.warehouse.count(source)
         held = min(whole, config.fit_rows)  # rows k-means fits on at most
         sampled = total > held
         if sampled:
-            ids, raw = fetch_sample(ctx, source, config.customer_id, columns, held / total,
-                                    config.seed, chunk)
+            ids, raw = fetch_sample(ctx, source, config.customer_id, columns, held, config.seed,
+                                    chunk, total)
         else:
             ids, raw = _fetch(ctx, source, config.customer_id, columns)
         if len(ids) < 2:
@@ -147,8 +153,7 @@ class ClustersOperator(Operator[ClustersConfig]):
         # free cores makes k-means 100x slower, so the thread count is explicit.
         with threadpool_limits(config.threads):
             fit = fit_kmeans(scaled, config, ctx)
-            stability = stability_ari(scaled, fit, config, self.STABILITY_SEEDS, len(scaled),
-                                      resample=sampled)
+            stability = stability_ari(scaled, fit, config, self.STABILITY_SEEDS, len(scaled))
         z = cluster_z(scaled, fit.labels, fit.k)
         names = cluster_names(z, columns, self.NAME_TERMS, self.NAME_THRESHOLD)
         metrics: dict[str, Any] = {
@@ -164,10 +169,11 @@ class ClustersOperator(Operator[ClustersConfig]):
         }
         output: Any
         if sampled:
-            why = ("`memory_limit` holds no more" if whole < config.fit_rows
-                   else f"k-means fits on at most `fit_rows` = {config.fit_rows}")
-            metrics["sampled"] = (f"trained on {len(ids)} of {total} customers (a sample by id "
-                                  f"hash; {why}); all were assigned")
+            why = (f"`memory_limit` holds no more rows of {len(columns)} columns, fewer than "
+                   f"`fit_rows` = {config.fit_rows:,}" if whole < config.fit_rows
+                   else f"k-means fits on at most `fit_rows` = {config.fit_rows:,}")
+            metrics["sampled"] = (f"trained on {len(ids):,} of {total:,} customers (a sample by "
+                                  f"id hash; {why}); all were assigned")
             if whole < config.fit_rows:
                 ctx.warn(metrics["sampled"])
             schema = _assignments(config.customer_id, ids[:0], fit.labels[:0], names,
@@ -344,16 +350,16 @@ def _relabel_by_size(labels: np.ndarray, k: int) -> np.ndarray:
 
 
 def stability_ari(x: np.ndarray, fit: KMeansFit, config: ClustersConfig, seeds: int,
-                  max_rows: int, resample: bool = False) -> float:
-    """Mean adjusted Rand index between the chosen clustering of ``x`` and refits with other
-    seeds (same k): 1 = the same groups whatever the start (and, with ``resample``,
-    whichever customers the sample holds), near 0 = the groups are an accident.
+                  max_rows: int) -> float:
+    """Mean adjusted Rand index between the chosen clustering of the training rows ``x``
+    and refits with other seeds and other rows (same k): near 1 = the same groups whatever
+    the start and whichever customers train, near 0 = the groups are an accident.
 
-    Each refit (seed ``config.seed + i``) fits k-means on the rows of ``x``, at most
-    ``max_rows`` of them (a random subset), or with ``resample`` on as many rows drawn with
-    replacement: another sample of the same size from the same customers, as a run with
-    another seed draws when the node trains on a sample. It then assigns every row of
-    ``x``; the ARI compares those assignments with ``fit.labels`` row by row.
+    Refit ``i`` (``i = 1 .. seeds``) draws ``min(len(x), max_rows)`` rows of ``x`` with
+    replacement (a bootstrap resample, numpy seed ``config.seed + i``), fits k-means on
+    them (``random_state = config.seed + i``, three starts), assigns every row of ``x`` to
+    its nearest centre and compares those assignments with ``fit.labels`` row by row. The
+    same definition whether or not the node trained on a sample, and on Spark.
     """
     import numpy as np
     from sklearn.cluster import KMeans
@@ -363,16 +369,11 @@ def stability_ari(x: np.ndarray, fit: KMeansFit, config: ClustersConfig, seeds: 
     scores = []
     for i in range(1, seeds + 1):
         seed = config.seed + i
-        rng = np.random.default_rng(seed)
-        if resample:
-            rows: np.ndarray | None = np.sort(rng.integers(0, n, min(n, max_rows)))
-        else:
-            rows = np.sort(rng.choice(n, max_rows, replace=False)) if n > max_rows else None
+        rows = np.sort(np.random.default_rng(seed).integers(0, n, min(n, max_rows)))
         # Three starts each (the node's own fit takes the best of ten on small inputs):
         # enough to tell stable groups from accidental ones, at a fraction of the cost.
         model = KMeans(n_clusters=fit.k, random_state=seed, n_init=3)
-        other = model.fit(x).labels_ if rows is None else model.fit(x[rows]).predict(x)
-        scores.append(adjusted_rand_score(fit.labels, other))
+        scores.append(adjusted_rand_score(fit.labels, model.fit(x[rows]).predict(x)))
     return float(np.mean(scores))
 
 

@@ -2,10 +2,11 @@
 
 When there are more customers than ``fit_rows`` (or than the node's budget holds), the
 node trains k-means (as float32) on a sample the warehouse picks by a hash of the customer id
-(``Warehouse.hash_sample``: the same customers on every run, every warehouse and any row
-order; only the sample crosses into Python), and then reads all rows in bounded
-chunks: each chunk is scaled with the sample's transform, assigned to the nearest centre
-and streamed back to the warehouse, while the cluster profiles are summed up on the way.
+(the ``fit_rows`` ids with the lowest md5 of ``seed:id``: the same customers on every run,
+every warehouse and any row order; only the sample crosses into Python), and then reads all
+rows in chunks of at most ``ClustersOperator.ASSIGN_ROWS``: each chunk is scaled with the
+sample's transform, assigned to the nearest centre and streamed back to the warehouse,
+while the cluster profiles are summed up on the way.
 """
 
 from __future__ import annotations
@@ -22,17 +23,34 @@ if TYPE_CHECKING:  # pragma: no cover
     from segloop.operators.base import RunContext
 
 def fetch_sample(
-    ctx: RunContext, source: ir.Table, cid: str, columns: list[str], share: float, seed: int,
-    batch_rows: int,
+    ctx: RunContext, source: ir.Table, cid: str, columns: list[str], rows: int, seed: int,
+    batch_rows: int, total: int | None = None,
 ) -> tuple[pa.Array, np.ndarray]:
-    """Ids and a float32 matrix of the customers in the warehouse's hash sample of ``share``
-    (``Warehouse.hash_sample``, salted with the node's seed), sorted by id (k-means' start
-    depends on row order). Only the sample's rows are pulled into Python."""
+    """Ids and a float32 matrix of the ``rows`` customers whose ids hash lowest (md5 of
+    ``seed:id``, the hash of ``Warehouse.hash_sample``, ties by id), sorted by id (k-means'
+    start depends on row order). The warehouse picks them (a top-``rows`` by hash), so
+    exactly ``rows`` are pulled into Python (fewer only if there are fewer customers), the
+    same customers on every run, engine and row order; rows with a NULL id are never picked.
+    """
+    import ibis
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    sample = ctx.warehouse.hash_sample(_select(source, cid, columns), cid, share, salt=str(seed))
+    from segloop.warehouses.sampling import sample_filter
+
+    selected = _select(source, cid, columns)
+    key = selected[cid]
+    digest = ctx.warehouse.md5_hex(ibis.literal(f"{seed}:").concat(key.cast("string")))
+    hashed = selected.filter(key.notnull()).mutate(_segloop_hash=digest)
+    # The top-n alone holds the rows it ranks in the warehouse's memory (+80 MB at 1M rows
+    # on DuckDB); a hash range expected to hold n plus six standard deviations leaves it a
+    # few percent more than n to rank, and misses one of the n lowest with odds below 1e-9.
+    total = ctx.warehouse.count(source) if total is None else total  # rows of ``source``
+    if total > rows:
+        share = min(1.0, (rows + 6 * rows**0.5 + 10) / total)
+        hashed = hashed.filter(sample_filter(hashed["_segloop_hash"], share))
+    sample = hashed.order_by(["_segloop_hash", cid]).limit(rows).drop("_segloop_hash")
     ids: list[pa.Array] = []
     blocks: list[np.ndarray] = []
     for batch in ctx.warehouse.to_batches(sample, batch_rows=batch_rows):
