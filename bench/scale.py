@@ -201,6 +201,7 @@ def child_run(root: Path) -> None:
             self.nodes: dict[str, dict[str, Any]] = {}
             self.current: str | None = None
             self.peak = 0
+            self.start = 0  # VmRSS when the current node started: what the process already held
             self.started = 0.0
             if not reset:
                 threading.Thread(target=self.sample, daemon=True).start()
@@ -213,7 +214,7 @@ def child_run(root: Path) -> None:
         def node_started(self, name: str, node_type: str) -> None:
             if reset:
                 _can_reset_peak()
-            self.peak = _status("VmRSS")
+            self.peak = self.start = _status("VmRSS")
             self.current, self.started = name, time.perf_counter()
 
         def node_finished(self, result: NodeResult) -> None:
@@ -221,7 +222,8 @@ def child_run(root: Path) -> None:
                 return
             peak = _status("VmHWM") if reset else self.peak
             self.nodes[result.name] = {"type": result.type, "s": time.perf_counter() - self.started,
-                                       "peak_mb": peak / 2**20, "rows": result.rows, "status": result.status,
+                                       "peak_mb": peak / 2**20, "start_mb": self.start / 2**20,
+                                       "rows": result.rows, "status": result.status,
                                        "error": result.error}
             self.current = None
 
@@ -339,6 +341,24 @@ def pipeline_table(label: str, by_n: dict[int, dict[str, Any]], project: bool) -
             factor = TARGET / last
             projections.append((name, by_size[last]["s"] * factor ** s_slope,
                                 by_size[last]["peak_mb"] * factor ** max(p_slope, 0.0)))
+    own = [(name, kind, by_size) for name, kind, by_size in rows[1:]
+           if all(by_size.get(n) and "start_mb" in by_size[n] for n in runs)]
+    if own:
+        # A node's peak is what the process held when it started plus what the node added:
+        # the second part is the node's own memory, the first is its predecessors'.
+        print(f"\n## each node's own growth: peak - RSS at its start (MB), {label}")
+        print("| node | type | " + " | ".join(f"{n:,}: start / own" for n in runs) + " |"
+              + "".join(f" {a:,}->{b:,}: own x |" for a, b in pairs))
+        print("|---|---|" + "---:|" * (len(runs) + len(pairs)))
+        for name, kind, by_size in own:
+            cells = [f"{by_size[n]['start_mb']:.0f} / {by_size[n]['peak_mb'] - by_size[n]['start_mb']:.0f}"
+                     for n in runs]
+            ratios = []
+            for a, b in pairs:
+                grow_a = by_size[a]["peak_mb"] - by_size[a]["start_mb"]
+                grow_b = by_size[b]["peak_mb"] - by_size[b]["start_mb"]
+                ratios.append(f"{grow_b / grow_a:.2f}" if grow_a > 0 else "-")
+            print(f"| {name} | {kind} | " + " | ".join(cells) + " |" + "".join(f" {r} |" for r in ratios))
     if project and projections:
         print(f"\n## projection to {TARGET:,} customers, {label} (estimate: the {runs[-1]:,} figure times "
               f"({TARGET:,} / {runs[-1]:,}) ** the slope between the two largest sizes)")
