@@ -153,7 +153,7 @@ class ClustersOperator(Operator[ClustersConfig]):
         # free cores makes k-means 100x slower, so the thread count is explicit.
         with threadpool_limits(config.threads):
             fit = fit_kmeans(scaled, config, ctx)
-            stability = stability_ari(scaled, fit, config, self.STABILITY_SEEDS, len(scaled))
+            stability = stability_ari(scaled, fit, config, self.STABILITY_SEEDS)
         z = cluster_z(scaled, fit.labels, fit.k)
         names = cluster_names(z, columns, self.NAME_TERMS, self.NAME_THRESHOLD)
         metrics: dict[str, Any] = {
@@ -349,13 +349,12 @@ def _relabel_by_size(labels: np.ndarray, k: int) -> np.ndarray:
     return mapping
 
 
-def stability_ari(x: np.ndarray, fit: KMeansFit, config: ClustersConfig, seeds: int,
-                  max_rows: int) -> float:
+def stability_ari(x: np.ndarray, fit: KMeansFit, config: ClustersConfig, seeds: int) -> float:
     """Mean adjusted Rand index between the chosen clustering of the training rows ``x``
     and refits with other seeds and other rows (same k): near 1 = the same groups whatever
     the start and whichever customers train, near 0 = the groups are an accident.
 
-    Refit ``i`` (``i = 1 .. seeds``) draws ``min(len(x), max_rows)`` rows of ``x`` with
+    Refit ``i`` (``i = 1 .. seeds``) draws ``len(x)`` rows of ``x`` with
     replacement (a bootstrap resample, numpy seed ``config.seed + i``), fits k-means on
     them (``random_state = config.seed + i``, three starts), assigns every row of ``x`` to
     its nearest centre and compares those assignments with ``fit.labels`` row by row. The
@@ -369,7 +368,7 @@ def stability_ari(x: np.ndarray, fit: KMeansFit, config: ClustersConfig, seeds: 
     scores = []
     for i in range(1, seeds + 1):
         seed = config.seed + i
-        rows = np.sort(np.random.default_rng(seed).integers(0, n, min(n, max_rows)))
+        rows = np.sort(np.random.default_rng(seed).integers(0, n, n))
         # Three starts each (the node's own fit takes the best of ten on small inputs):
         # enough to tell stable groups from accidental ones, at a fraction of the cost.
         model = KMeans(n_clusters=fit.k, random_state=seed, n_init=3)

@@ -49,7 +49,7 @@ class LocalSteps:
 
     fit_kmeans: Callable[..., Any]  # (x, config, ctx) -> KMeansFit: the choice of k
     cluster_names: Callable[..., list[str]]  # (z, columns, terms, threshold)
-    stability_ari: Callable[..., float]  # (x, fit, config, seeds, max_rows)
+    stability_ari: Callable[..., float]  # (x, fit, config, seeds)
     fit_type: Callable[..., Any]  # KMeansFit
     name_terms: int
     name_threshold: float
@@ -105,7 +105,7 @@ def run_in_spark(session: Any, source: ir.Table, source_name: str, config: Clust
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(config.threads):
-        stability = steps.stability_ari(sample, fit, config, steps.stability_seeds, len(sample))
+        stability = steps.stability_ari(sample, fit, config, steps.stability_seeds)
 
     assigned = _output(scaled, nearest, mapping, names, cid, columns)
     metrics: dict[str, Any] = {

@@ -27,12 +27,11 @@ def fetch_sample(
     batch_rows: int, total: int | None = None,
 ) -> tuple[pa.Array, np.ndarray]:
     """Ids and a float32 matrix of the ``rows`` customers whose ids hash lowest (md5 of
-    ``seed:id``, the hash of ``Warehouse.hash_sample``, ties by id), sorted by id (k-means'
+    ``seed:id``, ``Warehouse.key_hash``, ties by id), sorted by id (k-means'
     start depends on row order). The warehouse picks them (a top-``rows`` by hash), so
     exactly ``rows`` are pulled into Python (fewer only if there are fewer customers), the
     same customers on every run, engine and row order; rows with a NULL id are never picked.
     """
-    import ibis
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -41,8 +40,7 @@ def fetch_sample(
 
     selected = _select(source, cid, columns)
     key = selected[cid]
-    digest = ctx.warehouse.md5_hex(ibis.literal(f"{seed}:").concat(key.cast("string")))
-    hashed = selected.filter(key.notnull()).mutate(_segloop_hash=digest)
+    hashed = selected.filter(key.notnull()).mutate(_segloop_hash=ctx.warehouse.key_hash(key, str(seed)))
     # The top-n alone holds the rows it ranks in the warehouse's memory (+80 MB at 1M rows
     # on DuckDB); a hash range expected to hold n plus six standard deviations leaves it a
     # few percent more than n to rank, and misses one of the n lowest with odds below 1e-9.

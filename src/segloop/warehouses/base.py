@@ -260,6 +260,14 @@ class Warehouse(Catalog):
         """The MD5 of a string as 32 hex digits, computed in the warehouse."""
         return md5(value)
 
+    def key_hash(self, key: ir.Value, salt: str = "") -> ir.StringValue:
+        """``md5(salt + ":" + key)`` as 32 hex digits, in the warehouse: the hash behind a sample
+        by key (``hash_sample``, clusters' training sample, a holdout group). ``key`` is read
+        as text; NULL stays NULL. The rule and its Python twin: ``warehouses/sampling.py``."""
+        import ibis
+
+        return self.md5_hex(ibis.literal(f"{salt}:").concat(key.cast("string")))
+
     def hash_sample(self, expr: ir.Table, key: str, share: float, salt: str = "") -> ir.Table:
         """The rows of ``expr`` whose ``key`` hashes into the first ``share`` of the range: a
         sample chosen in the warehouse, the same on every run, engine and row order.
@@ -277,8 +285,7 @@ class Warehouse(Catalog):
             return expr
         if share <= 0:
             return expr.filter(ibis.literal(False))
-        digest = self.md5_hex(ibis.literal(f"{salt}:").concat(expr[key].cast("string")))
-        return expr.filter(sample_filter(digest, share))
+        return expr.filter(sample_filter(self.key_hash(expr[key], salt), share))
 
     def to_batches(self, expr: ir.Table, batch_rows: int | None = None) -> Iterator[pa.RecordBatch]:
         """Stream a result in bounded Arrow record batches; never holds the whole result."""

@@ -62,10 +62,7 @@ class Holdout:
 
     def held_out(self, wh: Warehouse, key: ir.StringValue) -> ir.BooleanValue:
         """Whether the customer ``key`` (text) is in the holdout group, as a warehouse expression."""
-        import ibis
-
-        digest = wh.md5_hex(ibis.literal(f"{self.salt}:").concat(key))
-        return sampling.sample_filter(digest, self.percent / 100)
+        return sampling.sample_filter(wh.key_hash(key, self.salt), self.percent / 100)
 
     # -- the assignment table ------------------------------------------------------------
 
