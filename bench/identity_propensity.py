@@ -106,6 +106,11 @@ def by_person(scores: dict[str, float]) -> dict[str, float]:
     return out
 
 
+def run_name(name: str, model_seed: int) -> str:
+    """A run's pipeline name, and its scores' name in per_customer.npz (``score:<name>``)."""
+    return name if model_seed == 0 else f"{name}_m{model_seed}"
+
+
 def auc(y: np.ndarray, s: np.ndarray) -> float:
     from segloop.models.scoring import roc_auc
 
@@ -147,7 +152,7 @@ def precision_at(share: float) -> Any:
 
 
 def print_groups(groups: dict[str, np.ndarray], y: np.ndarray, scores_of: dict[str, np.ndarray],
-                 pairs: list[tuple[str, str]], runs: list[str], seeds: list[int], run_name: Any) -> None:
+                 pairs: list[tuple[str, str]], runs: list[str], seeds: list[int]) -> None:
     """Per group: size, buyer rate, AUC and precision at the top 10% / 40% per run (mean over
     model seeds), and each gain per model seed with its paired bootstrap range."""
     metrics = {"AUC": auc, "precision top 10%": precision_at(0.1), "precision top 40%": precision_at(0.4)}
@@ -207,20 +212,18 @@ def pool(folders: list[Path], resamples: int) -> None:
     data sets' gains holds the model's and the data's noise too."""
     from scipy.stats import t as t_dist
 
-    from segloop.models.scoring import roc_auc
-
     sets = []
     for folder in folders:
         with np.load(folder / PER_CUSTOMER) as f:
             data = {k: f[k] for k in f.files}
         seeds = sorted(int(k.removeprefix("score:stitched").removeprefix("_m") or 0)
                        for k in data if k.startswith("score:stitched"))
-        if not seeds or any(f"score:unstitched{'' if m == 0 else f'_m{m}'}" not in data for m in seeds):
+        if not seeds or any(f"score:{run_name('unstitched', m)}" not in data for m in seeds):
             raise SystemExit(f"{folder / PER_CUSTOMER}: needs the runs stitched and unstitched, "
                              "for the same model seeds")
         y = data["y"].astype(bool)
-        pairs = [(data[f"score:stitched{'' if m == 0 else f'_m{m}'}"],
-                  data[f"score:unstitched{'' if m == 0 else f'_m{m}'}"]) for m in seeds]
+        pairs = [(data[f"score:{run_name('stitched', m)}"], data[f"score:{run_name('unstitched', m)}"])
+                 for m in seeds]
         groups = {"all customers": np.ones(len(y), dtype=bool),
                   **{k.removeprefix("group:"): data[k].astype(bool) for k in data if k.startswith("group:")}}
         sets.append({"folder": folder, "seed": int(data["data_seed"]), "y": y, "pairs": pairs,
@@ -233,7 +236,7 @@ def pool(folders: list[Path], resamples: int) -> None:
 
     def gain(d: dict[str, Any], idx: np.ndarray) -> float:
         y = d["y"][idx]
-        return float(np.mean([roc_auc(y, a[idx]) - roc_auc(y, b[idx]) for a, b in d["pairs"]]))
+        return float(np.mean([auc(y, a[idx]) - auc(y, b[idx]) for a, b in d["pairs"]]))
 
     print(f"\n{len(sets)} demo data sets (seeds {', '.join(str(d['seed']) for d in sets)}).\n")
     print("| data seed | customers | bought in the future | customer ids scored, unstitched (true "
@@ -246,7 +249,7 @@ def pool(folders: list[Path], resamples: int) -> None:
               f"({r['stitched']['people_scored']:,}) | {r['unstitched']['events']:,} | "
               f"{r['stitched']['events']:,} |")
     def auc_of(d: dict[str, Any], idx: np.ndarray, run: int) -> float:  # 0 stitched, 1 unstitched
-        return float(np.mean([roc_auc(d["y"][idx], pair[run][idx]) for pair in d["pairs"]]))
+        return float(np.mean([auc(d["y"][idx], pair[run][idx]) for pair in d["pairs"]]))
 
     rng = np.random.default_rng(0)
     rows, pooled = [], []
@@ -304,9 +307,6 @@ def main() -> None:
         return
     runs = {name: RUNS[name] for name in args.runs.split(",")}
     seeds = range(args.model_seeds)
-
-    def run_name(name: str, model_seed: int) -> str:
-        return name if model_seed == 0 else f"{name}_m{model_seed}"
 
     from segloop.demo import DEFAULT_END, write_demo_data
     from segloop.pipeline import Pipeline
@@ -409,7 +409,7 @@ def main() -> None:
             print(f"| {a} - {b} | {d.mean():+.4f} | {d.std(ddof=1):.4f} | {d.min():+.4f} | {d.max():+.4f} |")
     if groups:
         print_groups(groups, y, scores_of, [(a, b) for a, b in pairs if a == "stitched"],
-                     list(runs), list(seeds), run_name)
+                     list(runs), list(seeds))
     # per customer, for --pool: who bought, each run's scores, the groups
     np.savez_compressed(root / PER_CUSTOMER, people=np.array(people), y=y, data_seed=args.seed,
                         summary=json.dumps(results, default=float),
