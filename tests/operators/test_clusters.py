@@ -110,6 +110,16 @@ def test_minibatch_above_of_older_pipelines_is_accepted_with_a_warning(make_work
     wh.close()
 
 
+@pytest.mark.parametrize("value", ["0", "99", "-5", "lots", "1.5e9x", "[100000]"])
+def test_malformed_fit_rows_is_a_config_error_naming_the_key(make_workspace, value: str) -> None:
+    from segloop.errors import ConfigError
+
+    root = make_workspace({"shop": PIPELINE.format(extra=f"    k: 3\n    fit_rows: {value}")})
+    with pytest.raises(ConfigError, match="fit_rows") as caught:
+        Pipeline.load(root / "pipelines" / "shop.yml")
+    assert "clusters" in str(caught.value)  # the node it belongs to
+
+
 def test_same_seed_same_clusters(make_workspace) -> None:
     table, _ = blobs(50)
     _, wh = run(make_workspace, table, "    k: 5")
