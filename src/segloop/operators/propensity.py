@@ -201,6 +201,7 @@ class PropensityOperator(Operator[PropensityConfig]):
             "event_types": builder.event_types,
             "spend_features": builder.has_orders,
             "features_prepared_by": prepared.built_by,  # another node of the run: shared
+            "feature_queries": prepared.parts,  # >1: built a share of the customers at a time
         }
         self._check_classes(counts.train_positives, counts.train_negatives, "training", train_at,
                             ctx, metrics)

@@ -52,16 +52,8 @@ class FeatureBuilder:
             _ts=events[c.timestamp].cast("timestamp"),
             _ev=events[c.event].cast("string"),
         )
-        ev = ev.filter(ev._cid.notnull() & ev._ts.notnull())
-        # A session starts after 30 minutes without events. The gap to the previous event
-        # does not depend on the snapshot, so it is computed once for all snapshots.
-        previous = ev._ts.lag().over(group_by=ev._cid, order_by=ev._ts)
-        gap = ev._ts.epoch_seconds() - previous.epoch_seconds()
-        self.events: ir.Table = ev.mutate(
-            _new_session=_flag(gap.isnull() | (gap > SESSION_GAP_SECONDS)),
-            # first event of a calendar day: summing it counts active days without DISTINCT
-            _new_day=_flag(previous.isnull() | (previous.truncate("D") != ev._ts.truncate("D"))),
-        )
+        self.rows: ir.Table = ev.filter(ev._cid.notnull() & ev._ts.notnull())
+        self.events: ir.Table = _with_flags(self.rows)
         self.orders: ir.Table | None = None
         if orders is not None:
             o = orders.select(
@@ -178,7 +170,7 @@ class FeatureBuilder:
         wide = self.snapshots([Snapshot("", snapshot, window)])
         return self.select_snapshot(wide, "", labelled=True)
 
-    def snapshots(self, snapshots: list[Snapshot]) -> ir.Table:
+    def snapshots(self, snapshots: list[Snapshot], part: tuple[int, int] | None = None) -> ir.Table:
         """Features (and labels) of several snapshots in one pass over the events.
 
         One row per customer with any event; the columns of snapshot ``s`` are prefixed with
@@ -186,10 +178,14 @@ class FeatureBuilder:
         window over each customer's events; computing every snapshot's aggregates in the
         same GROUP BY reads and sorts the events once per run instead of once per snapshot,
         and nothing event-sized is kept afterwards (``select_snapshot`` reads one back).
+
+        ``part=(i, n)``: only the customers of part ``i`` of ``n`` (by a hash of their id,
+        taken before the window), so that each of ``n`` queries holds a share of the
+        customers' aggregate states (``aggregates`` per customer).
         """
         import ibis
 
-        e = self.events
+        e = self.events if part is None else _with_flags(in_part(self.rows, part))
         aggs: dict[str, Any] = {}
         for snap in snapshots:
             aggs.update(self._event_aggregates(e, snap))
@@ -201,7 +197,7 @@ class FeatureBuilder:
         feats = e.group_by("_cid").aggregate(**aggs)
         if self.orders is None:
             return feats
-        o = self.orders
+        o = self.orders if part is None else in_part(self.orders, part)
         per: dict[str, Any] = {}
         for snap in snapshots:
             before = o._ts < ibis.literal(snap.at).cast("timestamp")
@@ -234,6 +230,12 @@ class FeatureBuilder:
                 ibis.null("float64"),
             )
         return joined.select(*feats.columns, **columns)
+
+    def aggregates(self, snapshots: list[Snapshot]) -> int:
+        """How many aggregates ``snapshots`` computes per customer: the state each customer
+        holds in the warehouse while they are grouped."""
+        per_snapshot = 15 + 5 * len(self.event_types) + (6 if self.orders is not None else 0)
+        return sum(per_snapshot + (snap.window is not None) for snap in snapshots)
 
     def _event_aggregates(self, e: ir.Table, snap: Snapshot) -> dict[str, Any]:
         import ibis
@@ -304,6 +306,27 @@ class Snapshot:
     prefix: str
     at: datetime
     window: timedelta | None = None
+
+
+def _with_flags(ev: ir.Table) -> ir.Table:
+    """The events with ``_new_session`` and ``_new_day`` (1 on a customer's first event of
+    a session, of a calendar day)."""
+    # A session starts after 30 minutes without events. The gap to the previous event
+    # does not depend on the snapshot, so it is computed once for all snapshots.
+    previous = ev._ts.lag().over(group_by=ev._cid, order_by=ev._ts)
+    gap = ev._ts.epoch_seconds() - previous.epoch_seconds()
+    return ev.mutate(
+        _new_session=_flag(gap.isnull() | (gap > SESSION_GAP_SECONDS)),
+        # first event of a calendar day: summing it counts active days without DISTINCT
+        _new_day=_flag(previous.isnull() | (previous.truncate("D") != ev._ts.truncate("D"))),
+    )
+
+
+def in_part(rows: ir.Table, part: tuple[int, int]) -> ir.Table:
+    """The rows whose ``_cid`` falls in part ``i`` of ``n`` (a hash of the id: every row of
+    a customer in the same part, the parts about equal)."""
+    i, n = part
+    return rows.filter((rows._cid.hash() % n).abs() == i)
 
 
 def _flag(condition: ir.BooleanValue) -> ir.IntegerValue:

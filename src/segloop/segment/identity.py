@@ -15,7 +15,9 @@ no recursive CTE), in three steps:
    same rows twice changes nothing, so a failed run that is re-run is harmless).
 2. **User ids** follow ``alias`` calls between user ids (a -> b -> c resolves a and b to c).
    When one user id was aliased to two others, the latest alias wins. Chains are followed
-   for at most ``MAX_ALIAS_HOPS`` rounds (one join each, no recursion); an id still
+   for at most ``MAX_ALIAS_HOPS`` rounds (one join each, no recursion, each round written to
+   a scratch table, stopping when no chain can move: the memory a round needs does not
+   depend on how many rounds there are, so DuckDB can spill it); an id still
    pointing further after that (a longer chain, or a cycle such as a -> b -> a) keeps
    where it got to, and the node warns with the count.
 3. **Anonymous ids** resolve to the canonical user of the user ids they were seen with.
@@ -143,25 +145,35 @@ def merge_links(previous: ir.Table, new: ir.Table) -> ir.Table:
     return _grouped(ibis.union(old.select(*columns), new.select(*columns)))
 
 
-def resolve(links: ir.Table, shared_device: SharedDevice = "first",
-            hops: int = MAX_ALIAS_HOPS) -> tuple[ir.Table, ir.Table]:
-    """(identities, unresolved): one row per (id, id_type) with its canonical user id, and
-    the alias pointers still unresolved after ``hops`` rounds (chains too long, cycles)."""
+def _user_ids(links: ir.Table) -> ir.Table:
+    users = links.filter(links.id_type == USER)
+    return users.group_by("id").aggregate(first_seen=users.first_seen.min(), last_seen=users.last_seen.max())
+
+
+def alias_pointers(links: ir.Table) -> ir.Table:
+    """(``id``, ``next_id``): where each user id that was aliased went. The latest alias
+    of a user id says it (a -> b, later a -> c: c); at most one row per id."""
     import ibis
 
-    users = links.filter(links.id_type == USER)
-    user_ids = users.group_by("id").aggregate(first_seen=users.first_seen.min(),
-                                               last_seen=users.last_seen.max())
     aliases = links.filter(links.id_type == ALIAS)
-    known = user_ids.view().select(known_id="id")
+    known = _user_ids(links).select(known_id="id")
     user_aliases = aliases.semi_join(known, aliases.id == known.known_id)
-    # The latest alias of a user id says where it went (a -> b, later a -> c: c).
     latest = ibis.row_number().over(group_by=user_aliases.id,
                                     order_by=[user_aliases.last_seen.desc(), user_aliases.linked_user_id])
-    pointer = user_aliases.mutate(_rank=latest).filter(lambda t: t["_rank"] == 0).select(
+    return user_aliases.mutate(_rank=latest).filter(lambda t: t["_rank"] == 0).select(
         "id", next_id="linked_user_id")
-    chased, unresolved = chase(pointer, hops)
-    canon_of = chased.view().select(alias_id="id", canonical="canonical")
+
+
+def resolve(links: ir.Table, chased: ir.Table,
+            shared_device: SharedDevice = "first") -> ir.Table:
+    """One row per (id, id_type) with its canonical user id; ``chased``: (``id``,
+    ``canonical``) for every aliased user id, as ``chase`` wrote it."""
+    import ibis
+
+    user_ids = _user_ids(links)
+    aliases = links.filter(links.id_type == ALIAS)
+    known = user_ids.view().select(known_id="id")
+    canon_of = chased.select(alias_id="id", canonical="canonical")
     user_rows = user_ids.left_join(canon_of, user_ids.id == canon_of.alias_id)
     user_rows = user_rows.select(
         id=user_rows.id, id_type=ibis.literal(USER),
@@ -197,27 +209,42 @@ def resolve(links: ir.Table, shared_device: SharedDevice = "first",
         first_seen=anon_rows.first_seen, last_seen=anon_rows.last_seen, user_ids=n_users,
         rule=ibis.cases((n_users == 0, "unlinked"), (shared, f"shared_device_{shared_device}"),
                         else_="linked"))
-    return ibis.union(user_rows, anon_rows), unresolved
+    return ibis.union(user_rows, anon_rows)
 
 
-def chase(pointer: ir.Table, hops: int = MAX_ALIAS_HOPS) -> tuple[ir.Table, ir.Table]:
+def chase_tables(scratch: str) -> tuple[str, str, str]:
+    """The tables ``chase`` writes: the pointers, and two for the rounds (each reads the other)."""
+    return f"{scratch}_pointer", f"{scratch}_a", f"{scratch}_b"
+
+
+def chase(wh: Warehouse, pointer: ir.Table, scratch: str, hops: int = MAX_ALIAS_HOPS) -> tuple[ir.Table, int]:
     """Follow ``pointer`` (``id`` -> ``next_id``, one per id) to the end of each chain.
 
-    Returns (``id``, ``canonical``) for every id with a pointer, and the rows still
-    pointing further after ``hops`` rounds (a longer chain or a cycle). One join per
-    round, so no recursive CTE: every warehouse runs it.
+    Returns (``id``, ``canonical``) for every id with a pointer, as a table written in the
+    warehouse, and how many ids still point further after ``hops`` rounds (a longer chain or
+    a cycle: they stay where ``hops`` rounds got them). One join per round, so no recursive
+    CTE: every warehouse runs it. Each round is written before the next, and the rounds stop
+    when no chain can move, which is at once for most shops (aliases are rarely chained).
+    A single query of ``hops`` stacked joins needs memory for every join at once: DuckDB
+    failed it within its ``memory_limit`` instead of spilling. The caller drops
+    ``chase_tables(scratch)`` when done with the result.
     """
-    chased = pointer.select("id", canonical="next_id")
-    for _ in range(hops):
-        step = pointer.view().select(hop_id="id", next_id="next_id")
-        left = chased.view()
-        joined = left.left_join(step, left.canonical == step.hop_id)
-        chased = joined.select("id", canonical=joined.next_id.coalesce(joined.canonical))
-    ends = pointer.view().select(end_id="id")
-    chased = chased.view()
-    unresolved = chased.semi_join(ends, chased.canonical == ends.end_id).filter(
-        lambda t: t.canonical != t.id)
-    return chased, unresolved
+    pointers, *rounds = chase_tables(scratch)
+    wh.replace_table(pointers, pointer, count=False)
+    step = wh.table(pointers).select(hop_id="id", next_id="next_id")
+    current = step.select(id="hop_id", canonical="next_id")
+    for done in range(hops + 1):
+        name = rounds[done % 2]
+        wh.replace_table(name, current, count=False)
+        chased = wh.table(name)
+        ends = step.select(end_id="hop_id")
+        # Ids whose chain goes on from where it got to: one more round moves each of them.
+        moving = chased.semi_join(ends, chased.canonical == ends.end_id)
+        if done == hops or not wh.count(moving):
+            return chased, wh.count(moving.filter(moving.canonical != moving.id))
+        joined = chased.left_join(step, chased.canonical == step.hop_id)
+        current = joined.select("id", canonical=joined.next_id.coalesce(joined.canonical))
+    raise AssertionError("unreachable: the loop returns at its last round")
 
 
 def stitch(table: ir.Table, identities: ir.Table) -> ir.Table:
@@ -255,7 +282,7 @@ def stitch(table: ir.Table, identities: ir.Table) -> ir.Table:
     return joined.select(*[joined[c] for c in columns], **{CANONICAL_COLUMN: canonical})
 
 
-def graph_metrics(wh: Warehouse, identities: ir.Table, unresolved: ir.Table) -> dict[str, Any]:
+def graph_metrics(wh: Warehouse, identities: ir.Table, unresolved: int) -> dict[str, Any]:
     """Counts a user reads in the run's metrics: how many ids, people, stitched, shared."""
     t = identities
     summary = wh.rows(t.aggregate(
@@ -268,7 +295,7 @@ def graph_metrics(wh: Warehouse, identities: ir.Table, unresolved: ir.Table) -> 
         aliased_user_ids=(t.rule == "alias").sum(),
     ))[0]
     summary = {k: int(v or 0) for k, v in summary.items()}
-    summary["unresolved_aliases"] = wh.count(unresolved)
+    summary["unresolved_aliases"] = unresolved
     return summary
 
 
@@ -301,8 +328,14 @@ def build_identity_graph(
         wh.drop_table(staged)
     else:
         wh.replace_table(links_name, links, count=False)
-    identities, unresolved = resolve(wh.table(links_name), shared_device)
-    wh.replace_table(identities_name, identities, count=False)
+    links = wh.table(links_name)
+    scratch = f"{identities_name}__chase"
+    try:
+        chased, unresolved = chase(wh, alias_pointers(links), scratch)
+        wh.replace_table(identities_name, resolve(links, chased, shared_device), count=False)
+    finally:
+        for name in chase_tables(scratch):
+            wh.drop_table(name)
     graph = IdentityGraph(identities=identities_name, links=links_name)
     graph.metrics = graph_metrics(wh, wh.table(identities_name), unresolved)
     if graph.metrics["unresolved_aliases"]:

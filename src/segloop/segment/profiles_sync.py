@@ -36,7 +36,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from segloop.errors import NodeError
-from segloop.segment.identity import CANONICAL_COLUMN, MAX_ALIAS_HOPS, chase, column_of
+from segloop.segment.identity import (
+    CANONICAL_COLUMN,
+    MAX_ALIAS_HOPS,
+    chase,
+    chase_tables,
+    column_of,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import ibis.expr.types as ir
@@ -91,8 +97,18 @@ def build_profiles_graph(wh: Warehouse, node: str, table_name: Callable[[str], s
     def read(name: str) -> ir.Table:
         return wh.table(tables[name], schema=ps_schema)
 
-    profiles, unresolved = _profiles(read(ID_GRAPH_UPDATES) if ID_GRAPH_UPDATES in tables else None,
-                                     read(PROFILE_MERGES) if PROFILE_MERGES in tables else None)
+    scratch = f"{table_name('identities')}__chase"
+    try:
+        return _build(wh, read, tables, table_name, schema, ps_schema, scratch)
+    finally:
+        for name in chase_tables(scratch):
+            wh.drop_table(name)
+
+
+def _build(wh: Warehouse, read: Callable[[str], ir.Table], tables: dict[str, str],
+           table_name: Callable[[str], str], schema: str, ps_schema: str, scratch: str) -> ProfilesGraph:
+    profiles, unresolved = _profiles(wh, read(ID_GRAPH_UPDATES) if ID_GRAPH_UPDATES in tables else None,
+                                     read(PROFILE_MERGES) if PROFILE_MERGES in tables else None, scratch)
     identifiers = _identifiers(read(EXTERNAL_IDS) if EXTERNAL_IDS in tables else None,
                                read(USER_IDENTIFIERS) if USER_IDENTIFIERS in tables else None, profiles)
     owner = _profile_user(identifiers)
@@ -160,8 +176,11 @@ def _latest(table: ir.Table, key: list[str]) -> ir.Table:
     return table.mutate(_rank=rank).filter(lambda t: t["_rank"] == 0).drop("_rank")
 
 
-def _profiles(updates: ir.Table | None, merges: ir.Table | None) -> tuple[ir.Table, ir.Table]:
-    """(segment_id, canonical_segment_id, first_seen, last_seen) for every profile id."""
+def _profiles(wh: Warehouse, updates: ir.Table | None, merges: ir.Table | None,
+              scratch: str) -> tuple[ir.Table, int]:
+    """(segment_id, canonical_segment_id, first_seen, last_seen) for every profile id, and
+    how many merge chains did not end within ``MAX_ALIAS_HOPS`` (``chase`` writes the chains
+    to the ``scratch`` tables)."""
     import ibis
 
     source = updates if updates is not None else merges
@@ -173,7 +192,7 @@ def _profiles(updates: ir.Table | None, merges: ir.Table | None) -> tuple[ir.Tab
     latest = _latest(rows, ["segment_id"])
     pointer = latest.filter(latest.next_id.notnull() & (latest.next_id != latest.segment_id)).select(
         id="segment_id", next_id="next_id")
-    chased, unresolved = chase(pointer)
+    chased, unresolved = chase(wh, pointer, scratch)
     ids = ibis.union(rows.select(pid="segment_id", seen="seen"),
                      rows.filter(rows.next_id.notnull()).select(pid="next_id", seen="seen"))
     ids = ids.group_by("pid").aggregate(first_seen=ids.seen.min(), last_seen=ids.seen.max())
@@ -292,7 +311,7 @@ def apply(table: ir.Table, identities: ir.Table) -> ir.Table:
     return joined.select(*[joined[c] for c in columns], **{SEGMENT_COLUMN: first, CANONICAL_COLUMN: user})
 
 
-def _metrics(wh: Warehouse, identities: ir.Table, unresolved: ir.Table) -> dict[str, Any]:
+def _metrics(wh: Warehouse, identities: ir.Table, unresolved: int) -> dict[str, Any]:
     t = identities
     row = wh.rows(t.aggregate(
         ids=t.count(),
@@ -302,5 +321,5 @@ def _metrics(wh: Warehouse, identities: ir.Table, unresolved: ir.Table) -> dict[
         profiles_with_user_id=t.canonical_segment_id.nunique(where=t[CANONICAL_COLUMN].notnull()),
     ))[0]
     out = {k: int(v or 0) for k, v in row.items()}
-    out["unresolved_merges"] = wh.count(unresolved)
+    out["unresolved_merges"] = unresolved
     return out

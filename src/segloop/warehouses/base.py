@@ -550,6 +550,14 @@ class Warehouse(Catalog):
         """Start folding what this connection wrote into storage now (embedded DuckDB);
         ``close`` waits for it. Elsewhere there is nothing to do."""
 
+    def group_state_memory(self) -> tuple[int, int] | None:
+        """(bytes, threads): the memory and threads of a query's GROUP BY, where the warehouse
+        runs in this process and holds every group's aggregate states in memory (DuckDB
+        spills groups, but not wide states: a query grouping many customers with a hundred
+        aggregates each fails at its ``memory_limit``). None elsewhere: the server's engine
+        spills them itself."""
+        return None
+
     def lower_memory_limit(self, limit: int) -> None:
         """Let the warehouse use at most ``limit`` bytes of this process's memory from now on,
         where it runs in this process (DuckDB) and was allowed more; elsewhere the server's

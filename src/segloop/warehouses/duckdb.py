@@ -380,6 +380,12 @@ class DuckDBWarehouse(Warehouse):
     def alter_column_type(self, table: str, column: str, sql_type: str, using: str) -> None:
         self.raw_sql(f"ALTER TABLE {table} ALTER COLUMN {column} SET DATA TYPE {sql_type}")
 
+    def group_state_memory(self) -> tuple[int, int] | None:
+        # fetchall, not fetchone: duckdb 2 blocks the connection until a result is read out.
+        limit, threads = self.raw.execute(
+            "SELECT current_setting('memory_limit'), current_setting('threads')").fetchall()[0]
+        return parse_size(str(limit).replace(" ", "")), max(1, int(threads))
+
     def lower_memory_limit(self, limit: int) -> None:
         config = self.config
         allowed = parse_size(getattr(config, "memory_limit", None) or duckdb_memory_limit())
