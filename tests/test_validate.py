@@ -191,6 +191,15 @@ def test_view_of_a_node_the_warehouse_computes_is_accepted(tmp_path: Path, node:
     assert code == 0 and not errors and len(ok) == 1
 
 
+def test_a_deprecated_key_is_a_warning_on_its_line_and_the_file_stays_valid(tmp_path: Path) -> None:
+    file = tmp_path / "x.yml"
+    file.write_text(PIPELINE + "  groups:\n    type: clusters\n    input: rfm\n    minibatch_above: 50000\n")
+    code, errors, warnings, ok = validate(file)
+    assert code == 0 and not errors and len(ok) == 1
+    assert warnings == [f"warning: {file}:15: node `groups`: `minibatch_above` is no longer used (k-means "
+                        "fits on at most `fit_rows` customers, a sample, and assigns every customer); remove it"]
+
+
 # -- every problem of a node ---------------------------------------------------------------
 
 

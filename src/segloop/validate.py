@@ -52,6 +52,10 @@ def _check(file: Path, read: Callable[[], YamlDoc], parse: Callable[[YamlDoc, Fi
 def _pipeline_summary(doc: YamlDoc, check: FileCheck) -> str:
     pipeline = pipeline_from_doc(doc)
     check.name, check.name_line = pipeline.name, doc.line_of(("name",))
+    for node, config in pipeline.nodes.items():
+        for key, why in config.deprecated_keys().items():
+            check.warnings.append(ConfigError(f"node `{node}`: `{key}` {why}", doc.file,
+                                              doc.line_of(("nodes", node, key))))
     return (f"pipeline `{pipeline.name}`, {len(pipeline.nodes)} nodes "
             f"({' -> '.join(pipeline.topological_order())})")
 

@@ -32,6 +32,10 @@ class NodeConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # Keys still accepted so older pipeline files load, each with what to do instead:
+    # `segloop validate` warns where one is set, and so does the run (``deprecated_keys``).
+    DEPRECATED: ClassVar[dict[str, str]] = {}
+
     type: str
     input: str | None = Field(default=None, description="The upstream node this node reads.")
     inputs: list[str] | None = Field(default=None, description="Several upstream nodes.")
@@ -47,6 +51,10 @@ class NodeConfig(BaseModel):
         description="What this node may hold in Python at once (`512MB`, `2GB`); default: the "
         "workspace's `memory_limit:`. Beyond it a model trains on a sample and scores in chunks.",
     )
+
+    def deprecated_keys(self) -> dict[str, str]:
+        """The deprecated keys this node sets, each with what to do instead."""
+        return {key: why for key, why in self.DEPRECATED.items() if key in self.model_fields_set}
 
     @field_validator("inputs")
     @classmethod

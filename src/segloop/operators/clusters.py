@@ -71,6 +71,10 @@ class ClustersConfig(ModelNodeConfig):
         description="k-means fits on at most this many customers (a sample by id hash above "
         "it); every customer is then assigned to the nearest centre.",
     )
+    DEPRECATED: ClassVar[dict[str, str]] = {
+        "minibatch_above": "is no longer used (k-means fits on at most `fit_rows` customers, a "
+        "sample, and assigns every customer); remove it",
+    }
     minibatch_above: int | None = Field(
         default=None, ge=1,
         description="No longer used: MiniBatchKMeans gave different groups with each seed on "
@@ -120,9 +124,8 @@ class ClustersOperator(Operator[ClustersConfig]):
         source_name, source = next(iter(inputs.items()))
         require_columns(source, {"customer_id": config.customer_id}, ctx.node, source_name)
         columns = feature_columns(source, config, ctx.node, source_name)
-        if config.minibatch_above is not None:
-            ctx.warn("`minibatch_above` is no longer used (k-means fits on at most `fit_rows` "
-                     "customers, a sample, and assigns every customer); remove it")
+        for key, why in config.deprecated_keys().items():
+            ctx.warn(f"`{key}` {why}")
         session = spark_session(ctx)
         if session is not None:  # MLlib k-means; Spark assigns and writes (clusters_spark.py)
             from segloop.operators.clusters_spark import LocalSteps, run_in_spark
