@@ -69,7 +69,8 @@ class ClustersConfig(ModelNodeConfig):
     fit_rows: int = Field(
         default=100_000, ge=100,
         description="k-means fits on at most this many customers (a sample by id hash above "
-        "it); every customer is then assigned to the nearest centre.",
+        "it); every customer is then assigned to the nearest centre. Not used on a Spark "
+        "warehouse, where MLlib fits every customer in the executors.",
     )
     DEPRECATED: ClassVar[dict[str, str]] = {
         "minibatch_above": "is no longer used (k-means fits on at most `fit_rows` customers, a "
