@@ -13,7 +13,8 @@ Sizes are written as pydantic's ``ByteSize`` reads them: ``512MB``, ``2GB`` (dec
 
 from __future__ import annotations
 
-from typing import Annotated
+import functools
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, ByteSize, TypeAdapter
 
@@ -94,3 +95,37 @@ def duckdb_memory_limit(total: int | None = None) -> str:
     total = physical_memory() if total is None else total
     share = DUCKDB_MAX_DEFAULT if total is None else int(total * DUCKDB_SHARE) // DUCKDB_STEP * DUCKDB_STEP
     return f"{min(max(share, DUCKDB_MIN_DEFAULT), DUCKDB_MAX_DEFAULT) // 2**20}MiB"
+
+
+def release_freed_memory() -> None:
+    """Return what the process has freed to the operating system, between nodes.
+
+    A model node frees its matrices when it ends, but glibc's allocator keeps freed blocks
+    for reuse, and so does Arrow's (jemalloc or mimalloc), so the process's resident memory
+    stays at the node's peak and the next nodes start from there. ``malloc_trim`` hands
+    glibc's back (glibc only; elsewhere nothing happens), Arrow's pool releases its unused
+    memory; a garbage collection first frees what only reference cycles still hold.
+    """
+    import gc
+    import sys
+
+    gc.collect()
+    if "pyarrow" in sys.modules:
+        sys.modules["pyarrow"].default_memory_pool().release_unused()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # no glibc (musl has no malloc_trim)
+        return None

@@ -24,6 +24,7 @@ from segloop.config import WORKSPACE_FILE, PipelineConfig, Workspace, load_pipel
 from segloop.errors import ConfigError, NodeError, SegloopError, database_message
 from segloop.locks import PipelineBusy, PipelineLock, run_finished, run_started
 from segloop.masking import Redactor, mask_text
+from segloop.memory import release_freed_memory
 from segloop.operators import NODE_TYPES
 from segloop.operators.base import NodeOutput, RunContext, RunOptions, RunScope
 from segloop.sql_cache import code_version
@@ -437,6 +438,7 @@ class Pipeline:
             if options.debug:
                 raise
         result.seconds = time.perf_counter() - started
+        release_freed_memory()  # the next node starts from what the run holds, not this one's peak
         if result.error:  # a library's message may quote a URL with its credentials
             result.error = mask_text(result.error)
         result.warnings = [mask_text(warning) for warning in ctx.warnings]
