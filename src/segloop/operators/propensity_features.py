@@ -200,15 +200,7 @@ class FeatureBuilder:
         o = self.orders if part is None else in_part(self.orders, part)
         per: dict[str, Any] = {}
         for snap in snapshots:
-            before = o._ts < ibis.literal(snap.at).cast("timestamp")
-            recent = before & (o._ts >= ibis.literal(snap.at - timedelta(days=30)))
-            p = snap.prefix
-            per[f"{p}_orders"] = _flag(before).sum()
-            per[f"{p}_orders_30d"] = _flag(recent).sum()
-            per[f"{p}_spend"] = o._amount.sum(where=before).cast("float64")
-            per[f"{p}_spend_30d"] = o._amount.sum(where=recent).cast("float64")
-            per[f"{p}_first"] = o._ts.min(where=before)
-            per[f"{p}_last"] = o._ts.max(where=before)
+            per.update(self._order_aggregates(o, snap))
         orders = o.group_by(o._cid.name("_ocid")).aggregate(**per)
         joined = feats.left_join(orders, feats._cid == orders._ocid)
         columns: dict[str, Any] = {}
@@ -234,8 +226,27 @@ class FeatureBuilder:
     def aggregates(self, snapshots: list[Snapshot]) -> int:
         """How many aggregates ``snapshots`` computes per customer: the state each customer
         holds in the warehouse while they are grouped."""
-        per_snapshot = 15 + 5 * len(self.event_types) + (6 if self.orders is not None else 0)
-        return sum(per_snapshot + (snap.window is not None) for snap in snapshots)
+        n = 0
+        for snap in snapshots:
+            n += len(self._event_aggregates(self.events, snap)) + (snap.window is not None)
+            if self.orders is not None:
+                n += len(self._order_aggregates(self.orders, snap))
+        return n
+
+    def _order_aggregates(self, o: ir.Table, snap: Snapshot) -> dict[str, Any]:
+        import ibis
+
+        before = o._ts < ibis.literal(snap.at).cast("timestamp")
+        recent = before & (o._ts >= ibis.literal(snap.at - timedelta(days=30)))
+        p = snap.prefix
+        return {
+            f"{p}_orders": _flag(before).sum(),
+            f"{p}_orders_30d": _flag(recent).sum(),
+            f"{p}_spend": o._amount.sum(where=before).cast("float64"),
+            f"{p}_spend_30d": o._amount.sum(where=recent).cast("float64"),
+            f"{p}_first": o._ts.min(where=before),
+            f"{p}_last": o._ts.max(where=before),
+        }
 
     def _event_aggregates(self, e: ir.Table, snap: Snapshot) -> dict[str, Any]:
         import ibis
