@@ -95,9 +95,9 @@ print(held, rss())
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads the process's RSS from /proc")
 def test_memory_a_node_freed_goes_back_to_the_system_before_the_next_node() -> None:
-    """The pipeline calls ``release_freed_memory`` after each node: glibc keeps what a node
-    freed (here ~470 MB of 8 KB arrays) as the process's memory, so the next node started at
-    the last one's peak (the Segment node after recommend: 580-740 MB instead of ~0.3 GB)."""
+    """The pipeline calls ``release_freed_memory`` after each model node: glibc keeps what a
+    node freed (here ~470 MB of 8 KB arrays) as the process's memory, and the next nodes
+    started from that."""
     import subprocess
     import sys
 

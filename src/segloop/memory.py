@@ -98,18 +98,17 @@ def duckdb_memory_limit(total: int | None = None) -> str:
 
 
 def release_freed_memory() -> None:
-    """Return what the process has freed to the operating system, between nodes.
+    """Return what the process has freed to the operating system, after a model node.
 
     A model node frees its matrices when it ends, but glibc's allocator keeps freed blocks
     for reuse, and so does Arrow's (jemalloc or mimalloc), so the process's resident memory
     stays at the node's peak and the next nodes start from there. ``malloc_trim`` hands
     glibc's back (glibc only; elsewhere nothing happens), Arrow's pool releases its unused
-    memory; a garbage collection first frees what only reference cycles still hold.
+    memory. No garbage collection: a full one after every node made a test pipeline's run
+    1.6x slower, and the arrays are freed by reference counting.
     """
-    import gc
     import sys
 
-    gc.collect()
     if "pyarrow" in sys.modules:
         sys.modules["pyarrow"].default_memory_pool().release_unused()
     trim = _malloc_trim()

@@ -402,6 +402,7 @@ class Pipeline:
             reporter.node_finished(result)
             return
         reporter.node_started(name, config.type)
+        operator_class = NODE_TYPES[config.type]
         started = time.perf_counter()
         ctx = RunContext(
             warehouse=warehouse,
@@ -419,7 +420,7 @@ class Pipeline:
         )
         try:
             inputs = {up: self._input_table(warehouse, up) for up in upstream}
-            operator = NODE_TYPES[config.type](config)
+            operator = operator_class(config)
             output = operator.run(inputs, ctx)
             self._materialize(output, ctx, result)
             result.status = SUCCESS
@@ -438,7 +439,8 @@ class Pipeline:
             if options.debug:
                 raise
         result.seconds = time.perf_counter() - started
-        release_freed_memory()  # the next node starts from what the run holds, not this one's peak
+        if operator_class.OUTPUT_IN_PYTHON:  # a model's arrays: the next node starts without them
+            release_freed_memory()
         if result.error:  # a library's message may quote a URL with its credentials
             result.error = mask_text(result.error)
         result.warnings = [mask_text(warning) for warning in ctx.warnings]
