@@ -17,8 +17,8 @@ from segloop.operators.base import NodeOutput, RunContext, RunScope
 from segloop.operators.propensity import PropensityConfig, PropensityOperator
 from segloop.warehouses import DuckDBConfig, Warehouse
 
-CUSTOMERS = 100_000
-SMALL_POOL = "96MiB"  # DuckDB's memory_limit: the unsplit feature query needs more
+CUSTOMERS = 70_000
+SMALL_POOL = "48MiB"  # DuckDB's memory_limit: the unsplit feature query needs more
 
 
 def shop(root: Path, memory_limit: str | None) -> Warehouse:
@@ -38,7 +38,7 @@ def shop(root: Path, memory_limit: str | None) -> Warehouse:
 
 
 def run(wh: Warehouse) -> NodeOutput:
-    config = PropensityConfig.model_validate({"type": "propensity", "input": "ev"})
+    config = PropensityConfig.model_validate({"type": "propensity", "input": "ev", "max_event_types": 0})  # 65 aggregates
     ctx = RunContext(warehouse=wh, pipeline="p", node="buyers", run_id="r1", shared=RunScope(),
                      memory_limit=50_000_000)  # Python: train on a sample, so the test stays fast
     return PropensityOperator(config).run({"ev": wh.table("events")}, ctx)
@@ -69,7 +69,7 @@ def test_a_small_duckdb_memory_limit_builds_the_features_in_parts_with_the_same_
     assert metrics["feature_queries"] == 1
     wh = shop(root, SMALL_POOL)
     try:
-        out = run(wh)  # failed with "Out of Memory Error ... (40.0 MiB/40.0 MiB used)" in one query
+        out = run(wh)  # in one query: "Out of Memory Error ... (47.9 MiB/48.0 MiB used)"
         got = scores(out, wh)
     finally:
         wh.close()
