@@ -26,6 +26,8 @@ from tests.operators.segment_fixtures import scores_to_segment
 
 KEY = "wk-interrupt-test"
 ROWS = 5_000
+
+
 def cli(root: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "SEGLOOP_INTERRUPT_KEY": KEY, "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-m", "segloop.cli", *args], cwd=root, env=env,

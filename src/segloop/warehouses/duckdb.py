@@ -384,7 +384,7 @@ class DuckDBWarehouse(Warehouse):
         # fetchall, not fetchone: duckdb 2 blocks the connection until a result is read out.
         limit, threads = self.raw.execute(
             "SELECT current_setting('memory_limit'), current_setting('threads')").fetchall()[0]
-        return parse_size(str(limit).replace(" ", "")), max(1, int(threads))
+        return parse_size(str(limit)), max(1, int(threads))
 
     def lower_memory_limit(self, limit: int) -> None:
         config = self.config
